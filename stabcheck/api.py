@@ -1,0 +1,235 @@
+"""The library entry points: run the stages over paths, apply config and suppressions.
+
+    for finding in stabcheck.check_paths(["src/"]):
+        print(finding.code, finding.path, finding.line, finding.message)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stabcheck import registry, suppress
+from stabcheck._cache import Cache, digest
+from stabcheck._discover import discover, display
+from stabcheck.config import Config
+from stabcheck.finding import Finding, Span, merge
+from stabcheck.rule import Rule
+from stabcheck.static.engine import Dispatcher, FileResult, check_bytes
+
+__version__ = "0.1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How to run (as opposed to Config: what to report)."""
+
+    jobs: int | None = None
+    cache: bool = True
+    cache_dir: str | None = None
+    stages: tuple[str, ...] | None = None  # overrides config.stages
+    timeout: float | None = None
+    memory_limit: str | None = None
+    transforms: tuple[str, ...] | None = None  # overrides entries' transforms
+    progress: bool = False
+
+
+@dataclass(slots=True)
+class Result:
+    findings: list[Finding]
+    files: int = 0
+    notes: list[str] = field(default_factory=list)
+    device: dict[str, Any] | None = None
+    rules: tuple[type[Rule], ...] = ()
+
+
+def enabled_rules(config: Config) -> tuple[type[Rule], ...]:
+    chosen: dict[str, type[Rule]] = {}
+    for sel in (*config.select, *config.extend_select):
+        for r in registry.matching(sel):
+            chosen[r.code] = r
+    for sel in config.ignore:
+        for r in registry.matching(sel):
+            chosen.pop(r.code, None)
+    return tuple(sorted(chosen.values(), key=lambda r: r.code))
+
+
+def check_paths(paths: Sequence[str], config: Config | None = None, options: Options | None = None) -> Iterator[Finding]:
+    """Check files and directories; yields findings in a stable order (path, line, col, code)."""
+    yield from run(paths, config, options).findings
+
+
+def check_source(source: str, path: str = "<string>", config: Config | None = None) -> list[Finding]:
+    """Run the static stage on one source string, suppressions applied."""
+    config = config or Config()
+    rules = enabled_rules(config)
+    res = check_bytes(source.encode("utf-8"), path, config, Dispatcher(rules))
+    return _finalize({path: res}, rules, config, ("static",))
+
+
+def run(paths: Sequence[str], config: Config | None = None, options: Options | None = None) -> Result:
+    config = config or Config()
+    options = options or Options()
+    stages = options.stages or config.stages
+    rules = enabled_rules(config)
+    files = list(discover(paths, config))
+    results = _static(files, config, options, rules)
+    result = Result(findings=[], files=len(files), rules=rules)
+    if "static" not in stages:
+        results = {k: FileResult([f for f in v.findings if f.code in ("STB901",)], v.suppressions) for k, v in results.items()}
+    later: list[Finding] = []
+    if "traced" in stages or "confirm" in stages:
+        from stabcheck.traced.stage import run_stage  # imports nothing of JAX in this process
+
+        later, notes, device = run_stage(files, results, config, options, stages)
+        result.notes.extend(notes)
+        result.device = device
+    for f in later:
+        results.setdefault(f.path, FileResult([], _sups_for(f.path))).findings.append(f)
+    result.findings = _finalize(results, rules, config, tuple(stages))
+    return result
+
+
+def _sups_for(path: str) -> list[suppress.Suppression]:
+    try:
+        return suppress.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return []
+
+
+# -- the static stage over many files ---------------------------------------------------------
+_WORKER: tuple[Config, Dispatcher] | None = None
+
+
+def _init_worker(config: Config, codes: tuple[str, ...]) -> None:
+    global _WORKER
+    rules = [r for r in registry.all_rules() if r.code in codes]
+    _WORKER = (config, Dispatcher(rules))
+
+
+def _check_many(batch: list[tuple[str, str]]) -> list[tuple[str, list[dict], list[list]]]:
+    assert _WORKER is not None
+    config, dispatcher = _WORKER
+    out = []
+    for real, shown in batch:
+        res = _check_one(real, shown, config, dispatcher)
+        out.append((shown, [f.to_dict() for f in res.findings], [s.to_list() for s in res.suppressions]))
+    return out
+
+
+def _check_one(real: str, shown: str, config: Config, dispatcher: Dispatcher, data: bytes | None = None) -> FileResult:
+    from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
+
+    if data is None:
+        try:
+            data = Path(real).read_bytes()
+        except OSError as e:
+            return FileResult([SyntaxErrorRule.finding(path=shown, span=Span(1, 1), message=f"`{shown}` cannot be read: {e.strerror or e}", help="check the file's permissions")], [])
+    return check_bytes(data, shown, config, dispatcher)
+
+
+def _static(files: list[Path], config: Config, options: Options, rules: tuple[type[Rule], ...]) -> dict[str, FileResult]:
+    results: dict[str, FileResult] = {}
+    cache = None
+    if options.cache:
+        cache_dir = Path(options.cache_dir or os.path.join(config.root if config.source else ".", ".stabcheck_cache"))
+        cache = Cache(cache_dir, _cache_key(config, rules))
+    todo: list[tuple[str, str]] = []
+    hashes: dict[str, str] = {}
+    for f in files:
+        shown = display(f)
+        if cache is not None:
+            try:
+                data = f.read_bytes()
+            except OSError:
+                todo.append((str(f), shown))
+                continue
+            h = digest(data)
+            hashes[shown] = h
+            hit = cache.get(shown, h)
+            if hit is not None:
+                results[shown] = FileResult(*hit)
+                continue
+        todo.append((str(f), shown))
+    jobs = options.jobs or os.cpu_count() or 1
+    if jobs > 1 and len(todo) >= 8:
+        batches = [todo[i::jobs * 4] for i in range(jobs * 4)]
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else multiprocessing.get_context()
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(config, tuple(r.code for r in rules))) as pool:
+            for batch_out in pool.map(_check_many, [b for b in batches if b]):
+                for shown, fds, sps in batch_out:
+                    results[shown] = FileResult([Finding.from_dict(d) for d in fds], [suppress.Suppression.from_list(s) for s in sps])
+    else:
+        dispatcher = Dispatcher(rules)
+        for real, shown in todo:
+            results[shown] = _check_one(real, shown, config, dispatcher)
+    if cache is not None:
+        for real, shown in todo:
+            if shown in hashes and shown in results:
+                cache.put(shown, hashes[shown], results[shown].findings, results[shown].suppressions)
+        cache.save()
+    return results
+
+
+def _cache_key(config: Config, rules: tuple[type[Rule], ...]) -> str:
+    parts = [__version__, ",".join(r.code for r in rules), repr(config.max_traces), repr(config.union_limit), repr(config.types)]
+    return digest("|".join(parts).encode())[:16]
+
+
+# -- config, suppressions, merging ---------------------------------------------------------------
+def _finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], config: Config, stages: tuple[str, ...]) -> list[Finding]:
+    from stabcheck.rules.meta.unused_suppression import UnusedSuppression
+
+    enabled = {r.code for r in rules}
+    by_code = {r.code: r for r in registry.all_rules()}
+    by_slug = {r.name: r for r in registry.all_rules()}
+    run_stages = {"static"} | ({"traced"} if "traced" in stages else set()) | ({"traced", "confirmed"} if "confirm" in stages else set())
+    out: list[Finding] = []
+    for path in sorted(results):
+        res = results[path]
+        ignored = _per_file_ignored(path, config)
+        findings = [f for f in merge(res.findings) if f.code in enabled and f.code not in ignored]
+        used: set[tuple[int, int, str]] = set()
+        sups_by_line: dict[int, list[suppress.Suppression]] = {}
+        for s in res.suppressions:
+            sups_by_line.setdefault(s.line, []).append(s)
+        for f in findings:
+            hit = False
+            for line in {f.span.line, f.span.end_line or f.span.line}:
+                for s in sups_by_line.get(line, ()):
+                    if suppress.matches(s, f.code, f.name):
+                        hit = True
+                        for n in s.names or ("*",):
+                            if n in (f.code, f.name) or n == "*":
+                                used.add((s.line, s.col, n))
+            if not hit:
+                out.append(f)
+        if "STB900" in enabled and "STB900" not in ignored:
+            for s in res.suppressions:
+                for n in s.names:
+                    rule = by_code.get(n) or by_slug.get(n)
+                    if rule is None and not n.upper().startswith("STB") and "[" not in s.text:
+                        continue  # another tool's code
+                    if rule is not None and (rule.code not in enabled or not set(rule.stages) & run_stages or rule.code in ignored):
+                        continue
+                    if (s.line, s.col, n) in used:
+                        continue
+                    what = f"unknown rule `{n}`" if rule is None else f"`{n}`"
+                    out.append(UnusedSuppression.finding(path=path, span=Span(s.line, s.col), message=f"unused suppression of {what}: no such finding on this line", detail=n))
+    return sorted(out, key=lambda f: f.sort_key)
+
+
+def _per_file_ignored(path: str, config: Config) -> set[str]:
+    codes: set[str] = set()
+    for glob, sels in config.per_file_ignores:
+        if fnmatch.fnmatchcase(path, glob) or fnmatch.fnmatchcase(os.path.basename(path), glob):
+            for sel in sels:
+                codes |= {r.code for r in registry.matching(sel)}
+    return codes

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from stabcheck.finding import Finding
+from stabcheck.reporters import Report, statistics_rows, status_label
+
+
+def render(findings: list[Finding], report: Report) -> str:
+    lines = []
+    for f in findings:
+        tag = "" if f.stage == "static" and f.status == "suspected" else f" ({status_label(f)})"
+        lines.append(f"{f.path}:{f.line}:{f.col}: {f.code} [{f.name}] {f.message}{tag}")
+    if report.statistics:
+        lines += [f"{n:5d}\t{c}\t[{s}]" for n, c, s in statistics_rows(findings)]
+    lines.append(summary_line(findings, report))
+    return "\n".join(lines) + "\n"
+
+
+def summary_line(findings: list[Finding], report: Report) -> str:
+    counted = [f for f in findings if f.status != "refuted"]
+    refuted = len(findings) - len(counted)
+    extra = f" ({refuted} refuted by running the code)" if refuted else ""
+    if not counted:
+        return f"All checks passed: {report.files} file{'s' * (report.files != 1)} checked{extra}."
+    return f"Found {len(counted)} finding{'s' * (len(counted) != 1)} in {report.files} file{'s' * (report.files != 1)}{extra}."

@@ -1,0 +1,52 @@
+"""The default, human format: code, slug, location, the source line with a caret, help."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.markup import escape
+
+from stabcheck.finding import Finding
+from stabcheck.reporters import Report, statistics_rows, status_label
+from stabcheck.reporters.concise_ import summary_line
+
+_STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
+_HOW = {"static": "dim", "traced": "cyan", "runtime": "cyan", "confirmed": "bold magenta", "refuted": "green"}
+
+
+def render(findings: list[Finding], report: Report) -> str:
+    buf = io.StringIO()
+    con = Console(file=buf, force_terminal=report.color, no_color=not report.color, width=120, highlight=False, soft_wrap=True)
+    for f in findings:
+        how = status_label(f)
+        style = "green" if f.status == "refuted" else _STYLE.get(f.severity, "bold")
+        con.print(f"[{style}]{f.code}[/] [bold]\\[{f.name}][/] {escape(f.message)} [{_HOW.get(how, 'dim')}]({how})[/]")
+        con.print(f"  [blue]-->[/] {escape(f.path)}:{f.line}:{f.col}" + (f" in `{escape(f.function)}`" if f.function else ""))
+        if f.snippet:
+            num = str(f.line)
+            con.print(f"  [blue]{num} |[/] {escape(f.snippet.rstrip())}")
+            width = 1
+            if f.span.end_col and (f.span.end_line in (None, f.line)):
+                width = max(1, f.span.end_col - f.col)
+            elif f.span.end_line and f.span.end_line > f.line:
+                width = max(1, len(f.snippet.rstrip()) - f.col + 1)
+            pad = " " * (len(num) + 3 + f.col - 1)
+            con.print(f"  {pad}[{style}]{'^' * width}[/]")
+        for k, v in f.evidence.items():
+            if k == "stages":
+                continue
+            con.print(f"  [dim]{escape(str(k))}: {escape(str(v))[:300]}[/]")
+        if f.help:
+            con.print(f"  [bold cyan]help:[/] {escape(f.help)}")
+        con.print()
+    if report.device:
+        d = report.device
+        con.print(f"[dim]device: {escape(str(d.get('platform', '?')))} {escape(str(d.get('device_kind', '')))}, jax {escape(str(d.get('jax', '?')))}[/]")
+    for note in report.notes:
+        con.print(f"[yellow]note:[/] {escape(note)}")
+    if report.statistics:
+        for n, c, s in statistics_rows(findings):
+            con.print(f"{n:5d}  {c}  [{s}]".replace("[", "\\["))
+    con.print(summary_line(findings, report))
+    return buf.getvalue()

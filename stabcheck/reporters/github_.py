@@ -1,0 +1,33 @@
+"""GitHub Actions workflow commands: one annotation per finding, shown on the PR diff."""
+
+from __future__ import annotations
+
+from stabcheck.finding import Finding
+from stabcheck.reporters import Report, status_label
+
+_LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
+
+
+def _escape_data(s: str) -> str:
+    return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_prop(s: str) -> str:
+    return _escape_data(s).replace(":", "%3A").replace(",", "%2C")
+
+
+def render(findings: list[Finding], report: Report) -> str:
+    lines = []
+    for f in findings:
+        level = "notice" if f.status == "refuted" else _LEVEL.get(f.severity, "warning")
+        props = [f"file={_escape_prop(f.path)}", f"line={f.line}", f"col={f.col}"]
+        if f.span.end_line:
+            props.append(f"endLine={f.span.end_line}")
+        if f.span.end_col and f.span.end_line == f.line:
+            props.append(f"endColumn={f.span.end_col}")
+        props.append(f"title={_escape_prop(f'{f.code} {f.name}')}")
+        msg = f"{f.code} [{status_label(f)}] {f.message}"
+        if f.help:
+            msg += f"\nhelp: {f.help}"
+        lines.append(f"::{level} {','.join(props)}::{_escape_data(msg)}")
+    return "\n".join(lines) + ("\n" if lines else "")

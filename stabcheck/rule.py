@@ -1,0 +1,146 @@
+"""The Rule base: one hazard, one code, one slug, its docs and its examples.
+
+A rule's docstring is its documentation, in ruff's sections (## What it does, ## Why is this bad?,
+## Example, ## Use instead, ## Options). `VALID` and `INVALID` are source snippets that the test
+suite runs through the static stage: every VALID is silent, and every INVALID fires with the
+rule's code on each line that carries the marker comment `# expect: STBnnn`.
+
+Static rules implement `visit_<AstNodeType>(node, ctx)` methods; the engine walks each file once
+and calls them. Rules found only by later stages (traced, confirmed, runtime) declare those
+stages and have no visitors: the catalogue, docs and codes stay in one place.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import textwrap
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from stabcheck.finding import Finding, Fix, Severity, Span, Stage
+
+if TYPE_CHECKING:
+    from stabcheck.static.context import FileContext
+
+EXPECT_RE = re.compile(r"#\s*expect:\s*(STB\d{3})")
+
+FAMILIES: dict[str, str] = {
+    "1": "tracer leaks into Python",
+    "2": "unstable return structure",
+    "3": "dtype instability",
+    "4": "AD hazards",
+    "5": "recompilation",
+    "9": "meta",
+}
+
+
+class Rule:
+    code: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # kebab-case slug naming the pattern
+    severity: ClassVar[Severity] = "error"
+    stages: ClassVar[tuple[Stage, ...]] = ("static",)
+    fixable: ClassVar[str | None] = None  # "safe" | "unsafe" when --fix can repair it
+    options: ClassVar[dict[str, Any]] = {}  # per-rule options and their defaults
+    VALID: ClassVar[tuple[str, ...]] = ()
+    INVALID: ClassVar[tuple[str, ...]] = ()
+
+    # -- documentation -----------------------------------------------------------------
+    @classmethod
+    def doc(cls) -> str:
+        return inspect.cleandoc(cls.__doc__ or "")
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first sentence of 'What it does'."""
+        text = cls.section("What it does") or cls.doc()
+        first = text.strip().split("\n\n")[0].replace("\n", " ")
+        return first.split(". ")[0].rstrip(".") + "."
+
+    @classmethod
+    def section(cls, title: str) -> str:
+        doc = cls.doc()
+        m = re.search(rf"^## {re.escape(title)}\s*\n(.*?)(?=^## |\Z)", doc, re.S | re.M)
+        return m.group(1).strip() if m else ""
+
+    @classmethod
+    def family(cls) -> str:
+        return FAMILIES.get(cls.code[3:4], "other")
+
+    @classmethod
+    def has_visitors(cls) -> bool:
+        return any(n.startswith("visit_") for n in dir(cls))
+
+    # -- reporting ---------------------------------------------------------------------
+    def report(
+        self,
+        ctx: FileContext,
+        node: Any,
+        message: str,
+        *,
+        help: str = "",
+        detail: str = "",
+        evidence: dict[str, Any] | None = None,
+        fix: Fix | None = None,
+        span: Span | None = None,
+    ) -> None:
+        ctx.add(
+            self.finding(
+                path=ctx.path,
+                span=span or Span.of(node),
+                message=message,
+                help=help,
+                function=ctx.function_name,
+                detail=detail,
+                evidence=evidence,
+                fix=fix,
+            )
+        )
+
+    @classmethod
+    def finding(
+        cls,
+        *,
+        path: str,
+        span: Span,
+        message: str,
+        help: str = "",
+        function: str = "",
+        detail: str = "",
+        evidence: dict[str, Any] | None = None,
+        fix: Fix | None = None,
+        stage: Stage = "static",
+        status: str = "suspected",
+        snippet: str = "",
+    ) -> Finding:
+        """Build a Finding of this rule; every stage creates findings through here."""
+        return Finding(
+            code=cls.code,
+            name=cls.name,
+            message=message,
+            help=help or cls.default_help(),
+            path=path,
+            span=span,
+            severity=cls.severity,
+            stage=stage,
+            status=status,  # type: ignore[arg-type]
+            function=function,
+            detail=detail,
+            evidence=dict(evidence or {}),
+            fix=fix,
+            snippet=snippet,
+        )
+
+    @classmethod
+    def default_help(cls) -> str:
+        use = cls.section("Use instead")
+        lines = [ln for ln in use.splitlines() if ln.strip() and not ln.startswith("```")]
+        return lines[0].strip() if lines and not lines[0].startswith(" ") else ""
+
+
+def expected_lines(example: str) -> list[tuple[int, str]]:
+    """(line, code) pairs marked with `# expect: STBnnn` in an INVALID example."""
+    out = []
+    for i, line in enumerate(textwrap.dedent(example).splitlines(), start=1):
+        for m in EXPECT_RE.finditer(line):
+            out.append((i, m.group(1)))
+    return out

@@ -1,0 +1,1 @@
+"""4xx: AD hazards."""

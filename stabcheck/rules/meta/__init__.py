@@ -1,0 +1,1 @@
+"""9xx: meta findings about the analysis itself."""

@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import ast
+
+from stabcheck.rule import Rule
+from stabcheck.static.context import FileContext
+
+_COMPILING = frozenset({"jit", "remat", "shard_map"})
+
+
+class JitInLoop(Rule):
+    """## What it does
+    Flags a compiling transform (`jax.jit`, `jax.pmap`, `eqx.filter_jit`, `nnx.jit`) that is
+    built afresh each time it runs: inside a loop, or called inline (`jax.jit(lambda v: ...)(x)`)
+    or defined and used inside another function, when what it wraps is a new object each time
+    (a `lambda`, a nested `def`, a `functools.partial`).
+
+    ## Why is this bad?
+    JAX caches compiled programs by the wrapped function's identity. A new lambda, nested
+    function or `partial` per iteration or per call is a new key: every iteration (or every call
+    of the outer function) traces and compiles again, often costing seconds where the step
+    itself costs microseconds. `jax.jit(f)` of a module-level `f` hits the cache and is fine.
+
+    ## Example
+    ```python
+    for batch in batches:
+        step = jax.jit(lambda p, b: update(p, b, lr))
+        params = step(params, batch)
+    ```
+
+    ## Use instead
+    Build the jitted function once, outside the loop, and pass what varies as arguments:
+    ```python
+    step = jax.jit(update)
+    for batch in batches:
+        params = step(params, batch, lr)
+    ```
+    A factory that builds the jitted function once and returns it (`make_train_step(loss)`)
+    is fine.
+    """
+
+    code = "STB501"
+    name = "jit-in-loop"
+    fixable = "unsafe"
+    INVALID = (
+        """
+        import jax
+
+        def train(params, batches, lr):
+            for batch in batches:
+                step = jax.jit(lambda p, b: update(p, b, lr))  # expect: STB501
+                params = step(params, batch)
+            return params
+        """,
+        """
+        import jax
+        from functools import partial
+
+        def evaluate(model, xs, temperature):
+            return jax.jit(partial(model, temperature=temperature))(xs)  # expect: STB501
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def predict(w, x):
+            @jax.jit  # expect: STB501
+            def forward(v):
+                return jnp.tanh(w @ v)
+            return forward(x)
+        """,
+    )
+    VALID = (
+        """
+        import jax
+
+        def update(p, b, lr):
+            return p - lr * b
+
+        step = jax.jit(update)
+
+        def train(params, batches, lr):
+            for batch in batches:
+                params = step(params, batch, lr)
+            return params
+        """,
+        """
+        import jax
+
+        def make_train_step(loss_fn):
+            @jax.jit
+            def train_step(params, x):
+                return params - 0.1 * jax.grad(loss_fn)(params, x)
+            return train_step
+        """,
+        """
+        import jax
+
+        def loss(p, x):
+            return (p * x).sum()
+
+        def run(p, xs):
+            for x in xs:
+                p = jax.jit(loss)(p, x)  # module-level function: cache hit
+            return p
+        """,
+    )
+
+    def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
+        tc = ctx.names.transform_call(node)
+        if tc is None or tc[0].family not in _COMPILING or not tc[1]:
+            return
+        fn = tc[1][0]
+        fresh = self._fresh(fn, ctx)
+        if fresh is None:
+            return
+        parent = ctx.parent
+        if ctx.loops:
+            where = "inside a loop"
+        elif ctx.function is not None and isinstance(parent, ast.Call) and parent.func is node:
+            where = f"and called inline inside `{ctx.function.qualname}`"
+        elif ctx.function is not None and self._used_locally(node, ctx):
+            where = f"inside `{ctx.function.qualname}` and used there"
+        else:
+            return
+        name = ctx.qualname(node.func) or ctx.text(node.func)
+        self.report(
+            ctx,
+            node,
+            f"`{name.removeprefix('jax.')}` of {fresh} is built {where}; each time it is a new function to JAX, so it traces and compiles again",
+            help="build the jitted function once (at module level or in a factory that returns it) and pass what varies as arguments",
+            detail=fresh,
+        )
+
+    def visit_FunctionDef(self, node: ast.FunctionDef, ctx: FileContext) -> None:
+        outer = ctx.function
+        if outer is None:
+            return
+        for dec in node.decorator_list:
+            t = ctx.names.transform(dec)
+            if t is None or t.family not in _COMPILING:
+                continue
+            if not _called(outer.node, node.name) or _escapes(outer.node, node.name):
+                return
+            self.report(
+                ctx,
+                dec,
+                f"`{node.name}` is jitted inside `{outer.qualname}` and called there; each call of `{outer.qualname}` defines a new function, so it traces and compiles again",
+                help="move the jitted function to module level (pass closed-over values as arguments), or build it once in a factory",
+                detail=node.name,
+            )
+            return
+
+    @staticmethod
+    def _fresh(fn: ast.AST, ctx: FileContext) -> str | None:
+        """Describe `fn` if it is a new object at each evaluation, else None."""
+        if isinstance(fn, ast.Lambda):
+            return "a lambda"
+        if isinstance(fn, ast.Call) and ctx.qualname(fn.func) in ("functools.partial",):
+            return f"`{ctx.text(fn)}`"
+        if isinstance(fn, ast.Name) and ctx.function is not None:
+            s = ctx.function
+            while s is not None:
+                if fn.id in s.defs:
+                    return f"the nested function `{fn.id}`"
+                s = s.parent
+        return None
+
+    @staticmethod
+    def _used_locally(node: ast.Call, ctx: FileContext) -> bool:
+        parent = ctx.parent
+        if not (isinstance(parent, ast.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0], ast.Name)):
+            return False
+        name = parent.targets[0].id
+        fn = ctx.function.node if ctx.function is not None else None
+        return fn is not None and _called(fn, name) and not _escapes(fn, name)
+
+
+def _called(fn: ast.AST, name: str) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name for n in ast.walk(fn))
+
+
+def _mentions(expr: ast.AST, name: str) -> bool:
+    """`name` appears in `expr` other than as the callee of a call (`f(x)` uses, not passes, f)."""
+    callees = {id(n.func) for n in ast.walk(expr) if isinstance(n, ast.Call)}
+    return any(isinstance(m, ast.Name) and m.id == name and id(m) not in callees for m in ast.walk(expr))
+
+
+def _escapes(fn: ast.AST, name: str) -> bool:
+    """The name is returned, yielded, stored on an object or in a container: a factory."""
+    for n in ast.walk(fn):
+        if isinstance(n, (ast.Return, ast.Yield)) and n.value is not None and _mentions(n.value, name):
+            return True
+        if isinstance(n, ast.Assign) and any(isinstance(t, (ast.Attribute, ast.Subscript)) for t in n.targets):
+            if _mentions(n.value, name):
+                return True
+        if isinstance(n, (ast.Global, ast.Nonlocal)) and name in n.names:
+            return True
+    return False

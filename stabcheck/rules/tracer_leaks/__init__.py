@@ -1,0 +1,1 @@
+"""1xx: tracer leaks into Python."""

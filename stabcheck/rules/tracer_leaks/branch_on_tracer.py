@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import ast
+
+from stabcheck.rule import Rule
+from stabcheck.static.context import FileContext
+
+_BOOL_OWNERS = (ast.If, ast.While, ast.Assert, ast.IfExp)
+
+
+class BranchOnTracer(Rule):
+    """## What it does
+    Flags Python control flow on a traced value inside a staged-out transform: `if`, `while`,
+    `assert`, a ternary, `and`/`or`/`not`, a comprehension filter or `bool()` whose operand is
+    a traced array (a parameter of a `jit`/`vmap`-ed function, a `lax.scan`/`cond` body, or a
+    value computed from one).
+
+    ## Why is this bad?
+    Python needs a concrete `True` or `False`, but under `jit` the value is an abstract tracer:
+    the call raises `TracerBoolConversionError`. Under `grad` alone the branch runs eagerly, so
+    the bug hides until the function is jitted, and a function that returns different types on
+    each branch cannot be compiled at all.
+
+    ## Example
+    ```python
+    @jax.jit
+    def relu(x):
+        if x > 0:
+            return x
+        return jnp.zeros_like(x)
+    ```
+
+    ## Use instead
+    Select on the value with `jnp.where`, `lax.select` or `lax.cond`:
+    ```python
+    @jax.jit
+    def relu(x):
+        return jnp.where(x > 0, x, 0.0)
+    ```
+    Or, if the argument really is a configuration value, mark it static
+    (`jax.jit(f, static_argnums=1)`).
+    """
+
+    code = "STB101"
+    name = "branch-on-tracer"
+    INVALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+
+        @jax.jit
+        def relu(x):
+            if x > 0:  # expect: STB101
+                return x
+            return jnp.zeros_like(x)
+        """,
+        """
+        from functools import partial
+        import jax
+        import jax.numpy as jnp
+
+        @partial(jax.jit, static_argnums=1)
+        def clip_norm(g, max_norm):
+            norm = jnp.linalg.norm(g)
+            return g * max_norm / norm if norm > max_norm else g  # expect: STB101
+        """,
+        """
+        import jax
+        from jax import lax
+
+        def cumulative(xs):
+            def body(carry, x):
+                while carry < 10:  # expect: STB101
+                    carry = carry + x
+                return carry, carry
+            return lax.scan(body, 0.0, xs)
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def loss(w, x):
+            err = jnp.mean((x @ w) ** 2)
+            assert err >= 0  # expect: STB101
+            return err
+
+        loss_jit = jax.jit(loss)
+        """,
+    )
+    VALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+
+        @jax.jit
+        def relu(x):
+            return jnp.where(x > 0, x, 0.0)
+        """,
+        """
+        from functools import partial
+        import jax
+
+        @partial(jax.jit, static_argnames="training")
+        def dropout(x, key, training):
+            if not training:
+                return x
+            if x.ndim > 1 and x.shape[0] == 0:
+                return x
+            keep = jax.random.bernoulli(key, 0.9, x.shape)
+            return x * keep / 0.9
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def loss(w, x):
+            if jnp.any(x < 0):  # grad alone runs eagerly: fine
+                x = jnp.abs(x)
+            return jnp.sum(w * x)
+
+        g = jax.grad(loss)
+        """,
+        """
+        import jax
+
+        @jax.jit
+        def apply(params, x, mask=None):
+            if mask is not None:
+                x = x * mask
+            if isinstance(params, dict):
+                x = x @ params["w"]
+            return x
+        """,
+    )
+
+    def visit_If(self, node: ast.If, ctx: FileContext) -> None:
+        self._test(node.test, ctx, "`if`")
+
+    def visit_While(self, node: ast.While, ctx: FileContext) -> None:
+        self._test(node.test, ctx, "`while`")
+
+    def visit_Assert(self, node: ast.Assert, ctx: FileContext) -> None:
+        self._test(node.test, ctx, "`assert`")
+
+    def visit_IfExp(self, node: ast.IfExp, ctx: FileContext) -> None:
+        self._test(node.test, ctx, "a conditional expression")
+
+    def visit_comprehension(self, node: ast.comprehension, ctx: FileContext) -> None:
+        for cond in node.ifs:
+            self._test(cond, ctx, "a comprehension filter")
+
+    def visit_BoolOp(self, node: ast.BoolOp, ctx: FileContext) -> None:
+        if not self._owned(node, ctx):
+            for v in node.values[:-1]:  # `a or b` calls bool(a), not bool(b)
+                self._test(v, ctx, "`and`/`or`")
+
+    def visit_UnaryOp(self, node: ast.UnaryOp, ctx: FileContext) -> None:
+        if isinstance(node.op, ast.Not) and not self._owned(node, ctx):
+            self._test(node.operand, ctx, "`not`")
+
+    def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
+        if len(node.args) == 1 and ctx.qualname(node.func) == "builtins.bool":
+            self._test(node.args[0], ctx, "`bool()`")
+
+    @staticmethod
+    def _owned(node: ast.AST, ctx: FileContext) -> bool:
+        """True when an enclosing test already evaluates `node` in a boolean context."""
+        parent = ctx.parent
+        if isinstance(parent, _BOOL_OWNERS) and parent.test is node:
+            return True
+        if isinstance(parent, ast.comprehension) and node in parent.ifs:
+            return True
+        return isinstance(parent, ast.BoolOp) or (isinstance(parent, ast.UnaryOp) and isinstance(parent.op, ast.Not))
+
+    def _test(self, expr: ast.expr, ctx: FileContext, via: str) -> None:
+        if isinstance(expr, ast.BoolOp):
+            for v in expr.values:
+                self._test(v, ctx, via)
+            return
+        if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not):
+            self._test(expr.operand, ctx, via)
+            return
+        if not ctx.in_abstract or not ctx.is_traced_array(expr):
+            return
+        text = ctx.text(expr)
+        self.report(
+            ctx,
+            expr,
+            f"`{text}` is a traced value, but {via} needs a concrete Python bool; under `jit` this raises TracerBoolConversionError",
+            help="select with `jnp.where`/`lax.select`/`lax.cond`, or make the argument static (`static_argnums`)",
+            detail=text,
+        )
+

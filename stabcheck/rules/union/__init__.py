@@ -1,0 +1,1 @@
+"""2xx: unstable return structure (the "Union")."""

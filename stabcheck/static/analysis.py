@@ -1,0 +1,452 @@
+"""Which values are traced: the one analysis that the static rules share.
+
+A function is *transformed* when a JAX transform is applied to it (any spelling `Names.transform`
+recognises), when it is a `lax` control-flow body, when it is the `__call__` (or `@compact`
+method) of a flax/equinox Module, when it is defined inside a transformed function, or when a
+transformed function calls it (same module) with traced arguments. It is *abstract* when the
+transform stages it out (jit, vmap, scan, ...): there `bool()` of a tracer raises, whereas under
+`grad` alone the values are concrete.
+
+Traced: non-static parameters, and everything computed from them through `jnp`/`lax`/array
+methods/calls. Static: `.shape`, `.ndim`, `.dtype`, `.size`, `len()`, `isinstance`, `is None`,
+Python literals, module constants, parameters named in `static_argnums`/`static_argnames`,
+parameters annotated `int`/`bool`/`str` or defaulting to a Python literal.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from stabcheck.static.names import Names, Transform
+
+FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
+
+STATIC_ATTRS = frozenset({"shape", "ndim", "dtype", "size", "weak_type", "sharding", "aval", "itemsize", "nbytes", "__class__", "__name__"})
+STATIC_METHODS = frozenset({"item", "tolist", "__len__", "keys", "get_shape"})
+STATIC_BUILTINS = frozenset(
+    f"builtins.{n}"
+    for n in ("len", "isinstance", "issubclass", "type", "id", "hasattr", "callable", "print", "str", "repr", "format", "int", "float", "bool", "complex", "range", "getattr", "dir", "vars", "hash", "enumerate", "zip")
+)
+STATIC_JAX = frozenset(
+    {
+        "jax.numpy.shape",
+        "jax.numpy.ndim",
+        "jax.numpy.size",
+        "jax.numpy.dtype",
+        "jax.numpy.result_type",
+        "jax.numpy.promote_types",
+        "jax.numpy.issubdtype",
+        "jax.numpy.iinfo",
+        "jax.numpy.finfo",
+        "jax.numpy.can_cast",
+        "jax.numpy.isdtype",
+        "jax.numpy.isscalar",
+        "jax.eval_shape",
+        "jax.ShapeDtypeStruct",
+        "jax.tree_util.tree_structure",
+        "jax.tree.structure",
+        "jax.tree_util.tree_leaves",
+        "jax.tree.leaves",
+        "jax.tree_util.tree_flatten",
+        "jax.tree.flatten",
+        "jax.tree_util.tree_map",
+        "jax.tree.map",
+    }
+)
+STATIC_ANNOTATIONS = frozenset({"int", "bool", "str", "Callable", "builtins.int", "builtins.bool", "builtins.str", "typing.Callable", "collections.abc.Callable", "type", "Sequence[int]", "tuple[int, ...]"})
+MODULE_BASES = ("flax.linen.Module", "flax.nnx.Module", "equinox.Module", "flax.linen.module.Module")
+
+
+@dataclass(eq=False, slots=True)
+class FunctionInfo:
+    node: FunctionNode
+    qualname: str
+    parent: FunctionInfo | None
+    cls: ast.ClassDef | None
+    params: list[str]
+    defs: dict[str, FunctionInfo] = field(default_factory=dict)
+    transforms: list[Transform] = field(default_factory=list)
+    transformed: bool = False
+    abstract: bool = False
+    traced_params: set[str] = field(default_factory=set)
+    static_params: set[str] = field(default_factory=set)
+    traced: set[str] = field(default_factory=set)
+    assigned: set[str] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return getattr(self.node, "name", "<lambda>")
+
+    @property
+    def is_method(self) -> bool:
+        return self.cls is not None and self.parent is None and bool(self.params) and self.params[0] in ("self", "cls")
+
+
+class Analysis:
+    """Scopes, transform applications and traced names of one module."""
+
+    def __init__(self, tree: ast.Module, names: Names) -> None:
+        self.tree = tree
+        self.names = names
+        self.functions: dict[ast.AST, FunctionInfo] = {}
+        self.module_defs: dict[str, FunctionInfo] = {}
+        self.classes: dict[str, dict[str, FunctionInfo]] = {}
+        self.class_nodes: dict[str, ast.ClassDef] = {}
+        self._collect(tree.body, None, None, "")
+        self._find_applications()
+        self._propagate()
+
+    # -- scopes ------------------------------------------------------------------------
+    def _collect(self, body: list[ast.stmt], parent: FunctionInfo | None, cls: ast.ClassDef | None, prefix: str) -> None:
+        stack: list[tuple[ast.AST, FunctionInfo | None, ast.ClassDef | None, str]] = [(s, parent, cls, prefix) for s in reversed(body)]
+        while stack:
+            node, par, c, pre = stack.pop()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                name = getattr(node, "name", "<lambda>")
+                info = FunctionInfo(node, f"{pre}{name}", par, c, _param_names(node.args))
+                self.functions[node] = info
+                if isinstance(node, ast.Lambda):
+                    pass
+                elif par is not None:
+                    par.defs.setdefault(name, info)
+                elif c is not None:
+                    self.classes.setdefault(c.name, {})[name] = info
+                else:
+                    self.module_defs.setdefault(name, info)
+                inner_pre = f"{info.qualname}." if not isinstance(node, ast.Lambda) else pre
+                children = list(ast.iter_child_nodes(node))
+                for ch in reversed(children):
+                    stack.append((ch, info, None, inner_pre))
+            elif isinstance(node, ast.ClassDef):
+                if par is None:
+                    self.class_nodes.setdefault(node.name, node)
+                for ch in reversed(list(ast.iter_child_nodes(node))):
+                    stack.append((ch, par, node if par is None else None, f"{pre}{node.name}."))
+            else:
+                for ch in reversed(list(ast.iter_child_nodes(node))):
+                    stack.append((ch, par, c, pre))
+
+    def resolve(self, expr: ast.AST, scope: FunctionInfo | None) -> FunctionInfo | None:
+        """The function a callee expression names: a def in scope, `self.method`, a lambda."""
+        if isinstance(expr, ast.Lambda):
+            return self.functions.get(expr)
+        if isinstance(expr, ast.Name):
+            s = scope
+            while s is not None:
+                if expr.id in s.defs:
+                    return s.defs[expr.id]
+                s = s.parent
+            return self.module_defs.get(expr.id)
+        if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id in ("self", "cls"):
+            s = scope
+            while s is not None and s.cls is None:
+                s = s.parent
+            if s is not None and s.cls is not None:
+                return self.classes.get(s.cls.name, {}).get(expr.attr)
+        return None
+
+    def scope_of(self, node: ast.AST) -> FunctionInfo | None:
+        return self.functions.get(node)
+
+    # -- transform applications ----------------------------------------------------------
+    def _find_applications(self) -> None:
+        for info in list(self.functions.values()):
+            node = info.node
+            if isinstance(node, ast.Lambda):
+                continue
+            for dec in node.decorator_list:
+                t = self.names.transform(dec)
+                if t is not None:
+                    self._mark(info, t)
+                elif self._is_compact(dec) and info.cls is not None:
+                    self._mark_module_method(info)
+            if info.cls is not None and info.name == "__call__" and self._is_module_class(info.cls):
+                self._mark_module_method(info)
+        for scope, call in self._calls(self.tree, None):
+            tc = self.names.transform_call(call)
+            if tc is None:
+                continue
+            t, fns = tc
+            for fn in fns:
+                self._apply(t, fn, scope)
+
+    def _apply(self, t: Transform, fn: ast.AST, scope: FunctionInfo | None, bound: int = 0) -> None:
+        if isinstance(fn, ast.Call):
+            inner = self.names.transform_call(fn)
+            if inner is not None:  # jax.jit(jax.grad(f)): f is staged out too
+                for g in inner[1]:
+                    self._apply(t, g, scope)
+                return
+            q = self.names.qualname(fn.func)
+            if q in ("functools.partial",) and fn.args:
+                self._apply(t, fn.args[0], scope, bound=len(fn.args) - 1)
+            return
+        info = self.resolve(fn, scope)
+        if info is not None:
+            self._mark(info, t, bound)
+
+    def _mark(self, info: FunctionInfo, t: Transform, bound: int = 0) -> None:
+        info.transforms.append(t)
+        params = info.params[1:] if info.is_method else info.params
+        params = params[bound:]
+        static = {params[i] for i in t.static_argnums if -len(params) <= i < len(params)}
+        static |= set(t.static_argnames)
+        static |= self._static_by_signature(info)
+        info.static_params |= static
+        self._set(info, {p for p in params if p not in static}, t.abstract)
+
+    def _mark_module_method(self, info: FunctionInfo) -> None:
+        static = self._static_by_signature(info)
+        info.static_params |= static
+        self._set(info, {p for p in info.params[1:] if p not in static}, True)
+
+    def _set(self, info: FunctionInfo, traced: set[str], abstract: bool) -> bool:
+        changed = not info.transformed or not traced <= info.traced_params or (abstract and not info.abstract)
+        info.transformed = True
+        info.traced_params |= traced
+        info.abstract = info.abstract or abstract
+        return changed
+
+    def _static_by_signature(self, info: FunctionInfo) -> set[str]:
+        node = info.node
+        args = node.args
+        out: set[str] = set()
+        positional = [*args.posonlyargs, *args.args]
+        defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+        pairs = list(zip(positional, defaults)) + list(zip(args.kwonlyargs, args.kw_defaults))
+        for a, d in pairs:
+            if a.annotation is not None and _annotation_text(a.annotation, self.names) in STATIC_ANNOTATIONS:
+                out.add(a.arg)
+            elif isinstance(d, ast.Constant) and d.value is not None and not isinstance(d.value, float):
+                out.add(a.arg)
+        return out
+
+    def _is_compact(self, dec: ast.AST) -> bool:
+        q = self.names.qualname(dec)
+        return q in ("flax.linen.compact", "flax.linen.module.compact")
+
+    def _is_module_class(self, cls: ast.ClassDef) -> bool:
+        for b in cls.bases:
+            q = self.names.qualname(b)
+            if q in MODULE_BASES:
+                return True
+        return False
+
+    def _calls(self, root: ast.AST, scope: FunctionInfo | None) -> Iterator[tuple[FunctionInfo | None, ast.Call]]:
+        stack: list[tuple[ast.AST, FunctionInfo | None]] = [(root, scope)]
+        while stack:
+            node, sc = stack.pop()
+            if isinstance(node, ast.Call):
+                yield sc, node
+            info = self.functions.get(node)
+            inner = info if info is not None else sc
+            for ch in ast.iter_child_nodes(node):
+                stack.append((ch, inner))
+
+    # -- propagation -----------------------------------------------------------------------
+    def _propagate(self) -> None:
+        work = [f for f in self.functions.values() if f.transformed]
+        seen_rounds = 0
+        while work and seen_rounds < 10_000:
+            seen_rounds += 1
+            info = work.pop()
+            info.traced = self._traced_names(info)
+            for node in self._own_nodes(info.node):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and node is not info.node:
+                    child = self.functions.get(node)
+                    if child is not None:  # nested defs see the parent's tracers
+                        self._set(child, set(), info.abstract)
+                        work.append(child)
+                elif isinstance(node, ast.Call):
+                    callee = self.resolve(node.func, info)
+                    if callee is None or callee is info:
+                        continue
+                    traced = self._traced_args(callee, node, info)
+                    if (traced or callee.transformed) and self._set(callee, traced, info.abstract):
+                        work.append(callee)
+
+    def _traced_args(self, callee: FunctionInfo, call: ast.Call, scope: FunctionInfo) -> set[str]:
+        params = callee.params[1:] if callee.is_method and isinstance(call.func, ast.Attribute) else callee.params
+        out: set[str] = set()
+        for i, a in enumerate(call.args):
+            if isinstance(a, ast.Starred):
+                if self.is_traced(a.value, scope):
+                    out |= set(params[i:])
+                break
+            if i < len(params) and self.is_traced(a, scope):
+                out.add(params[i])
+        for k in call.keywords:
+            if k.arg and k.arg in callee.params and self.is_traced(k.value, scope):
+                out.add(k.arg)
+        return out - callee.static_params
+
+    def _own_nodes(self, fn: FunctionNode) -> Iterator[ast.AST]:
+        """Nodes of a function body, not descending into nested functions or classes."""
+        body = fn.body if isinstance(fn.body, list) else [fn.body]
+        stack: list[ast.AST] = list(reversed(body))
+        while stack:
+            node = stack.pop()
+            yield node
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    stack.extend(reversed(node.decorator_list))
+                continue
+            stack.extend(reversed(list(ast.iter_child_nodes(node))))
+
+    def _traced_names(self, info: FunctionInfo) -> set[str]:
+        inherited = set(info.parent.traced) - set(info.params) if info.parent is not None else set()
+        traced = set(info.traced_params) | inherited
+        assigns: list[tuple[list[ast.AST], ast.AST]] = []
+        for node in self._own_nodes(info.node):
+            if isinstance(node, ast.Assign):
+                assigns.append((node.targets, node.value))
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign)) and node.value is not None:
+                assigns.append(([node.target], node.value if isinstance(node, ast.AnnAssign) else ast.BinOp(node.target, node.op, node.value)))
+            elif isinstance(node, (ast.For, ast.AsyncFor)):
+                assigns.append(([node.target], node.iter))
+            elif isinstance(node, ast.NamedExpr):
+                assigns.append(([node.target], node.value))
+            elif isinstance(node, ast.comprehension):
+                assigns.append(([node.target], node.iter))
+            elif isinstance(node, (ast.With, ast.AsyncWith)):
+                for item in node.items:
+                    if item.optional_vars is not None:
+                        assigns.append(([item.optional_vars], item.context_expr))
+        info.assigned = {n.id for targets, _ in assigns for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        for _ in range(8):
+            before = len(traced)
+            for targets, value in assigns:
+                if self._eval(value, traced, info):
+                    for t in targets:
+                        for n in ast.walk(t):
+                            if isinstance(n, ast.Name):
+                                traced.add(n.id)
+            if len(traced) == before:
+                break
+        return traced
+
+    # -- traced-value evaluation -------------------------------------------------------------
+    def is_traced(self, expr: ast.AST, scope: FunctionInfo | None) -> bool:
+        """Is `expr` (possibly a container) built from traced values inside `scope`?"""
+        if scope is None or not scope.transformed:
+            return False
+        return self._eval(expr, scope.traced, scope)
+
+    def is_traced_array(self, expr: ast.AST, scope: FunctionInfo | None) -> bool:
+        """Is `expr` a traced array (not a Python container of them, not a static value)?"""
+        if isinstance(expr, (ast.Tuple, ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)):
+            return False
+        if isinstance(expr, ast.Name) and scope is not None and expr.id not in scope.assigned:
+            # a bare parameter may be a pytree (dict, list); only an annotation says it is an array
+            owner = self._param_owner(expr.id, scope)
+            if owner is not None and not _array_annotated(owner, expr.id):
+                return False
+        return self.is_traced(expr, scope)
+
+    def _param_owner(self, name: str, scope: FunctionInfo) -> FunctionInfo | None:
+        s: FunctionInfo | None = scope
+        while s is not None:
+            if name in s.params:
+                return s if name not in s.assigned else None
+            if name in s.assigned:
+                return None
+            s = s.parent
+        return None
+
+    def _eval(self, e: ast.AST, traced: set[str], scope: FunctionInfo | None) -> bool:
+        ev = self._eval
+        if isinstance(e, ast.Name):
+            return e.id in traced
+        if isinstance(e, ast.Constant | ast.JoinedStr | ast.Lambda):
+            return False
+        if isinstance(e, ast.Attribute):
+            if e.attr in STATIC_ATTRS:
+                return False
+            return ev(e.value, traced, scope)
+        if isinstance(e, ast.Subscript):
+            return ev(e.value, traced, scope)
+        if isinstance(e, ast.BinOp):
+            return ev(e.left, traced, scope) or ev(e.right, traced, scope)
+        if isinstance(e, ast.UnaryOp):
+            return ev(e.operand, traced, scope)
+        if isinstance(e, ast.BoolOp):
+            return any(ev(v, traced, scope) for v in e.values)
+        if isinstance(e, ast.Compare):
+            if all(isinstance(op, (ast.Is, ast.IsNot, ast.In, ast.NotIn)) for op in e.ops):
+                return False
+            return ev(e.left, traced, scope) or any(ev(c, traced, scope) for c in e.comparators)
+        if isinstance(e, ast.IfExp):
+            return ev(e.body, traced, scope) or ev(e.orelse, traced, scope)
+        if isinstance(e, (ast.Tuple, ast.List, ast.Set)):
+            return any(ev(x, traced, scope) for x in e.elts)
+        if isinstance(e, ast.Dict):
+            return any(v is not None and ev(v, traced, scope) for v in e.values)
+        if isinstance(e, (ast.Starred, ast.NamedExpr, ast.Await)):
+            return ev(e.value, traced, scope)
+        if isinstance(e, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
+            return ev(e.elt, traced | self._comp_targets(e, traced, scope), scope)
+        if isinstance(e, ast.DictComp):
+            return ev(e.value, traced | self._comp_targets(e, traced, scope), scope)
+        if isinstance(e, ast.Call):
+            return self._eval_call(e, traced, scope)
+        return False
+
+    def _comp_targets(self, e: ast.AST, traced: set[str], scope: FunctionInfo | None) -> set[str]:
+        out: set[str] = set()
+        for gen in getattr(e, "generators", ()):
+            if self._eval(gen.iter, traced | out, scope):
+                out |= {n.id for n in ast.walk(gen.target) if isinstance(n, ast.Name)}
+        return out
+
+    def _eval_call(self, e: ast.Call, traced: set[str], scope: FunctionInfo | None) -> bool:
+        func = e.func
+        q = self.names.qualname(func)
+        if q is not None and (q in STATIC_BUILTINS or q in STATIC_JAX or q.startswith(("numpy.", "math.", "jax.dtypes.", "jax.numpy.dtypes."))):
+            return False
+        if isinstance(func, ast.Attribute):
+            if func.attr in STATIC_METHODS:
+                return False
+            if self._eval(func.value, traced, scope):
+                return True
+        args = [*e.args, *(k.value for k in e.keywords)]
+        return any(self._eval(a, traced, scope) for a in args)
+
+
+def _param_names(args: ast.arguments) -> list[str]:
+    names = [a.arg for a in (*args.posonlyargs, *args.args)]
+    if args.vararg:
+        names.append(args.vararg.arg)
+    names += [a.arg for a in args.kwonlyargs]
+    if args.kwarg:
+        names.append(args.kwarg.arg)
+    return names
+
+
+ARRAY_WORDS = ("Array", "ndarray", "Float", "Int", "Bool", "Num", "Shaped", "Real", "Complex", "Key", "UInt", "Inexact")
+
+
+def _array_annotated(info: FunctionInfo, name: str) -> bool:
+    args = info.node.args
+    for a in (*args.posonlyargs, *args.args, *args.kwonlyargs):
+        if a.arg == name and a.annotation is not None:
+            text = ast.unparse(a.annotation)
+            return any(w in text for w in ARRAY_WORDS)
+    return False
+
+
+def _annotation_text(ann: ast.AST, names: Names) -> str:
+    if isinstance(ann, ast.Constant) and isinstance(ann.value, str):
+        return ann.value
+    q = names.qualname(ann)
+    if q is not None:
+        return q.removeprefix("builtins.")
+    if isinstance(ann, ast.Subscript):
+        base = names.qualname(ann.value) or ""
+        if base.endswith("Callable"):
+            return "Callable"
+    try:
+        return ast.unparse(ann)
+    except Exception:  # pragma: no cover - unparse of a parsed tree does not fail
+        return ""

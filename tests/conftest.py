@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+FIXTURES = ROOT / "fixtures"
+
+
+def have_jax() -> bool:
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+requires_jax = pytest.mark.skipif(not have_jax(), reason="JAX is not installed")
+
+
+def run_cli(*args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real `stabcheck` command in a subprocess, as a user would."""
+    full_env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("FORCE_COLOR", None)
+    return subprocess.run([sys.executable, "-m", "stabcheck", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def write(tmp_path: Path):
+    """write("name.py", source) -> Path, dedenting the source."""
+
+    def _write(name: str, source: str | bytes) -> Path:
+        p = tmp_path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, bytes):
+            p.write_bytes(source)
+        else:
+            p.write_text(textwrap.dedent(source).lstrip("\n"), encoding="utf-8")
+        return p
+
+    return _write
