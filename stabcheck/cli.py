@@ -247,12 +247,21 @@ def init(
 
 
 def _add_stage_commands() -> None:
-    """trace / confirm / matrix live with their stages; they register here if present."""
-    try:
-        from stabcheck.traced import commands as traced_commands
-    except ImportError:
-        return
-    traced_commands.register(app, _guard, _emit, _color, _fail, _Exit)
+    """`trace` lives with the traced stage, `confirm` and `matrix` with the confirm stage.
+
+    Each module has `register(app, helpers)`; importing it must not import JAX.
+    """
+    import importlib
+
+    helpers = {"guard": _guard, "emit": _emit, "color": _color, "fail": _fail, "Exit": _Exit, "load_config": _load_config}
+    for name in ("stabcheck.traced.commands", "stabcheck.confirm.commands"):
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        mod.register(app, helpers)
 
 
 _add_stage_commands()
