@@ -27,7 +27,7 @@ STATIC_ATTRS = frozenset({"shape", "ndim", "dtype", "size", "weak_type", "shardi
 STATIC_METHODS = frozenset({"item", "tolist", "__len__", "keys", "get_shape"})
 STATIC_BUILTINS = frozenset(
     f"builtins.{n}"
-    for n in ("len", "isinstance", "issubclass", "type", "id", "hasattr", "callable", "print", "str", "repr", "format", "int", "float", "bool", "complex", "range", "getattr", "dir", "vars", "hash", "enumerate", "zip")
+    for n in ("len", "all", "any", "sorted", "isinstance", "issubclass", "type", "id", "hasattr", "callable", "print", "str", "repr", "format", "int", "float", "bool", "complex", "range", "getattr", "dir", "vars", "hash", "enumerate", "zip")
 )
 STATIC_JAX = frozenset(
     {
@@ -43,6 +43,9 @@ STATIC_JAX = frozenset(
         "jax.numpy.can_cast",
         "jax.numpy.isdtype",
         "jax.numpy.isscalar",
+        "jax.numpy.iscomplexobj",
+        "jax.numpy.isrealobj",
+        "jax.numpy.issctype",
         "jax.eval_shape",
         "jax.ShapeDtypeStruct",
         "jax.tree_util.tree_structure",
@@ -55,7 +58,11 @@ STATIC_JAX = frozenset(
         "jax.tree.map",
     }
 )
-STATIC_ANNOTATIONS = frozenset({"int", "bool", "str", "Callable", "builtins.int", "builtins.bool", "builtins.str", "typing.Callable", "collections.abc.Callable", "type", "Sequence[int]", "tuple[int, ...]"})
+# Annotation words that denote Python (static) values; an annotation made only of these is static.
+STATIC_ANNOTATION_WORDS = frozenset(
+    {"int", "bool", "str", "float", "None", "Callable", "Literal", "Optional", "Union", "Sequence", "tuple", "Tuple", "list", "List",
+     "dict", "Dict", "Mapping", "type", "Type", "Iterable", "bytes", "Any", "typing", "collections", "abc", "PrecisionLike", "Axis", "Shape", "Dtype", "DType", "DTypeLike"}
+)
 MODULE_BASES = ("flax.linen.Module", "flax.nnx.Module", "equinox.Module", "flax.linen.module.Module")
 
 
@@ -74,6 +81,7 @@ class FunctionInfo:
     static_params: set[str] = field(default_factory=set)
     traced: set[str] = field(default_factory=set)
     assigned: set[str] = field(default_factory=set)
+    containers: set[str] = field(default_factory=set)  # names only ever bound to list/tuple/dict displays
 
     @property
     def name(self) -> str:
@@ -217,7 +225,7 @@ class Analysis:
         defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
         pairs = list(zip(positional, defaults)) + list(zip(args.kwonlyargs, args.kw_defaults))
         for a, d in pairs:
-            if a.annotation is not None and _annotation_text(a.annotation, self.names) in STATIC_ANNOTATIONS:
+            if a.annotation is not None and _static_annotation(a.annotation):
                 out.add(a.arg)
             elif isinstance(d, ast.Constant) and d.value is not None and not isinstance(d.value, float):
                 out.add(a.arg)
@@ -315,6 +323,17 @@ class Analysis:
                     if item.optional_vars is not None:
                         assigns.append(([item.optional_vars], item.context_expr))
         info.assigned = {n.id for targets, _ in assigns for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        kinds: dict[str, bool] = {}
+        for targets, value in assigns:
+            is_container = _is_container(value, self.names)
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    kinds[t.id] = kinds.get(t.id, True) and is_container
+                else:
+                    for n in ast.walk(t):
+                        if isinstance(n, ast.Name):
+                            kinds[n.id] = False
+        info.containers = {k for k, v in kinds.items() if v}
         for _ in range(8):
             before = len(traced)
             for targets, value in assigns:
@@ -337,6 +356,8 @@ class Analysis:
     def is_traced_array(self, expr: ast.AST, scope: FunctionInfo | None) -> bool:
         """Is `expr` a traced array (not a Python container of them, not a static value)?"""
         if isinstance(expr, (ast.Tuple, ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)):
+            return False
+        if isinstance(expr, ast.Name) and scope is not None and expr.id in scope.containers:
             return False
         if isinstance(expr, ast.Name) and scope is not None and expr.id not in scope.assigned:
             # a bare parameter may be a pytree (dict, list); only an annotation says it is an array
@@ -424,6 +445,20 @@ def _param_names(args: ast.arguments) -> list[str]:
     return names
 
 
+_CONTAINER_NODES = (ast.Tuple, ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)
+_CONTAINER_CALLS = frozenset({"builtins.list", "builtins.tuple", "builtins.dict", "builtins.set", "builtins.zip", "builtins.map", "builtins.filter", "builtins.enumerate", "builtins.sorted", "builtins.reversed"})
+
+
+def _is_container(value: ast.AST, names: Names) -> bool:
+    if isinstance(value, _CONTAINER_NODES):
+        return True
+    if isinstance(value, ast.Call) and names.qualname(value.func) in _CONTAINER_CALLS:
+        return True
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Add):
+        return _is_container(value.left, names) or _is_container(value.right, names)
+    return False
+
+
 ARRAY_WORDS = ("Array", "ndarray", "Float", "Int", "Bool", "Num", "Shaped", "Real", "Complex", "Key", "UInt", "Inexact")
 
 
@@ -436,17 +471,19 @@ def _array_annotated(info: FunctionInfo, name: str) -> bool:
     return False
 
 
-def _annotation_text(ann: ast.AST, names: Names) -> str:
+def _static_annotation(ann: ast.AST) -> bool:
+    """`int`, `bool | None`, `Optional[str]`, `Sequence[int]`, `Callable[..., Any]`: Python values.
+
+    `Any` alone says nothing, and anything naming an array type is not static.
+    """
     if isinstance(ann, ast.Constant) and isinstance(ann.value, str):
-        return ann.value
-    q = names.qualname(ann)
-    if q is not None:
-        return q.removeprefix("builtins.")
-    if isinstance(ann, ast.Subscript):
-        base = names.qualname(ann.value) or ""
-        if base.endswith("Callable"):
-            return "Callable"
-    try:
-        return ast.unparse(ann)
-    except Exception:  # pragma: no cover - unparse of a parsed tree does not fail
-        return ""
+        try:
+            ann = ast.parse(ann.value, mode="eval").body
+        except SyntaxError:
+            return False
+    if isinstance(ann, ast.Name) and ann.id == "Any":
+        return False
+    words = [n.id for n in ast.walk(ann) if isinstance(n, ast.Name)] + [n.attr for n in ast.walk(ann) if isinstance(n, ast.Attribute)]
+    if any(isinstance(n, ast.Constant) and not (n.value is None or n.value is Ellipsis or isinstance(n.value, (str, int))) for n in ast.walk(ann)):
+        return False
+    return bool(words) and all(w in STATIC_ANNOTATION_WORDS for w in words)

@@ -3,9 +3,11 @@ from __future__ import annotations
 import ast
 
 from stabcheck.rule import Rule
+from stabcheck.static.analysis import FunctionInfo
 from stabcheck.static.context import FileContext
 
-_COMPILING = frozenset({"jit", "remat", "shard_map"})
+_COMPILING = frozenset({"jit"})
+_CACHES = frozenset({"functools.cache", "functools.lru_cache", "functools.cached_property"})
 
 
 class JitInLoop(Rule):
@@ -114,27 +116,30 @@ class JitInLoop(Rule):
         fresh = self._fresh(fn, ctx)
         if fresh is None:
             return
+        what, per_iteration = fresh
         parent = ctx.parent
         if ctx.loops:
+            if not per_iteration:
+                return  # the same function object every iteration: one compile, reused
             where = "inside a loop"
-        elif ctx.function is not None and isinstance(parent, ast.Call) and parent.func is node:
-            where = f"and called inline inside `{ctx.function.qualname}`"
-        elif ctx.function is not None and self._used_locally(node, ctx):
-            where = f"inside `{ctx.function.qualname}` and used there"
+        elif _per_call_outer(ctx) and isinstance(parent, ast.Call) and parent.func is node:
+            where = f"and called inline inside `{ctx.function.qualname}`"  # type: ignore[union-attr]
+        elif _per_call_outer(ctx) and self._used_locally(node, ctx):
+            where = f"inside `{ctx.function.qualname}` and used there"  # type: ignore[union-attr]
         else:
             return
         name = ctx.qualname(node.func) or ctx.text(node.func)
         self.report(
             ctx,
             node,
-            f"`{name.removeprefix('jax.')}` of {fresh} is built {where}; each time it is a new function to JAX, so it traces and compiles again",
+            f"`{name.removeprefix('jax.')}` of {what} is built {where}; each time it is a new function to JAX, so it traces and compiles again",
             help="build the jitted function once (at module level or in a factory that returns it) and pass what varies as arguments",
-            detail=fresh,
+            detail=what,
         )
 
     def visit_FunctionDef(self, node: ast.FunctionDef, ctx: FileContext) -> None:
         outer = ctx.function
-        if outer is None:
+        if outer is None or not _per_call_outer(ctx):
             return
         for dec in node.decorator_list:
             t = ctx.names.transform(dec)
@@ -152,17 +157,20 @@ class JitInLoop(Rule):
             return
 
     @staticmethod
-    def _fresh(fn: ast.AST, ctx: FileContext) -> str | None:
-        """Describe `fn` if it is a new object at each evaluation, else None."""
+    def _fresh(fn: ast.AST, ctx: FileContext) -> tuple[str, bool] | None:
+        """Describe `fn` if it is a new object each time; and whether it is new every iteration
+        of the innermost enclosing loop (True) or only every call of the enclosing function."""
         if isinstance(fn, ast.Lambda):
-            return "a lambda"
+            return "a lambda", True
         if isinstance(fn, ast.Call) and ctx.qualname(fn.func) in ("functools.partial",):
-            return f"`{ctx.text(fn)}`"
+            return f"`{ctx.text(fn)}`", True
         if isinstance(fn, ast.Name) and ctx.function is not None:
             s = ctx.function
             while s is not None:
                 if fn.id in s.defs:
-                    return f"the nested function `{fn.id}`"
+                    loop = ctx.loops[-1] if ctx.loops else None
+                    inside = loop is not None and any(n is s.defs[fn.id].node for n in ast.walk(loop))
+                    return f"the nested function `{fn.id}`", inside
                 s = s.parent
         return None
 
@@ -176,8 +184,45 @@ class JitInLoop(Rule):
         return fn is not None and _called(fn, name) and not _escapes(fn, name)
 
 
+def _per_call_outer(ctx: FileContext) -> bool:
+    """The enclosing function is one that runs per step, so a compile there is per call.
+
+    Not: module level, tests (run once), functions memoised with functools.cache.
+    """
+    fn = ctx.function
+    if fn is None or isinstance(fn.node, ast.Lambda) or fn.abstract:
+        return False  # inside a traced function, an inner jit is inlined into the outer trace
+    s: FunctionInfo | None = fn
+    while s is not None:
+        if s.name.startswith("test") or (s.cls is not None and "Test" in s.cls.name):
+            return False  # tests run once
+        s = s.parent
+    return not any(ctx.qualname(d.func if isinstance(d, ast.Call) else d) in _CACHES for d in fn.node.decorator_list)
+
+
+def _own_body(fn: ast.AST) -> list[ast.AST]:
+    """Nodes of `fn`'s body, not descending into nested functions (their calls run later, if ever)."""
+    out: list[ast.AST] = []
+    stack = list(getattr(fn, "body", []))
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(n))
+    return out
+
+
+_LOOP_NODES = (ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
 def _called(fn: ast.AST, name: str) -> bool:
-    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name for n in ast.walk(fn))
+    """Called directly in `fn`'s own body, and not from a loop there (a loop reuses the compile)."""
+    in_loop: set[int] = set()
+    for n in _own_body(fn):
+        if isinstance(n, _LOOP_NODES):
+            in_loop |= {id(m) for m in ast.walk(n)}
+    calls = [n for n in _own_body(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name]
+    return bool(calls) and not any(id(c) in in_loop for c in calls)
 
 
 def _mentions(expr: ast.AST, name: str) -> bool:
