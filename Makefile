@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/stabcheck check examples/ --exit-zero --no-cache
+	$(BIN)/stabcheck check examples/ --trace --confirm --exit-zero --no-cache
+	$(BIN)/stabcheck matrix examples/solver.py:solver_functions
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -78,8 +78,10 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
     stages = options.stages or config.stages
     rules = enabled_rules(config)
     files = list(discover(paths, config))
+    type_notes = _prepare_types(files, config, options)
     results = _static(files, config, options, rules)
     result = Result(findings=[], files=len(files), rules=rules)
+    result.notes.extend(type_notes)
     if "static" not in stages:
         results = {k: FileResult([f for f in v.findings if f.code in ("STB901",)], v.suppressions) for k, v in results.items()}
     later: list[Finding] = []
@@ -106,8 +108,12 @@ def _sups_for(path: str) -> list[suppress.Suppression]:
 _WORKER: tuple[Config, Dispatcher] | None = None
 
 
-def _init_worker(config: Config, codes: tuple[str, ...]) -> None:
+def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] | None = None) -> None:
     global _WORKER
+    if types:
+        from stabcheck.static import typed
+
+        typed.install(types)
     rules = [r for r in registry.all_rules() if r.code in codes]
     _WORKER = (config, Dispatcher(rules))
 
@@ -130,7 +136,28 @@ def _check_one(real: str, shown: str, config: Config, dispatcher: Dispatcher, da
             data = Path(real).read_bytes()
         except OSError as e:
             return FileResult([SyntaxErrorRule.finding(path=shown, span=Span(1, 1), message=f"`{shown}` cannot be read: {e.strerror or e}", help="check the file's permissions")], [])
-    return check_bytes(data, shown, config, dispatcher)
+    res = check_bytes(data, shown, config, dispatcher)
+    if config.types:
+        from stabcheck.static import typed
+
+        types = typed.lookup(real)
+        if types is not None:
+            res = typed.refine(data, shown, config, dispatcher, types, res)
+    return res
+
+
+def _prepare_types(files: list[Path], config: Config, options: Options) -> list[str]:
+    """The typed tier (issue 7): mypy runs once over the checked files, before the static pass;
+    `_check_one` (here or in a worker) looks each file's types up by path."""
+    from stabcheck.static import typed
+
+    typed.install({})
+    if not config.types:
+        return []
+    root = Path(options.cache_dir or os.path.join(config.root if config.source else ".", ".stabcheck_cache")) if options.cache else None
+    prepared = typed.prepare(files, root)
+    typed.install(prepared.files)
+    return prepared.notes
 
 
 def _static(files: list[Path], config: Config, options: Options, rules: tuple[type[Rule], ...]) -> dict[str, FileResult]:
@@ -150,6 +177,11 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
                 todo.append((str(f), shown))
                 continue
             h = digest(data)
+            if config.types:
+                from stabcheck.static import typed
+
+                t = typed.lookup(f)
+                h = digest(f"{h}|{t.digest() if t is not None else ''}".encode())
             hashes[shown] = h
             hit = cache.get(shown, h)
             if hit is not None:
@@ -162,7 +194,7 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else multiprocessing.get_context()
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(config, tuple(r.code for r in rules))) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(config, tuple(r.code for r in rules), _types_registry(config))) as pool:
             for batch_out in pool.map(_check_many, [b for b in batches if b]):
                 for shown, fds, sps in batch_out:
                     results[shown] = FileResult([Finding.from_dict(d) for d in fds], [suppress.Suppression.from_list(s) for s in sps])
@@ -176,6 +208,14 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
                 cache.put(shown, hashes[shown], results[shown].findings, results[shown].suppressions)
         cache.save()
     return results
+
+
+def _types_registry(config: Config) -> dict[str, Any] | None:
+    if not config.types:
+        return None
+    from stabcheck.static import typed
+
+    return typed.registry()
 
 
 def _cache_key(config: Config, rules: tuple[type[Rule], ...]) -> str:

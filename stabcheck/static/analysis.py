@@ -16,14 +16,17 @@ parameters annotated `int`/`bool`/`str` or defaulting to a Python literal.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from stabcheck.static.names import Names, Transform
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
 
 STATIC_ATTRS = frozenset({"shape", "ndim", "dtype", "size", "weak_type", "sharding", "aval", "itemsize", "nbytes", "__class__", "__name__"})
+ARRAY_ATTRS = frozenset({"T", "mT", "real", "imag", "at"})
 STATIC_METHODS = frozenset({"item", "tolist", "__len__", "keys", "get_shape"})
 STATIC_BUILTINS = frozenset(
     f"builtins.{n}"
@@ -44,6 +47,10 @@ STATIC_JAX = frozenset(
         "jax.numpy.isdtype",
         "jax.numpy.isscalar",
         "jax.numpy.iscomplexobj",
+        "jax.lax.axis_size",
+        "jax.device_count",
+        "jax.local_device_count",
+        "jax.process_count",
         "jax.numpy.isrealobj",
         "jax.numpy.issctype",
         "jax.eval_shape",
@@ -92,18 +99,31 @@ class FunctionInfo:
         return self.cls is not None and self.parent is None and bool(self.params) and self.params[0] in ("self", "cls")
 
 
+class TypeOracle(Protocol):
+    """What the typed tier (mypy, `stabcheck.static.typed.FileTypes`) answers about one module."""
+
+    def kind(self, expr: ast.AST) -> str | None: ...  # "array", "static", "optional", "tuple:2", ...
+    def is_static_call(self, call: ast.Call) -> bool: ...  # declared and inferred int/bool/str/None
+    def callee(self, callee: ast.AST) -> str | None: ...  # qualname in this module of the def it runs
+    def param_kind(self, function: str, param: str) -> str | None: ...
+    def seed_items(self) -> Iterable[tuple[str, frozenset[str], bool]]: ...  # called from other files
+
+
 class Analysis:
     """Scopes, transform applications and traced names of one module."""
 
-    def __init__(self, tree: ast.Module, names: Names) -> None:
+    def __init__(self, tree: ast.Module, names: Names, types: TypeOracle | None = None) -> None:
         self.tree = tree
         self.names = names
+        self.types = types
         self.functions: dict[ast.AST, FunctionInfo] = {}
         self.module_defs: dict[str, FunctionInfo] = {}
         self.classes: dict[str, dict[str, FunctionInfo]] = {}
         self.class_nodes: dict[str, ast.ClassDef] = {}
         self._collect(tree.body, None, None, "")
         self._find_applications()
+        if types is not None:
+            self._apply_seeds(types)
         self._propagate()
 
     # -- scopes ------------------------------------------------------------------------
@@ -146,14 +166,37 @@ class Analysis:
                 if expr.id in s.defs:
                     return s.defs[expr.id]
                 s = s.parent
-            return self.module_defs.get(expr.id)
+            found = self.module_defs.get(expr.id)
+            if found is not None or self.types is None:
+                return found
         if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id in ("self", "cls"):
             s = scope
             while s is not None and s.cls is None:
                 s = s.parent
             if s is not None and s.cls is not None:
-                return self.classes.get(s.cls.name, {}).get(expr.attr)
+                found = self.classes.get(s.cls.name, {}).get(expr.attr)
+                if found is not None:
+                    return found
+        if self.types is not None and isinstance(expr, (ast.Name, ast.Attribute)):
+            return self._by_qualname(self.types.callee(expr))  # self.encoder(x), model.apply(x)
         return None
+
+    def _by_qualname(self, qualname: str | None) -> FunctionInfo | None:
+        if qualname is None:
+            return None
+        table = getattr(self, "_qualnames", None)
+        if table is None:
+            table = self._qualnames = {i.qualname: i for i in self.functions.values() if not isinstance(i.node, ast.Lambda)}
+        return table.get(qualname)
+
+    def _apply_seeds(self, types: TypeOracle) -> None:
+        """Defs that transformed code in another checked file calls with traced arguments."""
+        for qualname, traced, abstract in types.seed_items():
+            info = self._by_qualname(qualname)
+            if info is not None:
+                static = self._static_by_signature(info)
+                info.static_params |= static
+                self._set(info, set(traced) - static, abstract)
 
     def scope_of(self, node: ast.AST) -> FunctionInfo | None:
         return self.functions.get(node)
@@ -229,6 +272,8 @@ class Analysis:
                 out.add(a.arg)
             elif isinstance(d, ast.Constant) and d.value is not None and not isinstance(d.value, float):
                 out.add(a.arg)
+            elif a.annotation is not None and self.types is not None and self.types.param_kind(info.qualname, a.arg) == "static":
+                out.add(a.arg)  # `n: Count` with `Count: TypeAlias = int`
         return out
 
     def _is_compact(self, dec: ast.AST) -> bool:
@@ -276,7 +321,8 @@ class Analysis:
                         work.append(callee)
 
     def _traced_args(self, callee: FunctionInfo, call: ast.Call, scope: FunctionInfo) -> set[str]:
-        params = callee.params[1:] if callee.is_method and isinstance(call.func, ast.Attribute) else callee.params
+        bound = isinstance(call.func, ast.Attribute) or (callee.name == "__call__" and self.types is not None)
+        params = callee.params[1:] if callee.is_method and bound else callee.params
         out: set[str] = set()
         for i, a in enumerate(call.args):
             if isinstance(a, ast.Starred):
@@ -307,22 +353,28 @@ class Analysis:
         inherited = set(info.parent.traced) - set(info.params) if info.parent is not None else set()
         traced = set(info.traced_params) | inherited
         assigns: list[tuple[list[ast.AST], ast.AST]] = []
+        comps: list[tuple[list[ast.AST], ast.AST]] = []
         for node in self._own_nodes(info.node):
             if isinstance(node, ast.Assign):
                 assigns.append((node.targets, node.value))
             elif isinstance(node, (ast.AugAssign, ast.AnnAssign)) and node.value is not None:
                 assigns.append(([node.target], node.value if isinstance(node, ast.AnnAssign) else ast.BinOp(node.target, node.op, node.value)))
             elif isinstance(node, (ast.For, ast.AsyncFor)):
-                assigns.append(([node.target], node.iter))
+                assigns.extend(_split_iteration(node.target, node.iter))
             elif isinstance(node, ast.NamedExpr):
                 assigns.append(([node.target], node.value))
             elif isinstance(node, ast.comprehension):
-                assigns.append(([node.target], node.iter))
+                comps.extend(_split_iteration(node.target, node.iter))
             elif isinstance(node, (ast.With, ast.AsyncWith)):
                 for item in node.items:
                     if item.optional_vars is not None:
                         assigns.append(([item.optional_vars], item.context_expr))
-        info.assigned = {n.id for targets, _ in assigns for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        # a comprehension variable is local to its comprehension: where the function binds the same
+        # name elsewhere (`for i, s in enumerate(...)` after `all(i.shape == () for i in xs)`),
+        # those bindings decide whether the name is traced
+        bound = {n for targets, _ in assigns for t in targets for n in _bound_names(t)}
+        assigns += [(ts, v) for ts, v in comps if not any(n in bound for n in _bound_names(ts[0]))]
+        info.assigned = bound | {n for targets, _ in comps for t in targets for n in _bound_names(t)}
         kinds: dict[str, bool] = {}
         for targets, value in assigns:
             is_container = _is_container(value, self.names)
@@ -330,18 +382,15 @@ class Analysis:
                 if isinstance(t, ast.Name):
                     kinds[t.id] = kinds.get(t.id, True) and is_container
                 else:
-                    for n in ast.walk(t):
-                        if isinstance(n, ast.Name):
-                            kinds[n.id] = False
+                    for n in _bound_names(t):
+                        kinds[n] = False
         info.containers = {k for k, v in kinds.items() if v}
         for _ in range(8):
             before = len(traced)
             for targets, value in assigns:
                 if self._eval(value, traced, info):
                     for t in targets:
-                        for n in ast.walk(t):
-                            if isinstance(n, ast.Name):
-                                traced.add(n.id)
+                        traced.update(_bound_names(t, containers=True))
             if len(traced) == before:
                 break
         return traced
@@ -362,9 +411,27 @@ class Analysis:
         if isinstance(expr, ast.Name) and scope is not None and expr.id not in scope.assigned:
             # a bare parameter may be a pytree (dict, list); only an annotation says it is an array
             owner = self._param_owner(expr.id, scope)
-            if owner is not None and not _array_annotated(owner, expr.id):
+            typed = self.types.param_kind(owner.qualname, expr.id) if owner is not None and self.types is not None else None
+            if owner is not None and typed != "array" and not _array_annotated(owner, expr.id):
                 return False
+        kind = self.types.kind(expr) if self.types is not None else None
+        if kind is not None and (kind in ("container", "none") or kind.startswith("tuple:") or (isinstance(expr, ast.Call) and kind == "static")):
+            return False  # mypy: a tuple, list, dict or None is never a traced array
         return self.is_traced(expr, scope)
+
+    def _param_attribute(self, e: ast.Attribute, traced: set[str], scope: FunctionInfo) -> bool:
+        """`e` reads a field of a bare parameter whose type is unknown.
+
+        Such a parameter is as often a config object or pytree node (whose fields are static
+        aux data) as an array; only an array annotation (or the typed tier) says otherwise.
+        """
+        base: ast.AST = e.value
+        while isinstance(base, ast.Attribute):
+            base = base.value
+        if not isinstance(base, ast.Name) or base.id not in traced:
+            return False
+        owner = self._param_owner(base.id, scope)
+        return owner is not None and not _array_annotated(owner, base.id)
 
     def _param_owner(self, name: str, scope: FunctionInfo) -> FunctionInfo | None:
         s: FunctionInfo | None = scope
@@ -385,6 +452,8 @@ class Analysis:
         if isinstance(e, ast.Attribute):
             if e.attr in STATIC_ATTRS:
                 return False
+            if e.attr not in ARRAY_ATTRS and scope is not None and self._param_attribute(e, traced, scope):
+                return False  # `config.tile_n`, `ctx.params.flag`: fields of an untyped argument
             return ev(e.value, traced, scope)
         if isinstance(e, ast.Subscript):
             return ev(e.value, traced, scope)
@@ -426,6 +495,8 @@ class Analysis:
         q = self.names.qualname(func)
         if q is not None and (q in STATIC_BUILTINS or q in STATIC_JAX or q.startswith(("numpy.", "math.", "jax.dtypes.", "jax.numpy.dtypes."))):
             return False
+        if self.types is not None and self.types.is_static_call(e):
+            return False  # `count(x)` declared and inferred to return a Python int
         if isinstance(func, ast.Attribute):
             if func.attr in STATIC_METHODS:
                 return False
@@ -449,6 +520,35 @@ _CONTAINER_NODES = (ast.Tuple, ast.List, ast.Dict, ast.Set, ast.ListComp, ast.Di
 _CONTAINER_CALLS = frozenset({"builtins.list", "builtins.tuple", "builtins.dict", "builtins.set", "builtins.zip", "builtins.map", "builtins.filter", "builtins.enumerate", "builtins.sorted", "builtins.reversed"})
 
 
+def _split_iteration(target: ast.AST, it: ast.AST) -> list[tuple[list[ast.AST], ast.AST]]:
+    """`for a, b in zip(xs, ys)` binds a from xs and b from ys; `for i, x in enumerate(xs)`
+    binds x from xs (and i to a Python int)."""
+    if isinstance(it, ast.Call) and isinstance(target, ast.Tuple) and not it.keywords:
+        fname = it.func.id if isinstance(it.func, ast.Name) else it.func.attr if isinstance(it.func, ast.Attribute) else ""
+        if fname.endswith("zip") and len(it.args) == len(target.elts) and not any(isinstance(a, ast.Starred) for a in it.args):
+            return [([t], ast.Subscript(a, ast.Constant(0), ast.Load())) for t, a in zip(target.elts, it.args)]
+        if fname == "enumerate" and len(it.args) == 1 and len(target.elts) == 2:
+            return [([target.elts[0]], ast.Constant(0)), ([target.elts[1]], ast.Subscript(it.args[0], ast.Constant(0), ast.Load()))]
+    return [([target], it)]
+
+
+def _bound_names(target: ast.AST, *, containers: bool = False) -> list[str]:
+    """Names a binding target rebinds: `a`, `a, (b, *c)`; with `containers`, also the container
+    that `x[i] = v` stores into (never the names in the index)."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [n for e in target.elts for n in _bound_names(e, containers=containers)]
+    if isinstance(target, ast.Starred):
+        return _bound_names(target.value, containers=containers)
+    if containers and isinstance(target, ast.Subscript):
+        base = target.value
+        while isinstance(base, ast.Subscript):
+            base = base.value
+        return [base.id] if isinstance(base, ast.Name) else []
+    return []
+
+
 def _is_container(value: ast.AST, names: Names) -> bool:
     if isinstance(value, _CONTAINER_NODES):
         return True
@@ -462,12 +562,18 @@ def _is_container(value: ast.AST, names: Names) -> bool:
 ARRAY_WORDS = ("Array", "ndarray", "Float", "Int", "Bool", "Num", "Shaped", "Real", "Complex", "Key", "UInt", "Inexact")
 
 
+_ARRAY_NAME = re.compile(r"^(?:Array|ArrayLike|ndarray|Tensor|Shaped|Num|Real|Inexact|Integer|Key|PRNGKeyArray|(?:Float|Int|UInt|Bool|Complex|BFloat)\d*)$|Array$")
+
+
 def _array_annotated(info: FunctionInfo, name: str) -> bool:
     args = info.node.args
     for a in (*args.posonlyargs, *args.args, *args.kwonlyargs):
         if a.arg == name and a.annotation is not None:
-            text = ast.unparse(a.annotation)
-            return any(w in text for w in ARRAY_WORDS)
+            ann: ast.AST = a.annotation
+            if isinstance(ann, ast.Constant) and isinstance(ann.value, str):
+                return any(_ARRAY_NAME.search(w) for w in re.findall(r"[A-Za-z_][A-Za-z_0-9]*", ann.value))
+            words = [n.id for n in ast.walk(ann) if isinstance(n, ast.Name)] + [n.attr for n in ast.walk(ann) if isinstance(n, ast.Attribute)]
+            return any(_ARRAY_NAME.search(w) for w in words)
     return False
 
 

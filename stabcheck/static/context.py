@@ -6,8 +6,9 @@ import ast
 from typing import TYPE_CHECKING
 
 from stabcheck.finding import Finding
-from stabcheck.static.analysis import Analysis, FunctionInfo
+from stabcheck.static.analysis import Analysis, FunctionInfo, TypeOracle
 from stabcheck.static.names import Names
+from stabcheck.static.typed import current as typed_current
 
 if TYPE_CHECKING:
     from stabcheck.config import Config
@@ -23,7 +24,8 @@ class FileContext:
         self.tree = tree
         self.config = config
         self.names = Names(tree)
-        self.analysis = Analysis(tree, self.names)
+        self.types: TypeOracle | None = typed_current()  # mypy's view when the typed tier is on
+        self.analysis = Analysis(tree, self.names, self.types)
         self.findings: list[Finding] = []
         # maintained by the engine while walking
         self.ancestors: list[ast.AST] = []

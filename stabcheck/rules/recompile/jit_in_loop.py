@@ -139,18 +139,20 @@ class JitInLoop(Rule):
 
     def visit_FunctionDef(self, node: ast.FunctionDef, ctx: FileContext) -> None:
         outer = ctx.function
-        if outer is None or not _per_call_outer(ctx):
-            return
         for dec in node.decorator_list:
             t = ctx.names.transform(dec)
             if t is None or t.family not in _COMPILING:
                 continue
-            if not _called(outer.node, node.name) or _escapes(outer.node, node.name):
+            if ctx.loops:
+                where = "inside a loop: each iteration defines a new function"
+            elif outer is not None and _per_call_outer(ctx) and _called(outer.node, node.name) and not _escapes(outer.node, node.name):
+                where = f"inside `{outer.qualname}` and called there: each call of `{outer.qualname}` defines a new function"
+            else:
                 return
             self.report(
                 ctx,
                 dec,
-                f"`{node.name}` is jitted inside `{outer.qualname}` and called there; each call of `{outer.qualname}` defines a new function, so it traces and compiles again",
+                f"`{node.name}` is jitted {where}, so it traces and compiles again",
                 help="move the jitted function to module level (pass closed-over values as arguments), or build it once in a factory",
                 detail=node.name,
             )

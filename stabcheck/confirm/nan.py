@@ -1,0 +1,124 @@
+"""Where a NaN or Inf began: evaluate a jaxpr equation by equation, nested calls included.
+
+`nan_origin(fn, args)` traces `fn` (any composition of jit/grad/jvp/...) to a jaxpr and runs it
+one primitive at a time on the concrete `args`. The first equation whose inputs are all finite
+but whose output is not is the origin; its user line comes from the equation's source info, and
+its name stack tells the backward pass (`transpose(...)`) from the forward one. Runs in the
+worker (imports JAX).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# primitives whose inner jaxpr takes exactly the equation's inputs: step into them
+_CALLS = frozenset({"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call", "custom_lin"})
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    primitive: str
+    path: str | None
+    line: int | None
+    phase: str  # 'forward' (primal and linearization) | 'backward' (the transpose)
+    kind: str  # "NaN" | "Inf"
+    equation: str
+    name_stack: str
+    inputs_from: tuple[str, ...] = ()  # what produced the equation's inputs (e.g. "sqrt")
+    col: int = 1
+
+    @property
+    def describe(self) -> str:
+        """`div` (the derivative of `sqrt`), or just `sqrt`."""
+        src = [p for p in self.inputs_from if p != self.primitive]
+        if self.primitive in ("div", "mul", "integer_pow", "pow", "rsqrt") and src:
+            return f"`{self.primitive}` (in the derivative of `{src[0]}`)"
+        return f"`{self.primitive}`"
+
+
+def nonfinite(tree: Any) -> str | None:
+    """'NaN' or 'Inf' when any float leaf of `tree` has one, else None."""
+    import jax
+
+    kind = None
+    for leaf in jax.tree_util.tree_leaves(tree):
+        a = np.asarray(leaf) if hasattr(leaf, "dtype") or isinstance(leaf, (float, complex)) else None
+        if a is None or not np.issubdtype(a.dtype, np.inexact):
+            continue
+        if np.isnan(a).any():
+            return "NaN"
+        if np.isinf(a).any():
+            kind = "Inf"
+    return kind
+
+
+def nan_origin(fn: Callable[..., Any], args: tuple[Any, ...], static_argnums: tuple[int, ...] = ()) -> Origin | None:
+    import jax
+
+    closed = jax.make_jaxpr(fn, static_argnums=static_argnums)(*args)
+    flat = jax.tree_util.tree_leaves([a for i, a in enumerate(args) if i not in static_argnums])
+    found: list[Origin] = []
+    try:
+        _eval(closed.jaxpr, list(closed.consts), flat, found, [""] * len(flat))
+    except _Stop:
+        pass
+    return found[0] if found else None
+
+
+class _Stop(Exception):
+    pass
+
+
+def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], labels: list[str]) -> list[Any]:
+    from jax._src import core
+
+    env: dict[Any, Any] = {}
+    made_by: dict[Any, str] = {}  # var -> the primitive (or named call) that produced it
+
+    def read(v: Any) -> Any:
+        return v.val if isinstance(v, core.Literal) else env[v]
+
+    for v, x in zip(jaxpr.constvars, consts):
+        env[v] = x
+    for v, x, lab in zip(jaxpr.invars, args, labels):
+        env[v] = x
+        made_by[v] = lab
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        from_ = [made_by.get(v, "") for v in eqn.invars if not isinstance(v, core.Literal)]
+        label = str(eqn.params.get("name", name)) if name in _CALLS else name
+        sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+        if name in _CALLS and sub is not None:
+            inner, inner_consts = (sub.jaxpr, list(sub.consts)) if hasattr(sub, "consts") else (sub, [])
+            if len(inner.invars) == len(invals):
+                outs = _eval(inner, inner_consts, invals, found, from_)
+                for v, x in zip(eqn.outvars, outs):
+                    env[v] = x
+                    made_by[v] = label
+                continue
+        with eqn.ctx.manager:
+            outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+        outs = list(outs) if eqn.primitive.multiple_results else [outs]
+        for v, x in zip(eqn.outvars, outs):
+            env[v] = x
+            made_by[v] = label
+        bad = nonfinite(outs)
+        if bad and not nonfinite(invals):
+            found.append(_origin(eqn, bad, tuple(f for f in from_ if f)))
+            raise _Stop
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _origin(eqn: Any, kind: str, inputs_from: tuple[str, ...]) -> Origin:
+    from stabcheck.traced.source import eqn_site
+
+    site = eqn_site(eqn)
+    stack = str(eqn.source_info.name_stack)
+    text = str(eqn).strip().splitlines()[0][:200]
+    phase = "backward" if "transpose" in stack else "forward"
+    return Origin(eqn.primitive.name, site.file if site else None, site.line if site else None, phase, kind, text, stack, inputs_from, site.col if site else 1)

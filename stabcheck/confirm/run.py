@@ -1,0 +1,482 @@
+"""The confirm stage inside the worker: run an entry for real and settle what was suspected.
+
+Contract with the traced stage (`stabcheck.traced.stage.run_stage` calls this in its worker when
+"confirm" is in the stages; JAX is imported there, user code may run):
+
+    confirm_entry(name, entry, suspected=(), *, transforms=None, memory_limit=None, max_traces=3,
+                  path="", function="", line=1, findings=None, payload=None) -> list[Finding]
+
+    name        the entry's name (shown in messages)
+    entry       a `stabcheck.Entry`
+    suspected   findings already reported for this entry's code (static and traced), any status
+    transforms  overrides `entry.transforms`; "call" runs the function as given (a jitted step)
+    memory_limit  bytes one compiled transform may use (None: half of RAM)
+    max_traces  the STB504 threshold (config `max-traces`)
+    path, function, line  where a run-time finding goes when no user line is known (the entry's def)
+    findings    an alias of `suspected` (the traced stage passes `findings=`)
+    payload     the worker payload; its "transforms", "memory_limit" (bytes) and "max_traces" are
+                used when the keyword arguments are not given, and its "suspected" (Finding
+                dicts, or {entry name: [dicts]}) are added to `suspected`
+
+Static findings are per file: only those on a line that the entry's forward program runs are
+settled (and returned); the others are not this entry's business and are dropped from the result.
+
+Returns every suspected finding refined to status "confirmed" (stage "confirmed") or "refuted",
+or left suspected with a note in its evidence when no run could test it, followed by new
+findings (stage "confirmed") for what only showed at run time: errors, NaN/Inf (STB408, with the
+first primitive that produced it), gradient dtype changes (STB406), retraces (STB504).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stabcheck.confirm import transforms as T
+from stabcheck.confirm.device import default_memory_limit, format_bytes
+from stabcheck.confirm.errors import SLUGS, Failure, classify
+from stabcheck.finding import Finding, Span
+from stabcheck.traced.entries import Entry
+
+ERROR_CODES = frozenset({"STB101", "STB102", "STB103", "STB203", "STB402", "STB403", "STB404", "STB405", "STB407"})
+NAN_CODES = frozenset({"STB401", "STB408"})
+DTYPE_CODES = frozenset({"STB301", "STB303", "STB304"})
+RETRACE_CODES = frozenset({"STB204", "STB501", "STB503", "STB504"})
+# what each suspected code needs run to be settled
+NEEDS = {"STB403": ("jvp",), "STB404": ("grad",), "STB402": ("grad",), "STB405": ("grad",), "STB401": ("grad",), "STB408": ("grad",), "STB406": ("grad",), "STB407": ("grad",)}
+_FWD = ("jvp", "jacfwd", "hessian", "hvp", "call")
+_REV = ("grad", "jacrev", "hessian", "hvp", "call")
+# which clean runs refute a suspected error: those that would have raised it
+RELEVANT = {"STB403": _FWD, "STB404": _REV, "STB402": _REV, "STB405": _REV + ("jvp", "jacfwd"), "STB407": _REV + ("jvp", "jacfwd")}
+_HELP = {
+    "STB408": "keep the unsafe primitive away from the inputs where it or its derivative blows up: guard its input too (the double where), or clip it",
+    "STB406": "make the custom rule return each cotangent in its primal input's dtype (`g.astype(x.dtype)`)",
+    "STB504": "give every call the same types: cast scalars once (`jnp.float32(lr)`), build the initial state with the dtypes the step returns, keep static arguments to a few values",
+}
+_FLOATS = {"f16": 16, "bf16": 16, "f32": 32, "f64": 64}
+
+
+@dataclass(slots=True)
+class Observation:
+    """What running one transform showed."""
+
+    transform: str
+    ok: bool = True
+    failure: Failure | None = None
+    nonfinite: str | None = None
+    origin: Any = None  # nan.Origin
+    mismatches: list[tuple[str, str, str]] = field(default_factory=list)  # (leaf, param dtype, grad dtype)
+    skipped: str = ""
+    sites: list[Any] = field(default_factory=list)  # hlo.OpSite of the compiled program
+    weak_outputs: list[str] = field(default_factory=list)
+    input_floats: set[str] = field(default_factory=set)
+    inputs: str = "the example arguments"
+
+
+def confirm_entry(
+    name: str,
+    entry: Entry,
+    suspected: Sequence[Finding] = (),
+    *,
+    transforms: Sequence[str] | None = None,
+    memory_limit: int | None = None,
+    max_traces: int = 3,
+    path: str = "",
+    function: str = "",
+    line: int = 1,
+    findings: Sequence[Finding] | None = None,
+    payload: dict[str, Any] | None = None,
+) -> list[Finding]:
+    payload = payload or {}
+    given = payload.get("suspected", ())
+    given = given.get(name, ()) if isinstance(given, dict) else given
+    suspected = list(suspected) + list(findings or ()) + [d if isinstance(d, Finding) else Finding.from_dict(d) for d in given]
+    transforms = transforms or payload.get("transforms")
+    memory_limit = memory_limit or payload.get("memory_limit")
+    max_traces = int(payload.get("max_traces", max_traces))
+    if not path:
+        path, function, line = _entry_origin(entry, name, payload.get("target") or {})
+    from stabcheck.traced.tracing import jax_flags
+
+    with jax_flags(entry.jax_config):
+        made = T.concrete(entry)
+        label = "the example arguments" if made is entry else "seeded random arguments"
+        return _confirm_entry(name, made, suspected, transforms, memory_limit or default_memory_limit(), max_traces, (path, function or name, line), label)
+
+
+def _confirm_entry(name: str, entry: Entry, suspected: list[Finding], transforms: Sequence[str] | None, limit: int, max_traces: int, where: tuple[str, str, int], label: str) -> list[Finding]:
+    if any(f.stage == "static" for f in suspected):
+        # static findings come per file: settle only those on lines this entry's program runs
+        lines = _program_lines(entry)
+        suspected = [f for f in suspected if f.stage != "static" or (os.path.realpath(f.path), f.line) in lines]
+    codes = {f.code for f in suspected}
+    wanted = list(transforms or entry.transforms)
+    if "call" not in wanted:
+        for c in sorted(codes):
+            wanted += [t for t in NEEDS.get(c, ()) if t not in wanted]
+        if codes & (DTYPE_CODES | {"STB302", "STB101", "STB102", "STB103", "STB203"}) and "jit" not in wanted:
+            wanted.insert(0, "jit")
+    names = T._param_names(entry.fn, len(entry.args))
+    obs: list[Observation] = []
+    retr = None
+    if ("call" in wanted or "jit" in wanted) and (entry.calls or entry.state_argnums or codes & RETRACE_CODES):
+        try:
+            from stabcheck.confirm.retrace import count_retraces
+
+            retr = count_retraces(entry, names)
+        except Exception as e:  # the failure itself shows again in the call/jit run below
+            obs.append(Observation("retrace", ok=False, failure=classify(e, _within(entry))))
+    split = None
+    for t in wanted:
+        try:
+            split = split or T.Split.of(entry)
+        except Exception as e:
+            obs.append(Observation(t, ok=False, failure=classify(e, _within(entry))))
+            break
+        obs.extend(_run(t, entry, split, limit, boundary="STB401" in codes, label=label))
+    out = [_settle(f, obs, retr, max_traces) for f in suspected]
+    out += _new_findings(name, entry, obs, retr, max_traces, out, where)
+    return out
+
+
+def _program_lines(entry: Entry) -> set[tuple[str, int]]:
+    """(file, line) of every operation in the entry's forward program (empty if it fails)."""
+    import jax
+
+    try:
+        if "call" in entry.transforms:
+            lowered = jax.jit(lambda *a: entry.fn(*a, **dict(entry.kwargs)), static_argnums=entry.static_argnums).lower(*entry.args)
+        else:
+            s = T.Split.of(entry)
+            lowered = jax.jit(s.call).lower(s.leaves(s.diff_slots), s.leaves(s.rest_slots))
+        return {(os.path.realpath(o.file), o.line) for o in _sites(lowered)}
+    except Exception:
+        return set()
+
+
+def _within(entry: Entry) -> tuple[str, ...]:
+    fn = getattr(entry.fn, "__wrapped__", entry.fn)
+    code = getattr(fn, "__code__", None)
+    return (os.path.realpath(code.co_filename),) if code is not None else ()
+
+
+# -- running ---------------------------------------------------------------------------------
+def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: bool, label: str) -> list[Observation]:
+    import jax
+
+    ob = Observation(t, inputs=label)
+    within = _within(entry)
+    try:
+        if t == "call":
+            fun, inputs = (lambda *a: entry.fn(*a, **dict(entry.kwargs))), entry.args
+            out = jax.block_until_ready(fun(*inputs))
+            try:
+                ob.sites = _sites(jax.jit(fun, static_argnums=entry.static_argnums).lower(*inputs))
+            except Exception:
+                pass
+        else:
+            p = T.prepare(entry, t, split)
+            fun, inputs = p.fun, p.inputs
+            lowered = jax.jit(fun).lower(*inputs)
+            compiled = lowered.compile()
+            need = _memory(compiled)
+            if need is not None and need > limit:
+                ob.skipped = f"`{t}` would need about {format_bytes(need)} (from the compiled program), over the memory limit of {format_bytes(limit)}; not run"
+                return [ob]
+            if t == "jit":
+                ob.sites = _sites(lowered)
+            out = jax.block_until_ready(compiled(*inputs))
+            if t == "grad":
+                ob.mismatches = [(path, str(a.dtype), str(g.dtype)) for path, a, g in zip(p.paths, p.params, out) if str(a.dtype) != str(g.dtype)]
+        ob.input_floats = {_short(str(x.dtype)) for x in jax.tree_util.tree_leaves(inputs) if T.is_float(x) and hasattr(x, "dtype")}
+        ob.weak_outputs = [jax.tree_util.keystr(kp) or "output" for kp, x in jax.tree_util.tree_flatten_with_path(out)[0] if getattr(jax.typeof(x), "weak_type", False)] if t in ("jit", "call") else []
+        ob.nonfinite = _nan(fun, inputs, out, ob, entry.static_argnums if t == "call" else ())
+    except Exception as e:
+        ob.ok, ob.failure = False, classify(e, within)
+        return [ob]
+    obs = [ob]
+    if boundary and t == "grad" and ob.nonfinite is None:
+        import jax.numpy as jnp
+
+        for label, make in (("zeros", jnp.zeros_like), ("negative values", lambda x: -jnp.abs(x) - 1)):
+            p = T.prepare(entry, t, split)
+            d = tuple(make(x) for x in p.inputs[0])
+            b = Observation(t, inputs=label)
+            try:
+                out = jax.block_until_ready(jax.jit(p.fun)(d, p.inputs[1]))
+                b.nonfinite = _nan(p.fun, (d, p.inputs[1]), out, b)
+            except Exception as e:
+                b.ok, b.failure = False, classify(e, within)
+            obs.append(b)
+            if b.nonfinite:
+                break
+    return obs
+
+
+def _nan(fun: Any, inputs: tuple[Any, ...], out: Any, ob: Observation, static: tuple[int, ...] = ()) -> str | None:
+    from stabcheck.confirm.nan import nan_origin, nonfinite
+
+    kind = nonfinite(out)
+    if kind and not nonfinite(inputs):
+        try:
+            ob.origin = nan_origin(fun, inputs, static)
+        except Exception:
+            ob.origin = None
+    return kind if kind and not nonfinite(inputs) else None
+
+
+def _memory(compiled: Any) -> int | None:
+    try:
+        m = compiled.memory_analysis()
+    except Exception:
+        return None
+    if m is None:
+        return None
+    peak = getattr(m, "peak_memory_in_bytes", 0) or 0
+    total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    return int(max(peak, total))
+
+
+def _sites(lowered: Any) -> list[Any]:
+    from stabcheck.confirm.hlo import sites
+
+    return sites(lowered.as_text(debug_info=True))
+
+
+def _short(dtype: str) -> str:
+    return {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}.get(dtype, dtype)
+
+
+# -- settling suspected findings ------------------------------------------------------------------
+def _ran(obs: list[Observation], kinds: Sequence[str] | None = None) -> list[Observation]:
+    return [o for o in obs if o.ok and not o.skipped and (kinds is None or o.transform in kinds)]
+
+
+def _confirm(f: Finding, how: str, **evidence: Any) -> Finding:
+    return f.refine(stage="confirmed", status="confirmed", evidence={**f.evidence, "confirmed": how, **evidence})
+
+
+def _refute(f: Finding, how: str) -> Finding:
+    # stage "confirmed": a refutation outranks the static/traced copy of the finding when merged
+    return f.refine(stage="confirmed", status="refuted", evidence={**f.evidence, "refuted": how})
+
+
+def _undecided(f: Finding, why: str) -> Finding:
+    return f.refine(evidence={**f.evidence, "confirm": why})
+
+
+def _names(obs: list[Observation]) -> str:
+    return ", ".join(dict.fromkeys(f"`{o.transform}`" for o in obs)) or "nothing"
+
+
+def _settle(f: Finding, obs: list[Observation], retr: Any, max_traces: int) -> Finding:
+    c = f.code
+    if c in ERROR_CODES:
+        failed = [(o, o.failure) for o in obs if o.failure and o.failure.code == c]
+        if failed:
+            o, fl = failed[0]
+            extra = {} if "jax_message" in f.evidence else {"error": fl.message}
+            return _confirm(f, f"`{o.transform}` raised {fl.kind}", **extra)
+        ran = _ran(obs, RELEVANT.get(c))
+        return _refute(f, f"ran clean under {_names(ran)}") if ran else _undecided(f, _why(obs))
+    if c in NAN_CODES:
+        hit = [o for o in obs if o.nonfinite]
+        if hit:
+            o = hit[0]
+            return _confirm(f, f"`{o.transform}` on {o.inputs} gave {o.nonfinite}", **_origin_evidence(o))
+        ran = _ran(obs, ("grad", "call", "hessian", "hvp", "jacrev"))
+        return _refute(f, f"outputs and gradients finite under {_names(ran)} on {', '.join(dict.fromkeys(o.inputs for o in ran))}") if ran else _undecided(f, _why(obs))
+    if c == "STB406":
+        hit = [o for o in obs if o.mismatches]
+        if hit:
+            leaf, a, g = hit[0].mismatches[0]
+            return _confirm(f, f"gradient of `{leaf}` is {g} for a {a} parameter")
+        ran = _ran(obs, ("grad",))
+        return _refute(f, "every gradient leaf has its parameter's dtype") if ran else _undecided(f, _why(obs))
+    if c in DTYPE_CODES:
+        ran = [o for o in _ran(obs, ("jit", "call")) if o.sites]
+        if not ran:
+            return _undecided(f, _why(obs))
+        from stabcheck.confirm.hlo import at
+
+        here = [s for o in ran for s in at(o.sites, f.path, f.line)]
+        floats = {s.dtype for s in here if s.dtype in _FLOATS}
+        widest_in = max((_FLOATS.get(d, 0) for o in ran for d in o.input_floats), default=0)
+        if c == "STB301":
+            ok = "f64" in floats and widest_in < 64
+        elif c == "STB303":
+            ok = any(_FLOATS.get(d, 0) > widest_in for d in floats) or any(s.op == "convert" and s.dtype in _FLOATS for s in here)
+        else:
+            ok = any(s.op == "convert" and s.dtype in _FLOATS for s in here)
+        shown = sorted({f"{s.op}->{s.dtype}" for s in here})
+        if ok:
+            return _confirm(f, f"the compiled program computes {', '.join(shown)} at this line", compiled_ops=", ".join(shown))
+        return _refute(f, f"the compiled program computes {', '.join(shown) or 'nothing'} at this line")
+    if c == "STB302":
+        ran = _ran(obs, ("jit", "call"))
+        weak = [w for o in ran for w in o.weak_outputs]
+        if weak:
+            return _confirm(f, f"output leaf {weak[0]} is weakly typed at run time")
+        return _refute(f, "no output is weakly typed at run time") if ran else _undecided(f, _why(obs))
+    if c in RETRACE_CODES and retr is not None:
+        if c == "STB204":
+            if retr.state_changes:
+                return _confirm(f, f"feeding the state back recompiled: {retr.state_changes[0]}")
+            return _refute(f, f"state fed back {retr.calls - 1} time(s) without recompiling") if retr.feedback else _undecided(f, "no state_argnums to feed back")
+        if retr.compiles > max_traces:
+            return _confirm(f, f"compiled {retr.compiles} times in {retr.calls} calls", compiles=retr.compiles)
+        return _refute(f, f"compiled {retr.compiles} time(s) in {retr.calls} calls (limit {max_traces})")
+    return _undecided(f, "not checked at run time" if c not in ERROR_CODES else _why(obs))
+
+
+def _why(obs: list[Observation]) -> str:
+    skipped = [o.skipped for o in obs if o.skipped]
+    if skipped:
+        return skipped[0]
+    failed = [o for o in obs if o.failure]
+    if failed:
+        return f"`{failed[0].transform}` failed first with {failed[0].failure.kind}"  # type: ignore[union-attr]
+    return "no transform that tests it ran"
+
+
+def _origin_evidence(o: Observation) -> dict[str, Any]:
+    og = o.origin
+    if og is None:
+        return {}
+    return {"first_nonfinite": f"`{og.primitive}` ({og.phase} pass) made the first {og.kind}", "equation": og.equation}
+
+
+# -- new findings -------------------------------------------------------------------------------
+def _new_findings(name: str, entry: Entry, obs: list[Observation], retr: Any, max_traces: int, settled: list[Finding], where: tuple[str, str, int]) -> list[Finding]:
+    from stabcheck import registry
+
+    path, function, def_line = where
+    covered = {f.code for f in settled if f.status == "confirmed"}
+    out: list[Finding] = []
+    seen: set[tuple[str, str, int]] = set()
+
+    def add(code: str, file: str | None, line: int | None, message: str, col: int = 1, **evidence: Any) -> None:
+        if not (file and line):
+            file, line = (os.path.abspath(path) if path else None), def_line
+        shown = _display(file) if file else path
+        key = (code, shown, line or 1)
+        if key in seen or (code in covered and code != "STB902"):
+            return
+        seen.add(key)
+        detail = evidence.pop("detail", name)
+        help_ = evidence.pop("help", "")
+        rule = registry.get(code)
+        if rule is not None:
+            out.append(rule.finding(path=shown, span=Span(line or 1, col), message=message, help=help_, function=function, detail=detail, evidence=evidence, stage="confirmed", status="confirmed", snippet=_line(file, line)))
+        else:
+            out.append(Finding(code, SLUGS.get(code, "analysis-error"), message, shown, Span(line or 1, col), help=help_, stage="confirmed", status="confirmed", function=function, detail=detail, evidence=evidence, snippet=_line(file, line)))
+
+    for o in obs:
+        if o.failure:
+            fl = o.failure
+            what = "the call" if o.transform in ("call", "retrace") else f"`{o.transform}`"
+            add(fl.code, fl.path, fl.line, f"running {what} on entry `{name}` raised `{fl.kind}` here ({fl.reason}); it fails on every call, not only in this check", error=fl.message, transform=o.transform)
+        if o.nonfinite:
+            og = o.origin
+            if og is not None and og.line:
+                what = "outputs" if o.transform in ("jit", "call") else "gradients"
+                msg = f"{og.describe} made the first {og.kind} here when `{o.transform}` ran on entry `{name}` with {o.inputs} ({og.phase} pass); it reaches the {what} and poisons every update that uses them"
+                add("STB408", og.path, og.line, msg, og.col, first_nonfinite=og.describe.replace("`", ""), equation=og.equation, transform=o.transform, inputs=o.inputs, detail=og.primitive, help=_HELP["STB408"])
+            else:
+                add("STB408", None, None, f"`{o.transform}` of entry `{name}` returned {o.nonfinite} on {o.inputs}; every update that uses it is poisoned", transform=o.transform, help=_HELP["STB408"])
+        for leaf, a, g in o.mismatches:
+            add("STB406", None, None, f"the gradient of `{leaf}` is `{g}` but the parameter is `{a}` in entry `{name}`; JAX accepts it silently, and the update drifts in precision or breaks the optimizer state", leaf=leaf, detail=leaf, help=_HELP["STB406"])
+    if retr is not None and retr.compiles > max_traces:
+        why = "; ".join((retr.changes + retr.state_changes)[:3]) or "a change stabcheck cannot name"
+        add("STB504", None, None, f"entry `{name}` compiled {retr.compiles} times in {retr.calls} calls (limit {max_traces}); every new compilation costs a full trace and XLA compile. What changed: {why}", compiles=retr.compiles, calls=retr.calls, help=_HELP["STB504"])
+    notes = [o.skipped for o in obs if o.skipped]
+    if notes:
+        for f in out:
+            f.evidence.setdefault("skipped", "; ".join(notes))
+    return out
+
+
+def _display(file: str) -> str:
+    from stabcheck._discover import display
+    from pathlib import Path
+
+    return display(Path(file))
+
+
+def _line(file: str | None, line: int | None) -> str:
+    if not file or not line:
+        return ""
+    try:
+        with open(file, encoding="utf-8") as fh:
+            for i, text in enumerate(fh, start=1):
+                if i == line:
+                    return text.rstrip("\n")
+    except OSError:
+        pass
+    return ""
+
+
+def measure(fun: Any, *args: Any, runs: int = 5, budget: float = 0.5) -> float:
+    """Median seconds of `fun(*args)` after one warm-up call, with block_until_ready."""
+    import statistics
+
+    import jax
+
+    jax.block_until_ready(fun(*args))
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < runs or (time.perf_counter() - start < budget / 10 and len(times) < 50):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fun(*args))
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget and len(times) >= 3:
+            break
+    return statistics.median(times)
+
+
+# -- worker tasks (registered in stabcheck.traced.worker.TASKS) -------------------------------------
+def confirm_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict[str, Any]:
+    """Payload: "suspected" {entry: [Finding dicts]} (or "trace": true to trace the entry first
+    here), "transforms", "memory_limit" (bytes), "max_traces"."""
+    from stabcheck.confirm.device import device_info
+
+    spec = payload.get("target", {})
+    path, function, line = _entry_origin(entry, name, spec)
+    given = payload.get("suspected", {})
+    dicts = given.get(name, []) if isinstance(given, dict) else list(given)
+    extra: dict[str, Any] = {}
+    if payload.get("trace"):
+        import importlib
+
+        trace_task = getattr(importlib.import_module("stabcheck.traced.tracing"), "trace_task")
+        extra = trace_task(name, entry, payload)
+        dicts = [*dicts, *extra.get("findings", [])]
+    suspected = [Finding.from_dict(d) for d in dicts]
+    findings = confirm_entry(name, entry, suspected, transforms=payload.get("transforms"), memory_limit=payload.get("memory_limit"), max_traces=payload.get("max_traces", 3), path=path, function=function, line=line)
+    return {**extra, "findings": [f.to_dict() for f in findings], "device": device_info()}
+
+
+def matrix_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict[str, Any]:
+    """Payload: "memory_limit" (bytes), "runs", "columns". Result: {"row": ..., "device": ...}."""
+    from stabcheck.confirm.device import device_info
+    from stabcheck.confirm.matrix import COLUMNS, matrix_row
+
+    columns = tuple(payload.get("columns") or COLUMNS)
+    row = matrix_row(name, entry, memory_limit=payload.get("memory_limit") or default_memory_limit(), runs=payload.get("runs", 5), columns=columns)
+    return {"row": row, "device": device_info()}
+
+
+def _entry_origin(entry: Entry, name: str, spec: dict[str, Any]) -> tuple[str, str, int]:
+    """Where run-time findings without a better line go: the entry function's `def`."""
+    from pathlib import Path
+
+    from stabcheck._discover import display
+    from stabcheck.traced.source import function_site
+
+    site = function_site(entry.fn)
+    if site is None:
+        return spec.get("path", ""), spec.get("function") or name, 1
+    return display(Path(site.file)), site.function or name, site.line

@@ -1,0 +1,176 @@
+"""pytest plugin: `pytest --stabcheck` checks every jitted function the test session traces.
+
+Off unless `--stabcheck` (or ini `stabcheck = true`). The project's `[tool.stabcheck]` `select`,
+`ignore` and `max-traces` apply; the `--stabcheck-*` options override them. While on, each user-defined function that
+JAX traces for `jit` is checked once per signature, as if it carried `@stabcheck.stable` (the
+traced dtype checks and STB504 retraces), without editing user code; findings are collected,
+not warned. At the end: a summary table in the terminal, `--stabcheck-strict` turns findings
+into exit status 1, `--stabcheck-report FILE` writes them as JSON (`.json`) or SARIF (`.sarif`).
+Registered through the `pytest11` entry point `stabcheck`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stabcheck.finding import Finding
+
+_COLLECTOR = pytest.StashKey[Any]()
+_FAILED = pytest.StashKey[str]()
+_REPORT_ERROR = pytest.StashKey[str]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("stabcheck", "type stability of jitted JAX code (stabcheck)")
+    group.addoption("--stabcheck", action="store_true", default=False, help="check every function JAX traces for jit, once per signature")
+    group.addoption("--stabcheck-strict", action="store_true", default=False, help="fail the session (exit 1) when stabcheck finds anything; implies --stabcheck")
+    group.addoption("--stabcheck-report", metavar="FILE", default=None, help="write the findings to FILE: JSON (.json) or SARIF (.sarif); implies --stabcheck")
+    group.addoption("--stabcheck-max-traces", metavar="N", type=int, default=None, help="signatures per function before STB504 (default: max-traces of [tool.stabcheck], 3)")
+    group.addoption("--stabcheck-select", metavar="CODES", default=None, help="comma-separated codes, prefixes or slugs to report")
+    group.addoption("--stabcheck-ignore", metavar="CODES", default=None, help="comma-separated codes, prefixes or slugs not to report")
+    parser.addini("stabcheck", type="bool", default=False, help="run stabcheck on every jitted function (as --stabcheck)")
+    parser.addini("stabcheck_max_traces", default="", help="signatures per function before STB504 (default: max-traces of [tool.stabcheck], 3)")
+
+
+def _enabled(config: pytest.Config) -> bool:
+    opt = config.option
+    return bool(opt.stabcheck or opt.stabcheck_strict or opt.stabcheck_report or config.getini("stabcheck"))
+
+
+def _report_format(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".sarif" or path.lower().endswith(".sarif.json"):
+        return "sarif"
+    if suffix == ".json":
+        return "json"
+    raise pytest.UsageError(f"invalid value for `--stabcheck-report`: {path!r}; expected a file ending in .json or .sarif")
+
+
+def _split(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _enabled(config):
+        return
+    from stabcheck.config import ConfigError, UsageError, find_config, load_config
+    from stabcheck.runtime._monitor import Selector
+
+    if config.option.stabcheck_report:
+        _report_format(config.option.stabcheck_report)
+    try:
+        project = load_config(find_config(Path(str(config.rootpath))))
+    except (ConfigError, UsageError) as e:
+        raise pytest.UsageError(str(e)) from None
+    max_traces = config.option.stabcheck_max_traces
+    raw = str(config.getini("stabcheck_max_traces") or "").strip()
+    if max_traces is None and raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise pytest.UsageError(f"invalid value for `stabcheck_max_traces`: {raw!r}; expected an integer >= 1")
+        max_traces = int(raw)
+    if max_traces is None:
+        max_traces = project.max_traces
+    if max_traces < 1:
+        raise pytest.UsageError(f"invalid value for `--stabcheck-max-traces`: {max_traces!r}; expected an integer >= 1")
+    select = _split(config.option.stabcheck_select) or [*project.select, *project.extend_select]
+    ignore = _split(config.option.stabcheck_ignore) or list(project.ignore)
+    try:
+        selector = Selector.of(select, ignore)
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        config.stash[_FAILED] = "JAX is not installed; nothing was checked"
+        return
+    from stabcheck.runtime._hook import Collector
+
+    collector = Collector(max_traces=max_traces, selector=selector)
+    if not collector.install():
+        import jax
+
+        config.stash[_FAILED] = f"cannot observe jit tracing in JAX {jax.__version__} (no jax._src.pjit._trace_for_jit); nothing was checked"
+        return
+    config.stash[_COLLECTOR] = collector
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    collector = config.stash.get(_COLLECTOR, None)
+    if collector is not None:
+        collector.uninstall()
+
+
+def _findings(config: pytest.Config) -> list[Finding]:
+    collector = config.stash.get(_COLLECTOR, None)
+    if collector is None:
+        return []
+    return sorted(collector.findings, key=lambda f: f.sort_key)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if not _enabled(config):
+        return
+    findings = _findings(config)
+    report = config.option.stabcheck_report
+    if report:
+        from stabcheck import reporters
+        from stabcheck.api import __version__
+
+        render = reporters.get(_report_format(report))
+        try:
+            Path(report).write_text(render(findings, reporters.Report(version=__version__)), encoding="utf-8")
+        except OSError as e:
+            config.stash[_REPORT_ERROR] = f"cannot write `--stabcheck-report` {report!r}: {e.strerror or e}"
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+    if config.option.stabcheck_strict and findings and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def summary_rows(findings: list[Finding]) -> list[tuple[str, str, str, str, int]]:
+    """(function, file:line, code, message, count), one row per function, place and code."""
+    rows: dict[tuple[str, str, str], list[Any]] = {}
+    for f in findings:
+        key = (f.function, f"{f.path}:{f.line}", f.code)
+        if key in rows:
+            rows[key][1] += 1
+        else:
+            rows[key] = [f.message, 1]
+    return [(fn, where, code, msg, n) for (fn, where, code), (msg, n) in rows.items()]
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if not _enabled(config):
+        return
+    tr = terminalreporter
+    failed = config.stash.get(_FAILED, None)
+    tr.write_sep("=", "stabcheck")
+    if failed:
+        tr.write_line(f"stabcheck: {failed}")
+        return
+    collector = config.stash.get(_COLLECTOR, None)
+    findings = _findings(config)
+    functions = len(collector._monitors) if collector is not None else 0
+    if not findings:
+        tr.write_line(f"stabcheck: no findings ({_n(functions, 'jitted function')}, {_n(collector.traces if collector else 0, 'trace')} checked)")
+    else:
+        rows = summary_rows(findings)
+        header = ("function", "file:line", "code", "message", "count")
+        width = [max(len(header[i]), *(len(str(r[i])) for r in rows)) for i in range(3)]
+        tr.write_line(f"{header[0]:<{width[0]}}  {header[1]:<{width[1]}}  {header[2]:<{width[2]}}  {header[4]:>5}  {header[3]}")
+        for fn, where, code, msg, n in rows:
+            short = msg if len(msg) <= 100 else msg[:97] + "..."
+            tr.write_line(f"{fn:<{width[0]}}  {where:<{width[1]}}  {code:<{width[2]}}  {n:>5}  {short}")
+        tr.write_line(f"stabcheck: {_n(len(findings), 'finding')} in {_n(functions, 'jitted function')} ({_n(collector.traces if collector else 0, 'trace')} checked)")
+    if config.stash.get(_REPORT_ERROR, None):
+        tr.write_line(f"stabcheck: {config.stash[_REPORT_ERROR]}")
+    if collector is not None and collector.errors:
+        tr.write_line(f"stabcheck: {len(collector.errors)} internal errors; first: {collector.errors[0]}")

@@ -1,0 +1,44 @@
+"""A Markdown summary for a pull-request comment or `$GITHUB_STEP_SUMMARY`."""
+
+from __future__ import annotations
+
+from stabcheck.finding import Finding
+from stabcheck.reporters import Report, statistics_rows, status_label
+from stabcheck.reporters.concise_ import summary_line
+from stabcheck.reporters.sarif_ import help_uri
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a table cell: one line, pipes and backticks kept literal."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def render(findings: list[Finding], report: Report) -> str:
+    out = ["## stabcheck", ""]
+    counted = [f for f in findings if f.status != "refuted"]
+    out.append(f"**{summary_line(findings, report)}**")
+    out.append("")
+    if findings:
+        out += ["| rule | count |", "|---|---:|"]
+        for n, code, slug in statistics_rows(findings):
+            out.append(f"| [{code}]({help_uri(code, slug)}) `{slug}` | {n} |")
+        out.append("")
+        out += ["| | location | rule | finding | how sure |", "|---|---|---|---|---|"]
+        for f in findings:
+            mark = ":white_check_mark:" if f.status == "refuted" else {"error": ":x:", "warning": ":warning:"}.get(f.severity, ":information_source:")
+            where = f"`{_cell(f.path)}:{f.line}`" + (f" in `{_cell(f.function)}`" if f.function else "")
+            msg = _cell(f.message) + (f"<br>*help:* {_cell(f.help)}" if f.help else "")
+            out.append(f"| {mark} | {where} | [{f.code}]({help_uri(f.code, f.name)}) | {msg} | {status_label(f)} |")
+        out.append("")
+    if counted:
+        confirmed = sum(1 for f in counted if status_label(f) == "confirmed")
+        if confirmed:
+            out.append(f"{confirmed} of {len(counted)} confirmed by running the code.")
+            out.append("")
+    if report.device:
+        d = report.device
+        out.append(f"Device: {_cell(str(d.get('platform', '?')))} {_cell(str(d.get('device_kind', '')))}, jax {_cell(str(d.get('jax', '?')))}".rstrip())
+        out.append("")
+    for note in report.notes:
+        out.append(f"> note: {_cell(note)}")
+    return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,211 @@
+"""What the AD rules share: the `custom_vjp` functions of a module, their `defvjp` rules, the
+function an AD transform is applied to, and what that function reaches through same-module calls.
+
+Computed once per file (cached on the `Analysis` object) from the shared traced-value analysis.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from stabcheck.static.analysis import Analysis, FunctionInfo
+from stabcheck.static.names import PARTIAL, Names
+
+CUSTOM_VJP = frozenset({"jax.custom_vjp", "equinox.filter_custom_vjp"})
+FORWARD = frozenset({"jvp", "jacfwd", "linearize"})
+REVERSE = frozenset({"grad", "vjp", "jacrev", "hessian"})
+
+
+@dataclass(eq=False, slots=True)
+class CustomVJP:
+    """A `custom_vjp` primal, with its `nondiff_argnums` and the rules given to `defvjp`."""
+
+    name: str
+    primal: FunctionInfo | None
+    node: ast.AST
+    nondiff_argnums: tuple[int, ...] | None = ()  # None: not a literal (unknown)
+    nondiff_argnames: tuple[str, ...] | None = ()
+    fwd: ast.AST | None = None
+    bwd: ast.AST | None = None
+    defvjp: ast.Call | None = None
+    fwd_info: FunctionInfo | None = field(default=None)
+    bwd_info: FunctionInfo | None = field(default=None)
+
+
+def argnums(v: ast.AST) -> tuple[int, ...] | None:
+    """A literal `nondiff_argnums`: `1`, `(0, 2)`, `range(5, 10)`; None when not literal."""
+    if isinstance(v, ast.Constant) and isinstance(v.value, int):
+        return (v.value,)
+    if isinstance(v, (ast.Tuple, ast.List)):
+        out = [e.value for e in v.elts if isinstance(e, ast.Constant) and isinstance(e.value, int)]
+        return tuple(out) if len(out) == len(v.elts) else None
+    if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "range" and not v.keywords:
+        bounds = [a.value for a in v.args if isinstance(a, ast.Constant) and isinstance(a.value, int)]
+        if len(bounds) == len(v.args) and 1 <= len(bounds) <= 3:
+            return tuple(range(*bounds))
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _KW:
+    keywords: list[ast.keyword]
+
+    def nondiff(self) -> tuple[tuple[int, ...] | None, tuple[str, ...] | None]:
+        nums: tuple[int, ...] | None = ()
+        names: tuple[str, ...] | None = ()
+        for k in self.keywords:
+            if k.arg == "nondiff_argnums":
+                nums = argnums(k.value)
+            elif k.arg == "nondiff_argnames":
+                v = k.value
+                if isinstance(v, ast.Constant) and isinstance(v.value, str):
+                    names = (v.value,)
+                elif isinstance(v, (ast.Tuple, ast.List)) and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in v.elts):
+                    names = tuple(e.value for e in v.elts)  # type: ignore[attr-defined]
+                else:
+                    names = None
+        return nums, names
+
+
+class ADGraph:
+    """custom_vjp functions by name, and a memoised 'what does this function reach' query."""
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.analysis = analysis
+        self.names: Names = analysis.names
+        self.custom: dict[str, CustomVJP] = {}
+        self._find_custom()
+        self._find_defvjp()
+        self._reach: dict[ast.AST, dict[str, ast.AST]] = {}
+
+    @classmethod
+    def of(cls, analysis: Analysis) -> ADGraph:
+        graph = getattr(analysis, "_stabcheck_ad_graph", None)
+        if graph is None:
+            graph = cls(analysis)
+            analysis._stabcheck_ad_graph = graph  # type: ignore[attr-defined]
+        return graph
+
+    # -- custom_vjp functions ------------------------------------------------------------
+    def _custom_decorator(self, dec: ast.AST) -> _KW | bool:
+        """The keywords of `dec` when it makes a custom_vjp, else False."""
+        if self.names.qualname(dec) in CUSTOM_VJP:
+            return _KW([])
+        if isinstance(dec, ast.Call):
+            q = self.names.qualname(dec.func)
+            kws = dec.keywords
+            if q in PARTIAL and dec.args and self.names.qualname(dec.args[0]) in CUSTOM_VJP:
+                pass
+            elif q in CUSTOM_VJP and not dec.args:
+                pass
+            else:
+                return False
+            return _KW(kws)
+        return False
+
+    def _find_custom(self) -> None:
+        a = self.analysis
+        for info in a.functions.values():
+            node = info.node
+            if isinstance(node, ast.Lambda):
+                continue
+            for dec in node.decorator_list:
+                kw = self._custom_decorator(dec)
+                if isinstance(kw, _KW):
+                    self.custom[node.name] = CustomVJP(node.name, info, node, *kw.nondiff())
+        for stmt in ast.walk(a.tree):
+            # `f = jax.custom_vjp(g)` / `f = partial(jax.custom_vjp, nondiff_argnums=(1,))(g)`
+            if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+                continue
+            call = stmt.value
+            if not isinstance(call, ast.Call) or not call.args:
+                continue
+            q = self.names.qualname(call.func)
+            if q in CUSTOM_VJP:
+                kw = _KW(call.keywords)
+            elif isinstance(call.func, ast.Call) and isinstance(found := self._custom_decorator(call.func), _KW):
+                kw = found
+            else:
+                continue
+            name = stmt.targets[0].id
+            self.custom[name] = CustomVJP(name, a.resolve(call.args[0], None), stmt, *kw.nondiff())
+
+    def _find_defvjp(self) -> None:
+        for node in ast.walk(self.analysis.tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "defvjp"):
+                continue
+            owner = node.func.value
+            if not isinstance(owner, ast.Name) or owner.id not in self.custom:
+                continue
+            cv = self.custom[owner.id]
+            args: list[ast.AST | None] = [None, None]
+            for i, pos in enumerate(node.args[:2]):
+                args[i] = pos
+            for k in node.keywords:
+                if k.arg == "fwd":
+                    args[0] = k.value
+                elif k.arg == "bwd":
+                    args[1] = k.value
+            cv.defvjp = node
+            cv.fwd, cv.bwd = args
+            cv.fwd_info = self.analysis.resolve(cv.fwd, None) if cv.fwd is not None else None
+            cv.bwd_info = self.analysis.resolve(cv.bwd, None) if cv.bwd is not None else None
+
+    def fwd_calls_primal(self, cv: CustomVJP) -> bool:
+        """The fwd rule calls the primal itself (then even `hessian` needs forward mode of it)."""
+        if cv.fwd_info is None:
+            return False
+        return cv.name in self.reach(cv.fwd_info)
+
+    # -- what an AD transform is applied to --------------------------------------------
+    def target(self, fn: ast.AST, scope: FunctionInfo | None) -> tuple[FunctionInfo | None, str | None]:
+        """The function (or custom_vjp name) that `fn`, an argument of a transform, denotes."""
+        if isinstance(fn, ast.Call):
+            q = self.names.qualname(fn.func)
+            if q in PARTIAL and fn.args:
+                return self.target(fn.args[0], scope)
+            return None, None
+        if isinstance(fn, ast.Name) and fn.id in self.custom and self.analysis.resolve(fn, scope) in (None, self.custom[fn.id].primal):
+            return self.custom[fn.id].primal, fn.id
+        return self.analysis.resolve(fn, scope), None
+
+    # -- reachability ------------------------------------------------------------------------
+    def reach(self, info: FunctionInfo) -> dict[str, ast.AST]:
+        """Every call made by `info` or the same-module functions it calls (transitively),
+        keyed by callee text: `{"jax.lax.while_loop": <Call>, "softclip": <Call>, ...}`.
+        custom_vjp names are keyed by their own name; the first call found wins."""
+        cached = self._reach.get(info.node)
+        if cached is not None:
+            return cached
+        out: dict[str, ast.AST] = {}
+        self._reach[info.node] = out  # recursion guard
+        for call, scope in self._calls(info):
+            key = self.names.qualname(call.func)
+            if isinstance(call.func, ast.Name) and call.func.id in self.custom:
+                key = call.func.id
+            if key is not None:
+                out.setdefault(key, call)
+            callee = self.analysis.resolve(call.func, scope)
+            if callee is not None and callee is not info:
+                for k, v in self.reach(callee).items():
+                    out.setdefault(k, v)
+            # functions passed as arguments (lax bodies, vmap targets) run as part of this one
+            for a in call.args:
+                inner = self.analysis.resolve(a, scope) if isinstance(a, (ast.Name, ast.Lambda)) else None
+                if inner is not None and inner is not info and inner.node is not call:
+                    for k, v in self.reach(inner).items():
+                        out.setdefault(k, v)
+        return out
+
+    def _calls(self, info: FunctionInfo) -> Iterator[tuple[ast.Call, FunctionInfo]]:
+        body = info.node.body if isinstance(info.node.body, list) else [info.node.body]
+        stack: list[tuple[ast.AST, FunctionInfo]] = [(n, info) for n in reversed(body)]
+        while stack:
+            node, scope = stack.pop()
+            if isinstance(node, ast.Call):
+                yield node, scope
+            inner = self.analysis.functions.get(node, scope) if node is not info.node else scope
+            for ch in reversed(list(ast.iter_child_nodes(node))):
+                stack.append((ch, inner))

@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import ast
+import re
+
+from stabcheck.rule import Rule
+from stabcheck.static.context import FileContext
+
+_EPS = re.compile(r"(^|[._])(eps|epsilon|tiny)")
+_SELECTS = frozenset({"jax.numpy.where", "jax.lax.select"})
+# functions whose derivative is inf/NaN somewhere in the input domain
+_UNSAFE = frozenset(
+    {
+        "jax.numpy.sqrt",
+        "jax.numpy.log",
+        "jax.numpy.log1p",
+        "jax.numpy.log2",
+        "jax.numpy.log10",
+        "jax.numpy.arcsin",
+        "jax.numpy.arccos",
+        "jax.numpy.arctanh",
+        "jax.numpy.reciprocal",
+        "jax.numpy.linalg.norm",
+        "jax.lax.sqrt",
+        "jax.lax.rsqrt",
+        "jax.lax.log",
+        "jax.lax.log1p",
+        "jax.lax.asin",
+        "jax.lax.acos",
+        "jax.lax.atanh",
+        "jax.lax.div",
+    }
+)
+# calls that bound their input: an argument passed through one is guarded
+_GUARDS = frozenset({"jax.numpy.where", "jax.lax.select", "jax.numpy.maximum", "jax.numpy.minimum", "jax.numpy.clip", "jax.lax.max", "jax.lax.min", "jax.lax.clamp", "jax.numpy.exp", "jax.nn.softplus"})
+
+
+class NanGradientWhere(Rule):
+    """## What it does
+    Flags `jnp.where(cond, f(x), y)` and `lax.select(cond, f(x), y)` where `f` has an infinite
+    or undefined derivative outside the region the condition selects (`sqrt`, `log`, `log1p`,
+    `arcsin`, `arccos`, `arctanh`, `rsqrt`, `linalg.norm`, division by `x`, `x ** 0.5`), the
+    condition tests `x`, and `x` is not itself guarded by an inner `where` (the "double where").
+    Any function counts: `grad` may be applied in another module.
+
+    ## Why is this bad?
+    `where` selects outputs, but both branches are computed and differentiated everywhere. In
+    the unselected region `f'(x)` is inf or NaN, the incoming cotangent there is 0, and
+    `0 * inf = NaN`: the gradient is NaN although the forward value is fine.
+
+    ## Example
+    ```python
+    def safe_norm(x):
+        sq = jnp.sum(x ** 2, axis=-1)
+        return jnp.where(sq > 0, jnp.sqrt(sq), 0.0)
+    ```
+
+    ## Use instead
+    Guard the input too, so `f` only sees values where its derivative is finite:
+    ```python
+    def safe_norm(x):
+        sq = jnp.sum(x ** 2, axis=-1)
+        safe_sq = jnp.where(sq > 0, sq, 1.0)
+        return jnp.where(sq > 0, jnp.sqrt(safe_sq), 0.0)
+    ```
+    """
+
+    code = "STB401"
+    name = "nan-gradient-where"
+    fixable = "safe"
+    stages = ("static", "confirmed")
+    INVALID = (
+        """
+        import jax.numpy as jnp
+
+        def safe_norm(x):
+            sq = jnp.sum(x ** 2, axis=-1)
+            return jnp.where(sq > 0, jnp.sqrt(sq), 0.0)  # expect: STB401
+        """,
+        """
+        import jax.numpy as jnp
+        import optax
+
+        def masked_log_loss(probs, labels):
+            logp = jnp.where(probs > 0, jnp.log(probs), -1e9)  # expect: STB401
+            return -jnp.sum(labels * logp)
+        """,
+        """
+        import jax.numpy as jnp
+        from jax import lax
+
+        def inverse_mean(total, count):
+            return lax.select(count != 0, total / count, jnp.zeros_like(total))  # expect: STB401
+        """,
+        """
+        import jax.numpy as jnp
+
+        def soft_radius(r):
+            return jnp.where(r <= 0.0, 0.0, r ** 1.5)  # expect: STB401
+        """,
+    )
+    VALID = (
+        """
+        import jax.numpy as jnp
+
+        def safe_norm(x):
+            sq = jnp.sum(x ** 2, axis=-1)
+            safe_sq = jnp.where(sq > 0, sq, 1.0)
+            return jnp.where(sq > 0, jnp.sqrt(safe_sq), 0.0)
+        """,
+        """
+        import jax.numpy as jnp
+
+        def masked_log_loss(probs, labels, valid):
+            logp = jnp.log(jnp.where(probs > 0, probs, 1.0))
+            return -jnp.sum(jnp.where(probs > 0, labels * logp, 0.0))
+        """,
+        """
+        import jax.numpy as jnp
+
+        def relu_sq(x):
+            return jnp.where(x > 0, x ** 2, 0.0)  # integer power: finite derivative
+        """,
+        """
+        import jax.numpy as jnp
+
+        def distances(a, b):
+            d2 = jnp.sum((a - b) ** 2, axis=-1)
+            return jnp.where(d2 > 1.0, jnp.sqrt(d2 + 1e-12), d2)  # input shifted away from 0
+        """,
+        """
+        import jax.numpy as jnp
+
+        def gated(x, gate):
+            return jnp.where(gate, jnp.exp(x), 0.0)
+        """,
+    )
+
+    def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
+        if ctx.qualname(node.func) not in _SELECTS or len(node.args) != 3:
+            return
+        cond, *branches = node.args
+        cond_names = _tested_names(cond, ctx) - set(ctx.names.aliases)
+        if not cond_names:
+            return
+        for branch in branches:
+            hit = self._hazard(branch, cond_names, ctx)
+            if hit is None:
+                continue
+            op, arg = hit
+            where = ctx.text(node.func)
+            self.report(
+                ctx,
+                node,
+                f"`{op}` is computed everywhere and `{where}` only masks its output; where `{ctx.text(cond)}` rules it out its derivative is inf or NaN, "
+                "so the gradient is NaN (0 * inf)",
+                help=f"guard the input too (double where): replace `{ctx.text(arg)}` by `jnp.where({ctx.text(cond)}, {ctx.text(arg)}, <safe value>)` inside `{op.split('(')[0]}`",
+                detail=op,
+                evidence={"op": op, "guarded_by": ctx.text(cond)},
+            )
+            return
+
+    def _hazard(self, branch: ast.AST, cond_names: set[str], ctx: FileContext) -> tuple[str, ast.AST] | None:
+        """The first unsafe op in `branch` whose input the condition tests, unguarded."""
+        stack: list[ast.AST] = [branch]
+        while stack:
+            n = stack.pop()
+            arg: ast.AST | None = None
+            if isinstance(n, ast.Call):
+                q = ctx.qualname(n.func)
+                if q in _SELECTS:
+                    continue  # an inner select is checked on its own
+                if q in _UNSAFE and n.args:
+                    arg = n.args[-1] if q == "jax.lax.div" else n.args[0]
+            elif isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div):
+                arg = n.right
+            elif isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) and _fractional(n.right):
+                arg = n.left
+            if arg is not None and not isinstance(arg, ast.Constant) and _names(arg) & cond_names and not self._guarded(arg, ctx):
+                return ctx.text(n), arg
+            if isinstance(n, (ast.Lambda, ast.FunctionDef)):
+                continue
+            stack.extend(reversed(list(ast.iter_child_nodes(n))))
+        return None
+
+    def _guarded(self, arg: ast.AST, ctx: FileContext) -> bool:
+        """`arg` passes through a guard (inner where, maximum, clip, + eps), or names one."""
+        if isinstance(arg, ast.BinOp) and isinstance(arg.op, ast.Add):
+            if any(isinstance(s, ast.Constant) and isinstance(s.value, (int, float)) and s.value > 0 for s in (arg.left, arg.right)):
+                return True
+            if any(isinstance(s, (ast.Name, ast.Attribute)) and _EPS.search(ctx.text(s).lower()) for s in (arg.left, arg.right)):
+                return True  # `x + eps`
+        for n in ast.walk(arg):
+            if isinstance(n, ast.Call) and ctx.qualname(n.func) in _GUARDS:
+                return True
+        if isinstance(arg, ast.Name) and ctx.function is not None:
+            for n in ast.walk(ctx.function.node):
+                if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == arg.id for t in n.targets):
+                    if isinstance(n.value, ast.Call) and ctx.qualname(n.value.func) in _GUARDS:
+                        return True
+        return False
+
+
+def _tested_names(cond: ast.AST, ctx: FileContext) -> set[str]:
+    """Names the condition compares with a number (`sq > 0`, `count != 0`, `jnp.abs(x) < 1`),
+    through `&`, `|`, `~`, `and`, `or`, `not` and `jnp.logical_*`. A comparison between two
+    variables (`x < c`) or a predicate call (`jnp.isnan(x)`) does not locate a singular point."""
+    out: set[str] = set()
+    stack: list[ast.AST] = [cond]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.Compare):
+            sides = [n.left, *n.comparators]
+            if any(_number(s) for s in sides):
+                for side in sides:
+                    if not _number(side):
+                        out |= _names(side)
+        elif isinstance(n, ast.BinOp) and isinstance(n.op, (ast.BitAnd, ast.BitOr)):
+            stack += [n.left, n.right]
+        elif isinstance(n, ast.BoolOp):
+            stack += n.values
+        elif isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.Not, ast.Invert)):
+            stack.append(n.operand)
+        elif isinstance(n, ast.Call) and ctx.qualname(n.func) in ("jax.numpy.logical_and", "jax.numpy.logical_or", "jax.numpy.logical_not"):
+            stack += n.args
+    return out
+
+
+def _number(e: ast.AST) -> bool:
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub):
+        e = e.operand
+    return isinstance(e, ast.Constant) and isinstance(e.value, (int, float)) and not isinstance(e.value, bool)
+
+
+def _names(expr: ast.AST) -> set[str]:
+    """Names read by `expr`, ignoring static attributes (`x.shape`) and callee names."""
+    out: set[str] = set()
+    callees = {id(n.func) for n in ast.walk(expr) if isinstance(n, ast.Call)}
+    static = {id(n.value) for n in ast.walk(expr) if isinstance(n, ast.Attribute) and n.attr in ("shape", "ndim", "dtype", "size")}
+    for n in ast.walk(expr):
+        if isinstance(n, ast.Name) and id(n) not in callees and id(n) not in static:
+            out.add(n.id)
+    return out
+
+
+def _fractional(exp: ast.AST) -> bool:
+    """A constant exponent that is not a non-negative integer (0.5, 1.5, -1)."""
+    if isinstance(exp, ast.UnaryOp) and isinstance(exp.op, ast.USub) and isinstance(exp.operand, ast.Constant):
+        v = exp.operand.value
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    if isinstance(exp, ast.Constant) and isinstance(exp.value, (int, float)) and not isinstance(exp.value, bool):
+        return float(exp.value) != int(exp.value) if isinstance(exp.value, float) else exp.value < 0
+    return False

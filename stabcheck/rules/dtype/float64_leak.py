@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import ast
+
+from stabcheck.rule import Rule
+from stabcheck.rules.dtype._dtypes import WIDE, dtype_arg, float_dtype, is_mask, numpy_float64
+from stabcheck.static.context import FileContext
+
+_COST = "Everything downstream then runs in float64 too (2-64x slower on accelerators, twice the memory), and the output dtype depends on a global flag"
+# jnp functions whose operands are combined arithmetically (promotion applies)
+_COMBINING = frozenset(
+    {"add", "subtract", "multiply", "divide", "true_divide", "dot", "matmul", "einsum", "where", "maximum", "minimum", "power", "inner", "outer", "tensordot", "concatenate", "stack", "hstack", "vstack", "select", "kron"}
+)
+
+
+class Float64Leak(Rule):
+    """## What it does
+    Flags, inside a transformed function (`jit`, `vmap`, `grad`, a `scan` body, a Module's
+    `__call__`, or a function one of those calls), what pulls float64 into the computation:
+    `jnp.float64`/`np.float64`, `dtype=float`/`dtype=np.float64` in a `jnp`/`lax` call,
+    `.astype(float)`, and NumPy float arrays built without a dtype (`np.array([1.0, 0.0])`,
+    `np.ones(n)`, `np.linspace(...)`, a module constant bound to one, like
+    `MASK64 = np.array([1.0, 0.0])[:, None]`) combined arithmetically with traced data.
+
+    ## Why is this bad?
+    Python's `float` and NumPy's default float are 64-bit. With `jax_enable_x64` off they are
+    silently truncated to float32; with it on, the operation and everything downstream runs in
+    float64: 2-64x slower on GPUs and TPUs, twice the memory, and a program whose dtypes
+    depend on a global flag.
+
+    ## Example
+    ```python
+    MASK64 = np.array([1.0, 0.0])[:, None]
+
+    @jax.jit
+    def couple(x):
+        return MASK64 * x
+    ```
+
+    ## Use instead
+    Build constants with the data's dtype (or as bool, and select with `jnp.where`):
+    ```python
+    MASK = np.array([True, False])[:, None]
+
+    @jax.jit
+    def couple(x):
+        return jnp.where(MASK, x, 0)
+    ```
+
+    ## Options
+    None. Functions that are never transformed in the checked source are left to the traced
+    stage, which sees the real dtypes.
+    """
+
+    code = "STB301"
+    name = "float64-leak"
+    fixable = "safe"
+    stages = ("static", "traced", "confirmed")
+    INVALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        MASK64 = np.array([1.0, 0.0])[:, None]
+
+        @jax.jit
+        def couple(x):
+            x_even = MASK64 * x  # expect: STB301
+            x_odd = (1 - MASK64) * x  # expect: STB301
+            return jnp.concatenate([x_even, x_odd], axis=0)
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        @jax.jit
+        def normalize(x):
+            x = x.astype(float)  # expect: STB301
+            return (x - x.mean()) / (x.std() + 1e-6)
+        """,
+        """
+        import flax.linen as nn
+        import jax.numpy as jnp
+        import numpy as np
+
+        class PositionalEncoding(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                pos = jnp.arange(x.shape[-2], dtype=jnp.float64)[:, None]  # expect: STB301
+                freqs = np.linspace(0.0, 1.0, x.shape[-1])
+                return jnp.sin(pos) + x * freqs  # expect: STB301
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        def loss(w, x, y):
+            pred = x @ w
+            scale = np.float64(0.5)
+            return jnp.mean((pred - y) ** 2) * scale  # expect: STB301
+
+        grad_fn = jax.grad(loss)
+        """,
+    )
+    VALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        MASK = np.array([True, False])[:, None]
+        WEIGHTS = np.array([1.0, 0.5], dtype=np.float32)
+
+        @jax.jit
+        def couple(x):
+            return jnp.where(MASK, x, 0) * WEIGHTS[:, None]
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        @jax.jit
+        def normalize(x):
+            x = x.astype(jnp.float32)
+            idx = np.arange(3)
+            return x * np.pi + x[idx].sum() + x.shape[0] * 2.0
+        """,
+        """
+        import numpy as np
+
+        def load_batch(path):
+            data = np.load(path).astype(float)  # NumPy preprocessing, never traced
+            return data * np.ones(3)
+        """,
+        """
+        import jax.numpy as jnp
+        import numpy as np
+
+        TABLE = np.linspace(0.0, 1.0, 16)
+
+        def apply(x):  # not transformed in this file: left to the traced stage
+            return TABLE * x
+        """,
+    )
+
+    def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
+        if not ctx.in_transform:
+            return
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "astype" and node.args:
+            dt = float_dtype(node.args[0], ctx)
+            if dt in WIDE and not is_mask(func.value, ctx) and not numpy_float64(func.value, ctx):
+                self._explicit(ctx, node, node.args[0], dt)
+            return
+        q = ctx.qualname(func) or ""
+        if not q.startswith("jax."):
+            return
+        dt_expr = dtype_arg(node)
+        dt = float_dtype(dt_expr, ctx)
+        if dt_expr is not None and dt in WIDE:
+            self._explicit(ctx, node, dt_expr, dt)
+            return
+        if q == "jax.numpy.float64" and node.args and ctx.is_traced(node.args[0]):
+            self._explicit(ctx, node, func, "float64")
+            return
+        if q.startswith("jax.numpy.") and q.rsplit(".", 1)[1] in _COMBINING:
+            args = [*node.args, *(k.value for k in node.keywords)]
+            flat = [e for a in args for e in (a.elts if isinstance(a, (ast.List, ast.Tuple)) else [a])]
+            const = next((a for a in flat if not ctx.is_traced(a) and numpy_float64(a, ctx)), None)
+            data = next((a for a in flat if ctx.is_traced(a)), None)
+            if const is not None and data is not None:
+                self._combined(ctx, node, const, data)
+
+    def visit_BinOp(self, node: ast.BinOp, ctx: FileContext) -> None:
+        if not ctx.in_transform or isinstance(node.op, (ast.BitAnd, ast.BitOr, ast.BitXor, ast.LShift, ast.RShift)):
+            return
+        for const, data in ((node.left, node.right), (node.right, node.left)):
+            if ctx.is_traced(data) and not ctx.is_traced(const) and numpy_float64(const, ctx):
+                self._combined(ctx, node, const, data)
+                return
+
+    def _explicit(self, ctx: FileContext, node: ast.Call, dt_expr: ast.AST, dt: str) -> None:
+        spelled = ctx.text(dt_expr)
+        what = "Python's `float` is float64" if dt == "float" else f"`{spelled}` is float64"
+        self.report(
+            ctx,
+            node,
+            f"`{ctx.text(node)}` asks for float64 in a transformed function ({what}), which `jax_enable_x64` makes real. {_COST}",
+            help="use the data's dtype (`x.dtype`) or an explicit `jnp.float32`",
+            detail=spelled,
+        )
+
+    def _combined(self, ctx: FileContext, node: ast.AST, const: ast.AST, data: ast.AST) -> None:
+        name = ctx.text(const)
+        self.report(
+            ctx,
+            node,
+            f"`{name}` is a NumPy float64 array; with `jax_enable_x64` on, `{ctx.text(node)}` runs in float64 whatever the dtype of `{ctx.text(data)}`. {_COST}",
+            help=f"build it as bool (and select with `jnp.where`), or with the data's dtype (`np.asarray(..., dtype=np.float32)` or `.astype({ctx.text(data)}.dtype)`)"
+            if len(ctx.text(data)) < 30
+            else "build it as bool (and select with `jnp.where`), or with the data's dtype",
+            detail=name,
+        )

@@ -1,0 +1,366 @@
+from __future__ import annotations
+
+import ast
+
+from stabcheck.rule import Rule
+from stabcheck.rules.tracer_leaks._values import traced_value
+from stabcheck.static.analysis import FunctionInfo
+from stabcheck.static.context import FileContext
+
+_MUTATORS = frozenset({"append", "extend", "insert", "add", "update", "setdefault", "appendleft", "extendleft", "put", "put_nowait"})
+
+
+class SideEffectInTransform(Rule):
+    """## What it does
+    Flags Python side effects inside a staged-out transform (`jit`, `vmap`, a `lax` body, ...):
+    `print()` of a traced value, assignments to `global` names or to `nonlocal` names of an
+    enclosing function that is not itself transformed, and storing a
+    traced value outside the function: `SOME_LIST.append(x)`, `CACHE[key] = x` on a module or
+    closure container, or `self.attr = x` in a class that is not a flax/equinox Module.
+
+    ## Why is this bad?
+    A transformed function's Python body runs once, when it is traced; the compiled program
+    replays only the array operations. A `print` shows `Traced<float32[]>` once instead of a
+    value per call, a global counter counts traces instead of calls, and a traced value stored
+    outside escapes its trace: using it later raises `UnexpectedTracerError`.
+
+    ## Example
+    ```python
+    losses = []
+
+    @jax.jit
+    def train_step(params, batch):
+        loss = loss_fn(params, batch)
+        losses.append(loss)
+        return loss
+    ```
+
+    ## Use instead
+    Return what you want to keep and collect it outside; print with `jax.debug.print`, which
+    runs on every call:
+    ```python
+    @jax.jit
+    def train_step(params, batch):
+        loss = loss_fn(params, batch)
+        jax.debug.print("loss {}", loss)
+        return loss
+
+    losses.append(train_step(params, batch))
+    ```
+    """
+
+    code = "STB104"
+    name = "side-effect-in-transform"
+    severity = "warning"
+    INVALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+
+        losses = []
+
+        @jax.jit
+        def train_step(params, batch):
+            loss = jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+            print("loss", loss)  # expect: STB104
+            losses.append(loss)  # expect: STB104
+            return loss
+        """,
+        """
+        import jax
+
+        n_calls = 0
+
+        @jax.jit
+        def forward(x):
+            global n_calls
+            n_calls += 1  # expect: STB104
+            return x * 2
+        """,
+        """
+        from functools import partial
+        import jax
+        import jax.numpy as jnp
+
+        class Trainer:
+            def __init__(self, lr):
+                self.lr = lr
+
+            @partial(jax.jit, static_argnums=0)
+            def step(self, params, grads):
+                new = jax.tree.map(lambda p, g: p - self.lr * g, params, grads)
+                self.last_grads = grads  # expect: STB104
+                return new
+        """,
+        """
+        import jax.numpy as jnp
+        from jax import lax
+
+        def cumulative(xs):
+            total = 0.0
+
+            def body(carry, x):
+                nonlocal total
+                total = total + x  # expect: STB104
+                return carry + x, carry
+
+            return lax.scan(body, 0.0, xs)
+        """,
+    )
+    VALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+
+        losses = []
+
+        @jax.jit
+        def train_step(params, batch):
+            loss = jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+            jax.debug.print("loss {}", loss)
+            print("tracing train_step")
+            return loss
+
+        def train(params, batches):
+            for b in batches:
+                losses.append(train_step(params, b))
+            return losses
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        @jax.jit
+        def forward(params, x):
+            cache = {}
+            outs = []
+            for name in ("a", "b"):
+                cache[name] = x @ params[name]
+                outs.append(cache[name])
+            return sum(outs)
+        """,
+        """
+        import flax.linen as nn
+        import jax.numpy as jnp
+
+        class Dense(nn.Module):
+            features: int
+
+            @nn.compact
+            def __call__(self, x):
+                w = self.param("w", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+                return x @ w
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        @jax.jit
+        def two_pass(x):
+            stats = None
+
+            def collect(v):
+                nonlocal stats
+                stats = jnp.mean(v)
+                return v - stats
+
+            y = collect(x)
+            return y / stats
+
+        def grad_logger(loss_fn):
+            history = []
+
+            def wrapped(params, x):
+                g = jax.grad(loss_fn)(params, x)
+                history.append(g)  # not transformed: runs per call
+                return g
+
+            return wrapped, history
+        """,
+    )
+
+    def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
+        if not ctx.in_abstract:
+            return
+        q = ctx.qualname(node.func)
+        if q == "builtins.print":
+            traced = [a for a in node.args if traced_value(a, ctx)]
+            traced += [v for a in node.args if isinstance(a, ast.JoinedStr) for v in a.values if isinstance(v, ast.FormattedValue) and traced_value(v.value, ctx)]
+            if traced:
+                culprit = ctx.text(traced[0])
+                self.report(
+                    ctx,
+                    node,
+                    f"`print` of the traced `{culprit}` runs once, when the function is traced, and shows a tracer, not the value; "
+                    "later calls print nothing",
+                    help="use `jax.debug.print(\"... {}\", value)`, which prints on every call",
+                    detail=f"print:{culprit}",
+                )
+            return
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in _MUTATORS and isinstance(func.value, ast.Name):
+            owner = _outer_owner(func.value.id, ctx)
+            if owner is None:
+                return
+            values = [*node.args, *(k.value for k in node.keywords)]
+            if any(traced_value(v, ctx) for v in values):
+                self._escape(ctx, node, f"`{ctx.text(node)}` stores a traced value in the {owner} `{func.value.id}`", func.value.id)
+
+    def visit_Assign(self, node: ast.Assign, ctx: FileContext) -> None:
+        for t in node.targets:
+            self._target(t, node.value, node, ctx)
+
+    def visit_AugAssign(self, node: ast.AugAssign, ctx: FileContext) -> None:
+        self._target(node.target, node.value, node, ctx)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign, ctx: FileContext) -> None:
+        if node.value is not None:
+            self._target(node.target, node.value, node, ctx)
+
+    def _target(self, target: ast.expr, value: ast.expr, node: ast.stmt, ctx: FileContext) -> None:
+        if not ctx.in_abstract or ctx.function is None:
+            return
+        if isinstance(target, (ast.Tuple, ast.List)):
+            for t in target.elts:
+                self._target(t, value, node, ctx)
+            return
+        if isinstance(target, ast.Name):
+            kind = _declared(ctx.function, target.id)
+            if kind == "nonlocal" and not ctx.function.transforms and _binder_traced(ctx.function, target.id):
+                return  # a plain nested function of the same trace: no trace boundary is crossed
+            if kind is not None:
+                self.report(
+                    ctx,
+                    node,
+                    f"`{target.id}` is a {kind} variable assigned inside a transformed function; the assignment runs once per trace, not once per call"
+                    + (", and leaks a tracer" if traced_value(value, ctx) else ""),
+                    help="return the new value and keep state outside the transform (or in the carry of a `lax` loop)",
+                    detail=target.id,
+                )
+            return
+        if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
+            owner = _outer_owner(target.value.id, ctx)
+            if owner is not None and traced_value(value, ctx):
+                self._escape(ctx, node, f"`{ctx.text(target)} = ...` stores a traced value in the {owner} `{target.value.id}`", target.value.id)
+            return
+        if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self":
+            cls = _self_class(ctx.function)
+            if cls is not None and not _is_module(cls, ctx) and traced_value(value, ctx):
+                self._escape(ctx, node, f"`self.{target.attr} = {ctx.text(value)}` stores a traced value on the `{cls.name}` instance", f"self.{target.attr}")
+
+    def _escape(self, ctx: FileContext, node: ast.AST, what: str, detail: str) -> None:
+        self.report(
+            ctx,
+            node,
+            f"{what}; the tracer outlives its trace, so using it later raises UnexpectedTracerError, and the store happens once per trace, not per call",
+            help="return the value from the transformed function and store it outside",
+            detail=detail,
+        )
+
+
+def _declared(info: FunctionInfo, name: str) -> str | None:
+    """`global`/`nonlocal` if the function declares `name` so."""
+    body = info.node.body if isinstance(info.node.body, list) else []
+    stack: list[ast.AST] = list(body)
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.Global) and name in n.names:
+            return "global"
+        if isinstance(n, ast.Nonlocal) and name in n.names:
+            return "nonlocal"
+        if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(n))
+    return None
+
+
+def _binds(info: FunctionInfo, name: str) -> bool:
+    """The function binds `name` itself (`name = ...`, `for name in`, ...), not `name[k] = ...`."""
+    if name not in info.assigned:
+        return False
+    body = info.node.body if isinstance(info.node.body, list) else []
+    stack: list[ast.AST] = list(body)
+    while stack:
+        n = stack.pop()
+        targets: list[ast.AST] = []
+        if isinstance(n, ast.Assign):
+            targets = list(n.targets)
+        elif isinstance(n, (ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor, ast.NamedExpr, ast.comprehension)):
+            targets = [n.target]
+        elif isinstance(n, ast.withitem) and n.optional_vars is not None:
+            targets = [n.optional_vars]
+        for t in targets:
+            todo = [t]
+            while todo:
+                x = todo.pop()
+                if isinstance(x, ast.Name) and x.id == name:
+                    return True
+                if isinstance(x, (ast.Tuple, ast.List)):
+                    todo.extend(x.elts)
+                elif isinstance(x, ast.Starred):
+                    todo.append(x.value)
+        if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(n))
+    return False
+
+
+def _binder_traced(info: FunctionInfo, name: str) -> bool:
+    s = info.parent
+    while s is not None:
+        if name in s.params or _binds(s, name):
+            return s.transformed
+        s = s.parent
+    return False
+
+
+def _outer_owner(name: str, ctx: FileContext) -> str | None:
+    """"module-level"/"closure" when `name` is a Python container (list, dict, set, deque) bound
+    outside the current function, else None."""
+    info = ctx.function
+    if info is None or name in info.params or _binds(info, name):
+        return None
+    s = info.parent
+    while s is not None:
+        if name in s.params:
+            return None  # an argument of the enclosing function: the caller's object
+        if _binds(s, name):
+            if s.transformed:
+                return None
+            body = s.node.body if isinstance(s.node.body, list) else []
+            return "closure" if _binds_container(body, name, ctx) else None
+        s = s.parent
+    return "module-level" if _binds_container(ctx.tree.body, name, ctx) else None
+
+
+_CONTAINER_CALLS = frozenset({"builtins.list", "builtins.dict", "builtins.set", "collections.deque", "collections.defaultdict", "collections.OrderedDict", "collections.Counter"})
+
+
+def _binds_container(body: list[ast.stmt], name: str, ctx: FileContext) -> bool:
+    """Every plain assignment of `name` among these statements is a list/dict/set display or constructor."""
+    values: list[ast.expr] = []
+    for st in body:
+        if isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in st.targets):
+            values.append(st.value)
+        elif isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name) and st.target.id == name and st.value is not None:
+            values.append(st.value)
+    return bool(values) and all(
+        isinstance(v, (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp))
+        or (isinstance(v, ast.Call) and ctx.qualname(v.func) in _CONTAINER_CALLS)
+        for v in values
+    )
+
+
+def _self_class(info: FunctionInfo) -> ast.ClassDef | None:
+    s: FunctionInfo | None = info
+    while s is not None:
+        if s.cls is not None:
+            return s.cls if "self" in s.params else None
+        s = s.parent
+    return None
+
+
+def _is_module(cls: ast.ClassDef, ctx: FileContext) -> bool:
+    for b in cls.bases:
+        q = ctx.qualname(b) or ctx.text(b)
+        if q.endswith(("Module", "Layer", "Model")) or q.startswith(("flax.", "equinox.", "haiku.")):
+            return True
+    return False

@@ -1,0 +1,121 @@
+"""Observe every trace JAX makes for `jit`, without editing user code (the pytest plugin).
+
+JAX 0.10 traces a jitted function in `jax._src.pjit._trace_for_jit(fun, jit_info, mesh,
+debug_info, avals, args, kwargs)`, once per new signature (cache hits never reach Python); it
+returns the `ClosedJaxpr` it built. `Collector.install()` wraps that function, so every
+user-defined function traced for `jit` (including inner jits and `.lower()`/`.trace()`) is
+checked once per signature, on the very jaxpr JAX compiles. Functions defined in JAX, the
+standard library or installed packages are skipped. Where the hook point is missing (another
+JAX version) `install()` returns False and nothing is patched.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from stabcheck.finding import Finding
+from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, busy, caller_site
+from stabcheck.runtime._signature import Signature, short_repr, type_str
+
+
+@dataclass(slots=True)
+class Collector:
+    """Findings of every jitted user function traced while installed."""
+
+    max_traces: int = 4
+    selector: Selector = field(default_factory=Selector)
+    findings: list[Finding] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    traces: int = 0
+    _monitors: dict[int, tuple[Any, Monitor]] = field(default_factory=dict)
+    _original: Callable[..., Any] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def install(self) -> bool:
+        try:
+            from jax._src import pjit
+        except ImportError:
+            return False
+        original = getattr(pjit, "_trace_for_jit", None)
+        if original is None or self._original is not None:
+            return False
+        self._original = original
+
+        def _trace_for_jit(fun: Any, ji: Any, ctx_mesh: Any, dbg: Any, avals: Any, args: Any, kwargs: Any) -> Any:
+            p = original(fun, ji, ctx_mesh, dbg, avals, args, kwargs)
+            if not busy.get():
+                try:
+                    self.observe(fun, ji, dbg, avals, args, kwargs, p)
+                except Exception as e:  # never break the user's test
+                    self.errors.append(f"{type(e).__name__}: {e}")
+            return p
+
+        _trace_for_jit.__wrapped__ = original  # type: ignore[attr-defined]
+        pjit._trace_for_jit = _trace_for_jit
+        return True
+
+    def uninstall(self) -> None:
+        if self._original is None:
+            return
+        from jax._src import pjit
+
+        pjit._trace_for_jit = self._original
+        self._original = None
+
+    def observe(self, fun: Any, ji: Any, dbg: Any, avals: Any, args: Any, kwargs: Any, params: Any) -> None:
+        from stabcheck.traced.checks import shown_path
+        from stabcheck.traced.source import is_internal, is_library
+
+        name, file, line = _source(getattr(ji, "fun_sourceinfo", "") or "")
+        if not file or is_internal(file) or is_library(file):
+            return
+        with self._lock:
+            self.traces += 1
+            entry = self._monitors.get(id(fun))
+            if entry is None or entry[0] is not fun:
+                defined = Site(shown_path(file), line)
+                entry = (fun, Monitor(getattr(fun, "__qualname__", name) or name, max_traces=self.max_traces, selector=self.selector, defined=defined))
+                self._monitors[id(fun)] = entry
+            monitor = entry[1]
+        sig = _signature(ji, dbg, avals, args, kwargs)
+        closed = params.params["jaxpr"]
+        jdbg = getattr(closed.jaxpr, "debug_info", None)
+        in_paths = tuple(getattr(dbg, "arg_names", None) or ())
+        out_paths = tuple(getattr(jdbg, "result_paths", None) or ())
+        program = Program(closed, in_paths, out_paths)
+        found = monitor.observe(sig, lambda: program, caller_site())
+        with self._lock:
+            self.findings.extend(found)
+
+
+def _source(info: str) -> tuple[str, str, int]:
+    """`'f at /path/mod.py:12'` -> ('f', '/path/mod.py', 12)."""
+    name, _, where = info.rpartition(" at ")
+    file, _, line = where.rpartition(":")
+    if not name or not file or not line.isdigit():
+        return "", "", 0
+    return name, file, int(line)
+
+
+def _signature(ji: Any, dbg: Any, avals: Any, args: Any, kwargs: Any) -> Signature:
+    names = tuple(getattr(dbg, "arg_names", None) or ())
+    leaves = tuple(
+        (names[i] if i < len(names) else f"args[{i}]", type_str(a.dtype, a.shape, bool(getattr(a, "weak_type", False))))
+        for i, a in enumerate(avals)
+    )
+    statics: list[tuple[str, str]] = []
+    sig = getattr(ji, "fun_signature", None)
+    pos = [p.name for p in sig.parameters.values()] if sig is not None else []
+    for i in getattr(ji, "static_argnums", ()) or ():
+        if i < len(args):
+            statics.append((pos[i] if i < len(pos) else f"args[{i}]", short_repr(args[i])))
+    for k in getattr(ji, "static_argnames", ()) or ():
+        if k in kwargs:
+            statics.append((k, short_repr(kwargs[k])))
+    return Signature(leaves, tuple(statics))
+
+
+__all__ = ["Collector"]

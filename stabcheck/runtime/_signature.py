@@ -1,0 +1,183 @@
+"""Abstract signatures of a call: what `jit` keys its compile cache on, in words.
+
+A `Signature` lists every argument leaf by its pytree path (`opt_state[1]['count']`) with its
+abstract type (`weak float32[]`), and every static argument by value. `changes(old, new)` says
+which leaves differ, for the retrace warning. `raw_key` is the cheap, hashable form used on the
+hot path of plain functions. JAX is imported lazily, only to describe Python scalars.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_PY_SCALARS = (bool, int, float, complex)
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """Dynamic leaves as (path, type) and static arguments as (name, repr), in call order."""
+
+    leaves: tuple[tuple[str, str], ...]
+    statics: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        parts = [f"{p}: {t}" for p, t in self.leaves] + [f"{n}={v}" for n, v in self.statics]
+        return ", ".join(parts)
+
+
+def leaf_key(x: Any) -> Any:
+    """Hashable abstract type of one leaf, as `jit` would see it (cheap: no JAX import)."""
+    t = type(x)
+    if t in _PY_SCALARS:
+        return t
+    return _array_key(x, t)
+
+
+def static_scalar_key(x: Any) -> Any:
+    """As `leaf_key`, but Python scalars count by value (`eqx.filter_jit` treats them as static)."""
+    t = type(x)
+    if t in _PY_SCALARS:
+        return ("static", t, x)
+    return _array_key(x, t)
+
+
+def _array_key(x: Any, t: type) -> Any:
+    aval = getattr(x, "aval", None)
+    if aval is not None and hasattr(aval, "shape"):
+        return (aval.shape, aval.dtype, getattr(aval, "weak_type", False))
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    if shape is not None and dtype is not None:
+        return (tuple(shape), dtype, False)
+    return ("static", t, _hashable(x))
+
+
+def _hashable(x: Any) -> Any:
+    try:
+        hash(x)
+    except TypeError:
+        return id(x)
+    return x
+
+
+def is_array_leaf(x: Any) -> bool:
+    """Leaves that `jit` traces: arrays, tracers, NumPy values (Python scalars are kept static here)."""
+    if type(x) in _PY_SCALARS:
+        return False
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def describe_leaf(x: Any) -> str:
+    """`float32[3,4]`, `weak float32[]`, or `static 'relu'` for one leaf."""
+    if type(x) in _PY_SCALARS:
+        import jax.numpy as jnp
+
+        return f"weak {jnp.result_type(x)}[] (Python {type(x).__name__})"
+    aval = getattr(x, "aval", None)
+    if aval is not None and hasattr(aval, "shape"):
+        return type_str(aval.dtype, aval.shape, bool(getattr(aval, "weak_type", False)))
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    if shape is not None and dtype is not None:
+        return type_str(dtype, tuple(shape), False)
+    return f"static {short_repr(x)}"
+
+
+def type_str(dtype: Any, shape: Sequence[int], weak: bool) -> str:
+    return f"{'weak ' if weak else ''}{dtype}[{','.join(str(d) for d in shape)}]"
+
+
+def short_repr(x: Any) -> str:
+    r = repr(x)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def named_leaves(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(path, leaf) for every leaf of `(args, kwargs)`, in `tree_flatten((args, kwargs))` order;
+    paths start with the parameter's name, as JAX names them (`opt_state[1]['count']`)."""
+    return _named(_positional_names(fn), args, kwargs)
+
+
+def _named(pos_names: Sequence[str], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    import jax
+
+    out: list[tuple[str, Any]] = []
+    parts = [(pos_names[i] if i < len(pos_names) else f"args[{i}]", a) for i, a in enumerate(args)]
+    parts += [(k, kwargs[k]) for k in sorted(kwargs)]
+    for name, value in parts:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
+            out.append((name + jax.tree_util.keystr(path), leaf))
+    return out
+
+
+def signature_of(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    *,
+    static_argnums: Sequence[int] = (),
+    static_argnames: Sequence[str] = (),
+    static_scalars: bool = False,
+) -> Signature:
+    """The named signature of a call; `static_argnums/argnames` are `jit`'s; `static_scalars`:
+    Python numbers are static values (as under `eqx.filter_jit`), not weak-typed leaves."""
+    pos_names = _positional_names(fn)
+    snames = set(static_argnames) | {pos_names[i] for i in static_argnums if 0 <= i < len(pos_names)}
+    snums = set(static_argnums) | {i for i, n in enumerate(pos_names) if n in snames}
+    statics: list[tuple[str, str]] = []
+    dyn_args = []
+    for i, a in enumerate(args):
+        if i in snums:
+            statics.append((pos_names[i] if i < len(pos_names) else f"args[{i}]", short_repr(a)))
+        else:
+            dyn_args.append(a)
+    dyn_kwargs = {k: v for k, v in kwargs.items() if k not in snames}
+    statics += [(k, short_repr(v)) for k, v in sorted(kwargs.items()) if k in snames]
+    names = [n for i, n in enumerate(pos_names) if i not in snums]
+    leaves: list[tuple[str, str]] = []
+    for path, leaf in _named(names, tuple(dyn_args), dyn_kwargs):
+        if is_array_leaf(leaf) or (type(leaf) in _PY_SCALARS and not static_scalars):
+            leaves.append((path, describe_leaf(leaf)))
+        else:
+            statics.append((path, short_repr(leaf)))
+    return Signature(tuple(leaves), tuple(statics))
+
+
+def _positional_names(fn: Callable[..., Any]) -> list[str]:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in kinds]
+
+
+def changes(old: Signature, new: Signature, limit: int = 3) -> list[str]:
+    """Human phrases for what differs between two signatures, most specific first."""
+    out: list[str] = []
+    before, after = dict(old.leaves), dict(new.leaves)
+    for path, t in new.leaves:
+        if path in before and before[path] != t:
+            out.append(f"`{path}` was {before[path]}, now {t}")
+    s_old, s_new = dict(old.statics), dict(new.statics)
+    for path, t in new.leaves:
+        if path not in before and path in s_old:
+            out.append(f"`{path}` was static {s_old[path]}, now {t}")
+    for path, t in old.leaves:
+        if path not in after and path in s_new:
+            out.append(f"`{path}` was {t}, now static {s_new[path]}")
+    added = [p for p, _ in new.leaves if p not in before and p not in s_old]
+    removed = [p for p, _ in old.leaves if p not in after and p not in s_new]
+    if added or removed:
+        bits = []
+        if added:
+            bits.append("new leaves " + ", ".join(f"`{p}`" for p in added[:limit]))
+        if removed:
+            bits.append("missing leaves " + ", ".join(f"`{p}`" for p in removed[:limit]))
+        out.append("the argument structure changed (" + "; ".join(bits) + ")")
+    s_before = dict(old.statics)
+    for name, v in new.statics:
+        if name in s_before and s_before[name] != v:
+            out.append(f"static `{name}` was {s_before[name]}, now {v}")
+    return out[:limit]

@@ -1,0 +1,416 @@
+"""Run mypy as a library over the checked files and read its types into plain, JSON-able facts.
+
+Only `stabcheck.static.typed` imports this module, and only when the typed tier is on: mypy is
+heavy to import. mypy never imports the user's code; neither does this module.
+
+Facts of one module (all positions are `ast`'s: 1-based line, 0-based column, end exclusive):
+
+    {"module": "pkg.mod",
+     "exprs":   {"l:c:el:ec": kind},            # kinds of names, attributes, calls, subscripts
+     "callees": {"l:c:el:ec": "pkg.mod.Cls.fn"},  # callee expression -> the def it runs
+     "functions": {"Cls.fn": {"params": [...], "method": bool, "kinds": {param: kind},
+                              "declared": kind | None, "declared_text": str,
+                              "returns": [kind, ...]}}}
+
+A kind is a short string: "array", "static" (int/bool/str/bytes), "float" (Python float or
+complex), "none", "optional", "union", "any", "tuple:N", "container", "object".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mypy import build
+from mypy.find_sources import InvalidSourceList, create_source_list
+from mypy.modulefinder import BuildSource
+from mypy.nodes import (
+    AssignmentStmt,
+    CallExpr,
+    Decorator,
+    Expression,
+    FuncDef,
+    IndexExpr,
+    MemberExpr,
+    MypyFile,
+    NameExpr,
+    OverloadedFuncDef,
+    RefExpr,
+    ReturnStmt,
+    Var,
+)
+from mypy.options import Options
+from mypy.types import (
+    AnyType,
+    CallableType,
+    Instance,
+    LiteralType,
+    NoneType,
+    Overloaded,
+    TupleType,
+    Type,
+    TypedDictType,
+    TypeOfAny,
+    UninhabitedType,
+    UnionType,
+    get_proper_type,
+)
+
+ARRAY_TYPES = frozenset(
+    {
+        "jax._src.basearray.Array",
+        "jax.Array",
+        "jax._src.core.Tracer",
+        "jax.core.Tracer",
+        "jax._src.array.ArrayImpl",
+        "numpy.ndarray",
+        "numpy.generic",
+        "numpy.number",
+        "numpy.bool",
+        "numpy.bool_",
+        "numpy.floating",
+        "numpy.integer",
+        "jaxtyping.Array",
+    }
+)
+STATIC_TYPES = frozenset({"builtins.int", "builtins.bool", "builtins.str", "builtins.bytes"})
+FLOAT_TYPES = frozenset({"builtins.float", "builtins.complex"})
+CONTAINERS = frozenset({"builtins.list", "builtins.dict", "builtins.set", "builtins.frozenset", "builtins.tuple"})
+# Callables that wrap a function and keep its meaning: look through them to the wrapped def.
+WRAPPERS = frozenset(
+    {
+        "jax._src.api.jit",
+        "jax.jit",
+        "jax._src.pjit.jit",
+        "jax._src.api.vmap",
+        "jax.vmap",
+        "jax._src.api.pmap",
+        "jax._src.ad_checkpoint.checkpoint",
+        "jax.checkpoint",
+        "functools.partial",
+        "functools.wraps",
+        "equinox._jit.filter_jit",
+        "flax.nnx.jit",
+    }
+)
+
+
+class MypyUnavailable(Exception):
+    """mypy could not run on these files (crash, bad stub, unparsable source list)."""
+
+
+def options(cache_dir: Path, preserve_asts: bool) -> Options:
+    """`preserve_asts=False` lets mypy strip the bodies of jax's own modules (4x faster cold) but
+    frees our trees after checking; so a first build warms the cache, and a second one with
+    `preserve_asts=True` re-checks only the modules whose facts we need (see `forget`)."""
+    o = Options()
+    o.incremental = True
+    o.cache_dir = str(cache_dir)
+    o.sqlite_cache = False  # one file per module, so that `forget` can drop a module's entry
+    o.export_types = True
+    o.preserve_asts = preserve_asts
+    o.check_untyped_defs = True  # infer expression types inside unannotated functions too
+    o.follow_imports = "silent"
+    o.ignore_missing_imports = True
+    o.show_traceback = False
+    o.raise_exceptions = False
+    o.fast_module_lookup = True
+    return o
+
+
+def rechecked(result: build.BuildResult, modules: dict[str, str]) -> set[str]:
+    """Modules mypy checked in this build (a module taken fresh from its cache has no tree)."""
+    return {m for m in modules if getattr(result.graph.get(m), "tree", None) is not None}
+
+
+def forget(modules: list[str], srcs: list[BuildSource], opts: Options) -> None:
+    """Drop these modules from mypy's cache so that the next build re-checks them."""
+    base = os.path.join(opts.cache_dir, "%d.%d" % opts.python_version)
+    paths = {s.module: s.path or "" for s in srcs}
+    for m in modules:
+        for name in build.get_cache_names(m, paths.get(m, ""), opts):
+            if name:
+                try:
+                    os.remove(os.path.join(base, name))
+                except OSError:
+                    pass
+
+
+def sources(paths: Sequence[Path], opts: Options) -> list[BuildSource]:
+    try:
+        return list(create_source_list([str(p) for p in paths], opts, allow_empty_dir=True))
+    except InvalidSourceList as e:
+        raise MypyUnavailable(f"mypy cannot map the checked files to modules: {e}") from None
+
+
+def run(srcs: list[BuildSource], opts: Options) -> build.BuildResult:
+    try:
+        return build.build(srcs, opts, stdout=_Null(), stderr=_Null())  # type: ignore[arg-type]
+    except build.CompileError as e:  # a blocking error: a stub that does not parse, a duplicate module
+        raise MypyUnavailable("mypy stopped: " + "; ".join(e.messages[:2])[:300]) from None
+    except (Exception, SystemExit) as e:  # an internal mypy error must not fail the run
+        raise MypyUnavailable(f"mypy crashed: {type(e).__name__}: {e}"[:300]) from None
+
+
+class _Null:
+    def write(self, s: str) -> int:
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+# -- kinds ----------------------------------------------------------------------------------------
+def kind(t: Type | None, depth: int = 0) -> str:
+    if t is None or depth > 6:
+        return "any"
+    p = get_proper_type(t)
+    if isinstance(p, (AnyType, UninhabitedType)):
+        return "any"
+    if isinstance(p, NoneType):
+        return "none"
+    if isinstance(p, LiteralType):
+        return kind(p.fallback, depth + 1)
+    if isinstance(p, TupleType):
+        if p.partial_fallback.type.fullname != "builtins.tuple" and not p.partial_fallback.type.is_named_tuple:
+            return "object"
+        return f"tuple:{len(p.items)}"
+    if isinstance(p, TypedDictType):
+        return "container"
+    if isinstance(p, (CallableType, Overloaded)):
+        return "callable"
+    if isinstance(p, UnionType):
+        kinds = {kind(i, depth + 1) for i in p.items}
+        if "any" in kinds:
+            return "any"
+        if "none" in kinds:
+            return "optional"
+        if "array" in kinds and kinds <= {"array", "static", "float"}:
+            return "array"  # ArrayLike, chex.Array: one leaf whichever member
+        if len(kinds) == 1:
+            return kinds.pop()
+        if kinds <= {"static", "float"}:
+            return "float"
+        return "union"
+    if isinstance(p, Instance):
+        name = p.type.fullname
+        if name in ARRAY_TYPES or any(b.type.fullname in ARRAY_TYPES for b in p.type.bases if isinstance(b, Instance)):
+            return "array"
+        if name in STATIC_TYPES:
+            return "static"
+        if name in FLOAT_TYPES:
+            return "float"
+        if name in CONTAINERS:
+            return "container"
+        return "object"
+    return "any"
+
+
+def key(node: Expression | FuncDef) -> str | None:
+    if node.end_line is None or node.end_column is None or node.line < 1:
+        return None
+    return f"{node.line}:{node.column}:{node.end_line}:{node.end_column}"
+
+
+# -- callee resolution ------------------------------------------------------------------------------
+def target_def(callee: Expression, types: dict[Expression, Type]) -> FuncDef | None:
+    """The def a callee expression runs: looks through decorators (jit, partial), bound methods,
+    `__call__` of an instance, and `f = jax.jit(g)` module variables."""
+    if isinstance(callee, RefExpr):
+        d = _def_of(callee.node)
+        if d is not None:
+            return d
+    t = types.get(callee)
+    p = get_proper_type(t) if t is not None else None
+    if isinstance(p, CallableType) and isinstance(p.definition, FuncDef):
+        return p.definition
+    if isinstance(p, Instance):
+        return _def_of(p.type.get_method("__call__"))
+    return None
+
+
+def _def_of(node: object) -> FuncDef | None:
+    if isinstance(node, FuncDef):
+        return node
+    if isinstance(node, Decorator):
+        return node.func
+    if isinstance(node, OverloadedFuncDef) and node.impl is not None:
+        return _def_of(node.impl)
+    return None
+
+
+def _unwrap_call(e: Expression) -> FuncDef | None:
+    """`jax.jit(f, ...)`, `partial(f, ...)`, `jax.jit(partial(f, 1))` -> f's def."""
+    for _ in range(6):
+        if not isinstance(e, CallExpr) or not e.args:
+            break
+        callee = e.callee
+        if isinstance(callee, CallExpr):  # partial(jax.jit, static_argnums=1)(f)
+            callee = callee.args[0] if callee.args else callee
+        name = callee.fullname if isinstance(callee, RefExpr) else ""
+        if name not in WRAPPERS:
+            break
+        e = e.args[0]
+    if isinstance(e, RefExpr):
+        return _def_of(e.node)
+    return None
+
+
+# -- extraction -------------------------------------------------------------------------------------
+# mypy is compiled with mypyc: its visitor traits cannot be subclassed here, so walk the tree by
+# the attributes that hold child nodes (never `node`/`info`: those point at other definitions).
+_CHILDREN = (
+    "defs", "body", "func", "decorators", "expr", "lvalues", "rvalue", "lvalue", "else_body", "index",
+    "target", "handlers", "finally_body", "items", "impl", "callee", "args", "base", "left", "right",
+    "operands", "cond", "if_expr", "else_expr", "generator", "left_expr", "sequences", "condlists",
+    "key", "value", "begin_index", "end_index", "stride", "indices",
+)
+
+
+def _children(node: object) -> list[object]:
+    out: list[object] = []
+    for name in _CHILDREN:
+        v = getattr(node, name, None)
+        if v is None or isinstance(v, (str, int, bool)):
+            continue
+        if isinstance(v, (list, tuple)):
+            for item in v:
+                if isinstance(item, tuple):
+                    out.extend(x for x in item if x is not None)
+                elif item is not None:
+                    out.append(item)
+        else:
+            out.append(v)
+    return [c for c in out if hasattr(c, "line")]
+
+
+class _Extract:
+    def __init__(self, module: str, types: dict[Expression, Type], checked: frozenset[str]) -> None:
+        self.module = module
+        self.types = types
+        self.checked = checked
+        self.exprs: dict[str, str] = {}
+        self.callees: dict[str, str] = {}
+        self.calls: dict[str, tuple[str, str]] = {}  # call -> (kind of its result, checked def or "")
+        self.functions: dict[str, dict[str, Any]] = {}
+
+    def walk(self, root: MypyFile) -> None:
+        stack: list[tuple[object, dict[str, Any] | None]] = [(root, None)]
+        seen: set[int] = set()
+        while stack:
+            node, fn = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, (NameExpr, MemberExpr, IndexExpr)):
+                self._record(node)
+            elif isinstance(node, CallExpr):
+                self._record(node)
+                self._call(node)
+            elif isinstance(node, FuncDef):
+                fn = self._func(node)
+            elif isinstance(node, ReturnStmt) and fn is not None:
+                fn["returns"].append("none" if node.expr is None else kind(self.types.get(node.expr)))
+            for ch in _children(node):
+                stack.append((ch, fn))
+
+    def _record(self, e: Expression) -> None:
+        k = key(e)
+        t = self.types.get(e)
+        if k is None or t is None:
+            return
+        kd = kind(t)
+        if kd not in ("any", "callable", "object"):
+            self.exprs[k] = kd
+
+    def _call(self, o: CallExpr) -> None:
+        d = target_def(o.callee, self.types)
+        k = key(o.callee)
+        inside = d is not None and bool(d.fullname) and _module_of(d.fullname, self.checked)
+        target = d.fullname if d is not None and inside else ""
+        var = o.callee.node if isinstance(o.callee, RefExpr) else None
+        if not inside and isinstance(var, Var) and var.fullname and _module_of(var.fullname, self.checked):
+            target = "@" + var.fullname  # `step = jax.jit(_step)`: resolved against `aliases` later
+        if target and k is not None:
+            self.callees[k] = target
+        ck = key(o)
+        if ck is not None and o in self.types:
+            kd = kind(self.types[o])
+            if kd == "any" and d is not None:  # `jit(f)(x)`: mypy lost f's signature; f's declared return
+                kd = _declared(d) or "any"
+                if kd not in ("any", "callable", "object"):
+                    self.exprs[ck] = kd
+            self.calls[ck] = (kd, target)
+
+    def _func(self, o: FuncDef) -> dict[str, Any] | None:
+        qual = o.fullname.removeprefix(self.module + ".") if o.fullname.startswith(self.module + ".") else ""
+        if not qual:
+            return None
+        sig = o.type if isinstance(o.type, CallableType) else None
+        params = [a.variable.name for a in o.arguments]
+        kinds = {}
+        if sig is not None:
+            for name, a, t in zip(params, o.arguments, sig.arg_types):
+                if a.type_annotation is not None:
+                    kinds[name] = kind(t)
+        unanalyzed = o.unanalyzed_type
+        annotated = isinstance(unanalyzed, CallableType) and not _implicit_any(unanalyzed.ret_type)
+        declared = kind(sig.ret_type) if sig is not None and annotated else None
+        info = {
+            "params": params,
+            "method": bool(o.info and o.info.fullname and not o.is_static and params[:1] in (["self"], ["cls"])),
+            "kinds": kinds,
+            "declared": declared,
+            "declared_text": str(sig.ret_type) if declared is not None and sig is not None else "",
+            "returns": [],
+        }
+        self.functions[qual] = info
+        return info
+
+
+def _declared(d: FuncDef) -> str | None:
+    sig, raw = d.type, d.unanalyzed_type
+    if isinstance(sig, CallableType) and isinstance(raw, CallableType) and not _implicit_any(raw.ret_type):
+        return kind(sig.ret_type)
+    return None
+
+
+def _implicit_any(t: Type) -> bool:
+    p = get_proper_type(t)
+    return isinstance(p, AnyType) and p.type_of_any == TypeOfAny.unannotated
+
+
+def _module_of(fullname: str, checked: frozenset[str]) -> bool:
+    parts = fullname.split(".")
+    return any(".".join(parts[:i]) in checked for i in range(len(parts) - 1, 0, -1))
+
+
+def extract(result: build.BuildResult, modules: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Facts of each re-checked module, by path. Modules mypy took fresh from its cache have no
+    tree and no types here; the caller keeps their facts from the previous run."""
+    checked = frozenset(modules)
+    out: dict[str, dict[str, Any]] = {}
+    for mod, path in modules.items():
+        state = result.graph.get(mod)
+        tree: MypyFile | None = getattr(state, "tree", None)
+        if tree is None or not tree.defs:
+            continue
+        aliases: dict[str, str] = {}  # module-level `step = jax.jit(_step)`: "mod.step" -> "mod._step"
+        for d in tree.defs:
+            if isinstance(d, AssignmentStmt) and len(d.lvalues) == 1 and isinstance(d.lvalues[0], NameExpr) and isinstance(d.lvalues[0].node, Var):
+                wrapped = _unwrap_call(d.rvalue)
+                if wrapped is not None and wrapped.fullname:
+                    aliases[d.lvalues[0].node.fullname] = wrapped.fullname
+        ex = _Extract(mod, result.types, checked)
+        ex.walk(tree)
+        out[path] = {"module": mod, "exprs": ex.exprs, "callees": ex.callees, "calls": ex.calls, "functions": ex.functions, "aliases": aliases}
+    return out
+
+
+def module_names(srcs: list[BuildSource]) -> dict[str, str]:
+    return {s.module: os.path.abspath(s.path) for s in srcs if s.path}
+
+
+__all__ = ["MypyUnavailable", "extract", "kind", "module_names", "options", "run", "sources"]

@@ -1,0 +1,32 @@
+"""A rich progress bar for long traced/confirm runs, on stderr; only used on a terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Progress:
+    def __init__(self, targets: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RichProgress
+
+        self.bar = RichProgress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        self.task = self.bar.add_task("tracing", total=None)
+        self.entries = 0
+        self.done = 0
+        self.bar.start()
+
+    def event(self, e: dict[str, Any]) -> None:
+        kind = e.get("event")
+        if kind == "loaded":
+            self.entries += len(e.get("entries", ()))
+            self.bar.update(self.task, total=self.entries)
+        elif kind == "start":
+            self.bar.update(self.task, description=f"tracing {e.get('entry', '')}")
+        elif kind == "entry":
+            self.done += 1
+            self.bar.update(self.task, completed=self.done)
+
+    def close(self) -> None:
+        self.bar.stop()

@@ -1,0 +1,311 @@
+"""Checks on a traced program: walk every equation of a `ClosedJaxpr`, nested jaxprs included.
+
+    findings = check_jaxpr(jax.make_jaxpr(step)(params, x), function="step")
+
+Reports, at the user line that produced each equation (see `stabcheck.traced.source`):
+STB301 float64-leak (where float64 work starts from float32/bf16 data), STB302 weak-type-output,
+STB303 implicit-promotion (float widening or int->float caused by operand mixing), STB304
+mask-promotion (a bool/int mask widening the data it multiplies or selects), STB305
+rank-promotion (implicit rank broadcasting in an operator). One finding per (code, line).
+Library internals (site-packages) are not reported, except where they are the only frame.
+Cheap and importable on its own; it imports JAX only through the objects it is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from stabcheck.finding import Finding, Span
+from stabcheck.traced.source import Site, eqn_frames, internal_functions
+
+ALL_CODES = frozenset({"STB301", "STB302", "STB303", "STB304", "STB305"})
+_EXPLICIT_CAST = frozenset({"astype", "_astype", "asarray", "array", "convert_element_type", "__array__", "_convert_and_clip_integer"})
+_EXPLICIT_BCAST = frozenset({"broadcast_to", "_broadcast_to", "expand_dims", "_getitem", "rewriting_take", "reshape", "atleast_1d", "atleast_2d", "atleast_3d", "broadcast_arrays", "_broadcast_arrays", "outer"})
+_MIXING = frozenset({"mul", "add", "sub", "div", "max", "min", "pow", "atan2", "rem", "select_n", "dot_general", "add_any", "nextafter", "complex"})
+_FLOAT_RANK = {"float16": 1, "bfloat16": 1, "float32": 2, "float64": 3}
+
+
+def shown_path(file: str) -> str:
+    """A path as findings show it: relative to the working directory when below it."""
+    try:
+        rel = os.path.relpath(file)
+        if not rel.startswith(".."):
+            return rel.replace(os.sep, "/")
+    except ValueError:
+        pass
+    return file.replace(os.sep, "/")
+
+
+def source_line(site: Site | None) -> str:
+    """The text of a site's line, indentation kept (for `Finding.snippet`)."""
+    import linecache
+
+    return linecache.getline(site.file, site.line).rstrip("\n").rstrip() if site is not None else ""
+
+
+def site_span(site: Site) -> Span:
+    """A span for a site: its column when JAX recorded one, else the line's code (not its indent)."""
+    text = source_line(site)
+    if site.col > 1 or not text.strip():
+        return Span(site.line, site.col)
+    code = text.split("  #", 1)[0].rstrip() if "  #" in text else text
+    return Span(site.line, len(text) - len(text.lstrip()) + 1, site.line, len(code) + 1)
+
+
+def _dtype(v: Any) -> str:
+    aval = getattr(v, "aval", None)
+    return str(getattr(aval, "dtype", ""))
+
+
+def _weak(v: Any) -> bool:
+    return bool(getattr(getattr(v, "aval", None), "weak_type", False))
+
+
+def _shape(v: Any) -> tuple[int, ...]:
+    return tuple(getattr(getattr(v, "aval", None), "shape", ()) or ())
+
+
+def _is_float(d: str) -> bool:
+    return d in _FLOAT_RANK
+
+
+def _is_intlike(d: str) -> bool:
+    return d == "bool" or d.startswith("int") or d.startswith("uint")
+
+
+def _is_var(v: Any) -> bool:
+    return type(v).__name__ == "Var" or (hasattr(v, "aval") and not hasattr(v, "val"))
+
+
+def eqn_site(eqn: Any) -> Site | None:
+    """The user line of an equation, or None when it comes from inside an installed library
+    (optax's own arithmetic is not the user's promotion, even if the user called optax)."""
+    frames = eqn_frames(eqn)
+    if not frames or frames[0].library:
+        return None
+    return frames[0]
+
+
+def sub_jaxprs(eqn: Any) -> Iterator[Any]:
+    """The open jaxprs nested in an equation's params (pjit, scan, cond, while, custom rules, remat, shard_map)."""
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if hasattr(item, "eqns") and hasattr(item, "invars"):
+                yield item
+            elif hasattr(item, "jaxpr") and hasattr(item, "consts") and hasattr(item.jaxpr, "eqns"):
+                yield item.jaxpr
+
+
+def iter_eqns(jaxpr: Any) -> Iterator[Any]:
+    """Every equation of an open jaxpr, nested ones included (depth first)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in sub_jaxprs(eqn):
+            yield from iter_eqns(sub)
+
+
+class _Walker:
+    def __init__(self, function: str, codes: frozenset[str]) -> None:
+        self.function = function
+        self.codes = codes
+        self.found: dict[tuple[str, str, int], Finding] = {}
+
+    # -- reporting ----------------------------------------------------------------------------
+    def add(self, code: str, site: Site | None, message: str, *, detail: str, evidence: dict[str, Any], help: str = "") -> None:
+        if code not in self.codes or site is None or site.library:
+            return
+        from stabcheck import registry
+
+        rule = registry.get(code)
+        if rule is None:
+            return
+        path = shown_path(site.file)
+        key = (code, path, site.line)
+        if key in self.found:
+            return
+        self.found[key] = rule.finding(
+            path=path,
+            span=site_span(site),
+            message=message,
+            help=help,
+            function=self.function or site.function,
+            detail=detail,
+            evidence={**evidence, "user_function": site.function},
+            stage="traced",
+            snippet=source_line(site),
+        )
+
+    # -- the walk -----------------------------------------------------------------------------
+    def walk(self, jaxpr: Any, tainted: set[Any]) -> bool:
+        """Walk one open jaxpr; `tainted` holds float64 vars that come from a float64 leak.
+        Returns True when an output of this jaxpr is tainted."""
+        consumers: dict[Any, list[Any]] = {}
+        for eqn in jaxpr.eqns:
+            for v in eqn.invars:
+                if _is_var(v):
+                    consumers.setdefault(v, []).append(eqn)
+        producers = {o: eqn for eqn in jaxpr.eqns for o in eqn.outvars}
+        mask_data: set[Any] = set()
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            if name == "convert_element_type":
+                self._convert(eqn, consumers, tainted, mask_data)
+            elif name in ("mul", "select_n"):
+                self._mask(eqn, producers, mask_data)
+            elif name == "broadcast_in_dim":
+                self._rank(eqn)
+            inner_tainted = False
+            for sub in sub_jaxprs(eqn):
+                sub_taint = {sv for sv, ov in zip(reversed(sub.invars), reversed(eqn.invars)) if _is_var(ov) and ov in tainted}
+                inner_tainted |= self.walk(sub, sub_taint)
+            if inner_tainted or any(_is_var(v) and v in tainted for v in eqn.invars):
+                tainted.update(o for o in eqn.outvars if _dtype(o) == "float64" and not _weak(o))
+        return any(_is_var(v) and v in tainted for v in jaxpr.outvars)
+
+    def _convert(self, eqn: Any, consumers: dict[Any, list[Any]], tainted: set[Any], mask_data: set[Any]) -> None:
+        src, dst = _dtype(eqn.invars[0]), _dtype(eqn.outvars[0])
+        out = eqn.outvars[0]
+        if _weak(out) or src == dst:
+            return
+        users = consumers.get(out, [])
+        others = [v for u in users for v in u.invars if v is not out]
+        widening = _is_float(src) and _is_float(dst) and _FLOAT_RANK[dst] > _FLOAT_RANK[src]
+        if dst == "float64" and _is_float(src) and widening:
+            if any(_is_var(v) and v in tainted for v in others):
+                tainted.add(out)  # float64 already flowing: a consequence, not a start
+                return
+            tainted.add(out)
+            site = eqn_site(eqn)
+            explicit = bool(set(internal_functions(eqn)) & _EXPLICIT_CAST)
+            what = "an explicit cast to float64" if explicit else "mixing it with a float64 operand (a NumPy float64 array, `dtype=float`, or `jnp.float64` value)"
+            self.add(
+                "STB301",
+                site,
+                f"`{src}{list(_shape(eqn.invars[0]))}` data is promoted to float64 here by {what}; every operation downstream runs in float64 (2-64x slower on accelerators, double memory)",
+                help="build constants with the data's dtype (`x.dtype`) or as bool masks; avoid `dtype=float` and NumPy float64 arrays",
+                detail=f"{src}->float64",
+                evidence={"from": src, "to": "float64", "shape": list(_shape(eqn.invars[0])), "explicit": explicit, "primitive": "convert_element_type"},
+            )
+            return
+        explicit = bool(set(internal_functions(eqn)) & _EXPLICIT_CAST)
+        if _is_intlike(src) and _is_float(dst):
+            mask_data.add(out)  # a mask made float, explicitly or not: STB304 looks at its users
+        if explicit:
+            return
+        mixing = [v for u in users if u.primitive.name in _MIXING for v in u.invars if v is not out and _dtype(v) == dst]
+        if not mixing:
+            return
+        if _is_intlike(src) and _is_float(dst):
+            if src == "bool":
+                return  # bool masks times data keep the data's dtype: the normal idiom; STB304 covers widening
+        elif not widening:
+            return
+        self.add(
+            "STB303",
+            eqn_site(eqn),
+            f"`{src}` operand is implicitly promoted to `{dst}` by mixing it with a `{dst}` operand; the operation runs in `{dst}`, not in the operand's own dtype",
+            help=f"cast explicitly (`.astype(jnp.{dst})`) if `{dst}` is intended, or keep both operands in `{src}`",
+            detail=f"{src}->{dst}",
+            evidence={"from": src, "to": dst, "shape": list(_shape(eqn.invars[0])), "primitive": "convert_element_type"},
+        )
+
+    def _mask(self, eqn: Any, producers: dict[Any, Any], mask_data: set[Any]) -> None:
+        """A bool/int mask (converted to float F) multiplied with or selecting data of a narrower float."""
+        ins = [v for v in eqn.invars if _is_var(v)]
+        masks = [v for v in ins if v in mask_data or (eqn.primitive.name == "select_n" and v is eqn.invars[0])]
+        if not masks:
+            return
+        out_dtype = _dtype(eqn.outvars[0])
+        for v in ins:
+            if v in masks:
+                continue
+            prod = producers.get(v)
+            if prod is None or prod.primitive.name != "convert_element_type":
+                continue
+            data_dtype = _dtype(prod.invars[0])
+            if _is_float(data_dtype) and _is_float(out_dtype) and _FLOAT_RANK[out_dtype] > _FLOAT_RANK[data_dtype]:
+                m = masks[0]
+                mprod = producers.get(m)
+                mask_dtype = _dtype(mprod.invars[0]) if mprod is not None and mprod.primitive.name == "convert_element_type" else _dtype(m)
+                self.add(
+                    "STB304",
+                    eqn_site(eqn),
+                    f"a `{mask_dtype}` mask turns `{data_dtype}` data into `{out_dtype}` here; the result and everything after it is computed in `{out_dtype}`",
+                    help="select with `jnp.where(mask, x, 0)` on a bool mask, or cast the mask to `x.dtype`",
+                    detail=f"{mask_dtype}*{data_dtype}->{out_dtype}",
+                    evidence={"mask_dtype": mask_dtype, "data_dtype": data_dtype, "result_dtype": out_dtype, "primitive": eqn.primitive.name},
+                )
+                return
+
+    def _rank(self, eqn: Any) -> None:
+        src, dst = _shape(eqn.invars[0]), _shape(eqn.outvars[0])
+        k = len(dst) - len(src)
+        if not src or k < 1 or dst != (1,) * k + src:
+            return
+        funcs = internal_functions(eqn)
+        if set(funcs) & _EXPLICIT_BCAST:
+            return
+        # the function the user called must be the operator or ufunc itself, not a jnp routine
+        # that broadcasts internally (funcs run from the primitive outwards to the user's call)
+        called = funcs[-2:] if funcs and funcs[-1] == "op" else funcs[-1:]
+        if not called or not (called[0] == "__call__" or called[0].startswith("_operator_")):
+            return
+        self.add(
+            "STB305",
+            eqn_site(eqn),
+            f"a rank-{len(src)} operand of shape {list(src)} is implicitly broadcast to rank {len(dst)} here; the shapes only line up by NumPy's rank promotion, which hides transposed or missing axes and fails under `jax_numpy_rank_promotion='raise'`",
+            help="make the broadcast explicit: index with `None` (`b[None, :]`) or use `jnp.broadcast_to`/`jnp.expand_dims`",
+            detail=f"rank {len(src)}->{len(dst)}",
+            evidence={"from_shape": list(src), "to_shape": list(dst), "primitive": "broadcast_in_dim"},
+        )
+
+
+def check_jaxpr(
+    closed_jaxpr: Any,
+    *,
+    function: str = "",
+    in_paths: Sequence[str] = (),
+    out_paths: Sequence[str] = (),
+    codes: Iterable[str] | None = None,
+) -> list[Finding]:
+    """Findings STB301-305 for one traced program, at the user lines of its equations.
+
+    in_paths/out_paths name the flattened inputs/outputs (pytree key paths) for messages.
+    codes: restrict to these codes (default: all five).
+    """
+    chosen = ALL_CODES if codes is None else frozenset(codes) & ALL_CODES
+    w = _Walker(function, chosen)
+    jaxpr = getattr(closed_jaxpr, "jaxpr", closed_jaxpr)
+    w.walk(jaxpr, set())
+    if "STB302" in chosen:
+        _weak_outputs(w, jaxpr, out_paths)
+    return sorted(w.found.values(), key=lambda f: f.sort_key)
+
+
+def _weak_outputs(w: _Walker, jaxpr: Any, out_paths: Sequence[str]) -> None:
+    producers = {o: eqn for eqn in iter_eqns(jaxpr) for o in eqn.outvars}
+    for i, v in enumerate(jaxpr.outvars):
+        if not _is_var(v) or not _weak(v) or v in jaxpr.invars:
+            continue
+        eqn = producers.get(v)
+        while eqn is not None and eqn.primitive.name in ("pjit", "jit", "closed_call", "remat", "checkpoint", "custom_jvp_call", "custom_vjp_call"):
+            inner = next(sub_jaxprs(eqn), None)
+            idx = list(eqn.outvars).index(v)
+            if inner is None or idx >= len(inner.outvars) or not _is_var(inner.outvars[idx]):
+                break
+            v = inner.outvars[idx]
+            eqn = {o: e for e in inner.eqns for o in e.outvars}.get(v)
+        if eqn is None:
+            continue
+        leaf = out_paths[i] if i < len(out_paths) else f"output {i}"
+        dtype = _dtype(v)
+        w.add(
+            "STB302",
+            eqn_site(eqn),
+            f"`{leaf}` is weakly typed (`{dtype}` from a Python scalar); its dtype will follow whatever it is combined with next, and a weak leaf in a loop carry or train state retraces when it becomes strong",
+            help=f"make the value strongly typed: `jnp.asarray(value, dtype=jnp.{dtype})` or derive it from an input array",
+            detail=leaf,
+            evidence={"dtype": dtype, "weak_type": True, "leaf": leaf},
+        )

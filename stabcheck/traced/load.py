@@ -1,0 +1,215 @@
+"""Load the entries a target names (runs in the worker: it imports user code, and JAX).
+
+    path/to/file.py:NAME   an @entry factory, a module-level (fn, args), Entry or dict of them,
+                           or a plain function completed by --arg/--static specs or by its
+                           jaxtyping annotations (--dim)
+    path/to/file.py        every @stabcheck.entry factory in the file
+    pkg.module:NAME        the same, by module name
+
+A module is imported with its own directory on sys.path, so an entries file can import its
+siblings. Failures become STB902 findings (`load_error`) at the line that raised.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from types import ModuleType
+from typing import Any
+
+from stabcheck.finding import Finding, Span
+from stabcheck.traced import specs
+from stabcheck.traced.checks import shown_path
+from stabcheck.traced.entries import ENTRY_MARK, Entry, normalize
+from stabcheck.traced.source import exception_site, function_site
+
+
+class TargetError(Exception):
+    """A target that names nothing traceable; the message says what is wrong, `site` where."""
+
+    def __init__(self, message: str, site: Any = None) -> None:
+        super().__init__(message)
+        self.site = site
+
+
+def _call_factory(factory: Any, name: str) -> dict[str, Entry]:
+    try:
+        value = factory()
+    except Exception as e:  # noqa: BLE001 - user code
+        raise TargetError(f"entry factory `{name}` raised {_describe(e)}") from e
+    try:
+        return normalize(value, name)
+    except (TypeError, ValueError) as e:
+        raise TargetError(str(e), function_site(factory)) from None
+
+
+def split_target(target: str) -> tuple[str, str | None]:
+    """'a/b.py:NAME' -> ('a/b.py', 'NAME'); a Windows drive letter is not a separator."""
+    head, sep, tail = target.rpartition(":")
+    if not sep or not head or "/" in tail or "\\" in tail or (len(head) == 1 and head.isalpha()):
+        return target, None
+    return head, tail or None
+
+
+def is_file_target(where: str) -> bool:
+    return where.endswith((".py", ".pyi")) or os.sep in where or "/" in where
+
+
+def import_module(where: str) -> ModuleType:
+    if is_file_target(where):
+        path = os.path.abspath(where)
+        if not os.path.isfile(path):
+            raise TargetError(f"`{where}` is not a file")
+        folder = os.path.dirname(path)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        loaded = sys.modules.get(stem)
+        if loaded is not None and os.path.realpath(getattr(loaded, "__file__", "") or "") == os.path.realpath(path):
+            return loaded
+        name = stem if stem.isidentifier() and stem not in sys.modules else f"_stabcheck_target_{abs(hash(path))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise TargetError(f"`{where}` cannot be imported")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        return module
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return importlib.import_module(where)
+
+
+def module_file(spec: dict[str, Any]) -> str:
+    where, _ = split_target(spec["target"])
+    if is_file_target(where):
+        return os.path.abspath(where)
+    found = importlib.util.find_spec(where) if where else None
+    return os.path.abspath(found.origin) if found is not None and found.origin else where
+
+
+def load_target(spec: dict[str, Any]) -> dict[str, Entry]:
+    """Named entries for one target spec {"target", "args", "static", "dims"}."""
+    where, attr = split_target(spec["target"])
+    module = import_module(where)
+    shown = shown_path(where) if is_file_target(where) else where
+    if attr is None:
+        out: dict[str, Entry] = {}
+        for name, obj in vars(module).items():
+            if callable(obj) and getattr(obj, ENTRY_MARK, False):
+                out.update(_call_factory(obj, name))
+        if not out:
+            raise TargetError(f"`{shown}` has no @stabcheck.entry factory; name one as `{shown}:NAME`")
+        return out
+    if not hasattr(module, attr):
+        raise TargetError(f"`{shown}` has no attribute `{attr}`")
+    obj = getattr(module, attr)
+    if callable(obj) and getattr(obj, ENTRY_MARK, False):
+        return _call_factory(obj, attr)
+    if callable(obj) and not isinstance(obj, Entry):
+        return {attr: function_entry(obj, spec)}
+    return normalize(obj, "" if isinstance(obj, dict) else attr)
+
+
+def function_entry(fn: Any, spec: dict[str, Any]) -> Entry:
+    """An Entry for a plain function: abstract args from specs, else from jaxtyping annotations."""
+    dims = {k: int(v) for k, v in (spec.get("dims") or {}).items()}
+    static = {int(k): v for k, v in (spec.get("static") or {}).items()}
+    trees = [specs.parse_tree(a, dims) if isinstance(a, str) else specs._tree(a, dims) for a in spec.get("args") or []]
+    if not trees:
+        trees = _annotated(fn, dims, static)
+    args: list[Any] = []
+    it = iter(trees)
+    for i in range(len(trees) + len(static)):
+        if i in static:
+            args.append(static[i])
+        else:
+            args.append(specs.to_abstract(next(it)))
+    transforms = tuple(spec.get("transforms") or ("jit", "grad"))
+    return Entry(fn, tuple(args), static_argnums=tuple(sorted(static)), transforms=transforms)
+
+
+def _annotated(fn: Any, dims: dict[str, int], static: dict[int, Any]) -> list[Any]:
+    target = getattr(fn, "__wrapped__", fn)
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    hints = getattr(target, "__annotations__", {}) or {}
+    out: list[Any] = []
+    for i, p in enumerate(params):
+        if i in static or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        s = specs.from_jaxtyping(hints.get(p.name), dims)
+        if s is None:
+            if p.default is not p.empty:
+                break
+            raise TargetError(f"parameter `{p.name}` of `{getattr(target, '__qualname__', target)}` has no jaxtyping annotation; give every argument with --arg specs")
+        out.append(s)
+    if not out:
+        raise TargetError(f"`{getattr(target, '__qualname__', target)}` is a function; give its arguments with --arg specs (e.g. --arg 'f32[8,2]') or write an @stabcheck.entry factory")
+    return out
+
+
+def _analysis_error() -> Any:
+    from stabcheck import registry
+
+    return registry.get("STB902")
+
+
+def load_error(spec: dict[str, Any], exc: BaseException) -> Finding:
+    """STB902 for a target whose module raised, exited or named nothing traceable."""
+    file = module_file(spec)
+    site = getattr(exc, "site", None) or exception_site(exc, within=(os.path.realpath(file),))
+    path = shown_path(site.file if site else file)
+    line = site.line if site else 1
+    what = _describe(exc)
+    if isinstance(exc, (TargetError, specs.SpecError)):
+        message = f"target `{_shown_target(spec['target'])}` cannot be traced: {exc}; its entries were not analysed"
+    else:
+        message = f"importing `{_shown_target(spec['target'])}` failed with {what}; its entries were not traced"
+    return _analysis_error().finding(
+        path=path,
+        span=Span(line, site.col if site else 1),
+        message=message,
+        help="make the module importable without side effects (guard scripts with `if __name__ == \"__main__\":`)",
+        detail=spec["target"],
+        evidence={"error": what, "target": spec["target"]},
+        stage="traced",
+    )
+
+
+def crash_finding(spec: dict[str, Any], name: str, entry: Entry, exc: BaseException) -> Finding:
+    """STB902 for an entry whose analysis itself raised (not a hazard stabcheck recognises)."""
+    site = exception_site(exc) or function_site(entry.fn)
+    file = site.file if site else module_file(spec)
+    what = _describe(exc)
+    return _analysis_error().finding(
+        path=shown_path(file),
+        span=Span(site.line if site else 1, site.col if site else 1),
+        message=f"entry `{name}` could not be traced: {what}; its checks did not run",
+        help="run the entry's function once by hand to see the error, or raise --timeout",
+        function=name,
+        detail=name,
+        evidence={"error": what, "target": spec["target"]},
+        stage="traced",
+    )
+
+
+def _shown_target(target: str) -> str:
+    where, attr = split_target(target)
+    shown = shown_path(where) if is_file_target(where) else where
+    return f"{shown}:{attr}" if attr else shown
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0][:300] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

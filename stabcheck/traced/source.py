@@ -1,0 +1,134 @@
+"""Map jaxpr equations and exceptions back to the user's line.
+
+JAX records a Python traceback for every equation (`eqn.source_info.traceback`, innermost frame
+first). The user's line is the innermost frame that is not inside JAX, stabcheck or the standard
+library; among those, a frame in the user's project wins over one in an installed library
+(site-packages), so a hazard that starts in the user's call to optax is reported at that call.
+
+Importing this module does not import JAX; the helpers take JAX objects duck-typed.
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+import traceback as _tb
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+_STABCHECK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_STDLIB = tuple({os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib",)})
+_LIB_MARKERS = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
+_JAX_PARTS = tuple(os.sep + p + os.sep for p in ("jax", "jaxlib", "jax_plugins", "jax_cuda12_plugin", "jax_cuda13_plugin"))
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A user source location: absolute file, 1-based line and column, enclosing function."""
+
+    file: str
+    line: int
+    col: int = 1
+    function: str = ""
+    library: bool = False  # the frame is inside an installed package, not the user's project
+
+
+def is_internal(filename: str) -> bool:
+    """True for JAX's, stabcheck's and the standard library's own files (never a user line)."""
+    if not filename or filename.startswith("<"):
+        return True
+    path = os.path.realpath(filename) if os.path.isabs(filename) else filename
+    if path.startswith(_STABCHECK_DIR + os.sep) and (os.sep + "fixtures" + os.sep) not in path[len(_STABCHECK_DIR) :]:
+        return True
+    if any(m + part[1:] in path for m in _LIB_MARKERS for part in _JAX_PARTS) or "/jax/_src/" in path.replace(os.sep, "/"):
+        return True
+    if any(path.startswith(s) for s in _STDLIB) and not is_library(path):
+        return True
+    return False
+
+
+def is_library(filename: str) -> bool:
+    return any(m in filename for m in _LIB_MARKERS)
+
+
+def pick(frames: list[Site]) -> Site | None:
+    """The innermost project frame, else the innermost library frame (frames innermost first)."""
+    for s in frames:
+        if not s.library:
+            return s
+    return frames[0] if frames else None
+
+
+def eqn_frames(eqn: Any) -> list[Site]:
+    """User frames of a jaxpr equation, innermost first."""
+    tb = getattr(getattr(eqn, "source_info", None), "traceback", None)
+    if tb is None:
+        return []
+    out: list[Site] = []
+    for fr in getattr(tb, "frames", ()):
+        name = fr.file_name
+        if is_internal(name):
+            continue
+        line = getattr(fr, "start_line", None) or getattr(fr, "line_num", None) or 1
+        col = (getattr(fr, "start_column", 0) or 0) + 1
+        out.append(Site(name, int(line), int(col), fr.function_name, is_library(name)))
+    return out
+
+
+def eqn_site(eqn: Any) -> Site | None:
+    return pick(eqn_frames(eqn))
+
+
+def internal_functions(eqn: Any) -> list[str]:
+    """Names of the JAX functions between the primitive and the innermost user frame."""
+    tb = getattr(getattr(eqn, "source_info", None), "traceback", None)
+    names: list[str] = []
+    for fr in getattr(tb, "frames", ()) if tb is not None else ():
+        if not is_internal(fr.file_name):
+            break
+        names.append(fr.function_name.rsplit(".", 1)[-1])
+    return names
+
+
+def exception_frames(exc: BaseException) -> list[Site]:
+    """User frames of an exception's traceback (and its causes'), innermost first."""
+    out: list[Site] = []
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        out.extend(_tb_frames(e.__traceback__))
+        e = e.__cause__ or (e.__context__ if not e.__suppress_context__ else None)
+    return out
+
+
+def _tb_frames(tb: TracebackType | None) -> list[Site]:
+    frames: list[Site] = []
+    for fs in _tb.extract_tb(tb):
+        if is_internal(fs.filename):
+            continue
+        col = (getattr(fs, "colno", None) or 0) + 1
+        frames.append(Site(fs.filename, fs.lineno or 1, col, fs.name, is_library(fs.filename)))
+    frames.reverse()
+    return frames
+
+
+def exception_site(exc: BaseException, *, within: tuple[str, ...] = ()) -> Site | None:
+    """The user line an exception points at; frames in `within` files (the entry's own module
+    and its siblings) win over the rest of the user's code."""
+    frames = exception_frames(exc)
+    if within:
+        inside = [s for s in frames if os.path.realpath(s.file) in within]
+        if inside:
+            return inside[0]
+    return pick(frames)
+
+
+def function_site(fn: Any) -> Site | None:
+    """Where a Python function is defined (a last resort: findings prefer the offending line)."""
+    fn = getattr(fn, "__wrapped__", fn)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    return Site(code.co_filename, code.co_firstlineno, 1, getattr(fn, "__qualname__", ""), is_library(code.co_filename))

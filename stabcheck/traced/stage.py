@@ -1,0 +1,150 @@
+"""The traced (and confirm) stage of `stabcheck check --trace`: entries -> worker -> findings.
+
+Runs in the stabcheck process and imports no JAX: it finds the entries statically, runs the
+"trace" task in a worker subprocess (`stabcheck.traced.worker`) and turns what the worker
+reports (findings, and entries that hung, crashed or exited) into `Finding`s.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from stabcheck.config import Config, ConfigError
+from stabcheck.finding import Finding, Span
+from stabcheck.traced.checks import shown_path
+from stabcheck.traced.discover import entry_targets
+from stabcheck.traced.worker import Death, Outcome, run_in_worker
+
+
+def memory_limit_bytes(text: str | None) -> int | None:
+    """The worker's memory cap: '4GiB', '0.5' (share of RAM), '0'/'none' (no cap), default half of RAM."""
+    from stabcheck.confirm.device import default_memory_limit, parse_memory_limit
+
+    if text is None or text == "":
+        return default_memory_limit()
+    if str(text).strip().lower() in ("0", "none", "off"):
+        return None
+    try:
+        return parse_memory_limit(text)
+    except ValueError:
+        raise ConfigError("memory-limit", text, "a size such as '4GiB' or a fraction of RAM such as '0.5'") from None
+
+
+def run_targets(
+    targets: Sequence[dict[str, Any]],
+    *,
+    timeout: float,
+    memory_limit: int | None,
+    transforms: Sequence[str] | None = None,
+    confirm: bool = False,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[list[Finding], list[str], Outcome]:
+    """Trace TARGETS in a worker; every failure of user code becomes an STB902 finding.
+    `extra` goes into the payload (the confirm stage reads "memory_limit" and "max_traces")."""
+    payload: dict[str, Any] = {**(extra or {}), "targets": list(targets), "cwd": os.getcwd(), "confirm": confirm}
+    if transforms:
+        payload["transforms"] = list(transforms)
+    outcome = run_in_worker("trace", payload, timeout, memory_limit, on_event=on_event)
+    findings: list[Finding] = []
+    notes: list[str] = []
+    for e in outcome.events:
+        findings += [Finding.from_dict(d) for d in e.get("findings", ())]
+        notes += [n for n in e.get("notes", ()) if n not in notes]
+    for d in outcome.deaths:
+        findings.append(death_finding(d, timeout))
+    return findings, notes, outcome
+
+
+def run_stage(files: list[Path], results: dict[str, Any], config: Config, options: Any, stages: Sequence[str]) -> tuple[list[Finding], list[str], dict[str, Any] | None]:
+    """Called by `stabcheck.api.run` for --trace/--confirm: (findings, notes, device)."""
+    targets = [{"target": _absolute(t)} for t in entry_targets(files, config)]
+    if not targets:
+        return [], ["--trace: no entries found (decorate a factory with @stabcheck.entry, or set `entries` in [tool.stabcheck])"], None
+    timeout = float(options.timeout or config.timeout)
+    limit = memory_limit_bytes(options.memory_limit if options.memory_limit is not None else config.memory_limit)
+    progress = None
+    if getattr(options, "progress", False):
+        from stabcheck.traced._progress import Progress
+
+        progress = Progress(len(targets))
+    try:
+        extra = {"memory_limit": limit, "max_traces": config.max_traces}
+        findings, notes, outcome = run_targets(targets, timeout=timeout, memory_limit=limit, transforms=options.transforms, confirm="confirm" in stages, on_event=progress.event if progress else None, extra=extra)
+    finally:
+        if progress is not None:
+            progress.close()
+    device = next((e["device"] for e in outcome.events if e.get("device")), None)
+    return findings, notes, device
+
+
+def _absolute(target: str) -> str:
+    where, sep, attr = target.rpartition(":")
+    if sep and (where.endswith(".py") or os.sep in where or "/" in where):
+        return f"{os.path.abspath(where)}:{attr}"
+    if not sep and target.endswith(".py"):
+        return os.path.abspath(target)
+    return target
+
+
+def death_finding(d: Death, timeout: float) -> Finding:
+    """STB902 for an entry (or a target's import) that killed the worker."""
+    from stabcheck import registry
+
+    rule = registry.get("STB902")
+    assert rule is not None
+    where, _, attr = d.target.rpartition(":") if ":" in d.target else (d.target, "", "")
+    file = where if where.endswith(".py") else _module_file(where)
+    line = _definition_line(file, attr) if file else 1
+    if d.entry and d.file and d.line:
+        file, line = d.file, d.line
+    reason = d.reason
+    shown = f"{shown_path(where)}:{attr}" if attr and where.endswith(".py") else shown_path(d.target) if d.target.endswith(".py") else d.target
+    if d.entry:
+        message = f"entry `{d.entry}` {reason} while being traced; the worker was stopped and its findings are missing"
+    else:
+        message = f"importing `{shown}` {reason}; its entries were not traced"
+    help = f"raise --timeout (now {timeout:g}s) or --memory-limit, or make the entry smaller" if "timed out" in reason or "memory" in reason else "run the entry by hand: it exits or crashes the interpreter (sys.exit, os._exit, a segfault)"
+    last = [ln for ln in d.stderr.strip().splitlines() if ln.strip()][-3:]
+    return rule.finding(
+        path=shown_path(file) if file else d.target,
+        span=Span(line, 1),
+        message=message,
+        help=help,
+        function=d.entry,
+        detail=d.entry or d.target,
+        evidence={"reason": reason, "target": d.target, "entry": d.entry, "stderr": "\n".join(last)},
+        stage="traced",
+    )
+
+
+def _module_file(module: str) -> str:
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module.split(":")[0])
+    except (ImportError, ValueError):
+        return ""
+    return spec.origin if spec is not None and spec.origin else ""
+
+
+def _definition_line(file: str, name: str) -> int:
+    """The line that defines NAME at module level (a def or an assignment), found by `ast`."""
+    if not name:
+        return 1
+    try:
+        tree = ast.parse(Path(file).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return 1
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return node.lineno
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return node.lineno
+    return 1

@@ -1,0 +1,558 @@
+"""The in-worker "trace" task: trace one entry under each transform, abstractly (no FLOPs).
+
+For each requested transform it builds the program with `jax.make_jaxpr` on abstract inputs,
+walks it with `check_jaxpr`, and turns what JAX raises into findings at the user's line:
+
+    TracerBoolConversionError -> STB101   ConcretizationTypeError -> STB102
+    NonConcreteBooleanIndexError -> STB103   cond branches differ -> STB203
+    loop carry differs -> STB204   grad of bool/int leaves -> STB402 (naming the leaves)
+    forward mode over custom_vjp -> STB403   reverse mode through while_loop -> STB404
+    custom rule output mismatch -> STB405   callbacks under grad/jvp -> STB407
+    anything else -> STB902
+
+Entries with `state_argnums` are stepped abstractly init -> step -> step and every state leaf's
+dtype/shape/weak_type is compared (STB204); entries with static arguments and `calls` are traced
+per static value and their output types compared (STB205).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import inspect
+import textwrap
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from stabcheck.finding import Finding, Span
+from stabcheck.traced.checks import check_jaxpr, iter_eqns, shown_path, site_span, source_line
+from stabcheck.traced.entries import Entry
+from stabcheck.traced.source import Site, eqn_site, exception_site, function_site
+
+FORWARD = frozenset({"jvp", "jacfwd", "hessian", "hvp"})
+REVERSE = frozenset({"grad", "jacrev", "hessian", "hvp"})
+BATCH = 2
+
+# (exception class name or "", text in the message, code); first match wins
+_ERRORS: tuple[tuple[str, str, str], ...] = (
+    ("TracerBoolConversionError", "", "STB101"),
+    ("NonConcreteBooleanIndexError", "", "STB103"),
+    ("TracerIntegerConversionError", "", "STB102"),
+    ("TracerArrayConversionError", "", "STB102"),
+    ("ConcretizationTypeError", "", "STB102"),
+    ("", "grad requires real- or complex-valued inputs", "STB402"),
+    ("", "can't apply forward-mode autodiff (jvp) to a custom_vjp function", "STB403"),
+    ("", "Reverse-mode differentiation does not work for lax.while_loop", "STB404"),
+    ("", "Custom VJP bwd rule", "STB405"),
+    ("", "Custom JVP rule", "STB405"),
+    ("", "custom_jvp rule", "STB405"),
+    ("", "callbacks do not support JVP", "STB407"),
+    ("", "branches must have equal output types", "STB203"),
+    ("", "branches must have equal types", "STB203"),
+    ("", "branch outputs must have same type structure", "STB203"),
+    ("", "carry input and carry output must have equal types", "STB204"),
+    ("", "carry output and input must have identical types", "STB204"),
+    ("", "carry input and carry output must have the same pytree structure", "STB204"),
+)
+
+
+def classify(exc: BaseException) -> str:
+    kind, text = type(exc).__name__, str(exc)
+    for cls, needle, code in _ERRORS:
+        if cls and cls == kind:
+            return code
+        if not cls and needle in text:
+            return code
+    return "STB902"
+
+
+def first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def jax_flags(flags: Any) -> Iterator[None]:
+    """Set JAX flags (`Entry.jax_config`) for the duration of one entry, then restore them."""
+    import jax
+
+    old: dict[str, Any] = {}
+    try:
+        for k, v in dict(flags or {}).items():
+            old[k] = getattr(jax.config, k)
+            jax.config.update(k, v)
+        yield
+    finally:
+        for k, v in old.items():
+            jax.config.update(k, v)
+
+
+def trace_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict[str, Any]:
+    """The worker task: findings (as dicts) for one entry."""
+    transforms = tuple(payload.get("transforms") or entry.transforms)
+    with jax_flags(entry.jax_config):
+        t = Tracer(name, entry)
+        t.run(transforms)
+        out: dict[str, Any] = {"findings": [f.to_dict() for f in t.findings()], "transforms": t.status, "notes": t.notes}
+        if payload.get("confirm"):
+            out.update(_confirm(name, entry, t, payload))
+    return out
+
+
+def _confirm(name: str, entry: Entry, tracer: Tracer, payload: dict[str, Any]) -> dict[str, Any]:
+    """The confirm stage in the same worker: `stabcheck.confirm.run.confirm_entry(name, entry,
+    findings=[Finding], payload=dict) -> list[Finding]` returns the traced findings refined
+    (confirmed / refuted) followed by its own; they replace the traced ones."""
+    try:
+        from stabcheck.confirm.run import confirm_entry  # type: ignore[import-not-found]
+    except ImportError:
+        return {"notes": [*tracer.notes, "the confirm stage is not available in this build; findings stay at stage `traced`"]}
+    from stabcheck.confirm.device import device_info
+
+    refined = confirm_entry(name, entry, findings=tracer.findings(), payload=payload)
+    return {"findings": [f.to_dict() if isinstance(f, Finding) else f for f in refined], "device": device_info()}
+
+
+class Tracer:
+    def __init__(self, name: str, entry: Entry) -> None:
+        import jax
+
+        self.jax = jax
+        self.name = name
+        self.entry = entry
+        self.static = set(entry.static_argnums)
+        self.dyn_pos = [i for i in range(len(entry.args)) if i not in self.static]
+        self.dyn = tuple(entry.args[i] for i in self.dyn_pos)
+        self.found: dict[tuple[str, str, int], Finding] = {}
+        self.status: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.primal: Any = None
+        self.params = _param_names(entry.fn, len(entry.args))
+
+    # -- building the programs --------------------------------------------------------------
+    def call(self, *dyn: Any) -> Any:
+        full = list(self.entry.args)
+        for pos, v in zip(self.dyn_pos, dyn):
+            full[pos] = v
+        return self.entry.fn(*full, **dict(self.entry.kwargs))
+
+    def diff_argnums(self) -> tuple[int, ...]:
+        a = self.entry.argnums
+        wanted = (a,) if isinstance(a, int) else tuple(a)
+        return tuple(self.dyn_pos.index(i) for i in wanted if i in self.dyn_pos)
+
+    def scalar(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        jnp = self.jax.numpy
+
+        def f(*a: Any) -> Any:
+            out = fn(*a)
+            leaves = [x for x in self.jax.tree_util.tree_leaves(out) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+            if len(leaves) == 1 and jnp.ndim(leaves[0]) == 0:
+                return leaves[0]
+            return sum((jnp.sum(x) for x in leaves), jnp.zeros((), jnp.result_type(*leaves) if leaves else jnp.float32))
+
+        return f
+
+    def program(self, transform: str) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        jax = self.jax
+        argnums = self.diff_argnums() or (0,)
+        if transform in ("call", "jit", "primal"):
+            return (jax.jit(self.call) if transform == "jit" else self.call), self.dyn
+        if transform == "grad":
+            return jax.grad(self.scalar(self.call), argnums=argnums), self.dyn
+        if transform == "jacrev":
+            return jax.jacrev(self.call, argnums=argnums), self.dyn
+        if transform == "jacfwd":
+            return jax.jacfwd(self.call, argnums=argnums), self.dyn
+        if transform == "hessian":
+            return jax.hessian(self.scalar(self.call), argnums=argnums), self.dyn
+        if transform in ("jvp", "hvp"):
+            inner = self.call if transform == "jvp" else jax.grad(self.scalar(self.call), argnums=argnums)
+
+            def run(*dyn: Any) -> Any:
+                def g(*p: Any) -> Any:
+                    full = list(dyn)
+                    for i, v in zip(argnums, p):
+                        full[i] = v
+                    return inner(*full)
+
+                primals = tuple(dyn[i] for i in argnums)
+                return jax.jvp(g, primals, tuple(_tangent(jax, p) for p in primals))
+
+            return run, self.dyn
+        if transform == "vmap":
+            axes = self.entry.in_axes
+            per_arg = axes if isinstance(axes, (tuple, list)) else (axes,) * len(self.dyn)
+            batched = tuple(_batched(jax, a, ax) for a, ax in zip(self.dyn, per_arg))
+            return jax.vmap(self.call, in_axes=tuple(per_arg)), batched
+        raise ValueError(f"unknown transform {transform!r}")
+
+    # -- running -----------------------------------------------------------------------------
+    def run(self, transforms: tuple[str, ...]) -> None:
+        jax = self.jax
+        try:
+            self.primal, shape = jax.make_jaxpr(self.call, return_shape=True)(*self.dyn)
+        except Exception as e:  # noqa: BLE001 - user code
+            self.exception(e, "call")
+            self.status["call"] = classify(e)
+            return
+        out_paths = [jax.tree_util.keystr(p) or "output" for p, _ in jax.tree_util.tree_flatten_with_path(shape)[0]]
+        self.status["call"] = "ok"
+        for f in check_jaxpr(self.primal, function="", out_paths=out_paths):
+            self.add(f.refine(evidence={**f.evidence, "transform": "call", "entry": self.name}))
+        for t in transforms:
+            if t in ("call", "jit"):
+                continue
+            try:
+                fn, args = self.program(t)
+                jaxpr = jax.make_jaxpr(fn)(*args)
+            except Exception as e:  # noqa: BLE001
+                self.exception(e, t)
+                self.status[t] = classify(e)
+                continue
+            self.status[t] = "ok"
+            if t in FORWARD:
+                self.custom_lin(jaxpr, t)
+        if self.entry.state_argnums:
+            self.state_drift()
+        if self.static and self.entry.calls:
+            self.static_union()
+
+    def add(self, f: Finding) -> None:
+        if f.key not in self.found:
+            self.found[f.key] = f
+
+    def findings(self) -> list[Finding]:
+        return sorted(self.found.values(), key=lambda f: f.sort_key)
+
+    def report(self, code: str, site: Site | None, message: str, *, help: str = "", detail: str = "", evidence: dict[str, Any] | None = None) -> None:
+        from stabcheck import registry
+
+        rule = registry.get(code)
+        if rule is None:
+            self.notes.append(f"{code} found in entry `{self.name}` but no rule file defines it in this build")
+            return
+        site = site or function_site(self.entry.fn)
+        if site is None:
+            return
+        self.add(
+            rule.finding(
+                path=shown_path(site.file),
+                span=site_span(site),
+                message=message,
+                help=help,
+                function=site.function,
+                detail=detail,
+                evidence={**(evidence or {}), "entry": self.name},
+                stage="traced",
+                snippet=source_line(site),
+            )
+        )
+
+    # -- exceptions -> findings --------------------------------------------------------------
+    def exception(self, e: BaseException, transform: str) -> None:
+        code = classify(e)
+        jax_msg = "\n".join(str(e).strip().splitlines()[:6])[:1200]
+        ev = {"transform": transform, "error": first_line(e), "jax_message": jax_msg}
+        where = f"under `{transform}`" if transform != "call" else "when traced"
+        site = exception_site(e)
+        if code == "STB402":
+            self.non_diff_leaf(e, transform, site, ev)
+        elif code == "STB403":
+            site = self.primitive_site("custom_vjp_call") or site
+            self.report(code, site, f"forward-mode autodiff reaches a `jax.custom_vjp` function here {where}; JAX raises `can't apply forward-mode autodiff (jvp) to a custom_vjp function`", help="define the rule with `jax.custom_jvp` (works in both modes), or use reverse mode only (`grad`, `jacrev`)", detail=transform, evidence=ev)
+        elif code == "STB404":
+            site = self.primitive_site("while") or site
+            self.report(code, site, f"reverse-mode autodiff ({transform}) reaches this `lax.while_loop`; JAX cannot differentiate a loop whose trip count is only known at run time", help="use `lax.scan` or `lax.fori_loop` with static bounds, or `jax.checkpoint`-ed scan; forward mode (`jvp`, `jacfwd`) works", detail=transform, evidence=ev)
+        elif code == "STB405":
+            site = self.rule_site() or site
+            self.report(code, site, f"a custom derivative rule returns outputs whose structure, shape or dtype differ from the primal's {where}; JAX rejects it: {first_line(e)[:160]}", help="return one cotangent per primal input (None or zeros for non-differentiable ones), each with its input's shape and dtype", detail=transform, evidence=ev)
+        elif code in ("STB101", "STB102", "STB103"):
+            text = _source_line(site)
+            culprit = f"`{text}`" if text else "this line"
+            what = {
+                "STB101": f"{culprit} branches in Python on a traced value {where}",
+                "STB102": f"{culprit} needs a concrete value from a traced one {where} (`int`/`float`/`bool`/`.item()`/NumPy)",
+                "STB103": f"{culprit} makes an array whose shape depends on traced data {where}",
+            }[code]
+            helps = {
+                "STB101": "select with `jnp.where`/`lax.select`/`lax.cond`, or make the argument static (`static_argnums`)",
+                "STB102": "keep the value as an array (`jnp` operations), or make the argument static",
+                "STB103": "give a static size (`jnp.nonzero(x, size=n)`, `jnp.where(m, x, 0)`) instead of boolean indexing",
+            }
+            self.report(code, site, f"{what}; JAX raises `{type(e).__name__}`, so the function cannot be jitted or differentiated under `jit`", help=helps[code], detail=text or transform, evidence=ev)
+        elif code == "STB203":
+            self.report(code, site, f"the branches of this conditional return different types {where}; JAX raises `{first_line(e)[:120]}`", help="make every branch return the same pytree of the same dtypes and shapes (cast with `.astype`, pad, or return zeros)", detail=transform, evidence=ev)
+        elif code == "STB204":
+            self.report(code, site, f"a loop carry changes type between iterations here {where}; JAX raises `{first_line(e)[:120]}`", help="initialise the carry with the dtype and shape the body returns (e.g. `jnp.zeros((), x.dtype)` instead of `0`)", detail=transform, evidence=ev)
+        elif code == "STB407":
+            self.report(code, site, f"a host callback is reached by autodiff ({transform}) here; JAX raises `{first_line(e)[:120]}`", help="wrap the callback in `jax.custom_jvp`/`custom_vjp` with a JAX derivative, or replace it with `jnp` code", detail=transform, evidence=ev)
+        else:
+            self.report("STB902", site, f"tracing entry `{self.name}` {where} raised `{first_line(e)[:200]}`; its remaining checks under `{transform}` did not run", help="run the entry by hand to reproduce the error; fix it or the entry's example arguments", detail=f"{self.name}:{transform}", evidence=ev)
+
+    def non_diff_leaf(self, e: BaseException, transform: str, site: Site | None, ev: dict[str, Any]) -> None:
+        jax = self.jax
+        text = str(e)
+        got = text.rsplit("but got", 1)[-1].split()[0].strip(".,;") if "but got" in text else ""
+        if transform == "call":
+            positions = list(range(len(self.dyn)))
+        else:
+            positions = list(self.diff_argnums() or (0,))
+        leaves: list[str] = []
+        for pos in positions:
+            flat = jax.tree_util.tree_flatten_with_path(self.dyn[pos])[0]
+            for path, leaf in flat:
+                dt = str(getattr(leaf, "dtype", type(leaf).__name__))
+                if got and dt != got and not dt.startswith(got.rstrip("0123456789")):
+                    continue
+                if not got and jax.numpy.issubdtype(dt, jax.numpy.inexact):
+                    continue
+                leaves.append(f"{self.params[self.dyn_pos[pos]]}{jax.tree_util.keystr(path)}")
+            if leaves and transform == "call":
+                break  # the step differentiates its first argument with such leaves (params before state)
+        names = ", ".join(f"`{n}`" for n in leaves[:4]) or "a bool/int leaf"
+        self.report(
+            "STB402",
+            site,
+            f"`grad` is asked to differentiate {names} ({got or 'non-float'}); JAX raises `grad requires real- or complex-valued inputs` and the whole step fails",
+            help="keep masks and counters out of the differentiated tree (close over them, pass them as another argument, or use `eqx.filter_grad`)",
+            detail=",".join(leaves) or "leaf",
+            evidence={**ev, "leaves": leaves, "dtype": got},
+        )
+
+    def primitive_site(self, *names: str) -> Site | None:
+        if self.primal is None:
+            return None
+        for eqn in iter_eqns(self.primal.jaxpr):
+            if eqn.primitive.name in names:
+                site = eqn_site(eqn)
+                if site is not None:
+                    return site
+        return None
+
+    def rule_site(self) -> Site | None:
+        """The `return` line of the custom rule (bwd of custom_vjp, jvp of custom_jvp) in the primal."""
+        if self.primal is None:
+            return None
+        for eqn in iter_eqns(self.primal.jaxpr):
+            if eqn.primitive.name == "custom_vjp_call":
+                rule = _unwrap(eqn.params.get("bwd"))
+            elif eqn.primitive.name == "custom_jvp_call":
+                rule = _unwrap(eqn.params.get("jvp_jaxpr_fun") or eqn.params.get("jvp_jaxpr_thunk"))
+            else:
+                continue
+            site = return_site(rule) if rule is not None else None
+            return site or eqn_site(eqn)
+        return None
+
+    def custom_lin(self, jaxpr: Any, transform: str) -> None:
+        """jvp of a custom_vjp function traces (as `custom_lin`) but fails when lowered."""
+        for eqn in iter_eqns(jaxpr.jaxpr):
+            if eqn.primitive.name == "custom_lin":
+                site = self.primitive_site("custom_vjp_call") or eqn_site(eqn)
+                self.report(
+                    "STB403",
+                    site,
+                    f"forward-mode autodiff (`{transform}`) reaches a `jax.custom_vjp` function here; it traces, but compiling or running it raises `can't apply forward-mode autodiff (jvp) to a custom_vjp function`",
+                    help="define the rule with `jax.custom_jvp` (works in both modes), or use reverse mode only (`grad`, `jacrev`)",
+                    detail=transform,
+                    evidence={"transform": transform, "primitive": "custom_lin"},
+                )
+                return
+
+    # -- state across steps (STB204) -------------------------------------------------------------
+    def state_drift(self) -> None:
+        jax = self.jax
+        e = self.entry
+        state = [p for p in e.state_argnums if p in self.dyn_pos]
+        if not state:
+            return
+        try:
+            init = jax.eval_shape(lambda *a: a, *self.dyn)
+            steps = [init]
+            args = init
+            for _ in range(2):
+                out = jax.eval_shape(self.call, *args)
+                outs = out if isinstance(out, (tuple, list)) else (out,)
+                nxt = list(args)
+                for k, p in enumerate(state):
+                    nxt[self.dyn_pos.index(p)] = outs[k]
+                args = tuple(nxt)
+                steps.append(args)
+        except Exception as ex:  # noqa: BLE001 - a drift that breaks the step itself
+            self.exception(ex, "state")
+            return
+        for k, p in enumerate(state):
+            i = self.dyn_pos.index(p)
+            before = steps[0][i]
+            for step_no, cur in enumerate(steps[1:], start=1):
+                if self._diff_state(p, k, before, cur[i], step_no):
+                    break
+                before = cur[i]
+
+    def _diff_state(self, pos: int, k: int, before: Any, after: Any, step_no: int) -> bool:
+        jax = self.jax
+        name = self.params[pos]
+        fa, ta = jax.tree_util.tree_flatten_with_path(before)
+        fb, tb = jax.tree_util.tree_flatten_with_path(after)
+        if ta != tb:
+            self.report("STB204", self.output_site(k, None), f"state `{name}` changes structure after step {step_no} (`{ta}` -> `{tb}`); the next call retraces, and a `scan` over steps fails", help="return the state with the structure it was created with", detail=name, evidence={"before": str(ta), "after": str(tb), "step": step_no})
+            return True
+        changed = False
+        for (path, a), (_, b) in zip(fa, fb):
+            ka = (str(a.dtype), tuple(a.shape), bool(getattr(a, "weak_type", False)))
+            kb = (str(b.dtype), tuple(b.shape), bool(getattr(b, "weak_type", False)))
+            if ka == kb:
+                continue
+            leaf = f"{name}{jax.tree_util.keystr(path)}"
+            what = "dtype" if ka[0] != kb[0] else "shape" if ka[1] != kb[1] else "weak_type"
+            show = lambda t: f"{'~' if t[2] else ''}{t[0]}{list(t[1])}"  # noqa: E731
+            self.report(
+                "STB204",
+                self.output_site(k, path),
+                f"state leaf `{leaf}` changes {what} after step {step_no} (`{show(ka)}` -> `{show(kb)}`); every call with the new state retraces and recompiles, and a `scan` over steps rejects the carry",
+                help="create the leaf with its final dtype (`jnp.asarray(v, jnp.float32)`, `jnp.zeros((), jnp.int32)`), not from a Python scalar",
+                detail=leaf,
+                evidence={"leaf": leaf, "before": show(ka), "after": show(kb), "step": step_no, "changed": what},
+            )
+            changed = True
+        return changed
+
+    def output_site(self, k: int, path: Any) -> Site | None:
+        """The user line that computes state output `k` (leaf `path`) in the step's program."""
+        jax = self.jax
+        if self.primal is None:
+            return None
+        out_tree = jax.eval_shape(self.call, *self.dyn)
+        flat = jax.tree_util.tree_flatten_with_path(out_tree)[0]
+        for idx, (p, _) in enumerate(flat):
+            if not p or getattr(p[0], "idx", None) != k:
+                continue
+            if path is not None and tuple(p[1:]) != tuple(path):
+                continue
+            return _producer_site(self.primal.jaxpr, idx)
+        return None
+
+    # -- static values (STB205) ---------------------------------------------------------------
+    def static_union(self) -> None:
+        jax = self.jax
+        e = self.entry
+        seen: list[tuple[Any, Any, tuple[Any, ...]]] = []
+        for call in e.calls or ():
+            call = tuple(call)
+            try:
+                out = jax.eval_shape(lambda *d, _c=call: e.fn(*[_c[i] if i in self.static else d[self.dyn_pos.index(i)] for i in range(len(_c))], **dict(e.kwargs)), *[call[i] for i in self.dyn_pos])
+            except Exception as ex:  # noqa: BLE001
+                self.exception(ex, "call")
+                continue
+            leaves, tree = jax.tree_util.tree_flatten(out)
+            sig = tuple((str(x.dtype), tuple(x.shape), bool(getattr(x, "weak_type", False))) for x in leaves)
+            statics = tuple(call[i] for i in sorted(self.static))
+            seen.append((statics, tree, sig))
+        for (s0, t0, g0), (s1, t1, g1) in zip(seen, seen[1:]):
+            if t0 == t1 and g0 == g1:
+                continue
+            names = ", ".join(self.params[i] for i in sorted(self.static))
+            what = f"structure `{t0}` vs `{t1}`" if t0 != t1 else f"leaf types {list(g0)} vs {list(g1)}"
+            self.report(
+                "STB205",
+                return_site(self.entry.fn) or function_site(self.entry.fn),
+                f"the output of `{getattr(self.entry.fn, '__name__', self.name)}` changes with static argument `{names}` ({s0!r} vs {s1!r}: {what}); callers get a different type per configuration value",
+                help="return one structure and dtype for every static value (fill the missing parts with zeros)",
+                detail=names,
+                evidence={"static_values": [repr(s0), repr(s1)], "before": str(t0), "after": str(t1)},
+            )
+            return
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _tangent(jax: Any, tree: Any) -> Any:
+    import numpy as np
+
+    def one(x: Any) -> Any:
+        dt = jax.numpy.result_type(x)
+        if jax.numpy.issubdtype(dt, jax.numpy.inexact):
+            return jax.numpy.ones_like(x)
+        return np.zeros(jax.numpy.shape(x), dtype=jax.dtypes.float0)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def _batched(jax: Any, tree: Any, axis: Any) -> Any:
+    if axis is None:
+        return tree
+
+    def one(x: Any) -> Any:
+        shape = list(jax.numpy.shape(x))
+        shape.insert(axis if axis >= 0 else len(shape) + 1 + axis, BATCH)
+        return jax.ShapeDtypeStruct(tuple(shape), jax.numpy.result_type(x))
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def _param_names(fn: Any, n: int) -> list[str]:
+    try:
+        names = [p.name for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        names = []
+    return [names[i] if i < len(names) else f"args[{i}]" for i in range(n)]
+
+
+def _source_line(site: Site | None) -> str:
+    import linecache
+
+    if site is None:
+        return ""
+    text = linecache.getline(site.file, site.line).split("  #", 1)[0].strip()
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _unwrap(wrapped: Any) -> Any:
+    """The user's function inside JAX's `WrappedFun` (its `.f`), following `__wrapped__`."""
+    fn = wrapped
+    for _ in range(8):
+        inner = getattr(fn, "f", None)
+        if inner is None or not callable(inner):
+            break
+        fn = inner
+    return fn
+
+
+def return_site(fn: Any) -> Site | None:
+    """The first `return` line of a Python function (the line that fixes a rule's output)."""
+    fn = inspect.unwrap(fn) if callable(fn) else fn
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    try:
+        lines, start = inspect.getsourcelines(fn)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    returns = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Return)), key=lambda n: (n.lineno, n.col_offset))
+    if returns:
+        node = returns[0]
+        return Site(code.co_filename, start + node.lineno - 1, node.col_offset + 1, fn.__qualname__)
+    lam = next((n for n in ast.walk(tree) if isinstance(n, ast.Lambda)), None)
+    if lam is not None:
+        return Site(code.co_filename, start + lam.body.lineno - 1, lam.body.col_offset + 1, fn.__qualname__)
+    return None
+
+
+def _producer_site(jaxpr: Any, idx: int) -> Site | None:
+    """The user line of the equation computing output `idx`, looking through call primitives."""
+    from stabcheck.traced.checks import sub_jaxprs
+
+    v = jaxpr.outvars[idx]
+    for _ in range(16):
+        eqn = next((e for e in jaxpr.eqns if any(o is v for o in e.outvars)), None)
+        if eqn is None:
+            return None
+        if eqn.primitive.name in ("pjit", "jit", "closed_call", "remat", "checkpoint", "custom_jvp_call", "custom_vjp_call"):
+            sub = next(sub_jaxprs(eqn), None)
+            k = [i for i, o in enumerate(eqn.outvars) if o is v][0]
+            if sub is not None and k < len(sub.outvars) and type(sub.outvars[k]).__name__ == "Var":
+                jaxpr, v = sub, sub.outvars[k]
+                continue
+        return eqn_site(eqn)
+    return None

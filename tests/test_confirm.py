@@ -1,0 +1,217 @@
+"""The confirm stage: findings confirmed, refuted, new at run time; crashes and timeouts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES, requires_jax, run_cli
+
+CONFIRM = FIXTURES / "confirm"
+pytestmark = [pytest.mark.slow, requires_jax]
+
+
+def _entries(name: str) -> dict:
+    from stabcheck.traced.entries import ENTRY_MARK, normalize
+
+    spec = importlib.util.spec_from_file_location(f"_confirm_fixture_{name}", CONFIRM / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = {}
+    for attr, obj in vars(mod).items():
+        if callable(obj) and getattr(obj, ENTRY_MARK, False):
+            out.update(normalize(obj(), attr))
+    return out
+
+
+def _suspect(code: str, path: Path, line: int, stage: str = "static"):
+    from stabcheck import registry
+    from stabcheck.finding import Span
+
+    shown = str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+    return registry.get(code).finding(path=shown, span=Span(line, 1), message=f"suspected {code}", stage=stage)
+
+
+def test_where_sqrt_nan_is_confirmed_with_its_primitive_and_line():
+    from stabcheck.confirm.run import confirm_entry
+
+    (name, entry), = _entries("where_sqrt").items()
+    path = CONFIRM / "where_sqrt.py"
+    out = confirm_entry(name, entry, [_suspect("STB401", path, 8)])
+    settled = [f for f in out if f.code == "STB401"][0]
+    assert settled.status == "confirmed" and settled.stage == "confirmed"
+    assert "NaN" in settled.evidence["confirmed"] or "Inf" in settled.evidence["confirmed"]
+    (nan,) = [f for f in out if f.code == "STB408"]
+    assert nan.line == 8 and nan.path.endswith("fixtures/confirm/where_sqrt.py")
+    assert nan.evidence["first_nonfinite"] == "div (in the derivative of sqrt)"
+    assert "`div` (in the derivative of `sqrt`)" in nan.message and nan.status == "confirmed"
+    assert "jnp.sqrt(x)" in nan.snippet and nan.help
+
+
+def test_double_where_near_miss_is_refuted_on_boundary_values():
+    from stabcheck.confirm.run import confirm_entry
+
+    (name, entry), = _entries("double_where").items()
+    out = confirm_entry(name, entry, [_suspect("STB401", CONFIRM / "double_where.py", 9)])
+    assert [f.code for f in out] == ["STB401"]
+    assert out[0].status == "refuted" and out[0].stage == "confirmed"
+    assert "zeros" in out[0].evidence["refuted"] and "negative values" in out[0].evidence["refuted"]
+
+
+def test_bf16_cotangent_is_accepted_by_jax_and_reported_as_new_finding():
+    import jax
+    import jax.numpy as jnp
+
+    from stabcheck.confirm.run import confirm_entry
+
+    entries = _entries("bf16_bwd")
+    loss = entries["entries:loss"]
+    assert jax.grad(loss.fn)(*loss.args).dtype == jnp.bfloat16  # JAX accepts it silently
+    out = confirm_entry("entries:loss", loss, [])
+    (f,) = out
+    assert f.code == "STB406" and f.stage == "confirmed" and f.evidence["leaf"] == "w"
+    assert "`bfloat16`" in f.message and "`float32`" in f.message
+    assert confirm_entry("entries:loss_ok", entries["entries:loss_ok"], []) == []
+
+
+def test_retrace_counts_compilations_and_names_the_argument():
+    from stabcheck.confirm.run import confirm_entry
+
+    entries = _entries("retrace_step")
+    out = confirm_entry("step_entry", entries["step_entry"], [], max_traces=3)
+    (f,) = [f for f in out if f.code == "STB504"]
+    assert f.evidence["compiles"] == 4 and f.evidence["calls"] == 5  # np.float32 and jnp.float32 share one program
+    assert "`lr`: Python int -> Python float" in f.message and "bfloat16" in f.message
+    assert [f for f in confirm_entry("stable_entry", entries["stable_entry"], [], max_traces=1) if f.code == "STB504"] == []
+    suspected = _suspect("STB504", CONFIRM / "retrace_step.py", 10, "traced")
+    (settled,) = [f for f in confirm_entry("stable_entry", entries["stable_entry"], [suspected], max_traces=1) if f.code == "STB504"]
+    assert settled.status == "refuted"
+
+
+def test_dtype_claims_are_checked_against_the_compiled_program(write, monkeypatch):
+    import jax
+
+    from stabcheck.confirm.run import confirm_entry
+    from stabcheck.traced.entries import Entry
+
+    p = write(
+        "mix.py",
+        """
+        import jax.numpy as jnp
+        import numpy as np
+
+        MASK64 = np.array([1.0, 0.0])
+
+        def f(x):
+            y = MASK64 * x
+            z = x * 2.0
+            return jnp.sum(y) + jnp.sum(z)
+        """,
+    )
+    monkeypatch.chdir(p.parent)
+    monkeypatch.syspath_prepend(str(p.parent))
+    mod = importlib.import_module("mix")
+    import jax.numpy as jnp
+
+    entry = Entry(mod.f, (jnp.ones(2, jnp.float32),), transforms=("jit",), jax_config={"jax_enable_x64": True})
+    out = confirm_entry("f", entry, [_suspect("STB301", p, 7, "traced"), _suspect("STB301", p, 8, "traced")])
+    assert not jax.config.jax_enable_x64  # the entry's flags are restored
+    by_line = {f.line: f for f in out}
+    assert by_line[7].status == "confirmed" and "f64" in by_line[7].evidence["confirmed"]
+    assert by_line[8].status == "refuted"
+    sys.modules.pop("mix", None)
+
+
+def test_static_findings_on_lines_the_entry_does_not_run_are_left_alone():
+    from stabcheck.confirm.run import confirm_entry
+
+    (name, entry), = _entries("double_where").items()
+    elsewhere = _suspect("STB401", CONFIRM / "where_sqrt.py", 8)  # another file's finding
+    assert confirm_entry(name, entry, [elsewhere]) == []
+
+
+def test_memory_limit_skips_a_transform_with_a_note():
+    from stabcheck.confirm.run import confirm_entry
+
+    (name, entry), = _entries("where_sqrt").items()
+    out = confirm_entry(name, entry, [_suspect("STB401", CONFIRM / "where_sqrt.py", 8)], memory_limit=16)
+    (f,) = out
+    assert f.status == "suspected" and "over the memory limit" in f.evidence["confirm"]
+
+
+def test_check_confirm_on_scenarios_and_examples_confirms_every_traced_finding():
+    examples = FIXTURES.parent / "examples"
+    r = run_cli("check", str(FIXTURES / "traced" / "scenario_entries.py"), str(examples), "--confirm", "--no-cache", "--output-format", "json")
+    assert r.returncode == 1, r.stderr
+    found = json.loads(r.stdout)
+    got = {(Path(f["path"]).name, f["code"], f["line"], f["status"]) for f in found if f["stage"] != "static"}
+    assert got == {
+        ("masking_flow.py", "STB301", 52, "confirmed"),
+        ("masking_flow.py", "STB402", 76, "confirmed"),
+        ("rbf_interpolator.py", "STB101", 38, "confirmed"),
+        ("rbf_interpolator.py", "STB405", 67, "confirmed"),
+        # the demo project: one confirmed problem per story, nothing on the fixed versions
+        ("coupling_flow.py", "STB301", 31, "confirmed"),
+        ("rbf_fit.py", "STB101", 22, "confirmed"),
+        ("solver.py", "STB403", 36, "confirmed"),
+        ("solver.py", "STB404", 47, "confirmed"),
+        ("solver.py", "STB408", 52, "confirmed"),
+    }
+    # train_step_ok, loss_ok and the examples' fixed versions come out clean
+    clean = ("_ok", "apply_ok", "loss_ok", "couple", "fit_loss", "radius_safe")
+    assert not [f for f in found if f["function"].endswith(clean)]
+    assert {f["device"]["jax"] for f in found} and all(f["device"]["platform"] for f in found)
+
+
+def test_confirm_command_survives_crash_and_timeout():
+    r = run_cli("confirm", str(CONFIRM / "crash.py"), "--timeout", "5", "--output-format", "json")
+    assert r.returncode == 1, r.stderr
+    found = json.loads(r.stdout)
+    by_entry = {f["function"]: f for f in found}
+    assert set(by_entry) == {"entries:boom", "entries:hang"}
+    assert all(f["code"] == "STB902" for f in found)
+    assert "exited with status 3" in by_entry["entries:boom"]["message"]
+    assert "timed out" in by_entry["entries:hang"]["message"]
+    assert found[0]["device"]["jax"]  # the entry that ran reported the device
+
+
+def test_confirm_command_with_arg_specs_runs_seeded_inputs_and_settles_static_findings():
+    r = run_cli("confirm", f"{CONFIRM / 'where_sqrt.py'}:root_sum", "--arg", "f32[3]", "--output-format", "json")
+    assert r.returncode == 1, r.stderr
+    found = {(f["code"], f["line"]): f for f in json.loads(r.stdout)}
+    assert set(found) == {("STB408", 8), ("STB401", 8)}
+    assert "seeded random arguments" in found[("STB408", 8)]["message"]
+    assert found[("STB401", 8)]["status"] == "confirmed"  # the static finding, settled by the run
+    assert found[("STB408", 8)]["device"]["platform"]
+
+
+def test_every_transform_runs_clean_on_a_near_miss():
+    import jax.numpy as jnp
+
+    from stabcheck.confirm.run import confirm_entry
+    from stabcheck.traced.entries import TRANSFORMS, Entry
+
+    def mlp(w, x, n):  # a static int and a non-differentiated array
+        return jnp.sum(jnp.tanh(w @ x) ** n)
+
+    entry = Entry(mlp, (jnp.ones((3, 4)) / 4, jnp.ones((4, 2)), 2), static_argnums=(2,), transforms=tuple(t for t in TRANSFORMS if t != "call"))
+    assert confirm_entry("mlp", entry, []) == []
+
+
+def test_suspected_error_is_refuted_when_the_transform_runs_clean():
+    import jax.numpy as jnp
+    from jax import lax
+
+    from stabcheck.confirm.run import confirm_entry
+    from stabcheck.traced.entries import Entry
+
+    def cube(x):  # fori_loop with static bounds lowers to scan: reverse mode works
+        return jnp.sum(lax.fori_loop(0, 3, lambda i, v: v * x, jnp.ones_like(x)))
+
+    suspected = _suspect("STB404", Path(__file__), 1, "traced")
+    (f,) = confirm_entry("cube", Entry(cube, (jnp.arange(3.0),), transforms=("jit",)), [suspected])
+    assert f.status == "refuted" and "`grad`" in f.evidence["refuted"]

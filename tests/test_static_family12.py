@@ -1,0 +1,159 @@
+"""Static rules of families 1xx and 2xx on their fixtures, and proof under JAX that each bad
+fixture really fails (or misbehaves) while its near miss runs clean."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stabcheck import registry
+from stabcheck.api import check_source
+from stabcheck.config import Config
+from stabcheck.rule import expected_lines
+from tests.conftest import requires_jax
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = ROOT / "fixtures" / "static"
+SLUGS = (
+    "concretize_tracer",
+    "data_dependent_shape",
+    "side_effect_in_transform",
+    "union_return",
+    "union_annotation",
+    "branch_type_mismatch",
+    "carry_type_drift",
+)
+
+
+def _code(slug: str) -> str:
+    rule = registry.get(slug.replace("_", "-"))
+    assert rule is not None, slug
+    return rule.code
+
+
+def _findings(path: Path) -> list[tuple[int, str]]:
+    return [(f.line, f.code) for f in check_source(path.read_text(encoding="utf-8"), str(path), Config())]
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_bad_fixture_fires_at_marked_lines(slug: str) -> None:
+    path = FIXTURES / f"{slug}_bad.py"
+    code = _code(slug)
+    expected = expected_lines(path.read_text(encoding="utf-8"))
+    assert expected and all(c == code for _, c in expected), f"{path.name} must mark its {code} lines"
+    found = _findings(path)
+    own = {line for line, c in found if c == code}
+    assert own == {line for line, _ in expected}, f"{code} at {sorted(own)}, expected {expected}"
+
+
+@pytest.mark.parametrize("slug", SLUGS)
+def test_ok_fixture_is_silent(slug: str) -> None:
+    code = _code(slug)
+    found = [f for f in _findings(FIXTURES / f"{slug}_ok.py") if f.code == code]
+    assert not found, found
+
+
+def test_rbf_scenario_factorize_fires_only_when_transformed() -> None:
+    src = (SHARED / "scenarios" / "rbf_interpolator.py").read_text(encoding="utf-8")
+    assert not [f for f in check_source(src, "rbf.py", Config()) if f.code == "STB201"]
+    jitted = src.replace("def loss_union(values, points, eval_points):", "@jax.jit\ndef loss_union(values, points, eval_points):")
+    found = [f for f in check_source(jitted, "rbf.py", Config()) if f.code == "STB201"]
+    assert len(found) == 1 and "lu_factor(A)" in found[0].snippet and found[0].function == "factorize"
+
+
+def test_scenarios_have_no_false_1xx_2xx() -> None:
+    found = []
+    for path in sorted((SHARED / "scenarios").glob("*.py")):
+        found += [f for f in check_source(path.read_text(encoding="utf-8"), str(path), Config()) if f.code in {_code(s) for s in SLUGS}]
+    assert not found, [(f.path, f.line, f.code) for f in found]
+
+
+def test_union_limit_option_tolerates_more_kinds() -> None:
+    src = textwrap.dedent(
+        """
+        import jax
+        import jax.numpy as jnp
+
+        @jax.jit
+        def f(x):
+            if x.sum() > 0:
+                return x, x
+            return jnp.zeros(3)
+        """
+    )
+    assert [f.code for f in check_source(src, "u.py", Config())].count("STB201") == 1
+    assert [f.code for f in check_source(src, "u.py", Config(union_limit=2))].count("STB201") == 0
+
+
+def test_messages_follow_style() -> None:
+    for slug in SLUGS:
+        path = FIXTURES / f"{slug}_bad.py"
+        for f in check_source(path.read_text(encoding="utf-8"), str(path), Config()):
+            if f.code != _code(slug):
+                continue
+            assert "`" in f.message and f.help and f.function, (f.code, f.message)
+            assert f.severity == registry.get(f.code).severity  # type: ignore[union-attr]
+
+
+_RUNNER = r"""
+import importlib.util, json, sys, warnings
+warnings.simplefilter("ignore")
+out = {}
+for path in sys.argv[1:]:
+    name = path.rsplit("/", 1)[-1][:-3]
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+        result = mod.run()
+        out[name] = {"error": None, "result": json.loads(json.dumps(result, default=repr))}
+    except Exception as e:
+        out[name] = {"error": type(e).__name__, "message": str(e).splitlines()[0][:200]}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def outcomes() -> dict[str, dict]:
+    paths = [str(FIXTURES / f"{s}_{kind}.py") for s in SLUGS for kind in ("bad", "ok")]
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, *paths], capture_output=True, text=True, timeout=240, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+BAD_ERRORS = {
+    "concretize_tracer": "ConcretizationTypeError",
+    "data_dependent_shape": "NonConcreteBooleanIndexError",
+    "union_return": "TracerBoolConversionError",
+    "branch_type_mismatch": "TypeError",
+    "carry_type_drift": "TypeError",
+}
+
+
+@pytest.mark.slow
+@requires_jax
+def test_fixtures_behave_as_claimed_under_jax(outcomes: dict[str, dict]) -> None:
+    for slug in SLUGS:
+        ok = outcomes[f"{slug}_ok"]
+        assert ok["error"] is None, (slug, ok)
+    for slug, exc in BAD_ERRORS.items():
+        assert outcomes[f"{slug}_bad"]["error"] == exc, (slug, outcomes[f"{slug}_bad"])
+    assert "equal output types" in outcomes["branch_type_mismatch_bad"]["message"]
+    assert "carry input and carry output" in outcomes["carry_type_drift_bad"]["message"]
+    # STB104: the Python body runs once per trace, not per call; jax.debug.print runs per call
+    side = outcomes["side_effect_in_transform_bad"]
+    assert side["error"] is None and side["result"] == {"calls": 2, "counted": 1, "printed": 1}
+    assert outcomes["side_effect_in_transform_ok"]["result"] == {"calls": 2, "counted": 2, "printed": 2}
+    # STB202: the declared Optional really admits None at run time
+    assert outcomes["union_annotation_bad"]["result"] == ["NoneType", "ArrayImpl"]
+    assert outcomes["union_annotation_ok"]["result"] == ["ArrayImpl", "ArrayImpl"]
+    # the near misses compute the right numbers
+    assert outcomes["carry_type_drift_ok"]["result"] == 3.0
+    assert outcomes["branch_type_mismatch_ok"]["result"] == [1.0, 0.0]

@@ -1,0 +1,174 @@
+"""Static rules of the dtype (3xx), AD (4xx) and recompilation (5xx) families on their fixtures:
+each bad fixture is flagged at its marked line, each near miss is silent, and (slow) every
+fixture really behaves under the installed JAX as its docstring claims."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stabcheck.api import check_source
+from stabcheck.config import Config
+from stabcheck.rule import expected_lines
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES = ROOT / "fixtures" / "static"
+
+RULES = {
+    "STB301": "float64_leak",
+    "STB304": "mask_promotion",
+    "STB401": "nan_gradient_where",
+    "STB403": "forward_mode_custom_vjp",
+    "STB404": "reverse_mode_while_loop",
+    "STB405": "custom_rule_mismatch",
+    "STB502": "unhashable_static_arg",
+    "STB503": "python_scalar_arg",
+}
+
+
+def _check(path: Path) -> list[tuple[int, str]]:
+    return sorted((f.line, f.code) for f in check_source(path.read_text(encoding="utf-8"), str(path), Config()))
+
+
+@pytest.mark.parametrize(("code", "slug"), RULES.items(), ids=list(RULES))
+def test_bad_fixture_flagged_at_marked_line(code: str, slug: str) -> None:
+    path = FIXTURES / f"{slug}_bad.py"
+    expected = [(line, c) for line, c in expected_lines(path.read_text(encoding="utf-8")) if c == code]
+    assert expected, f"{path.name} has no `# expect: {code}` marker"
+    own = [(line, c) for line, c in _check(path) if c == code]
+    assert own == expected
+
+
+@pytest.mark.parametrize(("code", "slug"), RULES.items(), ids=list(RULES))
+def test_near_miss_fixture_is_silent(code: str, slug: str) -> None:
+    found = [(line, c) for line, c in _check(FIXTURES / f"{slug}_ok.py") if c == code]
+    assert found == []
+
+
+def test_scenarios() -> None:
+    """RBF `_interpolate_bwd` is flagged at its return; nothing in the scenarios applies forward
+    or reverse mode to a specific function, and `apply_f64_mask` is not transformed in source."""
+    findings = [f for p in sorted((SHARED / "scenarios").glob("*.py")) for f in check_source(p.read_text(encoding="utf-8"), str(p), Config())]
+    mine = {(Path(f.path).name, f.line, f.code) for f in findings if f.code in RULES}
+    rbf = (SHARED / "scenarios" / "rbf_interpolator.py").read_text(encoding="utf-8").splitlines()
+    ret = next(i for i, line in enumerate(rbf, 1) if "one cotangent for two primal inputs" in line)
+    assert mine == {("rbf_interpolator.py", ret, "STB405")}
+
+
+def test_messages_follow_style() -> None:
+    """Culprit in backticks, then what it costs, the remedy in `help`."""
+    for code, slug in RULES.items():
+        path = FIXTURES / f"{slug}_bad.py"
+        for f in check_source(path.read_text(encoding="utf-8"), str(path), Config()):
+            if f.code != code:
+                continue
+            assert f.message.count("`") >= 2 and ("; " in f.message or ". " in f.message), f.message
+            assert f.help and f.help not in f.message, (code, f.help)
+
+
+def test_float64_via_dtype_keyword_and_local_binding() -> None:
+    src = textwrap.dedent(
+        """
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        @jax.vmap
+        def f(x):
+            ramp = np.linspace(0.0, 1.0, 4)
+            y = jnp.zeros(4, dtype=float)
+            return jnp.dot(ramp, x) + y
+        """
+    )
+    assert sorted(f.line for f in check_source(src, "t.py", Config()) if f.code == "STB301") == [9, 10]
+
+
+def test_fori_bounds_from_python_int_under_plain_grad_are_silent() -> None:
+    """Verified on JAX 0.10.2: grad of fori_loop(0, n) with a concrete Python n works eagerly;
+    only under jit is the bound traced (and reverse mode fails)."""
+    src = textwrap.dedent(
+        """
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        def rollout(x, n):
+            return lax.fori_loop(0, n, lambda i, c: c * x, x).sum()
+
+        eager = jax.grad(rollout)
+        staged = jax.jit(jax.grad(rollout))
+        """
+    )
+    assert [f.line for f in check_source(src, "t.py", Config()) if f.code == "STB404"] == [10]
+
+
+_HARNESS = """
+import importlib.util, json, sys, traceback
+import jax
+out = {}
+for path in sys.argv[1:]:
+    jax.config.update("jax_enable_x64", False)
+    spec = importlib.util.spec_from_file_location("fx_" + path.rsplit("/", 1)[-1][:-3], path)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+        out[path.rsplit("/", 1)[-1][:-3]] = mod.run()
+    except Exception:
+        out[path.rsplit("/", 1)[-1][:-3]] = {"crash": traceback.format_exc()[-800:]}
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def behaviour() -> dict[str, dict[str, object]]:
+    pytest.importorskip("jax")
+    paths = [str(FIXTURES / f"{slug}_{kind}.py") for slug in RULES.values() for kind in ("bad", "ok")]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", _HARNESS, *paths], capture_output=True, text=True, timeout=240, env=env)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
+    assert line is not None, proc.stderr[-2000:]
+    result: dict[str, dict[str, object]] = json.loads(line[len("RESULT") :])
+    return result
+
+
+@pytest.mark.slow
+def test_fixtures_behave_as_claimed_under_jax(behaviour: dict[str, dict[str, object]]) -> None:
+    b = behaviour
+    assert not [k for k, v in b.items() if "crash" in v], {k: v["crash"] for k, v in b.items() if "crash" in v}
+    # STB301: float32 in, float64 out under x64; the near miss stays float32
+    assert b["float64_leak_bad"] == {"input": "float32", "output": "float64"}
+    assert b["float64_leak_ok"] == {"input": "float32", "output": "float32"}
+    # STB304: bf16 in, f32 out; the near miss stays bf16
+    assert b["mask_promotion_bad"] == {"input": "bfloat16", "output": "float32"}
+    assert b["mask_promotion_ok"] == {"input": "bfloat16", "output": "bfloat16"}
+    # STB401: NaN gradient at zero; double where is finite
+    assert b["nan_gradient_where_bad"] == {"grad_finite": False}
+    assert b["nan_gradient_where_ok"] == {"grad_finite": True}
+    # STB403: jacfwd of custom_vjp raises; jacrev and hessian work
+    assert b["forward_mode_custom_vjp_bad"]["error"] == "TypeError"
+    assert "forward-mode autodiff (jvp) to a custom_vjp" in str(b["forward_mode_custom_vjp_bad"]["message"])
+    assert b["forward_mode_custom_vjp_ok"] == {"error": None, "shapes": [[3], [3, 3]]}
+    # STB404: grad through while_loop raises; static fori_loop under jit(grad) and jacfwd work
+    assert b["reverse_mode_while_loop_bad"]["error"] == "ValueError"
+    assert "Reverse-mode differentiation does not work for lax.while_loop" in str(b["reverse_mode_while_loop_bad"]["message"])
+    assert b["reverse_mode_while_loop_ok"]["error"] is None
+    assert b["reverse_mode_while_loop_ok"]["grad"] == [0.0, 4.0, 32.0]
+    # STB405: wrong bwd structure raises at grad; the fixed rules work
+    assert b["custom_rule_mismatch_bad"]["error"] == "TypeError"
+    assert "Custom VJP bwd rule must produce an output with the same container" in str(b["custom_rule_mismatch_bad"]["message"])
+    assert b["custom_rule_mismatch_ok"] == {"error": None, "grad": [0.0, 1.0, 2.0], "clipped": [0.5, 0.5]}
+    # STB502: a list for a static argument raises; a tuple, or a list default, works
+    assert b["unhashable_static_arg_bad"]["error"] == "ValueError"
+    assert "Non-hashable static arguments are not supported" in str(b["unhashable_static_arg_bad"]["message"])
+    assert b["unhashable_static_arg_ok"] == {"error": None, "shapes": [[1, 4, 4, 1], [1, 4, 4, 1]]}
+    # STB503: weak Python float fed back as an array compiles twice; typed start compiles once,
+    # and a Python lr whose value changes does not retrace
+    assert b["python_scalar_arg_bad"] == {"cache_size": 2}
+    assert b["python_scalar_arg_ok"] == {"cache_size": 1, "sgd_cache_size": 1}
