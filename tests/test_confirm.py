@@ -160,6 +160,7 @@ def test_check_confirm_on_scenarios_and_examples_confirms_every_traced_finding()
         ("solver.py", "STB403", 36, "confirmed"),
         ("solver.py", "STB404", 47, "confirmed"),
         ("solver.py", "STB408", 52, "confirmed"),
+        ("solver.py", "STB401", 52, "confirmed"),  # the static STB401 there, confirmed by the same NaN
     }
     # train_step_ok, loss_ok and the examples' fixed versions come out clean
     clean = ("_ok", "apply_ok", "loss_ok", "couple", "fit_loss", "radius_safe")

@@ -135,14 +135,18 @@ def test_nested_promotion_scan_in_cond_in_jit(jax) -> None:
 def test_rank_promotion_matches_jax_rank_promotion_raise(jax, hazards) -> None:
     from stabcheck.traced.checks import check_jaxpr
 
-    args = (hazards.X, hazards.W, hazards.B)
-    assert _codes(check_jaxpr(jax.make_jaxpr(hazards.dense)(*args))) == {("STB305", _line(FIX / "more_hazards.py", "return x @ w + b  #"))}
-    assert check_jaxpr(jax.make_jaxpr(hazards.dense_ok)(*args)) == []
+    args = (hazards.X, hazards.W1, hazards.Y)
+    assert _codes(check_jaxpr(jax.make_jaxpr(hazards.residual)(*args))) == {("STB305", _line(FIX / "more_hazards.py", "return x @ w - y  #"))}
+    assert check_jaxpr(jax.make_jaxpr(hazards.residual_ok)(*args)) == []
+    # the ordinary bias add is rank promotion too, but lines up as intended: silent
+    assert check_jaxpr(jax.make_jaxpr(hazards.dense)(hazards.X, hazards.W, hazards.B)) == []
+    assert hazards.residual(*args).shape == (4, 4)  # the silent outer product really happens
+    assert hazards.residual_ok(*args).shape == (4,)
     jax.config.update("jax_numpy_rank_promotion", "raise")
     try:
         with pytest.raises(ValueError, match="jax_numpy_rank_promotion=.raise."):
-            hazards.dense(*args)
-        hazards.dense_ok(*args)
+            hazards.residual(*args)
+        hazards.residual_ok(*args)
     finally:
         jax.config.update("jax_numpy_rank_promotion", "allow")
 

@@ -66,7 +66,7 @@ def test_check_trace_merges_with_static_and_reports_traced_only_hazards() -> Non
     mh, st = FIX / "more_hazards.py", FIX / "state_drift.py"
     traced = {(d["code"], Path(d["path"]).name, d["line"]) for d in found if d["stage"] == "traced"}
     expected = {
-        ("STB305", "more_hazards.py", _line(mh, "return x @ w + b  #")),
+        ("STB305", "more_hazards.py", _line(mh, "return x @ w - y  #")),
         ("STB407", "more_hazards.py", _line(mh, "jax.pure_callback(np.sinh")),
         ("STB203", "more_hazards.py", _line(mh, "v.astype(jnp.bfloat16), x)")),
         ("STB204", "more_hazards.py", _line(mh, "c.astype(jnp.float16), x)")),

@@ -155,7 +155,7 @@ class _Walker:
             elif name in ("mul", "select_n"):
                 self._mask(eqn, producers, mask_data)
             elif name == "broadcast_in_dim":
-                self._rank(eqn)
+                self._rank(eqn, consumers, producers)
             inner_tainted = False
             for sub in sub_jaxprs(eqn):
                 sub_taint = {sv for sv, ov in zip(reversed(sub.invars), reversed(eqn.invars)) if _is_var(ov) and ov in tainted}
@@ -239,11 +239,13 @@ class _Walker:
                 )
                 return
 
-    def _rank(self, eqn: Any) -> None:
+    def _rank(self, eqn: Any, consumers: dict[Any, list[Any]], producers: dict[Any, Any]) -> None:
         src, dst = _shape(eqn.invars[0]), _shape(eqn.outvars[0])
         k = len(dst) - len(src)
         if not src or k < 1 or dst != (1,) * k + src:
             return
+        if not _outer_broadcast(eqn, src, consumers, producers):
+            return  # `x @ w + b`: the bias lines up with the data's trailing axes, as intended
         funcs = internal_functions(eqn)
         if set(funcs) & _EXPLICIT_BCAST:
             return
@@ -260,6 +262,46 @@ class _Walker:
             detail=f"rank {len(src)}->{len(dst)}",
             evidence={"from_shape": list(src), "to_shape": list(dst), "primitive": "broadcast_in_dim"},
         )
+
+
+def _origin_shape(v: Any, producers: dict[Any, Any]) -> tuple[int, ...]:
+    """The shape of `v` before jnp's implicit broadcasting (broadcast_in_dim/reshape chains)."""
+    seen = 0
+    while _is_var(v) and seen < 8:
+        prod = producers.get(v)
+        if prod is None or prod.primitive.name not in ("broadcast_in_dim", "reshape"):
+            break
+        v = prod.invars[0]
+        seen += 1
+    return _shape(v)
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d) if isinstance(d, int) else 1
+    return n
+
+
+def _outer_broadcast(eqn: Any, src: tuple[int, ...], consumers: dict[Any, list[Any]], producers: dict[Any, Any]) -> bool:
+    """The rank-promoted operand meets an operand whose size-1 axes also expand, so the result is
+    bigger than either input: `(n,) - (n, 1) -> (n, n)`, the classic silent outer-product bug."""
+    frontier = [eqn.outvars[0]]
+    for _ in range(4):
+        nxt = []
+        for v in frontier:
+            for user in consumers.get(v, []):
+                if user.primitive.name in ("broadcast_in_dim", "reshape"):
+                    nxt.extend(user.outvars)
+                    continue
+                if len(user.invars) != 2 or not user.outvars:
+                    continue
+                out = _shape(user.outvars[0])
+                others = [_origin_shape(w, producers) for w in user.invars if w is not v]
+                if others and _size(out) > _size(src) and all(_size(out) > _size(o) for o in others):
+                    return True
+        frontier = nxt
+    return False
 
 
 def check_jaxpr(

@@ -73,13 +73,22 @@ def run_stage(files: list[Path], results: dict[str, Any], config: Config, option
 
         progress = Progress(len(targets))
     try:
-        extra = {"memory_limit": limit, "max_traces": config.max_traces}
+        extra: dict[str, Any] = {"memory_limit": limit, "max_traces": config.max_traces}
+        if "confirm" in stages:  # static findings the confirm stage can confirm or refute
+            extra["suspected"] = [f.to_dict() for r in results.values() for f in r.findings if _confirmable(f.code)]
         findings, notes, outcome = run_targets(targets, timeout=timeout, memory_limit=limit, transforms=options.transforms, confirm="confirm" in stages, on_event=progress.event if progress else None, extra=extra)
     finally:
         if progress is not None:
             progress.close()
     device = next((e["device"] for e in outcome.events if e.get("device")), None)
     return findings, notes, device
+
+
+def _confirmable(code: str) -> bool:
+    from stabcheck import registry
+
+    rule = registry.get(code)
+    return rule is not None and "confirmed" in rule.stages and code not in ("STB900", "STB901", "STB902")
 
 
 def _absolute(target: str) -> str:
