@@ -12,6 +12,8 @@ from stabcheck.reporters import Report, statistics_rows, status_label
 from stabcheck.reporters.concise_ import summary_line
 
 _STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
+# Evidence shown to a person, in this order; everything else stays in json/sarif.
+_SHOWN = ("confirmed", "refuted", "error", "first_nonfinite", "from", "to", "before", "after", "leaf", "changed", "dtypes", "kinds", "compiles", "traces", "entry", "stage", "note")
 _HOW = {"static": "dim", "traced": "cyan", "runtime": "cyan", "confirmed": "bold magenta", "refuted": "green"}
 
 
@@ -33,16 +35,19 @@ def render(findings: list[Finding], report: Report) -> str:
                 width = max(1, len(f.snippet.rstrip()) - f.col + 1)
             pad = " " * (len(num) + 3 + f.col - 1)
             con.print(f"  {pad}[{style}]{'^' * width}[/]")
-        for k, v in f.evidence.items():
-            if k == "stages":
-                continue
-            con.print(f"  [dim]{escape(str(k))}: {escape(str(v))[:300]}[/]")
+        for k in _SHOWN:
+            if k in f.evidence and f.evidence[k] not in (None, "", [], {}):
+                value = str(f.evidence[k]).strip().splitlines()[0]
+                value = value if len(value) <= 160 else value[:157] + "..."
+                con.print(f"  [dim]{escape(k.replace('_', ' '))}: {escape(value)}[/]")
         if f.help:
             con.print(f"  [bold cyan]help:[/] {escape(f.help)}")
         con.print()
     if report.device:
         d = report.device
-        con.print(f"[dim]device: {escape(str(d.get('platform', '?')))} {escape(str(d.get('device_kind', '')))}, jax {escape(str(d.get('jax', '?')))}[/]")
+        platform, kind = str(d.get("platform", "?")), str(d.get("device_kind", ""))
+        where = platform if kind in ("", platform) else f"{platform} ({kind})"
+        con.print(f"[dim]device: {escape(where)}, jax {escape(str(d.get('jax', '?')))}[/]")
     for note in report.notes:
         con.print(f"[yellow]note:[/] {escape(note)}")
     if report.statistics:
