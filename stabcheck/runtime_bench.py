@@ -26,7 +26,7 @@ def measure(*, size: int = 16, number: int = 500, repeat: int = 200) -> dict[str
     def body(x: Any) -> Any:
         return x * 2.0 + 1.0
 
-    plain = jax.jit(body)
+    plain = jax.jit(body)  # noqa: STB501 -- one compile per measurement is intended
     wrapped = stable(mode="warn")(jax.jit(body))
     x = jnp.ones(size, jnp.float32)
     jax.block_until_ready(plain(x))

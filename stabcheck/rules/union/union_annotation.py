@@ -261,9 +261,10 @@ def _is_leaf(e: ast.expr, names: Names) -> bool:
 
 
 def _pytree_polymorphic(node: ast.FunctionDef | ast.AsyncFunctionDef, names: Names) -> bool:
-    """Some parameter is annotated `Any` or `PyTree`: the function maps pytrees to pytrees."""
+    """Some parameter (`*args` included) is annotated `Any` or `PyTree`: the function maps
+    pytrees to pytrees."""
     args = node.args
-    for a in (*args.posonlyargs, *args.args, *args.kwonlyargs):
+    for a in (*args.posonlyargs, *args.args, *args.kwonlyargs, *(v for v in (args.vararg, args.kwarg) if v is not None)):
         ann = a.annotation
         if ann is None:
             continue
