@@ -120,6 +120,7 @@ class Analysis:
         self.module_defs: dict[str, FunctionInfo] = {}
         self.classes: dict[str, dict[str, FunctionInfo]] = {}
         self.class_nodes: dict[str, ast.ClassDef] = {}
+        self.calls: list[tuple[FunctionInfo | None, ast.Call]] = []
         self._collect(tree.body, None, None, "")
         self._find_applications()
         if types is not None:
@@ -128,14 +129,18 @@ class Analysis:
 
     # -- scopes ------------------------------------------------------------------------
     def _collect(self, body: list[ast.stmt], parent: FunctionInfo | None, cls: ast.ClassDef | None, prefix: str) -> None:
+        """One walk of the module: functions, classes and methods in their scopes, and every call
+        with the function it is made in (`self.calls`)."""
+        calls = self.calls
         stack: list[tuple[ast.AST, FunctionInfo | None, ast.ClassDef | None, str]] = [(s, parent, cls, prefix) for s in reversed(body)]
         while stack:
             node, par, c, pre = stack.pop()
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            t = type(node)
+            if t is ast.FunctionDef or t is ast.AsyncFunctionDef or t is ast.Lambda:
                 name = getattr(node, "name", "<lambda>")
-                info = FunctionInfo(node, f"{pre}{name}", par, c, _param_names(node.args))
+                info = FunctionInfo(node, f"{pre}{name}", par, c, _param_names(node.args))  # type: ignore[arg-type, attr-defined]
                 self.functions[node] = info
-                if isinstance(node, ast.Lambda):
+                if t is ast.Lambda:
                     pass
                 elif par is not None:
                     par.defs.setdefault(name, info)
@@ -143,17 +148,18 @@ class Analysis:
                     self.classes.setdefault(c.name, {})[name] = info
                 else:
                     self.module_defs.setdefault(name, info)
-                inner_pre = f"{info.qualname}." if not isinstance(node, ast.Lambda) else pre
-                children = list(ast.iter_child_nodes(node))
-                for ch in reversed(children):
+                inner_pre = f"{info.qualname}." if t is not ast.Lambda else pre
+                for ch in reversed(_children(node)):
                     stack.append((ch, info, None, inner_pre))
-            elif isinstance(node, ast.ClassDef):
+            elif t is ast.ClassDef:
                 if par is None:
-                    self.class_nodes.setdefault(node.name, node)
-                for ch in reversed(list(ast.iter_child_nodes(node))):
-                    stack.append((ch, par, node if par is None else None, f"{pre}{node.name}."))
+                    self.class_nodes.setdefault(node.name, node)  # type: ignore[attr-defined]
+                for ch in reversed(_children(node)):
+                    stack.append((ch, par, node if par is None else None, f"{pre}{node.name}."))  # type: ignore[attr-defined]
             else:
-                for ch in reversed(list(ast.iter_child_nodes(node))):
+                if t is ast.Call:
+                    calls.append((par, node))  # type: ignore[arg-type]
+                for ch in reversed(_children(node)):
                     stack.append((ch, par, c, pre))
 
     def resolve(self, expr: ast.AST, scope: FunctionInfo | None) -> FunctionInfo | None:
@@ -215,7 +221,7 @@ class Analysis:
                     self._mark_module_method(info)
             if info.cls is not None and info.name == "__call__" and self._is_module_class(info.cls):
                 self._mark_module_method(info)
-        for scope, call in self._calls(self.tree, None):
+        for scope, call in self.calls:
             tc = self.names.transform_call(call)
             if tc is None:
                 continue
@@ -286,17 +292,6 @@ class Analysis:
             if q in MODULE_BASES:
                 return True
         return False
-
-    def _calls(self, root: ast.AST, scope: FunctionInfo | None) -> Iterator[tuple[FunctionInfo | None, ast.Call]]:
-        stack: list[tuple[ast.AST, FunctionInfo | None]] = [(root, scope)]
-        while stack:
-            node, sc = stack.pop()
-            if isinstance(node, ast.Call):
-                yield sc, node
-            info = self.functions.get(node)
-            inner = info if info is not None else sc
-            for ch in ast.iter_child_nodes(node):
-                stack.append((ch, inner))
 
     # -- propagation -----------------------------------------------------------------------
     def _propagate(self) -> None:
@@ -504,6 +499,21 @@ class Analysis:
                 return True
         args = [*e.args, *(k.value for k in e.keywords)]
         return any(self._eval(a, traced, scope) for a in args)
+
+
+_CONTEXT_TYPES = (ast.Load, ast.Store, ast.Del)
+
+
+def _children(node: ast.AST) -> list[ast.AST]:
+    """`list(ast.iter_child_nodes(node))` without generators and without Load/Store/Del markers."""
+    out: list[ast.AST] = []
+    for name in node._fields:
+        v = getattr(node, name, None)
+        if isinstance(v, list):
+            out.extend(x for x in v if isinstance(x, ast.AST) and not isinstance(x, _CONTEXT_TYPES))
+        elif isinstance(v, ast.AST) and not isinstance(v, _CONTEXT_TYPES):
+            out.append(v)
+    return out
 
 
 def _param_names(args: ast.arguments) -> list[str]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from stabcheck.static.analysis import Analysis, FunctionInfo
-from stabcheck.static.names import PARTIAL, Names
+from stabcheck.static.names import PARTIAL, Names, statements
 
 CUSTOM_VJP = frozenset({"jax.custom_vjp", "equinox.filter_custom_vjp"})
 FORWARD = frozenset({"jvp", "jacfwd", "linearize"})
@@ -115,7 +115,7 @@ class ADGraph:
                 kw = self._custom_decorator(dec)
                 if isinstance(kw, _KW):
                     self.custom[node.name] = CustomVJP(node.name, info, node, *kw.nondiff())
-        for stmt in ast.walk(a.tree):
+        for stmt in statements(a.tree.body):
             # `f = jax.custom_vjp(g)` / `f = partial(jax.custom_vjp, nondiff_argnums=(1,))(g)`
             if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
                 continue
@@ -133,8 +133,8 @@ class ADGraph:
             self.custom[name] = CustomVJP(name, a.resolve(call.args[0], None), stmt, *kw.nondiff())
 
     def _find_defvjp(self) -> None:
-        for node in ast.walk(self.analysis.tree):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "defvjp"):
+        for _, node in self.analysis.calls:
+            if not (isinstance(node.func, ast.Attribute) and node.func.attr == "defvjp"):
                 continue
             owner = node.func.value
             if not isinstance(owner, ast.Name) or owner.id not in self.custom:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from stabcheck.static.analysis import Analysis
-from stabcheck.static.names import Names, Transform
+from stabcheck.static.names import Names, Transform, statements
 
 PLAIN_JIT = frozenset({"jax.jit", "jax.pmap"})
 
@@ -69,7 +69,7 @@ def jitted_functions(analysis: Analysis) -> dict[str, Jitted]:
             t = names.transform(dec)
             if t is not None and t.qualname in PLAIN_JIT:
                 out[node.name] = _make(node.name, t, node)
-    for stmt in ast.walk(analysis.tree):
+    for stmt in statements(analysis.tree.body):
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name) and isinstance(stmt.value, ast.Call):
             j = inline_jit(stmt.value, names, analysis, stmt.targets[0].id)
             if j is not None:

@@ -182,7 +182,7 @@ class PythonScalarArg(Rule):
         if not jitted:
             return
         sites: dict[tuple[str, str], list[tuple[str, ast.expr]]] = defaultdict(list)
-        calls = sorted((n for n in ast.walk(node) if isinstance(n, ast.Call)), key=lambda c: (c.lineno, c.col_offset))
+        calls = sorted((c for _, c in ctx.analysis.calls), key=lambda c: (c.lineno, c.col_offset))
         for call in calls:
             j = jitted.get(call.func.id) if isinstance(call.func, ast.Name) else None
             if j is None:

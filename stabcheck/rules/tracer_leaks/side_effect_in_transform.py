@@ -262,14 +262,15 @@ def _declared(info: FunctionInfo, name: str) -> str | None:
     """`global`/`nonlocal` if the function declares `name` so."""
     body = info.node.body if isinstance(info.node.body, list) else []
     stack: list[ast.AST] = list(body)
-    while stack:
+    while stack:  # statements only: `global`/`nonlocal` are statements, never inside expressions
         n = stack.pop()
         if isinstance(n, ast.Global) and name in n.names:
             return "global"
         if isinstance(n, ast.Nonlocal) and name in n.names:
             return "nonlocal"
-        if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            stack.extend(ast.iter_child_nodes(n))
+        if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+                stack.extend(getattr(n, field, None) or ())
     return None
 
 
