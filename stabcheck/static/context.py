@@ -27,6 +27,7 @@ class FileContext:
         self.types: TypeOracle | None = typed_current()  # mypy's view when the typed tier is on
         self.analysis = Analysis(tree, self.names, self.types)
         self.findings: list[Finding] = []
+        self._ast_lines: list[bytes] | None = None
         # maintained by the engine while walking
         self.ancestors: list[ast.AST] = []
         self.function: FunctionInfo | None = None
@@ -60,9 +61,24 @@ class FileContext:
         return self.ancestors[-1] if self.ancestors else None
 
     def text(self, node: ast.AST) -> str:
-        """The source text of a node (falls back to ast.unparse)."""
-        seg = ast.get_source_segment(self.source, node)
-        return seg if seg is not None else ast.unparse(node)
+        """The source text of a node, as `ast.get_source_segment` gives it, but with the file's
+        lines split once (get_source_segment splits the whole file on every call)."""
+        try:
+            start, end = node.lineno - 1, node.end_lineno - 1  # type: ignore[attr-defined]
+            col, end_col = node.col_offset, node.end_col_offset  # type: ignore[attr-defined]
+        except AttributeError:
+            return ast.unparse(node)
+        if end is None or end_col is None:
+            return ast.unparse(node)
+        lines = self._ast_lines
+        if lines is None:
+            lines = self._ast_lines = [ln.encode() for ln in ast._splitlines_no_ff(self.source)]  # type: ignore[attr-defined]
+        if not 0 <= start <= end < len(lines):
+            return ast.unparse(node)
+        if start == end:
+            return lines[start][col:end_col].decode(errors="replace")
+        parts = [lines[start][col:].decode(errors="replace"), *(ln.decode(errors="replace") for ln in lines[start + 1 : end]), lines[end][:end_col].decode(errors="replace")]
+        return "".join(parts)
 
     def add(self, finding: Finding) -> None:
         line = finding.span.line
