@@ -9,7 +9,6 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +160,7 @@ def _prepare_types(files: list[Path], config: Config, options: Options) -> list[
 
 
 def _static(files: list[Path], config: Config, options: Options, rules: tuple[type[Rule], ...]) -> dict[str, FileResult]:
+    """Cache look-ups (content hash), then the misses: in this process, or in `jobs` forked workers."""
     results: dict[str, FileResult] = {}
     cache = None
     if options.cache:
@@ -168,6 +168,8 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
         cache = Cache(cache_dir, _cache_key(config, rules))
     todo: list[tuple[str, str]] = []
     hashes: dict[str, str] = {}
+    contents: dict[str, bytes] = {}
+    jobs = options.jobs or os.cpu_count() or 1
     for f in files:
         shown = display(f)
         if cache is not None:
@@ -187,27 +189,76 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
             if hit is not None:
                 results[shown] = FileResult(*hit)
                 continue
+            if jobs == 1:
+                contents[shown] = data  # read once
         todo.append((str(f), shown))
-    jobs = options.jobs or os.cpu_count() or 1
-    if jobs > 1 and len(todo) >= 8:
-        batches = [todo[i::jobs * 4] for i in range(jobs * 4)]
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else multiprocessing.get_context()
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(config, tuple(r.code for r in rules), _types_registry(config))) as pool:
-            for batch_out in pool.map(_check_many, [b for b in batches if b]):
-                for shown, fds, sps in batch_out:
-                    results[shown] = FileResult([Finding.from_dict(d) for d in fds], [suppress.Suppression.from_list(s) for s in sps])
-    else:
+    with _gc_tuned():
+        if jobs > 1 and len(todo) >= 8:
+            _check_parallel(todo, jobs, config, rules, results)
         dispatcher = Dispatcher(rules)
         for real, shown in todo:
-            results[shown] = _check_one(real, shown, config, dispatcher)
+            if shown not in results:  # serial run, or files a dead worker did not return
+                results[shown] = _check_one(real, shown, config, dispatcher, contents.pop(shown, None))
     if cache is not None:
         for real, shown in todo:
             if shown in hashes and shown in results:
                 cache.put(shown, hashes[shown], results[shown].findings, results[shown].suppressions)
         cache.save()
     return results
+
+
+def _check_parallel(todo: list[tuple[str, str]], jobs: int, config: Config, rules: tuple[type[Rule], ...], results: dict[str, FileResult]) -> None:
+    """Forked workers check interleaved batches. If a worker dies (killed for memory, a crash), the
+    files it did not return are checked again one by one in a fresh single worker, so the file that
+    kills it is found and reported (STB902) and no other file is lost."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from stabcheck.rules.meta.analysis_error import AnalysisError
+
+    ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else multiprocessing.get_context()
+    initargs = (config, tuple(r.code for r in rules), _types_registry(config))
+
+    def collect(batches: list[list[tuple[str, str]]], workers: int) -> bool:
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
+                for batch_out in pool.map(_check_many, batches):
+                    for shown, fds, sps in batch_out:
+                        results[shown] = FileResult([Finding.from_dict(d) for d in fds], [suppress.Suppression.from_list(s) for s in sps])
+        except (BrokenProcessPool, OSError):
+            return False
+        return True
+
+    if collect([b for b in (todo[i :: jobs * 4] for i in range(jobs * 4)) if b], jobs):
+        return
+    missing = [t for t in todo if t[1] not in results]
+    while missing:
+        if not collect([[t] for t in missing], 1):
+            real, shown = next(t for t in missing if t[1] not in results)  # in order: the one it died on
+            results[shown] = FileResult([AnalysisError.finding(path=shown, span=Span(1, 1), message=f"the worker process checking `{shown}` died (killed for memory, or crashed); this file was not checked", help="run `stabcheck check` on this file alone with --jobs 1 to see the error")], [])
+        missing = [t for t in missing if t[1] not in results]
+
+
+class _gc_tuned:
+    """Fewer garbage collections while checking: ASTs are big, short-lived and mostly acyclic.
+
+    Young collections are rare (a high first threshold), full ones still run now and then for the
+    reference cycles a file's analysis leaves behind, and what existed before the run is frozen
+    out of the collector's scans."""
+
+    def __enter__(self) -> None:
+        import gc
+
+        self.saved = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(100_000, 20, 10)
+
+    def __exit__(self, *exc: object) -> None:
+        import gc
+
+        gc.set_threshold(*self.saved)
+        gc.unfreeze()
 
 
 def _types_registry(config: Config) -> dict[str, Any] | None:
@@ -219,7 +270,12 @@ def _types_registry(config: Config) -> dict[str, Any] | None:
 
 
 def _cache_key(config: Config, rules: tuple[type[Rule], ...]) -> str:
-    parts = [__version__, ",".join(r.code for r in rules), repr(config.max_traces), repr(config.union_limit), repr(config.types)]
+    """Version, stabcheck's own code, the enabled rules and every config value (bar where it was read)."""
+    from dataclasses import replace
+
+    from stabcheck._cache import code_fingerprint
+
+    parts = [__version__, code_fingerprint(), ",".join(r.code for r in rules), repr(replace(config, root=".", source=""))]
     return digest("|".join(parts).encode())[:16]
 
 
