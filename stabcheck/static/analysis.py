@@ -125,7 +125,9 @@ class Analysis:
         self._find_applications()
         if types is not None:
             self._apply_seeds(types)
+        self._memo: dict[int, bool] | None = None
         self._propagate()
+        self._memo = {}  # traced sets are final now: an expression's verdict no longer changes
 
     # -- scopes ------------------------------------------------------------------------
     def _collect(self, body: list[ast.stmt], parent: FunctionInfo | None, cls: ast.ClassDef | None, prefix: str) -> None:
@@ -439,6 +441,15 @@ class Analysis:
         return None
 
     def _eval(self, e: ast.AST, traced: set[str], scope: FunctionInfo | None) -> bool:
+        memo = self._memo
+        if memo is None or scope is None or traced is not scope.traced:
+            return self._eval_once(e, traced, scope)
+        hit = memo.get(id(e))  # rules ask about every node of a long `a + b + ...` chain
+        if hit is None:
+            hit = memo[id(e)] = self._eval_once(e, traced, scope)
+        return hit
+
+    def _eval_once(self, e: ast.AST, traced: set[str], scope: FunctionInfo | None) -> bool:
         ev = self._eval
         if isinstance(e, ast.Name):
             return e.id in traced

@@ -13,6 +13,7 @@ import ast
 import codecs
 import re
 import signal
+import sys
 import threading
 import time
 import tokenize
@@ -31,6 +32,7 @@ _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 _COOKIE = re.compile(rb"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")
 _CTX_TYPES = (ast.Load, ast.Store, ast.Del)
 
+ANALYSIS_RECURSION_LIMIT = 12_000
 FILE_TIME_LIMIT = 60.0  # seconds of static analysis per file before it is skipped (main thread only)
 
 Handler = Callable[[ast.AST, FileContext], None]
@@ -131,8 +133,12 @@ def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatche
     from stabcheck.rules.meta.analysis_error import AnalysisError
 
     ctx: FileContext | None = None
+    limit = sys.getrecursionlimit()
     with _time_limit(FILE_TIME_LIMIT):
         try:
+            # long generated `a + b + ...` chains nest as deep as they are long; the analysis
+            # recurses on expressions, so give it room (Python frames, not C stack, in 3.11+)
+            sys.setrecursionlimit(max(limit, ANALYSIS_RECURSION_LIMIT))
             ctx = FileContext(path, source, tree, config)
             walk(tree, ctx, dispatcher)
         except RecursionError:
@@ -141,6 +147,8 @@ def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatche
             return [*(ctx.findings if ctx else ()), AnalysisError.finding(path=path, span=Span(1, 1), message=f"the analysis of `{path}` ran past {FILE_TIME_LIMIT:g} s and was stopped; hazards in the rest of it stay hidden", help="report this file to the stabcheck maintainers; split it meanwhile")]
         except Exception as e:  # a bug in the shared analysis: this file only
             return [AnalysisError.finding(path=path, span=Span(1, 1), message=f"stabcheck's analysis crashed on `{path}`: {type(e).__name__}: {e}"[:300] + "; no rule checked this file", help="report this file to the stabcheck maintainers")]
+        finally:
+            sys.setrecursionlimit(limit)
     return ctx.findings
 
 

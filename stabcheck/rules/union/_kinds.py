@@ -11,7 +11,6 @@ traced value of unknown structure, which is known only not to be `None`.
 from __future__ import annotations
 
 import ast
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -485,12 +484,11 @@ def kinds_differ(a: Kind | None, b: Kind | None) -> bool:
     return True
 
 
-_ENGINES: weakref.WeakKeyDictionary[Analysis, Kinds] = weakref.WeakKeyDictionary()
-
-
 def kinds_for(analysis: Analysis) -> Kinds:
-    """One `Kinds` per analysed file, shared by the rules that ask."""
-    eng = _ENGINES.get(analysis)
+    """One `Kinds` per analysed file, shared by the rules that ask; it lives on the Analysis, so
+    it goes when the file's analysis goes (a module-level table would keep every file alive)."""
+    eng = getattr(analysis, "_stabcheck_kinds", None)
     if eng is None:
-        eng = _ENGINES[analysis] = Kinds(analysis)
+        eng = Kinds(analysis)
+        analysis._stabcheck_kinds = eng  # type: ignore[attr-defined]
     return eng
