@@ -12,7 +12,6 @@ stages and have no visitors: the catalogue, docs and codes stay in one place.
 
 from __future__ import annotations
 
-import inspect
 import re
 import textwrap
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -47,7 +46,7 @@ class Rule:
     # -- documentation -----------------------------------------------------------------
     @classmethod
     def doc(cls) -> str:
-        return inspect.cleandoc(cls.__doc__ or "")
+        return _cleandoc(cls.__doc__ or "")
 
     @classmethod
     def summary(cls) -> str:
@@ -135,6 +134,18 @@ class Rule:
         use = cls.section("Use instead")
         lines = [ln for ln in use.splitlines() if ln.strip() and not ln.startswith("```")]
         return lines[0].strip() if lines and not lines[0].startswith(" ") else ""
+
+
+def _cleandoc(doc: str) -> str:
+    """`inspect.cleandoc` without importing inspect (start-up time counts for pre-commit)."""
+    lines = doc.expandtabs().split("\n")
+    body = textwrap.dedent("\n".join(lines[1:])).split("\n")
+    out = [lines[0].strip(), *body]
+    while out and not out[0].strip():
+        out.pop(0)
+    while out and not out[-1].strip():
+        out.pop()
+    return "\n".join(out)
 
 
 def expected_lines(example: str) -> list[tuple[int, str]]:
