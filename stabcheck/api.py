@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,19 @@ def _prepare_types(files: list[Path], config: Config, options: Options) -> list[
     return prepared.notes
 
 
+def _start_method() -> str:
+    """`fork` is the cheap way to start workers, but forking a process that runs other threads
+    (JAX's, when stabcheck is used as a library or from the pytest plugin) can deadlock the
+    child: then `forkserver` (workers fork from a clean single-threaded server) or `spawn`."""
+    import multiprocessing
+    import threading
+
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1 and "jax" not in sys.modules:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 def _static(files: list[Path], config: Config, options: Options, rules: tuple[type[Rule], ...]) -> dict[str, FileResult]:
     """Cache look-ups (content hash), then the misses: in this process, or in `jobs` forked workers."""
     results: dict[str, FileResult] = {}
@@ -217,7 +231,7 @@ def _check_parallel(todo: list[tuple[str, str]], jobs: int, config: Config, rule
 
     from stabcheck.rules.meta.analysis_error import AnalysisError
 
-    ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else multiprocessing.get_context()
+    ctx = multiprocessing.get_context(_start_method())
     initargs = (config, tuple(r.code for r in rules), _types_registry(config))
 
     def collect(batches: list[list[tuple[str, str]]], workers: int) -> bool:
