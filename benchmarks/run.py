@@ -485,18 +485,18 @@ HOTSPOTS = (
     ("`ast.parse` (the floor's work)", "~", "<built-in method builtins.compile>"),
     ("`ast.iter_child_nodes` + `ast.iter_fields` generators, all callers", "ast.py", "iter_child_nodes"),
     ("`ast.walk`, all callers", "ast.py", "walk"),
-    ("`Names.__init__` (an `ast.walk` for imports)", "static/names.py", "__init__"),
-    ("`names.canonical` (uncached string rewriting)", "static/names.py", "canonical"),
-    ("`Analysis._collect` (a full walk)", "static/analysis.py", "_collect"),
+    ("`Names.__init__` (imports, from statements)", "static/names.py", "__init__"),
+    ("`names.canonical` (memoised)", "static/names.py", "canonical"),
+    ("`Analysis._collect` (the one full walk: scopes and calls)", "static/analysis.py", "_collect"),
     ("`Analysis._calls` (a full walk)", "static/analysis.py", "_calls"),
     ("`Analysis._propagate`", "static/analysis.py", "_propagate"),
     ("engine dispatch walk, own time", "static/engine.py", "walk"),
     ("engine `_children_fast`", "static/engine.py", "_children_fast"),
     ("`python_scalar_arg.visit_Module`", "recompile/python_scalar_arg.py", "visit_Module"),
-    ("`_jitted.jitted_functions` (one more full `ast.walk` per file)", "recompile/_jitted.py", "jitted_functions"),
+    ("`_jitted.jitted_functions` (statements only)", "recompile/_jitted.py", "jitted_functions"),
     ("`side_effect_in_transform._declared`", "tracer_leaks/side_effect_in_transform.py", "_declared"),
     ("`rules/ad/_graph.py` graph building", "ad/_graph.py", "__init__"),
-    ("`FileContext.text` (`ast.get_source_segment` splits the file per call)", "static/context.py", "text"),
+    ("`FileContext.text` (lines split once per file)", "static/context.py", "text"),
     ("`suppress.parse` (tokenize when `noqa` appears anywhere)", "stabcheck/suppress.py", "parse"),
 )
 
@@ -612,48 +612,34 @@ def _missed_text(missed: list[str]) -> str:
 
 
 WHY = """\
-The cold static pass is pure Python over `ast`, and the floor is one `ast.parse` per file. In the
-profile below `ast.parse` itself is a few percent; the rest is Python walking the trees again and
-again. `ast.iter_child_nodes`/`ast.walk` are generators over `ast.iter_fields`, and per file the tree
-is fully walked by `Names.__init__` (imports), `Analysis._collect`, `Analysis._calls`, the engine's
-dispatch walk, `_jitted.jitted_functions`, `python_scalar_arg.visit_Module`, and partly again by
-`Analysis._own_nodes`/`_traced_names` (per transformed function), `side_effect_in_transform._declared`
-and `rules/ad/_graph.py`. Each full walk in Python costs about as much as the parse it walks, so
-five or six of them put the cold single-job run at 4-7x the floor (by machine load) whatever the\nengine does.
+The cold static pass is pure Python over `ast`, and the floor is one `ast.parse` per file. The
+breakdown below (one process, the corpus in memory) splits the rest into three parts of similar
+size: building the file's context (`Names` from the statements only, then `Analysis`: one
+generator-free walk that collects functions, classes and calls with their scopes, the transform
+applications, and a fixpoint over the assignments of each transformed function), the engine's
+dispatch walk (a second full walk, generator-free, skipping `Load`/`Store`/`Del`), and the rules
+themselves. Each full walk in Python costs roughly half the parse it walks.
 
-Done in the engine, `api._static` and discovery (owned here): a generator-free dispatch walk that
-skips `Load`/`Store`/`Del` markers (`engine.children()`), the garbage collector's thresholds raised
-while checking (ASTs are large, short-lived and acyclic: 20-35% of the cold time in an A/B
-run on optax + chex), files read once, exclude globs compiled to two regular expressions and directories
-scanned with `os.scandir` (discovery of this corpus: 50 ms -> 18 ms), `concurrent.futures`
-imported only when running in parallel.
+Done so far: the imports are read from statements only (no full walk); `Analysis` collects calls
+in the same walk as the scopes (one walk instead of two); the rules that walked the whole module
+(`_jitted`, `python_scalar_arg`, `ad/_graph`) read `analysis.calls` or the statements instead;
+`side_effect_in_transform` scans statements only; `names.canonical` is memoised; an expression's
+traced verdict is memoised once propagation is final (a 900-term `+` chain went from seconds to
+0.2 s); `FileContext.text` slices lines split once per file (`ast.get_source_segment` split the
+whole file on every call: quadratic in findings); no module-level table keeps every file's
+analysis alive (the 5,000-file load went from 340 MiB to 85 MiB); the garbage collector's
+thresholds are raised while checking; discovery uses `os.scandir` and compiled globs.
 
-What stands in the way of the cold targets lies in the traced-value analysis and the rules (see
-the breakdown below: each of the two costs more than twice the floor on its own, the engine's walk
-about half of it). An experiment (not shipped: it monkeypatched the stdlib) that memoised
-`names.canonical` and replaced `ast.iter_child_nodes`/`ast.walk` everywhere by generator-free
-versions took the cold single-job run on this corpus only from 13.7 s to 11.3 s (floor 2.0 s): the
-number of traversals and the per-node work matter, not generator overhead. What it takes: one
-traversal per file that records each node's parent, enclosing function and the import aliases,
-shared by `Names`, `Analysis` and the rules instead of about six full walks; `Analysis` computed
-lazily (files without a transform need no propagation); and the rules that walk the module or a
-function on their own (`python_scalar_arg`, `_jitted`, `side_effect_in_transform`, `ad/_graph`)
-reading that index.
-`FileContext.text()` calls `ast.get_source_segment`, which splits the whole source on every call:
-quadratic in files with many findings (generated jitted functions with a finding each: 50 kB and
-500 findings take 2.3 s, 100 kB 7.9 s, 200 kB 30 s, so a 10 MB file of them does not finish); it
-should slice precomputed line offsets. All-cores time on this 2-core machine is the single-job time halved plus worker start-up,
-so it follows the single-job cost. Warm and one-touched runs are dominated by start-up: Python,
-`typer` (whose `_adapters` imports `pydantic`, ~40 ms), the rule modules (~30 ms) and `stabcheck`
-itself (~60 ms); the cache look-ups themselves (read, hash and decode ~950 files, then suppressions and sorting)
-take ~50 ms in-process.
-
-Memory: the corpus run stays far below the target, but the single-job load run grows with the
-number of files (340 MiB for 5,000) because every file's `Analysis` and AST stay alive:
-`rules/union/_kinds.py` caches `Kinds(analysis)` in a `WeakKeyDictionary` keyed by that same
-analysis, and the value's strong reference to its key keeps both alive for the whole run. Storing
-the `Kinds` as an attribute of the `Analysis` (as `rules/recompile/_jitted.py` does) makes it
-per-file garbage; parallel runs spread the same growth over the workers (half each here).
+What stands in the way of the two cold targets: the two full Python walks (context and dispatch)
+and the per-node work of the rules, each about as costly as the parse. What it takes: one
+traversal that records each node's parent and enclosing function once, replayed by the dispatcher
+instead of walking again; `Analysis` computed lazily (files with no transform need no
+propagation: most of the rules then have nothing to do); and per-rule profiling of the visitors
+(`_kinds`, `nan_gradient_where`, `concretize_tracer` are the largest). All-cores time on this
+2-core machine is the single-job time halved plus worker start-up, so it follows the single-job
+cost. Warm and one-touched runs are dominated by start-up: Python, `typer` (whose `_adapters`
+imports `pydantic`, ~40 ms), the rule modules (~30 ms) and `stabcheck` itself (~50 ms); the cache
+look-ups (read, hash and decode ~950 files, then suppressions and sorting) take ~50 ms.
 """
 
 
