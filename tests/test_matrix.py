@@ -106,12 +106,12 @@ def test_matrix_renders_table_markdown_and_json():
 
     table = matrix_.render(SAMPLE, "table")
     assert "softclip_sum" in table and "1.9x" in table and "STB403" in table and "skipped: memory" in table
-    assert "device: cpu cpu, jax 0.10.2" in table
+    assert "device: cpu, jax 0.10.2" in table
     assert "STB403: forward mode through custom_vjp" in table
     md = matrix_.render(SAMPLE, "markdown")
     assert md.splitlines()[0] == "| entry | primal | compile | `grad` | `jvp` | `hessian` |"
     assert "| softclip_sum | 100 µs | 70.0 ms | 1.9x | STB403 forward mode through custom_vjp | skipped: memory |" in md
-    assert "device: cpu cpu, jax 0.10.2" in md
+    assert "device: cpu, jax 0.10.2" in md
     assert json.loads(matrix_.render(SAMPLE, "json")) == SAMPLE
 
 

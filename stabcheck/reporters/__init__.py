@@ -33,6 +33,14 @@ def get(fmt: str) -> Callable[[list[Finding], Report], str]:
     return mod.render  # type: ignore[no-any-return]
 
 
+def device_line(device: dict[str, Any] | None) -> str:
+    """`device: gpu (NVIDIA H100 80GB HBM3), jax 0.10.2` — shared by every human format."""
+    d = device or {}
+    platform, kind = str(d.get("platform", "?")), str(d.get("device_kind", ""))
+    where = platform if kind in ("", platform) else f"{platform} ({kind})"
+    return f"device: {where}, jax {d.get('jax', '?')}"
+
+
 def status_label(f: Finding) -> str:
     """How sure: static / traced / confirmed / refuted."""
     if f.status == "refuted":

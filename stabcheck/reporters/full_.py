@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from stabcheck.finding import Finding
-from stabcheck.reporters import Report, statistics_rows, status_label
+from stabcheck.reporters import Report, device_line, statistics_rows, status_label
 from stabcheck.reporters.concise_ import summary_line
 
 _STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
@@ -44,10 +44,7 @@ def render(findings: list[Finding], report: Report) -> str:
             con.print(f"  [bold cyan]help:[/] {escape(f.help)}")
         con.print()
     if report.device:
-        d = report.device
-        platform, kind = str(d.get("platform", "?")), str(d.get("device_kind", ""))
-        where = platform if kind in ("", platform) else f"{platform} ({kind})"
-        con.print(f"[dim]device: {escape(where)}, jax {escape(str(d.get('jax', '?')))}[/]")
+        con.print(f"[dim]{escape(device_line(report.device))}[/]")
     for note in report.notes:
         con.print(f"[yellow]note:[/] {escape(note)}")
     if report.statistics:

@@ -10,6 +10,8 @@ import io
 import json
 from typing import Any
 
+from stabcheck.reporters import device_line
+
 FORMATS = ("table", "markdown", "json")
 
 
@@ -55,8 +57,7 @@ def columns_of(matrix: dict[str, Any]) -> list[str]:
 
 
 def _device(matrix: dict[str, Any]) -> str:
-    d = matrix.get("device") or {}
-    return f"device: {d.get('platform', '?')} {d.get('device_kind', '')}, jax {d.get('jax', '?')}"
+    return device_line(matrix.get("device"))
 
 
 def _footnotes(matrix: dict[str, Any]) -> list[str]:
