@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -320,17 +320,7 @@ class Analysis:
     def _traced_args(self, callee: FunctionInfo, call: ast.Call, scope: FunctionInfo) -> set[str]:
         bound = isinstance(call.func, ast.Attribute) or (callee.name == "__call__" and self.types is not None)
         params = callee.params[1:] if callee.is_method and bound else callee.params
-        out: set[str] = set()
-        for i, a in enumerate(call.args):
-            if isinstance(a, ast.Starred):
-                if self.is_traced(a.value, scope):
-                    out |= set(params[i:])
-                break
-            if i < len(params) and self.is_traced(a, scope):
-                out.add(params[i])
-        for k in call.keywords:
-            if k.arg and k.arg in callee.params and self.is_traced(k.value, scope):
-                out.add(k.arg)
+        out = traced_parameters(call, params, lambda e: self.is_traced(e, scope), keywords=callee.params)
         return out - callee.static_params
 
     def _own_nodes(self, fn: FunctionNode) -> Iterator[ast.AST]:
@@ -510,6 +500,24 @@ class Analysis:
                 return True
         args = [*e.args, *(k.value for k in e.keywords)]
         return any(self._eval(a, traced, scope) for a in args)
+
+
+def traced_parameters(call: ast.Call, params: list[str], traced: Callable[[ast.AST], bool], *, keywords: list[str] | None = None) -> set[str]:
+    """The parameters (of `params`, in order) that receive a traced argument at `call`;
+    a traced `*args` makes every parameter from its position on traced."""
+    out: set[str] = set()
+    for i, a in enumerate(call.args):
+        if isinstance(a, ast.Starred):
+            if traced(a.value):
+                out |= set(params[i:])
+            break
+        if i < len(params) and traced(a):
+            out.add(params[i])
+    names = params if keywords is None else keywords
+    for k in call.keywords:
+        if k.arg and k.arg in names and traced(k.value):
+            out.add(k.arg)
+    return out
 
 
 _CONTEXT_TYPES = (ast.Load, ast.Store, ast.Del)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stabcheck.finding import Finding, Span
-from stabcheck.static.analysis import Analysis
+from stabcheck.static.analysis import Analysis, traced_parameters
 from stabcheck.static.names import Names
 
 if TYPE_CHECKING:
@@ -347,17 +347,7 @@ def _seed(files: dict[str, FileTypes], by_module: dict[str, str]) -> dict[str, F
                     params = list(fn["params"])
                     if fn.get("method") and (isinstance(node.func, ast.Attribute) or tqual.endswith(".__call__")):
                         params = params[1:]
-                    traced: set[str] = set()
-                    for i, a in enumerate(node.args):
-                        if isinstance(a, ast.Starred):
-                            if an.is_traced(a.value, info):
-                                traced |= set(params[i:])
-                            break
-                        if i < len(params) and an.is_traced(a, info):
-                            traced.add(params[i])
-                    for k in node.keywords:
-                        if k.arg is not None and k.arg in params and an.is_traced(k.value, info):
-                            traced.add(k.arg)
+                    traced = traced_parameters(node, params, lambda e: an.is_traced(e, info))
                     traced = {t for t in traced if fn["kinds"].get(t) not in STATIC_KINDS}
                     if not traced:
                         continue
