@@ -43,4 +43,4 @@ class GradientDtypeMismatch(Rule):
 
     code = "STB406"
     name = "gradient-dtype-mismatch"
-    stages = ("confirmed",)
+    stages = ("confirmed", "runtime")

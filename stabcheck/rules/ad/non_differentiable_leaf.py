@@ -29,4 +29,4 @@ class NonDifferentiableLeaf(Rule):
 
     code = "STB402"
     name = "non-differentiable-leaf"
-    stages = ("traced", "confirmed")
+    stages = ("traced", "confirmed", "runtime")

@@ -55,7 +55,7 @@ class Float64Leak(Rule):
     code = "STB301"
     name = "float64-leak"
     fixable = "safe"
-    stages = ("static", "traced", "confirmed")
+    stages = ("static", "traced", "confirmed", "runtime")
     INVALID = (
         """
         import jax

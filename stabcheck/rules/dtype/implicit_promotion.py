@@ -33,4 +33,4 @@ class ImplicitPromotion(Rule):
     code = "STB303"
     name = "implicit-promotion"
     severity = "warning"
-    stages = ("traced", "runtime")
+    stages = ("traced", "confirmed", "runtime")

@@ -43,7 +43,7 @@ class MaskPromotion(Rule):
 
     code = "STB304"
     name = "mask-promotion"
-    stages = ("static", "traced")
+    stages = ("static", "traced", "confirmed", "runtime")
     INVALID = (
         """
         import flax.linen as nn

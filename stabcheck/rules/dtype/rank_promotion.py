@@ -36,4 +36,4 @@ class RankPromotion(Rule):
     code = "STB305"
     name = "rank-promotion"
     severity = "info"
-    stages = ("traced",)
+    stages = ("traced", "runtime")

@@ -25,4 +25,4 @@ class AnalysisError(Rule):
 
     code = "STB902"
     name = "analysis-error"
-    stages = ("static", "traced", "confirmed")
+    stages = ("static", "traced", "confirmed", "runtime")

@@ -45,5 +45,5 @@ class Retrace(Rule):
     code = "STB504"
     name = "retrace"
     severity = "warning"
-    stages = ("confirmed",)
+    stages = ("confirmed", "runtime")
     options: ClassVar[dict[str, Any]] = {"max-traces": 3}

@@ -43,6 +43,7 @@ class BranchOnTracer(Rule):
 
     code = "STB101"
     name = "branch-on-tracer"
+    stages = ("static", "traced", "confirmed")
     INVALID = (
         """
         import jax

@@ -36,4 +36,4 @@ class StaticArgUnion(Rule):
     code = "STB205"
     name = "static-arg-union"
     severity = "warning"
-    stages = ("traced",)
+    stages = ("traced", "runtime")
