@@ -126,11 +126,12 @@ def statements(body: list[ast.stmt]) -> list[ast.AST]:
 class Names:
     """The import aliases of one module (imports anywhere in the file count)."""
 
-    __slots__ = ("aliases", "defined")
+    __slots__ = ("aliases", "defined", "_qualnames")
 
     def __init__(self, tree: ast.Module) -> None:
         self.aliases: dict[str, str] = {}
         self.defined: set[str] = set()
+        self._qualnames: dict[int, str | None] = {}
         for node in statements(tree.body):
             if isinstance(node, ast.Import):
                 for a in node.names:
@@ -155,7 +156,17 @@ class Names:
                         self.defined.add(t.id)
 
     def qualname(self, expr: ast.AST) -> str | None:
-        """`jnp.where` -> `jax.numpy.where`; `jit` -> `jax.jit`; a local name -> None."""
+        """`jnp.where` -> `jax.numpy.where`; `jit` -> `jax.jit`; a local name -> None.
+
+        Memoised per node: every rule that visits a call asks about the same callee."""
+        key = id(expr)
+        memo = self._qualnames
+        if key in memo:
+            return memo[key]
+        q = memo[key] = self._qualname(expr)
+        return q
+
+    def _qualname(self, expr: ast.AST) -> str | None:
         parts: list[str] = []
         while isinstance(expr, ast.Attribute):
             parts.append(expr.attr)
