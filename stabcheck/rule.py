@@ -81,14 +81,17 @@ class Rule:
         evidence: dict[str, Any] | None = None,
         fix: Fix | None = None,
         span: Span | None = None,
+        function: str | None = None,
     ) -> None:
+        """Report at `node` in the function being walked (or `function`, for a rule that judges a
+        function other than the one it is visiting, such as a `lax` body or a nested def)."""
         ctx.add(
             self.finding(
                 path=ctx.path,
                 span=span or Span.of(node),
                 message=message,
                 help=help,
-                function=ctx.function_name,
+                function=ctx.function_name if function is None else function,
                 detail=detail,
                 evidence=evidence,
                 fix=fix,

@@ -3,7 +3,6 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from stabcheck.finding import Span
 from stabcheck.rule import Rule
 from stabcheck.rules.union._kinds import Kinds, dtype_class, evident_class, explicit_dtype, exits, kind_text, kinds_differ, kinds_for, literal_class
 from stabcheck.static.analysis import FunctionInfo
@@ -193,18 +192,15 @@ class BranchTypeMismatch(Rule):
             if m is None:
                 continue
             prim = q.rsplit(".", 1)[1]
-            ctx.add(
-                self.finding(
-                    path=ctx.path,
-                    span=Span.of(m.node),
-                    message=(
-                        f"the branches of `lax.{prim}` differ: {m.what}; "
-                        f"`{prim}` needs one output type, so tracing raises TypeError"
-                    ),
-                    help="make every branch return the same structure and dtype (cast to the other branch's `.dtype`, use `0.0` for a float zero)",
-                    function=ctx.function_name,
-                    detail=f"lax.{prim}:{m.what}",
-                )
+            self.report(
+                ctx,
+                m.node,
+                message=(
+                    f"the branches of `lax.{prim}` differ: {m.what}; "
+                    f"`{prim}` needs one output type, so tracing raises TypeError"
+                ),
+                help="make every branch return the same structure and dtype (cast to the other branch's `.dtype`, use `0.0` for a float zero)",
+                detail=f"lax.{prim}:{m.what}",
             )
             return
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import ast
 
-from stabcheck.finding import Span
 from stabcheck.rule import Rule
 from stabcheck.rules.union._kinds import Kinds, dtype_class, evident_class, explicit_dtype, exits, kind_text, kinds_differ, kinds_for, literal_class, strong_int_init
 from stabcheck.static.analysis import FunctionInfo
@@ -161,18 +160,16 @@ class CarryTypeDrift(Rule):
             if why is None:
                 continue
             node_at, what = why
-            ctx.add(
-                self.finding(
-                    path=ctx.path,
-                    span=Span.of(node_at),
-                    message=(
-                        f"the `lax.{prim}` body `{info.qualname}` returns a carry that differs from its initial value: {what}; "
-                        "the carry's type must stay fixed, so tracing raises TypeError"
-                    ),
-                    help="initialise the carry with the structure and dtype the body returns, or cast to the carry's own `.dtype`",
-                    function=info.qualname,
-                    detail=f"{info.qualname}:{what}",
-                )
+            self.report(
+                ctx,
+                node_at,
+                message=(
+                    f"the `lax.{prim}` body `{info.qualname}` returns a carry that differs from its initial value: {what}; "
+                    "the carry's type must stay fixed, so tracing raises TypeError"
+                ),
+                help="initialise the carry with the structure and dtype the body returns, or cast to the carry's own `.dtype`",
+                function=info.qualname,
+                detail=f"{info.qualname}:{what}",
             )
             return
 

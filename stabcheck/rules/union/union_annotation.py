@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import ast
 
-from stabcheck.finding import Span
 from stabcheck.rule import Rule
 from stabcheck.static.context import FileContext
 from stabcheck.static.names import Names
@@ -192,18 +191,16 @@ class UnionAnnotation(Rule):
         if why == _ANY_WHY and _pytree_polymorphic(node, ctx.names):
             return  # `tree: Any -> Any` is the usual spelling of "a pytree in, a pytree out"
         text = ctx.text(node.returns)
-        ctx.add(
-            self.finding(
-                path=ctx.path,
-                span=Span.of(node.returns),
-                message=(
-                    f"`{info.qualname}` is transformed but declares the return type `{text}`, {why}; "
-                    "a compiled function has one output structure, and callers that branch on this one cannot be traced"
-                ),
-                help="return one structure on every call (zeros instead of `None`), or split the function and annotate each precisely",
-                function=info.qualname,
-                detail=f"{info.qualname}->{text}",
-            )
+        self.report(
+            ctx,
+            node.returns,
+            message=(
+                f"`{info.qualname}` is transformed but declares the return type `{text}`, {why}; "
+                "a compiled function has one output structure, and callers that branch on this one cannot be traced"
+            ),
+            help="return one structure on every call (zeros instead of `None`), or split the function and annotate each precisely",
+            function=info.qualname,
+            detail=f"{info.qualname}->{text}",
         )
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import ast
 from collections import Counter
 
-from stabcheck.finding import Span
 from stabcheck.rule import Rule
 from stabcheck.rules.union._kinds import Exit, Kind, exits, kind_text, kinds_for
 from stabcheck.static.analysis import FunctionInfo
@@ -238,19 +237,17 @@ class UnionReturn(Rule):
                 continue  # reached under static conditions only: each value compiles its own program
             reported.add(id(e.node))
             what = "falls off the end and returns `None`" if e.value is None and not isinstance(e.node, ast.Return) else f"returns {kind_text(k)}"
-            ctx.add(
-                self.finding(
-                    path=ctx.path,
-                    span=Span.of(e.node),
-                    message=(
-                        f"`{info.qualname}` {what} here but {kind_text(usual)} elsewhere, chosen by a traced value; "
-                        "the output type depends on the data, so `jit` cannot compile it and consumers break for some inputs"
-                    ),
-                    help="return one kind of value on every path, or choose between values of one type with `lax.cond`/`jnp.where`",
-                    function=info.qualname,
-                    detail=f"{info.qualname}:{kind_text(k)}|{kind_text(usual)}",
-                    evidence={"kinds": sorted(kind_text(x) for x in distinct)},
-                )
+            self.report(
+                ctx,
+                e.node,
+                message=(
+                    f"`{info.qualname}` {what} here but {kind_text(usual)} elsewhere, chosen by a traced value; "
+                    "the output type depends on the data, so `jit` cannot compile it and consumers break for some inputs"
+                ),
+                help="return one kind of value on every path, or choose between values of one type with `lax.cond`/`jnp.where`",
+                function=info.qualname,
+                detail=f"{info.qualname}:{kind_text(k)}|{kind_text(usual)}",
+                evidence={"kinds": sorted(kind_text(x) for x in distinct)},
             )
 
     @staticmethod
