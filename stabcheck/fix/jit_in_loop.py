@@ -230,14 +230,21 @@ def _first_line(stmt: ast.stmt) -> int:
     return min([d.lineno for d in getattr(stmt, "decorator_list", [])] + [stmt.lineno])
 
 
+def _hoistable(inner: ast.Lambda | ast.FunctionDef | ast.AsyncFunctionDef, at: ast.AST, parents: dict[ast.AST, ast.AST]) -> tuple[ast.FunctionDef | ast.AsyncFunctionDef, list[str]] | None:
+    """The function enclosing `at` and the locals `inner` closes over, when `inner` can move to
+    module level with those locals as keyword-only arguments; else None."""
+    chain = _enclosing(at, parents)
+    if not chain or not isinstance(chain[0], (ast.FunctionDef, ast.AsyncFunctionDef)) or inner.args.kwarg is not None:
+        return None
+    free = _free_locals(inner, chain)
+    return None if free is None else (chain[0], free)
+
+
 def _lambda(tree: ast.Module, jit: ast.Call, lam: ast.Lambda, parents: dict[ast.AST, ast.AST], source: str) -> _Plan | None:
-    chain = _enclosing(jit, parents)
-    if not chain or not isinstance(chain[0], (ast.FunctionDef, ast.AsyncFunctionDef)) or lam.args.kwarg is not None:
+    found = _hoistable(lam, jit, parents)
+    if found is None:
         return None
-    outer = chain[0]
-    free = _free_locals(lam, chain)
-    if free is None:
-        return None
+    outer, free = found
     new_lambda = _lambda_with_kwonly(ast.get_source_segment(source, lam) or "", free)
     if new_lambda is None:
         return None
@@ -385,13 +392,10 @@ def _jitted_nested_name(tree: ast.Module, jit: ast.Call, fn_name: ast.Name, pare
 
 
 def _nested_def(tree: ast.Module, fn: ast.FunctionDef | ast.AsyncFunctionDef, parents: dict[ast.AST, ast.AST], source: str) -> _Plan | None:
-    chain = _enclosing(fn, parents)
-    if not chain or not isinstance(chain[0], (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.args.kwarg is not None:
+    found = _hoistable(fn, fn, parents)
+    if found is None:
         return None
-    outer = chain[0]
-    free = _free_locals(fn, chain)
-    if free is None:
-        return None
+    outer, free = found
     calls = _calls_only(outer, fn.name, fn)
     if not calls:
         return None
