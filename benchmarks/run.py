@@ -345,14 +345,14 @@ BREAKDOWN = textwrap.dedent(
         except (UnicodeDecodeError, LookupError, SyntaxError):
             pass
     gc.set_threshold(100_000, 50, 100)  # as api._static does
-    empty, full = engine.Dispatcher(()), engine.Dispatcher(api.enabled_rules(cfg))
-    def ctx_only(s):
-        FileContext("x.py", s, ast.parse(s), cfg)
-    def no_rules(s):
+    full = engine.Dispatcher(api.enabled_rules(cfg))
+    def ctx_only(s):  # the one walk, recording what the rules visit
+        FileContext("x.py", s, ast.parse(s), cfg, full.table)
+    def rules(s):
         tree = ast.parse(s)
-        engine.walk(tree, FileContext("x.py", s, tree, cfg), empty)
+        engine.replay(FileContext("x.py", s, tree, cfg, full.table), full)
     out = {{}}
-    for name, fn in (("parse", ast.parse), ("ctx", ctx_only), ("walk", no_rules), ("full", lambda s: engine.check_source(s, "x.py", cfg, full))):
+    for name, fn in (("parse", ast.parse), ("ctx", ctx_only), ("rules", rules), ("full", lambda s: engine.check_source(s, "x.py", cfg, full))):
         t = time.perf_counter()
         for s in srcs:
             try:
@@ -366,7 +366,7 @@ BREAKDOWN = textwrap.dedent(
 
 
 def _breakdown() -> dict[str, Any]:
-    """In one process, cumulative: parse; + Names and Analysis; + the engine walk; + the rules."""
+    """In one process, cumulative: parse; + Names and Analysis (the one walk); + the rules; + suppressions."""
     script = BENCH / "breakdown.py"
     script.write_text(BREAKDOWN.format(root=str(ROOT), config=str(BENCH / "stabcheck.toml"), corpus=str(CORPUS)))
     dt, rss, rc, so, se = sh([PY, str(script)], timeout=900)
@@ -384,9 +384,9 @@ def _breakdown_table(b: dict[str, Any]) -> str:
     parse = b["parse"] or 1.0
     rows = [
         ("`ast.parse`", b["parse"]),
-        ("`FileContext`: `Names` + `Analysis` (traced-value analysis)", b["ctx"] - b["parse"]),
-        ("the engine's dispatch walk (no rules)", b["walk"] - b["ctx"]),
-        ("the rules' visitors (and their own walks)", b["full"] - b["walk"]),
+        ("`FileContext`: `Names` + `Analysis` (the one walk, recording the rules' nodes; traced-value analysis)", b["ctx"] - b["parse"]),
+        ("the rules: `replay` of the recorded nodes to their handlers", b["rules"] - b["ctx"]),
+        ("suppression comments, findings' snippets", b["full"] - b["rules"]),
         ("**total: the static stage on every file**", b["full"]),
     ]
     return "| part (one process, whole corpus) | s | x floor |\n|---|---:|---:|\n" + "\n".join(f"| {n} | {v:.2f} | {v / parse:.2f}x |" for n, v in rows)
@@ -487,17 +487,16 @@ HOTSPOTS = (
     ("`ast.walk`, all callers", "ast.py", "walk"),
     ("`Names.__init__` (imports, from statements)", "static/names.py", "__init__"),
     ("`names.canonical` (memoised)", "static/names.py", "canonical"),
-    ("`Analysis._collect` (the one full walk: scopes and calls)", "static/analysis.py", "_collect"),
-    ("`Analysis._calls` (a full walk)", "static/analysis.py", "_calls"),
+    ("`Analysis._collect` (the one full walk: scopes, calls, recorded nodes)", "static/analysis.py", "_collect"),
     ("`Analysis._propagate`", "static/analysis.py", "_propagate"),
-    ("engine dispatch walk, own time", "static/engine.py", "walk"),
-    ("engine `_children_fast`", "static/engine.py", "_children_fast"),
+    ("`Analysis.own_nodes` (once per transformed function)", "static/analysis.py", "own_nodes"),
+    ("engine `replay` (handlers included)", "static/engine.py", "replay"),
     ("`python_scalar_arg.visit_Module`", "recompile/python_scalar_arg.py", "visit_Module"),
     ("`_jitted.jitted_functions` (statements only)", "recompile/_jitted.py", "jitted_functions"),
     ("`side_effect_in_transform._declared`", "tracer_leaks/side_effect_in_transform.py", "_declared"),
     ("`rules/ad/_graph.py` graph building", "ad/_graph.py", "__init__"),
     ("`FileContext.text` (lines split once per file)", "static/context.py", "text"),
-    ("`suppress.parse` (tokenize when `noqa` appears anywhere)", "stabcheck/suppress.py", "parse"),
+    ("`suppress.parse` (tokenize up to the last `noqa`)", "stabcheck/suppress.py", "parse"),
 )
 
 

@@ -6,20 +6,44 @@ suite runs through the static stage: every VALID is silent, and every INVALID fi
 rule's code on each line that carries the marker comment `# expect: STBnnn`.
 
 Static rules implement `visit_<AstNodeType>(node, ctx)` methods; the engine walks each file once
-and calls them. Rules found only by later stages (traced, confirmed, runtime) declare those
-stages and have no visitors: the catalogue, docs and codes stay in one place.
+and calls them. A handler that only cares about some of those nodes says so with `@only(...)`
+(inside transformed or staged-out code; calls to given callees) and the engine does not call it on
+the others: most nodes of a large tree concern no rule, and the call is what costs. Rules found
+only by later stages (traced, confirmed, runtime) declare those stages and have no visitors: the
+catalogue, docs and codes stay in one place.
 """
 
 from __future__ import annotations
 
 import re
 import textwrap
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from stabcheck.finding import Finding, Fix, Severity, Span, Stage
 
 if TYPE_CHECKING:
     from stabcheck.static.context import FileContext
+
+Scope = Literal["anywhere", "transformed", "abstract"]
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def only(*, inside: Scope = "anywhere", callees: Iterable[str] | None = None) -> Callable[[_F], _F]:
+    """Declare which nodes a `visit_<Type>` handler wants, so the engine skips the rest.
+
+    `inside="transformed"`: only nodes in a function some transform applies to (`ctx.in_transform`);
+    `inside="abstract"`: only where the transform stages the code out (`ctx.in_abstract`).
+    `callees` (for `visit_Call`): only calls whose callee resolves to one of these qualified names
+    (`ctx.qualname(node.func)`, e.g. `"jax.numpy.where"`). Both together: both must hold."""
+
+    def mark(fn: _F) -> _F:
+        fn.stabcheck_inside = inside  # type: ignore[attr-defined]
+        fn.stabcheck_callees = frozenset(callees) if callees is not None else None  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
 
 EXPECT_RE = re.compile(r"#\s*expect:\s*(STB\d{3})")
 

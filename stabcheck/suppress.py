@@ -30,26 +30,38 @@ class Suppression:
         return cls(v[0], v[1], tuple(v[2]), v[3])
 
 
+_CANDIDATE = re.compile(r"#\s*(?:noqa|stabcheck:)", re.I)
+
+
 def parse(source: str) -> list[Suppression]:
-    """Suppression comments of a file; cheap when the file has none."""
-    if "noqa" not in source and "stabcheck:" not in source:
+    """Suppression comments of a file; cheap when the file has none.
+
+    Only a real comment counts (not `# noqa` inside a string), so the file is tokenized, but only
+    up to the last line where a candidate appears: `# noqa: F401` among the imports costs a few
+    lines, not the whole file."""
+    last = 0
+    for m in _CANDIDATE.finditer(source):
+        last = m.start()
+    if not last and not _CANDIDATE.match(source):
         return []
+    last_line = source.count("\n", 0, last) + 1
     out: list[Suppression] = []
     try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.start[0] > last_line:
+                break
+            if tok.type != tokenize.COMMENT:
+                continue
+            m = NOQA_RE.search(tok.string)
+            if m:
+                codes = tuple(c.upper() for c in re.split(r"[\s,]+", m.group("codes") or "") if c)
+                out.append(Suppression(tok.start[0], tok.start[1] + m.start() + 1, codes, m.group(0)))
+            m = IGNORE_RE.search(tok.string)
+            if m:
+                names = tuple(n.strip() for n in (m.group("names") or "").split(",") if n.strip())
+                out.append(Suppression(tok.start[0], tok.start[1] + m.start() + 1, names, m.group(0)))
     except (tokenize.TokenError, SyntaxError, IndentationError):
-        return out
-    for tok in tokens:
-        if tok.type != tokenize.COMMENT:
-            continue
-        m = NOQA_RE.search(tok.string)
-        if m:
-            codes = tuple(c.upper() for c in re.split(r"[\s,]+", m.group("codes") or "") if c)
-            out.append(Suppression(tok.start[0], tok.start[1] + m.start() + 1, codes, m.group(0)))
-        m = IGNORE_RE.search(tok.string)
-        if m:
-            names = tuple(n.strip() for n in (m.group("names") or "").split(",") if n.strip())
-            out.append(Suppression(tok.start[0], tok.start[1] + m.start() + 1, names, m.group(0)))
+        return []
     return out
 
 

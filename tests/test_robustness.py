@@ -212,14 +212,73 @@ def test_an_analysis_that_runs_too_long_is_stopped(tmp_path: Path, monkeypatch: 
     assert "ran past 0.3 s" in res.findings[0].message
 
 
+_EVERY_SYNTAX = """
+import a.b as c
+from . import d
+global_var: int = 1
+def f(x, /, y=1, *args, z, w=2, **kw) -> int:
+    global global_var
+    async def g(): await h(); [i async for i in j]
+    lambda q, *, r=None: q
+    nonlocal_holder = {**kw, 'k': [*args], 1: {x for x in y}}
+    del nonlocal_holder['k']
+    with open(x) as fh, other(): yield from fh
+    try: raise ValueError from None
+    except (TypeError, KeyError) as e: pass
+    else: x += 1
+    finally: assert x, "msg"
+    match x:
+        case {"k": 1, **rest}: pass
+        case Point(1, y=2) | [1, *others] if others: pass
+        case None | True: pass
+        case str() as s: print(f"{s!r:>{y}}")
+    while x: x = -x if not x else x @ y < z <= w
+    for i, (j, *k) in enumerate(y): break
+    return (yield)
+@dec(1)
+class C(B, metaclass=M):
+    a: "int"
+    def m(self): nonlocal_name = self.x[1:2, ::3]
+"""
+
+
 def test_the_walk_matches_ast_iter_child_nodes() -> None:
     import ast
 
-    src = (Path(__file__).resolve().parents[1] / "stabcheck" / "static" / "analysis.py").read_text()
-    for node in ast.walk(ast.parse(src)):
-        assert engine.children(node, with_ctx=True) == list(ast.iter_child_nodes(node))
-        expected = [c for c in ast.iter_child_nodes(node) if not isinstance(c, (ast.Load, ast.Store, ast.Del))]
-        assert engine.children(node) == expected
+    from stabcheck.static import walk
+
+    skipped = (ast.expr_context, ast.operator, ast.cmpop, ast.unaryop, ast.boolop)
+    for src in (_EVERY_SYNTAX, (Path(__file__).resolve().parents[1] / "stabcheck" / "static" / "analysis.py").read_text()):
+        tree = ast.parse(src)
+        for node in ast.walk(tree):
+            assert walk.children(node) == [c for c in ast.iter_child_nodes(node) if not isinstance(c, skipped)]
+        assert walk.walk(tree) == [n for n in _preorder(tree) if not isinstance(n, skipped)]
+
+
+def _preorder(node):  # type: ignore[no-untyped-def]
+    import ast
+
+    yield node
+    for c in ast.iter_child_nodes(node):
+        yield from _preorder(c)
+
+
+def test_the_recorded_visits_are_every_node_of_the_wanted_types_in_source_order() -> None:
+    import ast
+
+    from stabcheck.static.analysis import Analysis
+    from stabcheck.static.names import Names
+
+    tree = ast.parse(_EVERY_SYNTAX)
+    wanted = {ast.Module, ast.Call, ast.FunctionDef, ast.Name, ast.comprehension, ast.match_case}
+    an = Analysis(tree, Names(tree), record=wanted)
+    assert [e[0] for e in an.events] == [n for n in _preorder(tree) if type(n) in wanted]
+    where = {id(e[0]): e for e in an.events}
+    h = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "h")
+    _, function, loops, parent = where[id(h)]
+    assert function is not None and function.qualname == "f.g" and loops == () and isinstance(parent, ast.Await)
+    in_loop = [e for e in an.events if isinstance(e[0], ast.Call) and getattr(e[0].func, "id", "") == "enumerate"]
+    assert [type(lp).__name__ for lp in in_loop[0][2]] == ["For"]  # the iterable is inside the loop, as before
 
 
 def test_cli_reports_bad_files_and_exits_1(tmp_path: Path) -> None:

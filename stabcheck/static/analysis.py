@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from stabcheck.static.names import Names, Transform
+from stabcheck.static.walk import REVERSED_CHILDREN, compile_children
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
+_FUNCTION_TYPES = frozenset({ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda})
+_SCOPE_TYPES = frozenset({ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef})
+_LOOP_TYPES = frozenset({ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp})
 
 STATIC_ATTRS = frozenset({"shape", "ndim", "dtype", "size", "weak_type", "sharding", "aval", "itemsize", "nbytes", "__class__", "__name__"})
 ARRAY_ATTRS = frozenset({"T", "mT", "real", "imag", "at"})
@@ -89,6 +93,7 @@ class FunctionInfo:
     traced: set[str] = field(default_factory=set)
     assigned: set[str] = field(default_factory=set)
     containers: set[str] = field(default_factory=set)  # names only ever bound to list/tuple/dict displays
+    own: list[ast.AST] | None = None  # `Analysis.own_nodes`, once asked for
 
     @property
     def name(self) -> str:
@@ -97,6 +102,11 @@ class FunctionInfo:
     @property
     def is_method(self) -> bool:
         return self.cls is not None and self.parent is None and bool(self.params) and self.params[0] in ("self", "cls")
+
+
+# a node the dispatcher visits: (node, the function it is in, the loops around it in that
+# function, outermost first, its parent)
+Event = tuple[ast.AST, FunctionInfo | None, tuple[ast.AST, ...], ast.AST | None]
 
 
 class TypeOracle(Protocol):
@@ -112,7 +122,7 @@ class TypeOracle(Protocol):
 class Analysis:
     """Scopes, transform applications and traced names of one module."""
 
-    def __init__(self, tree: ast.Module, names: Names, types: TypeOracle | None = None) -> None:
+    def __init__(self, tree: ast.Module, names: Names, types: TypeOracle | None = None, record: Container[type] = ()) -> None:
         self.tree = tree
         self.names = names
         self.types = types
@@ -121,7 +131,10 @@ class Analysis:
         self.classes: dict[str, dict[str, FunctionInfo]] = {}
         self.class_nodes: dict[str, ast.ClassDef] = {}
         self.calls: list[tuple[FunctionInfo | None, ast.Call]] = []
-        self._collect(tree.body, None, None, "")
+        # the nodes of the `record`ed types in source order, each with where it stands: the
+        # engine's dispatcher replays these instead of walking the tree a second time
+        self.events: list[Event] = []
+        self._collect(tree, record)
         self._find_applications()
         if types is not None:
             self._apply_seeds(types)
@@ -130,39 +143,61 @@ class Analysis:
         self._memo = {}  # traced sets are final now: an expression's verdict no longer changes
 
     # -- scopes ------------------------------------------------------------------------
-    def _collect(self, body: list[ast.stmt], parent: FunctionInfo | None, cls: ast.ClassDef | None, prefix: str) -> None:
-        """One walk of the module: functions, classes and methods in their scopes, and every call
-        with the function it is made in (`self.calls`)."""
-        calls = self.calls
-        stack: list[tuple[ast.AST, FunctionInfo | None, ast.ClassDef | None, str]] = [(s, parent, cls, prefix) for s in reversed(body)]
+    def _collect(self, tree: ast.Module, record: Container[type]) -> None:
+        """The one walk of the module: functions, classes and methods in their scopes, every call
+        with the function it is made in (`self.calls`), and the `record`ed nodes (`self.events`)
+        with their function, enclosing loops and parent."""
+        calls, events, functions = self.calls, self.events, self.functions
+        children = REVERSED_CHILDREN
+        call_t, lambda_t, class_t = ast.Call, ast.Lambda, ast.ClassDef
+        function_types, loop_types = _FUNCTION_TYPES, _LOOP_TYPES
+        if ast.Module in record:
+            events.append((tree, None, (), None))
+        # (node, enclosing function, class whose body this is, qualname prefix, loops, parent)
+        stack: list[tuple[ast.AST, FunctionInfo | None, ast.ClassDef | None, str, tuple[ast.AST, ...], ast.AST]] = [(s, None, None, "", (), tree) for s in reversed(tree.body)]
+        pop, push = stack.pop, stack.append
         while stack:
-            node, par, c, pre = stack.pop()
-            t = type(node)
-            if t is ast.FunctionDef or t is ast.AsyncFunctionDef or t is ast.Lambda:
+            node, par, c, pre, loops, up = pop()
+            t = node.__class__
+            if t in record:
+                events.append((node, par, loops, up))
+            try:
+                get = children[t]
+            except KeyError:
+                get = children[t] = compile_children(t)
+            if get is None:
+                continue
+            if t is call_t:
+                calls.append((par, node))  # type: ignore[arg-type]
+            elif t in function_types:
                 name = getattr(node, "name", "<lambda>")
                 info = FunctionInfo(node, f"{pre}{name}", par, c, _param_names(node.args))  # type: ignore[arg-type, attr-defined]
-                self.functions[node] = info
-                if t is ast.Lambda:
-                    pass
-                elif par is not None:
-                    par.defs.setdefault(name, info)
-                elif c is not None:
-                    self.classes.setdefault(c.name, {})[name] = info
+                functions[node] = info
+                if t is lambda_t:
+                    inner_pre = pre
                 else:
-                    self.module_defs.setdefault(name, info)
-                inner_pre = f"{info.qualname}." if t is not ast.Lambda else pre
-                for ch in reversed(_children(node)):
-                    stack.append((ch, info, None, inner_pre))
-            elif t is ast.ClassDef:
+                    inner_pre = f"{info.qualname}."
+                    if par is not None:
+                        par.defs.setdefault(name, info)
+                    elif c is not None:
+                        self.classes.setdefault(c.name, {})[name] = info
+                    else:
+                        self.module_defs.setdefault(name, info)
+                for ch in get(node):
+                    push((ch, info, None, inner_pre, (), node))
+                continue
+            elif t is class_t:
                 if par is None:
                     self.class_nodes.setdefault(node.name, node)  # type: ignore[attr-defined]
-                for ch in reversed(_children(node)):
-                    stack.append((ch, par, node if par is None else None, f"{pre}{node.name}."))  # type: ignore[attr-defined]
-            else:
-                if t is ast.Call:
-                    calls.append((par, node))  # type: ignore[arg-type]
-                for ch in reversed(_children(node)):
-                    stack.append((ch, par, c, pre))
+                inner = f"{pre}{node.name}."  # type: ignore[attr-defined]
+                own = node if par is None else None
+                for ch in get(node):
+                    push((ch, par, own, inner, loops, node))  # type: ignore[arg-type]
+                continue
+            if t in loop_types:
+                loops = (*loops, node)
+            for ch in get(node):
+                push((ch, par, c, pre, loops, node))
 
     def resolve(self, expr: ast.AST, scope: FunctionInfo | None) -> FunctionInfo | None:
         """The function a callee expression names: a def in scope, `self.method`, a lambda."""
@@ -303,7 +338,7 @@ class Analysis:
             seen_rounds += 1
             info = work.pop()
             info.traced = self._traced_names(info)
-            for node in self._own_nodes(info.node):
+            for node in self.own_nodes(info):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and node is not info.node:
                     child = self.functions.get(node)
                     if child is not None:  # nested defs see the parent's tracers
@@ -323,25 +358,41 @@ class Analysis:
         out = traced_parameters(call, params, lambda e: self.is_traced(e, scope), keywords=callee.params)
         return out - callee.static_params
 
-    def _own_nodes(self, fn: FunctionNode) -> Iterator[ast.AST]:
-        """Nodes of a function body, not descending into nested functions or classes."""
+    @staticmethod
+    def own_nodes(info: FunctionInfo) -> list[ast.AST]:
+        """The nodes of a function's body in source order, not descending into nested functions
+        or classes (their decorators are included); computed once per function."""
+        if info.own is not None:
+            return info.own
+        fn = info.node
         body = fn.body if isinstance(fn.body, list) else [fn.body]
+        out: list[ast.AST] = []
         stack: list[ast.AST] = list(reversed(body))
+        pop, push, extend = stack.pop, out.append, stack.extend
+        scopes, table = _SCOPE_TYPES, REVERSED_CHILDREN
         while stack:
-            node = stack.pop()
-            yield node
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    stack.extend(reversed(node.decorator_list))
+            node = pop()
+            push(node)
+            t = node.__class__
+            if t in scopes:
+                if t is not ast.Lambda and t is not ast.ClassDef:
+                    extend(reversed(node.decorator_list))  # type: ignore[attr-defined]
                 continue
-            stack.extend(reversed(list(ast.iter_child_nodes(node))))
+            try:
+                get = table[t]
+            except KeyError:
+                get = table[t] = compile_children(t)
+            if get is not None:
+                extend(get(node))
+        info.own = out
+        return out
 
     def _traced_names(self, info: FunctionInfo) -> set[str]:
         inherited = set(info.parent.traced) - set(info.params) if info.parent is not None else set()
         traced = set(info.traced_params) | inherited
         assigns: list[tuple[list[ast.AST], ast.AST]] = []
         comps: list[tuple[list[ast.AST], ast.AST]] = []
-        for node in self._own_nodes(info.node):
+        for node in self.own_nodes(info):
             if isinstance(node, ast.Assign):
                 assigns.append((node.targets, node.value))
             elif isinstance(node, (ast.AugAssign, ast.AnnAssign)) and node.value is not None:
@@ -517,21 +568,6 @@ def traced_parameters(call: ast.Call, params: list[str], traced: Callable[[ast.A
     for k in call.keywords:
         if k.arg and k.arg in names and traced(k.value):
             out.add(k.arg)
-    return out
-
-
-_CONTEXT_TYPES = (ast.Load, ast.Store, ast.Del)
-
-
-def _children(node: ast.AST) -> list[ast.AST]:
-    """`list(ast.iter_child_nodes(node))` without generators and without Load/Store/Del markers."""
-    out: list[ast.AST] = []
-    for name in node._fields:
-        v = getattr(node, name, None)
-        if isinstance(v, list):
-            out.extend(x for x in v if isinstance(x, ast.AST) and not isinstance(x, _CONTEXT_TYPES))
-        elif isinstance(v, ast.AST) and not isinstance(v, _CONTEXT_TYPES):
-            out.append(v)
     return out
 
 

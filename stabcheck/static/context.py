@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from stabcheck.finding import Finding
 from stabcheck.static.analysis import Analysis, FunctionInfo, TypeOracle
 from stabcheck.static.names import Names
 from stabcheck.static.typed import current as typed_current
+from stabcheck.static.walk import children, walk
 
 if TYPE_CHECKING:
     from stabcheck.config import Config
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
 class FileContext:
     """The parsed file, its names and traced-value analysis, and the walk's position."""
 
-    def __init__(self, path: str, source: str, tree: ast.Module, config: Config) -> None:
+    def __init__(self, path: str, source: str, tree: ast.Module, config: Config, record: Container[type] = ()) -> None:
         self.path = path
         self.source = source
         self.lines = source.splitlines()
@@ -25,13 +27,15 @@ class FileContext:
         self.config = config
         self.names = Names(tree)
         self.types: TypeOracle | None = typed_current()  # mypy's view when the typed tier is on
-        self.analysis = Analysis(tree, self.names, self.types)
+        self.analysis = Analysis(tree, self.names, self.types, record)
         self.findings: list[Finding] = []
         self._ast_lines: list[bytes] | None = None
-        # maintained by the engine while walking
-        self.ancestors: list[ast.AST] = []
+        # set by the engine before each visit
+        self.node: ast.AST = tree
+        self.parent: ast.AST | None = None
         self.function: FunctionInfo | None = None
-        self.loops: list[ast.AST] = []  # loops enclosing the node within the current function
+        self.loops: tuple[ast.AST, ...] = ()  # loops enclosing the node within the current function, outermost first
+        self._parents: dict[ast.AST, ast.AST] | None = None
 
     # -- queries rules use ------------------------------------------------------------
     def qualname(self, expr: ast.AST) -> str | None:
@@ -57,8 +61,19 @@ class FileContext:
         return self.analysis.is_traced_array(expr, self.function)
 
     @property
-    def parent(self) -> ast.AST | None:
-        return self.ancestors[-1] if self.ancestors else None
+    def ancestors(self) -> list[ast.AST]:
+        """The nodes enclosing the visited one, outermost (the module) first. Built on demand
+        from a parent table made once per file: few visits ever need more than `parent`."""
+        table = self._parents
+        if table is None:
+            table = self._parents = {ch: n for n in walk(self.tree) for ch in children(n)}
+        out: list[ast.AST] = []
+        up = table.get(self.node)
+        while up is not None:
+            out.append(up)
+            up = table.get(up)
+        out.reverse()
+        return out
 
     def text(self, node: ast.AST) -> str:
         """The source text of a node, as `ast.get_source_segment` gives it, but with the file's

@@ -3,8 +3,10 @@
 Nothing a file contains can stop the run: undecodable bytes, syntax errors, NUL bytes and
 pathological nesting become STB901; a crash of the analysis or of one rule becomes STB902 for that
 file (the other rules still run); a file whose analysis runs past `FILE_TIME_LIMIT` seconds is
-reported and skipped. The walk reads each node's fields directly (no `ast.iter_child_nodes`
-generators) and does not descend into `Load`/`Store`/`Del` markers unless a rule asks for them.
+reported and skipped. There is one walk per file: `Analysis` records, as it collects scopes and
+calls, every node of a type some rule visits (with its function, loops and parent), and `replay`
+calls the handlers on that record instead of walking the tree again (`static.walk` says which
+fields are read).
 """
 
 from __future__ import annotations
@@ -27,10 +29,8 @@ from stabcheck.finding import Finding, Span
 from stabcheck.rule import Rule
 from stabcheck.static.context import FileContext
 
-_LOOPS = (ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
-_FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 _COOKIE = re.compile(rb"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")
-_CTX_TYPES = (ast.Load, ast.Store, ast.Del)
+_UNVISITED = (ast.expr_context, ast.operator, ast.cmpop, ast.unaryop, ast.boolop)  # see static.walk
 
 ANALYSIS_RECURSION_LIMIT = 12_000
 FILE_TIME_LIMIT = 60.0  # seconds of static analysis per file before it is skipped (main thread only)
@@ -44,25 +44,57 @@ class FileResult:
     suppressions: list[suppress.Suppression]
 
 
+_LEVELS = {"anywhere": 0, "transformed": 1, "abstract": 2}
+
+
+@dataclass(slots=True)
+class _Entry:
+    """The handlers of one node type: `by_level[0]` run anywhere, `[1]` in transformed code,
+    `[2]` in staged-out code (each list includes the ones before it); `callees` maps a call's
+    callee to the handlers that asked for it, each with its own level."""
+
+    by_level: tuple[list[Handler], list[Handler], list[Handler]]
+    callees: dict[str, list[tuple[Handler, int]]] | None
+
+
 class Dispatcher:
-    """Maps an ast node type to the bound `visit_<Type>` methods of the enabled rules."""
+    """Maps an ast node type to the bound `visit_<Type>` methods of the enabled rules, sorted by
+    what each declared with `rule.only` (where it looks, which callees)."""
 
     def __init__(self, rules: Iterable[type[Rule]]) -> None:
-        table: dict[type, list[Handler]] = {}
+        self.handlers: list[tuple[type, Handler, int, frozenset[str] | None]] = []
         self.owner: dict[Handler, type[Rule]] = {}
         for cls in rules:
             if not cls.has_visitors():
                 continue
             inst = cls()
             for attr in dir(cls):
-                if attr.startswith("visit_"):
-                    node_type = getattr(ast, attr[6:], None)
-                    if isinstance(node_type, type):
-                        h = getattr(inst, attr)
-                        table.setdefault(node_type, []).append(h)
-                        self.owner[h] = cls
-        self.table: dict[type, list[Handler]] = table
-        self.wants_ctx = any(t in table for t in _CTX_TYPES)
+                if not attr.startswith("visit_"):
+                    continue
+                node_type = getattr(ast, attr[6:], None)
+                if not isinstance(node_type, type):
+                    continue
+                if issubclass(node_type, _UNVISITED):
+                    raise ValueError(f"{cls.__name__}.{attr}: context markers and operators are not walked (read `node.ctx` / `node.op`)")
+                h = getattr(inst, attr)
+                callees = getattr(h, "stabcheck_callees", None)
+                if callees is not None and node_type is not ast.Call:
+                    raise ValueError(f"{cls.__name__}.{attr}: `only(callees=...)` applies to visit_Call only")
+                self.handlers.append((node_type, h, _LEVELS[getattr(h, "stabcheck_inside", "anywhere")], callees))
+                self.owner[h] = cls
+        self.table: dict[type, _Entry] = {}
+        for node_type, h, level, callees in self.handlers:
+            entry = self.table.get(node_type)
+            if entry is None:
+                entry = self.table[node_type] = _Entry(([], [], []), None)
+            if callees is None:
+                for lv in range(level, 3):
+                    entry.by_level[lv].append(h)
+            else:
+                if entry.callees is None:
+                    entry.callees = {}
+                for q in callees:
+                    entry.callees.setdefault(q, []).append((h, level))
 
 
 class _TimeUp(BaseException):
@@ -139,8 +171,8 @@ def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatche
             # long generated `a + b + ...` chains nest as deep as they are long; the analysis
             # recurses on expressions, so give it room (Python frames, not C stack, in 3.11+)
             sys.setrecursionlimit(max(limit, ANALYSIS_RECURSION_LIMIT))
-            ctx = FileContext(path, source, tree, config)
-            walk(tree, ctx, dispatcher)
+            ctx = FileContext(path, source, tree, config, dispatcher.table)
+            replay(ctx, dispatcher)
         except RecursionError:
             return [*(ctx.findings if ctx else ()), AnalysisError.finding(path=path, span=Span(1, 1), message=f"`{path}` is nested too deeply to analyse; it was skipped, so hazards in it stay hidden", help="split the deeply nested expression")]
         except _TimeUp:
@@ -194,99 +226,48 @@ def _raise_time_up(signum: int, frame: object) -> None:
     raise _TimeUp()
 
 
-# -- the walk ----------------------------------------------------------------------------------
-_FIELDS: dict[type, tuple[str, ...]] = {}
-_AST = ast.AST
-
-
-def children(node: ast.AST, with_ctx: bool = False) -> list[ast.AST]:
-    """`list(ast.iter_child_nodes(node))` in the same order, without generators; `Load`/`Store`/
-    `Del` markers are left out unless `with_ctx`."""
-    if not with_ctx:
-        return _children_fast(node)
-    out: list[ast.AST] = []
-    for name in node._fields:
-        v = getattr(node, name, None)
-        if v.__class__ is list:
-            out.extend(x for x in v if isinstance(x, _AST))
-        elif isinstance(v, _AST):
-            out.append(v)
-    return out
-
-
-def walk(tree: ast.Module, ctx: FileContext, dispatcher: Dispatcher) -> None:
-    """One depth-first walk; keeps ctx.ancestors / ctx.function / ctx.loops current.
+# -- the visits ------------------------------------------------------------------------------
+def replay(ctx: FileContext, dispatcher: Dispatcher) -> None:
+    """Call the rules' handlers on the nodes `Analysis` recorded in its walk, in source order,
+    with `ctx.node`, `ctx.parent`, `ctx.function` and `ctx.loops` set for each; a handler declared
+    with `rule.only` is called only where it asked to be.
 
     A rule whose handler raises is reported once (STB902) and not called again on this file.
     """
-    table = dispatcher.table
-    with_ctx = dispatcher.wants_ctx
-    functions = ctx.analysis.functions
-    exit_marker = _EXIT
-    stack: list[object] = [tree]
-    saved: list[tuple[object, object]] = []
-    ancestors = ctx.ancestors
     broken: set[type[Rule]] = set()
-    get_handlers = table.get
-    pop, push, extend = stack.pop, stack.append, stack.extend
-    while stack:
-        node = pop()
-        if node is exit_marker:
-            ancestors.pop()
-            ctx.function, ctx.loops = saved.pop()  # type: ignore[assignment]
+    get_entry = dispatcher.table.get
+    qualname = ctx.names.qualname
+    for node, function, loops, parent in ctx.analysis.events:
+        entry = get_entry(node.__class__)
+        if entry is None:
             continue
-        handlers = get_handlers(node.__class__)
-        if handlers:
-            for h in handlers:
-                try:
-                    h(node, ctx)  # type: ignore[arg-type]
-                except (RecursionError, _TimeUp):
-                    raise
-                except Exception as e:
-                    table = _rule_crashed(ctx, dispatcher, h, node, e, broken, table)  # type: ignore[arg-type]
-                    get_handlers = table.get
-        kids = children(node, True) if with_ctx else _children_fast(node)  # type: ignore[arg-type]
-        if not kids:
+        level = 0 if function is None or not function.transformed else 2 if function.abstract else 1
+        handlers = entry.by_level[level]
+        if entry.callees is not None:
+            wanted = entry.callees.get(qualname(node.func))  # type: ignore[attr-defined]
+            if wanted:
+                handlers = [*handlers, *(h for h, lv in wanted if lv <= level)]
+        if not handlers:
             continue
-        saved.append((ctx.function, ctx.loops))
-        if isinstance(node, _FUNCS):
-            ctx.function = functions.get(node, ctx.function)
-            ctx.loops = []
-        elif isinstance(node, _LOOPS):
-            ctx.loops = [*ctx.loops, node]
-        ancestors.append(node)  # type: ignore[arg-type]
-        push(exit_marker)
-        kids.reverse()
-        extend(kids)
+        ctx.node, ctx.parent, ctx.function, ctx.loops = node, parent, function, loops
+        for h in handlers:
+            if broken and dispatcher.owner[h] in broken:
+                continue
+            try:
+                h(node, ctx)  # type: ignore[arg-type]
+            except (RecursionError, _TimeUp):
+                raise
+            except Exception as e:
+                _rule_crashed(ctx, dispatcher, h, node, e, broken)
 
 
-_EXIT = object()
-
-
-def _children_fast(node: ast.AST) -> list[ast.AST]:
-    cls = node.__class__
-    names = _FIELDS.get(cls)
-    if names is None:
-        names = _FIELDS[cls] = tuple(f for f in cls._fields if f != "ctx")
-    out: list[ast.AST] = []
-    for name in names:
-        v = getattr(node, name, None)
-        if v.__class__ is list:
-            for x in v:
-                if isinstance(x, _AST):
-                    out.append(x)
-        elif isinstance(v, _AST):
-            out.append(v)
-    return out
-
-
-def _rule_crashed(ctx: FileContext, dispatcher: Dispatcher, handler: Handler, node: ast.AST, error: Exception, broken: set[type[Rule]], table: dict[type, list[Handler]]) -> dict[type, list[Handler]]:
-    """Report a rule's crash once per file; returns a copy of `table` without that rule."""
+def _rule_crashed(ctx: FileContext, dispatcher: Dispatcher, handler: Handler, node: ast.AST, error: Exception, broken: set[type[Rule]]) -> None:
+    """Report a rule's crash once per file; the rule is then skipped for the rest of the file."""
     from stabcheck.rules.meta.analysis_error import AnalysisError
 
     rule = dispatcher.owner.get(handler)
     if rule is None or rule in broken:
-        return table
+        return
     broken.add(rule)
     line = getattr(node, "lineno", 1) or 1
     ctx.add(
@@ -298,5 +279,3 @@ def _rule_crashed(ctx: FileContext, dispatcher: Dispatcher, handler: Handler, no
             detail=f"{rule.code}:{type(error).__name__}",
         )
     )
-    # the walk goes on without this rule (the dispatcher's own table is shared by every file)
-    return {t: [h for h in hs if dispatcher.owner.get(h) is not rule] for t, hs in table.items()}

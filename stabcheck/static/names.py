@@ -126,13 +126,15 @@ def statements(body: list[ast.stmt]) -> list[ast.AST]:
 class Names:
     """The import aliases of one module (imports anywhere in the file count)."""
 
-    __slots__ = ("aliases", "defined", "_qualnames")
+    __slots__ = ("aliases", "defined", "statements", "_qualnames", "_transform_calls")
 
     def __init__(self, tree: ast.Module) -> None:
         self.aliases: dict[str, str] = {}
         self.defined: set[str] = set()
         self._qualnames: dict[int, str | None] = {}
-        for node in statements(tree.body):
+        self._transform_calls: dict[int, tuple[Transform, list[ast.AST]] | None] = {}
+        self.statements = statements(tree.body)  # every statement, nested bodies included
+        for node in self.statements:
             if isinstance(node, ast.Import):
                 for a in node.names:
                     if a.asname:
@@ -210,7 +212,17 @@ class Names:
         return make_transform(q, keywords, expr)
 
     def transform_call(self, call: ast.Call) -> tuple[Transform, list[ast.AST]] | None:
-        """For `jax.jit(f, ...)`, `lax.scan(body, ...)`: the transform and the function args."""
+        """For `jax.jit(f, ...)`, `lax.scan(body, ...)`: the transform and the function args.
+
+        Memoised per call: the analysis asks about every call, and three rules ask again."""
+        key = id(call)
+        memo = self._transform_calls
+        if key in memo:
+            return memo[key]
+        found = memo[key] = self._transform_call(call)
+        return found
+
+    def _transform_call(self, call: ast.Call) -> tuple[Transform, list[ast.AST]] | None:
         q = self.qualname(call.func)
         if q is None:
             # `partial(jax.jit, static_argnums=1)(f)`

@@ -333,7 +333,7 @@ def _seed(files: dict[str, FileTypes], by_module: dict[str, str]) -> dict[str, F
             for info in list(an.functions.values()):
                 if not info.transformed:
                     continue
-                for node in an._own_nodes(info.node):
+                for node in an.own_nodes(info):
                     if not isinstance(node, ast.Call):
                         continue
                     full = ft.target(node.func)

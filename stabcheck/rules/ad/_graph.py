@@ -115,7 +115,7 @@ class ADGraph:
                 kw = self._custom_decorator(dec)
                 if isinstance(kw, _KW):
                     self.custom[node.name] = CustomVJP(node.name, info, node, *kw.nondiff())
-        for stmt in statements(a.tree.body):
+        for stmt in a.names.statements:
             # `f = jax.custom_vjp(g)` / `f = partial(jax.custom_vjp, nondiff_argnums=(1,))(g)`
             if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
                 continue

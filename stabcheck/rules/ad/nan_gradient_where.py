@@ -3,7 +3,7 @@ from __future__ import annotations
 import ast
 import re
 
-from stabcheck.rule import Rule
+from stabcheck.rule import Rule, only
 from stabcheck.static.context import FileContext
 
 _EPS = re.compile(r"(^|[._])(eps|epsilon|tiny)")
@@ -136,8 +136,9 @@ class NanGradientWhere(Rule):
         """,
     )
 
+    @only(callees=_SELECTS)
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
-        if ctx.qualname(node.func) not in _SELECTS or len(node.args) != 3:
+        if len(node.args) != 3:
             return
         cond, *branches = node.args
         cond_names = _tested_names(cond, ctx) - set(ctx.names.aliases)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import ast
 
-from stabcheck.rule import Rule
+from stabcheck.rule import Rule, only
 from stabcheck.rules.dtype._dtypes import WIDE, dtype_arg, float_dtype, is_mask, numpy_float64
 from stabcheck.static.context import FileContext
 
@@ -146,9 +146,8 @@ class Float64Leak(Rule):
         """,
     )
 
+    @only(inside="transformed")
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
-        if not ctx.in_transform:
-            return
         func = node.func
         if isinstance(func, ast.Attribute) and func.attr == "astype" and node.args:
             dt = float_dtype(node.args[0], ctx)
@@ -174,8 +173,9 @@ class Float64Leak(Rule):
             if const is not None and data is not None:
                 self._combined(ctx, node, const, data)
 
+    @only(inside="transformed")
     def visit_BinOp(self, node: ast.BinOp, ctx: FileContext) -> None:
-        if not ctx.in_transform or isinstance(node.op, (ast.BitAnd, ast.BitOr, ast.BitXor, ast.LShift, ast.RShift)):
+        if isinstance(node.op, (ast.BitAnd, ast.BitOr, ast.BitXor, ast.LShift, ast.RShift)):
             return
         for const, data in ((node.left, node.right), (node.right, node.left)):
             if ctx.is_traced(data) and not ctx.is_traced(const) and numpy_float64(const, ctx):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import ast
 
-from stabcheck.rule import Rule
+from stabcheck.rule import Rule, only
 from stabcheck.rules.dtype._dtypes import WIDE, dtype_arg, dtypes_mentioned, float_dtype, is_mask
 from stabcheck.static.context import FileContext
 
@@ -114,8 +114,9 @@ class MaskPromotion(Rule):
         """,
     )
 
+    @only(inside="transformed")
     def visit_BinOp(self, node: ast.BinOp, ctx: FileContext) -> None:
-        if not isinstance(node.op, _ARITH) or not ctx.in_transform:
+        if not isinstance(node.op, _ARITH):
             return
         for cast, data in ((node.left, node.right), (node.right, node.left)):
             if not (isinstance(cast, ast.Call) and isinstance(cast.func, ast.Attribute) and cast.func.attr == "astype" and cast.args):
@@ -145,8 +146,9 @@ class MaskPromotion(Rule):
             )
             return
 
+    @only(callees=("jax.numpy.where",))
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
-        if ctx.qualname(node.func) != "jax.numpy.where" or len(node.args) != 3:
+        if len(node.args) != 3:
             return
         a, b = node.args[1], node.args[2]
         da, db = self._explicit(a, ctx), self._explicit(b, ctx)

@@ -69,7 +69,7 @@ def jitted_functions(analysis: Analysis) -> dict[str, Jitted]:
             t = names.transform(dec)
             if t is not None and t.qualname in PLAIN_JIT:
                 out[node.name] = _make(node.name, t, node)
-    for stmt in statements(analysis.tree.body):
+    for stmt in analysis.names.statements:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name) and isinstance(stmt.value, ast.Call):
             j = inline_jit(stmt.value, names, analysis, stmt.targets[0].id)
             if j is not None:

@@ -58,26 +58,25 @@ def _param_owner(name: str, scope: FunctionInfo) -> FunctionInfo | None:
 
 
 def local_values(ctx: FileContext, name: str) -> list[ast.expr]:
-    """Values bound to `name` by plain assignment in the enclosing functions, else at module level."""
+    """Values bound to `name` by plain assignment in the enclosing functions (not in functions
+    nested in them), else at module level."""
     s = ctx.function
     while s is not None:
         if name in s.params:
             return []
         if name in s.assigned:
-            body = s.node.body if isinstance(s.node.body, list) else [s.node.body]
-            return [v for st in body for v in _assigned(st, name)]
+            return _assigned(ctx.analysis.own_nodes(s), name)
         s = s.parent
-    return [v for st in ctx.tree.body for v in _assigned(st, name, deep=False)]
+    return _assigned(ctx.tree.body, name)
 
 
-def _assigned(stmt: ast.AST, name: str, deep: bool = True) -> list[ast.expr]:
+def _assigned(nodes: list[ast.AST] | list[ast.stmt], name: str) -> list[ast.expr]:
     out: list[ast.expr] = []
-    nodes = ast.walk(stmt) if deep else [stmt]
     for n in nodes:
-        if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in n.targets):
-            out.append(n.value)
-        elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.target.id == name and n.value is not None:
-            out.append(n.value)
+        if n.__class__ is ast.Assign and any(isinstance(t, ast.Name) and t.id == name for t in n.targets):  # type: ignore[attr-defined]
+            out.append(n.value)  # type: ignore[attr-defined]
+        elif n.__class__ is ast.AnnAssign and isinstance(n.target, ast.Name) and n.target.id == name and n.value is not None:  # type: ignore[attr-defined]
+            out.append(n.value)  # type: ignore[attr-defined]
     return out
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import ast
 
-from stabcheck.rule import Rule
+from stabcheck.rule import Rule, only
 from stabcheck.static.context import FileContext
 
 _BOOL_OWNERS = (ast.If, ast.While, ast.Assert, ast.IfExp)
@@ -134,33 +134,41 @@ class BranchOnTracer(Rule):
         """,
     )
 
+    @only(inside="abstract")
     def visit_If(self, node: ast.If, ctx: FileContext) -> None:
         self._test(node.test, ctx, "`if`")
 
+    @only(inside="abstract")
     def visit_While(self, node: ast.While, ctx: FileContext) -> None:
         self._test(node.test, ctx, "`while`")
 
+    @only(inside="abstract")
     def visit_Assert(self, node: ast.Assert, ctx: FileContext) -> None:
         self._test(node.test, ctx, "`assert`")
 
+    @only(inside="abstract")
     def visit_IfExp(self, node: ast.IfExp, ctx: FileContext) -> None:
         self._test(node.test, ctx, "a conditional expression")
 
+    @only(inside="abstract")
     def visit_comprehension(self, node: ast.comprehension, ctx: FileContext) -> None:
         for cond in node.ifs:
             self._test(cond, ctx, "a comprehension filter")
 
+    @only(inside="abstract")
     def visit_BoolOp(self, node: ast.BoolOp, ctx: FileContext) -> None:
         if not self._owned(node, ctx):
             for v in node.values[:-1]:  # `a or b` calls bool(a), not bool(b)
                 self._test(v, ctx, "`and`/`or`")
 
+    @only(inside="abstract")
     def visit_UnaryOp(self, node: ast.UnaryOp, ctx: FileContext) -> None:
         if isinstance(node.op, ast.Not) and not self._owned(node, ctx):
             self._test(node.operand, ctx, "`not`")
 
+    @only(inside="abstract", callees=("builtins.bool",))
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
-        if len(node.args) == 1 and ctx.qualname(node.func) == "builtins.bool":
+        if len(node.args) == 1:
             self._test(node.args[0], ctx, "`bool()`")
 
     @staticmethod

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import ast
 
-from stabcheck.rule import Rule
+from stabcheck.rule import Rule, only
 from stabcheck.rules.tracer_leaks._values import python_sequence, traced_value
 from stabcheck.static.context import FileContext
 
@@ -181,9 +181,8 @@ class ConcretizeTracer(Rule):
         """,
     )
 
+    @only(inside="abstract")
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
-        if not ctx.in_abstract:
-            return
         q = ctx.qualname(node.func)
         if q in _CASTS and len(node.args) == 1 and not node.keywords:
             self._flag(ctx, node, node.args[0], f"{_CASTS[q]} of `{ctx.text(node.args[0])}`")
@@ -207,8 +206,9 @@ class ConcretizeTracer(Rule):
             if q is None or not q.startswith(("numpy.", "math.")):
                 self._flag(ctx, node, node.func.value, f"`.{node.func.attr}()` of `{ctx.text(node.func.value)}`")
 
+    @only(inside="abstract")
     def visit_Subscript(self, node: ast.Subscript, ctx: FileContext) -> None:
-        if not ctx.in_abstract or not python_sequence(node.value, ctx):
+        if not python_sequence(node.value, ctx):
             return
         parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
         for p in parts:

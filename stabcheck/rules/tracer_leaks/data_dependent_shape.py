@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import ast
 
-from stabcheck.rule import Rule
+from stabcheck.rule import Rule, only
 from stabcheck.rules.tracer_leaks._values import bool_mask, traced_value
 from stabcheck.static.context import FileContext
 
@@ -135,9 +135,8 @@ class DataDependentShape(Rule):
         """,
     )
 
+    @only(inside="abstract")
     def visit_Subscript(self, node: ast.Subscript, ctx: FileContext) -> None:
-        if not ctx.in_abstract:
-            return
         parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
         for p in parts:
             if bool_mask(p, ctx):
@@ -153,8 +152,9 @@ class DataDependentShape(Rule):
                 )
                 return
 
+    @only(inside="abstract")
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
-        if not ctx.in_abstract or any(k.arg == "size" for k in node.keywords):
+        if any(k.arg == "size" for k in node.keywords):
             return
         q = ctx.qualname(node.func)
         name: str | None = None

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import ast
 
-from stabcheck.rule import Rule
+from stabcheck.rule import Rule, only
 from stabcheck.rules.tracer_leaks._values import traced_value
 from stabcheck.static.analysis import FunctionInfo
 from stabcheck.static.context import FileContext
@@ -179,9 +179,8 @@ class SideEffectInTransform(Rule):
         """,
     )
 
+    @only(inside="abstract")
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
-        if not ctx.in_abstract:
-            return
         q = ctx.qualname(node.func)
         if q == "builtins.print":
             traced = [a for a in node.args if traced_value(a, ctx)]
@@ -206,13 +205,16 @@ class SideEffectInTransform(Rule):
             if any(traced_value(v, ctx) for v in values):
                 self._escape(ctx, node, f"`{ctx.text(node)}` stores a traced value in the {owner} `{func.value.id}`", func.value.id)
 
+    @only(inside="abstract")
     def visit_Assign(self, node: ast.Assign, ctx: FileContext) -> None:
         for t in node.targets:
             self._target(t, node.value, node, ctx)
 
+    @only(inside="abstract")
     def visit_AugAssign(self, node: ast.AugAssign, ctx: FileContext) -> None:
         self._target(node.target, node.value, node, ctx)
 
+    @only(inside="abstract")
     def visit_AnnAssign(self, node: ast.AnnAssign, ctx: FileContext) -> None:
         if node.value is not None:
             self._target(node.target, node.value, node, ctx)

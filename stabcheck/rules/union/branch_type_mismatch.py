@@ -3,7 +3,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from stabcheck.rule import Rule
+from stabcheck.rule import Rule, only
 from stabcheck.rules.union._kinds import Kinds, dtype_class, evident_class, explicit_dtype, exits, kind_text, kinds_differ, kinds_for, literal_class
 from stabcheck.static.analysis import FunctionInfo
 from stabcheck.static.context import FileContext
@@ -167,10 +167,9 @@ class BranchTypeMismatch(Rule):
         """,
     )
 
+    @only(callees=_BRANCHING)
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
         q = ctx.qualname(node.func)
-        if q not in _BRANCHING:
-            return
         kinds = kinds_for(ctx.analysis)
         if q in ("jax.lax.select", "jax.lax.select_n"):
             vals = node.args[1:3] if q == "jax.lax.select" else node.args[1:]

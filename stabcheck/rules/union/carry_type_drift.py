@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import ast
 
-from stabcheck.rule import Rule
+from stabcheck.rule import Rule, only
 from stabcheck.rules.union._kinds import Kinds, dtype_class, evident_class, explicit_dtype, exits, kind_text, kinds_differ, kinds_for, literal_class, strong_int_init
 from stabcheck.static.analysis import FunctionInfo
 from stabcheck.static.context import FileContext
@@ -131,11 +131,10 @@ class CarryTypeDrift(Rule):
         """,
     )
 
+    @only(callees=_LOOPS)
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
         q = ctx.qualname(node.func)
-        spec = _LOOPS.get(q or "")
-        if spec is None:
-            return
+        spec = _LOOPS[q or ""]
         body_pos, init_pos, init_kw = spec
         kw = {k.arg: k.value for k in node.keywords}
         body = node.args[body_pos] if len(node.args) > body_pos else kw.get("f" if q == "jax.lax.scan" else "body_fun")
