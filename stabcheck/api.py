@@ -10,7 +10,7 @@ import fnmatch
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,10 @@ def check_source(source: str, path: str = "<string>", config: Config | None = No
 def run(paths: Sequence[str], config: Config | None = None, options: Options | None = None) -> Result:
     config = config or Config()
     options = options or Options()
+    if config.types is None:
+        from stabcheck.static.typed import on_by_default
+
+        config = replace(config, types=on_by_default())
     stages = options.stages or config.stages
     rules = enabled_rules(config)
     files = list(discover(paths, config))

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# `STABCHECK_TYPES` in the developer's environment would turn the typed tier on for every one of
+# the suite's throw-away trees; tests that want it ask for it (tests/test_typed.py).
+os.environ.pop("STABCHECK_TYPES", None)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FIXTURES = ROOT / "fixtures"

@@ -60,7 +60,8 @@ def test_hook_entries_are_valid_command_lines(tmp_path: Path):
     bad.write_text(textwrap.dedent(BAD).lstrip(), encoding="utf-8")
     entry = _manifest()["stabcheck"]["entry"].split()
     exe = Path(sys.executable).parent / entry[0]
-    proc = subprocess.run([str(exe), *entry[1:], str(bad)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "STABCHECK_TYPES"}
+    proc = subprocess.run([str(exe), *entry[1:], str(bad)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "STB101" in proc.stdout
 

@@ -210,3 +210,11 @@ def test_sarif_identical_hazards_get_distinct_fingerprints():
     doc = json.loads(_render("sarif", [f, f.refine(span=Span(9, 4))]))
     prints = [r["partialFingerprints"]["stabcheck/v1"] for r in doc["runs"][0]["results"]]
     assert prints[1] == prints[0] + ":2"
+
+
+def test_human_formats_print_the_run_notes():
+    note = "typed tier off for this run: mypy stopped; the untyped analysis was used"
+    for fmt in ("full", "concise"):
+        text = reporters.get(fmt)([], reporters.Report(files=1, notes=(note,)))
+        assert f"note: {note}" in text, fmt
+        assert text.rstrip().endswith("1 file checked."), fmt

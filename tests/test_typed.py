@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -182,6 +183,46 @@ def test_cli_types_flag(type_cache: Path) -> None:
 
     assert lines(on.stdout) == m["typed"]
     assert {(f, n) for f, n, _ in lines(off.stdout)} == {(f, n) for f, n, _ in m["near-miss"]}
+
+
+@pytest.mark.slow
+def test_the_environment_sets_the_default_and_the_config_beats_it(type_cache: Path) -> None:
+    m = markers()
+    args = ("check", str(FIXTURE), "--output-format", "json", "--cache-dir", str(type_cache), "--exit-zero")
+    on = run_cli(*args, env={"STABCHECK_TYPES": "1"})
+    assert on.returncode == 0, on.stderr
+    assert _json_lines(on.stdout) == m["typed"]
+    (type_cache.parent / "off").mkdir(exist_ok=True)
+    (type_cache.parent / "off" / "stabcheck.toml").write_text("types = false\n", encoding="utf-8")
+    off = run_cli(*args, "--config", str(type_cache.parent / "off" / "stabcheck.toml"), env={"STABCHECK_TYPES": "1"})
+    assert {(f, n) for f, n, _ in _json_lines(off.stdout)} == {(f, n) for f, n, _ in m["near-miss"]}
+
+
+def _json_lines(out: str) -> set[tuple[str, int, str]]:
+    data = json.loads(out)
+    items = data if isinstance(data, list) else data.get("findings", [])
+    return {(Path(d["path"]).name, d["line"], d["code"]) for d in items}
+
+
+def test_the_default_is_off_unless_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stabcheck.config import ConfigError
+
+    monkeypatch.delenv("STABCHECK_TYPES", raising=False)
+    assert typed.on_by_default() is False
+    for value, want in (("1", True), ("yes", True), ("ON", True), ("0", False), ("false", False), ("off", False)):
+        monkeypatch.setenv("STABCHECK_TYPES", value)
+        assert typed.on_by_default() is want
+    monkeypatch.setenv("STABCHECK_TYPES", "maybe")
+    with pytest.raises(ConfigError, match="STABCHECK_TYPES"):
+        typed.on_by_default()
+    monkeypatch.delenv("STABCHECK_TYPES")
+    res = api.run([str(FIXTURE)], Config(), api.Options(cache=False, jobs=1))
+    assert res.notes == [] and {(f, n) for f, n, _ in found(res)} == {(f, n) for f, n, _ in markers()["near-miss"]}
+
+
+def test_a_bad_environment_value_is_a_usage_error() -> None:
+    proc = run_cli("check", str(FIXTURE), env={"STABCHECK_TYPES": "maybe"})
+    assert proc.returncode == 2 and "STABCHECK_TYPES" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

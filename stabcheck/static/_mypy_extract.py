@@ -29,16 +29,19 @@ from mypy.modulefinder import BuildSource
 from mypy.nodes import (
     AssignmentStmt,
     CallExpr,
+    ComparisonExpr,
     Decorator,
     Expression,
     FuncDef,
     IndexExpr,
+    OpExpr,
     MemberExpr,
     MypyFile,
     NameExpr,
     OverloadedFuncDef,
     RefExpr,
     ReturnStmt,
+    UnaryExpr,
     Var,
 )
 from mypy.options import Options
@@ -139,8 +142,13 @@ def forget(modules: list[str], srcs: list[BuildSource], opts: Options) -> None:
 
 
 def sources(paths: Sequence[Path], opts: Options) -> list[BuildSource]:
+    """The build sources for the checked files; a stub checked next to its own module
+    (`m.pyi` beside `m.py`, as jax ships `basearray`) is left out: mypy takes one file per
+    module, and the rules check the `.py`."""
+    given = {str(p) for p in paths}
+    kept = [str(p) for p in paths if not (str(p).endswith(".pyi") and str(p)[:-1] in given)]
     try:
-        return list(create_source_list([str(p) for p in paths], opts, allow_empty_dir=True))
+        return list(create_source_list(kept, opts, allow_empty_dir=True))
     except InvalidSourceList as e:
         raise MypyUnavailable(f"mypy cannot map the checked files to modules: {e}") from None
 
@@ -304,7 +312,7 @@ class _Extract:
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            if isinstance(node, (NameExpr, MemberExpr, IndexExpr)):
+            if isinstance(node, (NameExpr, MemberExpr, IndexExpr, ComparisonExpr, OpExpr, UnaryExpr)):
                 self._record(node)
             elif isinstance(node, CallExpr):
                 self._record(node)

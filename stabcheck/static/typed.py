@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from stabcheck.config import Config
     from stabcheck.static.engine import Dispatcher, FileResult
 
-FACTS_VERSION = "2"
+FACTS_VERSION = "3"
 STATIC_KINDS = frozenset({"static", "none"})
 UNION_KINDS = frozenset({"optional", "union"})
 
@@ -175,6 +175,28 @@ def available() -> bool:
 
 
 # -- running mypy ---------------------------------------------------------------------------
+ENV_VAR = "STABCHECK_TYPES"
+_TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off", ""})
+
+
+def on_by_default() -> bool:
+    """Whether the typed tier runs when neither the config (`types = ...`) nor the command line
+    (`--types/--no-types`) says: `STABCHECK_TYPES` if set, else off.
+
+    Off, not "on where mypy is installed": on the benchmark corpus (jax, flax, optax, equinox,
+    chex) a cold typed run takes minutes and more than a GiB, and adds findings that are mostly
+    wrong (docs/typed.md, "Why it is off by default")."""
+    from stabcheck.config import ConfigError
+
+    value = os.environ.get(ENV_VAR)
+    if value is None:
+        return False
+    v = value.strip().lower()
+    if v in _TRUE or v in _FALSE:
+        return v in _TRUE
+    raise ConfigError(ENV_VAR, value, "true or false (1/0, yes/no, on/off)", "the environment")
+
+
 def prepare(files: Sequence[Path], cache_root: Path | None = None) -> Prepared:
     """Run mypy over `files` (incrementally) and compute the per-file types and seeds."""
     start = time.perf_counter()
@@ -375,7 +397,7 @@ def refine(data: bytes, path: str, config: Config, dispatcher: Dispatcher, types
     except Exception:  # pragma: no cover - a bug in the typed tier must not cost the untyped findings
         return untyped
     before = {f.key for f in untyped.findings}
-    findings = [f if f.key in before else f.refine(evidence={**f.evidence, "stage": "typed"}) for f in typed.findings]
+    findings = [f if f.key in before else f.refine(evidence={**f.evidence, "stage": "typed"}) for f in typed.findings if f.key in before or _proved(f, types)]
     have = {f.key for f in findings}
     try:
         extra = _union_checks(data, path, types)
@@ -386,6 +408,25 @@ def refine(data: bytes, path: str, config: Config, dispatcher: Dispatcher, types
             findings.append(f)
             have.add(f.key)
     return FileResult(findings, typed.suppressions)
+
+
+# tracer leaks: a finding only the typed run makes is dropped where mypy types the value as a
+# Python one (bool, int, str, None, a container...). Cross-file seeds carry the untyped
+# heuristics into other files; on jax's own source they reach deep into its internals, where
+# `set(a) == set(b)` and `core.is_concrete(x)` are Python bools the heuristics cannot tell from
+# tracers, but mypy can. Where mypy says "array" or has no opinion (`Any`), the finding stands.
+_NEEDS_ARRAY = frozenset({"STB101", "STB102", "STB103", "STB104"})
+_PYTHON_KINDS = frozenset({"static", "none", "float", "container", "object", "callable"})
+
+
+def _proved(f: Finding, types: FileTypes) -> bool:
+    if f.code not in _NEEDS_ARRAY:
+        return True
+    s = f.span
+    if s.end_line is None or s.end_col is None:
+        return True
+    kd = types.exprs.get(f"{s.line}:{s.col - 1}:{s.end_line}:{s.end_col - 1}")
+    return kd not in _PYTHON_KINDS and not (kd or "").startswith("tuple:")
 
 
 def _union_checks(data: bytes, path: str, types: FileTypes) -> list[Finding]:

@@ -333,7 +333,10 @@ def _resolve(task: str) -> Callable[..., dict[str, Any]]:
 
 def child_main(task: str, payload_path: str, result_path: str) -> int:
     """The worker process: load each target's entries, run the task on each, report as it goes."""
+    from stabcheck import registry
     from stabcheck.traced import load
+
+    registry.all_rules()  # every task reports through the rule catalogue: load it once, up front
 
     with open(payload_path, encoding="utf-8") as f:
         payload = json.load(f)
