@@ -54,7 +54,7 @@ class Config:
     stages: tuple[str, ...] = ("static",)
     timeout: float = 120.0
     memory_limit: str = ""
-    types: bool | None = None  # None: `STABCHECK_TYPES`, else off (`typed.on_by_default`)
+    types: bool | None = None  # None: `STABCHECK_TYPES`, else on where mypy is installed (`typed.on_by_default`)
     fail_on: str = "suspected"
     max_traces: int = 3
     union_limit: int = 1

@@ -147,15 +147,17 @@ def test_import_stabcheck_imports_no_jax_libcst_or_mypy(tmp_path: Path) -> None:
 
 
 def test_static_check_imports_no_jax_libcst_or_mypy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """By default (untyped) the static stage imports nothing heavy; `STABCHECK_TYPES=1` or
-    `--types` asks for the typed tier, which imports mypy (and still no JAX)."""
+    """Untyped (`--no-types`, as the pre-commit hook runs it), the static stage imports nothing
+    heavy; by default, with mypy installed, the typed tier runs and imports mypy (still no JAX)."""
+    monkeypatch.delenv("STABCHECK_TYPES", raising=False)
     (tmp_path / "a.py").write_text("import jax\n\n@jax.jit\ndef f(x):\n    if x > 0:\n        return x\n    return -x\n")
-    for args in (["check", "a.py", "--no-cache"], ["check", ".", "--output-format", "sarif"], ["check", ".", "--jobs", "2", "--statistics"]):
+    for args in (["check", "a.py", "--no-cache", "--no-types"], ["check", ".", "--output-format", "sarif", "--no-types"], ["check", ".", "--jobs", "2", "--statistics", "--no-types"]):
         mods = _modules_after(args, tmp_path)
         heavy = sorted(m for m in mods if m.split(".")[0] in ("jax", "jaxlib", "libcst", "mypy"))
         assert heavy == [], (args, heavy)
         assert "stabcheck.static.engine" in mods  # the check did run
-    monkeypatch.setenv("STABCHECK_TYPES", "1")
+    monkeypatch.setenv("STABCHECK_TYPES", "0")
+    assert not any(m.startswith("mypy") for m in _modules_after(["check", "a.py", "--no-cache"], tmp_path))
+    monkeypatch.delenv("STABCHECK_TYPES")
     mods = _modules_after(["check", "a.py", "--no-cache"], tmp_path)
     assert "mypy.build" in mods and not any(m.split(".")[0] in ("jax", "jaxlib", "libcst") for m in mods)
-    assert not any(m.startswith("mypy") for m in _modules_after(["check", "a.py", "--no-cache", "--no-types"], tmp_path))

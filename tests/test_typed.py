@@ -186,16 +186,17 @@ def test_cli_types_flag(type_cache: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_environment_sets_the_default_and_the_config_beats_it(type_cache: Path) -> None:
+def test_the_typed_tier_is_on_by_default_where_mypy_is_installed(type_cache: Path) -> None:
     m = markers()
+    env = {k: v for k, v in os.environ.items() if k != "STABCHECK_TYPES"}
     args = ("check", str(FIXTURE), "--output-format", "json", "--cache-dir", str(type_cache), "--exit-zero")
-    on = run_cli(*args, env={"STABCHECK_TYPES": "1"})
-    assert on.returncode == 0, on.stderr
-    assert _json_lines(on.stdout) == m["typed"]
+    default = subprocess.run([sys.executable, "-m", "stabcheck", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert default.returncode == 0, default.stderr
+    assert _json_lines(default.stdout) == m["typed"]
     (type_cache.parent / "off").mkdir(exist_ok=True)
     (type_cache.parent / "off" / "stabcheck.toml").write_text("types = false\n", encoding="utf-8")
     off = run_cli(*args, "--config", str(type_cache.parent / "off" / "stabcheck.toml"), env={"STABCHECK_TYPES": "1"})
-    assert {(f, n) for f, n, _ in _json_lines(off.stdout)} == {(f, n) for f, n, _ in m["near-miss"]}
+    assert {(f, n) for f, n, _ in _json_lines(off.stdout)} == {(f, n) for f, n, _ in m["near-miss"]}  # the config beats the environment
 
 
 def _json_lines(out: str) -> set[tuple[str, int, str]]:
@@ -204,11 +205,11 @@ def _json_lines(out: str) -> set[tuple[str, int, str]]:
     return {(Path(d["path"]).name, d["line"], d["code"]) for d in items}
 
 
-def test_the_default_is_off_unless_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_follows_the_environment_then_whether_mypy_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
     from stabcheck.config import ConfigError
 
-    monkeypatch.delenv("STABCHECK_TYPES", raising=False)
-    assert typed.on_by_default() is False
     for value, want in (("1", True), ("yes", True), ("ON", True), ("0", False), ("false", False), ("off", False)):
         monkeypatch.setenv("STABCHECK_TYPES", value)
         assert typed.on_by_default() is want
@@ -216,6 +217,9 @@ def test_the_default_is_off_unless_the_environment_says(monkeypatch: pytest.Monk
     with pytest.raises(ConfigError, match="STABCHECK_TYPES"):
         typed.on_by_default()
     monkeypatch.delenv("STABCHECK_TYPES")
+    assert typed.on_by_default() is True  # mypy is a dependency
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert typed.on_by_default() is False  # no mypy: untyped, and no note about it
     res = api.run([str(FIXTURE)], Config(), api.Options(cache=False, jobs=1))
     assert res.notes == [] and {(f, n) for f, n, _ in found(res)} == {(f, n) for f, n, _ in markers()["near-miss"]}
 
@@ -379,3 +383,31 @@ def test_a_mypy_crash_degrades_to_untyped_with_one_note(monkeypatch: pytest.Monk
     res = typed_run([str(src)], tmp_path / "cache")
     assert [(f.code, f.line) for f in res.findings] == [("STB101", 5)]
     assert len(res.notes) == 1 and "mypy crashed: AssertionError" in res.notes[0]
+
+
+@pytest.mark.slow
+def test_an_unchanged_tree_reuses_the_facts_without_running_mypy(tmp_path: Path) -> None:
+    """Warm: the same files, unchanged, in the same environment: facts and cross-file seeds come
+    from the cache and mypy is not even imported; an edited file brings mypy back."""
+    tree = tmp_path / "tree"
+    shutil.copytree(FIXTURE, tree)
+    cache = tmp_path / "cache"
+    code = (
+        "import sys, json\n"
+        "from stabcheck import api\nfrom stabcheck.config import Config\n"
+        f"res = api.run([{str(tree)!r}], Config(types=True), api.Options(jobs=1, cache_dir={str(cache)!r}))\n"
+        "print(json.dumps({'found': sorted([f.path.rsplit('/', 1)[-1], f.line, f.code] for f in res.findings), 'mypy': 'mypy.build' in sys.modules}))\n"
+    )
+
+    def run() -> dict:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    cold = run()
+    assert cold["mypy"] and {tuple(f) for f in cold["found"]} == markers()["typed"]
+    warm = run()
+    assert not warm["mypy"] and warm["found"] == cold["found"]
+    (tree / "helpers.py").write_text((tree / "helpers.py").read_text() + "\n# edited\n")
+    edited = run()
+    assert edited["mypy"] and edited["found"] == cold["found"]

@@ -12,8 +12,9 @@ Facts of one module (all positions are `ast`'s: 1-based line, 0-based column, en
                               "declared": kind | None, "declared_text": str,
                               "returns": [kind, ...]}}}
 
-A kind is a short string: "array", "static" (int/bool/str/bytes), "float" (Python float or
-complex), "none", "optional", "union", "any", "tuple:N", "container", "object".
+A kind is a short string: "array" (a JAX array, maybe a tracer), "ndarray" (NumPy: concrete),
+"static" (int/bool/str/bytes), "float" (Python float or complex), "none", "optional", "union",
+"any", "tuple:N", "container" (also a pytree alias of arrays and containers), "object".
 """
 
 from __future__ import annotations
@@ -68,19 +69,17 @@ ARRAY_TYPES = frozenset(
         "jax._src.core.Tracer",
         "jax.core.Tracer",
         "jax._src.array.ArrayImpl",
-        "numpy.ndarray",
-        "numpy.generic",
-        "numpy.number",
-        "numpy.bool",
-        "numpy.bool_",
-        "numpy.floating",
-        "numpy.integer",
         "jaxtyping.Array",
     }
 )
 STATIC_TYPES = frozenset({"builtins.int", "builtins.bool", "builtins.str", "builtins.bytes"})
 FLOAT_TYPES = frozenset({"builtins.float", "builtins.complex"})
-CONTAINERS = frozenset({"builtins.list", "builtins.dict", "builtins.set", "builtins.frozenset", "builtins.tuple"})
+# NumPy arrays and scalars: array-shaped leaves, but never tracers ("ndarray")
+NUMPY_TYPES = frozenset({"numpy.ndarray", "numpy.generic", "numpy.number", "numpy.bool", "numpy.bool_", "numpy.floating", "numpy.integer"})
+CONTAINERS = frozenset(
+    {"builtins.list", "builtins.dict", "builtins.set", "builtins.frozenset", "builtins.tuple"}
+    | {f"typing.{n}" for n in ("Iterable", "Sequence", "Mapping", "MutableMapping", "MutableSequence", "Collection", "Container")}
+)
 # Callables that wrap a function and keep its meaning: look through them to the wrapped def.
 WRAPPERS = frozenset(
     {
@@ -194,18 +193,29 @@ def kind(t: Type | None, depth: int = 0) -> str:
         if "any" in kinds:
             return "any"
         if "none" in kinds:
-            return "optional"
-        if "array" in kinds and kinds <= {"array", "static", "float"}:
-            return "array"  # ArrayLike, chex.Array: one leaf whichever member
+            rest = kinds - {"none"}
+            # `Optional[Array]`, an optional tuple or pytree: one call returns leaves, another
+            # None. `Optional[SomeClass]` is a Python value (static under a transform).
+            if rest & {"array", "ndarray", "container", "union"} or any(k.startswith("tuple:") for k in rest):
+                return "optional"
+            return "object" if rest - {"static", "float"} else "static"
+        if "array" in kinds and kinds <= {"array", "ndarray", "static", "float"}:
+            return "array"  # ArrayLike, chex.Array: one leaf whichever member, maybe a tracer
+        if "ndarray" in kinds and kinds <= {"ndarray", "static", "float"}:
+            return "ndarray"  # `int | np.integer`: a concrete leaf
         if len(kinds) == 1:
             return kinds.pop()
         if kinds <= {"static", "float"}:
             return "float"
+        if kinds <= {"array", "ndarray", "static", "float", "container"}:
+            return "container"  # a pytree alias (optax's `ArrayTree`: array | Iterable | Mapping)
         return "union"
     if isinstance(p, Instance):
         name = p.type.fullname
         if name in ARRAY_TYPES or any(b.type.fullname in ARRAY_TYPES for b in p.type.bases if isinstance(b, Instance)):
             return "array"
+        if name in NUMPY_TYPES or any(b.type.fullname in NUMPY_TYPES for b in p.type.bases if isinstance(b, Instance)):
+            return "ndarray"
         if name in STATIC_TYPES:
             return "static"
         if name in FLOAT_TYPES:

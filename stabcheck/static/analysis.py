@@ -453,8 +453,8 @@ class Analysis:
             if owner is not None and typed != "array" and not _array_annotated(owner, expr.id):
                 return False
         kind = self.types.kind(expr) if self.types is not None else None
-        if kind is not None and (kind in ("container", "none") or kind.startswith("tuple:") or (isinstance(expr, ast.Call) and kind == "static")):
-            return False  # mypy: a tuple, list, dict or None is never a traced array
+        if kind is not None and (kind in ("container", "none", "ndarray") or kind.startswith("tuple:") or (isinstance(expr, ast.Call) and kind == "static")):
+            return False  # mypy: a tuple, list, dict, None or NumPy value is never a traced array
         return self.is_traced(expr, scope)
 
     def _param_attribute(self, e: ast.Attribute, traced: set[str], scope: FunctionInfo) -> bool:

@@ -46,9 +46,8 @@ if TYPE_CHECKING:
     from stabcheck.config import Config
     from stabcheck.static.engine import Dispatcher, FileResult
 
-FACTS_VERSION = "3"
+FACTS_VERSION = "7"
 STATIC_KINDS = frozenset({"static", "none"})
-UNION_KINDS = frozenset({"optional", "union"})
 
 
 def _key(node: ast.AST) -> str | None:
@@ -181,20 +180,22 @@ _TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", 
 
 def on_by_default() -> bool:
     """Whether the typed tier runs when neither the config (`types = ...`) nor the command line
-    (`--types/--no-types`) says: `STABCHECK_TYPES` if set, else off.
+    (`--types/--no-types`) says: `STABCHECK_TYPES` if set, else whether mypy is installed (found,
+    not imported: a run that ends up untyped never pays for importing it)."""
+    import importlib.util
 
-    Off, not "on where mypy is installed": on the benchmark corpus (jax, flax, optax, equinox,
-    chex) a cold typed run takes minutes and more than a GiB, and adds findings that are mostly
-    wrong (docs/typed.md, "Why it is off by default")."""
     from stabcheck.config import ConfigError
 
     value = os.environ.get(ENV_VAR)
-    if value is None:
+    if value is not None:
+        v = value.strip().lower()
+        if v in _TRUE or v in _FALSE:
+            return v in _TRUE
+        raise ConfigError(ENV_VAR, value, "true or false (1/0, yes/no, on/off)", "the environment")
+    try:
+        return importlib.util.find_spec("mypy") is not None
+    except (ImportError, ValueError):
         return False
-    v = value.strip().lower()
-    if v in _TRUE or v in _FALSE:
-        return v in _TRUE
-    raise ConfigError(ENV_VAR, value, "true or false (1/0, yes/no, on/off)", "the environment")
 
 
 def prepare(files: Sequence[Path], cache_root: Path | None = None) -> Prepared:
@@ -211,7 +212,14 @@ def prepare(files: Sequence[Path], cache_root: Path | None = None) -> Prepared:
     try:
         raw = _raw_facts(py, cache_root, out)
         if raw is not None:
-            out.files = _post(raw)
+            # the cross-file seeds need every file's analysis: kept next to the facts, for the tree
+            # they were computed on (`_tree_key`), so an unchanged tree skips that too
+            seeds_file = cache_root / "typed" / "seeds.json"
+            tree = _tree_key({str(p): _hash(p) for p in py})
+            seeds = _load_seeds(seeds_file, tree)
+            out.files = _post(raw, seeds)
+            if seeds is None:
+                _save_json(seeds_file, {"tree": tree, "seeds": {p: ft.seeds for p, ft in out.files.items() if ft.seeds}})
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -220,6 +228,12 @@ def prepare(files: Sequence[Path], cache_root: Path | None = None) -> Prepared:
 
 
 def _raw_facts(py: list[Path], cache_root: Path, out: Prepared) -> dict[str, dict[str, Any]] | None:
+    facts_file = cache_root / "typed" / "facts.json"
+    hashes = {str(p): _hash(p) for p in py}
+    tree = _tree_key(hashes)
+    same = _load_facts(facts_file, None, tree)
+    if same is not None:  # the same files, unchanged, in an unchanged environment: mypy has nothing to do
+        return {p: same[p] for p in hashes if p in same}
     try:
         from stabcheck.static import _mypy_extract as mx
     except Exception as e:  # mypy missing or broken: untyped analysis
@@ -227,10 +241,8 @@ def _raw_facts(py: list[Path], cache_root: Path, out: Prepared) -> dict[str, dic
         return None
     import mypy.version
 
-    facts_file = cache_root / "typed" / "facts.json"
     cache_key = f"{FACTS_VERSION}|{mypy.version.__version__}"
-    old = _load_facts(facts_file, cache_key)
-    hashes = {str(p): _hash(p) for p in py}
+    old = _load_facts(facts_file, cache_key) or {}
     try:
         opts = mx.options(cache_root / "mypy", preserve_asts=False)
         srcs = mx.sources(py, opts)
@@ -257,8 +269,34 @@ def _raw_facts(py: list[Path], cache_root: Path, out: Prepared) -> dict[str, dic
             raw[p] = {**fresh[p], "hash": hashes.get(p)}
         elif p in old:
             raw[p] = old[p]
-    _save_facts(facts_file, cache_key, {**old, **raw})
+    _save_facts(facts_file, cache_key, {**old, **raw}, tree)
     return raw
+
+
+def _tree_key(hashes: dict[str, str | None]) -> str:
+    """The checked files and their contents, stabcheck's and mypy's versions, and the Python
+    environment mypy reads JAX's signatures from (each import-path directory's modification
+    time: installing, upgrading or removing a package changes it). Equal keys: nothing to do."""
+    import sys
+    import sysconfig
+    from importlib import metadata
+
+    try:
+        mypy_version = metadata.version("mypy")
+    except metadata.PackageNotFoundError:
+        mypy_version = ""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{FACTS_VERSION}|{mypy_version}|{sys.version}".encode())
+    paths = sysconfig.get_paths()
+    sites = {paths["purelib"], paths["platlib"], *(d for d in sys.path if d.endswith(("site-packages", "dist-packages")))}
+    for d in sorted(sites):  # not sys.path[0]: it differs between `stabcheck`, `python -m` and `-c`
+        try:
+            h.update(f"{d}:{os.stat(d).st_mtime_ns}".encode())
+        except OSError:
+            continue
+    for path, digest in sorted(hashes.items()):
+        h.update(f"{path}={digest}".encode())
+    return h.hexdigest()
 
 
 def _hash(p: Path) -> str | None:
@@ -268,29 +306,50 @@ def _hash(p: Path) -> str | None:
         return None
 
 
-def _load_facts(path: Path, key: str) -> dict[str, dict[str, Any]]:
+def _load_facts(path: Path, key: str | None, tree: str | None = None) -> dict[str, dict[str, Any]] | None:
+    """The facts saved under `key` (any key when None); with `tree`, only if saved for exactly
+    that tree (`_tree_key`), else None."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
-        return {}
-    if not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("files"), dict):
-        return {}
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        return None
+    if (key is not None and data.get("key") != key) or (tree is not None and data.get("tree") != tree):
+        return None
     return {k: v for k, v in data["files"].items() if isinstance(v, dict) and isinstance(v.get("exprs"), dict)}
 
 
-def _save_facts(path: Path, key: str, files: dict[str, dict[str, Any]]) -> None:
+def _save_facts(path: Path, key: str, files: dict[str, dict[str, Any]], tree: str = "") -> None:
+    _save_json(path, {"key": key, "tree": tree, "files": files})
+
+
+def _save_json(path: Path, data: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"key": key, "files": files}, fh)
+            json.dump(data, fh)
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache directory costs speed, not correctness
 
 
 # -- cross-file post-processing ------------------------------------------------------------------
-def _post(raw: dict[str, dict[str, Any]]) -> dict[str, FileTypes]:
+def _load_seeds(path: Path, tree: str) -> dict[str, dict[str, tuple[set[str], bool]]] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("tree") != tree or not isinstance(data.get("seeds"), dict):
+        return None
+    try:
+        return {p: {q: (set(params), bool(abstract)) for q, (params, abstract) in fs.items()} for p, fs in data["seeds"].items()}
+    except (TypeError, ValueError):
+        return None
+
+
+def _post(raw: dict[str, dict[str, Any]], seeds: dict[str, dict[str, tuple[set[str], bool]]] | None = None) -> dict[str, FileTypes]:
     by_module = {v["module"]: p for p, v in raw.items()}
     functions = {f"{v['module']}.{q}": fn for v in raw.values() for q, fn in v["functions"].items()}
 
@@ -320,6 +379,8 @@ def _post(raw: dict[str, dict[str, Any]]) -> dict[str, FileTypes]:
                 static_calls.add(k)
         callees = {k: t for k, t in ((k, real(t)) for k, t in v["callees"].items()) if t}
         files[p] = FileTypes(v["module"], exprs, callees, v["functions"], frozenset(static_calls))
+    if seeds is not None:
+        return {p: _with_seeds(ft, seeds.get(p, {})) for p, ft in files.items()}
     return _seed(files, by_module)
 
 
@@ -397,7 +458,13 @@ def refine(data: bytes, path: str, config: Config, dispatcher: Dispatcher, types
     except Exception:  # pragma: no cover - a bug in the typed tier must not cost the untyped findings
         return untyped
     before = {f.key for f in untyped.findings}
-    findings = [f if f.key in before else f.refine(evidence={**f.evidence, "stage": "typed"}) for f in typed.findings if f.key in before or _proved(f, types)]
+    nodes: dict[tuple[int, int, int, int], ast.AST] = {}
+    if any(f.key not in before and f.code in _NEEDS_ARRAY for f in typed.findings):
+        try:
+            nodes = _spans(ast.parse(data, filename=path))
+        except (SyntaxError, ValueError, RecursionError):  # pragma: no cover - check_bytes parsed it
+            pass
+    findings = [f if f.key in before else f.refine(evidence={**f.evidence, "stage": "typed"}) for f in typed.findings if f.key in before or _proved(f, types, nodes)]
     have = {f.key for f in findings}
     try:
         extra = _union_checks(data, path, types)
@@ -410,23 +477,42 @@ def refine(data: bytes, path: str, config: Config, dispatcher: Dispatcher, types
     return FileResult(findings, typed.suppressions)
 
 
-# tracer leaks: a finding only the typed run makes is dropped where mypy types the value as a
-# Python one (bool, int, str, None, a container...). Cross-file seeds carry the untyped
-# heuristics into other files; on jax's own source they reach deep into its internals, where
-# `set(a) == set(b)` and `core.is_concrete(x)` are Python bools the heuristics cannot tell from
-# tracers, but mypy can. Where mypy says "array" or has no opinion (`Any`), the finding stands.
+# tracer leaks: a finding only the typed run makes must rest on mypy's own word that the value
+# is a JAX array. Cross-file seeds and mypy-resolved callees carry the untyped heuristics into
+# other files; in library code they reach functions that handle concrete and traced values alike
+# (`node_replace_fns.count(node) == 0`, `is_concrete(x)`, `np.asarray(i)` after
+# `isinstance(i, (int, np.integer))`), where mypy says "bool", "NumPy", or has no opinion (`Any`).
 _NEEDS_ARRAY = frozenset({"STB101", "STB102", "STB103", "STB104"})
-_PYTHON_KINDS = frozenset({"static", "none", "float", "container", "object", "callable"})
 
 
-def _proved(f: Finding, types: FileTypes) -> bool:
+def _proved(f: Finding, types: FileTypes, nodes: dict[tuple[int, int, int, int], ast.AST]) -> bool:
+    """Does mypy type the value the finding is about as a JAX array? For STB101 that is the tested
+    expression (the finding's span); for the others, what the reported node consumes: a call's
+    arguments (`float(x)`, `np.asarray(x)`), an index, an assigned value."""
     if f.code not in _NEEDS_ARRAY:
         return True
     s = f.span
-    if s.end_line is None or s.end_col is None:
-        return True
-    kd = types.exprs.get(f"{s.line}:{s.col - 1}:{s.end_line}:{s.end_col - 1}")
-    return kd not in _PYTHON_KINDS and not (kd or "").startswith("tuple:")
+    node = nodes.get((s.line, s.col - 1, s.end_line or -1, (s.end_col or 0) - 1))
+    if node is None:
+        return False
+    values: list[ast.AST] = [node]
+    if f.code != "STB101":
+        if isinstance(node, ast.Call):
+            values = [*node.args, *(k.value for k in node.keywords)]
+        elif isinstance(node, ast.Subscript):
+            values = [node.slice]
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and node.value is not None:
+            values = [node.value]
+    return any(types.exprs.get(_key(v) or "") == "array" for v in values)
+
+
+def _spans(tree: ast.AST) -> dict[tuple[int, int, int, int], ast.AST]:
+    out: dict[tuple[int, int, int, int], ast.AST] = {}
+    for n in ast.walk(tree):
+        end = getattr(n, "end_lineno", None)
+        if end is not None:
+            out.setdefault((n.lineno, n.col_offset, end, n.end_col_offset), n)  # type: ignore[attr-defined]
+    return out
 
 
 def _union_checks(data: bytes, path: str, types: FileTypes) -> list[Finding]:
@@ -447,9 +533,12 @@ def _union_checks(data: bytes, path: str, types: FileTypes) -> list[Finding]:
         if not info.transformed or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         declared, text = types.declared_return(info.qualname)
-        if node.returns is not None and declared in UNION_KINDS:
+        # `Optional[...]`, however spelled: one call returns leaves, another None. Other unions
+        # mypy sees (`Array | tuple[Array, Array]` picked by a static flag, a pytree alias whose
+        # members are array and container types) are one structure per compiled call.
+        if node.returns is not None and declared == "optional":
             shown = ast.get_source_segment(data.decode("utf-8", "replace"), node.returns) or ast.unparse(node.returns)
-            why = "which admits `None`" if declared == "optional" else "a union of different structures"
+            why = "which admits `None`"
             out.append(
                 UnionAnnotation.finding(
                     path=path,
@@ -474,7 +563,7 @@ def _union_checks(data: bytes, path: str, types: FileTypes) -> list[Finding]:
         for at, k in kinds:
             # an Optional/union a helper returns; or kinds that differ by a traced test where one
             # side's kind is visible only to mypy (the syntactic STB201 sees the rest)
-            if k in UNION_KINDS or (len(distinct) > 1 and k != _majority(kinds) and (id(at) in inferred or any(id(a) in inferred for a, _ in kinds))):
+            if k == "optional" or (len(distinct) > 1 and k != _majority(kinds) and (id(at) in inferred or any(id(a) in inferred for a, _ in kinds))):
                 what = {"optional": "an Optional value (`None` on some calls)", "union": "a union of different structures"}.get(k, _kind_text(k))
                 others = sorted(_kind_text(x) for x in distinct if x != k)
                 tail = f" while other paths return {', '.join(others)}" if others else ""
@@ -499,6 +588,8 @@ def _exit_kind(value: ast.expr | None, types: FileTypes) -> str | None:
     if isinstance(value, ast.Tuple) and not any(isinstance(e, ast.Starred) for e in value.elts):
         return f"tuple:{len(value.elts)}"
     k = types.kind(value) if isinstance(value, ast.Call) else types.exprs.get(_key(value) or "")
+    if k == "ndarray":
+        return "array"  # the same structure: one leaf
     return k if k in ("array", "none", "optional", "union") or (k or "").startswith("tuple:") else None
 
 

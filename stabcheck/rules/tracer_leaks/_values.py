@@ -16,14 +16,76 @@ _MASK_FUNCS = frozenset(
     )
 )
 _BOOL_DTYPES = frozenset({"builtins.bool", "jax.numpy.bool_", "jax.numpy.bool", "numpy.bool_", "numpy.bool"})
+# the last name of a type that only a tracer (or a JAX array, which may be one) is
+_TRACER_TYPES = frozenset({"Tracer", "Array", "ArrayImpl", "DynamicJaxprTracer", "JVPTracer", "BatchTracer"})
+# the last name of a concrete type: Python values and NumPy arrays and scalars
+_CONCRETE_TYPES = frozenset(
+    {"int", "float", "bool", "complex", "str", "bytes", "list", "tuple", "dict", "set", "frozenset", "ndarray", "generic", "number", "integer", "floating", "bool_", "NoneType"}
+)
+_ARRAY_MARKS = frozenset({"shape", "dtype", "aval", "ndim", "__jax_array__"})
+
+
+def guarded_concrete(name: str, ctx: FileContext) -> bool:
+    """Does an enclosing `if`/conditional expression prove `name` concrete where the visited node
+    is? Libraries handle concrete and traced values in one function and branch on which it is:
+    `isinstance(x, (int, np.integer))`, `type(x) is int`, `not isinstance(x, core.Tracer)`,
+    `core.is_concrete(x)` (the body), `hasattr(x, "shape")`, `isinstance(x, jax.Array)` (the
+    other branch)."""
+    child: ast.AST = ctx.node
+    for anc in reversed(ctx.ancestors):
+        if isinstance(anc, (ast.If, ast.IfExp)) and child is not anc.test:
+            in_body = child is anc.body if isinstance(anc, ast.IfExp) else any(child is st for st in anc.body)
+            verdict = _concrete_when(anc.test, name)
+            if verdict is not None and verdict == in_body:
+                return True
+        if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            return False
+        child = anc
+    return False
+
+
+def _concrete_when(test: ast.AST, name: str) -> bool | None:
+    """True: `name` is concrete when `test` holds; False: when it fails; None: it says nothing."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        inner = _concrete_when(test.operand, name)
+        return None if inner is None else not inner
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):  # `a and b` holds: both hold
+        return True if any(_concrete_when(v, name) is True for v in test.values) else None
+    if isinstance(test, ast.Call) and test.args and isinstance(test.args[0], ast.Name) and test.args[0].id == name:
+        fn = _last_name(test.func)
+        if fn == "isinstance" and len(test.args) == 2:
+            kinds = {_last_name(t) for t in (test.args[1].elts if isinstance(test.args[1], ast.Tuple) else [test.args[1]])}
+            if kinds and kinds <= _CONCRETE_TYPES:
+                return True
+            if kinds & _TRACER_TYPES:
+                return False
+        elif fn == "hasattr" and len(test.args) == 2 and isinstance(test.args[1], ast.Constant) and test.args[1].value in _ARRAY_MARKS:
+            return False
+        elif fn in ("is_concrete", "is_constant_dim", "is_python_scalar"):
+            return True
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.left, ast.Call) and _last_name(test.left.func) == "type":
+        arg = test.left.args[0] if test.left.args else None
+        if isinstance(arg, ast.Name) and arg.id == name and isinstance(test.ops[0], (ast.Is, ast.Eq, ast.In)):
+            right = test.comparators[0]
+            kinds = {_last_name(t) for t in (right.elts if isinstance(right, (ast.Tuple, ast.List, ast.Set)) else [right])}
+            if kinds <= _CONCRETE_TYPES or (isinstance(test.ops[0], ast.In) and isinstance(right, ast.Name) and "scalar" in right.id):
+                return True
+    return None
+
+
+def _last_name(e: ast.AST) -> str:
+    return e.id if isinstance(e, ast.Name) else e.attr if isinstance(e, ast.Attribute) else ""
 
 
 def traced_value(expr: ast.AST, ctx: FileContext) -> bool:
     """Is `expr` traced here? A bare parameter of an `eqx.filter_*`/`nnx` transform counts only
-    when annotated as an array: those transforms keep Python ints and floats static."""
+    when annotated as an array: those transforms keep Python ints and floats static. A name that
+    an enclosing test proves concrete (`guarded_concrete`) is not traced there."""
     if not ctx.is_traced(expr):
         return False
     if _pytree_metadata(expr, ctx):
+        return False
+    if isinstance(expr, ast.Name) and guarded_concrete(expr.id, ctx):
         return False
     if isinstance(expr, ast.Name) and ctx.function is not None:
         owner = _param_owner(expr.id, ctx.function)
