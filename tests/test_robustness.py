@@ -428,3 +428,13 @@ def test_the_time_limit_keeps_an_alarm_that_was_already_set(monkeypatch: pytest.
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_stopped_walk_lists_nested_scopes_and_their_decorators_but_not_their_bodies() -> None:
+    import ast
+
+    from stabcheck.static import walk
+
+    tree = ast.parse("@deco(a)\ndef inner(x):\n    hidden = 1\nlam = lambda y: y + z\nvisible = 2\n")
+    names = [n.id for n in walk.walk(tree.body, stop={ast.FunctionDef, ast.Lambda}) if isinstance(n, ast.Name)]
+    assert names == ["deco", "a", "lam", "visible"]  # not `hidden`, `y`, `z`

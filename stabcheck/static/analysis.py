@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from stabcheck.static.names import Names, Transform
-from stabcheck.static.walk import REVERSED_CHILDREN, compile_children
+from stabcheck.static.walk import REVERSED_CHILDREN, compile_children, walk
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
 _FUNCTION_TYPES = frozenset({ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda})
@@ -362,30 +362,10 @@ class Analysis:
     def own_nodes(info: FunctionInfo) -> list[ast.AST]:
         """The nodes of a function's body in source order, not descending into nested functions
         or classes (their decorators are included); computed once per function."""
-        if info.own is not None:
-            return info.own
-        fn = info.node
-        body = fn.body if isinstance(fn.body, list) else [fn.body]
-        out: list[ast.AST] = []
-        stack: list[ast.AST] = list(reversed(body))
-        pop, push, extend = stack.pop, out.append, stack.extend
-        scopes, table = _SCOPE_TYPES, REVERSED_CHILDREN
-        while stack:
-            node = pop()
-            push(node)
-            t = node.__class__
-            if t in scopes:
-                if t is not ast.Lambda and t is not ast.ClassDef:
-                    extend(reversed(node.decorator_list))  # type: ignore[attr-defined]
-                continue
-            try:
-                get = table[t]
-            except KeyError:
-                get = table[t] = compile_children(t)
-            if get is not None:
-                extend(get(node))
-        info.own = out
-        return out
+        if info.own is None:
+            body = info.node.body
+            info.own = walk(body if isinstance(body, list) else [body], stop=_SCOPE_TYPES)
+        return info.own
 
     def _traced_names(self, info: FunctionInfo) -> set[str]:
         inherited = set(info.parent.traced) - set(info.params) if info.parent is not None else set()
