@@ -363,13 +363,16 @@ BREAKDOWN = textwrap.dedent(
         engine.replay(FileContext("x.py", s, tree, cfg, full.table), full)
     out = {{}}
     for name, fn in (("parse", ast.parse), ("ctx", ctx_only), ("rules", rules), ("full", lambda s: engine.check_source(s, "x.py", cfg, full))):
-        t = time.perf_counter()
-        for s in srcs:
-            try:
-                fn(s)
-            except (SyntaxError, ValueError, RecursionError):
-                pass
-        out[name] = time.perf_counter() - t
+        best = float("inf")
+        for _ in range(3):  # the fastest of three: each part is a difference of two of these
+            t = time.perf_counter()
+            for s in srcs:
+                try:
+                    fn(s)
+                except (SyntaxError, ValueError, RecursionError):
+                    pass
+            best = min(best, time.perf_counter() - t)
+        out[name] = best
     print(json.dumps(out))
     """
 )
@@ -638,7 +641,7 @@ Peak memory of stabcheck over the corpus (largest process of any cold/warm run):
 
 {_missed_text(missed)}
 
-Where the cold time goes (same process, the corpus in memory, garbage-collector thresholds as in a run):
+Where the cold time goes (same process, the corpus in memory, garbage-collector thresholds as in a run; each cumulative step the fastest of three):
 
 {_breakdown_table(extra.get("breakdown", {"error": "not measured"}))}
 
