@@ -30,7 +30,7 @@ def guarded_concrete(name: str, ctx: FileContext) -> bool:
     is? Libraries handle concrete and traced values in one function and branch on which it is:
     `isinstance(x, (int, np.integer))`, `type(x) is int`, `not isinstance(x, core.Tracer)`,
     `core.is_concrete(x)` (the body), `hasattr(x, "shape")`, `isinstance(x, jax.Array)` (the
-    other branch)."""
+    other branch, or what follows it when its body returns or raises)."""
     child: ast.AST = ctx.node
     for anc in reversed(ctx.ancestors):
         if isinstance(anc, (ast.If, ast.IfExp)) and child is not anc.test:
@@ -38,9 +38,29 @@ def guarded_concrete(name: str, ctx: FileContext) -> bool:
             verdict = _concrete_when(anc.test, name)
             if verdict is not None and verdict == in_body:
                 return True
+        if _after_early_exit(anc, child, name):
+            return True
         if isinstance(anc, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             return False
         child = anc
+    return False
+
+
+_EXITS = (ast.Return, ast.Raise, ast.Continue, ast.Break)
+
+
+def _after_early_exit(block: ast.AST, stmt: ast.AST, name: str) -> bool:
+    """`if isinstance(x, core.Tracer): return ...` earlier in the same block: after it, `x` is
+    concrete (the test failed, or the function would have left)."""
+    for field in ("body", "orelse", "finalbody"):
+        stmts = getattr(block, field, None)
+        if not isinstance(stmts, list) or not any(st is stmt for st in stmts):
+            continue
+        for st in stmts:
+            if st is stmt:
+                return False
+            if isinstance(st, ast.If) and not st.orelse and st.body and isinstance(st.body[-1], _EXITS) and _concrete_when(st.test, name) is False:
+                return True
     return False
 
 

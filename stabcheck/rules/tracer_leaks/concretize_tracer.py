@@ -131,6 +131,19 @@ class ConcretizeTracer(Rule):
         """,
         """
         import jax
+        import numpy as np
+
+        def as_numpy(x):
+            if isinstance(x, jax.Array):
+                return x  # arrays (tracers among them) pass through
+            return np.asarray(x)  # only Python and NumPy values get here
+
+        @jax.jit
+        def f(x):
+            return as_numpy(x) * 2
+        """,
+        """
+        import jax
         import jax.numpy as jnp
 
         @jax.jit
