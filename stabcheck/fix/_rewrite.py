@@ -95,6 +95,19 @@ def module_aliases(source: str) -> dict[str, str]:
     return out
 
 
+def cst_qualname(node: cst.BaseExpression, aliases: dict[str, str]) -> str | None:
+    """`jnp.where` -> `jax.numpy.where` through the module's import `aliases`; None for a name
+    that no import binds."""
+    parts: list[str] = []
+    while isinstance(node, cst.Attribute):
+        parts.append(node.attr.value)
+        node = node.value
+    if not isinstance(node, cst.Name):
+        return None
+    head = aliases.get(node.value)
+    return None if head is None else ".".join([head, *reversed(parts)])
+
+
 def spelling(source: str, qualname: str) -> str | None:
     """How this file spells `qualname` (`jax.numpy.float32` -> `jnp.float32`), or None."""
     aliases = module_aliases(source)

@@ -15,23 +15,17 @@ from __future__ import annotations
 import libcst as cst
 
 from stabcheck.finding import Finding
-from stabcheck.fix._rewrite import Located, Rewrite, jnp_name, locate, module_aliases, replace, with_import
+from stabcheck.fix._rewrite import Located, Rewrite, cst_qualname, jnp_name, locate, module_aliases, replace, with_import
 
 _WIDE_NAMES = {"float", "builtins.float", "numpy.float64", "numpy.double", "jax.numpy.float64", "jax.numpy.double", "numpy.float_"}
 _WIDE_STRINGS = {"float", "float64", "double", "f8"}
 
 
 def _qualname(node: cst.BaseExpression, aliases: dict[str, str]) -> str | None:
-    parts: list[str] = []
-    while isinstance(node, cst.Attribute):
-        parts.append(node.attr.value)
-        node = node.value
-    if not isinstance(node, cst.Name):
-        return None
-    if not parts and node.value == "float" and "float" not in aliases:
+    """`cst_qualname`, and the builtin `float` (a dtype spelling here) when no import shadows it."""
+    if isinstance(node, cst.Name) and node.value == "float" and "float" not in aliases:
         return "float"
-    head = aliases.get(node.value)
-    return None if head is None else ".".join([head, *reversed(parts)])
+    return cst_qualname(node, aliases)
 
 
 def _wide(e: cst.BaseExpression, aliases: dict[str, str]) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import libcst as cst
 
 from stabcheck.finding import Finding
-from stabcheck.fix._rewrite import Located, Rewrite, jnp_name, locate, module_aliases, replace, with_import
+from stabcheck.fix._rewrite import Located, Rewrite, cst_qualname, jnp_name, locate, module_aliases, replace, with_import
 
 _SELECTS = {"jax.numpy.where": "where", "jax.lax.select": "select"}
 # hazardous functions -> index of the argument to guard (-1: last), and the safe value
@@ -24,19 +24,6 @@ _UNSAFE: dict[str, tuple[int, str]] = {
     **{f"jax.lax.{n}": (0, "0.0") for n in ("asin", "acos", "atanh")},
     "jax.lax.div": (-1, "1.0"),
 }
-
-
-def _qualname(node: cst.BaseExpression, aliases: dict[str, str]) -> str | None:
-    parts: list[str] = []
-    while isinstance(node, cst.Attribute):
-        parts.append(node.attr.value)
-        node = node.value
-    if not isinstance(node, cst.Name):
-        return None
-    head = aliases.get(node.value)
-    if head is None:
-        return None
-    return ".".join([head, *reversed(parts)])
 
 
 def _names(node: cst.CSTNode) -> set[str]:
@@ -83,7 +70,7 @@ def _hazard(branch: cst.BaseExpression, cond_names: set[str], aliases: dict[str,
         arg: cst.BaseExpression | None = None
         safe = "1.0"
         if isinstance(n, cst.Call):
-            q = _qualname(n.func, aliases)
+            q = cst_qualname(n.func, aliases)
             if q in _SELECTS:
                 continue
             if q in _UNSAFE and n.args:
@@ -108,7 +95,7 @@ def fix(source: str, finding: Finding) -> Rewrite | None:
     call = loc.node
     assert isinstance(call, cst.Call)
     aliases = module_aliases(source)
-    kind = _SELECTS.get(_qualname(call.func, aliases) or "")
+    kind = _SELECTS.get(cst_qualname(call.func, aliases) or "")
     if kind is None or len(call.args) != 3 or any(a.keyword or a.star for a in call.args):
         return None
     cond = call.args[0].value

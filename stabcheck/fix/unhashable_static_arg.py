@@ -16,7 +16,7 @@ from __future__ import annotations
 import libcst as cst
 
 from stabcheck.finding import Finding
-from stabcheck.fix._rewrite import Rewrite, locate, module_aliases, replace
+from stabcheck.fix._rewrite import Rewrite, cst_qualname, locate, module_aliases, replace
 
 
 def fix(source: str, finding: Finding) -> Rewrite | None:
@@ -37,7 +37,7 @@ def fix(source: str, finding: Finding) -> Rewrite | None:
     elif isinstance(node, cst.Name):
         new = f"tuple({text})"
     elif isinstance(node, cst.Call):
-        q = _qualname(node.func, module_aliases(source))
+        q = cst_qualname(node.func, module_aliases(source))
         if q == "builtins.list" or (isinstance(node.func, cst.Name) and node.func.value == "list"):
             new = "tuple(" + text[text.index("(") + 1 :]
         elif q in ("builtins.set",) or (isinstance(node.func, cst.Name) and node.func.value == "set"):
@@ -52,14 +52,3 @@ def fix(source: str, finding: Finding) -> Rewrite | None:
         return None
     module = replace(loc, node, cst.parse_expression(new))
     return Rewrite(module.code, applicability=applicability, description=f"`{text}` -> `{new}`")  # type: ignore[arg-type]
-
-
-def _qualname(node: cst.BaseExpression, aliases: dict[str, str]) -> str | None:
-    parts: list[str] = []
-    while isinstance(node, cst.Attribute):
-        parts.append(node.attr.value)
-        node = node.value
-    if not isinstance(node, cst.Name):
-        return None
-    head = aliases.get(node.value)
-    return None if head is None else ".".join([head, *reversed(parts)])
