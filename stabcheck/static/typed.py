@@ -210,12 +210,13 @@ def prepare(files: Sequence[Path], cache_root: Path | None = None) -> Prepared:
         tmp = tempfile.mkdtemp(prefix="stabcheck-types-")
         cache_root = Path(tmp)
     try:
-        raw = _raw_facts(py, cache_root, out)
+        hashes = {str(p): _hash(p) for p in py}
+        tree = _tree_key(hashes)
+        raw = _raw_facts(py, hashes, tree, cache_root, out)
         if raw is not None:
             # the cross-file seeds need every file's analysis: kept next to the facts, for the tree
             # they were computed on (`_tree_key`), so an unchanged tree skips that too
             seeds_file = cache_root / "typed" / "seeds.json"
-            tree = _tree_key({str(p): _hash(p) for p in py})
             seeds = _load_seeds(seeds_file, tree)
             out.files = _post(raw, seeds)
             if seeds is None:
@@ -227,12 +228,11 @@ def prepare(files: Sequence[Path], cache_root: Path | None = None) -> Prepared:
     return out
 
 
-def _raw_facts(py: list[Path], cache_root: Path, out: Prepared) -> dict[str, dict[str, Any]] | None:
+def _raw_facts(py: list[Path], hashes: dict[str, str | None], tree: str, cache_root: Path, out: Prepared) -> dict[str, dict[str, Any]] | None:
     facts_file = cache_root / "typed" / "facts.json"
-    hashes = {str(p): _hash(p) for p in py}
-    tree = _tree_key(hashes)
-    same = _load_facts(facts_file, None, tree)
-    if same is not None:  # the same files, unchanged, in an unchanged environment: mypy has nothing to do
+    saved = _read_json(facts_file)
+    if saved.get("tree") == tree and isinstance(saved.get("files"), dict):  # the same files, unchanged, in an unchanged environment: mypy has nothing to do
+        same = _facts_of(saved)
         return {p: same[p] for p in hashes if p in same}
     try:
         from stabcheck.static import _mypy_extract as mx
@@ -242,7 +242,7 @@ def _raw_facts(py: list[Path], cache_root: Path, out: Prepared) -> dict[str, dic
     import mypy.version
 
     cache_key = f"{FACTS_VERSION}|{mypy.version.__version__}"
-    old = _load_facts(facts_file, cache_key) or {}
+    old = _facts_of(saved) if saved.get("key") == cache_key else {}
     try:
         opts = mx.options(cache_root / "mypy", preserve_asts=False)
         srcs = mx.sources(py, opts)
@@ -306,18 +306,20 @@ def _hash(p: Path) -> str | None:
         return None
 
 
-def _load_facts(path: Path, key: str | None, tree: str | None = None) -> dict[str, dict[str, Any]] | None:
-    """The facts saved under `key` (any key when None); with `tree`, only if saved for exactly
-    that tree (`_tree_key`), else None."""
+def _read_json(path: Path) -> dict[str, Any]:
+    """A cache file's JSON object; {} when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
-        return None
-    if (key is not None and data.get("key") != key) or (tree is not None and data.get("tree") != tree):
-        return None
-    return {k: v for k, v in data["files"].items() if isinstance(v, dict) and isinstance(v.get("exprs"), dict)}
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _facts_of(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    files = data.get("files")
+    if not isinstance(files, dict):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(v, dict) and isinstance(v.get("exprs"), dict)}
 
 
 def _save_facts(path: Path, key: str, files: dict[str, dict[str, Any]], tree: str = "") -> None:
@@ -337,11 +339,8 @@ def _save_json(path: Path, data: dict[str, Any]) -> None:
 
 # -- cross-file post-processing ------------------------------------------------------------------
 def _load_seeds(path: Path, tree: str) -> dict[str, dict[str, tuple[set[str], bool]]] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict) or data.get("tree") != tree or not isinstance(data.get("seeds"), dict):
+    data = _read_json(path)
+    if data.get("tree") != tree or not isinstance(data.get("seeds"), dict):
         return None
     try:
         return {p: {q: (set(params), bool(abstract)) for q, (params, abstract) in fs.items()} for p, fs in data["seeds"].items()}
@@ -457,17 +456,18 @@ def refine(data: bytes, path: str, config: Config, dispatcher: Dispatcher, types
             typed = check_bytes(data, path, config, dispatcher)
     except Exception:  # pragma: no cover - a bug in the typed tier must not cost the untyped findings
         return untyped
+    try:  # one tree for the proofs and the union checks (check_bytes keeps its own to itself)
+        tree: ast.Module | None = ast.parse(data, filename=path)
+    except (SyntaxError, ValueError, RecursionError):
+        tree = None
     before = {f.key for f in untyped.findings}
     nodes: dict[tuple[int, int, int, int], ast.AST] = {}
-    if any(f.key not in before and f.code in _NEEDS_ARRAY for f in typed.findings):
-        try:
-            nodes = _spans(ast.parse(data, filename=path))
-        except (SyntaxError, ValueError, RecursionError):  # pragma: no cover - check_bytes parsed it
-            pass
+    if tree is not None and any(f.key not in before and f.code in _NEEDS_ARRAY for f in typed.findings):
+        nodes = _spans(tree)
     findings = [f if f.key in before else f.refine(evidence={**f.evidence, "stage": "typed"}) for f in typed.findings if f.key in before or _proved(f, types, nodes)]
     have = {f.key for f in findings}
     try:
-        extra = _union_checks(data, path, types)
+        extra = _union_checks(tree, data, path, types) if tree is not None else []
     except Exception:  # pragma: no cover - as above
         extra = []
     for f in extra:
@@ -515,7 +515,7 @@ def _spans(tree: ast.AST) -> dict[tuple[int, int, int, int], ast.AST]:
     return out
 
 
-def _union_checks(data: bytes, path: str, types: FileTypes) -> list[Finding]:
+def _union_checks(tree: ast.Module, data: bytes, path: str, types: FileTypes) -> list[Finding]:
     """STB202 on mypy's view of a declared return (aliases, Optional any spelling) and STB201 on
     the inferred kinds of return expressions (a helper's Optional result, a tuple from a call)."""
     from stabcheck.rules.union._kinds import exits
@@ -523,9 +523,8 @@ def _union_checks(data: bytes, path: str, types: FileTypes) -> list[Finding]:
     from stabcheck.rules.union.union_return import UnionReturn
 
     try:
-        tree = ast.parse(data, filename=path)
         an = Analysis(tree, Names(tree), types)
-    except (SyntaxError, ValueError, RecursionError):
+    except RecursionError:
         return []
     lines = data.decode("utf-8", "replace").splitlines()
     out: list[Finding] = []
