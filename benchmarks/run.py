@@ -459,10 +459,11 @@ def _traced(n: int) -> dict[str, Any]:
 
 
 def _hook_entry() -> list[str]:
-    """The `stabcheck` hook's entry in `.pre-commit-hooks.yaml` (one line, no YAML library needed)."""
-    text = (ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
-    entry = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.strip().startswith("entry: stabcheck check") and "--trace" not in ln)
-    return entry.split()
+    """The `stabcheck` hook's entry in `.pre-commit-hooks.yaml`, split into words."""
+    import yaml
+
+    hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
+    return str(next(h["entry"] for h in hooks if h["id"] == "stabcheck")).split()
 
 
 def _typed_findings(typed_cache: Path, cfg: list[str]) -> dict[str, Any]:
