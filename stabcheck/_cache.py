@@ -13,6 +13,17 @@ from stabcheck.finding import Finding
 from stabcheck.suppress import Suppression
 
 
+def cache_home() -> Path:
+    """stabcheck's per-user cache directory, outside any checked tree: `$STABCHECK_CACHE_DIR`, else
+    `$XDG_CACHE_HOME/stabcheck`, else `~/.cache/stabcheck` (created by whoever writes there)."""
+    explicit = os.environ.get("STABCHECK_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "stabcheck"
+
+
 def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 

@@ -14,7 +14,8 @@ import pytest
 os.environ["STABCHECK_TYPES"] = "0"
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SCENARIOS = ROOT / "fixtures" / "scenarios"  # the workspace's shared/scenarios, copied: no test reads outside the clone
+SCHEMAS = ROOT / "tests" / "data"  # the official SARIF 2.1.0 schema
 FIXTURES = ROOT / "fixtures"
 
 

@@ -11,12 +11,11 @@ import pytest
 from .conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 
 def _tree(dst: Path) -> Path:
-    """The repo's fixtures and examples, the shared scenarios, and some broken files."""
-    for src in (ROOT / "fixtures", ROOT / "examples", SHARED / "scenarios"):
+    """The repo's fixtures (the scenarios among them) and examples, and some broken files."""
+    for src in (ROOT / "fixtures", ROOT / "examples"):
         if src.is_dir():
             shutil.copytree(src, dst / src.name, ignore=shutil.ignore_patterns("__pycache__"))
     (dst / "broken").mkdir()

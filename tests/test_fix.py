@@ -386,7 +386,7 @@ def test_cli_diff_fix_and_unsafe(tmp_path: Path):
 
 # -- the project's fixtures and the shared scenarios -------------------------------------------------
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE_FILES = sorted((ROOT / "fixtures").rglob("*.py")) + sorted((ROOT.parent / "shared" / "scenarios").glob("*.py"))
+FIXTURE_FILES = sorted((ROOT / "fixtures").rglob("*.py"))  # the scenarios included (fixtures/scenarios)
 
 
 @pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")

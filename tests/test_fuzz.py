@@ -24,11 +24,10 @@ from stabcheck.config import Config
 from stabcheck.static import engine
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 EXAMPLES = int(os.environ.get("STABCHECK_FUZZ_EXAMPLES", "600"))
 PER_FILE_LIMIT = 10.0  # seconds: a mutant that takes longer than this counts as a hang
 
-SEED_DIRS = (ROOT / "fixtures", ROOT / "examples", SHARED / "scenarios", ROOT / "stabcheck" / "rules")
+SEED_DIRS = (ROOT / "fixtures", ROOT / "examples", ROOT / "stabcheck" / "rules")  # fixtures/scenarios included
 
 
 def _seeds() -> list[bytes]:

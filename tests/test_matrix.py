@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from tests.conftest import SHARED, requires_jax, run_cli
+from tests.conftest import SCENARIOS, requires_jax, run_cli
 
-HIGHER = SHARED / "scenarios" / "higher_order.py"
+HIGHER = SCENARIOS / "higher_order.py"
 COLUMNS = ["jit", "grad", "jvp", "jacfwd", "vmap", "hessian", "jacrev(jacrev)", "jacrev(jacfwd)"]
 # the failures the scenario's docstring lists, and nothing else
 EXPECTED = {

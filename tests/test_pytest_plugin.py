@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 pytest_plugins = ["pytester"]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SCHEMAS = Path(__file__).resolve().parents[1] / "tests" / "data"
 pytest.importorskip("jax")
 
 STORM = '''
@@ -151,7 +151,7 @@ def test_report_json_and_sarif(project: pytest.Pytester) -> None:
     assert result.ret == 0
     sarif = json.loads((project.path / "out.sarif").read_text())
     jsonschema = pytest.importorskip("jsonschema")
-    jsonschema.validate(sarif, json.loads((SHARED / "schemas" / "sarif-schema-2.1.0.json").read_text()))
+    jsonschema.validate(sarif, json.loads((SCHEMAS / "sarif-schema-2.1.0.json").read_text()))
     assert {r["ruleId"] for r in sarif["runs"][0]["results"]} == {"STB302", "STB504"}
 
 

@@ -18,18 +18,18 @@ from stabcheck.finding import Finding, Span
 
 from .conftest import run_cli
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SCHEMA = SHARED / "schemas" / "sarif-schema-2.1.0.json"
+SCHEMAS = Path(__file__).resolve().parents[1] / "tests" / "data"
+SCHEMA = SCHEMAS / "sarif-schema-2.1.0.json"
 DEVICE = {"platform": "cpu", "device_kind": "cpu", "jax": "0.10.2"}
 
 
 def _corpus(tmp_path: Path) -> list[Finding]:
-    """Real findings: the project's fixtures, the shared scenarios and every rule's INVALID examples."""
+    """Real findings: the project's fixtures (the scenarios among them) and every rule's INVALID examples."""
     for i, rule in enumerate(registry.all_rules()):
         for j, ex in enumerate(rule.INVALID):
             (tmp_path / f"{rule.code.lower()}_{j}.py").write_text(textwrap.dedent(ex).lstrip("\n"), encoding="utf-8")
     fixtures = Path(__file__).resolve().parents[1] / "fixtures"
-    paths = [str(tmp_path)] + [str(p) for p in (fixtures, SHARED / "scenarios") if p.is_dir()]
+    paths = [str(tmp_path), str(fixtures)]  # fixtures/scenarios included
     found = run(paths, Config(), Options(cache=False, jobs=1)).findings
     assert found, "no findings to render"
     return found

@@ -20,7 +20,7 @@ import stabcheck
 from stabcheck.runtime import StabilityError, StabilityWarning
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SCENARIOS = Path(__file__).resolve().parents[1] / "fixtures" / "scenarios"
 FIXTURES = ROOT / "fixtures" / "runtime"
 
 jax = pytest.importorskip("jax")
@@ -316,11 +316,11 @@ def test_warning_filter_error_from_the_command_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_masking_f64_variant_warns_stb301_at_the_mask_line() -> None:
-    sys.path.insert(0, str(SHARED / "scenarios"))
+    sys.path.insert(0, str(SCENARIOS))
     try:
-        m = _load(SHARED / "scenarios" / "masking_flow.py", "rt_masking_flow")
+        m = _load(SCENARIOS / "masking_flow.py", "rt_masking_flow")
     finally:
-        sys.path.remove(str(SHARED / "scenarios"))
+        sys.path.remove(str(SCENARIOS))
     prev = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     try:
@@ -330,20 +330,20 @@ def test_masking_f64_variant_warns_stb301_at_the_mask_line() -> None:
         assert out[2].dtype == jnp.float64  # the leak is real: the loss is float64 under x64
     finally:
         jax.config.update("jax_enable_x64", prev)
-    lines = (SHARED / "scenarios" / "masking_flow.py").read_text().splitlines()
+    lines = (SCENARIOS / "masking_flow.py").read_text().splitlines()
     f64 = [x for x in w if x.message.code == "STB301"]
     assert f64 and all("MASK64 * x" in lines[x.lineno - 1] for x in f64)
-    assert Path(f64[0].filename).resolve() == (SHARED / "scenarios" / "masking_flow.py").resolve()
+    assert Path(f64[0].filename).resolve() == (SCENARIOS / "masking_flow.py").resolve()
     assert [x.message.code for x in ok] == []
 
 
 @pytest.mark.slow
 def test_masking_bool_leaf_in_params_is_stb402_and_the_user_error_is_unchanged() -> None:
-    sys.path.insert(0, str(SHARED / "scenarios"))
+    sys.path.insert(0, str(SCENARIOS))
     try:
-        m = _load(SHARED / "scenarios" / "masking_flow.py", "rt_masking_flow2")
+        m = _load(SCENARIOS / "masking_flow.py", "rt_masking_flow2")
     finally:
-        sys.path.remove(str(SHARED / "scenarios"))
+        sys.path.remove(str(SCENARIOS))
     params, _, x = m.example_inputs(with_mask=True)
     w = _caught(stabcheck.stable(check_grad=True)(m.loss_mask_in_params), (params, x))
     assert [(y.message.code, y.message.finding.detail) for y in w] == [("STB402", "params['mask']")]

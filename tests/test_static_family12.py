@@ -19,7 +19,7 @@ from stabcheck.rule import expected_lines
 from tests.conftest import requires_jax
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SCENARIOS = Path(__file__).resolve().parents[1] / "fixtures" / "scenarios"
 FIXTURES = ROOT / "fixtures" / "static"
 SLUGS = (
     "concretize_tracer",
@@ -61,7 +61,7 @@ def test_ok_fixture_is_silent(slug: str) -> None:
 
 
 def test_rbf_scenario_factorize_fires_only_when_transformed() -> None:
-    src = (SHARED / "scenarios" / "rbf_interpolator.py").read_text(encoding="utf-8")
+    src = (SCENARIOS / "rbf_interpolator.py").read_text(encoding="utf-8")
     assert not [f for f in check_source(src, "rbf.py", Config()) if f.code == "STB201"]
     jitted = src.replace("def loss_union(values, points, eval_points):", "@jax.jit\ndef loss_union(values, points, eval_points):")
     found = [f for f in check_source(jitted, "rbf.py", Config()) if f.code == "STB201"]
@@ -70,7 +70,7 @@ def test_rbf_scenario_factorize_fires_only_when_transformed() -> None:
 
 def test_scenarios_have_no_false_1xx_2xx() -> None:
     found = []
-    for path in sorted((SHARED / "scenarios").glob("*.py")):
+    for path in sorted((SCENARIOS).glob("*.py")):
         found += [f for f in check_source(path.read_text(encoding="utf-8"), str(path), Config()) if f.code in {_code(s) for s in SLUGS}]
     assert not found, [(f.path, f.line, f.code) for f in found]
 

@@ -18,7 +18,7 @@ from stabcheck.config import Config
 from stabcheck.rule import expected_lines
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SCENARIOS = Path(__file__).resolve().parents[1] / "fixtures" / "scenarios"
 FIXTURES = ROOT / "fixtures" / "static"
 
 RULES = {
@@ -55,9 +55,9 @@ def test_near_miss_fixture_is_silent(code: str, slug: str) -> None:
 def test_scenarios() -> None:
     """RBF `_interpolate_bwd` is flagged at its return; nothing in the scenarios applies forward
     or reverse mode to a specific function, and `apply_f64_mask` is not transformed in source."""
-    findings = [f for p in sorted((SHARED / "scenarios").glob("*.py")) for f in check_source(p.read_text(encoding="utf-8"), str(p), Config())]
+    findings = [f for p in sorted((SCENARIOS).glob("*.py")) for f in check_source(p.read_text(encoding="utf-8"), str(p), Config())]
     mine = {(Path(f.path).name, f.line, f.code) for f in findings if f.code in RULES}
-    rbf = (SHARED / "scenarios" / "rbf_interpolator.py").read_text(encoding="utf-8").splitlines()
+    rbf = (SCENARIOS / "rbf_interpolator.py").read_text(encoding="utf-8").splitlines()
     ret = next(i for i, line in enumerate(rbf, 1) if "one cotangent for two primal inputs" in line)
     assert mine == {("rbf_interpolator.py", ret, "STB405")}
 

@@ -13,8 +13,8 @@ from tests.conftest import requires_jax, run_cli
 pytestmark = [pytest.mark.slow, requires_jax]
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SCEN = SHARED / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[1] / "fixtures" / "scenarios"
+SCEN = SCENARIOS
 FIX = ROOT / "fixtures" / "traced"
 
 

@@ -26,7 +26,6 @@ from stabcheck.static.names import Names
 from tests.conftest import requires_jax, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURE = ROOT / "fixtures" / "typed"
 MARK = re.compile(r"#\s*(typed: (STB\d{3})|near-miss|silent:)")
 

@@ -1,7 +1,7 @@
 """`stabcheck trace TARGET...`: trace entries or functions in a worker and report what JAX sees.
 
     stabcheck trace fixtures/traced/scenario_entries.py
-    stabcheck trace ../shared/scenarios/higher_order.py:ENTRIES --transforms grad,jvp
+    stabcheck trace fixtures/scenarios/higher_order.py:ENTRIES --transforms grad,jvp
     stabcheck trace model.py:loss --arg 'f32[8,2]' --arg '{"w": "f32[2,2]"}' --static 2=3
 
 Importing this module imports neither JAX nor the user's code.
