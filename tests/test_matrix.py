@@ -136,5 +136,5 @@ def test_memory_limit_parsing():
 
 
 def test_commands_import_no_jax():
-    code = "import sys, stabcheck.cli, stabcheck.confirm.commands, stabcheck.reporters.matrix_; assert 'jax' not in sys.modules"
+    code = "import sys, stabcheck.cli, stabcheck.cli.confirm, stabcheck.reporters.matrix_; assert 'jax' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -247,14 +247,14 @@ def init(
 
 
 def _add_stage_commands() -> None:
-    """`trace` lives with the traced stage, `confirm` and `matrix` with the confirm stage.
+    """`trace` lives in cli/trace.py, `confirm` and `matrix` in cli/confirm.py.
 
     Each module has `register(app, helpers)`; importing it must not import JAX.
     """
     import importlib
 
     helpers = {"guard": _guard, "emit": _emit, "color": _color, "fail": _fail, "Exit": _Exit, "load_config": _load_config}
-    for name in ("stabcheck.traced.commands", "stabcheck.confirm.commands"):
+    for name in ("stabcheck.cli.trace", "stabcheck.cli.confirm"):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
