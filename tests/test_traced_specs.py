@@ -116,7 +116,7 @@ def test_entry_targets_from_files_and_config(tmp_path: Path) -> None:
 
 def test_static_and_cli_modules_do_not_import_jax() -> None:
     code = (
-        "import sys, stabcheck, stabcheck.cli.trace, stabcheck.traced.stage, stabcheck.traced.worker, "
+        "import sys, stabcheck, stabcheck.cli.trace, stabcheck.traced.stage, stabcheck.worker, "
         "stabcheck.traced.discover, stabcheck.traced.specs, stabcheck.traced.source, stabcheck.cli\n"
         "bad = [m for m in sys.modules if m == 'jax' or m.startswith('jax.') or m == 'libcst']\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
@@ -145,7 +145,7 @@ def test_trace_usage_errors_exit_2_without_traceback(tmp_path: Path) -> None:
 
 def test_worker_rejects_unknown_tasks_and_progress_runs_without_a_terminal() -> None:
     from stabcheck.traced._progress import Progress
-    from stabcheck.traced.worker import TASKS, run_in_worker
+    from stabcheck.worker import TASKS, run_in_worker
 
     assert {"trace", "confirm", "matrix"} <= set(TASKS)
     with pytest.raises(ValueError, match="unknown worker task"):

@@ -114,7 +114,7 @@ def test_ctrl_c_kills_the_worker() -> None:
                         cmd = f.read()
                 except (OSError, ValueError, IndexError):
                     continue
-                if ppid == cli.pid and b"stabcheck.traced.worker" in cmd:
+                if ppid == cli.pid and b"stabcheck.worker" in cmd:
                     worker = int(pid)
             time.sleep(0.1)
         assert worker is not None, "the worker never started"

@@ -1,7 +1,7 @@
 """`stabcheck confirm TARGET` and `stabcheck matrix TARGET...`; registered by stabcheck.cli.
 
 Importing this module imports no JAX: the work happens in the worker subprocess
-(`stabcheck.traced.worker`, tasks "confirm" and "matrix" in `stabcheck.confirm.run`).
+(`stabcheck.worker`, tasks "confirm" and "matrix" in `stabcheck.confirm.run`).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def register(app: typer.Typer, helpers: dict[str, Any]) -> None:
         from stabcheck import reporters
         from stabcheck.api import __version__
         from stabcheck.traced.entries import TRANSFORMS
-        from stabcheck.traced.worker import run_in_worker
+        from stabcheck.worker import run_in_worker
 
         if output_format not in reporters.FORMATS:
             helpers["fail"](f"invalid value for `--output-format`: {output_format!r}; expected one of: {', '.join(reporters.FORMATS)}")
@@ -119,7 +119,7 @@ def register(app: typer.Typer, helpers: dict[str, Any]) -> None:
         """Which AD compositions work for each entry, and what each costs relative to the primal."""
         from stabcheck.confirm.matrix import COLUMNS
         from stabcheck.reporters import matrix_
-        from stabcheck.traced.worker import run_in_worker
+        from stabcheck.worker import run_in_worker
 
         if output_format not in matrix_.FORMATS:
             helpers["fail"](f"invalid value for `--output-format`: {output_format!r}; expected one of: {', '.join(matrix_.FORMATS)}")

@@ -437,7 +437,7 @@ def measure(fun: Any, *args: Any, runs: int = 5, budget: float = 0.5) -> float:
     return statistics.median(times)
 
 
-# -- worker tasks (registered in stabcheck.traced.worker.TASKS) -------------------------------------
+# -- worker tasks (registered in stabcheck.worker.TASKS) --------------------------------------------
 def confirm_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict[str, Any]:
     """Payload: "suspected" {entry: [Finding dicts]} (or "trace": true to trace the entry first
     here), "transforms", "memory_limit" (bytes), "max_traces"."""

@@ -1,7 +1,7 @@
 """The traced (and confirm) stage of `stabcheck check --trace`: entries -> worker -> findings.
 
 Runs in the stabcheck process and imports no JAX: it finds the entries statically, runs the
-"trace" task in a worker subprocess (`stabcheck.traced.worker`) and turns what the worker
+"trace" task in a worker subprocess (`stabcheck.worker`) and turns what the worker
 reports (findings, and entries that hung, crashed or exited) into `Finding`s.
 """
 
@@ -17,7 +17,7 @@ from stabcheck.config import Config, ConfigError
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.checks import shown_path
 from stabcheck.traced.discover import entry_targets
-from stabcheck.traced.worker import Death, Outcome, run_in_worker
+from stabcheck.worker import Death, Outcome, run_in_worker
 
 
 def memory_limit_bytes(text: str | None) -> int | None:

@@ -6,7 +6,7 @@
 Contract (for every task: "trace" here, "confirm"/"matrix" from stabcheck.confirm)
 -------------------------------------------------------------------------------------
 * The parent (`run_in_worker`, no JAX imported) writes the payload as JSON to a temp file and
-  starts `python -m stabcheck.traced.worker TASK PAYLOAD RESULT` in its own process group (a new
+  starts `python -m stabcheck.worker TASK PAYLOAD RESULT` in its own process group (a new
   session; on Linux it also dies with its parent). The child appends one JSON object per line to
   RESULT: {"event": "start", "entry": NAME} before an entry, {"event": "entry", "entry": NAME,
   "findings": [...], "notes": [...], ...} after it, {"event": "error", "findings": [...]} for a
@@ -171,7 +171,7 @@ def _once(task: str, payload: dict[str, Any], timeout: float, memory_limit: int 
         offset = 0
         with open(perr, "w", encoding="utf-8") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "stabcheck.traced.worker", task, pin, pout],
+                [sys.executable, "-m", "stabcheck.worker", task, pin, pout],
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _child_setup()
     if len(args) != 3 or args[0] not in TASKS:
-        sys.stderr.write(f"usage: python -m stabcheck.traced.worker {{{','.join(TASKS)}}} PAYLOAD.json RESULT.jsonl\n")
+        sys.stderr.write(f"usage: python -m stabcheck.worker {{{','.join(TASKS)}}} PAYLOAD.json RESULT.jsonl\n")
         return 2
     try:
         return child_main(*args)
@@ -382,6 +382,3 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return 3
 
-
-if __name__ == "__main__":
-    sys.exit(main())
