@@ -116,7 +116,7 @@ def test_entry_targets_from_files_and_config(tmp_path: Path) -> None:
 
 def test_static_and_cli_modules_do_not_import_jax() -> None:
     code = (
-        "import sys, stabcheck, stabcheck.cli.trace, stabcheck.traced.stage, stabcheck.worker, "
+        "import sys, stabcheck, stabcheck.cli.trace, stabcheck.worker.stage, stabcheck.worker, "
         "stabcheck.traced.discover, stabcheck.traced.specs, stabcheck.traced.source, stabcheck.cli\n"
         "bad = [m for m in sys.modules if m == 'jax' or m.startswith('jax.') or m == 'libcst']\n"
         "print(bad); sys.exit(1 if bad else 0)\n"

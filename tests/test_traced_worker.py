@@ -34,7 +34,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def faults():
-    from stabcheck.traced.stage import run_targets
+    from stabcheck.worker.stage import run_targets
 
     targets = [{"target": f"{FIX / 'faults.py'}:faults"}, {"target": str(FIX / "raises_at_import.py")}, {"target": str(FIX / "hangs_at_import.py")}, {"target": f"{FIX / 'bad_factories.py'}:raises"}, {"target": f"{FIX / 'bad_factories.py'}:wrong_type"}]
     t0 = time.monotonic()
@@ -91,7 +91,7 @@ def test_no_worker_survives(faults) -> None:
 
 
 def test_memory_limit_stops_a_runaway_entry() -> None:
-    from stabcheck.traced.stage import run_targets
+    from stabcheck.worker.stage import run_targets
 
     findings, _, outcome = run_targets([{"target": f"{FIX / 'faults.py'}:memory"}], timeout=30, memory_limit=int(1.5 * 2**30))
     assert [f.code for f in findings] == ["STB902"]

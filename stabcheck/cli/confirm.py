@@ -28,7 +28,7 @@ def _limit(text: str | None, helpers: dict[str, Any]) -> int | None:
 
 def _death_finding(death: Any, kind: str, timeout: float) -> Finding:
     """STB902 for an entry that killed the worker, where the traced stage puts it (the factory)."""
-    from stabcheck.traced.stage import death_finding
+    from stabcheck.worker.stage import death_finding
 
     base = death_finding(death, timeout)
     what = f"entry `{death.entry}`" if death.entry else f"importing `{death.target}`"

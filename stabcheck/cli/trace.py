@@ -42,7 +42,7 @@ def register(app: typer.Typer, helpers: dict[str, Any]) -> None:
         from stabcheck.api import __version__
         from stabcheck.config import UsageError
         from stabcheck.traced import specs
-        from stabcheck.traced.stage import _absolute, memory_limit_bytes, run_targets
+        from stabcheck.worker.stage import _absolute, memory_limit_bytes, run_targets
 
         if output_format not in reporters.FORMATS:
             fail(f"invalid value for `--output-format`: {output_format!r}; expected one of: {', '.join(reporters.FORMATS)}")

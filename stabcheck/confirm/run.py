@@ -1,6 +1,6 @@
 """The confirm stage inside the worker: run an entry for real and settle what was suspected.
 
-Contract with the traced stage (`stabcheck.traced.stage.run_stage` calls this in its worker when
+Contract with the traced stage (`stabcheck.worker.stage.run_stage` calls this in its worker when
 "confirm" is in the stages; JAX is imported there, user code may run):
 
     confirm_entry(name, entry, suspected=(), *, transforms=None, memory_limit=None, max_traces=3,
