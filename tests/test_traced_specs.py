@@ -144,7 +144,7 @@ def test_trace_usage_errors_exit_2_without_traceback(tmp_path: Path) -> None:
 
 
 def test_worker_rejects_unknown_tasks_and_progress_runs_without_a_terminal() -> None:
-    from stabcheck.traced._progress import Progress
+    from stabcheck.worker.progress import Progress
     from stabcheck.worker import TASKS, run_in_worker
 
     assert {"trace", "confirm", "matrix"} <= set(TASKS)

@@ -67,7 +67,7 @@ def register(app: typer.Typer, helpers: dict[str, Any]) -> None:
         limit = memory_limit_bytes(memory_limit if memory_limit is not None else cfg.memory_limit)
         progress = None
         if sys.stderr.isatty() and not os.environ.get("CI"):
-            from stabcheck.traced._progress import Progress
+            from stabcheck.worker.progress import Progress
 
             progress = Progress(len(targets))
         try:

@@ -69,7 +69,7 @@ def run_stage(files: list[Path], results: dict[str, Any], config: Config, option
     limit = memory_limit_bytes(options.memory_limit if options.memory_limit is not None else config.memory_limit)
     progress = None
     if getattr(options, "progress", False):
-        from stabcheck.traced._progress import Progress
+        from stabcheck.worker.progress import Progress
 
         progress = Progress(len(targets))
     try:
