@@ -15,7 +15,7 @@ from typing import Any
 
 from stabcheck.confirm import transforms as T
 from stabcheck.confirm.device import format_bytes
-from stabcheck.confirm.errors import classify
+from stabcheck.traced.errors import classify
 from stabcheck.confirm.nan import nonfinite
 from stabcheck.confirm.run import _memory, _within, measure
 from stabcheck.traced.entries import Entry

@@ -37,7 +37,7 @@ from typing import Any
 
 from stabcheck.confirm import transforms as T
 from stabcheck.confirm.device import default_memory_limit, format_bytes
-from stabcheck.confirm.errors import SLUGS, Failure, classify
+from stabcheck.traced.errors import SLUGS, Failure, classify
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.entries import Entry
 

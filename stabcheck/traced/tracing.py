@@ -8,7 +8,10 @@ walks it with `check_jaxpr`, and turns what JAX raises into findings at the user
     loop carry differs -> STB204   grad of bool/int leaves -> STB402 (naming the leaves)
     forward mode over custom_vjp -> STB403   reverse mode through while_loop -> STB404
     custom rule output mismatch -> STB405   callbacks under grad/jvp -> STB407
-    anything else -> STB902
+    trees of other structures combined -> STB206   grad of a non-scalar output -> STB409
+    traced/unhashable static argument -> STB502   Python int overflowing its dtype -> STB503
+    a non-array (a Module, an object) passed as a traced argument -> STB505
+    anything else -> STB902 (stabcheck's own failure, or an error no rule knows; see traced.errors)
 
 Entries with `state_argnums` are stepped abstractly init -> step -> step and every state leaf's
 dtype/shape/weak_type is compared (STB204); entries with static arguments and `calls` are traced
@@ -27,44 +30,12 @@ from typing import Any
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.checks import check_jaxpr, iter_eqns, shown_path, site_span, source_line
 from stabcheck.traced.entries import Entry
+from stabcheck.traced.errors import code_of
 from stabcheck.traced.source import Site, eqn_site, exception_site, function_site
 
 FORWARD = frozenset({"jvp", "jacfwd", "hessian", "hvp"})
 REVERSE = frozenset({"grad", "jacrev", "hessian", "hvp"})
 BATCH = 2
-
-# (exception class name or "", text in the message, code); first match wins
-_ERRORS: tuple[tuple[str, str, str], ...] = (
-    ("TracerBoolConversionError", "", "STB101"),
-    ("NonConcreteBooleanIndexError", "", "STB103"),
-    ("TracerIntegerConversionError", "", "STB102"),
-    ("TracerArrayConversionError", "", "STB102"),
-    ("ConcretizationTypeError", "", "STB102"),
-    ("", "grad requires real- or complex-valued inputs", "STB402"),
-    ("", "can't apply forward-mode autodiff (jvp) to a custom_vjp function", "STB403"),
-    ("", "Reverse-mode differentiation does not work for lax.while_loop", "STB404"),
-    ("", "Custom VJP bwd rule", "STB405"),
-    ("", "Custom JVP rule", "STB405"),
-    ("", "custom_jvp rule", "STB405"),
-    ("", "callbacks do not support JVP", "STB407"),
-    ("", "branches must have equal output types", "STB203"),
-    ("", "branches must have equal types", "STB203"),
-    ("", "branch outputs must have same type structure", "STB203"),
-    ("", "carry input and carry output must have equal types", "STB204"),
-    ("", "carry output and input must have identical types", "STB204"),
-    ("", "carry input and carry output must have the same pytree structure", "STB204"),
-)
-
-
-def classify(exc: BaseException) -> str:
-    kind, text = type(exc).__name__, str(exc)
-    for cls, needle, code in _ERRORS:
-        if cls and cls == kind:
-            return code
-        if not cls and needle in text:
-            return code
-    return "STB902"
-
 
 def first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
@@ -194,7 +165,7 @@ class Tracer:
             self.primal, shape = jax.make_jaxpr(self.call, return_shape=True)(*self.dyn)
         except Exception as e:  # noqa: BLE001 - user code
             self.exception(e, "call")
-            self.status["call"] = classify(e)
+            self.status["call"] = code_of(e)[0]
             return
         out_paths = [jax.tree_util.keystr(p) or "output" for p, _ in jax.tree_util.tree_flatten_with_path(shape)[0]]
         self.status["call"] = "ok"
@@ -208,7 +179,7 @@ class Tracer:
                 jaxpr = jax.make_jaxpr(fn)(*args)
             except Exception as e:  # noqa: BLE001
                 self.exception(e, t)
-                self.status[t] = classify(e)
+                self.status[t] = code_of(e)[0]
                 continue
             self.status[t] = "ok"
             if t in FORWARD:
@@ -251,7 +222,7 @@ class Tracer:
 
     # -- exceptions -> findings --------------------------------------------------------------
     def exception(self, e: BaseException, transform: str) -> None:
-        code = classify(e)
+        code, reason = code_of(e)
         jax_msg = "\n".join(str(e).strip().splitlines()[:6])[:1200]
         ev = {"transform": transform, "error": first_line(e), "jax_message": jax_msg}
         where = f"under `{transform}`" if transform != "call" else "when traced"
@@ -270,14 +241,15 @@ class Tracer:
         elif code in ("STB101", "STB102", "STB103"):
             text = _source_line(site)
             culprit = f"`{text}`" if text else "this line"
+            concrete = "a concrete shape" if "shape" in reason else "static slice bounds" if "slice" in reason else "a concrete value from a traced one"
             what = {
                 "STB101": f"{culprit} branches in Python on a traced value {where}",
-                "STB102": f"{culprit} needs a concrete value from a traced one {where} (`int`/`float`/`bool`/`.item()`/NumPy)",
+                "STB102": f"{culprit} needs {concrete} {where}" + (" (`int`/`float`/`bool`/`.item()`/NumPy)" if concrete.startswith("a concrete value") else ""),
                 "STB103": f"{culprit} makes an array whose shape depends on traced data {where}",
             }[code]
             helps = {
                 "STB101": "select with `jnp.where`/`lax.select`/`lax.cond`, or make the argument static (`static_argnums`)",
-                "STB102": "keep the value as an array (`jnp` operations), or make the argument static",
+                "STB102": "compute sizes and bounds with Python ints from static shapes (`x.shape[0] + 1`, not `jnp.add(x.size, 1)`), use `lax.dynamic_slice` with a static size, or make the argument static" if concrete != "a concrete value from a traced one" else "keep the value as an array (`jnp` operations), or make the argument static",
                 "STB103": "give a static size (`jnp.nonzero(x, size=n)`, `jnp.where(m, x, 0)`) instead of boolean indexing",
             }
             self.report(code, site, f"{what}; JAX raises `{type(e).__name__}`, so the function cannot be jitted or differentiated under `jit`", help=helps[code], detail=text or transform, evidence=ev)
@@ -285,6 +257,16 @@ class Tracer:
             self.report(code, site, f"the branches of this conditional return different types {where}; JAX raises `{first_line(e)[:120]}`", help="make every branch return the same pytree of the same dtypes and shapes (cast with `.astype`, pad, or return zeros)", detail=transform, evidence=ev)
         elif code == "STB204":
             self.report(code, site, f"a loop carry changes type between iterations here {where}; JAX raises `{first_line(e)[:120]}`", help="initialise the carry with the dtype and shape the body returns (e.g. `jnp.zeros((), x.dtype)` instead of `0`)", detail=transform, evidence=ev)
+        elif code == "STB206":
+            self.report(code, site, f"two pytrees of different structure are combined here {where} (a `None` for a frozen part, other dict keys, a tuple against a list); JAX raises `{first_line(e)[:160]}`", help="give both trees the same structure (zeros instead of `None`, the same keys), or map over the one that has every leaf (`jax.tree.map(f, a, b, is_leaf=lambda x: x is None)`)", detail=transform, evidence=ev)
+        elif code == "STB409":
+            self.report(code, site, f"{'this `grad`' if transform == 'call' else f'`{transform}`'} differentiates a function whose output is not a scalar; JAX raises `{first_line(e)[:160]}`", help="reduce the output to a scalar (`.sum()`, `[0]` for shape (1,)), return `(loss, aux)` with `has_aux=True`, or use `jax.jacrev`/`jax.vjp` for a non-scalar output", detail=transform, evidence=ev)
+        elif code == "STB502":
+            self.report(code, site, f"a traced or unhashable value reaches a parameter declared static {where} (`vmap` over it, or a list/array given for it); JAX raises `{first_line(e)[:160]}`", help="pass a hashable Python value (a tuple, an int) for the static parameter and keep it out of `in_axes` (`in_axes=None` for it), or make it a traced argument", detail=transform, evidence=ev)
+        elif code == "STB503":
+            self.report(code, site, f"a Python int given as a traced argument does not fit the argument's dtype {where} (int32 unless x64 is on); JAX raises `{first_line(e)[:160]}`", help="pass large integers (seeds, timestamps) as `np.int64`/`np.uint32` arrays reduced to the range you need, or as static arguments; do not rely on JAX truncating them", detail=transform, evidence=ev)
+        elif code == "STB505":
+            self.report(code, site, f"an argument that is neither an array nor a pytree of arrays (a Module, a plain object) is passed as a traced argument {where}; JAX raises `{first_line(e)[:160]}`", help="mark it static (`static_argnums`/`static_argnames`, `eqx.filter_jit`), register its class as a pytree, or pass its arrays (`model.init(...)` params) instead of the object", detail=transform, evidence=ev)
         elif code == "STB407":
             self.report(code, site, f"a host callback is reached by autodiff ({transform}) here; JAX raises `{first_line(e)[:120]}`", help="wrap the callback in `jax.custom_jvp`/`custom_vjp` with a JAX derivative, or replace it with `jnp` code", detail=transform, evidence=ev)
         else:

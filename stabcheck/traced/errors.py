@@ -1,0 +1,91 @@
+"""What an exception raised under a transform means: its STB code and the user line it came from.
+
+One table serves the traced stage (`make_jaxpr` on abstract inputs) and the confirm stage (real
+runs). No JAX import: exceptions are recognised by class name and JAX's own message text, which
+the tests pin against the installed JAX (tests/test_errors.py raises each one for real). JAX has
+reworded several messages over its versions; both wordings are kept where they differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stabcheck.traced.source import exception_site
+
+# (class name or "", text in the message, code, short reason); first match wins
+TABLE: tuple[tuple[str, str, str, str], ...] = (
+    ("TracerBoolConversionError", "", "STB101", "Python `if`/`while` on a traced value"),
+    ("NonConcreteBooleanIndexError", "", "STB103", "data-dependent shape"),
+    ("ConcretizationTypeError", "", "STB102", "a traced value was made concrete"),
+    ("TracerIntegerConversionError", "", "STB102", "`int()`/index of a traced value"),
+    ("TracerArrayConversionError", "", "STB102", "NumPy conversion of a traced value"),
+    ("", "Shapes must be 1D sequences of concrete values", "STB102", "a shape computed from a traced value"),
+    ("", "Slice entries must be static integers", "STB102", "slice bounds from a traced value"),
+    ("", "Array slice indices must have static start/stop/step", "STB102", "slice bounds from a traced value"),
+    ("", "Non-hashable static arguments are not supported", "STB502", "a traced or unhashable value given for a static argument"),
+    ("OverflowError", "while parsing an argument to a jitted computation", "STB503", "a Python int too large for the argument's dtype"),
+    ("", "grad requires real- or complex-valued inputs", "STB402", "grad of a bool/int leaf"),
+    ("", "Gradient only defined for scalar-output functions", "STB409", "grad of a non-scalar output"),
+    ("", "can't apply forward-mode autodiff (jvp) to a custom_vjp function", "STB403", "forward mode through custom_vjp"),
+    ("", "Reverse-mode differentiation does not work for lax.while_loop", "STB404", "reverse mode through while_loop"),
+    ("", "Custom VJP bwd rule", "STB405", "custom_vjp bwd rule output mismatch"),
+    ("", "Custom JVP rule", "STB405", "custom_jvp rule output mismatch"),
+    ("", "custom_jvp rule", "STB405", "custom_jvp rule mismatch"),
+    ("", "callbacks do not support JVP", "STB407", "callback under AD"),
+    ("", "pure_callback", "STB407", "callback under AD"),
+    ("", "branches must have equal output types", "STB203", "branches of different types"),
+    ("", "branches must have equal types", "STB203", "branches of different types"),
+    ("", "must have identical types", "STB203", "branches of different types"),
+    ("", "branch outputs must have same type structure", "STB203", "branches of different structure"),
+    ("", "branch outputs must have the same pytree structure", "STB203", "branches of different structure"),
+    ("", "must have same type structure", "STB203", "branches of different structure"),
+    ("", "carry input and carry output must have equal types", "STB204", "loop carry changes type"),
+    ("", "carry output and input must have identical types", "STB204", "loop carry changes type"),
+    ("", "carry input and carry output must have the same pytree structure", "STB204", "loop carry changes structure"),
+    ("", "carry", "STB204", "loop carry changes type"),
+    ("", "pytree structure error", "STB206", "pytrees of different structure combined"),
+    ("", "Custom node type mismatch", "STB206", "pytrees of different structure combined"),
+    ("", "Dict key mismatch", "STB206", "pytrees of different structure combined"),
+    ("", "Tuple arity mismatch", "STB206", "pytrees of different structure combined"),
+    ("", "as an abstract array", "STB505", "a non-array value passed as a traced argument"),
+    ("", "is not a valid JAX type", "STB505", "a non-array value passed as a traced argument"),
+)
+
+
+# slugs of the catalogue in DESIGN.md, for codes whose rule module is not installed
+SLUGS = {
+    "STB101": "branch-on-tracer", "STB102": "concretize-tracer", "STB103": "data-dependent-shape",
+    "STB203": "branch-type-mismatch", "STB204": "carry-type-drift", "STB206": "pytree-structure-mismatch",
+    "STB402": "non-differentiable-leaf", "STB403": "forward-mode-custom-vjp", "STB404": "reverse-mode-while-loop",
+    "STB405": "custom-rule-mismatch", "STB406": "gradient-dtype-mismatch", "STB407": "callback-in-ad",
+    "STB408": "nan-in-gradient", "STB409": "non-scalar-gradient", "STB502": "unhashable-static-arg",
+    "STB503": "python-scalar-arg", "STB504": "retrace", "STB505": "non-array-argument", "STB902": "analysis-error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    code: str
+    reason: str
+    kind: str  # exception class name
+    message: str  # the first line of the exception text
+    path: str | None = None  # the user frame that raised, when one is found
+    line: int | None = None
+
+
+def code_of(exc: BaseException) -> tuple[str, str]:
+    """(code, short reason) for an exception; STB902 when the table does not know it."""
+    kind, text = type(exc).__name__, str(exc)
+    for cls, needle, code, reason in TABLE:
+        if (not cls or cls == kind) and needle in text:
+            return code, reason
+    return "STB902", kind
+
+
+def classify(exc: BaseException, within: tuple[str, ...] = ()) -> Failure:
+    code, reason = code_of(exc)
+    kind = type(exc).__name__
+    site = exception_site(exc, within=within)
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    short = lines[0][:300] if lines else kind
+    return Failure(code, reason, kind, short, site.file if site else None, site.line if site else None)

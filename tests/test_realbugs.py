@@ -1,0 +1,96 @@
+"""Real bugs from public issues (fixtures/realbugs/): each hazard fails under the installed JAX
+with the error its issue reports, its near miss runs, and the traced stage files the failure
+under the hazard's code at the marked line — never as stabcheck's own failure (STB902)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import requires_jax
+
+pytestmark = [pytest.mark.slow, requires_jax]
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "realbugs" / "misfiled_errors.py"
+MARK = re.compile(r"#\s*bug:\s*(STB\d{3})")
+
+
+@pytest.fixture(scope="module")
+def bugs():
+    spec = importlib.util.spec_from_file_location("_realbugs_misfiled", FIX)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _expected() -> dict[str, tuple[str, int]]:
+    """Hazard function name -> (code, line) from the `# bug: STBnnn` markers."""
+    out: dict[str, tuple[str, int]] = {}
+    current = ""
+    for i, line in enumerate(FIX.read_text().splitlines(), 1):
+        if line.startswith("def "):
+            current = line[4:].split("(")[0]
+        m = MARK.search(line)
+        if m:
+            out[current] = (m.group(1), i)
+    return out
+
+
+EXPECTED = _expected()
+
+
+def _call(entry):
+    """Run an entry as its user does: under `jit` when that is the transform it names."""
+    import jax
+
+    fn = jax.jit(entry.fn) if "jit" in entry.transforms else entry.fn
+    return fn(*entry.args)
+
+
+def test_every_hazard_has_a_near_miss(bugs) -> None:
+    entries = bugs.misfiled()
+    assert len(EXPECTED) >= 9
+    for name in EXPECTED:
+        assert name in entries and f"{name}_ok" in entries, name
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_hazard_really_fails_and_near_miss_runs(bugs, name) -> None:
+    """The claim, observed: calling the entry as a user would raises; the `_ok` twin does not."""
+    entries = bugs.misfiled()
+    bad, ok = entries[name], entries[f"{name}_ok"]
+    with pytest.raises((TypeError, ValueError, IndexError, OverflowError)):
+        _call(bad)
+    _call(ok)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_traced_stage_files_the_hazard_under_its_code(bugs, name) -> None:
+    from stabcheck.traced.tracing import trace_task
+
+    entries = bugs.misfiled()
+    code, line = EXPECTED[name]
+    found = {(d["code"], d["line"]) for d in trace_task(name, entries[name], {})["findings"]}
+    assert found == {(code, line)}, found
+    near = trace_task(f"{name}_ok", entries[f"{name}_ok"], {})["findings"]
+    assert near == [], [(d["code"], d["line"], d["message"]) for d in near]
+
+
+def test_error_table_knows_each_message_of_the_installed_jax(bugs) -> None:
+    """The table is matched against JAX's wording: every hazard's exception maps to its code."""
+    from stabcheck.traced.errors import code_of
+
+    entries = bugs.misfiled()
+    for name, (code, _line) in EXPECTED.items():
+        try:
+            _call(entries[name])
+        except Exception as exc:  # noqa: BLE001 - each hazard raises its own JAX error
+            assert code_of(exc)[0] == code, (name, type(exc).__name__, str(exc)[:200])
+        else:
+            pytest.fail(f"{name} did not raise")
