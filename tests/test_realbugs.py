@@ -94,3 +94,56 @@ def test_error_table_knows_each_message_of_the_installed_jax(bugs) -> None:
             assert code_of(exc)[0] == code, (name, type(exc).__name__, str(exc)[:200])
         else:
             pytest.fail(f"{name} did not raise")
+
+
+NEAR = Path(__file__).resolve().parents[1] / "fixtures" / "realbugs" / "near_misses.py"
+
+
+@pytest.fixture(scope="module")
+def near():
+    spec = importlib.util.spec_from_file_location("_realbugs_near", NEAR)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_near_misses_run_under_jax_and_stay_silent(near) -> None:
+    import jax
+
+    from stabcheck.traced.tracing import trace_task
+
+    for name, entry in near.quiet().items():
+        jax.jit(entry.fn)(*entry.args)
+        if "grad" in entry.transforms:
+            jax.grad(entry.fn)(*entry.args)
+        found = trace_task(name, entry, {})["findings"]
+        assert found == [], (name, [(d["code"], d["line"], d["message"]) for d in found])
+
+
+def test_weak_outputs_the_code_makes_are_reported_at_their_line(near) -> None:
+    from stabcheck.traced.tracing import trace_task
+
+    lines = NEAR.read_text().splitlines()
+    for name, entry in near.loud().items():
+        found = {(d["code"], d["line"]) for d in trace_task(name, entry, {})["findings"]}
+        want = next(i for i, ln in enumerate(lines, 1) if f"def {name}(" in ln) + 1
+        assert found == {("STB302", want)}, (name, found)
+        assert "# loud: STB302" in lines[want - 1]
+
+
+def test_stable_reports_a_literal_return_at_the_return_line(near) -> None:
+    import warnings
+
+    import jax
+
+    import stabcheck
+
+    one = stabcheck.stable(jax.jit(near.one))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        one(near.V)
+    got = [(w.lineno, str(w.message)[:6]) for w in caught if isinstance(w.message, stabcheck.StabilityWarning)]
+    line = next(i for i, ln in enumerate(NEAR.read_text().splitlines(), 1) if "return 1.0" in ln)
+    assert got == [(line, "STB302")], got

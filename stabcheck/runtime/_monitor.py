@@ -182,12 +182,17 @@ class Monitor:
             return []
         token = busy.set(True)
         try:
-            found = check_jaxpr(prog.jaxpr, function=self.function, in_paths=prog.in_paths, out_paths=prog.out_paths, codes=codes)
+            found = check_jaxpr(prog.jaxpr, function=self.function, in_paths=prog.in_paths, out_paths=prog.out_paths, codes=codes, literal_site=self._literal_site)
         except Exception as e:
             return [self._analysis_error(e, site)]
         finally:
             busy.reset(token)
         return [f.refine(stage="runtime", evidence={**f.evidence, "signature": _sig_text(self)}) for f in found]
+
+    def _literal_site(self) -> Any:
+        from stabcheck.traced.source import literal_return_site
+
+        return literal_return_site(self.defined.path, self.defined.line, self.function) if self.defined is not None else None
 
     def _retrace(self, old: Signature, new: Signature, site: Site) -> Finding:
         n = len(self.records)

@@ -14,7 +14,7 @@ Cheap and importable on its own; it imports JAX only through the objects it is g
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from stabcheck.finding import Finding, Span
@@ -138,8 +138,11 @@ class _Walker:
         )
 
     # -- the walk -----------------------------------------------------------------------------
-    def walk(self, jaxpr: Any, tainted: set[Any]) -> bool:
-        """Walk one open jaxpr; `tainted` holds float64 vars that come from a float64 leak.
+    def walk(self, jaxpr: Any, tainted: set[Any], literals: frozenset[Any] = frozenset()) -> bool:
+        """Walk one open jaxpr; `tainted` holds float64 vars that come from a float64 leak,
+        `literals` the inputs that the enclosing equation binds to a Python number (`f(x, 3)` of
+        a `custom_vjp`/`jit` function: JAX passes `3` as a strong `int32`, but the user wrote a
+        literal, and promoting it is not the operand mixing STB303 is about).
         Returns True when an output of this jaxpr is tainted."""
         consumers: dict[Any, list[Any]] = {}
         for eqn in jaxpr.eqns:
@@ -151,15 +154,18 @@ class _Walker:
         for eqn in jaxpr.eqns:
             name = eqn.primitive.name
             if name == "convert_element_type":
-                self._convert(eqn, consumers, tainted, mask_data)
+                if not (_is_var(eqn.invars[0]) and eqn.invars[0] in literals and _is_intlike(_dtype(eqn.invars[0]))):
+                    self._convert(eqn, consumers, tainted, mask_data)
             elif name in ("mul", "select_n"):
                 self._mask(eqn, producers, mask_data)
             elif name == "broadcast_in_dim":
                 self._rank(eqn, consumers, producers)
             inner_tainted = False
             for sub in sub_jaxprs(eqn):
-                sub_taint = {sv for sv, ov in zip(reversed(sub.invars), reversed(eqn.invars)) if _is_var(ov) and ov in tainted}
-                inner_tainted |= self.walk(sub, sub_taint)
+                pairs = list(zip(reversed(sub.invars), reversed(eqn.invars)))
+                sub_taint = {sv for sv, ov in pairs if _is_var(ov) and ov in tainted}
+                sub_literals = frozenset(sv for sv, ov in pairs if not _is_var(ov) or ov in literals)
+                inner_tainted |= self.walk(sub, sub_taint, sub_literals)
             if inner_tainted or any(_is_var(v) and v in tainted for v in eqn.invars):
                 tainted.update(o for o in eqn.outvars if _dtype(o) == "float64" and not _weak(o))
         return any(_is_var(v) and v in tainted for v in jaxpr.outvars)
@@ -311,24 +317,31 @@ def check_jaxpr(
     in_paths: Sequence[str] = (),
     out_paths: Sequence[str] = (),
     codes: Iterable[str] | None = None,
+    literal_site: Callable[[], Site | None] | None = None,
 ) -> list[Finding]:
     """Findings STB301-305 for one traced program, at the user lines of its equations.
 
     in_paths/out_paths name the flattened inputs/outputs (pytree key paths) for messages.
     codes: restrict to these codes (default: all five).
+    literal_site: finds where the function returns a Python number (`return 1.0`), for a weak
+    output that no equation produces (`source.literal_return_site`); called only then.
     """
     chosen = ALL_CODES if codes is None else frozenset(codes) & ALL_CODES
     w = _Walker(function, chosen)
     jaxpr = getattr(closed_jaxpr, "jaxpr", closed_jaxpr)
     w.walk(jaxpr, set())
     if "STB302" in chosen:
-        _weak_outputs(w, jaxpr, out_paths)
+        _weak_outputs(w, jaxpr, out_paths, literal_site)
     return sorted(w.found.values(), key=lambda f: f.sort_key)
 
 
-def _weak_outputs(w: _Walker, jaxpr: Any, out_paths: Sequence[str]) -> None:
+def _weak_outputs(w: _Walker, jaxpr: Any, out_paths: Sequence[str], literal_site: Callable[[], Site | None] | None = None) -> None:
     producers = {o: eqn for eqn in iter_eqns(jaxpr) for o in eqn.outvars}
     for i, v in enumerate(jaxpr.outvars):
+        if not _is_var(v) and _weak(v) and literal_site is not None:  # `return 1.0`: a literal output
+            leaf = out_paths[i] if i < len(out_paths) else f"output {i}"
+            _report_weak(w, literal_site(), leaf, _dtype(v))
+            continue
         if not _is_var(v) or not _weak(v) or v in jaxpr.invars:
             continue
         eqn = producers.get(v)
@@ -342,12 +355,15 @@ def _weak_outputs(w: _Walker, jaxpr: Any, out_paths: Sequence[str]) -> None:
         if eqn is None:
             continue
         leaf = out_paths[i] if i < len(out_paths) else f"output {i}"
-        dtype = _dtype(v)
-        w.add(
-            "STB302",
-            eqn_site(eqn),
-            f"`{leaf}` is weakly typed (`{dtype}` from a Python scalar); its dtype will follow whatever it is combined with next, and a weak leaf in a loop carry or train state retraces when it becomes strong",
-            help=f"make the value strongly typed: `jnp.asarray(value, dtype=jnp.{dtype})` or derive it from an input array",
-            detail=leaf,
-            evidence={"dtype": dtype, "weak_type": True, "leaf": leaf},
-        )
+        _report_weak(w, eqn_site(eqn), leaf, _dtype(v))
+
+
+def _report_weak(w: _Walker, site: Site | None, leaf: str, dtype: str) -> None:
+    w.add(
+        "STB302",
+        site,
+        f"`{leaf}` is weakly typed (`{dtype}` from a Python scalar); its dtype will follow whatever it is combined with next, and a weak leaf in a loop carry or train state retraces when it becomes strong",
+        help=f"make the value strongly typed: `jnp.asarray(value, dtype=jnp.{dtype})` or derive it from an input array",
+        detail=leaf,
+        evidence={"dtype": dtype, "weak_type": True, "leaf": leaf},
+    )

@@ -132,3 +132,32 @@ def function_site(fn: Any) -> Site | None:
     if code is None:
         return None
     return Site(code.co_filename, code.co_firstlineno, 1, getattr(fn, "__qualname__", ""), is_library(code.co_filename))
+
+
+def literal_return_site(file: str, def_line: int, function: str = "") -> Site | None:
+    """The first `return <number literal>` of the function defined at FILE:DEF_LINE (decorators
+    included), found with `ast`: where a jitted function hands back a weakly typed Python scalar,
+    which no jaxpr equation produces."""
+    import ast
+    import linecache
+
+    text = "".join(linecache.getlines(file))
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+        if not first <= def_line <= node.lineno:
+            continue
+        stack: list[ast.AST] = list(node.body)
+        while stack:
+            n = stack.pop(0)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                continue
+            if isinstance(n, ast.Return) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, (int, float, complex)) and not isinstance(n.value.value, bool):
+                return Site(file, n.lineno, n.col_offset + 1, function or node.name, is_library(file))
+            stack.extend(ast.iter_child_nodes(n))
+    return None

@@ -31,11 +31,22 @@ from stabcheck.finding import Finding, Span
 from stabcheck.traced.checks import check_jaxpr, iter_eqns, shown_path, site_span, source_line
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import code_of
-from stabcheck.traced.source import Site, eqn_site, exception_site, function_site
+from stabcheck.traced.source import Site, eqn_site, exception_site, function_site, literal_return_site
 
 FORWARD = frozenset({"jvp", "jacfwd", "hessian", "hvp"})
 REVERSE = frozenset({"grad", "jacrev", "hessian", "hvp"})
 BATCH = 2
+
+def _weak_value(jax: Any, value: Any) -> bool:
+    """Whether JAX sees a value as weakly typed (a Python scalar, or an array made from one)."""
+    if hasattr(value, "weak_type"):  # ShapeDtypeStruct, avals
+        return bool(value.weak_type)
+    typeof = getattr(jax, "typeof", None) or jax.core.get_aval  # jax.typeof: JAX 0.6 and newer
+    try:
+        return bool(getattr(typeof(value), "weak_type", False))
+    except TypeError:
+        return False
+
 
 def first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
@@ -169,7 +180,11 @@ class Tracer:
             return
         out_paths = [jax.tree_util.keystr(p) or "output" for p, _ in jax.tree_util.tree_flatten_with_path(shape)[0]]
         self.status["call"] = "ok"
-        for f in check_jaxpr(self.primal, function="", out_paths=out_paths):
+        found = check_jaxpr(self.primal, function="", out_paths=out_paths, literal_site=self.literal_site)
+        if any(f.code == "STB302" for f in found):
+            own = self.code_weak_leaves(out_paths)
+            found = [f for f in found if f.code != "STB302" or f.detail in own]
+        for f in found:
             self.add(f.refine(evidence={**f.evidence, "transform": "call", "entry": self.name}))
         for t in transforms:
             if t in ("call", "jit"):
@@ -188,6 +203,31 @@ class Tracer:
             self.state_drift()
         if self.static and self.entry.calls:
             self.static_union()
+
+    def code_weak_leaves(self, out_paths: list[str]) -> set[str]:
+        """Output leaves that stay weakly typed when every input is strongly typed: the weak type
+        comes from a Python scalar in the code. A weak output inherited from a weak example
+        argument (the entry passed `2.0`) is how JAX treats that argument, not a hazard of the
+        function: `f(jnp.float32(2.0))` is strong."""
+        jax = self.jax
+        leaves = jax.tree_util.tree_leaves(self.dyn)
+        if not any(_weak_value(jax, a) for a in leaves):
+            return set(out_paths)
+
+        def strong(a: Any) -> Any:
+            if not _weak_value(jax, a):
+                return a
+            return jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.dtypes.canonicalize_dtype(jax.numpy.result_type(a)))
+
+        try:
+            jaxpr = jax.make_jaxpr(self.call)(*jax.tree_util.tree_map(strong, self.dyn))
+        except Exception:  # noqa: BLE001 - user code that only runs on the weak example: keep every finding
+            return set(out_paths)
+        return {f.detail for f in check_jaxpr(jaxpr, out_paths=out_paths, codes=("STB302",), literal_site=self.literal_site)}
+
+    def literal_site(self) -> Site | None:
+        site = function_site(self.entry.fn)
+        return literal_return_site(site.file, site.line, site.function) if site is not None else None
 
     def add(self, f: Finding) -> None:
         if f.key not in self.found:
