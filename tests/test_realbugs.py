@@ -29,11 +29,11 @@ def bugs():
     return mod
 
 
-def _expected() -> dict[str, tuple[str, int]]:
+def _expected(path: Path = FIX) -> dict[str, tuple[str, int]]:
     """Hazard function name -> (code, line) from the `# bug: STBnnn` markers."""
     out: dict[str, tuple[str, int]] = {}
     current = ""
-    for i, line in enumerate(FIX.read_text().splitlines(), 1):
+    for i, line in enumerate(path.read_text().splitlines(), 1):
         if line.startswith("def "):
             current = line[4:].split("(")[0]
         m = MARK.search(line)
@@ -147,3 +147,39 @@ def test_stable_reports_a_literal_return_at_the_return_line(near) -> None:
     got = [(w.lineno, str(w.message)[:6]) for w in caught if isinstance(w.message, stabcheck.StabilityWarning)]
     line = next(i for i, ln in enumerate(NEAR.read_text().splitlines(), 1) if "return 1.0" in ln)
     assert got == [(line, "STB302")], got
+
+
+ZERO = Path(__file__).resolve().parents[1] / "fixtures" / "realbugs" / "zero_gradient.py"
+ZERO_EXPECTED = _expected(ZERO)
+
+
+@pytest.fixture(scope="module")
+def zero():
+    spec = importlib.util.spec_from_file_location("_realbugs_zero", ZERO)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_EXPECTED))
+def test_zero_gradient_is_really_zero_and_reported_at_the_cut(zero, name) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from stabcheck.traced.tracing import trace_task
+
+    entries = zero.zero_grads()
+    bad, ok = entries[name], entries[f"{name}_ok"]
+    assert not jnp.any(jax.grad(bad.fn)(*bad.args)), "the hazard's gradient should be exactly zero"
+    assert jnp.any(jax.grad(ok.fn)(*ok.args) != 0), "the near miss should have a gradient"
+    found = {(d["code"], d["line"]) for d in trace_task(name, bad, {})["findings"]}
+    assert found == {ZERO_EXPECTED[name]}, found
+    assert trace_task(f"{name}_ok", ok, {})["findings"] == []
+
+
+def test_a_constant_nonzero_gradient_is_not_a_zero_gradient(zero) -> None:
+    from stabcheck.traced.tracing import trace_task
+
+    assert trace_task("linear", zero.zero_grads()["linear"], {})["findings"] == []

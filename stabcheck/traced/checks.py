@@ -367,3 +367,57 @@ def _report_weak(w: _Walker, site: Site | None, leaf: str, dtype: str) -> None:
         detail=leaf,
         evidence={"dtype": dtype, "weak_type": True, "leaf": leaf},
     )
+
+
+# -- gradients that are zero by construction (STB410) -------------------------------------------
+# primitives whose output carries no derivative of their inputs
+_NONDIFF = frozenset({"lt", "gt", "le", "ge", "eq", "ne", "floor", "ceil", "round", "sign", "argmax", "argmin", "stop_gradient", "and", "or", "not", "xor", "is_finite", "population_count", "clz"})
+
+
+def is_zero_constant(jaxpr: Any, v: Any) -> bool:
+    """An output that is the constant 0 whatever the inputs: a zero literal, or a broadcast or
+    cast of one (how `grad` returns a gradient no path reaches)."""
+    producers = {o: eqn for eqn in jaxpr.eqns for o in eqn.outvars}
+    for _ in range(8):
+        if not _is_var(v):
+            val = getattr(v, "val", None)
+            try:
+                return val is not None and not bool((val != 0).any() if hasattr(val, "any") else val != 0)
+            except (TypeError, ValueError):
+                return False
+        eqn = producers.get(v)
+        if eqn is None or eqn.primitive.name not in ("broadcast_in_dim", "convert_element_type", "reshape") or not eqn.invars:
+            return False
+        v = eqn.invars[0]
+    return False
+
+
+def depends(jaxpr: Any, start: set[Any]) -> set[Any]:
+    """Vars of an open jaxpr that depend on `start` (an equation with a nested program: every
+    output depends on every input)."""
+    dep = set(start)
+    for eqn in jaxpr.eqns:
+        if any(_is_var(v) and v in dep for v in eqn.invars):
+            dep.update(eqn.outvars)
+    return dep
+
+
+def first_cut(jaxpr: Any, start: set[Any]) -> list[Any]:
+    """The first equation, nested programs included, that consumes a value depending on `start`
+    through a primitive with no derivative (a comparison, rounding, a cast to an integer), with
+    the equations that hold it, outermost first ([] when there is none). A primitive inside a
+    library function (`jnp.round` is a small jitted program) is found inside its call."""
+    dep = set(start)
+    for eqn in jaxpr.eqns:
+        hit = [v for v in eqn.invars if _is_var(v) and v in dep]
+        if hit:
+            name = eqn.primitive.name
+            if name in _NONDIFF or (name == "convert_element_type" and _is_intlike(_dtype(eqn.outvars[0]))):
+                return [eqn]
+            for sub in sub_jaxprs(eqn):
+                inner = {sv for sv, ov in zip(reversed(sub.invars), reversed(eqn.invars)) if _is_var(ov) and ov in dep}
+                found = first_cut(sub, inner)
+                if found:
+                    return [eqn, *found]
+            dep.update(eqn.outvars)
+    return []

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from stabcheck.finding import Finding, Span
-from stabcheck.traced.checks import check_jaxpr, iter_eqns, shown_path, site_span, source_line
+from stabcheck.traced.checks import check_jaxpr, depends, first_cut, is_zero_constant, iter_eqns, shown_path, site_span, source_line
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import code_of
 from stabcheck.traced.source import Site, eqn_site, exception_site, function_site, literal_return_site
@@ -199,10 +199,50 @@ class Tracer:
             self.status[t] = "ok"
             if t in FORWARD:
                 self.custom_lin(jaxpr, t)
+            if t == "grad":
+                self.zero_gradients(jaxpr)
         if self.entry.state_argnums:
             self.state_drift()
         if self.static and self.entry.calls:
             self.static_union()
+
+    def zero_gradients(self, grad_jaxpr: Any) -> None:
+        """STB410: a differentiated leaf that reaches the output (the primal depends on it) only
+        through primitives without a derivative: its gradient is the constant zero. Reported at
+        the first such primitive, a comparison or a rounding, that its value flows into."""
+        jax = self.jax
+        argnums = self.diff_argnums() or (0,)
+        sizes = [len(jax.tree_util.tree_leaves(a)) for a in self.dyn]
+        primal = self.primal.jaxpr
+        outs = iter(grad_jaxpr.jaxpr.outvars)
+        for pos in argnums:
+            start = sum(sizes[:pos])
+            for k, (path, leaf) in enumerate(jax.tree_util.tree_flatten_with_path(self.dyn[pos])[0]):
+                out = next(outs, None)
+                if out is None or not jax.numpy.issubdtype(jax.numpy.result_type(leaf), jax.numpy.inexact):
+                    continue
+                if not is_zero_constant(grad_jaxpr.jaxpr, out):
+                    continue
+                var = primal.invars[start + k]
+                reached = depends(primal, {var})
+                if not any(v in reached for v in primal.outvars if not hasattr(v, "val")):  # Literals have `val`
+                    continue  # the output does not use this leaf at all: no silent cut to report
+                chain = first_cut(primal, {var})
+                site = next((st for st in map(eqn_site, reversed(chain)) if st is not None), None)
+                if site is None:
+                    continue
+                cut = chain[-1]
+                name = f"{self.params[self.dyn_pos[pos]] if self.dyn_pos[pos] < len(self.params) else f'argument {pos}'}{jax.tree_util.keystr(path)}"
+                prim = cut.primitive.name
+                what = "a comparison" if prim in ("lt", "gt", "le", "ge", "eq", "ne") else "a cast to an integer type" if prim == "convert_element_type" else f"`{prim}`"
+                self.report(
+                    "STB410",
+                    site,
+                    f"`{name}` reaches the output only through {what} here, which has no derivative; `grad` returns exactly zero for it, silently, and training never moves it",
+                    help="keep a differentiable path (a smooth surrogate such as `jax.nn.sigmoid(k * (a - b))` for a comparison, a straight-through estimator `x + lax.stop_gradient(round(x) - x)`), or differentiate the solution with `jax.custom_jvp`/implicit differentiation instead of through the bisection",
+                    detail=name,
+                    evidence={"transform": "grad", "leaf": name, "primitive": prim},
+                )
 
     def code_weak_leaves(self, out_paths: list[str]) -> set[str]:
         """Output leaves that stay weakly typed when every input is strongly typed: the weak type
