@@ -1,5 +1,8 @@
 """pytest plugin: `pytest --stabcheck` checks every jitted function the test session traces.
 
+A test that fails because JAX raised (TracerBoolConversionError, a cond whose branches differ,
+grad of a non-scalar...) also yields that hazard's finding at the user's line (`runtime._raised`).
+
 Off unless `--stabcheck` (or ini `stabcheck = true`). The project's `[tool.stabcheck]` `select`,
 `ignore` and `max-traces` apply; the `--stabcheck-*` options override them. While on, each user-defined function that
 JAX traces for `jit` is checked once per signature, as if it carried `@stabcheck.stable` (the
@@ -108,6 +111,20 @@ def _findings(config: pytest.Config) -> list[Finding]:
     if collector is None:
         return []
     return sorted(collector.findings, key=lambda f: f.sort_key)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A test that fails because JAX raised yields the hazard's finding at the user's line."""
+    yield
+    collector = item.config.stash.get(_COLLECTOR, None)
+    if collector is None or call.when != "call" or call.excinfo is None:
+        return
+    from stabcheck.runtime._raised import finding_for
+
+    found = finding_for(call.excinfo.value, item.nodeid)
+    if found is not None and collector.selector(found.code):
+        collector.findings.append(found)
 
 
 @pytest.hookimpl(trylast=True)

@@ -192,3 +192,45 @@ def test_collector_checks_user_functions_only_and_uninstalls() -> None:
     assert len(collector._monitors) == 1 and collector.traces == 2
     assert [(f.code, f.detail) for f in collector.findings] == [("STB504", "lr")]
     assert "`lr` was weak float32[], now float32[]" in collector.findings[0].message
+
+
+RAISES = '''
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def relu(x):
+    if x > 0:
+        return x
+    return 0.0 * x
+
+
+def metrics(flag, loss):
+    return lax.cond(flag, lambda: {"loss": loss, "acc": loss}, lambda: {"loss": loss})
+
+
+def test_relu_under_jit():
+    assert jax.jit(relu)(jnp.float32(1.0)) == 1.0
+
+
+def test_metrics_under_jit():
+    jax.jit(metrics)(True, jnp.float32(1.0))
+
+
+def test_plain_failure():
+    assert 1 == 2
+'''
+
+
+@pytest.mark.slow
+def test_a_test_failing_because_jax_raised_yields_the_hazard_at_the_user_line(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_raises=RAISES)
+    report = pytester.path / "r.json"
+    result = pytester.runpytest("--stabcheck", f"--stabcheck-report={report}")
+    result.assert_outcomes(failed=3)
+    lines = RAISES.strip("\n").splitlines()
+    found = {(f["code"], f["line"]) for f in json.loads(report.read_text())}
+    assert ("STB101", lines.index("    if x > 0:") + 1) in found
+    assert ("STB203", lines.index('    return lax.cond(flag, lambda: {"loss": loss, "acc": loss}, lambda: {"loss": loss})') + 1) in found
+    assert len(found) == 2, found  # the plain assertion failure is the test's own business
