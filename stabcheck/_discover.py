@@ -1,7 +1,9 @@
 """Which files a check covers: directories recursively, `.py` and `.pyi`, minus excludes.
 
 Each file once (symlinks and repeated arguments resolved), symlink loops cut, sorted by the path
-findings show. Exclude globs are compiled once into two regular expressions (name and relative
+findings show. A symlink found inside a directory that leads outside it (a committed
+`secrets.py -> ~/.netrc`) is not followed: it lands in `skipped`, and only a file named on the
+command line is read wherever it points. Exclude globs are compiled once into two regular expressions (name and relative
 path), and directories are scanned with `os.scandir`, so discovery stays a small part of a warm run.
 """
 
@@ -39,8 +41,9 @@ def _excluded(rel: str, name: str, patterns: tuple[str, ...]) -> bool:
     return _Excluder(patterns)(rel, name)
 
 
-def discover(paths: Iterable[str], config: Config) -> Iterator[Path]:
-    """Yield the files to check, each once, in sorted order. Missing paths raise UsageError."""
+def discover(paths: Iterable[str], config: Config, skipped: list[str] | None = None) -> Iterator[Path]:
+    """Yield the files to check, each once, in sorted order. Missing paths raise UsageError.
+    Symlinks under a directory that lead out of it are appended to `skipped` (as shown), not yielded."""
     paths = list(paths)
     excluded = _Excluder((*config.exclude, *config.extend_exclude))
     seen: set[str] = set()
@@ -56,13 +59,18 @@ def discover(paths: Iterable[str], config: Config) -> Iterator[Path]:
                 seen.add(key)
                 out.append((display(path), path))
             continue
-        _walk(p, excluded, seen, out)
+        _walk(p, excluded, seen, out, skipped if skipped is not None else [])
     out.sort(key=lambda item: item[0])
     for _, path in out:
         yield path
 
 
-def _walk(top: str, excluded: _Excluder, seen: set[str], out: list[tuple[str, Path]]) -> None:
+def _inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _walk(top: str, excluded: _Excluder, seen: set[str], out: list[tuple[str, Path]], skipped: list[str]) -> None:
+    root = os.path.realpath(top)
     visited: set[str] = set()
     stack: list[tuple[str, str]] = [(top, "")]  # (directory as given, path relative to top)
     while stack:
@@ -85,12 +93,19 @@ def _walk(top: str, excluded: _Excluder, seen: set[str], out: list[tuple[str, Pa
                 is_dir = False
             if is_dir:
                 if not excluded(rel, name):
-                    subdirs.append((os.path.join(dirpath, name), rel))
+                    sub = os.path.join(dirpath, name)
+                    if e.is_symlink() and not _inside(os.path.realpath(sub), root):
+                        skipped.append(display(Path(sub)) + "/")  # a link out of the checked tree
+                        continue
+                    subdirs.append((sub, rel))
                 continue
             if not name.endswith(SUFFIXES) or excluded(rel, name):
                 continue
             full = os.path.join(dirpath, name)
             key = os.path.realpath(full) if e.is_symlink() else os.path.join(real_dir, name)
+            if not _inside(key, root):
+                skipped.append(display(Path(full)))
+                continue
             if key in seen:
                 continue
             seen.add(key)

@@ -73,18 +73,33 @@ def check_source(source: str, path: str = "<string>", config: Config | None = No
 
 
 def run(paths: Sequence[str], config: Config | None = None, options: Options | None = None) -> Result:
+    from stabcheck.config import check_timeout, trust_note
+
     config = config or Config()
     options = options or Options()
+    if options.timeout is not None:
+        check_timeout(options.timeout, "timeout", "Options")
+    if options.jobs is not None and (isinstance(options.jobs, bool) or not isinstance(options.jobs, int) or options.jobs < 1):
+        from stabcheck.config import ConfigError
+
+        raise ConfigError("jobs", options.jobs, "a positive integer", "Options")
     if config.types is None:
         from stabcheck.static.typed import on_by_default
 
         config = replace(config, types=on_by_default())
     stages = options.stages or config.stages
     rules = enabled_rules(config)
-    files = list(discover(paths, config))
-    type_notes = _prepare_types(files, config, options)
-    results = _static(files, config, options, rules)
+    skipped: list[str] = []
+    files = list(discover(paths, config, skipped=skipped))
+    cache_dir = _cache_dir(paths, config, options)
+    type_notes = _prepare_types(files, config, options, cache_dir)
     result = Result(findings=[], files=len(files), rules=rules)
+    note = trust_note(config)
+    if note:
+        result.notes.append(note)
+    if skipped:
+        result.notes.append(_skipped_note(skipped))
+    results = _static(files, config, options, rules, cache_dir, result.notes)
     result.notes.extend(type_notes)
     if "static" not in stages:
         results = {k: FileResult([f for f in v.findings if f.code in ("STB901",)], v.suppressions) for k, v in results.items()}
@@ -95,10 +110,48 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
         later, notes, device = run_stage(files, results, config, options, stages)
         result.notes.extend(notes)
         result.device = device
+    read = set(results)
     for f in later:
+        if f.path not in read and f.snippet and _outside(f.path, paths):
+            f = f.refine(snippet="")  # a line of a file outside the checked tree is not printed
         results.setdefault(f.path, FileResult([], _sups_for(f.path))).findings.append(f)
     result.findings = _finalize(results, rules, config, tuple(stages))
     return result
+
+
+def _skipped_note(skipped: list[str]) -> str:
+    from stabcheck.reporters import clean
+
+    shown = ", ".join(f"`{clean(s)}`" for s in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    n = len(skipped)
+    return (
+        f"skipped {n} file{'s' * (n != 1)} that {'is a symbolic link' if n == 1 else 'are symbolic links'} to outside the checked tree: "
+        f"{shown}; name {'it' if n == 1 else 'them'} on the command line to check {'it' if n == 1 else 'them'}"
+    )
+
+
+def _outside(path: str, roots: Sequence[str]) -> bool:
+    """Whether `path` lies outside every checked path (and the working directory)."""
+    real = os.path.realpath(path)
+    for r in (*roots, "."):
+        top = os.path.realpath(r)
+        if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
+            return False
+    return True
+
+
+def _cache_dir(paths: Sequence[str], config: Config, options: Options) -> Path | None:
+    """Where this run's caches live: `--cache-dir`, else a directory of this project in the user's
+    cache home (never in the checked tree); None without a cache."""
+    if not options.cache:
+        return None
+    if options.cache_dir:
+        return Path(options.cache_dir)
+    from stabcheck._cache import project_cache_dir
+    from stabcheck.config import project_root
+
+    root = Path(config.root) if config.source else project_root(Path(paths[0]) if paths else Path.cwd())
+    return project_cache_dir(root)
 
 
 def _sups_for(path: str) -> list[suppress.Suppression]:
@@ -150,7 +203,7 @@ def _check_one(real: str, shown: str, config: Config, dispatcher: Dispatcher, da
     return res
 
 
-def _prepare_types(files: list[Path], config: Config, options: Options) -> list[str]:
+def _prepare_types(files: list[Path], config: Config, options: Options, root: Path | None = None) -> list[str]:
     """The typed tier (issue 7): mypy runs once over the checked files, before the static pass;
     `_check_one` (here or in a worker) looks each file's types up by path."""
     from stabcheck.static import typed
@@ -158,7 +211,6 @@ def _prepare_types(files: list[Path], config: Config, options: Options) -> list[
     typed.install({})
     if not config.types:
         return []
-    root = Path(options.cache_dir or os.path.join(config.root if config.source else ".", ".stabcheck_cache")) if options.cache else None
     prepared = typed.prepare(files, root)
     typed.install(prepared.files)
     return prepared.notes
@@ -177,17 +229,28 @@ def _start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-def _static(files: list[Path], config: Config, options: Options, rules: tuple[type[Rule], ...]) -> dict[str, FileResult]:
+def cpu_count() -> int:
+    """The cores this process may use (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _static(files: list[Path], config: Config, options: Options, rules: tuple[type[Rule], ...], cache_dir: Path | None = None, notes: list[str] | None = None) -> dict[str, FileResult]:
     """Cache look-ups (content hash), then the misses: in this process, or in `jobs` forked workers."""
     results: dict[str, FileResult] = {}
     cache = None
-    if options.cache:
-        cache_dir = Path(options.cache_dir or os.path.join(config.root if config.source else ".", ".stabcheck_cache"))
+    if cache_dir is not None:
         cache = Cache(cache_dir, _cache_key(config, rules))
+        if cache.note and notes is not None:
+            notes.append(cache.note)
+        if not cache.usable:
+            cache = None
     todo: list[tuple[str, str]] = []
     hashes: dict[str, str] = {}
     contents: dict[str, bytes] = {}
-    jobs = options.jobs or os.cpu_count() or 1
+    jobs = min(options.jobs or cpu_count(), cpu_count())  # more processes than cores only cost memory
     for f in files:
         shown = display(f)
         if cache is not None:

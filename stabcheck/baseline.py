@@ -55,12 +55,9 @@ def write(path: Path, findings: list[Finding]) -> None:
     entries = [{"code": c, "path": p, "function": fn, "detail": d, "count": n} for (c, p, fn, d), n in sorted(counts.items())]
     data = {"stabcheck-baseline": VERSION, "findings": entries}
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UsageError(f"cannot write baseline file {path}: {e.strerror or e}") from None
+    from stabcheck._files import write_atomic_nofollow
+
+    write_atomic_nofollow(path, text, what="baseline file")
 
 
 def read(path: Path) -> Counter[Key]:

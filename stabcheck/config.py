@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -60,6 +61,7 @@ class Config:
     union_limit: int = 1
     root: str = "."
     source: str = ""
+    ignored: tuple[str, ...] = ()  # keys of a discovered config that were not honoured (see `distrust`)
 
     def rule_option(self, name: str) -> Any:
         return getattr(self, name.replace("-", "_"))
@@ -75,7 +77,7 @@ _KEYS: dict[str, str] = {
     "extend-exclude": "a list of glob patterns",
     "entries": "a list of `path:function` targets",
     "stages": f"a list drawn from {', '.join(STAGES)}",
-    "timeout": "a positive number of seconds",
+    "timeout": "a positive number of seconds (finite, > 0)",
     "memory-limit": "a size such as '4GiB' or a fraction such as '0.5'",
     "types": "true or false",
     "fail-on": "'suspected' or 'confirmed'",
@@ -85,21 +87,79 @@ _KEYS: dict[str, str] = {
 
 
 def find_config(start: Path) -> Path | None:
-    """The nearest pyproject.toml with a [tool.stabcheck] table, or stabcheck.toml."""
+    """The nearest stabcheck.toml, or pyproject.toml with a [tool.stabcheck] table, from `start`
+    upward to the project root (the first directory holding a pyproject.toml or `.git`) and never
+    above it: a config in an ancestor of the project (a shared `/tmp`, a home directory) does not
+    apply to it."""
     start = start.resolve()
     for d in [start, *start.parents] if start.is_dir() else [start.parent, *start.parent.parents]:
-        for name in ("stabcheck.toml", "pyproject.toml"):
-            p = d / name
-            if p.is_file():
-                if name == "stabcheck.toml":
-                    return p
-                try:
-                    data = tomllib.loads(p.read_text(encoding="utf-8"))
-                except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-                    return p  # let load_config report it
-                if "stabcheck" in data.get("tool", {}):
-                    return p
+        if (d / "stabcheck.toml").is_file():
+            return d / "stabcheck.toml"
+        p = d / "pyproject.toml"
+        if p.is_file():
+            try:
+                data = tomllib.loads(p.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                return p  # let load_config report it
+            return p if isinstance(data.get("tool"), dict) and "stabcheck" in data["tool"] else None
+        if (d / ".git").exists():
+            return None
     return None
+
+
+def project_root(start: Path) -> Path:
+    """The first directory from `start` upward that holds a pyproject.toml, `.git` or
+    stabcheck.toml; `start` itself (its directory) when there is none."""
+    start = start.resolve()
+    first = start if start.is_dir() else start.parent
+    for d in [first, *first.parents]:
+        if any((d / marker).exists() for marker in ("pyproject.toml", ".git", "stabcheck.toml")):
+            return d
+    return first
+
+
+# -- trust: what a configuration found in the checked tree may do -------------------------------
+# A discovered config comes with the code being checked (an untrusted pull request, a cloned
+# repository); these keys would make a plain `stabcheck check` import and run that code, so they are
+# honoured only from the command line or from a file named with `--config`.
+RUNS_CODE: tuple[str, ...] = ("stages", "entries")
+
+
+def discover_config(start: Path) -> Config:
+    """The configuration a plain `stabcheck check` uses: found from `start` (see `find_config`),
+    read as untrusted (see `distrust`). The one place the command line and the pytest plugin find
+    their configuration."""
+    path = find_config(start)
+    return Config() if path is None else distrust(load_config(path))
+
+
+def distrust(cfg: Config) -> Config:
+    """`cfg` with the keys that would run code (`RUNS_CODE`) back at their defaults; the keys that
+    were set are recorded in `cfg.ignored` so that the run says so (`trust_note`)."""
+    default = Config()
+    ignored = tuple(k for k in RUNS_CODE if getattr(cfg, k) != getattr(default, k))
+    if not ignored:
+        return cfg
+    return replace(cfg, ignored=ignored, **{k: getattr(default, k) for k in ignored})
+
+
+def trust_note(cfg: Config) -> str | None:
+    """The one note a run shows when a discovered config asked for something it may not set."""
+    if not cfg.ignored:
+        return None
+    keys = ", ".join(f"`{k}`" for k in cfg.ignored)
+    where = cfg.source or "the discovered configuration"
+    return (
+        f"{keys} in {where} ignored: a configuration found in the checked tree cannot turn on stages that run code; "
+        f"use --trace/--confirm/--entries, or name the file with --config to trust it"
+    )
+
+
+def check_timeout(value: Any, key: str = "timeout", source: str = "") -> float:
+    """A timeout in seconds: a finite number > 0 (TOML allows `nan` and `inf`; 0 would mean none)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(key, value, _KEYS["timeout"], source)
+    return float(value)
 
 
 def load_config(path: Path | None) -> Config:
@@ -164,9 +224,7 @@ def from_mapping(table: dict[str, Any], *, source: str = "", root: str = ".", ba
                 raise ConfigError(raw_key, bad[0], allowed, source)
             changes[fname] = tuple(stages)
         elif key == "timeout":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(raw_key, value, allowed, source)
-            changes[fname] = float(value)
+            changes[fname] = check_timeout(value, raw_key, source)
         elif key in ("max-traces", "union-limit"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(raw_key, value, allowed, source)

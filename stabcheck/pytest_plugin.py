@@ -59,13 +59,13 @@ def _split(value: str | None) -> list[str] | None:
 def pytest_configure(config: pytest.Config) -> None:
     if not _enabled(config):
         return
-    from stabcheck.config import ConfigError, UsageError, find_config, load_config
+    from stabcheck.config import ConfigError, UsageError, discover_config
     from stabcheck.runtime._monitor import Selector
 
     if config.option.stabcheck_report:
         _report_format(config.option.stabcheck_report)
     try:
-        project = load_config(find_config(Path(str(config.rootpath))))
+        project = discover_config(Path(str(config.rootpath)))
     except (ConfigError, UsageError) as e:
         raise pytest.UsageError(str(e)) from None
     max_traces = config.option.stabcheck_max_traces
@@ -139,10 +139,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from stabcheck.api import __version__
 
         render = reporters.get(_report_format(report))
+        from stabcheck._files import write_atomic_nofollow
+        from stabcheck.config import UsageError
+
         try:
-            Path(report).write_text(render(findings, reporters.Report(version=__version__)), encoding="utf-8")
-        except OSError as e:
-            config.stash[_REPORT_ERROR] = f"cannot write `--stabcheck-report` {report!r}: {e.strerror or e}"
+            write_atomic_nofollow(report, render(findings, reporters.Report(version=__version__)), what="--stabcheck-report")
+        except UsageError as e:
+            config.stash[_REPORT_ERROR] = str(e)
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
     if config.option.stabcheck_strict and findings and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

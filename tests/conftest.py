@@ -12,6 +12,15 @@ import pytest
 # the suite checks hundreds of throw-away trees, so it runs untyped unless a test asks
 # (tests/test_typed.py turns it on per run, and tests the default itself with this unset).
 os.environ["STABCHECK_TYPES"] = "0"
+# The cache (and its secret key) lives in the user's cache home by default: the suite keeps its own,
+# so that no test writes to ~/.cache or reads what a real run left there.
+if "STABCHECK_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["STABCHECK_CACHE_DIR"] = tempfile.mkdtemp(prefix="stabcheck-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["STABCHECK_CACHE_DIR"], ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "fixtures" / "scenarios"  # the workspace's shared/scenarios, copied: no test reads outside the clone

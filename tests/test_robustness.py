@@ -296,6 +296,13 @@ def _cached_run(root: Path, cache: Path, config: Config | None = None) -> list[t
     return [(Path(f.path).name, f.code, f.line) for f in res.findings]
 
 
+def _payload(f: Path) -> dict:
+    """A cache file's JSON, after its authentication line (`stabcheck-cache 2 <hmac>`)."""
+    head, _, payload = f.read_text().partition("\n")
+    assert head.startswith("stabcheck-cache 2 "), head
+    return json.loads(payload)
+
+
 def _cache_file(cache: Path) -> Path:
     files = list(cache.glob("static-*.json"))
     assert len(files) == 1, files
@@ -309,7 +316,7 @@ def test_cache_is_json_keyed_by_content_and_reused(tmp_path: Path, monkeypatch: 
     cache = tmp_path / "cache"
     cold = _cached_run(tmp_path / "src", cache)
     assert cold == [("a.py", "STB101", 5)]
-    data = json.loads(_cache_file(cache).read_text())
+    data = _payload(_cache_file(cache))
     assert sorted(Path(p).name for p in data["files"]) == ["a.py", "b.py"]
     assert len(data["files"]) == 2 and all(len(e["hash"]) == 32 for e in data["files"].values())
     calls: list[str] = []
@@ -342,7 +349,7 @@ def test_a_corrupt_or_tampered_cache_is_ignored_and_rewritten(tmp_path: Path, da
     cold = _cached_run(tmp_path / "src", cache)
     f = _cache_file(cache)
     text = f.read_text()
-    data = json.loads(text)
+    data = _payload(f)
     (entry,) = data["files"].values()
     if damage == "truncate":
         f.write_text(text[: len(text) // 2])
@@ -367,7 +374,7 @@ def test_a_corrupt_or_tampered_cache_is_ignored_and_rewritten(tmp_path: Path, da
 
         f.write_bytes(pickle.dumps({"key": data["key"], "files": {}}))
     assert _cached_run(tmp_path / "src", cache) == cold
-    rewritten = json.loads(_cache_file(cache).read_text())  # valid JSON again, with the real result
+    rewritten = _payload(_cache_file(cache))  # valid JSON again, with the real result
     (entry2,) = rewritten["files"].values()
     assert [d["code"] for d in entry2["findings"]] == ["STB101"]
 

@@ -41,12 +41,12 @@ def _csv(values: list[str] | None) -> list[str]:
 
 
 def _load_config(config_file: Path | None, paths: list[str], overrides: dict) -> "Config":  # noqa: F821
-    from stabcheck.config import find_config, from_mapping, load_config
+    from stabcheck.config import discover_config, from_mapping, load_config
 
     if config_file is not None and not config_file.is_file():
         _fail(f"config file not found: {config_file}")
-    path = config_file or find_config(Path(paths[0]) if paths else Path.cwd())
-    cfg = load_config(path)
+    # a file the user names is trusted; one found in the checked tree may not start code
+    cfg = load_config(config_file) if config_file is not None else discover_config(Path(paths[0]) if paths else Path.cwd())
     if overrides:
         cfg = from_mapping(overrides, source="command line", base=cfg)
     return cfg
@@ -54,7 +54,9 @@ def _load_config(config_file: Path | None, paths: list[str], overrides: dict) ->
 
 def _emit(text: str, output_file: Path | None) -> None:
     if output_file is not None:
-        output_file.write_text(text, encoding="utf-8")
+        from stabcheck._files import write_atomic_nofollow
+
+        write_atomic_nofollow(output_file, text)
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -124,6 +126,7 @@ def check(
     config: Annotated[Optional[Path], typer.Option(help="Read configuration from this file.")] = None,
     trace: Annotated[bool, typer.Option("--trace", help="Also trace the entries found under PATHS (runs user code in a worker).")] = False,
     confirm: Annotated[bool, typer.Option("--confirm", help="Also run the entries for real to confirm or refute findings.")] = False,
+    entries: Annotated[Optional[list[str]], typer.Option("--entries", help="Entries to trace, path.py:NAME or pkg.module:NAME (comma-separated; implies --trace).")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds per entry for --trace/--confirm.")] = None,
     memory_limit: Annotated[Optional[str], typer.Option(help="Memory limit of the worker, e.g. 4GiB or 0.5 (share of RAM).")] = None,
     baseline: Annotated[Optional[Path], typer.Option(help="Report only findings not recorded in this baseline file.")] = None,
@@ -147,7 +150,14 @@ def check(
         _fail(f"invalid value for `--output-format`: {output_format!r}; expected one of: {', '.join(reporters.FORMATS)}")
     if jobs is not None and jobs < 1:
         _fail(f"invalid value for `--jobs`: {jobs}; expected a positive integer")
+    if timeout is not None:
+        from stabcheck.config import check_timeout
+
+        check_timeout(timeout, "--timeout", "command line")
     overrides: dict = {}
+    if entries:
+        overrides["entries"] = _csv(entries)
+        trace = True
     if select:
         overrides["select"] = _csv(select)
     if extend_select:

@@ -89,6 +89,9 @@ def register(app: typer.Typer, helpers: dict[str, Any]) -> None:
         bad = [t for t in tlist or () if t not in TRANSFORMS]
         if bad:
             helpers["fail"](f"invalid value for `--transforms`: {bad[0]!r}; expected names from: {', '.join(TRANSFORMS)}")
+        from stabcheck.config import check_timeout
+
+        check_timeout(timeout, "--timeout", "command line")
         limit = _limit(memory_limit, helpers)
         if max_traces is None:
             where = target.rpartition(":")[0] if target.rpartition(":")[0].endswith(".py") else target
@@ -129,6 +132,9 @@ def register(app: typer.Typer, helpers: dict[str, Any]) -> None:
         bad = [c for c in cols if c not in COLUMNS]
         if bad:
             helpers["fail"](f"invalid value for `--columns`: {bad[0]!r}; expected names from: {', '.join(COLUMNS)}")
+        from stabcheck.config import check_timeout
+
+        check_timeout(timeout, "--timeout", "command line")
         limit = _limit(memory_limit, helpers)
         payload = {"targets": [{"target": t} for t in targets], "memory_limit": limit, "runs": runs, "columns": cols}
         # the worker's RSS cap sits above the per-transform limit: the estimate skips, the cap is the backstop

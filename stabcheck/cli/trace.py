@@ -50,8 +50,10 @@ def register(app: typer.Typer, helpers: dict[str, Any]) -> None:
         for t in chosen or ():
             if t not in TRANSFORMS:
                 fail(f"invalid value for `--transforms`: {t!r}; expected a comma-separated list drawn from: {', '.join(TRANSFORMS)}")
-        if timeout is not None and timeout <= 0:
-            fail(f"invalid value for `--timeout`: {timeout}; expected a positive number of seconds")
+        if timeout is not None:
+            from stabcheck.config import check_timeout
+
+            check_timeout(timeout, "--timeout", "command line")
         try:
             dims = specs.parse_dims(dim or [])
             trees = [specs.to_json(specs.parse_tree(a, dims)) for a in arg or []]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,39 @@ class Report:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# Characters that change what a reader sees rather than show something: C0 controls but tab (a
+# newline starts a new line of a report, and `.pth` files run lines that start with `import`),
+# ESC (ANSI sequences), DEL, C1 controls, Unicode line separators and bidirectional overrides
+# ("Trojan Source"), zero-width no-break space.
+_INVISIBLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def _visible(m: re.Match[str]) -> str:
+    ch = m.group()
+    return _NAMED.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+
+
+def clean(text: object) -> str:
+    """Text that came from the checked tree (file names, messages quoting source or error texts,
+    notes) made safe to print in any format: each control character, ANSI escape, line separator
+    or bidi control is rendered visibly (`\\n`, `\\x1b`, `\\u202e`), so a report is one line per
+    finding whatever a file is called. Every reporter passes user-derived text through here."""
+    s = text if isinstance(text, str) else str(text)
+    return _INVISIBLE.sub(_visible, s)
+
+
+def clean_tree(value: object) -> object:
+    """`clean` applied to every string of a JSON-like value (keys included)."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {clean(k) if isinstance(k, str) else k: clean_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_tree(v) for v in value]
+    return value
+
+
 def get(fmt: str) -> Callable[[list[Finding], Report], str]:
     import importlib
 
@@ -38,7 +72,7 @@ def device_line(device: dict[str, Any] | None) -> str:
     d = device or {}
     platform, kind = str(d.get("platform", "?")), str(d.get("device_kind", ""))
     where = platform if kind in ("", platform) else f"{platform} ({kind})"
-    return f"device: {where}, jax {d.get('jax', '?')}"
+    return clean(f"device: {where}, jax {d.get('jax', '?')}")
 
 
 def status_label(f: Finding) -> str:

@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 from stabcheck.finding import Finding
-from stabcheck.reporters import Report, statistics_rows, status_label
+from stabcheck.reporters import Report, clean, statistics_rows, status_label
 
 
 def render(findings: list[Finding], report: Report) -> str:
     lines = []
     for f in findings:
         tag = "" if f.stage == "static" and f.status == "suspected" else f" ({status_label(f)})"
-        lines.append(f"{f.path}:{f.line}:{f.col}: {f.code} [{f.name}] {f.message}{tag}")
-    lines += [f"note: {note}" for note in report.notes]  # e.g. the typed tier fell back to untyped
+        lines.append(f"{clean(f.path)}:{f.line}:{f.col}: {f.code} [{f.name}] {clean(f.message)}{tag}")
+    lines += [f"note: {clean(note)}" for note in report.notes]  # e.g. the typed tier fell back to untyped
     if report.statistics:
         lines += [f"{n:5d}\t{c}\t[{s}]" for n, c, s in statistics_rows(findings)]
     lines.append(summary_line(findings, report))

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from stabcheck.finding import Finding
-from stabcheck.reporters import Report, device_line, statistics_rows, status_label
+from stabcheck.reporters import Report, clean, device_line, statistics_rows, status_label
 from stabcheck.reporters.concise_ import summary_line
 
 _STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
@@ -23,11 +23,11 @@ def render(findings: list[Finding], report: Report) -> str:
     for f in findings:
         how = status_label(f)
         style = "green" if f.status == "refuted" else _STYLE.get(f.severity, "bold")
-        con.print(f"[{style}]{f.code}[/] [bold]\\[{f.name}][/] {escape(f.message)} [{_HOW.get(how, 'dim')}]({how})[/]")
-        con.print(f"  [blue]-->[/] {escape(f.path)}:{f.line}:{f.col}" + (f" in `{escape(f.function)}`" if f.function else ""))
+        con.print(f"[{style}]{f.code}[/] [bold]\\[{f.name}][/] {escape(clean(f.message))} [{_HOW.get(how, 'dim')}]({how})[/]")
+        con.print(f"  [blue]-->[/] {escape(clean(f.path))}:{f.line}:{f.col}" + (f" in `{escape(clean(f.function))}`" if f.function else ""))
         if f.snippet:
             num = str(f.line)
-            con.print(f"  [blue]{num} |[/] {escape(f.snippet.rstrip())}")
+            con.print(f"  [blue]{num} |[/] {escape(clean(f.snippet.rstrip()))}")
             width = 1
             if f.span.end_col and (f.span.end_line in (None, f.line)):
                 width = max(1, f.span.end_col - f.col)
@@ -37,16 +37,16 @@ def render(findings: list[Finding], report: Report) -> str:
             con.print(f"  {pad}[{style}]{'^' * width}[/]")
         for k in _SHOWN:
             if k in f.evidence and f.evidence[k] not in (None, "", [], {}):
-                value = str(f.evidence[k]).strip().splitlines()[0]
+                value = clean(str(f.evidence[k]).strip().splitlines()[0])
                 value = value if len(value) <= 160 else value[:157] + "..."
                 con.print(f"  [dim]{escape(k.replace('_', ' '))}: {escape(value)}[/]")
         if f.help:
-            con.print(f"  [bold cyan]help:[/] {escape(f.help)}")
+            con.print(f"  [bold cyan]help:[/] {escape(clean(f.help))}")
         con.print()
     if report.device:
         con.print(f"[dim]{escape(device_line(report.device))}[/]")
     for note in report.notes:
-        con.print(f"[yellow]note:[/] {escape(note)}")
+        con.print(f"[yellow]note:[/] {escape(clean(note))}")
     if report.statistics:
         for n, c, s in statistics_rows(findings):
             con.print(f"{n:5d}  {c}  [{s}]".replace("[", "\\["))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from stabcheck.finding import Finding
-from stabcheck.reporters import Report, status_label
+from stabcheck.reporters import Report, clean, status_label
 
 _LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
 
 
 def _escape_data(s: str) -> str:
-    return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return clean(s).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _escape_prop(s: str) -> str:
@@ -26,8 +26,10 @@ def render(findings: list[Finding], report: Report) -> str:
         if f.span.end_col and f.span.end_line == f.line:
             props.append(f"endColumn={f.span.end_col}")
         props.append(f"title={_escape_prop(f'{f.code} {f.name}')}")
-        msg = f"{f.code} [{status_label(f)}] {f.message}"
+        msg = _escape_data(f"{f.code} [{status_label(f)}] {f.message}")
         if f.help:
-            msg += f"\nhelp: {f.help}"
-        lines.append(f"::{level} {','.join(props)}::{_escape_data(msg)}")
+            msg += "%0A" + _escape_data(f"help: {f.help}")
+        lines.append(f"::{level} {','.join(props)}::{msg}")
+    for note in report.notes:  # e.g. the typed tier was turned off, a config key was ignored
+        lines.append(f"::notice title=stabcheck::{_escape_data(f'note: {note}')}")
     return "\n".join(lines) + ("\n" if lines else "")

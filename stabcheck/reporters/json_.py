@@ -3,8 +3,9 @@ from __future__ import annotations
 import json
 
 from stabcheck.finding import Finding
-from stabcheck.reporters import Report
+from stabcheck.reporters import Report, clean_tree
 
+NOTE = "note"  # the `code` of a row that is a note about the run (not a finding)
 KEYS = ("code", "name", "message", "help", "path", "line", "col", "end_line", "end_col", "severity", "stage", "status", "function", "evidence")
 
 
@@ -15,5 +16,12 @@ def render(findings: list[Finding], report: Report) -> str:
         row = {k: d[k] for k in KEYS}
         if report.device:
             row["device"] = report.device
-        rows.append(row)
+        rows.append(clean_tree(row))
+    for note in report.notes:  # after the findings: rows whose code is "note", severity "info"
+        rows.append(clean_tree(note_row(note)))
     return json.dumps(rows, indent=2, sort_keys=False, default=str) + "\n"
+
+
+def note_row(note: str) -> dict[str, object]:
+    """A note about the run (the typed tier turned off, a config key ignored) in the rows' shape."""
+    return {"code": NOTE, "name": NOTE, "message": note, "help": "", "path": "", "line": 0, "col": 0, "end_line": None, "end_col": None, "severity": "info", "stage": "", "status": NOTE, "function": "", "evidence": {}}

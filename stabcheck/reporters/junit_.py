@@ -10,15 +10,16 @@ import re
 import xml.etree.ElementTree as ET
 
 from stabcheck.finding import Finding
-from stabcheck.reporters import Report, status_label
+from stabcheck.reporters import Report, clean, status_label
 
 
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def _x(text: str) -> str:
-    """Drop characters XML 1.0 cannot carry (control characters from error texts)."""
-    return _NOT_XML.sub("\ufffd", text)
+    """User-derived text made visible (`clean`: no raw newline or control character from a file
+    name), then anything XML 1.0 cannot carry (lone surrogates) replaced."""
+    return _NOT_XML.sub("\ufffd", clean(text))
 
 
 def render(findings: list[Finding], report: Report) -> str:
@@ -35,23 +36,27 @@ def render(findings: list[Finding], report: Report) -> str:
     if report.device:
         for k, v in sorted(report.device.items()):
             ET.SubElement(props, "property", name=f"device.{k}", value=_x(str(v)))
+    for note in report.notes:  # e.g. the typed tier was turned off, a config key was ignored
+        ET.SubElement(props, "property", name="note", value=_x(note))
     for path in sorted(by_path):
         case = ET.SubElement(suite, "testcase", classname="stabcheck", name=_x(path), file=_x(path))
         for f in by_path[path]:
             if f.status == "refuted":
                 continue
-            text = f"{f.path}:{f.line}:{f.col}: {f.code} [{f.name}] {f.message}"
+            lines = [_x(f"{f.path}:{f.line}:{f.col}: {f.code} [{f.name}] {f.message}")]
             if f.function:
-                text += f"\n  in {f.function}"
+                lines.append(_x(f"  in {f.function}"))
             if f.help:
-                text += f"\n  help: {f.help}"
+                lines.append(_x(f"  help: {f.help}"))
             fail = ET.SubElement(case, "failure", type=f.code, message=_x(f"line {f.line}: {f.code} [{f.name}] ({status_label(f)}) {f.message}"))
-            fail.text = _x(text)
+            fail.text = "\n".join(lines)
         refuted = [f for f in by_path[path] if f.status == "refuted"]
         if refuted:
             out = ET.SubElement(case, "system-out")
-            out.text = _x("\n".join(f"{f.path}:{f.line}: {f.code} refuted by running the code: {f.message}" for f in refuted))
+            out.text = "\n".join(_x(f"{f.path}:{f.line}: {f.code} refuted by running the code: {f.message}") for f in refuted)
     if report.files > len(by_path):
         ET.SubElement(suite, "testcase", classname="stabcheck", name=f"{report.files - len(by_path)} other file(s) without findings")
+    if report.notes:
+        ET.SubElement(suite, "system-out").text = "\n".join(_x(f"note: {n}") for n in report.notes)
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import re
+
 from stabcheck.finding import Finding
-from stabcheck.reporters import Report, statistics_rows, status_label
+from stabcheck.reporters import Report, clean, statistics_rows, status_label
 from stabcheck.reporters.concise_ import summary_line
 from stabcheck.reporters.sarif_ import help_uri
 
 
 def _cell(text: str) -> str:
-    """Text safe inside a table cell: one line, pipes and backticks kept literal."""
-    return " ".join(text.split()).replace("|", "\\|")
+    """Text safe inside a table cell: one line, no control character, pipes kept literal."""
+    return " ".join(clean(text).split()).replace("|", "\\|")
+
+
+def _code(text: str) -> str:
+    """A code span that `text` (a file name may hold backticks) cannot close early."""
+    body = _cell(text)
+    run = max((len(r) for r in re.findall("`+", body)), default=0)
+    fence = "`" * (run + 1)
+    pad = " " if body.startswith("`") or body.endswith("`") else ""
+    return f"{fence}{pad}{body}{pad}{fence}"
 
 
 def render(findings: list[Finding], report: Report) -> str:
@@ -26,7 +37,7 @@ def render(findings: list[Finding], report: Report) -> str:
         out += ["| | location | rule | finding | how sure |", "|---|---|---|---|---|"]
         for f in findings:
             mark = ":white_check_mark:" if f.status == "refuted" else {"error": ":x:", "warning": ":warning:"}.get(f.severity, ":information_source:")
-            where = f"`{_cell(f.path)}:{f.line}`" + (f" in `{_cell(f.function)}`" if f.function else "")
+            where = _code(f"{f.path}:{f.line}") + (f" in {_code(f.function)}" if f.function else "")
             msg = _cell(f.message) + (f"<br>*help:* {_cell(f.help)}" if f.help else "")
             out.append(f"| {mark} | {where} | [{f.code}]({help_uri(f.code, f.name)}) | {msg} | {status_label(f)} |")
         out.append("")

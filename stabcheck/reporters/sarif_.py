@@ -14,7 +14,7 @@ from typing import Any
 
 from stabcheck.baseline import culprit
 from stabcheck.finding import Finding
-from stabcheck.reporters import Report, status_label
+from stabcheck.reporters import Report, clean, clean_tree, status_label
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://github.com/stabcheck/stabcheck"
@@ -64,15 +64,15 @@ def _result(f: Finding, index: int, print_: str) -> dict[str, Any]:
             end_col = max(end_col, region["startColumn"])
         region["endColumn"] = max(1, end_col)
     if f.snippet:
-        region["snippet"] = {"text": f.snippet}
-    text = f.message + (f" help: {f.help}" if f.help else "")
+        region["snippet"] = {"text": clean(f.snippet)}
+    text = clean(f.message + (f" help: {f.help}" if f.help else ""))
     props: dict[str, Any] = {"stage": f.stage, "status": f.status, "confirmation": status_label(f)}
     if f.function:
-        props["function"] = f.function
+        props["function"] = clean(f.function)
     if f.detail:
-        props["detail"] = f.detail
+        props["detail"] = clean(f.detail)
     if f.evidence:
-        props["evidence"] = json.loads(json.dumps(f.evidence, default=str))
+        props["evidence"] = clean_tree(json.loads(json.dumps(f.evidence, default=str)))
     level = "none" if f.status == "refuted" else _LEVEL.get(f.severity, "warning")
     result: dict[str, Any] = {
         "ruleId": f.code,
@@ -134,8 +134,14 @@ def render(findings: list[Finding], report: Report) -> str:
     props: dict[str, Any] = {"filesChecked": report.files}
     if report.device:
         props["device"] = json.loads(json.dumps(report.device, default=str))
-    if report.notes:
-        props["notes"] = list(report.notes)
+    if report.notes:  # e.g. the typed tier was turned off, a config key was ignored
+        props["notes"] = [clean(n) for n in report.notes]
+        run["invocations"] = [
+            {
+                "executionSuccessful": True,
+                "toolExecutionNotifications": [{"level": "note", "message": {"text": clean(n)}} for n in report.notes],
+            }
+        ]
     run["properties"] = props
     doc = {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": [run]}
     return json.dumps(doc, indent=2) + "\n"
