@@ -124,10 +124,7 @@ def _skipped_note(skipped: list[str]) -> str:
 
     shown = ", ".join(f"`{clean(s)}`" for s in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
     n = len(skipped)
-    return (
-        f"skipped {n} file{'s' * (n != 1)} that {'is a symbolic link' if n == 1 else 'are symbolic links'} to outside the checked tree: "
-        f"{shown}; name {'it' if n == 1 else 'them'} on the command line to check {'it' if n == 1 else 'them'}"
-    )
+    return f"skipped {n} symbolic link{'s' * (n != 1)} leading outside the checked tree: {shown} (not read; name a file on the command line to check it)"
 
 
 def _outside(path: str, roots: Sequence[str]) -> bool:
@@ -165,8 +162,9 @@ def _sups_for(path: str) -> list[suppress.Suppression]:
 _WORKER: tuple[Config, Dispatcher] | None = None
 
 
-def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] | None = None) -> None:
+def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] | None = None, parent: int | None = None) -> None:
     global _WORKER
+    _die_with_parent(parent)
     if types:
         from stabcheck.static import typed
 
@@ -299,11 +297,11 @@ def _check_parallel(todo: list[tuple[str, str]], jobs: int, config: Config, rule
     from stabcheck.rules.meta.analysis_error import AnalysisError
 
     ctx = multiprocessing.get_context(_start_method())
-    initargs = (config, tuple(r.code for r in rules), _types_registry(config))
+    initargs = (config, tuple(r.code for r in rules), _types_registry(config), os.getpid())
 
     def collect(batches: list[list[tuple[str, str]]], workers: int) -> bool:
         try:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool, _workers_end_with_us():
                 for batch_out in pool.map(_check_many, batches):
                     for shown, fds, sps in batch_out:
                         results[shown] = FileResult([Finding.from_dict(d) for d in fds], [suppress.Suppression.from_list(s) for s in sps])
@@ -322,6 +320,68 @@ def _check_parallel(todo: list[tuple[str, str]], jobs: int, config: Config, rule
             real, shown = next(t for t in missing if t[1] not in results)  # in order: the one it died on
             results[shown] = FileResult([AnalysisError.finding(path=shown, span=Span(1, 1), message=f"the worker process checking `{shown}` died (killed for memory, or crashed); this file was not checked", help="run `stabcheck check` on this file alone with --jobs 1 to see the error")], [])
         missing = [t for t in missing if t[1] not in results]
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """In a pool worker: ask the kernel for SIGTERM when the process that started us dies (Linux),
+    so that a killed stabcheck (SIGKILL too) leaves no worker holding its stdout."""
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent and os.getppid() == 1:  # it died before we asked
+        os._exit(1)
+
+
+class _workers_end_with_us:
+    """While a pool runs: SIGTERM to stabcheck terminates every pool worker first, then ends
+    stabcheck as SIGTERM would (exit status 128+15), so no orphan keeps writing to its stdout.
+    Only the main thread may set a signal handler: elsewhere (stabcheck as a library in a thread)
+    this does nothing, and the workers' parent-death signal still ends them."""
+
+    def __enter__(self) -> None:
+        import signal
+        import threading
+
+        self.previous: Any = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._terminate)
+        except (ValueError, OSError):
+            self.previous = None
+
+    @staticmethod
+    def _terminate(signum: int, frame: object) -> None:
+        import multiprocessing
+        import signal
+
+        children = multiprocessing.active_children()
+        for p in children:
+            try:
+                p.terminate()
+            except OSError:
+                pass
+        for p in children:
+            p.join(timeout=5)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self.previous is not None:
+            try:
+                signal.signal(signal.SIGTERM, self.previous)
+            except (ValueError, OSError):
+                pass
 
 
 class _gc_tuned:

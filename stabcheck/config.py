@@ -147,8 +147,13 @@ def trust_note(cfg: Config) -> str | None:
     """The one note a run shows when a discovered config asked for something it may not set."""
     if not cfg.ignored:
         return None
+    import os
+
     keys = ", ".join(f"`{k}`" for k in cfg.ignored)
     where = cfg.source or "the discovered configuration"
+    if os.path.isabs(where):
+        rel = os.path.relpath(where)
+        where = rel if not rel.startswith("..") else where
     return (
         f"{keys} in {where} ignored: a configuration found in the checked tree cannot turn on stages that run code; "
         f"use --trace/--confirm/--entries, or name the file with --config to trust it"
