@@ -18,7 +18,10 @@ def render(findings: list[Finding], report: Report) -> str:
             row["device"] = report.device
         rows.append(clean_tree(row))
     for note in report.notes:  # after the findings: rows whose code is "note", severity "info"
-        rows.append(clean_tree(note_row(note)))
+        row = note_row(note)
+        if report.device:
+            row["device"] = report.device
+        rows.append(clean_tree(row))
     return json.dumps(rows, indent=2, sort_keys=False, default=str) + "\n"
 
 
