@@ -170,8 +170,7 @@ class Cache:
         head, _, payload = raw.partition(b"\n")
         if not head.startswith(MAGIC) or self.secret is None:
             return {}
-        mac = head[len(MAGIC) :].decode("ascii", "replace")
-        if not hmac.compare_digest(mac, _mac(self.secret, self.key, payload)):
+        if not hmac.compare_digest(head[len(MAGIC) :], _mac(self.secret, self.key, payload).encode("ascii")):
             return {}  # planted, edited, or written under another key
         try:
             data = json.loads(payload.decode("utf-8"))

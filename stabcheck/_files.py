@@ -27,6 +27,9 @@ def write_atomic_nofollow(path: Path | str, text: str, *, what: str = "--output-
     name = os.path.basename(shown)
     if not name or name in (".", ".."):
         raise UsageError(f"cannot write {what} {shown}: not a file name")
+    if os.open not in os.supports_dir_fd:  # no openat (Windows): the same checks by path
+        _write_by_path(shown, data, what)
+        return
     dir_fd = _open_parent(shown, what)
     try:
         try:
@@ -60,6 +63,27 @@ def write_atomic_nofollow(path: Path | str, text: str, *, what: str = "--output-
             raise UsageError(f"cannot write {what} {shown}: {e.strerror or e}") from None
     finally:
         os.close(dir_fd)
+
+
+def _write_by_path(shown: str, data: bytes, what: str) -> None:
+    parent = os.path.dirname(shown) or "."
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot write {what} {shown}: directory {parent} does not exist")
+    if os.path.islink(shown):
+        raise UsageError(f"refusing to write {what} {shown}: it is a symbolic link (remove it, or write to another path)")
+    if os.path.exists(shown) and not os.path.isfile(shown):
+        raise UsageError(f"refusing to write {what} {shown}: it exists and is not a regular file")
+    tmp = os.path.join(parent, f".{os.path.basename(shown)}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+        os.replace(tmp, shown)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise UsageError(f"cannot write {what} {shown}: {e.strerror or e}") from None
 
 
 def _open_parent(shown: str, what: str) -> int:
