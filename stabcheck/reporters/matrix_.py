@@ -10,7 +10,7 @@ import io
 import json
 from typing import Any
 
-from stabcheck.reporters import device_line
+from stabcheck.reporters import clean, clean_tree, device_line
 
 FORMATS = ("table", "markdown", "json")
 
@@ -76,19 +76,19 @@ LEGEND = "primal: median time of the compiled forward pass; cells: median time o
 
 def render(matrix: dict[str, Any], fmt: str = "table", *, color: bool = False) -> str:
     if fmt == "json":
-        out = {"device": matrix.get("device") or {}, "rows": matrix.get("rows", [])}
+        out = {"device": matrix.get("device") or {}, "rows": clean_tree(matrix.get("rows", []))}
         if matrix.get("notes"):
-            out["notes"] = matrix["notes"]
+            out["notes"] = clean_tree(matrix["notes"])
         return json.dumps(out, indent=2, default=str) + "\n"
     cols = columns_of(matrix)
     head = ["entry", "primal", "compile", *cols]
     short = fmt == "table"
-    rows = [[r["entry"], _seconds(r.get("primal_s")), _seconds(r.get("compile_s")), *(cell_text(r.get("cells", {}).get(c), reason=not short) if not r.get("error") else (r["error"].get("code") or "error") for c in cols)] for r in matrix.get("rows", [])]
+    rows = [[clean(r["entry"]), _seconds(r.get("primal_s")), _seconds(r.get("compile_s")), *(clean(cell_text(r.get("cells", {}).get(c), reason=not short)) if not r.get("error") else (r["error"].get("code") or "error") for c in cols)] for r in matrix.get("rows", [])]
     if fmt == "markdown":
         lines = ["| " + " | ".join(f"`{h}`" if h in cols else h for h in head) + " |", "|" + "---|" * 1 + "---:|" * (len(head) - 1)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
         lines += ["", f"_{_device(matrix)}. {LEGEND}._"]
-        lines += [f"- {n}" for n in _footnotes(matrix)]
+        lines += [f"- {clean(n)}" for n in _footnotes(matrix)]
         return "\n".join(lines) + "\n"
     if fmt != "table":
         raise ValueError(f"unknown matrix format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -102,7 +102,7 @@ def render(matrix: dict[str, Any], fmt: str = "table", *, color: bool = False) -
     for h in head:
         table.add_column(h, justify="left" if h == "entry" else "right", no_wrap=h != "entry")
     for r, row in zip(matrix.get("rows", []), rows):
-        styled = row[:3]
+        styled = [escape(row[0]), *row[1:3]]
         for c, text in zip(cols, row[3:]):
             cell = r.get("cells", {}).get(c) or {}
             style = "green" if cell.get("ok") else "yellow" if cell.get("skipped") else "bold red"
@@ -111,8 +111,8 @@ def render(matrix: dict[str, Any], fmt: str = "table", *, color: bool = False) -
     con.print(table)
     con.print(f"[dim]{_device(matrix)}[/]")
     con.print(f"[dim]{LEGEND}[/]")
-    for line in _failures(matrix):
+    for line in map(clean, _failures(matrix)):
         con.print(f"[bold red]{escape(line.split(':')[0])}[/]:{escape(line.split(':', 1)[1])}")
     for n in _footnotes(matrix):
-        con.print(f"[yellow]note:[/] {escape(n)}")
+        con.print(f"[yellow]note:[/] {escape(clean(n))}")
     return buf.getvalue()
