@@ -263,11 +263,24 @@ def test_a_source_symlink_to_an_outside_file_is_not_read(tmp_path: Path) -> None
     assert run([str(tree)], Config(), Options(cache=False, jobs=1)).files == 1  # model.py once
 
 
-def test_traced_findings_in_files_outside_the_tree_show_no_source_line(tmp_path: Path) -> None:
+def test_traced_findings_in_files_outside_the_tree_show_no_source_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a traced finding can point into any file the entry ran (a traceback into a token file)
+    import stabcheck.worker.stage as stage
+
     outside = tmp_path / "elsewhere.py"
-    outside.write_text("SECRET = 1\n")
+    outside.write_text("TOKEN = 'ghp_TOKEN123'\n")
     tree = tmp_path / "repo"
     tree.mkdir()
+    _healthy(tree)
+    later = [
+        Finding("STB902", "analysis-error", "m", str(outside), Span(1, 1), stage="traced", snippet="TOKEN = 'ghp_TOKEN123'"),
+        Finding("STB101", "branch-on-tracer", "m", str(tree / "model.py"), Span(5, 8), stage="traced", snippet="    if x > 0:"),
+    ]
+    monkeypatch.setattr(stage, "run_stage", lambda *a: (later, [], None))
+    monkeypatch.chdir(tmp_path / "repo")
+    res = run(["."], Config(), Options(cache=False, jobs=1, stages=("static", "traced")))
+    snippets = {Path(f.path).name: f.snippet for f in res.findings}
+    assert snippets["elsewhere.py"] == "" and snippets["model.py"] == "    if x > 0:"
     assert api._outside(str(outside), [str(tree)]) and not api._outside(str(tree / "a.py"), [str(tree)])
 
 
