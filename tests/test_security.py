@@ -27,7 +27,7 @@ from stabcheck.api import Options, run
 from stabcheck.config import Config, ConfigError, discover_config, find_config, load_config
 from stabcheck.finding import Finding, Span
 
-from .conftest import SCHEMAS, run_cli
+from .conftest import SCHEMAS, requires_jax, run_cli
 
 BRANCH = "import jax\n\n@jax.jit\ndef f(x):\n    if x > 0:\n        return x\n    return -x\n"
 FORMATS = reporters.FORMATS
@@ -140,6 +140,19 @@ def test_stages_and_entries_from_the_command_line_or_an_explicit_config_are_hono
     found = discover_config(tmp_path)
     assert found.ignored == ("stages", "entries") and found.select == explicit.select
     assert run([str(tmp_path)], Config(), Options(cache=False)).notes == []  # a library Config: no note
+
+
+@requires_jax
+def test_entries_on_the_command_line_run_in_the_worker(tmp_path: Path) -> None:
+    # what the user asks for on the command line runs (in the worker), with the config's other keys
+    tree = tmp_path / "repo"
+    (tree / "sub").mkdir(parents=True)
+    marker = tmp_path / "MARKER"
+    (tree / "pyproject.toml").write_text("[tool.stabcheck]\nentries = ['nothing.py:x']\n")
+    _evil_module(tree / "sub", marker)
+    proc = run_cli("check", ".", "--entries", "evil.py:make", "--output-format", "json", cwd=tree / "sub")
+    assert marker.read_text() == "ran", proc.stdout + proc.stderr  # relative to the working directory
+    assert "`entries` in" in " ".join(_notes(proc.stdout))  # the file's own entries were not used
 
 
 # -- 2. output files -----------------------------------------------------------------------------

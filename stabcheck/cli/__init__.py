@@ -52,6 +52,14 @@ def _load_config(config_file: Path | None, paths: list[str], overrides: dict) ->
     return cfg
 
 
+def _from_cwd(target: str) -> str:
+    """`path.py:NAME` made absolute (a dotted `pkg.mod:NAME` is left as it is)."""
+    where, sep, name = target.rpartition(":") if ":" in target else (target, "", "")
+    if where.endswith((".py", ".pyi")) or "/" in where or os.sep in where:
+        where = os.path.abspath(where)
+    return f"{where}{sep}{name}"
+
+
 def _emit(text: str, output_file: Path | None) -> None:
     if output_file is not None:
         from stabcheck._files import write_atomic_nofollow
@@ -138,7 +146,7 @@ def check(
     types: Annotated[Optional[bool], typer.Option("--types/--no-types", help="Use mypy's inferred types (typed tier).")] = None,
     exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even when there are findings.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")] = False,
-    cache_dir: Annotated[Optional[str], typer.Option(help="Cache directory (default .stabcheck_cache).")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(help="Cache directory (default: one per project under ~/.cache/stabcheck, outside the checked tree).")] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Parallel processes (default: all cores).")] = None,
     statistics: Annotated[bool, typer.Option("--statistics", help="Show counts per rule.")] = False,
 ) -> None:
@@ -155,8 +163,8 @@ def check(
 
         check_timeout(timeout, "--timeout", "command line")
     overrides: dict = {}
-    if entries:
-        overrides["entries"] = _csv(entries)
+    if entries:  # paths on the command line are relative to the working directory, not the config
+        overrides["entries"] = [_from_cwd(t) for t in _csv(entries)]
         trace = True
     if select:
         overrides["select"] = _csv(select)
