@@ -239,7 +239,7 @@ def _valid_finding(d: object, path: str) -> bool:
         return False
     if not (_is_int(d.get("line")) and _is_int(d.get("col"))) or not all(d.get(k) is None or _is_int(d.get(k)) for k in _OPT_INT_KEYS):
         return False
-    if not isinstance(d.get("evidence"), dict):
+    if not isinstance(d.get("evidence"), dict) or not _valid_chains(d.get("chains", [])):
         return False
     fix = d.get("fix")
     if fix is None:
@@ -251,6 +251,21 @@ def _valid_finding(d: object, path: str) -> bool:
             return False
         if not (_is_int(e.get("line")) and _is_int(e.get("col"))) or not all(e.get(k) is None or _is_int(e.get(k)) for k in _OPT_INT_KEYS):
             return False
+    return True
+
+
+def _valid_chains(chains: object) -> bool:
+    """`chains`: a list of lists of frames {path, line, col, function, via}."""
+    if not isinstance(chains, list):
+        return False
+    for c in chains:
+        if not isinstance(c, list):
+            return False
+        for fr in c:
+            if not isinstance(fr, dict) or not all(isinstance(fr.get(k), str) for k in ("path", "function", "via")):
+                return False
+            if not (_is_int(fr.get("line")) and _is_int(fr.get("col"))):
+                return False
     return True
 
 

@@ -49,6 +49,31 @@ class Fix:
 
 
 @dataclass(frozen=True, slots=True)
+class Frame:
+    """One step of an instability chain: a user line, the function it is in, and `via`, what makes
+    that function transformed when it is the chain's outermost step (`jax.jit`, `jax.grad`,
+    `@stabcheck.entry`, ...; empty for a plain call)."""
+
+    path: str
+    line: int
+    col: int = 1
+    function: str = ""
+    via: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "line": self.line, "col": self.col, "function": self.function, "via": self.via}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Frame:
+        return cls(d["path"], d["line"], d.get("col", 1), d.get("function", ""), d.get("via", ""))
+
+
+# A chain runs from the offending line (innermost) to the transformed entry (outermost).
+Chain = tuple[Frame, ...]
+MAX_CHAINS = 8  # per finding: a helper reached from more entries says "and N more" in its evidence
+
+
+@dataclass(frozen=True, slots=True)
 class Finding:
     """A hazard found at `path:span`, by `stage`, with `status` saying how sure we are.
 
@@ -70,6 +95,7 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     fix: Fix | None = None
     snippet: str = ""
+    chains: tuple[Chain, ...] = ()  # innermost -> outermost, one per way a transform reaches it
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -95,8 +121,9 @@ class Finding:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape shared by the json reporter, the cache and the worker protocol."""
-        return {
+        """The JSON shape shared by the json reporter, the cache and the worker protocol;
+        `chains` is present only when there is one (outputs without chains are unchanged)."""
+        d: dict[str, Any] = {
             "code": self.code,
             "name": self.name,
             "message": self.message,
@@ -130,6 +157,9 @@ class Finding:
                 ],
             },
         }
+        if self.chains:
+            d["chains"] = [[fr.to_dict() for fr in c] for c in self.chains]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Finding:
@@ -148,6 +178,7 @@ class Finding:
             detail=d.get("detail", ""),
             evidence=dict(d.get("evidence") or {}),
             snippet=d.get("snippet", ""),
+            chains=tuple(tuple(Frame.from_dict(fr) for fr in c) for c in d.get("chains") or ()),
             fix=None
             if not fix
             else Fix(
@@ -179,8 +210,21 @@ def merge(findings: list[Finding]) -> list[Finding]:
             function=strong.function or weak.function,
             detail=strong.detail or weak.detail,
             snippet=strong.snippet or weak.snippet,
+            chains=merge_chains(strong.chains, weak.chains),
         )
     return sorted(best.values(), key=lambda f: f.sort_key)
+
+
+def merge_chains(*groups: tuple[Chain, ...]) -> tuple[Chain, ...]:
+    """The chains of findings that are one finding: each distinct chain once, in a stable order
+    (shortest first, then by location), at most `MAX_CHAINS`."""
+    seen: dict[tuple[tuple[str, int, str], ...], Chain] = {}
+    for group in groups:
+        for c in group:
+            # the same path through the code, whichever stage saw it (columns differ by stage)
+            seen.setdefault(tuple((fr.path, fr.line, fr.function) for fr in c), c)
+    ordered = sorted(seen.values(), key=lambda c: (len(c), [(fr.path, fr.line, fr.col, fr.function, fr.via) for fr in c]))
+    return tuple(ordered[:MAX_CHAINS])
 
 
 def _strength(f: Finding) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from stabcheck.finding import Finding
 from stabcheck.reporters import Report, clean, device_line, statistics_rows, status_label
+from stabcheck.reporters._chains import full_lines as chain_lines
 from stabcheck.reporters.concise_ import summary_line
 
 _STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
@@ -40,6 +41,8 @@ def render(findings: list[Finding], report: Report) -> str:
                 value = clean(str(f.evidence[k]).strip().splitlines()[0])
                 value = value if len(value) <= 160 else value[:157] + "..."
                 con.print(f"  [dim]{escape(k.replace('_', ' '))}: {escape(value)}[/]")
+        for line in chain_lines(f):
+            con.print(f"  [dim]{escape(line)}[/]")
         if f.help:
             con.print(f"  [bold cyan]help:[/] {escape(clean(f.help))}")
         con.print()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from stabcheck.finding import Finding
 from stabcheck.reporters import Report, clean, status_label
+from stabcheck.reporters._chains import short as chain_short
 
 _LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
 
@@ -27,6 +28,9 @@ def render(findings: list[Finding], report: Report) -> str:
             props.append(f"endColumn={f.span.end_col}")
         props.append(f"title={_escape_prop(f'{f.code} {f.name}')}")
         msg = _escape_data(f"{f.code} [{status_label(f)}] {f.message}")
+        via = chain_short(f)
+        if via:  # the outermost transformed caller
+            msg += "%0A" + _escape_data(via)
         if f.help:
             msg += "%0A" + _escape_data(f"help: {f.help}")
         lines.append(f"::{level} {','.join(props)}::{msg}")

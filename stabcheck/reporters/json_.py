@@ -4,6 +4,7 @@ import json
 
 from stabcheck.finding import Finding
 from stabcheck.reporters import Report, clean_tree
+from stabcheck.reporters._chains import as_json as chain_json
 
 NOTE = "note"  # the `code` of a row that is a note about the run (not a finding)
 KEYS = ("code", "name", "message", "help", "path", "line", "col", "end_line", "end_col", "severity", "stage", "status", "function", "evidence")
@@ -14,6 +15,8 @@ def render(findings: list[Finding], report: Report) -> str:
     for f in findings:
         d = f.to_dict()
         row = {k: d[k] for k in KEYS}
+        if f.chains:  # innermost -> outermost; absent when the finding has none
+            row["chains"] = chain_json(f)
         if report.device:
             row["device"] = report.device
         rows.append(clean_tree(row))

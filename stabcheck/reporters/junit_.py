@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 
 from stabcheck.finding import Finding
 from stabcheck.reporters import Report, clean, status_label
+from stabcheck.reporters._chains import full_lines as chain_lines
 
 
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -46,6 +47,7 @@ def render(findings: list[Finding], report: Report) -> str:
             lines = [_x(f"{f.path}:{f.line}:{f.col}: {f.code} [{f.name}] {f.message}")]
             if f.function:
                 lines.append(_x(f"  in {f.function}"))
+            lines += [_x(f"  {line}") for line in chain_lines(f)]
             if f.help:
                 lines.append(_x(f"  help: {f.help}"))
             fail = ET.SubElement(case, "failure", type=f.code, message=_x(f"line {f.line}: {f.code} [{f.name}] ({status_label(f)}) {f.message}"))

@@ -6,6 +6,7 @@ import re
 
 from stabcheck.finding import Finding
 from stabcheck.reporters import Report, clean, statistics_rows, status_label
+from stabcheck.reporters._chains import short as chain_short
 from stabcheck.reporters.concise_ import summary_line
 from stabcheck.reporters.sarif_ import help_uri
 
@@ -38,7 +39,8 @@ def render(findings: list[Finding], report: Report) -> str:
         for f in findings:
             mark = ":white_check_mark:" if f.status == "refuted" else {"error": ":x:", "warning": ":warning:"}.get(f.severity, ":information_source:")
             where = _code(f"{f.path}:{f.line}") + (f" in {_code(f.function)}" if f.function else "")
-            msg = _cell(f.message) + (f"<br>*help:* {_cell(f.help)}" if f.help else "")
+            via = chain_short(f)
+            msg = _cell(f.message) + (f"<br>*{_cell(via)}*" if via else "") + (f"<br>*help:* {_cell(f.help)}" if f.help else "")
             out.append(f"| {mark} | {where} | [{f.code}]({help_uri(f.code, f.name)}) | {msg} | {status_label(f)} |")
         out.append("")
     if counted:

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from stabcheck.baseline import culprit
-from stabcheck.finding import Finding
+from stabcheck.finding import Finding, Frame
 from stabcheck.reporters import Report, clean, clean_tree, status_label
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -85,7 +85,38 @@ def _result(f: Finding, index: int, print_: str) -> dict[str, Any]:
     }
     if f.status == "refuted":  # running the code showed the hazard does not happen
         result["kind"] = "pass"
+    if f.chains:
+        result.update(_chain_parts(f, region))
     return result
+
+
+def _chain_parts(f: Finding, region: dict[str, Any]) -> dict[str, Any]:
+    """The instability chains: every caller frame once in `relatedLocations` (ids from 1), and a
+    `codeFlows` entry per chain whose one thread runs from the transformed entry (outermost) down
+    to the finding's line, as code runs."""
+    from stabcheck.reporters._chains import frame_text
+
+    related: list[dict[str, Any]] = []
+    ids: dict[tuple[str, int, int], int] = {}
+
+    def physical(fr: Frame) -> dict[str, Any]:
+        return {"artifactLocation": _artifact(fr.path), "region": {"startLine": max(1, fr.line), "startColumn": max(1, fr.col)}}
+
+    flows = []
+    for chain in f.chains:
+        for fr in chain[1:]:
+            key = (fr.path, fr.line, fr.col)
+            if key not in ids:
+                ids[key] = len(related) + 1
+                related.append({"id": ids[key], "physicalLocation": physical(fr), "message": {"text": f"called from {frame_text(fr)}"}})
+        steps = []
+        for depth, fr in enumerate(reversed(chain)):
+            where = {"physicalLocation": physical(fr) if depth < len(chain) - 1 else {"artifactLocation": _artifact(f.path), "region": region}}
+            text = clean(f"{fr.function or '<module>'}" + (f" under {fr.via}" if fr.via else "") if depth < len(chain) - 1 else f"{f.code}: {f.message}")
+            where["message"] = {"text": text}
+            steps.append({"location": where, "nestingLevel": depth, "executionOrder": depth + 1})
+        flows.append({"message": {"text": " <- ".join(frame_text(fr) for fr in chain)}, "threadFlows": [{"locations": steps}]})
+    return {"relatedLocations": related, "codeFlows": flows}
 
 
 def _fingerprints(findings: list[Finding]) -> list[str]:

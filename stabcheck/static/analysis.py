@@ -21,6 +21,7 @@ from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from stabcheck.finding import MAX_CHAINS, Chain, Frame, merge_chains
 from stabcheck.static.names import Names, Transform
 from stabcheck.static.walk import REVERSED_CHILDREN, compile_children, walk
 
@@ -94,6 +95,12 @@ class FunctionInfo:
     assigned: set[str] = field(default_factory=set)
     containers: set[str] = field(default_factory=set)  # names only ever bound to list/tuple/dict displays
     own: list[ast.AST] | None = None  # `Analysis.own_nodes`, once asked for
+    # why it is transformed, for instability chains: `entry` names what transforms it directly
+    # (`jax.jit`, a Module's `__call__`); `callers` are the transformed functions that call it
+    # with traced arguments, each with the call; `external` the chains from other files' calls
+    entry: str = ""
+    callers: list[tuple[FunctionInfo, ast.Call]] = field(default_factory=list)
+    external: list[Chain] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -283,6 +290,7 @@ class Analysis:
 
     def _mark(self, info: FunctionInfo, t: Transform, bound: int = 0) -> None:
         info.transforms.append(t)
+        info.entry = info.entry or t.qualname
         params = info.params[1:] if info.is_method else info.params
         params = params[bound:]
         static = {params[i] for i in t.static_argnums if -len(params) <= i < len(params)}
@@ -292,6 +300,7 @@ class Analysis:
         self._set(info, {p for p in params if p not in static}, t.abstract)
 
     def _mark_module_method(self, info: FunctionInfo) -> None:
+        info.entry = info.entry or f"{info.cls.name if info.cls is not None else 'Module'}.{info.name} (a Module method)"
         static = self._static_by_signature(info)
         info.static_params |= static
         self._set(info, {p for p in info.params[1:] if p not in static}, True)
@@ -349,6 +358,8 @@ class Analysis:
                     if callee is None or callee is info:
                         continue
                     traced = self._traced_args(callee, node, info)
+                    if traced and not any(c is info and n is node for c, n in callee.callers):
+                        callee.callers.append((info, node))  # for the instability chains
                     if (traced or callee.transformed) and self._set(callee, traced, info.abstract):
                         work.append(callee)
 
@@ -357,6 +368,45 @@ class Analysis:
         params = callee.params[1:] if callee.is_method and bound else callee.params
         out = traced_parameters(call, params, lambda e: self.is_traced(e, scope), keywords=callee.params)
         return out - callee.static_params
+
+    # -- instability chains ------------------------------------------------------------------
+    def chains(self, info: FunctionInfo, line: int, col: int, path: str) -> tuple[Chain, ...]:
+        """How transformed code reaches `line` of `info` when `info` is not itself transformed
+        directly: each chain runs from that line through the calls with traced arguments
+        (`callers`, then other files' calls) to a function a transform is applied to. A function
+        transformed directly has no chain (the finding's own location says it all)."""
+        if not info.transformed or info.entry:
+            return ()
+        out: list[Chain] = []
+        self._extend((Frame(path, line, col, info.qualname),), info, (info,), path, out)
+        return merge_chains(tuple(out))
+
+    def _extend(self, prefix: Chain, info: FunctionInfo, seen: tuple[FunctionInfo, ...], path: str, out: list[Chain]) -> None:
+        if len(out) >= 4 * MAX_CHAINS or len(prefix) > 12:
+            return
+        reached = False
+        for caller, call in info.callers:
+            if caller in seen:
+                continue  # recursion: the chain through it is already there
+            reached = True
+            frame = Frame(path, call.lineno, call.col_offset + 1, caller.qualname, caller.entry)
+            if caller.entry:
+                out.append((*prefix, frame))
+            else:
+                self._extend((*prefix, frame), caller, (*seen, caller), path, out)
+        for ext in info.external:
+            reached = True
+            out.append((*prefix, *ext))
+        parent = info.parent
+        if not reached and parent is not None and parent.transformed and parent not in seen:
+            # defined inside transformed code and reached from there: the enclosing function,
+            # at the nested def
+            node = info.node
+            frame = Frame(path, node.lineno, node.col_offset + 1, parent.qualname, parent.entry)
+            if parent.entry:
+                out.append((*prefix, frame))
+            else:
+                self._extend((*prefix, frame), parent, (*seen, parent), path, out)
 
     @staticmethod
     def own_nodes(info: FunctionInfo) -> list[ast.AST]:

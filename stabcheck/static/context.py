@@ -98,4 +98,10 @@ class FileContext:
     def add(self, finding: Finding) -> None:
         line = finding.span.line
         snippet = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
-        self.findings.append(finding.refine(snippet=snippet) if not finding.snippet else finding)
+        finding = finding.refine(snippet=snippet) if not finding.snippet else finding
+        fn = self.function
+        if fn is not None and fn.transformed and not fn.entry and not finding.chains and finding.path == self.path:
+            chains = self.analysis.chains(fn, line, finding.span.col, self.path)
+            if chains:  # reached through calls from transformed code: say from where
+                finding = finding.refine(chains=chains)
+        self.findings.append(finding)
