@@ -197,11 +197,18 @@ class Cache:
         except (KeyError, TypeError, ValueError, IndexError):  # pragma: no cover - validated above
             return None
 
-    def put(self, path: str, h: str, findings: list[Finding], sups: list[Suppression]) -> None:
+    def put(self, path: str, h: str, findings: list[Finding], sups: list[Suppression], xfile: dict[str, Any] | None = None) -> None:
         if not self.usable:
             return
         self.entries[path] = {"hash": h, "findings": [f.to_dict() for f in findings], "suppressions": [s.to_list() for s in sups]}
+        if xfile is not None:
+            self.entries[path]["xfile"] = xfile
         self.dirty = True
+
+    def extra(self, path: str) -> Any:
+        """The entry's calls across files (`static.xfile`), unvalidated: the caller checks them."""
+        e = self.entries.get(path)
+        return e.get("xfile") if isinstance(e, dict) else None
 
     def save(self) -> None:
         if not self.dirty or not self.usable or self.secret is None:

@@ -162,9 +162,12 @@ def _sups_for(path: str) -> list[suppress.Suppression]:
 _WORKER: tuple[Config, Dispatcher] | None = None
 
 
-def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] | None = None, parent: int | None = None) -> None:
+def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] | None = None, parent: int | None = None, modules: frozenset[str] = frozenset()) -> None:
     global _WORKER
     _die_with_parent(parent)
+    from stabcheck.static import xfile
+
+    xfile.install(modules)
     if types:
         from stabcheck.static import typed
 
@@ -173,17 +176,26 @@ def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] |
     _WORKER = (config, Dispatcher(rules))
 
 
-def _check_many(batch: list[tuple[str, str]]) -> list[tuple[str, list[dict], list[list]]]:
+def _check_many(batch: list[tuple[str, str]]) -> list[tuple[str, list[dict], list[list], list[dict]]]:
     assert _WORKER is not None
     config, dispatcher = _WORKER
     out = []
     for real, shown in batch:
         res = _check_one(real, shown, config, dispatcher)
-        out.append((shown, [f.to_dict() for f in res.findings], [s.to_list() for s in res.suppressions]))
+        out.append((shown, [f.to_dict() for f in res.findings], [s.to_list() for s in res.suppressions], res.exports))
     return out
 
 
-def _check_one(real: str, shown: str, config: Config, dispatcher: Dispatcher, data: bytes | None = None) -> FileResult:
+def _check_one(real: str, shown: str, config: Config, dispatcher: Dispatcher, data: bytes | None = None, seeds: dict[str, list[dict[str, Any]]] | None = None) -> FileResult:
+    """One file's static result; `seeds`: its defs that other files' transformed code calls
+    with traced arguments (`static.xfile`)."""
+    from stabcheck.static import xfile
+
+    with xfile.active(seeds):
+        return _check_one_seeded(real, shown, config, dispatcher, data)
+
+
+def _check_one_seeded(real: str, shown: str, config: Config, dispatcher: Dispatcher, data: bytes | None) -> FileResult:
     from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
 
     if data is None:
@@ -197,7 +209,9 @@ def _check_one(real: str, shown: str, config: Config, dispatcher: Dispatcher, da
 
         types = typed.lookup(real)
         if types is not None:
+            untyped = res
             res = typed.refine(data, shown, config, dispatcher, types, res)
+            res.exports, res.seeds = untyped.exports, untyped.seeds
     return res
 
 
@@ -249,6 +263,11 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
     hashes: dict[str, str] = {}
     contents: dict[str, bytes] = {}
     jobs = min(options.jobs or cpu_count(), cpu_count())  # more processes than cores only cost memory
+    from stabcheck.static import xfile
+
+    modules = xfile.ModuleMap(display(f) for f in files)
+    xfile.install(modules.names())
+    real_of = {display(f): str(f) for f in files}
     for f in files:
         shown = display(f)
         if cache is not None:
@@ -265,8 +284,9 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
                 h = digest(f"{h}|{t.digest() if t is not None else ''}".encode())
             hashes[shown] = h
             hit = cache.get(shown, h)
-            if hit is not None:
-                results[shown] = FileResult(*hit)
+            extra = cache.extra(shown) if hit is not None else None
+            if hit is not None and xfile.valid(extra):
+                results[shown] = FileResult(*hit, extra["exports"], extra["seeds"])  # type: ignore[index]
                 continue
             if jobs == 1:
                 contents[shown] = data  # read once
@@ -278,12 +298,32 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
         for real, shown in todo:
             if shown not in results:  # serial run, or files a dead worker did not return
                 results[shown] = _check_one(real, shown, config, dispatcher, contents.pop(shown, None))
+        rechecked = _settle(results, real_of, modules, config, dispatcher)
     if cache is not None:
-        for real, shown in todo:
+        for shown in sorted({s for _, s in todo} | rechecked):
             if shown in hashes and shown in results:
-                cache.put(shown, hashes[shown], results[shown].findings, results[shown].suppressions)
+                r = results[shown]
+                cache.put(shown, hashes[shown], r.findings, r.suppressions, {"exports": r.exports, "seeds": r.seeds})
         cache.save()
     return results
+
+
+def _settle(results: dict[str, FileResult], real_of: dict[str, str], modules: Any, config: Config, dispatcher: Dispatcher) -> set[str]:
+    """Calls across files (`static.xfile`): check again, with their seeds, the files whose defs
+    other files' transformed code calls with traced arguments, until the seeds no longer change
+    (a warm cache already holds the settled results: nothing is checked again)."""
+    from stabcheck.static import xfile
+
+    rechecked: set[str] = set()
+    for _ in range(4):
+        want = xfile.seeds_for({p: r.exports for p, r in results.items()}, modules)
+        stale = [p for p in sorted(results) if p in real_of and (want.get(p) or {}) != (results[p].seeds or {})]
+        if not stale:
+            break
+        for p in stale:
+            results[p] = _check_one(real_of[p], p, config, dispatcher, seeds=want.get(p))
+            rechecked.add(p)
+    return rechecked
 
 
 def _check_parallel(todo: list[tuple[str, str]], jobs: int, config: Config, rules: tuple[type[Rule], ...], results: dict[str, FileResult]) -> None:
@@ -297,14 +337,16 @@ def _check_parallel(todo: list[tuple[str, str]], jobs: int, config: Config, rule
     from stabcheck.rules.meta.analysis_error import AnalysisError
 
     ctx = multiprocessing.get_context(_start_method())
-    initargs = (config, tuple(r.code for r in rules), _types_registry(config), os.getpid())
+    from stabcheck.static import xfile
+
+    initargs = (config, tuple(r.code for r in rules), _types_registry(config), os.getpid(), xfile.installed())
 
     def collect(batches: list[list[tuple[str, str]]], workers: int) -> bool:
         try:
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool, _workers_end_with_us():
                 for batch_out in pool.map(_check_many, batches):
-                    for shown, fds, sps in batch_out:
-                        results[shown] = FileResult([Finding.from_dict(d) for d in fds], [suppress.Suppression.from_list(s) for s in sps])
+                    for shown, fds, sps, exports in batch_out:
+                        results[shown] = FileResult([Finding.from_dict(d) for d in fds], [suppress.Suppression.from_list(s) for s in sps], exports)
         except (BrokenProcessPool, OSError):
             return False
         return True

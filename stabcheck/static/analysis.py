@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from stabcheck.finding import MAX_CHAINS, Chain, Frame, merge_chains
+from stabcheck.static import xfile
 from stabcheck.static.names import Names, Transform
 from stabcheck.static.walk import REVERSED_CHILDREN, compile_children, walk
 
@@ -145,6 +146,9 @@ class Analysis:
         self._find_applications()
         if types is not None:
             self._apply_seeds(types)
+        seeds = xfile.current()
+        if seeds:
+            self._apply_xfile(seeds)
         self._memo: dict[int, bool] | None = None
         self._propagate()
         self._memo = {}  # traced sets are final now: an expression's verdict no longer changes
@@ -247,6 +251,22 @@ class Analysis:
                 static = self._static_by_signature(info)
                 info.static_params |= static
                 self._set(info, set(traced) - static, abstract)
+
+    def _apply_xfile(self, seeds: xfile.Seeds) -> None:
+        """Defs that transformed code in another checked file calls with traced arguments, found
+        without mypy (`static.xfile`); the calls' chains come with them."""
+        for qualname, calls in seeds.items():
+            info = self._by_qualname(qualname)
+            if info is None:
+                continue
+            params = info.params[1:] if info.is_method else info.params
+            static = self._static_by_signature(info)
+            for call in calls:
+                traced = xfile.traced_params(call, params) - static
+                if traced:
+                    info.static_params |= static
+                    self._set(info, traced, call["abstract"])
+                    info.external.extend(xfile.frames(c) for c in call["chains"])
 
     def scope_of(self, node: ast.AST) -> FunctionInfo | None:
         return self.functions.get(node)

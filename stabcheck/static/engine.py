@@ -21,7 +21,8 @@ import time
 import tokenize
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from stabcheck import suppress
 from stabcheck.config import Config
@@ -42,6 +43,9 @@ Handler = Callable[[ast.AST, FileContext], None]
 class FileResult:
     findings: list[Finding]
     suppressions: list[suppress.Suppression]
+    # calls into other checked files, and the seeds this result was computed with (`static.xfile`)
+    exports: list[dict[str, Any]] = field(default_factory=list)
+    seeds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 _LEVELS = {"anywhere": 0, "transformed": 1, "abstract": 2}
@@ -152,16 +156,20 @@ def check_source(source: str, path: str, config: Config, dispatcher: Dispatcher)
         else:
             reason = f"{type(e).__name__}: {e}"[:200]
         return FileResult([SyntaxErrorRule.finding(path=path, span=Span(1, 1), message=f"`{path}` cannot be parsed: {reason}; no other rule ran on this file", help="check that this is a Python source file; split deeply nested expressions")], [])
-    findings = _analyse(tree, source, path, config, dispatcher)
+    exports: list[dict[str, Any]] = []
+    findings = _analyse(tree, source, path, config, dispatcher, exports)
     try:
         sups = suppress.parse(source)
     except (tokenize.TokenError, SyntaxError, RecursionError):  # pragma: no cover - parse succeeded above
         sups = []
-    return FileResult(findings, sups)
+    from stabcheck.static import xfile
+
+    return FileResult(findings, sups, exports, xfile.current() or {})
 
 
-def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatcher: Dispatcher) -> list[Finding]:
-    """Build the file's context and walk it, turning any failure into an STB902 finding."""
+def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatcher: Dispatcher, exports: list[dict[str, Any]] | None = None) -> list[Finding]:
+    """Build the file's context and walk it, turning any failure into an STB902 finding; the
+    calls into other checked files go to `exports` (`static.xfile`)."""
     from stabcheck.rules.meta.analysis_error import AnalysisError
 
     ctx: FileContext | None = None
@@ -173,6 +181,10 @@ def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatche
             sys.setrecursionlimit(max(limit, ANALYSIS_RECURSION_LIMIT))
             ctx = FileContext(path, source, tree, config, dispatcher.table)
             replay(ctx, dispatcher)
+            if exports is not None:
+                from stabcheck.static import xfile
+
+                exports.extend(xfile.exports(ctx))
         except RecursionError:
             return [*(ctx.findings if ctx else ()), AnalysisError.finding(path=path, span=Span(1, 1), message=f"`{path}` is nested too deeply to analyse; it was skipped, so hazards in it stay hidden", help="split the deeply nested expression")]
         except _TimeUp:

@@ -1,0 +1,273 @@
+"""Calls across the checked files without mypy: a helper in one file, called with traced arguments
+from transformed code in another, is analysed as transformed code, and its findings carry the
+chain back to the caller.
+
+It stays cheap: no file is parsed twice to find its callers. Each file's analysis *exports* the
+calls its transformed functions make, with traced arguments, to names imported from one of the
+checked modules (`modules`, the dotted names the checked files' paths give: `pkg/helpers.py` is
+`helpers` and `pkg.helpers`; relative imports are resolved against the caller's path). After the
+static pass, `seeds_for` turns the exports into *seeds* for the files they name, and only the
+files whose seeds changed are checked again (`active(seeds)` around the check), to a fixpoint.
+The cache keeps each file's exports and the seeds its findings were computed with, so a warm run
+re-checks nothing.
+
+Formats (JSON, cached): an export is `{"target": [base, part, ...], "pos": [int], "kw": [str],
+"star": int | None, "abstract": bool, "chains": [[frame, ...]]}` where `base` is "" for an
+absolute import (parts are the dotted name) or the directory a relative import starts from;
+seeds are `{qualname: [{"pos", "kw", "star", "abstract", "chains"}]}`.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextvars
+import posixpath
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from stabcheck.finding import MAX_CHAINS, Frame
+
+if TYPE_CHECKING:
+    from stabcheck.static.context import FileContext
+
+Seeds = dict[str, list[dict[str, Any]]]
+
+_SEEDS: contextvars.ContextVar[Seeds | None] = contextvars.ContextVar("stabcheck_xfile_seeds", default=None)
+_MODULES: frozenset[str] = frozenset()  # top-level names of the checked modules; empty: no exports
+MAX_FRAMES = 12
+
+
+def install(modules: Iterable[str]) -> None:
+    """The dotted module names of the checked files (in this process and in static workers)."""
+    global _MODULES
+    _MODULES = frozenset(modules)
+
+
+def installed() -> frozenset[str]:
+    return _MODULES
+
+
+def current() -> Seeds | None:
+    return _SEEDS.get()
+
+
+@contextmanager
+def active(seeds: Seeds | None) -> Iterator[None]:
+    token = _SEEDS.set(seeds or None)
+    try:
+        yield
+    finally:
+        _SEEDS.reset(token)
+
+
+# -- the module map ----------------------------------------------------------------------------
+def _parts(path: str) -> list[str]:
+    p = path.replace("\\", "/")
+    if p.endswith(".py"):
+        p = p[:-3]
+    elif p.endswith(".pyi"):
+        p = p[:-4]
+    parts = [x for x in p.split("/") if x not in ("", ".")]
+    if parts and parts[-1] == "__init__":
+        parts.pop()
+    return parts
+
+
+def module_names(path: str) -> list[str]:
+    """The dotted names a checked file may be imported as: the suffixes of its path (4 at most)."""
+    parts = _parts(path)
+    if not parts or not all(x.isidentifier() for x in parts[-1:]):
+        return []
+    out = []
+    for i in range(len(parts) - 1, max(-1, len(parts) - 5), -1):
+        tail = parts[i:]
+        if not all(x.isidentifier() for x in tail):
+            break
+        out.append(".".join(tail))
+    return out
+
+
+class ModuleMap:
+    """Dotted module name -> the checked files it may name; module path -> file."""
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self.by_name: dict[str, list[str]] = {}
+        self.by_stem: dict[str, str] = {}
+        for p in paths:
+            if not p.endswith((".py", ".pyi")):
+                continue
+            for n in module_names(p):
+                self.by_name.setdefault(n, []).append(p)
+            self.by_stem.setdefault("/".join(_parts(p)) if not p.startswith("/") else "/" + "/".join(_parts(p)), p)
+
+    def names(self) -> set[str]:
+        return set(self.by_name)
+
+    def resolve(self, target: list[str], caller: str) -> tuple[str, str] | None:
+        """(file, qualname in it) of an export's target, or None when it is not a checked file."""
+        base, parts = target[0], target[1:]
+        for i in range(len(parts) - 1, 0 if base == "" else -1, -1):
+            qual = ".".join(parts[i:])
+            if base:
+                stem = posixpath.normpath(posixpath.join(base, *parts[:i])) if i else posixpath.normpath(base)
+                hit = self.by_stem.get(stem)
+                if hit is not None:
+                    return hit, qual
+                continue
+            files = self.by_name.get(".".join(parts[:i]))
+            if files:
+                return _nearest(files, caller), qual
+        return None
+
+
+def _nearest(files: list[str], caller: str) -> str:
+    """Of several files a module name may mean, the one nearest the caller's directory."""
+    if len(files) == 1:
+        return files[0]
+    here = posixpath.dirname(caller.replace("\\", "/")).split("/")
+
+    def shared(p: str) -> int:
+        there = posixpath.dirname(p.replace("\\", "/")).split("/")
+        n = 0
+        for a, b in zip(here, there):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    return sorted(files, key=lambda p: (-shared(p), p))[0]
+
+
+# -- exports: in the worker that checks the calling file ---------------------------------------------
+def _relative_aliases(ctx: FileContext) -> dict[str, tuple[str, list[str]]]:
+    """`from .helpers import normalize` in `pkg/main.py`: normalize -> ("pkg/helpers", ["normalize"])."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    here = posixpath.dirname(ctx.path.replace("\\", "/")) or "."
+    for node in ctx.names.statements:
+        if not isinstance(node, ast.ImportFrom) or not node.level:
+            continue
+        base = here
+        for _ in range(node.level - 1):
+            base = posixpath.dirname(base) or ".."
+        mod = node.module.split(".") if node.module else []
+        for a in node.names:
+            if a.name != "*":
+                out[a.asname or a.name] = (posixpath.join(base, *mod) if mod else base, [a.name])
+    return out
+
+
+def _target(func: ast.AST, ctx: FileContext, relative: dict[str, tuple[str, list[str]]]) -> list[str] | None:
+    q = ctx.names.qualname(func)
+    if q is not None:
+        parts = q.split(".")
+        if len(parts) < 2 or not any(".".join(parts[:i]) in _MODULES for i in range(1, len(parts))):
+            return None
+        return ["", *parts]
+    attrs: list[str] = []
+    while isinstance(func, ast.Attribute):
+        attrs.append(func.attr)
+        func = func.value
+    if isinstance(func, ast.Name) and func.id in relative:
+        base, first = relative[func.id]
+        return [base, *first, *reversed(attrs)]
+    return None
+
+
+def exports(ctx: FileContext) -> list[dict[str, Any]]:
+    """The calls this file's transformed functions make with traced arguments into other checked
+    files, each with the chains that reach the call."""
+    if not _MODULES:
+        return []
+    an = ctx.analysis
+    relative: dict[str, tuple[str, list[str]]] | None = None
+    out: list[dict[str, Any]] = []
+    for info in an.functions.values():
+        if not info.transformed:
+            continue
+        for node in an.own_nodes(info):
+            if not isinstance(node, ast.Call) or isinstance(node.func, ast.Lambda):
+                continue
+            if ctx.names.transform_call(node) is not None or an.resolve(node.func, info) is not None:
+                continue
+            if relative is None:
+                relative = _relative_aliases(ctx)
+            target = _target(node.func, ctx, relative)
+            if target is None:
+                continue
+            pos, star = [], None
+            for i, a in enumerate(node.args):
+                if isinstance(a, ast.Starred):
+                    if an.is_traced(a.value, info):
+                        star = i
+                    break
+                if an.is_traced(a, info):
+                    pos.append(i)
+            kw = sorted(k.arg for k in node.keywords if k.arg and an.is_traced(k.value, info))
+            if not pos and not kw and star is None:
+                continue
+            here = Frame(ctx.path, node.lineno, node.col_offset + 1, info.qualname, info.entry)
+            chains = an.chains(info, node.lineno, node.col_offset + 1, ctx.path) or ((here,),)
+            out.append({"target": target, "pos": pos, "kw": kw, "star": star, "abstract": info.abstract, "chains": [[fr.to_dict() for fr in c] for c in chains]})
+    return out
+
+
+# -- seeds: in the main process, between rounds ----------------------------------------------------
+def seeds_for(exports_by_file: dict[str, list[dict[str, Any]]], modules: ModuleMap) -> dict[str, Seeds]:
+    """Which defs of which checked file other files' transformed code calls with traced arguments."""
+    seeds: dict[str, Seeds] = {}
+    for caller in sorted(exports_by_file):
+        for e in exports_by_file[caller]:
+            where = modules.resolve(e["target"], caller)
+            if where is None or where[0] == caller:
+                continue
+            path, qual = where
+            chains = []
+            for c in e["chains"]:
+                if len(c) >= MAX_FRAMES or any(fr["path"] == path and fr["function"] == qual for fr in c):
+                    continue  # a cycle through the callee, or too deep
+                chains.append(c)
+            seed = {"pos": e["pos"], "kw": e["kw"], "star": e["star"], "abstract": e["abstract"], "chains": chains[:MAX_CHAINS]}
+            bucket = seeds.setdefault(path, {}).setdefault(qual, [])
+            if seed not in bucket:
+                bucket.append(seed)
+    return seeds
+
+
+def frames(chain: list[dict[str, Any]]) -> tuple[Frame, ...]:
+    return tuple(Frame.from_dict(fr) for fr in chain)
+
+
+def traced_params(seed: dict[str, Any], params: list[str]) -> set[str]:
+    out = {params[i] for i in seed["pos"] if i < len(params)}
+    if seed["star"] is not None:
+        out |= set(params[seed["star"] :])
+    return out | {k for k in seed["kw"] if k in params}
+
+
+def valid(extra: object) -> bool:
+    """A cache entry's `xfile` part is data from disk: check its shape before it is used."""
+    if not isinstance(extra, dict) or not isinstance(extra.get("exports"), list) or not isinstance(extra.get("seeds"), dict):
+        return False
+    calls = [*extra["exports"], *(s for v in extra["seeds"].values() if isinstance(v, list) for s in v)]
+    if not all(isinstance(v, list) for v in extra["seeds"].values()):
+        return False
+    for e in calls:
+        if not isinstance(e, dict) or not isinstance(e.get("pos"), list) or not all(_int(i) for i in e["pos"]):
+            return False
+        if not isinstance(e.get("kw"), list) or not all(isinstance(k, str) for k in e["kw"]):
+            return False
+        if not (e.get("star") is None or _int(e.get("star"))) or not isinstance(e.get("abstract"), bool):
+            return False
+        if "target" in e and (not isinstance(e["target"], list) or not e["target"] or not all(isinstance(t, str) for t in e["target"])):
+            return False
+        if not isinstance(e.get("chains"), list):
+            return False
+        for c in e["chains"]:
+            if not isinstance(c, list) or not all(isinstance(fr, dict) and isinstance(fr.get("path"), str) and _int(fr.get("line")) and _int(fr.get("col")) and isinstance(fr.get("function"), str) and isinstance(fr.get("via"), str) for fr in c):
+                return False
+    return True
+
+
+def _int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

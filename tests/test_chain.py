@@ -1,0 +1,227 @@
+"""Instability chains (issue 20): a hazard in a helper names the transformed callers that reach it,
+in the same file and across files, in every output format."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stabcheck import reporters
+from stabcheck._cache import _valid_finding
+from stabcheck.api import Options, __version__, check_source, run
+from stabcheck.config import Config
+from stabcheck.finding import Finding, Frame, Span, merge
+
+SCHEMA = Path(__file__).resolve().parents[1] / "tests" / "data" / "sarif-schema-2.1.0.json"
+
+HELPERS = """\
+import jax.numpy as jnp
+
+
+def normalize(x):
+    if x.sum() > 0:
+        return x / x.sum()
+    return x
+"""
+MAIN = """\
+import jax
+
+from helpers import normalize
+
+
+@jax.jit
+def update(x):
+    return normalize(x) + 1
+"""
+OTHER = """\
+import jax
+
+from .helpers import normalize
+
+
+def step(p):
+    y = p * 2
+    return normalize(y)
+
+
+fast_step = jax.jit(step)
+"""
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(textwrap.dedent(text), encoding="utf-8")
+
+
+def _run(root: Path, **options) -> list[Finding]:
+    return run([str(root)], Config(types=False), Options(jobs=1, **{"cache": False, **options})).findings
+
+
+def _render(fmt: str, findings: list[Finding]) -> str:
+    return reporters.get(fmt)(findings, reporters.Report(files=3, version=__version__))
+
+
+def _where(chain) -> list[tuple[str, int, str, str]]:  # type: ignore[no-untyped-def]
+    return [(Path(fr.path).name, fr.line, fr.function, fr.via) for fr in chain]
+
+
+# -- static, one file ----------------------------------------------------------------------------
+SAME_FILE = """\
+import jax
+
+
+def normalize(x):
+    if x.sum() > 0:
+        return x / x.sum()
+    return x
+
+
+def scale(y):
+    return normalize(y) * 2
+
+
+@jax.jit
+def update(x):
+    return normalize(x) + 1
+
+
+@jax.jit
+def other(z):
+    return scale(z)
+
+
+@jax.jit
+def direct(x):
+    if x > 0:
+        return x
+    return -x
+"""
+
+
+def test_a_helper_reached_from_two_jitted_functions_is_one_finding_with_two_chains():
+    found = [f for f in check_source(SAME_FILE, "m.py") if f.code == "STB101"]
+    helper = [f for f in found if f.function == "normalize"]
+    assert len(helper) == 1 and helper[0].line == 5
+    assert [_where(c) for c in helper[0].chains] == [
+        [("m.py", 5, "normalize", ""), ("m.py", 16, "update", "jax.jit")],
+        [("m.py", 5, "normalize", ""), ("m.py", 11, "scale", ""), ("m.py", 21, "other", "jax.jit")],
+    ]
+    # a hazard in the jitted function itself has no chain: its location says it all
+    (direct,) = [f for f in found if f.function == "direct"]
+    assert direct.chains == () and "chains" not in direct.to_dict()
+
+
+def test_a_helper_called_without_traced_arguments_gets_no_chain_and_no_finding():
+    src = SAME_FILE.replace("return normalize(x) + 1", "return normalize(3.0) + x").replace("return scale(z)", "return z")
+    assert not [f for f in check_source(src, "m.py") if f.function == "normalize"]
+
+
+# -- static, across files -------------------------------------------------------------------------------
+def test_cross_file_chain_without_mypy_in_every_format(tmp_path: Path) -> None:
+    _write(tmp_path, {"helpers.py": HELPERS, "main.py": MAIN, "other.py": OTHER})
+    found = [f for f in _run(tmp_path) if f.code == "STB101"]
+    assert len(found) == 1, found
+    f = found[0]
+    assert (Path(f.path).name, f.line, f.function) == ("helpers.py", 5, "normalize")
+    assert sorted(_where(c)[1:] for c in f.chains) == [[("main.py", 8, "update", "jax.jit")], [("other.py", 8, "step", "jax.jit")]]
+
+    full = _render("full", found)
+    assert f"via update ({tmp_path / 'main.py'}:8) under jax.jit" in full
+    assert f"via step ({tmp_path / 'other.py'}:8) under jax.jit" in full
+
+    sarif = json.loads(_render("sarif", found))
+    (result,) = sarif["runs"][0]["results"]
+    related = {(Path(r["physicalLocation"]["artifactLocation"]["uri"]).name, r["physicalLocation"]["region"]["startLine"]) for r in result["relatedLocations"]}
+    assert related == {("main.py", 8), ("other.py", 8)}
+    assert len(result["codeFlows"]) == 2
+    for flow in result["codeFlows"]:
+        steps = flow["threadFlows"][0]["locations"]
+        first, last = steps[0]["location"], steps[-1]["location"]
+        assert Path(first["physicalLocation"]["artifactLocation"]["uri"]).name in ("main.py", "other.py")  # the entry runs first
+        assert Path(last["physicalLocation"]["artifactLocation"]["uri"]).name == "helpers.py" and last["physicalLocation"]["region"]["startLine"] == 5
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft7Validator(json.loads(SCHEMA.read_text(encoding="utf-8"))).validate(sarif)
+
+    rows = json.loads(_render("json", found))
+    assert [[fr["line"] for fr in c] for c in rows[0]["chains"]] == [[5, 8], [5, 8]]
+    github = _render("github", found)
+    assert "reached from update" in github and "main.py:8) under jax.jit (+1 more)" in github
+    for fmt in ("concise", "markdown", "junit"):
+        assert "update" in _render(fmt, found), fmt
+
+
+def test_cross_file_without_a_transformed_caller_stays_silent(tmp_path: Path) -> None:
+    _write(tmp_path, {"helpers.py": HELPERS, "main.py": MAIN.replace("@jax.jit\n", "")})
+    assert not [f for f in _run(tmp_path) if f.code == "STB101"]
+
+
+def test_a_cycle_across_files_settles(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "a.py": "import jax\nfrom b import g\n\n\ndef f(x):\n    if x > 0:\n        return g(x - 1)\n    return x\n\n\nentry = jax.jit(f)\n",
+            "b.py": "from a import f\n\n\ndef g(y):\n    return f(y)\n",
+        },
+    )
+    found = sorted((Path(f.path).name, f.line) for f in _run(tmp_path) if f.code == "STB101")
+    assert found == [("a.py", 6)]
+
+
+def test_a_warm_cache_checks_nothing_again_and_keeps_the_chains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stabcheck import api
+
+    src = tmp_path / "src"
+    _write(src, {"helpers.py": HELPERS, "main.py": MAIN})
+    cache = tmp_path / "cache"
+    cold = _run(src, cache=True, cache_dir=str(cache))
+    assert [len(f.chains) for f in cold if f.code == "STB101"] == [1]
+    calls: list[str] = []
+    real = api._check_one
+
+    def counting(r: str, shown: str, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(Path(shown).name)
+        return real(r, shown, *a, **k)
+
+    monkeypatch.setattr(api, "_check_one", counting)
+    warm = _run(src, cache=True, cache_dir=str(cache))
+    assert warm == cold and [f.chains for f in warm] == [f.chains for f in cold] and calls == []
+    # the caller changes (no longer jitted): the helper is checked again and its finding goes
+    (src / "main.py").write_text(MAIN.replace("@jax.jit\n", ""), encoding="utf-8")
+    assert not [f for f in _run(src, cache=True, cache_dir=str(cache)) if f.code == "STB101"]
+    assert sorted(calls) == ["helpers.py", "main.py"]
+
+
+# -- the data type --------------------------------------------------------------------------------
+def _finding(*chains: tuple[Frame, ...], stage: str = "static") -> Finding:
+    return Finding("STB101", "branch-on-tracer", "m", "h.py", Span(5, 8), stage=stage, chains=chains)  # type: ignore[arg-type]
+
+
+def test_chains_round_trip_and_merge_across_stages():
+    a = (Frame("h.py", 5, 8, "normalize"), Frame("m.py", 8, 12, "update", "jax.jit"))
+    b = (Frame("h.py", 5, 3, "normalize"), Frame("o.py", 9, 1, "step", "jax.grad"))
+    f = _finding(a)
+    assert Finding.from_dict(json.loads(json.dumps(f.to_dict()))) == f and Finding.from_dict(f.to_dict()).chains == (a,)
+    merged = merge([f, _finding(b, (Frame("h.py", 5, 1, "normalize"), Frame("m.py", 8, 5, "update", "jax.jit")), stage="traced")])
+    assert len(merged) == 1 and merged[0].stage == "traced"
+    assert [_where(c)[1] for c in merged[0].chains] == [("m.py", 8, "update", "jax.jit"), ("o.py", 9, "step", "jax.grad")]  # the same path once
+
+
+@pytest.mark.parametrize(
+    "chains",
+    [
+        "x",
+        [["x"]],
+        [[{"path": "m.py", "line": "8", "col": 1, "function": "f", "via": ""}]],
+        [[{"path": "m.py", "line": 8, "col": 1, "function": None, "via": ""}]],
+        [[{"path": "m.py", "line": True, "col": 1, "function": "f", "via": ""}]],
+    ],
+)
+def test_the_cache_rejects_malformed_chains(chains):
+    d = _finding((Frame("h.py", 5, 8, "normalize"), Frame("m.py", 8, 12, "update", "jax.jit"))).to_dict()
+    assert _valid_finding(d, "h.py")
+    assert not _valid_finding({**d, "chains": chains}, "h.py")
