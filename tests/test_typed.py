@@ -69,8 +69,13 @@ def test_untyped_flags_the_near_misses_and_misses_the_typed_findings() -> None:
     m = markers()
     res = api.run([str(FIXTURE)], Config(types=False), api.Options(cache=False, jobs=1))
     lines = {(f, n) for f, n, _ in found(res)}
-    assert lines == {(f, n) for f, n, _ in m["near-miss"]}
-    assert not lines & {(f, n) for f, n, _ in m["typed"]}
+    assert lines == {(f, n) for f, n, _ in m["near-miss"]} | UNTYPED_CROSS_FILE
+    assert not lines & ({(f, n) for f, n, _ in m["typed"]} - UNTYPED_CROSS_FILE)
+
+
+# a plain `from helpers import normalize` called from jitted code: found without mypy too, by the
+# untyped cross-file index (`static.xfile`, issue 20)
+UNTYPED_CROSS_FILE = {("helpers.py", 19)}
 
 
 class _Oracle:
@@ -140,7 +145,7 @@ def test_types_report_the_typed_findings_and_silence_the_near_misses(type_cache:
     m = markers()
     res = typed_run([str(FIXTURE)], type_cache)
     assert found(res) == m["typed"], res.notes
-    assert all(f.evidence.get("stage") == "typed" for f in res.findings)
+    assert all(f.evidence.get("stage") == "typed" for f in res.findings if (Path(f.path).name, f.line) not in UNTYPED_CROSS_FILE)
     assert not res.notes
 
 
@@ -181,7 +186,7 @@ def test_cli_types_flag(type_cache: Path) -> None:
         return {(Path(d["path"]).name, d["line"], d["code"]) for d in items}
 
     assert lines(on.stdout) == m["typed"]
-    assert {(f, n) for f, n, _ in lines(off.stdout)} == {(f, n) for f, n, _ in m["near-miss"]}
+    assert {(f, n) for f, n, _ in lines(off.stdout)} == {(f, n) for f, n, _ in m["near-miss"]} | UNTYPED_CROSS_FILE
 
 
 @pytest.mark.slow
@@ -195,7 +200,7 @@ def test_the_typed_tier_is_on_by_default_where_mypy_is_installed(type_cache: Pat
     (type_cache.parent / "off").mkdir(exist_ok=True)
     (type_cache.parent / "off" / "stabcheck.toml").write_text("types = false\n", encoding="utf-8")
     off = run_cli(*args, "--config", str(type_cache.parent / "off" / "stabcheck.toml"), env={"STABCHECK_TYPES": "1"})
-    assert {(f, n) for f, n, _ in _json_lines(off.stdout)} == {(f, n) for f, n, _ in m["near-miss"]}  # the config beats the environment
+    assert {(f, n) for f, n, _ in _json_lines(off.stdout)} == {(f, n) for f, n, _ in m["near-miss"]} | UNTYPED_CROSS_FILE  # the config beats the environment
 
 
 def _json_lines(out: str) -> set[tuple[str, int, str]]:
@@ -220,7 +225,7 @@ def test_the_default_follows_the_environment_then_whether_mypy_is_installed(monk
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     assert typed.on_by_default() is False  # no mypy: untyped, and no note about it
     res = api.run([str(FIXTURE)], Config(), api.Options(cache=False, jobs=1))
-    assert res.notes == [] and {(f, n) for f, n, _ in found(res)} == {(f, n) for f, n, _ in markers()["near-miss"]}
+    assert res.notes == [] and {(f, n) for f, n, _ in found(res)} == {(f, n) for f, n, _ in markers()["near-miss"]} | UNTYPED_CROSS_FILE
 
 
 def test_a_bad_environment_value_is_a_usage_error() -> None:
