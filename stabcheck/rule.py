@@ -20,7 +20,7 @@ import textwrap
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
-from stabcheck.finding import Finding, Fix, Severity, Span, Stage
+from stabcheck.finding import Chain, Finding, Fix, Severity, Span, Stage
 
 if TYPE_CHECKING:
     from stabcheck.static.context import FileContext
@@ -137,6 +137,7 @@ class Rule:
         stage: Stage = "static",
         status: str = "suspected",
         snippet: str = "",
+        chains: tuple[Chain, ...] = (),
     ) -> Finding:
         """Build a Finding of this rule; every stage creates findings through here."""
         return Finding(
@@ -154,6 +155,7 @@ class Rule:
             evidence=dict(evidence or {}),
             fix=fix,
             snippet=snippet,
+            chains=chains,
         )
 
     @classmethod

@@ -15,6 +15,8 @@ from stabcheck.api import Options, __version__, check_source, run
 from stabcheck.config import Config
 from stabcheck.finding import Finding, Frame, Span, merge
 
+from .conftest import requires_jax, run_cli
+
 SCHEMA = Path(__file__).resolve().parents[1] / "tests" / "data" / "sarif-schema-2.1.0.json"
 
 HELPERS = """\
@@ -225,3 +227,70 @@ def test_the_cache_rejects_malformed_chains(chains):
     d = _finding((Frame("h.py", 5, 8, "normalize"), Frame("m.py", 8, 12, "update", "jax.jit"))).to_dict()
     assert _valid_finding(d, "h.py")
     assert not _valid_finding({**d, "chains": chains}, "h.py")
+
+
+# -- traced: the user frames from the entry down to the offending line ------------------------------
+TRACED_HELPERS = """\
+import jax.numpy as jnp
+
+
+def mix(x, h):
+    return x * 2 + h
+
+
+def normalize(x):
+    if x.sum() > 0:
+        return x / x.sum()
+    return x
+"""
+TRACED_MAIN = """\
+import jax.numpy as jnp
+
+import stabcheck
+from helpers import mix, normalize
+
+
+def update(x, h):
+    y = mix(x, h)
+    return y.sum()
+
+
+def update2(x):
+    return normalize(x)
+
+
+def direct(x):
+    if x.sum() > 0:
+        return x
+    return -x
+
+
+@stabcheck.entry
+def update_entry():
+    return update, (jnp.ones(3, jnp.float32), jnp.ones(3, jnp.bfloat16))
+
+
+@stabcheck.entry
+def update2_entry():
+    return update2, (jnp.ones(3, jnp.float32),)
+
+
+@stabcheck.entry
+def direct_entry():
+    return direct, (jnp.ones(3, jnp.float32),)
+"""
+
+
+@requires_jax
+def test_traced_findings_carry_the_user_frames_from_the_entry(tmp_path: Path) -> None:
+    _write(tmp_path, {"helpers.py": TRACED_HELPERS, "main.py": TRACED_MAIN})
+    proc = run_cli("check", ".", "--trace", "--no-cache", "--output-format", "json", "--select", "STB101,STB303", cwd=tmp_path)
+    rows = {(r["path"], r["line"], r["code"]): r for r in json.loads(proc.stdout)}
+    # the jaxpr equation's source info: mix's line, then update's call of mix
+    promo = rows[("helpers.py", 5, "STB303")]
+    assert [[(fr["path"], fr["line"], fr["function"]) for fr in c] for c in promo["chains"]] == [[("helpers.py", 5, "mix"), ("main.py", 8, "update")]]
+    assert promo["chains"][0][-1]["via"] == "stabcheck entry `update_entry`"
+    # the exception's traceback: normalize's `if`, then update's call of normalize
+    branch = rows[("helpers.py", 9, "STB101")]
+    assert [(fr["path"], fr["line"]) for fr in branch["chains"][0]] == [("helpers.py", 9), ("main.py", 13)]
+    assert "chains" not in rows[("main.py", 17, "STB101")]  # in the entry's own function: no chain

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from stabcheck.finding import Finding, Span
-from stabcheck.traced.source import Site, eqn_frames, internal_functions
+from stabcheck.traced.source import Site, chain, eqn_frames, internal_functions
 
 ALL_CODES = frozenset({"STB301", "STB302", "STB303", "STB304", "STB305"})
 _EXPLICIT_CAST = frozenset({"astype", "_astype", "asarray", "array", "convert_element_type", "__array__", "_convert_and_clip_integer"})
@@ -135,6 +135,7 @@ class _Walker:
             evidence={**evidence, "user_function": site.function},
             stage="traced",
             snippet=source_line(site),
+            chains=chain(site, shown_path),
         )
 
     # -- the walk -----------------------------------------------------------------------------

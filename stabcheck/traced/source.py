@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import sysconfig
 import traceback as _tb
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
+
+from stabcheck.finding import Chain, Frame
 
 _STABCHECK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STDLIB = tuple({os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib",)})
@@ -32,6 +35,8 @@ class Site:
     col: int = 1
     function: str = ""
     library: bool = False  # the frame is inside an installed package, not the user's project
+    # the user frames that called this one, innermost first (for the instability chain)
+    outer: tuple[Site, ...] = field(default=(), compare=False, repr=False)
 
 
 def is_internal(filename: str) -> bool:
@@ -73,11 +78,35 @@ def eqn_frames(eqn: Any) -> list[Site]:
         line = getattr(fr, "start_line", None) or getattr(fr, "line_num", None) or 1
         col = (getattr(fr, "start_column", 0) or 0) + 1
         out.append(Site(name, int(line), int(col), fr.function_name, is_library(name)))
-    return out
+    return _linked(out)
 
 
 def eqn_site(eqn: Any) -> Site | None:
     return pick(eqn_frames(eqn))
+
+
+def _linked(frames: list[Site]) -> list[Site]:
+    """Each frame with the frames outside it (`Site.outer`): frames innermost first."""
+    return [replace(s, outer=tuple(frames[i + 1 :])) for i, s in enumerate(frames)]
+
+
+def chain(site: Site | None, shown: Callable[[str], str], via: str = "") -> tuple[Chain, ...]:
+    """The instability chain of a site: its line, then the user's calls that reach it out to the
+    traced entry (`via` names what traces it); frames inside installed libraries are folded
+    away. No chain when the site is in the entry function itself."""
+    if site is None:
+        return ()
+    frames = [site, *(s for s in site.outer if not s.library)]
+    if len(frames) < 2:
+        return ()
+    out = [Frame(shown(s.file), s.line, s.col, s.function) for s in frames]
+    out[-1] = replace(out[-1], via=via)
+    return (tuple(out),)
+
+
+def with_via(chains: tuple[Chain, ...], via: str) -> tuple[Chain, ...]:
+    """`chains` whose outermost frames say `via` where they said nothing."""
+    return tuple(c[:-1] + (replace(c[-1], via=c[-1].via or via),) if c else c for c in chains)
 
 
 def internal_functions(eqn: Any) -> list[str]:
@@ -100,7 +129,7 @@ def exception_frames(exc: BaseException) -> list[Site]:
         seen.add(id(e))
         out.extend(_tb_frames(e.__traceback__))
         e = e.__cause__ or (e.__context__ if not e.__suppress_context__ else None)
-    return out
+    return _linked(out)
 
 
 def _tb_frames(tb: TracebackType | None) -> list[Site]:

@@ -31,7 +31,7 @@ from stabcheck.finding import Finding, Span
 from stabcheck.traced.checks import check_jaxpr, depends, first_cut, is_zero_constant, iter_eqns, shown_path, site_span, source_line
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import code_of
-from stabcheck.traced.source import Site, eqn_site, exception_site, function_site, literal_return_site
+from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, literal_return_site, with_via
 
 FORWARD = frozenset({"jvp", "jacfwd", "hessian", "hvp"})
 REVERSE = frozenset({"grad", "jacrev", "hessian", "hvp"})
@@ -102,6 +102,7 @@ class Tracer:
         self.jax = jax
         self.name = name
         self.entry = entry
+        self.via = f"stabcheck entry `{name}`"  # the outermost step of the findings' chains
         self.static = set(entry.static_argnums)
         self.dyn_pos = [i for i in range(len(entry.args)) if i not in self.static]
         self.dyn = tuple(entry.args[i] for i in self.dyn_pos)
@@ -185,7 +186,7 @@ class Tracer:
             own = self.code_weak_leaves(out_paths)
             found = [f for f in found if f.code != "STB302" or f.detail in own]
         for f in found:
-            self.add(f.refine(evidence={**f.evidence, "transform": "call", "entry": self.name}))
+            self.add(f.refine(evidence={**f.evidence, "transform": "call", "entry": self.name}, chains=with_via(f.chains, self.via)))
         for t in transforms:
             if t in ("call", "jit"):
                 continue
@@ -297,6 +298,7 @@ class Tracer:
                 evidence={**(evidence or {}), "entry": self.name},
                 stage="traced",
                 snippet=source_line(site),
+                chains=chain(site, shown_path, self.via),
             )
         )
 
