@@ -294,3 +294,44 @@ def test_traced_findings_carry_the_user_frames_from_the_entry(tmp_path: Path) ->
     branch = rows[("helpers.py", 9, "STB101")]
     assert [(fr["path"], fr["line"]) for fr in branch["chains"][0]] == [("helpers.py", 9), ("main.py", 13)]
     assert "chains" not in rows[("main.py", 17, "STB101")]  # in the entry's own function: no chain
+
+
+# -- explain-finding ------------------------------------------------------------------------------------
+def test_explain_finding_shows_every_chain_with_its_source_lines(tmp_path: Path) -> None:
+    _write(tmp_path, {"helpers.py": HELPERS, "main.py": MAIN, "other.py": OTHER})
+    proc = run_cli("explain-finding", "helpers.py:5", "--no-cache", "--no-types", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "STB101 [branch-on-tracer]" in out and "chain 1 of 2" in out and "chain 2 of 2" in out
+    assert "main.py:8:12 in update, under jax.jit" in out and "8 | return normalize(x) + 1" in out
+    assert "other.py:8:12 in step, under jax.jit" in out and "8 | return normalize(y)" in out
+    assert "add --trace" in out  # static only: says how to see more
+    as_json = run_cli("explain-finding", "helpers.py:5:8", "--code", "branch-on-tracer", "--output-format", "json", "--no-cache", "--no-types", cwd=tmp_path)
+    (row,) = json.loads(as_json.stdout)
+    assert row["code"] == "STB101" and len(row["chains"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("location", "extra", "rc", "says"),
+    [
+        ("helpers.py:6", (), 1, "no finding at helpers.py:6; findings in this file: 5:8 STB101"),
+        ("helpers.py:5", ("--code", "STB303"), 1, "no finding of STB303 at helpers.py:5"),
+        ("helpers.py:5:30", (), 1, "no finding at helpers.py:5:30"),
+        ("helpers.py:x", (), 2, "invalid LOCATION 'helpers.py:x'"),
+        ("helpers.py:0", (), 2, "lines and columns start at 1"),
+        ("missing.py:3", (), 2, "no such file: missing.py"),
+    ],
+)
+def test_explain_finding_bad_or_empty_locations(tmp_path: Path, location: str, extra: tuple[str, ...], rc: int, says: str) -> None:
+    _write(tmp_path, {"helpers.py": HELPERS, "main.py": MAIN})
+    proc = run_cli("explain-finding", location, *extra, "--no-cache", "--no-types", cwd=tmp_path)
+    assert proc.returncode == rc and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@requires_jax
+def test_explain_finding_with_trace_shows_the_equations_at_the_line(tmp_path: Path) -> None:
+    _write(tmp_path, {"helpers.py": TRACED_HELPERS, "main.py": TRACED_MAIN})
+    proc = run_cli("explain-finding", "helpers.py:5", "--trace", "--no-cache", "--no-types", "--code", "STB303", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "helpers.py:5:" in proc.stdout and "main.py:8:" in proc.stdout and "under stabcheck entry `update_entry`" in proc.stdout
+    assert "equations:" in proc.stdout and "convert_element_type" in proc.stdout

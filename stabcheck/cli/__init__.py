@@ -265,14 +265,15 @@ def init(
 
 
 def _add_stage_commands() -> None:
-    """`trace` lives in cli/trace.py, `confirm` and `matrix` in cli/confirm.py.
+    """`trace` lives in cli/trace.py, `confirm` and `matrix` in cli/confirm.py, `explain-finding`
+    in cli/explain_finding.py.
 
     Each module has `register(app, helpers)`; importing it must not import JAX.
     """
     import importlib
 
     helpers = {"guard": _guard, "emit": _emit, "color": _color, "fail": _fail, "Exit": _Exit, "load_config": _load_config}
-    for name in ("stabcheck.cli.trace", "stabcheck.cli.confirm"):
+    for name in ("stabcheck.cli.trace", "stabcheck.cli.confirm", "stabcheck.cli.explain_finding"):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:

@@ -275,7 +275,25 @@ class Tracer:
             self.found[f.key] = f
 
     def findings(self) -> list[Finding]:
-        return sorted(self.found.values(), key=lambda f: f.sort_key)
+        found = sorted(self.found.values(), key=lambda f: f.sort_key)
+        if self.primal is not None and any("equation" not in f.evidence for f in found):
+            at = self.equations_by_line()
+            found = [f if "equation" in f.evidence or (f.path, f.line) not in at else f.refine(evidence={**f.evidence, "equations": at[(f.path, f.line)]}) for f in found]
+        return found
+
+    def equations_by_line(self, per_line: int = 3) -> dict[tuple[str, int], list[str]]:
+        """The primal jaxpr's equations at each user line (the first `per_line`, one line each),
+        the evidence `explain-finding` shows next to a traced finding."""
+        out: dict[tuple[str, int], list[str]] = {}
+        for eqn in iter_eqns(self.primal.jaxpr):
+            site = eqn_site(eqn)
+            if site is None:
+                continue
+            texts = out.setdefault((shown_path(site.file), site.line), [])
+            if len(texts) < per_line:
+                text = str(eqn).strip().splitlines()
+                texts.append(text[0][:200] if text else "")
+        return out
 
     def report(self, code: str, site: Site | None, message: str, *, help: str = "", detail: str = "", evidence: dict[str, Any] | None = None) -> None:
         from stabcheck import registry
