@@ -335,3 +335,34 @@ def test_explain_finding_with_trace_shows_the_equations_at_the_line(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     assert "helpers.py:5:" in proc.stdout and "main.py:8:" in proc.stdout and "under stabcheck entry `update_entry`" in proc.stdout
     assert "equations:" in proc.stdout and "convert_element_type" in proc.stdout
+
+
+def test_across_files_a_tracer_leak_must_show_an_array_by_its_own_code(tmp_path: Path) -> None:
+    """Library helpers handle concrete and traced values alike: `if count == 0:` on a bare parameter
+    reached only through another file's call is not reported; `jnp`/array methods are."""
+    helpers = """\
+import jax.numpy as jnp
+
+
+def check(count, flag):
+    if count == 0:
+        return 1
+    if jnp.any(flag > 0):
+        return 2
+    return 3
+"""
+    caller = """\
+import jax
+
+from helpers import check
+
+
+@jax.jit
+def step(x, y):
+    return check(x, y)
+"""
+    _write(tmp_path, {"helpers.py": helpers, "main.py": caller})
+    assert sorted((Path(f.path).name, f.line) for f in _run(tmp_path) if f.code == "STB101") == [("helpers.py", 7)]
+    # in one file, the same helper keeps the untyped heuristics (as before chains existed)
+    one = helpers + "\n\n" + caller.replace("from helpers import check\n", "").replace("import jax\n", "import jax\n", 1)
+    assert sorted(f.line for f in check_source(one, "m.py") if f.code == "STB101") == [5, 7]

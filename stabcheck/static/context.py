@@ -7,6 +7,7 @@ from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from stabcheck.finding import Finding
+from stabcheck.static import xfile
 from stabcheck.static.analysis import Analysis, FunctionInfo, TypeOracle
 from stabcheck.static.names import Names
 from stabcheck.static.typed import current as typed_current
@@ -101,7 +102,26 @@ class FileContext:
         finding = finding.refine(snippet=snippet) if not finding.snippet else finding
         fn = self.function
         if fn is not None and fn.transformed and not fn.entry and not finding.chains and finding.path == self.path:
+            if finding.code in xfile.NEEDS_ARRAY and not self._proved_across_files(finding, fn):
+                return
             chains = self.analysis.chains(fn, line, finding.span.col, self.path)
             if chains:  # reached through calls from transformed code: say from where
                 finding = finding.refine(chains=chains)
         self.findings.append(finding)
+
+    def _proved_across_files(self, finding: Finding, fn: FunctionInfo) -> bool:
+        """A tracer leak in code only another file's call makes transformed stands only when the
+        value is an array by its own code (`static.xfile.proved`)."""
+        if not xfile.only_across_files(fn):
+            return True
+        s = finding.span
+        node = next((n for n in walk([fn.node]) if getattr(n, "lineno", None) == s.line and getattr(n, "col_offset", None) == s.col - 1 and getattr(n, "end_lineno", None) == (s.end_line or s.line) and getattr(n, "end_col_offset", -2) == (s.end_col or 0) - 1), None)
+        if node is None:
+            return False
+        from stabcheck.static.analysis import _array_annotated
+
+        def annotated(name: str) -> bool:
+            owner = self.analysis._param_owner(name, fn)
+            return owner is not None and _array_annotated(owner, name)
+
+        return any(xfile.proved(v, self.names, annotated) for v in xfile.consumed(node, finding.code))
