@@ -120,8 +120,22 @@ class FileContext:
             return False
         from stabcheck.static.analysis import _array_annotated
 
-        def annotated(name: str) -> bool:
+        assigned: dict[str, list[ast.AST]] = {}
+        for n in self.analysis.own_nodes(fn):
+            if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and n.value is not None:
+                for t in n.targets if isinstance(n, ast.Assign) else [n.target]:
+                    if isinstance(t, ast.Name):
+                        assigned.setdefault(t.id, []).append(n.value)
+        seen: set[str] = set()
+
+        def array(name: str) -> bool:
+            """An array-annotated parameter, or a local assigned an array (`norm = (v * v).sum()`)."""
+            if name in seen:
+                return False
+            seen.add(name)
+            if name in assigned:
+                return any(xfile.proved(v, self.names, array) for v in assigned[name])
             owner = self.analysis._param_owner(name, fn)
             return owner is not None and _array_annotated(owner, name)
 
-        return any(xfile.proved(v, self.names, annotated) for v in xfile.consumed(node, finding.code))
+        return any(xfile.proved(v, self.names, array) for v in xfile.consumed(node, finding.code))
