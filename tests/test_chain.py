@@ -366,3 +366,13 @@ def step(x, y):
     # in one file, the same helper keeps the untyped heuristics (as before chains existed)
     one = helpers + "\n\n" + caller.replace("from helpers import check\n", "").replace("import jax\n", "import jax\n", 1)
     assert sorted(f.line for f in check_source(one, "m.py") if f.code == "STB101") == [5, 7]
+
+
+def test_a_hazard_only_staged_out_code_has_names_only_the_jit_callers(tmp_path: Path) -> None:
+    """`if x > 0` is fine under `grad` alone (values are concrete): STB101's chains end in `jit`."""
+    src = SAME_FILE + "\n\ndef loss(w):\n    return normalize(w).sum()\n\n\nlossgrad = jax.grad(loss)\n"
+    (f,) = [f for f in check_source(src, "m.py") if f.code == "STB101" and f.function == "normalize"]
+    assert {c[-1].via for c in f.chains} == {"jax.jit"}
+    _write(tmp_path, {"helpers.py": HELPERS, "main.py": MAIN, "other.py": OTHER.replace("fast_step = jax.jit(step)", "fast_step = jax.grad(step)")})
+    (g,) = [g for g in _run(tmp_path) if g.code == "STB101"]
+    assert [_where(c)[1:] for c in g.chains] == [[("main.py", 8, "update", "jax.jit")]]

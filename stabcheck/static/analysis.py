@@ -98,10 +98,11 @@ class FunctionInfo:
     own: list[ast.AST] | None = None  # `Analysis.own_nodes`, once asked for
     # why it is transformed, for instability chains: `entry` names what transforms it directly
     # (`jax.jit`, a Module's `__call__`); `callers` are the transformed functions that call it
-    # with traced arguments, each with the call; `external` the chains from other files' calls
+    # with traced arguments, each with the call; `external` the chains from other files' calls,
+    # each with whether the transform at its end stages the code out
     entry: str = ""
     callers: list[tuple[FunctionInfo, ast.Call]] = field(default_factory=list)
-    external: list[Chain] = field(default_factory=list)
+    external: list[tuple[Chain, bool]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -266,7 +267,7 @@ class Analysis:
                 if traced:
                     info.static_params |= static
                     self._set(info, traced, call["abstract"])
-                    info.external.extend(xfile.frames(c) for c in call["chains"])
+                    info.external.extend((xfile.frames(c), bool(call["abstract"])) for c in call["chains"])
 
     def scope_of(self, node: ast.AST) -> FunctionInfo | None:
         return self.functions.get(node)
@@ -390,18 +391,20 @@ class Analysis:
         return out - callee.static_params
 
     # -- instability chains ------------------------------------------------------------------
-    def chains(self, info: FunctionInfo, line: int, col: int, path: str) -> tuple[Chain, ...]:
+    def chains(self, info: FunctionInfo, line: int, col: int, path: str, *, abstract: bool = False) -> tuple[Chain, ...]:
         """How transformed code reaches `line` of `info` when `info` is not itself transformed
         directly: each chain runs from that line through the calls with traced arguments
         (`callers`, then other files' calls) to a function a transform is applied to. A function
-        transformed directly has no chain (the finding's own location says it all)."""
+        transformed directly has no chain (the finding's own location says it all). `abstract`:
+        only the chains that end in a transform staging the code out (`jit`, not `grad` alone),
+        for hazards that exist only there."""
         if not info.transformed or info.entry:
             return ()
         out: list[Chain] = []
-        self._extend((Frame(path, line, col, info.qualname),), info, (info,), path, out)
+        self._extend((Frame(path, line, col, info.qualname),), info, (info,), path, out, abstract)
         return merge_chains(tuple(out))
 
-    def _extend(self, prefix: Chain, info: FunctionInfo, seen: tuple[FunctionInfo, ...], path: str, out: list[Chain]) -> None:
+    def _extend(self, prefix: Chain, info: FunctionInfo, seen: tuple[FunctionInfo, ...], path: str, out: list[Chain], abstract: bool) -> None:
         if len(out) >= 4 * MAX_CHAINS or len(prefix) > 12:
             return
         reached = False
@@ -409,24 +412,23 @@ class Analysis:
             if caller in seen:
                 continue  # recursion: the chain through it is already there
             reached = True
-            frame = Frame(path, call.lineno, call.col_offset + 1, caller.qualname, caller.entry)
-            if caller.entry:
-                out.append((*prefix, frame))
-            else:
-                self._extend((*prefix, frame), caller, (*seen, caller), path, out)
-        for ext in info.external:
+            self._step((*prefix, Frame(path, call.lineno, call.col_offset + 1, caller.qualname, caller.entry)), caller, seen, path, out, abstract)
+        for ext, ext_abstract in info.external:
             reached = True
-            out.append((*prefix, *ext))
+            if ext_abstract or not abstract:
+                out.append((*prefix, *ext))
         parent = info.parent
         if not reached and parent is not None and parent.transformed and parent not in seen:
             # defined inside transformed code and reached from there: the enclosing function,
             # at the nested def
             node = info.node
-            frame = Frame(path, node.lineno, node.col_offset + 1, parent.qualname, parent.entry)
-            if parent.entry:
-                out.append((*prefix, frame))
-            else:
-                self._extend((*prefix, frame), parent, (*seen, parent), path, out)
+            self._step((*prefix, Frame(path, node.lineno, node.col_offset + 1, parent.qualname, parent.entry)), parent, seen, path, out, abstract)
+
+    def _step(self, chain: Chain, outer: FunctionInfo, seen: tuple[FunctionInfo, ...], path: str, out: list[Chain], abstract: bool) -> None:
+        if not outer.entry:
+            self._extend(chain, outer, (*seen, outer), path, out, abstract)
+        elif outer.abstract or not abstract:
+            out.append(chain)
 
     @staticmethod
     def own_nodes(info: FunctionInfo) -> list[ast.AST]:

@@ -37,6 +37,7 @@ class FileContext:
         self.function: FunctionInfo | None = None
         self.loops: tuple[ast.AST, ...] = ()  # loops enclosing the node within the current function, outermost first
         self._parents: dict[ast.AST, ast.AST] | None = None
+        self.abstract_codes: frozenset[str] = frozenset()  # set by the engine (`Dispatcher.abstract_codes`)
 
     # -- queries rules use ------------------------------------------------------------
     def qualname(self, expr: ast.AST) -> str | None:
@@ -104,7 +105,7 @@ class FileContext:
         if fn is not None and fn.transformed and not fn.entry and not finding.chains and finding.path == self.path:
             if finding.code in xfile.NEEDS_ARRAY and not self._proved_across_files(finding, fn):
                 return
-            chains = self.analysis.chains(fn, line, finding.span.col, self.path)
+            chains = self.analysis.chains(fn, line, finding.span.col, self.path, abstract=finding.code in self.abstract_codes)
             if chains:  # reached through calls from transformed code: say from where
                 finding = finding.refine(chains=chains)
         self.findings.append(finding)

@@ -86,6 +86,11 @@ class Dispatcher:
                     raise ValueError(f"{cls.__name__}.{attr}: `only(callees=...)` applies to visit_Call only")
                 self.handlers.append((node_type, h, _LEVELS[getattr(h, "stabcheck_inside", "anywhere")], callees))
                 self.owner[h] = cls
+        # the codes whose every handler runs only in staged-out code: their chains end in `jit`
+        levels: dict[str, set[int]] = {}
+        for _t, h, level, _c in self.handlers:
+            levels.setdefault(self.owner[h].code, set()).add(level)
+        self.abstract_codes = frozenset(code for code, lv in levels.items() if lv == {2})
         self.table: dict[type, _Entry] = {}
         for node_type, h, level, callees in self.handlers:
             entry = self.table.get(node_type)
@@ -180,6 +185,7 @@ def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatche
             # recurses on expressions, so give it room (Python frames, not C stack, in 3.11+)
             sys.setrecursionlimit(max(limit, ANALYSIS_RECURSION_LIMIT))
             ctx = FileContext(path, source, tree, config, dispatcher.table)
+            ctx.abstract_codes = dispatcher.abstract_codes
             replay(ctx, dispatcher)
             if exports is not None:
                 from stabcheck.static import xfile

@@ -206,9 +206,16 @@ def exports(ctx: FileContext) -> list[dict[str, Any]]:
             kw = sorted(k.arg for k in node.keywords if k.arg and an.is_traced(k.value, info))
             if not pos and not kw and star is None:
                 continue
-            here = Frame(ctx.path, node.lineno, node.col_offset + 1, info.qualname, info.entry)
-            chains = an.chains(info, node.lineno, node.col_offset + 1, ctx.path) or ((here,),)
-            out.append({"target": target, "pos": pos, "kw": kw, "star": star, "abstract": info.abstract, "chains": [[fr.to_dict() for fr in c] for c in chains]})
+            line, col = node.lineno, node.col_offset + 1
+            if info.entry:
+                groups = {info.abstract: ((Frame(ctx.path, line, col, info.qualname, info.entry),),)}
+            else:  # the chains that stage the code out, and the others (`grad` alone)
+                staged = an.chains(info, line, col, ctx.path, abstract=True)
+                rest = tuple(c for c in an.chains(info, line, col, ctx.path) if c not in staged)
+                groups = {True: staged, False: rest} if staged or rest else {info.abstract: ((Frame(ctx.path, line, col, info.qualname),),)}
+            for abstract, chains in groups.items():
+                if chains:
+                    out.append({"target": target, "pos": pos, "kw": kw, "star": star, "abstract": abstract, "chains": [[fr.to_dict() for fr in c] for c in chains]})
     return out
 
 
