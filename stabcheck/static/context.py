@@ -116,7 +116,7 @@ class FileContext:
         if not xfile.only_across_files(fn):
             return True
         s = finding.span
-        node = next((n for n in walk([fn.node]) if getattr(n, "lineno", None) == s.line and getattr(n, "col_offset", None) == s.col - 1 and getattr(n, "end_lineno", None) == (s.end_line or s.line) and getattr(n, "end_col_offset", -2) == (s.end_col or 0) - 1), None)
+        node = next((n for n in walk(fn.node) if getattr(n, "lineno", None) == s.line and getattr(n, "col_offset", None) == s.col - 1 and getattr(n, "end_lineno", None) == (s.end_line or s.line) and getattr(n, "end_col_offset", -2) == (s.end_col or 0) - 1), None)
         if node is None:
             return False
         from stabcheck.static.analysis import _array_annotated

@@ -207,6 +207,7 @@ def exports(ctx: FileContext) -> list[dict[str, Any]]:
             if not pos and not kw and star is None:
                 continue
             line, col = node.lineno, node.col_offset + 1
+            groups: dict[bool, tuple[tuple[Frame, ...], ...]]
             if info.entry:
                 groups = {info.abstract: ((Frame(ctx.path, line, col, info.qualname, info.entry),),)}
             else:  # the chains that stage the code out, and the others (`grad` alone)
