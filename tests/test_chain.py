@@ -376,3 +376,19 @@ def test_a_hazard_only_staged_out_code_has_names_only_the_jit_callers(tmp_path: 
     _write(tmp_path, {"helpers.py": HELPERS, "main.py": MAIN, "other.py": OTHER.replace("fast_step = jax.jit(step)", "fast_step = jax.grad(step)")})
     (g,) = [g for g in _run(tmp_path) if g.code == "STB101"]
     assert [_where(c)[1:] for c in g.chains] == [[("main.py", 8, "update", "jax.jit")]]
+
+
+@requires_jax
+def test_confirmed_findings_carry_the_frames_of_the_run(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "nanh.py": "import jax.numpy as jnp\n\n\ndef safe_norm(x):\n    return jnp.where(x > 0, jnp.sqrt(x), 0.0)\n",
+            "nanm.py": "import jax.numpy as jnp\nimport stabcheck\nfrom nanh import safe_norm\n\n\ndef loss(x):\n    return safe_norm(x).sum()\n\n\n"
+            "@stabcheck.entry\ndef loss_entry():\n    return stabcheck.Entry(loss, (jnp.array([0.0, 1.0]),), transforms=(\"grad\",))\n",
+        },
+    )
+    proc = run_cli("check", ".", "--confirm", "--no-cache", "--no-types", "--output-format", "json", "--select", "STB408", cwd=tmp_path)
+    (row,) = [r for r in json.loads(proc.stdout) if r["code"] == "STB408"]
+    assert (row["path"], row["line"], row["status"]) == ("nanh.py", 5, "confirmed")
+    assert [[(fr["path"], fr["line"], fr["function"], fr["via"]) for fr in c] for c in row["chains"]] == [[("nanh.py", 5, "safe_norm", ""), ("nanm.py", 7, "loss", "stabcheck entry `loss_entry`")]]

@@ -30,6 +30,7 @@ class Origin:
     name_stack: str
     inputs_from: tuple[str, ...] = ()  # what produced the equation's inputs (e.g. "sqrt")
     col: int = 1
+    chains: tuple[Any, ...] = ()  # the user frames from the entry down to it (`traced.source.chain`)
 
     @property
     def describe(self) -> str:
@@ -115,10 +116,10 @@ def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], l
 
 
 def _origin(eqn: Any, kind: str, inputs_from: tuple[str, ...]) -> Origin:
-    from stabcheck.traced.source import eqn_site
+    from stabcheck.traced.source import chain, eqn_site
 
     site = eqn_site(eqn)
     stack = str(eqn.source_info.name_stack)
     text = str(eqn).strip().splitlines()[0][:200]
     phase = "backward" if "transpose" in stack else "forward"
-    return Origin(eqn.primitive.name, site.file if site else None, site.line if site else None, phase, kind, text, stack, inputs_from, site.col if site else 1)
+    return Origin(eqn.primitive.name, site.file if site else None, site.line if site else None, phase, kind, text, stack, inputs_from, site.col if site else 1, chain(site, str))

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stabcheck.confirm import transforms as T
@@ -40,6 +40,7 @@ from stabcheck.confirm.device import default_memory_limit, format_bytes
 from stabcheck.traced.errors import SLUGS, Failure, classify
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.entries import Entry
+from stabcheck.traced.source import with_via
 
 ERROR_CODES = frozenset({"STB101", "STB102", "STB103", "STB203", "STB402", "STB403", "STB404", "STB405", "STB407"})
 NAN_CODES = frozenset({"STB401", "STB408"})
@@ -368,23 +369,24 @@ def _new_findings(name: str, entry: Entry, obs: list[Observation], retr: Any, ma
         seen.add(key)
         detail = evidence.pop("detail", name)
         help_ = evidence.pop("help", "")
+        chains = with_via(tuple(tuple(replace(fr, path=_display(fr.path)) for fr in c) for c in evidence.pop("chains", ())), f"stabcheck entry `{name}`")
         rule = registry.get(code)
         if rule is not None:
-            out.append(rule.finding(path=shown, span=Span(line or 1, col), message=message, help=help_, function=function, detail=detail, evidence=evidence, stage="confirmed", status="confirmed", snippet=_line(file, line)))
+            out.append(rule.finding(path=shown, span=Span(line or 1, col), message=message, help=help_, function=function, detail=detail, evidence=evidence, stage="confirmed", status="confirmed", snippet=_line(file, line), chains=chains))
         else:
-            out.append(Finding(code, SLUGS.get(code, "analysis-error"), message, shown, Span(line or 1, col), help=help_, stage="confirmed", status="confirmed", function=function, detail=detail, evidence=evidence, snippet=_line(file, line)))
+            out.append(Finding(code, SLUGS.get(code, "analysis-error"), message, shown, Span(line or 1, col), help=help_, stage="confirmed", status="confirmed", function=function, detail=detail, evidence=evidence, snippet=_line(file, line), chains=chains))
 
     for o in obs:
         if o.failure:
             fl = o.failure
             what = "the call" if o.transform in ("call", "retrace") else f"`{o.transform}`"
-            add(fl.code, fl.path, fl.line, f"running {what} on entry `{name}` raised `{fl.kind}` here ({fl.reason}); it fails on every call, not only in this check", error=fl.message, transform=o.transform)
+            add(fl.code, fl.path, fl.line, f"running {what} on entry `{name}` raised `{fl.kind}` here ({fl.reason}); it fails on every call, not only in this check", error=fl.message, transform=o.transform, chains=fl.chains)
         if o.nonfinite:
             og = o.origin
             if og is not None and og.line:
                 what = "outputs" if o.transform in ("jit", "call") else "gradients"
                 msg = f"{og.describe} made the first {og.kind} here when `{o.transform}` ran on entry `{name}` with {o.inputs} ({og.phase} pass); it reaches the {what} and poisons every update that uses them"
-                add("STB408", og.path, og.line, msg, og.col, first_nonfinite=og.describe.replace("`", ""), equation=og.equation, transform=o.transform, inputs=o.inputs, detail=og.primitive, help=_HELP["STB408"])
+                add("STB408", og.path, og.line, msg, og.col, first_nonfinite=og.describe.replace("`", ""), equation=og.equation, transform=o.transform, inputs=o.inputs, detail=og.primitive, help=_HELP["STB408"], chains=og.chains)
             else:
                 add("STB408", None, None, f"`{o.transform}` of entry `{name}` returned {o.nonfinite} on {o.inputs}; every update that uses it is poisoned", transform=o.transform, help=_HELP["STB408"])
         for leaf, a, g in o.mismatches:

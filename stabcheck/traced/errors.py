@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stabcheck.traced.source import exception_site
+from stabcheck.finding import Chain
+from stabcheck.traced.source import chain, exception_site
 
 # (class name or "", text in the message, code, short reason); first match wins
 TABLE: tuple[tuple[str, str, str, str], ...] = (
@@ -71,6 +72,7 @@ class Failure:
     message: str  # the first line of the exception text
     path: str | None = None  # the user frame that raised, when one is found
     line: int | None = None
+    chains: tuple[Chain, ...] = ()  # the user frames from the entry down to it (paths as Python has them)
 
 
 def code_of(exc: BaseException) -> tuple[str, str]:
@@ -88,4 +90,4 @@ def classify(exc: BaseException, within: tuple[str, ...] = ()) -> Failure:
     site = exception_site(exc, within=within)
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     short = lines[0][:300] if lines else kind
-    return Failure(code, reason, kind, short, site.file if site else None, site.line if site else None)
+    return Failure(code, reason, kind, short, site.file if site else None, site.line if site else None, chain(site, str))
