@@ -392,3 +392,24 @@ def test_confirmed_findings_carry_the_frames_of_the_run(tmp_path: Path) -> None:
     (row,) = [r for r in json.loads(proc.stdout) if r["code"] == "STB408"]
     assert (row["path"], row["line"], row["status"]) == ("nanh.py", 5, "confirmed")
     assert [[(fr["path"], fr["line"], fr["function"], fr["via"]) for fr in c] for c in row["chains"]] == [[("nanh.py", 5, "safe_norm", ""), ("nanm.py", 7, "loss", "stabcheck entry `loss_entry`")]]
+
+
+@requires_jax
+def test_runtime_warnings_name_the_offending_line_and_the_decorated_caller(tmp_path: Path) -> None:
+    import importlib.util
+    import warnings
+
+    _write(tmp_path, {"rt_chain_mod.py": "import stabcheck\n\n\ndef mix(x, h):\n    return x * 2 + h\n\n\n@stabcheck.stable\ndef step(x, h):\n    return mix(x, h).sum()\n"})
+    spec = importlib.util.spec_from_file_location("rt_chain_mod", tmp_path / "rt_chain_mod.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    import jax.numpy as jnp
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mod.step(jnp.ones(3, jnp.float32), jnp.ones(3, jnp.bfloat16))
+    (w,) = [w for w in caught if getattr(w.message, "code", "") == "STB303"]
+    f = w.message.finding  # type: ignore[union-attr]
+    assert [(Path(fr.path).name, fr.line, fr.function, fr.via) for fr in f.chains[0]] == [("rt_chain_mod.py", 5, "mix", ""), ("rt_chain_mod.py", 10, "step", "@stabcheck.stable")]
+    assert "rt_chain_mod.py:5)\n  via step (" in str(w.message) and "under @stabcheck.stable" in str(w.message)

@@ -33,7 +33,11 @@ _scoped_mode: contextvars.ContextVar[Mode | None] = contextvars.ContextVar("stab
 
 
 def _text(f: Finding) -> str:
-    return f"{f.code} {f.message}" + (f"\n  help: {f.help}" if f.help else "")
+    from stabcheck.reporters._chains import full_lines
+
+    via = "".join(f"\n  {line}" for line in full_lines(f))  # where the offending line is reached from
+    where = f" ({f.path}:{f.line})" if via else ""
+    return f"{f.code} {f.message}{where}{via}" + (f"\n  help: {f.help}" if f.help else "")
 
 
 class StabilityWarning(UserWarning):

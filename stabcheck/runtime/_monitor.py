@@ -187,7 +187,9 @@ class Monitor:
             return [self._analysis_error(e, site)]
         finally:
             busy.reset(token)
-        return [f.refine(stage="runtime", evidence={**f.evidence, "signature": _sig_text(self)}) for f in found]
+        from stabcheck.traced.source import with_via
+
+        return [f.refine(stage="runtime", evidence={**f.evidence, "signature": _sig_text(self)}, chains=with_via(f.chains, "@stabcheck.stable")) for f in found]
 
     def _literal_site(self) -> Any:
         from stabcheck.traced.source import literal_return_site
