@@ -413,3 +413,23 @@ def test_runtime_warnings_name_the_offending_line_and_the_decorated_caller(tmp_p
     f = w.message.finding  # type: ignore[union-attr]
     assert [(Path(fr.path).name, fr.line, fr.function, fr.via) for fr in f.chains[0]] == [("rt_chain_mod.py", 5, "mix", ""), ("rt_chain_mod.py", 10, "step", "@stabcheck.stable")]
     assert "rt_chain_mod.py:5)\n  via step (" in str(w.message) and "under @stabcheck.stable" in str(w.message)
+
+
+@requires_jax
+def test_a_jax_error_in_a_test_names_the_calls_down_to_the_culprit(tmp_path: Path) -> None:
+    import importlib.util
+
+    import jax
+
+    from stabcheck.runtime._raised import finding_for
+
+    _write(tmp_path, {"raised_chain_mod.py": "def helper(x):\n    if x > 0:\n        return x\n    return -x\n\n\ndef outer(x):\n    return helper(x) * 2\n"})
+    spec = importlib.util.spec_from_file_location("raised_chain_mod", tmp_path / "raised_chain_mod.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(Exception) as info:
+        jax.jit(mod.outer)(1.0)
+    f = finding_for(info.value, "test_x")
+    assert f is not None and f.code == "STB101" and f.line == 2
+    assert [(Path(fr.path).name, fr.line, fr.function) for fr in f.chains[0][:2]] == [("raised_chain_mod.py", 2, "helper"), ("raised_chain_mod.py", 8, "outer")]

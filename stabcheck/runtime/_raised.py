@@ -11,6 +11,7 @@ failure report stands).
 from __future__ import annotations
 
 import traceback
+from dataclasses import replace
 
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.checks import shown_path, source_line
@@ -61,4 +62,5 @@ def finding_for(exc: BaseException, test: str) -> Finding | None:
         detail=f"{failure.kind}:{failure.reason}",
         evidence={"error": f"{failure.kind}: {failure.message[:300]}", "test": test},
         snippet=source_line(Site(failure.path, failure.line)),
+        chains=tuple(tuple(replace(fr, path=shown_path(fr.path)) for fr in c) for c in failure.chains),  # up to the test
     )
