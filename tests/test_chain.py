@@ -433,3 +433,32 @@ def test_a_jax_error_in_a_test_names_the_calls_down_to_the_culprit(tmp_path: Pat
     f = finding_for(info.value, "test_x")
     assert f is not None and f.code == "STB101" and f.line == 2
     assert [(Path(fr.path).name, fr.line, fr.function) for fr in f.chains[0][:2]] == [("raised_chain_mod.py", 2, "helper"), ("raised_chain_mod.py", 8, "outer")]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        None,
+        "x",
+        {"exports": [], "seeds": []},
+        {"exports": [{"target": ["", "helpers", "f"], "pos": [-1], "kw": [], "star": None, "abstract": True, "chains": []}], "seeds": {}},
+        {"exports": [], "seeds": {"f": [{"pos": [0], "kw": [1], "star": None, "abstract": True, "chains": []}]}},
+        {"exports": [], "seeds": {"f": [{"pos": [0], "kw": [], "star": None, "abstract": "yes", "chains": []}]}},
+        {"exports": [], "seeds": {"f": [{"pos": [0], "kw": [], "star": None, "abstract": True, "chains": [[{"path": 1}]]}]}},
+    ],
+)
+def test_a_malformed_cross_file_cache_entry_is_a_miss(tmp_path: Path, extra: object) -> None:
+    from stabcheck.static import xfile
+
+    assert not xfile.valid(extra)
+    src = tmp_path / "src"
+    _write(src, {"helpers.py": HELPERS, "main.py": MAIN})
+    cache = tmp_path / "cache"
+    cold = _run(src, cache=True, cache_dir=str(cache))
+    (file,) = cache.glob("static-*.json")
+    data = json.loads(file.read_text())
+    for entry in data["files"].values():
+        assert xfile.valid(entry["xfile"])
+        entry["xfile"] = extra
+    file.write_text(json.dumps(data))
+    assert _run(src, cache=True, cache_dir=str(cache)) == cold

@@ -247,8 +247,8 @@ def frames(chain: list[dict[str, Any]]) -> tuple[Frame, ...]:
 
 
 def traced_params(seed: dict[str, Any], params: list[str]) -> set[str]:
-    out = {params[i] for i in seed["pos"] if i < len(params)}
-    if seed["star"] is not None:
+    out = {params[i] for i in seed["pos"] if 0 <= i < len(params)}
+    if seed["star"] is not None and seed["star"] >= 0:
         out |= set(params[seed["star"] :])
     return out | {k for k in seed["kw"] if k in params}
 
@@ -261,11 +261,11 @@ def valid(extra: object) -> bool:
     if not all(isinstance(v, list) for v in extra["seeds"].values()):
         return False
     for e in calls:
-        if not isinstance(e, dict) or not isinstance(e.get("pos"), list) or not all(_int(i) for i in e["pos"]):
+        if not isinstance(e, dict) or not isinstance(e.get("pos"), list) or not all(_int(i) and i >= 0 for i in e["pos"]):
             return False
         if not isinstance(e.get("kw"), list) or not all(isinstance(k, str) for k in e["kw"]):
             return False
-        if not (e.get("star") is None or _int(e.get("star"))) or not isinstance(e.get("abstract"), bool):
+        if not (e.get("star") is None or (_int(e.get("star")) and e["star"] >= 0)) or not isinstance(e.get("abstract"), bool):
             return False
         if "target" in e and (not isinstance(e["target"], list) or not e["target"] or not all(isinstance(t, str) for t in e["target"])):
             return False
