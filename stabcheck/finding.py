@@ -70,7 +70,7 @@ class Frame:
 
 # A chain runs from the offending line (innermost) to the transformed entry (outermost).
 Chain = tuple[Frame, ...]
-MAX_CHAINS = 8  # per finding: a helper reached from more entries says "and N more" in its evidence
+MAX_CHAINS = 8  # per finding: the shortest are kept
 
 
 @dataclass(frozen=True, slots=True)

@@ -462,3 +462,21 @@ def test_a_malformed_cross_file_cache_entry_is_a_miss(tmp_path: Path, extra: obj
         entry["xfile"] = extra
     file.write_text(json.dumps(data))
     assert _run(src, cache=True, cache_dir=str(cache)) == cold
+
+
+@pytest.mark.parametrize(
+    ("importing", "call"),
+    [
+        ("import pkg.helpers as h", "h.normalize(x)"),
+        ("import pkg.helpers", "pkg.helpers.normalize(x)"),
+        ("from pkg import helpers", "helpers.normalize(x)"),
+        ("from . import helpers", "helpers.normalize(x)"),
+        ("from .helpers import normalize as norm", "norm(x)"),
+        ("from ..pkg.helpers import normalize", "normalize(x)"),
+    ],
+)
+def test_every_spelling_of_a_cross_file_call(tmp_path: Path, importing: str, call: str) -> None:
+    caller = f"import jax\n\n{importing}\n\n\n@jax.jit\ndef update(x):\n    return {call} + 1\n"
+    _write(tmp_path, {"pkg/__init__.py": "", "pkg/helpers.py": HELPERS, "pkg/main.py": caller})
+    (f,) = [f for f in _run(tmp_path) if f.code == "STB101"]
+    assert Path(f.path).name == "helpers.py" and [_where(c)[1:] for c in f.chains] == [[("main.py", 8, "update", "jax.jit")]]
