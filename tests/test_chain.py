@@ -480,3 +480,11 @@ def test_every_spelling_of_a_cross_file_call(tmp_path: Path, importing: str, cal
     _write(tmp_path, {"pkg/__init__.py": "", "pkg/helpers.py": HELPERS, "pkg/main.py": caller})
     (f,) = [f for f in _run(tmp_path) if f.code == "STB101"]
     assert Path(f.path).name == "helpers.py" and [_where(c)[1:] for c in f.chains] == [[("main.py", 8, "update", "jax.jit")]]
+
+
+def test_relative_imports_resolve_from_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    caller = "import jax\n\nfrom ..pkg.helpers import normalize\n\n\n@jax.jit\ndef update(x):\n    return normalize(x) + 1\n"
+    _write(tmp_path, {"pkg/__init__.py": "", "pkg/helpers.py": HELPERS, "pkg/main.py": caller})
+    monkeypatch.chdir(tmp_path)
+    found = run(["pkg"], Config(types=False), Options(jobs=1, cache=False)).findings
+    assert [(f.path, f.line, [_where(c)[1:] for c in f.chains]) for f in found if f.code == "STB101"] == [("pkg/helpers.py", 5, [[("main.py", 8, "update", "jax.jit")]])]

@@ -149,7 +149,7 @@ def _relative_aliases(ctx: FileContext) -> dict[str, tuple[str, list[str]]]:
             continue
         base = here
         for _ in range(node.level - 1):
-            base = posixpath.dirname(base) or ".."
+            base = posixpath.normpath(posixpath.join(base, ".."))
         mod = node.module.split(".") if node.module else []
         for a in node.names:
             if a.name != "*":
