@@ -455,12 +455,17 @@ def test_a_malformed_cross_file_cache_entry_is_a_miss(tmp_path: Path, extra: obj
     _write(src, {"helpers.py": HELPERS, "main.py": MAIN})
     cache = tmp_path / "cache"
     cold = _run(src, cache=True, cache_dir=str(cache))
+    from stabcheck._cache import Cache
+
     (file,) = cache.glob("static-*.json")
-    data = json.loads(file.read_text())
-    for entry in data["files"].values():
+    signed = Cache(cache, file.name[len("static-") : -len(".json")])  # rewritten under our own key
+    assert len(signed.entries) == 2
+    for entry in signed.entries.values():
         assert xfile.valid(entry["xfile"])
         entry["xfile"] = extra
-    file.write_text(json.dumps(data))
+    signed.dirty = True
+    signed.save()
+    assert all(e["xfile"] == extra for e in Cache(cache, signed.key).entries.values())
     assert _run(src, cache=True, cache_dir=str(cache)) == cold
 
 
