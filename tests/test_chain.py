@@ -493,3 +493,12 @@ def test_relative_imports_resolve_from_relative_paths(tmp_path: Path, monkeypatc
     monkeypatch.chdir(tmp_path)
     found = run(["pkg"], Config(types=False), Options(jobs=1, cache=False)).findings
     assert [(f.path, f.line, [_where(c)[1:] for c in f.chains]) for f in found if f.code == "STB101"] == [("pkg/helpers.py", 5, [[("main.py", 8, "update", "jax.jit")]])]
+
+
+@pytest.mark.parametrize("fmt", ["full", "concise", "github", "markdown", "junit", "json", "sarif"])
+def test_chain_text_from_the_tree_is_printed_visibly(fmt: str) -> None:
+    evil = Frame("ev\x1b[31mil\n.py", 8, 1, "up\u202edate", "jax.jit")
+    f = _finding((Frame("h.py", 5, 8, "normalize"), evil))
+    out = _render(fmt, [f])
+    assert "\x1b" not in out and "\u202e" not in out and "ev\nil" not in out
+    assert "up" in out
