@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -110,6 +112,7 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
         later, notes, device = run_stage(files, results, config, options, stages)
         result.notes.extend(notes)
         result.device = device
+        _seed_from_trace(later, results, {display(f): str(f) for f in files}, config, rules)
     read = set(results)
     for f in later:
         if f.path not in read and f.snippet and _outside(f.path, paths):
@@ -117,6 +120,83 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
         results.setdefault(f.path, FileResult([], _sups_for(f.path))).findings.append(f)
     result.findings = _finalize(results, rules, config, tuple(stages))
     return result
+
+
+# tracer leaks the traced stage saw happen: the function they are in runs under a transform
+_PROVEN_TRACED = frozenset({"STB101", "STB102", "STB103"})
+# what the static stage then judges about that function's structure
+_STRUCTURE = frozenset({"STB201", "STB202", "STB203", "STB204"})
+
+
+def _seed_from_trace(later: list[Finding], results: dict[str, FileResult], real_of: dict[str, str], config: Config, rules: tuple[type[Rule], ...]) -> None:
+    """The traced stage's proof feeds the static one: a tracer leak that JAX raised (STB101-103)
+    proves that its function runs under a transform with the values on the offending line traced,
+    even where no transform is visible in the source (an entry jits a plain function). That file
+    is checked again with the function seeded as transformed (`static.xfile` seeds), and what the
+    static rules then find of its return and carry structure (STB201-204: the union a failing `if`
+    chooses between) is added — the user fixing the `if` still has the union to fix."""
+    from stabcheck.static import xfile
+
+    wanted: dict[str, xfile.Seeds] = {}
+    for f in later:
+        if f.code not in _PROVEN_TRACED or f.stage not in ("traced", "confirmed") or f.path not in results or f.path not in real_of:
+            continue
+        source = _read_text(real_of[f.path])
+        found = _enclosing_def(source, f.span.line) if source is not None else None
+        if found is None:
+            continue
+        qual, params = found
+        line = source.splitlines()[f.span.line - 1] if source is not None else ""
+        pos = [i for i, name in enumerate(params) if name not in ("self", "cls") and re.search(rf"\b{re.escape(name)}\b", line)]
+        if not pos:
+            continue
+        chains = [[fr.to_dict() for fr in c] for c in f.chains[:1]]
+        bucket = wanted.setdefault(f.path, {}).setdefault(qual, [])
+        seed = {"pos": pos, "kw": [], "star": None, "abstract": True, "chains": chains}
+        if seed not in bucket:
+            bucket.append(seed)
+    if not wanted:
+        return
+    dispatcher = Dispatcher(rules)
+    for path, seeds in sorted(wanted.items()):
+        res = results[path]
+        merged: xfile.Seeds = {k: list(v) for k, v in (res.seeds or {}).items()}
+        for qual, extra in seeds.items():
+            merged.setdefault(qual, []).extend(s for s in extra if s not in merged.get(qual, []))
+        seen = {(x.code, x.span.line) for x in res.findings}
+        again = _check_one(real_of[path], path, config, dispatcher, seeds=merged)
+        for x in again.findings:
+            if x.code in _STRUCTURE and (x.code, x.span.line) not in seen and x.function.split(".<locals>.")[0] in seeds:
+                res.findings.append(x.refine(stage="traced", evidence={**x.evidence, "seeded_by": "the traced stage: JAX raised a tracer leak in this function"}))
+
+
+def _enclosing_def(source: str, line: int) -> tuple[str, list[str]] | None:
+    """The qualified name and positional parameters of the innermost def holding LINE."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    best: tuple[str, list[str]] | None = None
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        nonlocal best
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                visit(node.body, f"{prefix}{node.name}.")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno <= line <= (node.end_lineno or node.lineno):
+                a = node.args
+                best = (f"{prefix}{node.name}", [x.arg for x in (*a.posonlyargs, *a.args)])
+                visit(node.body, f"{prefix}{node.name}.<locals>.")
+
+    visit(tree.body, "")
+    return best
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _skipped_note(skipped: list[str]) -> str:

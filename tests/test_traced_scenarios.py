@@ -106,3 +106,16 @@ def test_function_targets_from_specs_and_jaxtyping(tmp_path: Path) -> None:
     assert [(d["code"], d["line"]) for d in json.loads(r.stdout)] == [("STB303", 9)]
     r = run_cli("trace", f"{mod}:mix", "--arg", "f32[4]", "--arg", "f32[4]", "--static", "2=3", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_rbf_union_is_reported_with_the_branch_that_hides_it() -> None:
+    """Tracing stops at `factorize`'s `if` (STB101); the union return that `if` chooses between
+    (STB201) is still reported: the traced stage seeds the static one (issue 18, item 6)."""
+    rbf = SCEN / "rbf_interpolator.py"
+    rc, found = _json("check", str(FIX / "scenario_entries.py"), str(rbf), "--trace", "--no-cache")
+    got = {(d["code"], d["line"]) for d in found if Path(d["path"]).name == "rbf_interpolator.py"}
+    assert ("STB101", _line(rbf, "    if jnp.allclose(A")) in got
+    assert ("STB201", _line(rbf, "    return lu_factor(A)")) in got, got
+    union = next(d for d in found if d["code"] == "STB201")
+    assert union["stage"] == "traced" and "seeded_by" in union["evidence"]
+    assert rc == 1
