@@ -157,6 +157,7 @@ def test_check_confirm_on_scenarios_and_examples_confirms_every_traced_finding()
         # the demo project: one confirmed problem per story, nothing on the fixed versions
         ("coupling_flow.py", "STB301", 31, "confirmed"),
         ("rbf_fit.py", "STB101", 22, "confirmed"),
+        ("rbf_fit.py", "STB201", 24, "suspected"),  # the union that `if` chooses between, seeded by the trace
         ("solver.py", "STB403", 36, "confirmed"),
         ("solver.py", "STB404", 47, "confirmed"),
         ("solver.py", "STB408", 52, "confirmed"),
