@@ -264,6 +264,17 @@ def init(
     typer.echo(init_project(path, pre_commit=pre_commit, github=github, write=write), nl=False)
 
 
+@app.command()
+@_guard
+def server() -> None:
+    """Run the language server (LSP over stdin/stdout) for editors; see docs/editors.md."""
+    from stabcheck import server as lsp_server
+
+    if not lsp_server.available():
+        _fail(lsp_server.MISSING)
+    raise _Exit(lsp_server.serve())
+
+
 def _add_stage_commands() -> None:
     """`trace` lives in cli/trace.py, `confirm` and `matrix` in cli/confirm.py, `explain-finding`
     in cli/explain_finding.py.

@@ -1,0 +1,357 @@
+"""What the server tells the editor, built from findings: diagnostics, hovers and code actions.
+
+Uses lsprotocol's types but not pygls, and never the network or the user's code: the server
+module wires these into requests.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tokenize
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lsprotocol import types as lsp
+
+from stabcheck import registry
+from stabcheck.config import Config
+from stabcheck.finding import Finding
+from stabcheck.server import _text
+from stabcheck.server._text import Encoding
+
+SOURCE = "stabcheck"
+SHOW_DOCS = "stabcheck.showRuleDocs"
+FIX_ALL_KIND = "source.fixAll.stabcheck"
+RULES_DOC_URI = "https://github.com/stabcheck/stabcheck/blob/main/docs/rules.md"
+
+_SEVERITY = {"error": lsp.DiagnosticSeverity.Error, "warning": lsp.DiagnosticSeverity.Warning, "info": lsp.DiagnosticSeverity.Information}
+_STATUS = {"traced": "traced by --trace", "confirmed": "confirmed by --confirm"}
+
+
+def docs_uri(code: str, name: str) -> str:
+    """The rule's anchor in docs/rules.md (its headings are `## STB101 branch-on-tracer`)."""
+    return f"{RULES_DOC_URI}#{code.lower()}-{name}"
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """One check of one document: the text it ran on and what it found, in the client's units."""
+
+    uri: str
+    version: int | None
+    text: str
+    lines: list[str]
+    encoding: Encoding
+    path: str  # as the findings carry it
+    config: Config
+    findings: list[Finding]
+    diagnostics: list[lsp.Diagnostic]
+    memos: dict[str, Any] = field(default_factory=dict)
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """A value derived from this snapshot's text, computed once."""
+        if key not in self.memos:
+            self.memos[key] = compute()
+        return self.memos[key]
+
+
+def finding_range(f: Finding, lines: Sequence[str], encoding: Encoding) -> lsp.Range:
+    """The finding's span in the client's units. A span without an end runs to the end of its line;
+    one that would be empty (a finding at a line's end) covers the line's text instead."""
+    start = _text.finding_position(lines, f.span.line, f.span.col, encoding)
+    end_line = f.span.end_line or f.span.line
+    end = _text.finding_position(lines, end_line, f.span.end_col if f.span.end_line is not None or f.span.end_col is not None else None, encoding)
+    if end < start:
+        end = start
+    if end == start:
+        text = lines[start[0]] if start[0] < len(lines) else ""
+        indent = len(text) - len(text.lstrip())
+        lo = _text.units(text[:indent], encoding)
+        hi = _text.units(text, encoding)
+        if start[1] >= hi and hi > lo:  # at the end of the line: the line's text
+            start, end = (start[0], lo), (start[0], hi)
+        elif start[1] < hi:
+            end = (start[0], hi)
+    return lsp.Range(lsp.Position(*start), lsp.Position(*end))
+
+
+def diagnostic(f: Finding, snap_lines: Sequence[str], encoding: Encoding, uri: str, version: int | None) -> lsp.Diagnostic:
+    stage = _STATUS.get(f.stage, "")
+    if f.status == "refuted":
+        message = f"{f.name}: refuted by --confirm: {f.message}"
+        severity = lsp.DiagnosticSeverity.Hint
+    else:
+        message = f"{f.name}: {f.message}" + (f" ({stage})" if stage else "")
+        severity = _SEVERITY.get(f.severity, lsp.DiagnosticSeverity.Warning)
+    if f.help:
+        message += f"\nhelp: {f.help}"
+    return lsp.Diagnostic(
+        range=finding_range(f, snap_lines, encoding),
+        message=message,
+        severity=severity,
+        code=f.code,
+        code_description=lsp.CodeDescription(href=docs_uri(f.code, f.name)),
+        source=SOURCE,
+        tags=[lsp.DiagnosticTag.Unnecessary] if f.code == "STB900" else None,
+        related_information=related(f, snap_lines, encoding, uri) or None,
+        data={"finding": f.to_dict(), "version": version, "fixable": bool(f.fix) or f.code in _fixable_codes()},
+    )
+
+
+def related(f: Finding, lines: Sequence[str], encoding: Encoding, uri: str) -> list[lsp.DiagnosticRelatedInformation]:
+    """The finding's instability chain as related locations: each link where the unstable value
+    came from, in order. A link is read from `Finding.chain` when the finding has one (items with
+    `path`, `span` or `line`/`col`, and `message` or `note`); a link in another file points there."""
+    chain = getattr(f, "chain", None) or f.evidence.get("chain") or ()
+    out: list[lsp.DiagnosticRelatedInformation] = []
+    for link in chain:
+        get = link.get if isinstance(link, dict) else lambda k, d=None, _l=link: getattr(_l, k, d)
+        span = get("span")
+        line = getattr(span, "line", None) or get("line")
+        if not isinstance(line, int):
+            continue
+        col = getattr(span, "col", None) or get("col") or 1
+        end_line = getattr(span, "end_line", None) or get("end_line")
+        end_col = getattr(span, "end_col", None) or get("end_col")
+        path = get("path") or ""
+        note = str(get("message") or get("note") or get("text") or "")
+        link_f = Finding(f.code, f.name, note, path or f.path, _span(line, col, end_line, end_col))
+        same_file = not path or path == f.path
+        if same_file:
+            where = lsp.Location(uri=uri, range=finding_range(link_f, lines, encoding))
+        else:
+            import pathlib
+
+            p = pathlib.Path(path)
+            where = lsp.Location(uri=p.resolve().as_uri() if p.is_absolute() or p.exists() else path, range=lsp.Range(lsp.Position(line - 1, max(col - 1, 0)), lsp.Position(line - 1, max(col - 1, 0))))
+        out.append(lsp.DiagnosticRelatedInformation(location=where, message=note or f"{f.code}: here"))
+    return out
+
+
+def _span(line: int, col: int, end_line: int | None, end_col: int | None) -> Any:
+    from stabcheck.finding import Span
+
+    return Span(line, col, end_line, end_col)
+
+
+@functools.cache
+def _fixable_codes() -> frozenset[str]:
+    return frozenset(r.code for r in registry.all_rules() if r.fixable)
+
+
+# -- hover ---------------------------------------------------------------------------------------
+def hover(snap: Snapshot, position: lsp.Position) -> lsp.Hover | None:
+    """The rule's "Why is this bad?" and the finding's evidence, for the findings under the cursor."""
+    hits = [(f, d) for f, d in zip(snap.findings, snap.diagnostics) if _contains(d.range, position)]
+    if not hits:
+        return None
+    parts = []
+    for f, _ in hits:
+        rule = registry.get(f.code)
+        head = f"**{f.code} [{f.name}](<{docs_uri(f.code, f.name)}>)**: {f.message}"
+        lines = [head]
+        if f.stage != "static" or f.status != "suspected":
+            lines.append(f"*stage*: {f.stage}, *status*: {f.status}")
+        if f.help:
+            lines.append(f"*help*: {f.help}")
+        why = rule.section("Why is this bad?") if rule is not None else ""
+        if why:
+            lines.append(f"**Why is this bad?**\n\n{why}")
+        if f.evidence:
+            lines.append("**Evidence**\n\n" + "\n".join(f"- {k}: {_show(v)}" for k, v in f.evidence.items()))
+        parts.append("\n\n".join(lines))
+    rng = hits[0][1].range
+    return lsp.Hover(contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value="\n\n---\n\n".join(parts)), range=rng)
+
+
+def _show(v: Any) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, default=str)
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"`{text}`" if "`" not in text else text
+
+
+def _contains(r: lsp.Range, p: lsp.Position) -> bool:
+    return (r.start.line, r.start.character) <= (p.line, p.character) <= (r.end.line, r.end.character)
+
+
+def _overlaps(a: lsp.Range, b: lsp.Range) -> bool:
+    return (a.start.line, a.start.character) <= (b.end.line, b.end.character) and (b.start.line, b.start.character) <= (a.end.line, a.end.character)
+
+
+# -- code actions --------------------------------------------------------------------------------
+def code_actions(snap: Snapshot, request: lsp.Range, context: lsp.CodeActionContext) -> list[lsp.CodeAction]:
+    """For each finding in the range: its fix (if one applies; safe fixes are preferred), a `# noqa`
+    suppression, and "show the rule's docs"; then "fix all" when any safe fix applies."""
+    only = context.only
+    wanted = _pick(snap, request, context)
+    actions: list[lsp.CodeAction] = []
+    want_quickfix = not only or any(str(k).startswith("quickfix") for k in only)
+    want_fix_all = not only or any(FIX_ALL_KIND.startswith(str(k)) for k in only)
+    if want_quickfix:
+        for f, d in wanted:
+            fix = fix_edit(snap, f)
+            if fix is not None:
+                title, applicability, edit = fix
+                actions.append(lsp.CodeAction(title=f"Fix {f.code}: {title}" + (" (unsafe)" if applicability == "unsafe" else ""), kind=lsp.CodeActionKind.QuickFix, diagnostics=[d], is_preferred=applicability == "safe", edit=_workspace_edit(snap, [edit])))
+        seen: set[tuple[str, int]] = set()
+        for f, d in wanted:
+            if (f.code, f.span.line) in seen or f.code in ("STB900", "STB901"):
+                continue
+            seen.add((f.code, f.span.line))
+            edit = noqa_edit(snap, f)
+            if edit is not None:
+                actions.append(lsp.CodeAction(title=f"Suppress {f.code} on this line (# noqa: {f.code})", kind=lsp.CodeActionKind.QuickFix, diagnostics=[d], edit=_workspace_edit(snap, [edit])))
+        for code in dict.fromkeys(f.code for f, _ in wanted):
+            rule = registry.get(code)
+            if rule is None:
+                continue
+            diags = [d for f, d in wanted if f.code == code]
+            actions.append(lsp.CodeAction(title=f"Show documentation for {code} {rule.name}", kind=lsp.CodeActionKind.QuickFix, diagnostics=diags, command=lsp.Command(title=f"Show documentation for {code}", command=SHOW_DOCS, arguments=[code])))
+    if want_fix_all and (only or wanted) and any(f.code in _fixers() for f in snap.findings):
+        edit = fix_all_edit(snap)
+        if edit is not None:
+            title, text_edit = edit
+            actions.append(lsp.CodeAction(title=title, kind=FIX_ALL_KIND, edit=_workspace_edit(snap, [text_edit])))
+    return actions
+
+
+def _pick(snap: Snapshot, request: lsp.Range, context: lsp.CodeActionContext) -> list[tuple[Finding, lsp.Diagnostic]]:
+    """The findings the request is about: the client's diagnostics (ours) matched to the snapshot's
+    findings, else every finding whose range overlaps the requested one."""
+    ours = [d for d in context.diagnostics if d.source == SOURCE]
+    pairs = list(zip(snap.findings, snap.diagnostics))
+    if ours:
+        picked = []
+        for cd in ours:
+            for f, d in pairs:
+                if d.code == cd.code and d.range == cd.range and (f, d) not in picked:
+                    picked.append((f, d))
+                    break
+        if picked:
+            return picked
+    return [(f, d) for f, d in pairs if _overlaps(d.range, request)]
+
+
+def _workspace_edit(snap: Snapshot, edits: list[lsp.TextEdit]) -> lsp.WorkspaceEdit:
+    return lsp.WorkspaceEdit(document_changes=[lsp.TextDocumentEdit(text_document=lsp.OptionalVersionedTextDocumentIdentifier(uri=snap.uri, version=snap.version), edits=edits)])
+
+
+def _text_edit(snap: Snapshot, new_text: str) -> lsp.TextEdit:
+    """The smallest edit that turns the snapshot's text into `new_text`."""
+    start, end, replacement = _text.minimal_edit(snap.text, new_text)
+    a = _text.position_at(snap.text, start, snap.encoding)
+    b = _text.position_at(snap.text, end, snap.encoding)
+    return lsp.TextEdit(range=lsp.Range(lsp.Position(*a), lsp.Position(*b)), new_text=replacement)
+
+
+def _fixers() -> dict[str, Any]:
+    from stabcheck.fix import fixers
+
+    return fixers()
+
+
+def fix_edit(snap: Snapshot, f: Finding) -> tuple[str, str, lsp.TextEdit] | None:
+    """The finding's fix as (title, applicability, edit), checked as `--fix` checks it: the rewrite
+    parses and the finding is gone after it. None when no fix applies here."""
+    from stabcheck.api import check_source
+
+    if f.fix is not None and f.fix.edits:
+        new = _apply_edits(snap, f)
+        if new is not None:
+            return (f.fix.description or "apply the suggested fix", f.fix.applicability, _text_edit(snap, new))
+    fixer = _fixers().get(f.code)
+    if fixer is None or f.stage != "static":
+        return None
+    from stabcheck.fix import _applicability, _identity, _parses, _try
+
+    rw = _try(fixer, snap.text, f)
+    if rw is None or rw.source == snap.text or not _parses(rw.source):
+        return None
+    ident = _identity(f)
+    before = sum(1 for g in snap.findings if _identity(g) == ident)
+    after = sum(1 for g in check_source(rw.source, snap.path, snap.config) if _identity(g) == ident)
+    if after >= max(before, 1):
+        return None
+    applicability = _applicability(f.code, rw.applicability)
+    return (rw.description or f"apply the {f.name} fix", applicability, _text_edit(snap, rw.source))
+
+
+def _apply_edits(snap: Snapshot, f: Finding) -> str | None:
+    """A finding's own `Fix.edits` (spans in the finding's columns) applied to the snapshot's text."""
+    assert f.fix is not None
+    offsets = []
+    starts = [0]
+    for line, brk in zip(snap.lines, _breaks(snap.text)):
+        starts.append(starts[-1] + len(line) + brk)
+    for e in f.fix.edits:
+        s = e.span
+        if not 1 <= s.line <= len(snap.lines):
+            return None
+        end_line = s.end_line or s.line
+        if not 1 <= end_line <= len(snap.lines):
+            return None
+        a = starts[s.line - 1] + _text.to_index(snap.lines[s.line - 1], s.col - 1, _text.FINDING_COLUMNS)
+        end_col = s.end_col if s.end_col is not None else s.col
+        b = starts[end_line - 1] + _text.to_index(snap.lines[end_line - 1], end_col - 1, _text.FINDING_COLUMNS)
+        offsets.append((a, max(a, b), e.replacement))
+    text = snap.text
+    for a, b, rep in sorted(offsets, reverse=True):
+        text = text[:a] + rep + text[b:]
+    return text
+
+
+def _breaks(text: str) -> list[int]:
+    """The length of the line break after each line (0 after the last)."""
+    import re
+
+    return [len(m.group(0)) for m in re.finditer(r"\r\n|\r|\n", text)] + [0]
+
+
+def fix_all_edit(snap: Snapshot) -> tuple[str, lsp.TextEdit] | None:
+    """Every safe fix of the document, as `stabcheck check --fix` applies them."""
+    from stabcheck.fix import fix_source
+
+    result = fix_source(snap.text, snap.path, snap.config)
+    if result.after == snap.text or not result.fixed:
+        return None
+    n = len(result.fixed)
+    return (f"Fix all safe stabcheck findings ({n})", _text_edit(snap, result.after))
+
+
+def noqa_edit(snap: Snapshot, f: Finding) -> lsp.TextEdit | None:
+    """`# noqa: STBnnn` at the end of the finding's line (or its last line, when the first one
+    cannot carry a comment: inside a string or before a backslash), or the code added to the
+    `# noqa:` list already there."""
+    from stabcheck import suppress
+
+    lines = snap.lines
+    endable = snap.memo("comment_lines", lambda: _comment_lines(snap.text))
+    candidates = [n for n in dict.fromkeys((f.span.line, f.span.end_line or f.span.line)) if 1 <= n <= len(lines)]
+    line_no = next((n for n in candidates if n in endable), None)
+    if line_no is None:
+        return None
+    text = lines[line_no - 1]
+    for s in snap.memo("suppressions", lambda: suppress.parse(snap.text)):
+        if s.line == line_no and "noqa" in s.text.lower() and s.names:
+            at = s.col - 1 + len(s.text)
+            pos = lsp.Position(line_no - 1, _text.units(text[:at], snap.encoding))
+            return lsp.TextEdit(range=lsp.Range(pos, pos), new_text=f", {f.code}")
+    body = text.rstrip()
+    start = lsp.Position(line_no - 1, _text.units(body, snap.encoding))
+    end = lsp.Position(line_no - 1, _text.units(text, snap.encoding))
+    return lsp.TextEdit(range=lsp.Range(start, end), new_text=f"  # noqa: {f.code}")
+
+
+def _comment_lines(text: str) -> set[int]:
+    """Lines whose end is outside any string and not continued by a backslash: a comment fits."""
+    out: set[int] = set()
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT):
+                out.add(tok.start[0])
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        pass
+    return out

@@ -1,0 +1,341 @@
+"""`stabcheck server`: the language server, on pygls.
+
+On `didOpen` (at once) and `didChange` (debounced by `DEBOUNCE` seconds, on the unsaved buffer)
+the static stage checks the buffer's text with the config of the file's project and the client's
+settings; the findings go out as `publishDiagnostics`. Findings of the last `--trace/--confirm`
+run (`stabcheck._lastrun`) join them while the buffer is byte-for-byte the file that run checked.
+Nothing here imports or runs the user's code: an editor opens untrusted files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types as lsp
+from pygls.lsp.server import LanguageServer
+
+from stabcheck import api
+from stabcheck.config import Config, ConfigError, UsageError
+from stabcheck.finding import Finding
+from stabcheck.server import _features, _settings, _text
+from stabcheck.server._features import Snapshot
+from stabcheck.static.engine import Dispatcher, check_bytes
+
+DEBOUNCE = 0.15  # seconds of quiet after the last keystroke before a buffer is checked
+log = logging.getLogger("stabcheck.server")
+
+
+class StabcheckServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__("stabcheck", api.__version__, text_document_sync_kind=lsp.TextDocumentSyncKind.Incremental)
+        self.settings = _settings.Settings()
+        self.snapshots: dict[str, Snapshot] = {}
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self._configs: dict[tuple[str, int, int], Config] = {}
+        self._dispatchers: dict[tuple[str, ...], Dispatcher] = {}
+        self._reported: set[str] = set()
+        self.shutdown_requested = False
+
+    # -- settings and config -------------------------------------------------------------------
+    def apply_settings(self, raw: Any) -> None:
+        self.settings = _settings.parse(raw)
+        for problem in self.settings.problems:
+            self.window_log_message(lsp.LogMessageParams(type=lsp.MessageType.Warning, message=f"stabcheck: {problem}"))
+
+    def config_for(self, path: Path | None) -> Config:
+        """The project's config for this file (cached while the config file is unchanged), with the
+        client's settings applied. A broken config file is reported once and the defaults used."""
+        root = Path(self.workspace.root_path) if self.workspace.root_path else None
+        try:
+            found, base = self._project_config(path, root)
+        except (ConfigError, UsageError) as e:
+            self._report_once(f"stabcheck: {e}; using the default settings for this file until it is fixed", lsp.MessageType.Error)
+            found = None
+            base = replace(Config(), root=str(path.parent if path is not None else root or "."))
+        return _settings.effective(base, found is not None, self.settings)
+
+    def _project_config(self, path: Path | None, root: Path | None) -> tuple[Path | None, Config]:
+        from stabcheck.config import find_config, load_config
+
+        if self.settings.preference == "editorOnly":
+            return None, Config()
+        start = path if path is not None else root
+        if start is None:
+            return None, Config()
+        found = find_config(start)
+        if found is None:
+            return None, Config()
+        try:
+            st = found.stat()
+            key = (str(found), st.st_mtime_ns, st.st_size)
+        except OSError:
+            return found, load_config(found)
+        cfg = self._configs.get(key)
+        if cfg is None:
+            cfg = load_config(found)
+            self._configs = {k: v for k, v in self._configs.items() if k[0] != key[0]}
+            self._configs[key] = cfg
+        return found, cfg
+
+    def _report_once(self, message: str, kind: lsp.MessageType) -> None:
+        if message in self._reported:
+            return
+        self._reported.add(message)
+        self.window_show_message(lsp.ShowMessageParams(type=kind, message=message))
+
+    def dispatcher(self, rules: tuple[type, ...]) -> Dispatcher:
+        key = tuple(r.code for r in rules)
+        d = self._dispatchers.get(key)
+        if d is None:
+            d = self._dispatchers[key] = Dispatcher(rules)  # type: ignore[arg-type]
+        return d
+
+    @property
+    def encoding(self) -> _text.Encoding:
+        enc = str(self.workspace.position_encoding or "utf-16")
+        return enc if enc in ("utf-8", "utf-16", "utf-32") else "utf-16"  # type: ignore[return-value]
+
+    # -- checking ------------------------------------------------------------------------------
+    def check(self, uri: str) -> Snapshot | None:
+        """Check the document's current text and publish its diagnostics."""
+        self.timers.pop(uri, None)
+        doc = self.document(uri)
+        if doc is None:  # closed meanwhile
+            return None
+        started = time.perf_counter()
+        snap = self.snapshot(uri, doc.source, doc.version, _fs_path(uri))
+        self.snapshots[uri] = snap
+        self.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri=uri, version=doc.version, diagnostics=snap.diagnostics))
+        log.debug("checked %s v%s in %.1f ms: %d findings", uri, doc.version, (time.perf_counter() - started) * 1e3, len(snap.findings))
+        return snap
+
+    def snapshot(self, uri: str, text: str, version: int | None, path: Path | None) -> Snapshot:
+        config = self.config_for(path)
+        shown = _shown_path(path, config, uri)
+        findings = findings_for(text, shown, path, config, self.dispatcher(api.enabled_rules(config)))
+        lines = _text.split_lines(text)
+        enc = self.encoding
+        diagnostics = [_features.diagnostic(f, lines, enc, uri, version) for f in findings]
+        return Snapshot(uri, version, text, lines, enc, shown, config, findings, diagnostics)
+
+    def document(self, uri: str) -> Any:
+        """The open document (pygls keys them by unquoted URI), or None."""
+        from urllib.parse import unquote
+
+        docs = self.workspace.text_documents
+        return docs.get(uri) or docs.get(unquote(uri))
+
+    def current(self, uri: str) -> Snapshot | None:
+        """The snapshot of the document's current text, checking it now if a check is pending."""
+        snap = self.snapshots.get(uri)
+        doc = self.document(uri)
+        if doc is None:
+            return None
+        if snap is None or snap.version != doc.version or snap.text != doc.source:
+            t = self.timers.pop(uri, None)
+            if t is not None:
+                t.cancel()
+            snap = self.check(uri)
+        return snap
+
+    def schedule(self, uri: str, delay: float) -> None:
+        old = self.timers.pop(uri, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self.timers[uri] = loop.call_later(delay, self._safe_check, uri)
+
+    def _safe_check(self, uri: str) -> None:
+        try:
+            self.check(uri)
+        except Exception as e:  # a bug of ours must not take the editor's server down
+            log.exception("checking %s failed", uri)
+            self._report_once(f"stabcheck: internal error while checking {uri}: {type(e).__name__}: {e}", lsp.MessageType.Error)
+
+    def recheck_all(self) -> None:
+        for uri in list(self.workspace.text_documents):
+            self._safe_check(uri)
+
+
+def findings_for(text: str, shown: str, path: Path | None, config: Config, dispatcher: Dispatcher) -> list[Finding]:
+    """The static stage on the buffer, plus the last traced/confirmed run's findings for this file
+    when the buffer is still what that run checked; suppressions and the config applied as
+    `stabcheck check` applies them."""
+    from stabcheck import _lastrun
+
+    rules = api.enabled_rules(config)
+    data = text.encode("utf-8", "surrogatepass")
+    result = check_bytes(data, shown, config, dispatcher)
+    stages: tuple[str, ...] = ("static",)
+    if config.types and path is not None:
+        result = _typed(data, shown, path, config, dispatcher, result)
+    if path is not None:
+        later = _lastrun.lookup(path, data)
+        if later:
+            result.findings.extend(replace(f, path=shown) for f in later)
+            stages = ("static", "traced", "confirm")
+    return api._finalize({shown: result}, rules, config, stages)
+
+
+def _typed(data: bytes, shown: str, path: Path, config: Config, dispatcher: Dispatcher, result: Any) -> Any:
+    """The typed tier, where configured: mypy's facts for the file as saved on disk, used only while
+    the buffer is that content (the facts are keyed by source positions)."""
+    from stabcheck.static import typed
+
+    try:
+        if path.read_bytes() != data:
+            return result
+    except OSError:
+        return result
+    types = typed.lookup(path)
+    if types is None:
+        cache_root = Path(config.root if config.source else path.parent) / ".stabcheck_cache"
+        prepared = typed.prepare([path], cache_root)
+        typed.install({**typed.registry(), **prepared.files})
+        types = typed.lookup(path)
+    if types is None:
+        return result
+    return typed.refine(data, shown, config, dispatcher, types, result)
+
+
+def _fs_path(uri: str) -> Path | None:
+    if not uri.startswith("file:"):
+        return None
+    from pygls.uris import to_fs_path
+
+    p = to_fs_path(uri)
+    return Path(p) if p else None
+
+
+def _shown_path(path: Path | None, config: Config, uri: str) -> str:
+    """The path findings carry: relative to the config's directory when below it (so
+    per-file-ignores match as on the command line), else absolute; the URI for unsaved buffers."""
+    if path is None:
+        return uri
+    base = Path(config.root).resolve() if config.source else None
+    if base is not None:
+        try:
+            return path.resolve().relative_to(base).as_posix()
+        except ValueError:
+            pass
+    try:
+        rel = os.path.relpath(path)
+        if not rel.startswith(".."):
+            return Path(rel).as_posix()
+    except ValueError:
+        pass
+    return path.as_posix()
+
+
+def build() -> StabcheckServer:
+    server = StabcheckServer()
+
+    @server.feature(lsp.INITIALIZE)
+    def initialize(ls: StabcheckServer, params: lsp.InitializeParams) -> None:
+        ls.apply_settings(params.initialization_options)
+
+    @server.feature(lsp.SHUTDOWN)
+    def shutdown(ls: StabcheckServer, *args: Any) -> None:
+        ls.shutdown_requested = True
+        for t in ls.timers.values():
+            t.cancel()
+        ls.timers.clear()
+
+    @server.feature(lsp.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls: StabcheckServer, params: lsp.DidChangeConfigurationParams) -> None:
+        if params.settings is not None:
+            ls.apply_settings(params.settings)
+        ls.recheck_all()
+
+    @server.feature(lsp.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: StabcheckServer, params: lsp.DidOpenTextDocumentParams) -> None:
+        ls._safe_check(params.text_document.uri)
+
+    @server.feature(lsp.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: StabcheckServer, params: lsp.DidChangeTextDocumentParams) -> None:
+        ls.schedule(params.text_document.uri, DEBOUNCE)
+
+    @server.feature(lsp.TEXT_DOCUMENT_DID_SAVE)
+    def did_save(ls: StabcheckServer, params: lsp.DidSaveTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        if uri.endswith((".toml",)):
+            ls._configs.clear()
+            ls.recheck_all()
+        elif ls.document(uri) is not None:
+            ls.schedule(uri, 0)  # a saved file may now match the last traced run's record
+
+    @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: StabcheckServer, params: lsp.DidCloseTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        t = ls.timers.pop(uri, None)
+        if t is not None:
+            t.cancel()
+        ls.snapshots.pop(uri, None)
+        ls.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
+
+    @server.feature(lsp.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+    def did_change_watched(ls: StabcheckServer, params: lsp.DidChangeWatchedFilesParams) -> None:
+        ls._configs.clear()
+        ls.recheck_all()
+
+    @server.feature(lsp.TEXT_DOCUMENT_HOVER)
+    def hover(ls: StabcheckServer, params: lsp.HoverParams) -> lsp.Hover | None:
+        snap = ls.current(params.text_document.uri)
+        return None if snap is None else _features.hover(snap, params.position)
+
+    @server.feature(lsp.TEXT_DOCUMENT_CODE_ACTION, lsp.CodeActionOptions(code_action_kinds=[lsp.CodeActionKind.QuickFix, lsp.CodeActionKind.SourceFixAll, _features.FIX_ALL_KIND]))
+    def code_action(ls: StabcheckServer, params: lsp.CodeActionParams) -> list[lsp.CodeAction] | None:
+        snap = ls.current(params.text_document.uri)
+        if snap is None:
+            return None
+        return _features.code_actions(snap, params.range, params.context) or None
+
+    @server.command(_features.SHOW_DOCS)
+    def show_docs(ls: StabcheckServer, *args: Any) -> None:
+        from stabcheck import registry
+
+        code = _first_string(args)
+        rule = registry.get(code) if code else None
+        if rule is None:
+            ls.window_show_message(lsp.ShowMessageParams(type=lsp.MessageType.Error, message=f"stabcheck: no rule {code!r}"))
+            return
+        uri = _features.docs_uri(rule.code, rule.name)
+        supported = bool(getattr(getattr(ls.client_capabilities.window, "show_document", None), "support", False)) if ls.client_capabilities.window else False
+        if supported:
+            ls.window_show_document(lsp.ShowDocumentParams(uri=uri, external=True))
+        else:
+            ls.window_show_message(lsp.ShowMessageParams(type=lsp.MessageType.Info, message=f"{rule.code} {rule.name}: {rule.summary()} See {uri} or run `stabcheck explain {rule.code}`."))
+
+    return server
+
+
+def _first_string(args: Any) -> str:
+    """The first string among a command's arguments (clients nest them differently)."""
+    stack = list(args)
+    while stack:
+        a = stack.pop(0)
+        if isinstance(a, str):
+            return a
+        if isinstance(a, (list, tuple)):
+            stack[:0] = list(a)
+    return ""
+
+
+def serve() -> int:
+    """Run the server on stdin/stdout until the client says `exit`; 0 after a `shutdown`, else 1."""
+    logging.basicConfig(level=logging.DEBUG if os.environ.get("STABCHECK_DEBUG") else logging.WARNING, stream=sys.stderr, format="stabcheck server: %(levelname)s %(message)s")
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing may print into the protocol stream
+    server = build()
+    server.start_io(stdin, stdout)
+    return 0 if server.shutdown_requested else 1
+
+
+__all__ = ["DEBOUNCE", "StabcheckServer", "build", "findings_for", "serve"]

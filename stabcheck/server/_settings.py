@@ -1,0 +1,114 @@
+"""Settings from the client, taken as ruff's server takes them, and the config of each file.
+
+`initializationOptions` (and `workspace/didChangeConfiguration`'s `settings`) may hold the
+settings directly, under `settings`, or under `stabcheck`:
+
+    {"settings": {"lint": {"select": ["STB1"], "ignore": ["STB104"], "extendSelect": [],
+                           "preview": false},
+                  "types": false,
+                  "configurationPreference": "editorFirst"}}
+
+`select`, `ignore`, `extendSelect` (also spelled `extend-select`/`extend_select`) and `preview`
+are accepted at the top level too. `configurationPreference`, as in ruff: `editorFirst` (the
+default: the editor's settings override the project's file), `filesystemFirst` (the project's
+file wins when there is one), `editorOnly` (the project's file is not read). `types` turns the
+typed tier (mypy) on; it is off in the server unless this or the project's config says `true`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from stabcheck.config import Config, ConfigError, UsageError, find_config, from_mapping, load_config
+
+Preference = Literal["editorFirst", "filesystemFirst", "editorOnly"]
+_PREFERENCES = ("editorFirst", "filesystemFirst", "editorOnly")
+_LIST_KEYS = {"select": "select", "ignore": "ignore", "extendSelect": "extend-select", "extend-select": "extend-select", "extend_select": "extend-select"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    select: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] = ()
+    extend_select: tuple[str, ...] = ()
+    types: bool | None = None
+    preference: Preference = "editorFirst"
+    problems: tuple[str, ...] = field(default=(), compare=False)  # what was not understood, for the log
+
+
+def parse(raw: Any) -> Settings:
+    """Client settings → `Settings`; what it cannot use is named in `problems`, never raised."""
+    problems: list[str] = []
+    if raw is None:
+        return Settings()
+    if not isinstance(raw, dict):
+        return Settings(problems=(f"settings must be an object, got {type(raw).__name__}",))
+    for wrapper in ("stabcheck", "settings"):
+        if isinstance(raw.get(wrapper), dict):
+            raw = raw[wrapper]
+    flat = dict(raw)
+    lint = flat.pop("lint", None)
+    if isinstance(lint, dict):
+        flat.update(lint)
+    values: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key in _LIST_KEYS:
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+                problems.append(f"`{key}` must be a list of rule codes, prefixes or slugs; ignored")
+                continue
+            try:
+                from_mapping({_LIST_KEYS[key]: items}, source="editor settings")
+            except ConfigError as e:
+                problems.append(f"{e}; `{key}` ignored")
+                continue
+            name = _LIST_KEYS[key].replace("-", "_")
+            values[name] = tuple(items) if name == "select" else (*values.get(name, ()), *items)
+        elif key == "types":
+            if isinstance(value, bool) or value is None:
+                values["types"] = value
+            else:
+                problems.append(f"`types` must be true or false, got {value!r}; ignored")
+        elif key == "configurationPreference":
+            if value in _PREFERENCES:
+                values["preference"] = value
+            else:
+                problems.append(f"`configurationPreference` must be one of {', '.join(_PREFERENCES)}, got {value!r}; ignored")
+        elif key == "preview":
+            if value:
+                problems.append("`preview`: stabcheck has no preview rules; every rule is stable, so this setting changes nothing")
+        else:
+            problems.append(f"unknown setting `{key}`; ignored (known: select, ignore, extendSelect, types, configurationPreference)")
+    return Settings(**values, problems=tuple(problems))
+
+
+def project_config(path: Path | None, root: Path | None) -> tuple[Path | None, Config]:
+    """The config file that applies to `path` (the nearest pyproject.toml with [tool.stabcheck] or
+    stabcheck.toml), and the Config read from it. A file outside the filesystem (an unsaved
+    buffer) takes the workspace root's. Raises ConfigError/UsageError for a bad file."""
+    start = path if path is not None else root
+    if start is None:
+        return None, Config()
+    found = find_config(start)
+    return found, load_config(found)
+
+
+def effective(file_config: Config, has_file: bool, settings: Settings) -> Config:
+    """The project's config with the editor's settings applied, per `configurationPreference`.
+    The typed tier ends up on only where the deciding side says `types = true`."""
+    if settings.preference == "filesystemFirst" and has_file:
+        return replace(file_config, types=bool(file_config.types))
+    base = replace(Config(), root=file_config.root) if settings.preference == "editorOnly" else file_config
+    changes: dict[str, Any] = {"types": bool(settings.types if settings.types is not None else base.types)}
+    if settings.select is not None:
+        changes["select"] = settings.select
+    if settings.extend_select:
+        changes["extend_select"] = (*base.extend_select, *settings.extend_select)
+    if settings.ignore:
+        changes["ignore"] = (*base.ignore, *settings.ignore)
+    return replace(base, **changes)
+
+
+__all__ = ["ConfigError", "Settings", "UsageError", "effective", "parse", "project_config"]
