@@ -194,6 +194,11 @@ def check(
     result = api.run(paths, cfg, options)
     findings = result.findings
     notes = list(result.notes)
+    if "traced" in stages:  # for the language server, which never runs user code itself
+        from stabcheck._lastrun import record
+
+        if note := record(paths, cfg, findings, stages):
+            notes.append(note)
     if fix or diff:
         from stabcheck.fix import apply_fixes
 

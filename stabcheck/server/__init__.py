@@ -13,7 +13,10 @@ MISSING = "`stabcheck server` needs pygls and lsprotocol: pip install 'stabcheck
 def available() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("pygls") is not None and importlib.util.find_spec("lsprotocol") is not None
+    try:
+        return importlib.util.find_spec("pygls") is not None and importlib.util.find_spec("lsprotocol") is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        return False
 
 
 def serve() -> int:
