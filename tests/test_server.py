@@ -373,3 +373,68 @@ def test_missing_pygls_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "pip install 'stabcheck[server]'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_typed_tier_when_the_editor_turns_it_on(tmp_path: Path, client_at) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("mypy")
+    import shutil
+
+    from .conftest import FIXTURES
+
+    shutil.copytree(FIXTURES / "typed", tmp_path / "typed")
+    path = tmp_path / "typed" / "model.py"
+    source = path.read_text(encoding="utf-8")
+    typed_line = next(i for i, line in enumerate(source.splitlines()) if "# typed: STB202" in line)
+    client = client_at()
+    client.initialize(tmp_path, options={"types": True})
+    uri = client.open(path, source)
+    untyped = client.diagnostics(uri, 1)  # at once, without waiting for mypy
+    assert ("STB202", typed_line) not in {(d["code"], d["range"]["start"]["line"]) for d in untyped}
+    typed = client.diagnostics(uri, 1)  # again when mypy is done
+    assert ("STB202", typed_line) in {(d["code"], d["range"]["start"]["line"]) for d in typed}
+    assert client.close() == 0
+
+
+# -- the pieces, in process ------------------------------------------------------------------------------
+def test_columns_convert_between_encodings() -> None:
+    from stabcheck.server import _text
+
+    line = 'a = "é😀"; b'
+    cp = line.index("b")
+    assert _text.units(line[:cp], "utf-8") == cp + 1 + 3
+    assert _text.units(line[:cp], "utf-16") == cp + 1
+    assert _text.convert(line, _text.units(line[:cp], "utf-8"), "utf-8", "utf-16") == cp + 1
+    assert _text.to_index(line, cp + 1, "utf-16") == cp
+    assert _text.to_index(line, 6, "utf-16") == _text.to_index(line, 7, "utf-16") == line.index("😀")  # inside the pair: its start
+    assert _text.split_lines("a\r\nb\rc\nd\x0ce") == ["a", "b", "c", "d\x0ce"]
+    assert _text.finding_position(["x"], 9, 1, "utf-16") == (0, 1)  # past the end: clamped
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [("abc", "abXc"), ("a\r\nb", "a\nb"), ("x = 1\r\n", "x = 1  # noqa\r\n"), ("same", "same"), ("", "new"), ("é😀x", "é😀y")],
+)
+def test_minimal_edit_reproduces_the_new_text(old: str, new: str) -> None:
+    from stabcheck.server import _text
+
+    start, end, text = _text.minimal_edit(old, new)
+    assert old[:start] + text + old[end:] == new
+    assert not (0 < start < len(old) and old[start - 1 : start + 1] == "\r\n")
+
+
+def test_settings_are_read_as_ruff_reads_them() -> None:
+    from stabcheck.config import Config
+    from stabcheck.server import _settings
+
+    s = _settings.parse({"settings": {"lint": {"select": ["STB1"], "ignore": "STB104", "extendSelect": ["STB301"]}, "configurationPreference": "editorFirst"}})
+    assert (s.select, s.ignore, s.extend_select, s.problems) == (("STB1",), ("STB104",), ("STB301",), ())
+    project = Config(select=("STB3",), ignore=("STB302",), types=True, source="pyproject.toml")
+    editor_first = _settings.effective(project, True, s)
+    assert editor_first.select == ("STB1",) and editor_first.ignore == ("STB302", "STB104") and editor_first.types is True
+    assert _settings.effective(project, True, _settings.parse({"configurationPreference": "filesystemFirst", "select": ["STB1"]})).select == ("STB3",)
+    assert _settings.effective(project, True, _settings.parse({"configurationPreference": "editorOnly"})).select == ("ALL",)
+    assert _settings.effective(Config(), False, _settings.Settings()).types is False  # off unless asked for
+    bad = _settings.parse({"select": ["NOPE"], "types": "yes", "configurationPreference": "sometimes", "colour": 1})
+    assert bad.select is None and bad.types is None and len(bad.problems) == 4
+    assert _settings.parse(["not", "a", "mapping"]).problems

@@ -41,6 +41,8 @@ class StabcheckServer(LanguageServer):
         self._configs: dict[tuple[str, int, int], Config] = {}
         self._dispatchers: dict[tuple[str, ...], Dispatcher] = {}
         self._reported: set[str] = set()
+        self._typed: dict[str, tuple[str, Any]] = {}  # path -> (sha256 of the saved bytes, FileTypes or None)
+        self._typing: set[tuple[str, str]] = set()  # (path, sha256) being typed now
         self.shutdown_requested = False
 
     # -- settings and config -------------------------------------------------------------------
@@ -109,17 +111,20 @@ class StabcheckServer(LanguageServer):
         doc = self.document(uri)
         if doc is None:  # closed meanwhile
             return None
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         snap = self.snapshot(uri, doc.source, doc.version, _fs_path(uri))
         self.snapshots[uri] = snap
+        checked = time.perf_counter()
         self.text_document_publish_diagnostics(lsp.PublishDiagnosticsParams(uri=uri, version=doc.version, diagnostics=snap.diagnostics))
-        log.debug("checked %s v%s in %.1f ms: %d findings", uri, doc.version, (time.perf_counter() - started) * 1e3, len(snap.findings))
+        log.debug("checked %s v%s: %.1f ms (%.1f ms CPU), published in %.1f ms: %d findings", uri, doc.version, (checked - started) * 1e3, (time.process_time() - cpu) * 1e3, (time.perf_counter() - checked) * 1e3, len(snap.findings))
         return snap
 
     def snapshot(self, uri: str, text: str, version: int | None, path: Path | None) -> Snapshot:
         config = self.config_for(path)
         shown = _shown_path(path, config, uri)
-        findings = findings_for(text, shown, path, config, self.dispatcher(api.enabled_rules(config)))
+        types = self.types_for(uri, path, text, config) if config.types and path is not None else None
+        with api._gc_tuned():  # as `check` runs: big short-lived trees, few collections
+            findings = findings_for(text, shown, path, config, self.dispatcher(api.enabled_rules(config)), types)
         lines = _text.split_lines(text)
         enc = self.encoding
         diagnostics = [_features.diagnostic(f, lines, enc, uri, version) for f in findings]
@@ -145,6 +150,52 @@ class StabcheckServer(LanguageServer):
             snap = self.check(uri)
         return snap
 
+    def types_for(self, uri: str, path: Path, text: str, config: Config) -> Any:
+        """The typed tier's facts for this exact text, or None. mypy reads files, not buffers, and
+        its facts are keyed by source positions: they apply only while the buffer is the saved
+        file. When they are missing for that content, mypy runs in a background thread and the
+        document is checked again when it is done; the untyped findings show meanwhile."""
+        from stabcheck import _lastrun
+
+        data = text.encode("utf-8", "surrogatepass")
+        digest = _lastrun.file_hash(data)
+        key = str(path)
+        have = self._typed.get(key)
+        if have is not None and have[0] == digest:
+            return have[1]
+        try:
+            if path.read_bytes() != data:
+                return None
+        except OSError:
+            return None
+        if (key, digest) in self._typing:
+            return None
+        self._typing.add((key, digest))
+        loop = asyncio.get_running_loop()
+        cache_root = Path(config.root if config.source else path.parent) / ".stabcheck_cache"
+
+        def run() -> tuple[Any, list[str]]:
+            from stabcheck.static import typed
+
+            prepared = typed.prepare([path], cache_root)
+            return prepared.files.get(os.path.abspath(path)), prepared.notes
+
+        def done(fut: Any) -> None:
+            self._typing.discard((key, digest))
+            try:
+                types, notes = fut.result()
+            except Exception as e:  # mypy crashed: the untyped findings stand
+                types, notes = None, [f"the typed tier failed on {path}: {type(e).__name__}: {e}"]
+            for note in notes:
+                self.window_log_message(lsp.LogMessageParams(type=lsp.MessageType.Info, message=f"stabcheck: {note}"))
+            self._typed[key] = (digest, types)
+            if types is not None and self.document(uri) is not None:
+                self.schedule(uri, 0)
+
+        future = self.thread_pool.submit(run)
+        future.add_done_callback(lambda fut: loop.call_soon_threadsafe(done, fut))
+        return None
+
     def schedule(self, uri: str, delay: float) -> None:
         old = self.timers.pop(uri, None)
         if old is not None:
@@ -164,45 +215,27 @@ class StabcheckServer(LanguageServer):
             self._safe_check(uri)
 
 
-def findings_for(text: str, shown: str, path: Path | None, config: Config, dispatcher: Dispatcher) -> list[Finding]:
-    """The static stage on the buffer, plus the last traced/confirmed run's findings for this file
-    when the buffer is still what that run checked; suppressions and the config applied as
-    `stabcheck check` applies them."""
+def findings_for(text: str, shown: str, path: Path | None, config: Config, dispatcher: Dispatcher, types: Any = None) -> list[Finding]:
+    """The static stage on the buffer (refined by the typed tier's `types` when given: facts of
+    exactly this text), plus the last traced/confirmed run's findings for this file when the buffer
+    is still what that run checked; suppressions and the config applied as `stabcheck check`
+    applies them."""
     from stabcheck import _lastrun
 
     rules = api.enabled_rules(config)
     data = text.encode("utf-8", "surrogatepass")
     result = check_bytes(data, shown, config, dispatcher)
     stages: tuple[str, ...] = ("static",)
-    if config.types and path is not None:
-        result = _typed(data, shown, path, config, dispatcher, result)
+    if types is not None:
+        from stabcheck.static import typed
+
+        result = typed.refine(data, shown, config, dispatcher, types, result)
     if path is not None:
         later = _lastrun.lookup(path, data)
         if later:
             result.findings.extend(replace(f, path=shown) for f in later)
             stages = ("static", "traced", "confirm")
     return api._finalize({shown: result}, rules, config, stages)
-
-
-def _typed(data: bytes, shown: str, path: Path, config: Config, dispatcher: Dispatcher, result: Any) -> Any:
-    """The typed tier, where configured: mypy's facts for the file as saved on disk, used only while
-    the buffer is that content (the facts are keyed by source positions)."""
-    from stabcheck.static import typed
-
-    try:
-        if path.read_bytes() != data:
-            return result
-    except OSError:
-        return result
-    types = typed.lookup(path)
-    if types is None:
-        cache_root = Path(config.root if config.source else path.parent) / ".stabcheck_cache"
-        prepared = typed.prepare([path], cache_root)
-        typed.install({**typed.registry(), **prepared.files})
-        types = typed.lookup(path)
-    if types is None:
-        return result
-    return typed.refine(data, shown, config, dispatcher, types, result)
 
 
 def _fs_path(uri: str) -> Path | None:
@@ -330,7 +363,9 @@ def _first_string(args: Any) -> str:
 
 def serve() -> int:
     """Run the server on stdin/stdout until the client says `exit`; 0 after a `shutdown`, else 1."""
-    logging.basicConfig(level=logging.DEBUG if os.environ.get("STABCHECK_DEBUG") else logging.WARNING, stream=sys.stderr, format="stabcheck server: %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(levelname)s %(message)s")
+    if os.environ.get("STABCHECK_DEBUG"):
+        log.setLevel(logging.DEBUG)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing may print into the protocol stream
     server = build()
