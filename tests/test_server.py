@@ -176,7 +176,7 @@ def test_open_diagnose_act_hover_fix_and_shutdown(tmp_path: Path, client_at) -> 
     assert diag["range"] == {"start": {"line": 5, "character": col}, "end": {"line": 5, "character": col + len("x > 0")}}
     assert "branch-on-tracer" in diag["message"] and "`x > 0`" in diag["message"]
     assert diag["codeDescription"]["href"].endswith("docs/rules.md#stb101-branch-on-tracer")
-    assert diag["data"]["finding"]["code"] == "STB101"
+    assert diag["data"] == {"name": "branch-on-tracer", "stage": "static", "status": "suspected", "function": "f", "version": 1, "fixable": False}
 
     actions = client.request("textDocument/codeAction", {"textDocument": {"uri": uri}, "range": diag["range"], "context": {"diagnostics": [diag]}})
     titles = [a["title"] for a in actions]
@@ -209,6 +209,7 @@ def test_fix_action_rewrites_the_buffer_and_fix_all(tmp_path: Path, client_at) -
     uri = client.open(tmp_path / "cast.py", FLOAT64)
     diags = client.diagnostics(uri, 1)
     (diag,) = [d for d in diags if d["code"] == "STB301"]
+    assert diag["data"]["fixable"] is True
     actions = client.request("textDocument/codeAction", {"textDocument": {"uri": uri}, "range": diag["range"], "context": {"diagnostics": [diag]}})
     fix = next(a for a in actions if a["title"].startswith("Fix STB301"))
     assert fix["kind"] == "quickfix" and fix["isPreferred"] is True

@@ -97,8 +97,17 @@ def diagnostic(f: Finding, snap_lines: Sequence[str], encoding: Encoding, uri: s
         source=SOURCE,
         tags=[lsp.DiagnosticTag.Unnecessary] if f.code == "STB900" else None,
         related_information=related(f, snap_lines, encoding, uri) or None,
-        data={"finding": f.to_dict(), "version": version, "fixable": bool(f.fix) or f.code in _fixable_codes()},
+        data=_data(f, version),
     )
+
+
+def _data(f: Finding, version: int | None) -> dict[str, Any]:
+    """What a client keeps with the diagnostic for the code actions: the finding's identity, the
+    document version it was computed on, whether a fix may apply, and its own edits if it has any."""
+    data: dict[str, Any] = {"name": f.name, "stage": f.stage, "status": f.status, "function": f.function, "version": version, "fixable": bool(f.fix) or f.code in _fixable_codes()}
+    if f.fix is not None:
+        data["fix"] = f.to_dict()["fix"]
+    return data
 
 
 def related(f: Finding, lines: Sequence[str], encoding: Encoding, uri: str) -> list[lsp.DiagnosticRelatedInformation]:
