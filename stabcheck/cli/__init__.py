@@ -269,27 +269,16 @@ def init(
     typer.echo(init_project(path, pre_commit=pre_commit, github=github, write=write), nl=False)
 
 
-@app.command()
-@_guard
-def server() -> None:
-    """Run the language server (LSP over stdin/stdout) for editors; see docs/editors.md."""
-    from stabcheck import server as lsp_server
-
-    if not lsp_server.available():
-        _fail(lsp_server.MISSING)
-    raise _Exit(lsp_server.serve())
-
-
 def _add_stage_commands() -> None:
     """`trace` lives in cli/trace.py, `confirm` and `matrix` in cli/confirm.py, `explain-finding`
-    in cli/explain_finding.py.
+    in cli/explain_finding.py, `server` in cli/server.py.
 
     Each module has `register(app, helpers)`; importing it must not import JAX.
     """
     import importlib
 
     helpers = {"guard": _guard, "emit": _emit, "color": _color, "fail": _fail, "Exit": _Exit, "load_config": _load_config}
-    for name in ("stabcheck.cli.trace", "stabcheck.cli.confirm", "stabcheck.cli.explain_finding"):
+    for name in ("stabcheck.cli.trace", "stabcheck.cli.confirm", "stabcheck.cli.explain_finding", "stabcheck.cli.server"):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
