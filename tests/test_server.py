@@ -203,9 +203,11 @@ def test_open_diagnose_act_hover_fix_and_shutdown(tmp_path: Path, client_at) -> 
     assert client.close() == 0
 
 
-def test_fix_action_rewrites_the_buffer_and_fix_all(tmp_path: Path, client_at) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "resolved"])
+def test_fix_action_rewrites_the_buffer_and_fix_all(tmp_path: Path, client_at, lazy: bool) -> None:  # type: ignore[no-untyped-def]
     client = client_at()
-    client.initialize(tmp_path)
+    caps = {"textDocument": {"codeAction": {"resolveSupport": {"properties": ["edit"]}}}} if lazy else None
+    assert client.initialize(tmp_path, capabilities=caps)["capabilities"]["codeActionProvider"]["resolveProvider"] is True
     uri = client.open(tmp_path / "cast.py", FLOAT64)
     diags = client.diagnostics(uri, 1)
     (diag,) = [d for d in diags if d["code"] == "STB301"]
@@ -213,6 +215,10 @@ def test_fix_action_rewrites_the_buffer_and_fix_all(tmp_path: Path, client_at) -
     actions = client.request("textDocument/codeAction", {"textDocument": {"uri": uri}, "range": diag["range"], "context": {"diagnostics": [diag]}})
     fix = next(a for a in actions if a["title"].startswith("Fix STB301"))
     assert fix["kind"] == "quickfix" and fix["isPreferred"] is True
+    offered = fix
+    if lazy:  # offered without its edit (libcst costs seconds on a large file); computed when chosen
+        assert "edit" not in fix
+        fix = client.request("codeAction/resolve", fix)
     fixed = apply(FLOAT64, edits_of(fix, uri))
     assert "x.astype(float)" not in fixed and not [f for f in check_source(fixed, "cast.py") if f.code == "STB301"]
     compile(fixed, "cast.py", "exec")
@@ -220,7 +226,14 @@ def test_fix_action_rewrites_the_buffer_and_fix_all(tmp_path: Path, client_at) -
     whole = client.request("textDocument/codeAction", {"textDocument": {"uri": uri}, "range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}}, "context": {"diagnostics": [], "only": ["source.fixAll"]}})
     (fix_all,) = whole
     assert fix_all["kind"] == "source.fixAll.stabcheck"
+    if lazy:
+        fix_all = client.request("codeAction/resolve", fix_all)
     assert apply(FLOAT64, edits_of(fix_all, uri)) == fixed
+
+    if lazy:  # an action offered for an older text is not applied to the new one
+        client.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [{"text": FLOAT64 + "# more\n"}]})
+        stale = client.request("codeAction/resolve", offered)
+        assert "edit" not in stale and "changed" in stale["disabled"]["reason"]
     assert client.close() == 0
 
 

@@ -191,17 +191,31 @@ def _overlaps(a: lsp.Range, b: lsp.Range) -> bool:
 
 
 # -- code actions --------------------------------------------------------------------------------
-def code_actions(snap: Snapshot, request: lsp.Range, context: lsp.CodeActionContext) -> list[lsp.CodeAction]:
-    """For each finding in the range: its fix (if one applies; safe fixes are preferred), a `# noqa`
-    suppression, and "show the rule's docs"; then "fix all" when any safe fix applies."""
-    only = context.only
+def code_actions(snap: Snapshot, request: lsp.Range, context: lsp.CodeActionContext, *, lazy: bool = False) -> list[lsp.CodeAction]:
+    """For each finding in the range: its fix (where its rule has a fixer; safe fixes preferred), a
+    `# noqa` suppression, and "show the rule's docs"; and "fix all" (`source.fixAll.stabcheck`).
+
+    A fix costs a libcst parse of the whole file and a re-check (seconds on a large file), and
+    editors ask for code actions at every cursor move: with `lazy` (the client resolves actions,
+    `codeAction/resolve`) fixes are offered without their edit, computed by `resolve` when chosen;
+    otherwise a fix is computed here (once per text), and "fix all" only when asked for by kind."""
+    only = [str(k) for k in context.only or ()]
     wanted = _pick(snap, request, context)
     actions: list[lsp.CodeAction] = []
-    want_quickfix = not only or any(str(k).startswith("quickfix") for k in only)
-    want_fix_all = not only or any(FIX_ALL_KIND.startswith(str(k)) for k in only)
+    want_quickfix = not only or any(lsp.CodeActionKind.QuickFix.startswith(k) for k in only)
+    asked_fix_all = any(FIX_ALL_KIND.startswith(k) for k in only)
+    table = _fixers()
     if want_quickfix:
-        for f, d in wanted:
-            fix = fix_edit(snap, f)
+        for i, (f, d) in enumerate(wanted):
+            if f.code not in table and not (f.fix and f.fix.edits):
+                continue
+            if lazy:
+                rule = registry.get(f.code)
+                fixable = (f.fix.applicability if f.fix else None) or (rule.fixable if rule else None) or "unsafe"
+                data = {"uri": snap.uri, "version": snap.version, "fix": snap.findings.index(f)}
+                actions.append(lsp.CodeAction(title=f"Fix {f.code} ({f.name})" + (" (unsafe)" if fixable == "unsafe" else ""), kind=lsp.CodeActionKind.QuickFix, diagnostics=[d], is_preferred=fixable == "safe", data=data))
+                continue
+            fix = snap.memo(f"fix:{snap.findings.index(f)}", lambda f=f: fix_edit(snap, f))
             if fix is not None:
                 title, applicability, edit = fix
                 actions.append(lsp.CodeAction(title=f"Fix {f.code}: {title}" + (" (unsafe)" if applicability == "unsafe" else ""), kind=lsp.CodeActionKind.QuickFix, diagnostics=[d], is_preferred=applicability == "safe", edit=_workspace_edit(snap, [edit])))
@@ -219,12 +233,42 @@ def code_actions(snap: Snapshot, request: lsp.Range, context: lsp.CodeActionCont
                 continue
             diags = [d for f, d in wanted if f.code == code]
             actions.append(lsp.CodeAction(title=f"Show documentation for {code} {rule.name}", kind=lsp.CodeActionKind.QuickFix, diagnostics=diags, command=lsp.Command(title=f"Show documentation for {code}", command=SHOW_DOCS, arguments=[code])))
-    if want_fix_all and (only or wanted) and any(f.code in _fixers() for f in snap.findings):
-        edit = fix_all_edit(snap)
-        if edit is not None:
-            title, text_edit = edit
-            actions.append(lsp.CodeAction(title=title, kind=FIX_ALL_KIND, edit=_workspace_edit(snap, [text_edit])))
+    if (asked_fix_all or (lazy and not only and wanted)) and any(f.code in table for f in snap.findings):
+        if lazy:
+            actions.append(lsp.CodeAction(title="Fix all safe stabcheck findings", kind=FIX_ALL_KIND, data={"uri": snap.uri, "version": snap.version, "fixAll": True}))
+        else:
+            edit = snap.memo("fix-all", lambda: fix_all_edit(snap))
+            if edit is not None:
+                title, text_edit = edit
+                actions.append(lsp.CodeAction(title=title, kind=FIX_ALL_KIND, edit=_workspace_edit(snap, [text_edit])))
     return actions
+
+
+def resolve(snap: Snapshot, action: lsp.CodeAction) -> lsp.CodeAction:
+    """Fill in the edit of a lazily offered fix (see `code_actions`). An action for another version
+    of the document, or a fix that turns out not to apply, comes back without an edit and says why
+    in its `disabled` reason."""
+    data = action.data if isinstance(action.data, dict) else {}
+    if data.get("version") != snap.version:
+        action.disabled = lsp.CodeActionDisabled(reason="the file changed since this fix was offered")
+        return action
+    if data.get("fixAll"):
+        edit = snap.memo("fix-all", lambda: fix_all_edit(snap))
+        if edit is None:
+            action.disabled = lsp.CodeActionDisabled(reason="no safe fix applies to this file")
+            return action
+        action.title, action.edit = edit[0], _workspace_edit(snap, [edit[1]])
+        return action
+    index = data.get("fix")
+    if not isinstance(index, int) or not 0 <= index < len(snap.findings):
+        action.disabled = lsp.CodeActionDisabled(reason="no such finding")
+        return action
+    fix = snap.memo(f"fix:{index}", lambda: fix_edit(snap, snap.findings[index]))
+    if fix is None:
+        action.disabled = lsp.CodeActionDisabled(reason="the fix does not apply to this code (it would not parse, or would not remove the finding)")
+        return action
+    action.edit = _workspace_edit(snap, [fix[2]])
+    return action
 
 
 def _pick(snap: Snapshot, request: lsp.Range, context: lsp.CodeActionContext) -> list[tuple[Finding, lsp.Diagnostic]]:

@@ -150,6 +150,12 @@ class StabcheckServer(LanguageServer):
             snap = self.check(uri)
         return snap
 
+    def resolves_edits(self) -> bool:
+        """Does the client resolve a code action's `edit` lazily (`codeAction/resolve`)?"""
+        action = getattr(self.client_capabilities.text_document, "code_action", None) if self.client_capabilities.text_document else None
+        support = getattr(action, "resolve_support", None)
+        return bool(support and "edit" in (support.properties or ()))
+
     def types_for(self, uri: str, path: Path, text: str, config: Config) -> Any:
         """The typed tier's facts for this exact text, or None. mypy reads files, not buffers, and
         its facts are keyed by source positions: they apply only while the buffer is the saved
@@ -323,12 +329,24 @@ def build() -> StabcheckServer:
         snap = ls.current(params.text_document.uri)
         return None if snap is None else _features.hover(snap, params.position)
 
-    @server.feature(lsp.TEXT_DOCUMENT_CODE_ACTION, lsp.CodeActionOptions(code_action_kinds=[lsp.CodeActionKind.QuickFix, lsp.CodeActionKind.SourceFixAll, _features.FIX_ALL_KIND]))
-    def code_action(ls: StabcheckServer, params: lsp.CodeActionParams) -> list[lsp.CodeAction] | None:
+    @server.feature(lsp.TEXT_DOCUMENT_CODE_ACTION, lsp.CodeActionOptions(code_action_kinds=[lsp.CodeActionKind.QuickFix, lsp.CodeActionKind.SourceFixAll, _features.FIX_ALL_KIND], resolve_provider=True))
+    async def code_action(ls: StabcheckServer, params: lsp.CodeActionParams) -> list[lsp.CodeAction] | None:
         snap = ls.current(params.text_document.uri)
         if snap is None:
             return None
-        return _features.code_actions(snap, params.range, params.context) or None
+        lazy = ls.resolves_edits()
+        # fixes run libcst (seconds on a large file): off the event loop, so diagnostics keep flowing
+        actions = await asyncio.get_running_loop().run_in_executor(ls.thread_pool, lambda: _features.code_actions(snap, params.range, params.context, lazy=lazy))
+        return actions or None
+
+    @server.feature(lsp.CODE_ACTION_RESOLVE)
+    async def resolve_code_action(ls: StabcheckServer, action: lsp.CodeAction) -> lsp.CodeAction:
+        uri = action.data.get("uri") if isinstance(action.data, dict) else None
+        snap = ls.current(uri) if isinstance(uri, str) else None
+        if snap is None:
+            action.disabled = lsp.CodeActionDisabled(reason="the file is not open")
+            return action
+        return await asyncio.get_running_loop().run_in_executor(ls.thread_pool, lambda: _features.resolve(snap, action))
 
     @server.command(_features.SHOW_DOCS)
     def show_docs(ls: StabcheckServer, *args: Any) -> None:
