@@ -452,3 +452,17 @@ def test_settings_are_read_as_ruff_reads_them() -> None:
     bad = _settings.parse({"select": ["NOPE"], "types": "yes", "configurationPreference": "sometimes", "colour": 1})
     assert bad.select is None and bad.types is None and len(bad.problems) == 4
     assert _settings.parse(["not", "a", "mapping"]).problems
+
+
+def test_a_chain_becomes_related_information(tmp_path: Path) -> None:
+    from stabcheck.finding import Finding, Span
+    from stabcheck.server import _features, _text
+
+    text = 'x = "é"; y = x\nif y:\n    pass\n'
+    chain = [{"line": 1, "col": 1 + len('x = "é"; '.encode()), "end_line": 1, "end_col": 1 + len('x = "é"; y'.encode()), "message": "`y` is traced here"}, {"path": "other.py", "line": 7, "message": "`x` comes from here"}]
+    f = Finding("STB101", "branch-on-tracer", "`y` is traced", "m.py", Span(2, 4, 2, 5), evidence={"chain": chain})
+    d = _features.diagnostic(f, _text.split_lines(text), "utf-16", "file:///m.py", 1, str(tmp_path))
+    here, there = d.related_information
+    assert here.location.uri == "file:///m.py" and (here.location.range.start.character, here.location.range.end.character) == (len('x = "é"; '), len('x = "é"; y'))
+    assert here.message == "`y` is traced here"
+    assert there.location.uri == (tmp_path / "other.py").as_uri() and there.location.range.start.line == 6

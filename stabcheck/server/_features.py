@@ -78,7 +78,7 @@ def finding_range(f: Finding, lines: Sequence[str], encoding: Encoding) -> lsp.R
     return lsp.Range(lsp.Position(*start), lsp.Position(*end))
 
 
-def diagnostic(f: Finding, snap_lines: Sequence[str], encoding: Encoding, uri: str, version: int | None) -> lsp.Diagnostic:
+def diagnostic(f: Finding, snap_lines: Sequence[str], encoding: Encoding, uri: str, version: int | None, root: str = ".") -> lsp.Diagnostic:
     stage = _STATUS.get(f.stage, "")
     if f.status == "refuted":
         message = f"{f.name}: refuted by --confirm: {f.message}"
@@ -96,7 +96,7 @@ def diagnostic(f: Finding, snap_lines: Sequence[str], encoding: Encoding, uri: s
         code_description=lsp.CodeDescription(href=docs_uri(f.code, f.name)),
         source=SOURCE,
         tags=[lsp.DiagnosticTag.Unnecessary] if f.code == "STB900" else None,
-        related_information=related(f, snap_lines, encoding, uri) or None,
+        related_information=related(f, snap_lines, encoding, uri, root) or None,
         data=_data(f, version),
     )
 
@@ -110,10 +110,11 @@ def _data(f: Finding, version: int | None) -> dict[str, Any]:
     return data
 
 
-def related(f: Finding, lines: Sequence[str], encoding: Encoding, uri: str) -> list[lsp.DiagnosticRelatedInformation]:
+def related(f: Finding, lines: Sequence[str], encoding: Encoding, uri: str, root: str = ".") -> list[lsp.DiagnosticRelatedInformation]:
     """The finding's instability chain as related locations: each link where the unstable value
     came from, in order. A link is read from `Finding.chain` when the finding has one (items with
-    `path`, `span` or `line`/`col`, and `message` or `note`); a link in another file points there."""
+    `path`, `span` or `line`/`col`, and `message` or `note`); a link in another file points there
+    (a relative path is taken from `root`, where the findings' paths start)."""
     chain = getattr(f, "chain", None) or f.evidence.get("chain") or ()
     out: list[lsp.DiagnosticRelatedInformation] = []
     for link in chain:
@@ -131,11 +132,13 @@ def related(f: Finding, lines: Sequence[str], encoding: Encoding, uri: str) -> l
         same_file = not path or path == f.path
         if same_file:
             where = lsp.Location(uri=uri, range=finding_range(link_f, lines, encoding))
-        else:
+        else:  # another file: its text is not at hand, so the link points at its line's start
             import pathlib
 
             p = pathlib.Path(path)
-            where = lsp.Location(uri=p.resolve().as_uri() if p.is_absolute() or p.exists() else path, range=lsp.Range(lsp.Position(line - 1, max(col - 1, 0)), lsp.Position(line - 1, max(col - 1, 0))))
+            if not p.is_absolute():
+                p = pathlib.Path(root) / p
+            where = lsp.Location(uri=p.resolve().as_uri(), range=lsp.Range(lsp.Position(line - 1, 0), lsp.Position(line - 1, 0)))
         out.append(lsp.DiagnosticRelatedInformation(location=where, message=note or f"{f.code}: here"))
     return out
 

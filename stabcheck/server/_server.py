@@ -127,7 +127,8 @@ class StabcheckServer(LanguageServer):
             findings = findings_for(text, shown, path, config, self.dispatcher(api.enabled_rules(config)), types)
         lines = _text.split_lines(text)
         enc = self.encoding
-        diagnostics = [_features.diagnostic(f, lines, enc, uri, version) for f in findings]
+        root = config.root if config.source else os.getcwd()
+        diagnostics = [_features.diagnostic(f, lines, enc, uri, version, root) for f in findings]
         return Snapshot(uri, version, text, lines, enc, shown, config, findings, diagnostics)
 
     def document(self, uri: str) -> Any:
