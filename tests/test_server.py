@@ -466,3 +466,19 @@ def test_a_chain_becomes_related_information(tmp_path: Path) -> None:
     assert here.location.uri == "file:///m.py" and (here.location.range.start.character, here.location.range.end.character) == (len('x = "é"; '), len('x = "é"; y'))
     assert here.message == "`y` is traced here"
     assert there.location.uri == (tmp_path / "other.py").as_uri() and there.location.range.start.line == 6
+
+
+def test_the_run_record_is_never_written_through_a_symlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stabcheck import _lastrun
+    from stabcheck.config import Config
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "m.py").write_text("x = 1\n", encoding="utf-8")
+    (project / ".stabcheck").symlink_to(elsewhere, target_is_directory=True)
+    monkeypatch.chdir(project)
+    note = _lastrun.record(["m.py"], Config(), [], ("static", "traced"))
+    assert "symbolic link" in note and list(elsewhere.iterdir()) == []
+    assert _lastrun.lookup(project / "m.py", b"x = 1\n") is None
