@@ -482,3 +482,26 @@ def test_the_run_record_is_never_written_through_a_symlink(tmp_path: Path, monke
     note = _lastrun.record(["m.py"], Config(), [], ("static", "traced"))
     assert "symbolic link" in note and list(elsewhere.iterdir()) == []
     assert _lastrun.lookup(project / "m.py", b"x = 1\n") is None
+
+
+def test_the_server_never_runs_the_users_code(tmp_path: Path, client_at) -> None:  # type: ignore[no-untyped-def]
+    """An editor opens untrusted files: opening, editing, fixing and hovering never import them."""
+    marker = tmp_path / "IMPORTED"
+    source = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n" + FLOAT64
+    path = tmp_path / "evil.py"
+    path.write_text(source, encoding="utf-8")
+    client = client_at()
+    client.initialize(tmp_path)
+    uri = client.open(path, source)
+    diags = client.diagnostics(uri, 1)
+    client.request("textDocument/codeAction", {"textDocument": {"uri": uri}, "range": diags[0]["range"], "context": {"diagnostics": diags, "only": ["quickfix", "source.fixAll"]}})
+    client.request("textDocument/hover", {"textDocument": {"uri": uri}, "position": diags[0]["range"]["start"]})
+    client.notify("textDocument/didSave", {"textDocument": {"uri": uri}})
+    assert client.close() == 0
+    assert not marker.exists()
+
+
+def test_the_cli_does_not_load_the_server_until_asked(tmp_path: Path) -> None:
+    code = "import sys; sys.argv = ['stabcheck', '--help']\nfrom stabcheck.cli import run\ntry:\n    run()\nexcept SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('pygls', 'lsprotocol', 'jax')))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.stdout.strip().splitlines()[-1] == "[]" and "server" in proc.stdout
