@@ -209,7 +209,7 @@ def code_actions(snap: Snapshot, request: lsp.Range, context: lsp.CodeActionCont
     asked_fix_all = any(FIX_ALL_KIND.startswith(k) for k in only)
     table = _fixers()
     if want_quickfix:
-        for i, (f, d) in enumerate(wanted):
+        for f, d in wanted:
             if f.code not in table and not (f.fix and f.fix.edits):
                 continue
             if lazy:
@@ -218,7 +218,7 @@ def code_actions(snap: Snapshot, request: lsp.Range, context: lsp.CodeActionCont
                 data = {"uri": snap.uri, "version": snap.version, "fix": snap.findings.index(f)}
                 actions.append(lsp.CodeAction(title=f"Fix {f.code} ({f.name})" + (" (unsafe)" if fixable == "unsafe" else ""), kind=lsp.CodeActionKind.QuickFix, diagnostics=[d], is_preferred=fixable == "safe", data=data))
                 continue
-            fix = snap.memo(f"fix:{snap.findings.index(f)}", lambda f=f: fix_edit(snap, f))
+            fix = snap.memo(f"fix:{snap.findings.index(f)}", functools.partial(fix_edit, snap, f))
             if fix is not None:
                 title, applicability, edit = fix
                 actions.append(lsp.CodeAction(title=f"Fix {f.code}: {title}" + (" (unsafe)" if applicability == "unsafe" else ""), kind=lsp.CodeActionKind.QuickFix, diagnostics=[d], is_preferred=applicability == "safe", edit=_workspace_edit(snap, [edit])))

@@ -24,6 +24,7 @@ from pygls.lsp.server import LanguageServer
 from stabcheck import api
 from stabcheck.config import Config, ConfigError, UsageError
 from stabcheck.finding import Finding
+from stabcheck.rule import Rule
 from stabcheck.server import _features, _settings, _text
 from stabcheck.server._features import Snapshot
 from stabcheck.static.engine import Dispatcher, check_bytes
@@ -92,11 +93,12 @@ class StabcheckServer(LanguageServer):
         self._reported.add(message)
         self.window_show_message(lsp.ShowMessageParams(type=kind, message=message))
 
-    def dispatcher(self, rules: tuple[type, ...]) -> Dispatcher:
+    def dispatcher(self, rules: tuple[type[Rule], ...]) -> Dispatcher:
+        """One Dispatcher per set of enabled rules, built once."""
         key = tuple(r.code for r in rules)
         d = self._dispatchers.get(key)
         if d is None:
-            d = self._dispatchers[key] = Dispatcher(rules)  # type: ignore[arg-type]
+            d = self._dispatchers[key] = Dispatcher(rules)
         return d
 
     @property

@@ -18,10 +18,9 @@ typed tier (mypy) on; it is off in the server unless this or the project's confi
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
-from stabcheck.config import Config, ConfigError, UsageError, find_config, from_mapping, load_config
+from stabcheck.config import Config, ConfigError, from_mapping
 
 Preference = Literal["editorFirst", "filesystemFirst", "editorOnly"]
 _PREFERENCES = ("editorFirst", "filesystemFirst", "editorOnly")
@@ -84,17 +83,6 @@ def parse(raw: Any) -> Settings:
     return Settings(**values, problems=tuple(problems))
 
 
-def project_config(path: Path | None, root: Path | None) -> tuple[Path | None, Config]:
-    """The config file that applies to `path` (the nearest pyproject.toml with [tool.stabcheck] or
-    stabcheck.toml), and the Config read from it. A file outside the filesystem (an unsaved
-    buffer) takes the workspace root's. Raises ConfigError/UsageError for a bad file."""
-    start = path if path is not None else root
-    if start is None:
-        return None, Config()
-    found = find_config(start)
-    return found, load_config(found)
-
-
 def effective(file_config: Config, has_file: bool, settings: Settings) -> Config:
     """The project's config with the editor's settings applied, per `configurationPreference`.
     The typed tier ends up on only where the deciding side says `types = true`."""
@@ -111,4 +99,4 @@ def effective(file_config: Config, has_file: bool, settings: Settings) -> Config
     return replace(base, **changes)
 
 
-__all__ = ["ConfigError", "Settings", "UsageError", "effective", "parse", "project_config"]
+__all__ = ["Settings", "effective", "parse"]

@@ -74,14 +74,6 @@ def finding_position(lines: Sequence[str], line: int, col: int | None, encoding:
     return (li, convert(text, max(col - 1, 0), FINDING_COLUMNS, encoding))
 
 
-def offset_of(lines: Sequence[str], line: int, character: int, encoding: Encoding, breaks: Sequence[int]) -> int:
-    """The code-point offset in the whole text of a 0-based LSP position (`breaks[i]`: the length
-    of the line break after line i)."""
-    li = min(max(line, 0), len(lines) - 1)
-    start = sum(len(lines[i]) + breaks[i] for i in range(li))
-    return start + to_index(lines[li], character, encoding)
-
-
 def position_at(text: str, offset: int, encoding: Encoding) -> tuple[int, int]:
     """The 0-based LSP (line, character) of a code-point offset into `text`."""
     head = text[:offset]
