@@ -505,3 +505,28 @@ def test_the_cli_does_not_load_the_server_until_asked(tmp_path: Path) -> None:
     code = "import sys; sys.argv = ['stabcheck', '--help']\nfrom stabcheck.cli import run\ntry:\n    run()\nexcept SystemExit:\n    pass\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('pygls', 'lsprotocol', 'jax')))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.stdout.strip().splitlines()[-1] == "[]" and "server" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "line,after",
+    [
+        ("x = 1  # noqa: STB101", "x = 1"),
+        ("x = 1  # noqa: STB101, E501", "x = 1  # noqa: E501"),
+        ("x = 1  # stabcheck: ignore[branch-on-tracer]", "x = 1"),
+        ("x = 1  # noqa: STB101 (kept for the old jax)", "x = 1  # (kept for the old jax)"),
+    ],
+)
+def test_an_unused_suppression_is_removed_by_its_action(tmp_path: Path, client_at, line: str, after: str) -> None:  # type: ignore[no-untyped-def]
+    source = f"import jax\n{line}\n"
+    client = client_at()
+    client.initialize(tmp_path)
+    uri = client.open(tmp_path / "s.py", source)
+    (diag,) = client.diagnostics(uri, 1)
+    assert diag["code"] == "STB900" and diag["tags"] == [1]  # shown faded, as unnecessary code
+    actions = client.request("textDocument/codeAction", {"textDocument": {"uri": uri}, "range": diag["range"], "context": {"diagnostics": [diag]}})
+    remove = next(a for a in actions if a["title"].startswith("Remove the unused suppression"))
+    assert remove["isPreferred"] is True and not [a for a in actions if "noqa: STB900" in a["title"]]
+    fixed = apply(source, edits_of(remove, uri))
+    assert fixed.splitlines()[1] == after
+    assert not [f for f in check_source(fixed, "s.py") if f.code == "STB900"]
+    assert client.close() == 0

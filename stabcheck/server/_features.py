@@ -222,6 +222,11 @@ def code_actions(snap: Snapshot, request: lsp.Range, context: lsp.CodeActionCont
             if fix is not None:
                 title, applicability, edit = fix
                 actions.append(lsp.CodeAction(title=f"Fix {f.code}: {title}" + (" (unsafe)" if applicability == "unsafe" else ""), kind=lsp.CodeActionKind.QuickFix, diagnostics=[d], is_preferred=applicability == "safe", edit=_workspace_edit(snap, [edit])))
+        for f, d in wanted:
+            if f.code == "STB900":
+                edit = unused_suppression_edit(snap, f)
+                if edit is not None:
+                    actions.append(lsp.CodeAction(title=f"Remove the unused suppression of {f.detail}", kind=lsp.CodeActionKind.QuickFix, diagnostics=[d], is_preferred=True, edit=_workspace_edit(snap, [edit])))
         seen: set[tuple[str, int]] = set()
         for f, d in wanted:
             if (f.code, f.span.line) in seen or f.code in ("STB900", "STB901"):
@@ -399,6 +404,36 @@ def noqa_edit(snap: Snapshot, f: Finding) -> lsp.TextEdit | None:
     start = lsp.Position(line_no - 1, _text.units(body, snap.encoding))
     end = lsp.Position(line_no - 1, _text.units(text, snap.encoding))
     return lsp.TextEdit(range=lsp.Range(start, end), new_text=f"  # noqa: {f.code}")
+
+
+def unused_suppression_edit(snap: Snapshot, f: Finding) -> lsp.TextEdit | None:
+    """For an STB900 finding: the name taken out of its `# noqa:` / `# stabcheck: ignore[...]` list,
+    or the whole suppression when it was the only name (a comment that goes on after it keeps its
+    `#`, so its text stays a comment)."""
+    from stabcheck import suppress
+
+    sup = next((x for x in snap.memo("suppressions", lambda: suppress.parse(snap.text)) if (x.line, x.col) == (f.span.line, f.span.col)), None)
+    if sup is None or not 1 <= sup.line <= len(snap.lines) or not f.detail:
+        return None
+    line = snap.lines[sup.line - 1]
+    start = sup.col - 1
+    end = start + len(sup.text)
+    if line[start:end] != sup.text:
+        return None
+    rest = [n for n in sup.names if n.lower() != f.detail.lower()]
+    if len(rest) == len(sup.names):
+        return None
+    if rest:
+        new = f"# noqa: {', '.join(rest)}" if sup.text.lstrip("#").strip().lower().startswith("noqa") else f"# stabcheck: ignore[{', '.join(rest)}]"
+    elif line[end:].strip():
+        new = "#"
+    else:
+        new = ""
+        while start and line[start - 1] in " \t":
+            start -= 1
+    a = lsp.Position(sup.line - 1, _text.units(line[:start], snap.encoding))
+    b = lsp.Position(sup.line - 1, _text.units(line[:end], snap.encoding))
+    return lsp.TextEdit(range=lsp.Range(a, b), new_text=new)
 
 
 def _comment_lines(text: str) -> set[int]:
