@@ -530,3 +530,21 @@ def test_an_unused_suppression_is_removed_by_its_action(tmp_path: Path, client_a
     assert fixed.splitlines()[1] == after
     assert not [f for f in check_source(fixed, "s.py") if f.code == "STB900"]
     assert client.close() == 0
+
+
+def test_chains_of_frames_become_related_locations(tmp_path: Path) -> None:
+    """The shape of `Finding.chains`: frames from the offending line out to the transformed entry."""
+    from types import SimpleNamespace
+
+    from stabcheck.finding import Finding, Span
+    from stabcheck.server import _features, _text
+
+    text = "def helper(x):\n    if x > 0:\n        return x\n    return -x\n"
+    frames = (SimpleNamespace(path="m.py", line=2, col=8, function="helper", via=""), SimpleNamespace(path="model.py", line=12, col=12, function="step", via="jax.jit"))
+    if "chains" in Finding.__dataclass_fields__:
+        f = Finding("STB101", "branch-on-tracer", "`x > 0` is traced", "m.py", Span(2, 8, 2, 13), chains=(frames,))  # type: ignore[call-arg]
+    else:  # the same frames as evidence, the form a finding carries them in before `Finding.chains`
+        f = Finding("STB101", "branch-on-tracer", "`x > 0` is traced", "m.py", Span(2, 8, 2, 13), evidence={"chain": [vars(fr) for fr in frames]})
+    (step,) = _features.diagnostic(f, _text.split_lines(text), "utf-16", "file:///m.py", 1, str(tmp_path)).related_information
+    assert step.location.uri == (tmp_path / "model.py").as_uri() and step.location.range.start.line == 11
+    assert step.message == "`helper` is called here, in `step`, which runs under `jax.jit`"

@@ -111,36 +111,54 @@ def _data(f: Finding, version: int | None) -> dict[str, Any]:
 
 
 def related(f: Finding, lines: Sequence[str], encoding: Encoding, uri: str, root: str = ".") -> list[lsp.DiagnosticRelatedInformation]:
-    """The finding's instability chain as related locations: each link where the unstable value
-    came from, in order. A link is read from `Finding.chain` when the finding has one (items with
-    `path`, `span` or `line`/`col`, and `message` or `note`); a link in another file points there
+    """The finding's instability chains as related locations, each step a location with what
+    happens there. `Finding.chains` (one chain per way a transform reaches the offending line, each
+    a tuple of frames from the offending line out to the transformed entry: `path`, `line`, `col`,
+    `function`, `via`) where the finding has them; else links under `evidence["chain"]` (dicts with
+    `path`, `line`, `col`, `end_line`, `end_col`, `message`). The offending line itself is the
+    diagnostic's own range and is not repeated. A step in another file points at its line there
     (a relative path is taken from `root`, where the findings' paths start)."""
-    chain = getattr(f, "chain", None) or f.evidence.get("chain") or ()
     out: list[lsp.DiagnosticRelatedInformation] = []
-    for link in chain:
-        get = link.get if isinstance(link, dict) else lambda k, d=None, _l=link: getattr(_l, k, d)
-        span = get("span")
-        line = getattr(span, "line", None) or get("line")
-        if not isinstance(line, int):
-            continue
-        col = getattr(span, "col", None) or get("col") or 1
-        end_line = getattr(span, "end_line", None) or get("end_line")
-        end_col = getattr(span, "end_col", None) or get("end_col")
-        path = get("path") or ""
-        note = str(get("message") or get("note") or get("text") or "")
-        link_f = Finding(f.code, f.name, note, path or f.path, _span(line, col, end_line, end_col))
-        same_file = not path or path == f.path
-        if same_file:
-            where = lsp.Location(uri=uri, range=finding_range(link_f, lines, encoding))
-        else:  # another file: its text is not at hand, so the link points at its line's start
-            import pathlib
-
-            p = pathlib.Path(path)
-            if not p.is_absolute():
-                p = pathlib.Path(root) / p
-            where = lsp.Location(uri=p.resolve().as_uri(), range=lsp.Range(lsp.Position(line - 1, 0), lsp.Position(line - 1, 0)))
-        out.append(lsp.DiagnosticRelatedInformation(location=where, message=note or f"{f.code}: here"))
+    chains = [tuple(c) for c in getattr(f, "chains", None) or ()]
+    if not chains and f.evidence.get("chain"):
+        chains = [tuple(f.evidence["chain"])]
+    for n, chain in enumerate(chains):
+        prefix = f"chain {n + 1}: " if len(chains) > 1 else ""
+        for i, step in enumerate(chain):
+            get = step.get if isinstance(step, dict) else lambda k, d=None, _s=step: getattr(_s, k, d)
+            line = get("line")
+            if not isinstance(line, int):
+                continue
+            path = str(get("path") or "")
+            col = get("col") or 1
+            if (not path or path == f.path) and line == f.span.line and col == f.span.col:
+                continue  # the offending line: the diagnostic itself
+            note = str(get("message") or "")
+            if not note:
+                inner = chain[i - 1] if i else None
+                callee = (inner.get("function") if isinstance(inner, dict) else getattr(inner, "function", "")) if inner is not None else ""
+                function, via = get("function") or "", get("via") or ""
+                note = f"`{callee}` is called here" if callee else "here"
+                if function:
+                    note += f", in `{function}`"
+                if via:
+                    note += f", which runs under `{via}`"
+            where = _location(f, path, line, col, get("end_line"), get("end_col"), lines, encoding, uri, root)
+            out.append(lsp.DiagnosticRelatedInformation(location=where, message=prefix + note))
     return out
+
+
+def _location(f: Finding, path: str, line: int, col: int, end_line: int | None, end_col: int | None, lines: Sequence[str], encoding: Encoding, uri: str, root: str) -> lsp.Location:
+    if not path or path == f.path:
+        step = Finding(f.code, f.name, "", f.path, _span(line, col, end_line, end_col))
+        return lsp.Location(uri=uri, range=finding_range(step, lines, encoding))
+    import pathlib
+
+    p = pathlib.Path(path)  # another file: its text is not at hand, so the step points at its line
+    if not p.is_absolute():
+        p = pathlib.Path(root) / p
+    start = lsp.Position(max(line - 1, 0), 0)
+    return lsp.Location(uri=p.resolve().as_uri(), range=lsp.Range(start, start))
 
 
 def _span(line: int, col: int, end_line: int | None, end_col: int | None) -> Any:
