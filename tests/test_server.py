@@ -459,7 +459,8 @@ def test_a_chain_becomes_related_information(tmp_path: Path) -> None:
     from stabcheck.server import _features, _text
 
     text = 'x = "é"; y = x\nif y:\n    pass\n'
-    chain = [{"line": 1, "col": 1 + len('x = "é"; '.encode()), "end_line": 1, "end_col": 1 + len('x = "é"; y'.encode()), "message": "`y` is traced here"}, {"path": "other.py", "line": 7, "message": "`x` comes from here"}]
+    col = 1 + _text.units('x = "é"; ', _text.FINDING_COLUMNS)  # findings' columns, whatever their unit
+    chain = [{"line": 1, "col": col, "end_line": 1, "end_col": col + 1, "message": "`y` is traced here"}, {"path": "other.py", "line": 7, "message": "`x` comes from here"}]
     f = Finding("STB101", "branch-on-tracer", "`y` is traced", "m.py", Span(2, 4, 2, 5), evidence={"chain": chain})
     d = _features.diagnostic(f, _text.split_lines(text), "utf-16", "file:///m.py", 1, str(tmp_path))
     here, there = d.related_information

@@ -1,10 +1,10 @@
 """Positions between stabcheck's columns and the client's, and edits as the client needs them.
 
-A finding's `Span` counts columns as the static stage reads them from `ast`: 1-based, in UTF-8
-bytes of the line (`FINDING_COLUMNS`). LSP positions count code units of the encoding negotiated
-at `initialize` (`positionEncoding`: UTF-16 unless the client offers `utf-8` or `utf-32`). Lines
-are split as both Python and LSP split them: on `\\r\\n`, `\\r` and `\\n` only (not on the other
-characters `str.splitlines` breaks at).
+A finding's `Span` counts columns 1-based, in characters of the line, or (before spans were
+converted where they are made) in UTF-8 bytes as `ast` counts them: `FINDING_COLUMNS` says which.
+LSP positions count code units of the encoding negotiated at `initialize` (`positionEncoding`:
+UTF-16 unless the client offers `utf-8` or `utf-32`). Lines are split as both Python and LSP split
+them: on `\\r\\n`, `\\r` and `\\n` only (not on the other characters `str.splitlines` breaks at).
 
 Pure functions, no pygls: the tests and the benchmark use them directly.
 """
@@ -16,7 +16,17 @@ from collections.abc import Sequence
 from typing import Literal
 
 Encoding = Literal["utf-8", "utf-16", "utf-32"]
-FINDING_COLUMNS: Encoding = "utf-8"  # what `Span.of(ast_node)` gives (ast col_offset is in bytes)
+
+
+def _finding_columns() -> Encoding:
+    """The unit of `Finding.span` columns: characters once spans are converted where they are made
+    (`Span.in_chars`), UTF-8 bytes (ast's `col_offset`) before that."""
+    from stabcheck.finding import Span
+
+    return "utf-32" if hasattr(Span, "in_chars") else "utf-8"
+
+
+FINDING_COLUMNS: Encoding = _finding_columns()
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 
