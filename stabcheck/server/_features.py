@@ -190,11 +190,29 @@ def hover(snap: Snapshot, position: lsp.Position) -> lsp.Hover | None:
         why = rule.section("Why is this bad?") if rule is not None else ""
         if why:
             lines.append(f"**Why is this bad?**\n\n{why}")
-        if f.evidence:
-            lines.append("**Evidence**\n\n" + "\n".join(f"- {k}: {_show(v)}" for k, v in f.evidence.items()))
+        chains = _chain_texts(f)
+        if chains:
+            lines.append("**How a transform reaches it**\n\n" + "\n".join(f"- {c}" for c in chains))
+        evidence = {k: v for k, v in f.evidence.items() if k != "chain"}
+        if evidence:
+            lines.append("**Evidence**\n\n" + "\n".join(f"- {k}: {_show(v)}" for k, v in evidence.items()))
         parts.append("\n\n".join(lines))
     rng = hits[0][1].range
     return lsp.Hover(contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value="\n\n---\n\n".join(parts)), range=rng)
+
+
+def _chain_texts(f: Finding) -> list[str]:
+    """Each chain as one line, from the offending function out to the transformed entry:
+    `helper` (m.py:4) <- `step` (m.py:10, under `jax.jit`)."""
+    out = []
+    for chain in getattr(f, "chains", None) or ():
+        steps = []
+        for fr in chain:
+            via = f", under `{fr.via}`" if getattr(fr, "via", "") else ""
+            steps.append(f"`{fr.function or '<module>'}` ({fr.path}:{fr.line}{via})")
+        if steps:
+            out.append(" <- ".join(steps))
+    return out
 
 
 def _show(v: Any) -> str:
