@@ -549,3 +549,29 @@ def test_chains_of_frames_become_related_locations(tmp_path: Path) -> None:
     (step,) = _features.diagnostic(f, _text.split_lines(text), "utf-16", "file:///m.py", 1, str(tmp_path)).related_information
     assert step.location.uri == (tmp_path / "model.py").as_uri() and step.location.range.start.line == 11
     assert step.message == "`helper` is called here, in `step`, which runs under `jax.jit`"
+
+
+def test_a_new_run_record_shows_in_open_files_when_the_client_reports_it(tmp_path: Path, client_at, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from stabcheck import _lastrun
+    from stabcheck.config import Config
+    from stabcheck.finding import Finding, Span
+
+    source = "import jax\n\n\ndef g(x):\n    return x.sum()\n"
+    path = tmp_path / "t.py"
+    path.write_text(source, encoding="utf-8")
+    client = client_at()
+    client.initialize(tmp_path, capabilities={"workspace": {"didChangeWatchedFiles": {"dynamicRegistration": True}}})
+    ask = client.wait(lambda m: m.get("method") == "client/registerCapability")
+    (registration,) = ask["params"]["registrations"]
+    assert registration["method"] == "workspace/didChangeWatchedFiles"
+    assert "**/.stabcheck/last-run.json" in [w["globPattern"] for w in registration["registerOptions"]["watchers"]]
+    client.send({"id": ask["id"], "result": None})
+    uri = client.open(path, source)
+    assert client.diagnostics(uri, 1) == []
+
+    monkeypatch.chdir(tmp_path)  # as `stabcheck check --trace` run here would record it
+    traced = Finding("STB302", "weak-type-output", "`g` returns a weakly typed float", "t.py", Span(5, 12, 5, 19), stage="traced")
+    assert _lastrun.record(["t.py"], Config(), [traced], ("static", "traced")) == ""
+    client.notify("workspace/didChangeWatchedFiles", {"changes": [{"uri": (tmp_path / ".stabcheck" / "last-run.json").as_uri(), "type": 1}]})
+    assert [d["code"] for d in client.diagnostics(uri, 1)] == ["STB302"]
+    assert client.close() == 0

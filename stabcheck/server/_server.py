@@ -153,6 +153,19 @@ class StabcheckServer(LanguageServer):
             snap = self.check(uri)
         return snap
 
+    WATCHED = ("**/pyproject.toml", "**/stabcheck.toml", "**/.stabcheck/last-run.json")
+
+    def watch_files(self) -> None:
+        """Ask the client to report changes of config files and of the last traced run's record
+        (`workspace/didChangeWatchedFiles`), where it can be asked: a finished `check --trace`
+        then shows in the open files, and a config edited outside the editor applies at once."""
+        ws = self.client_capabilities.workspace
+        watched = getattr(ws, "did_change_watched_files", None) if ws else None
+        if not getattr(watched, "dynamic_registration", False):
+            return
+        options = lsp.DidChangeWatchedFilesRegistrationOptions(watchers=[lsp.FileSystemWatcher(glob_pattern=g) for g in self.WATCHED])
+        self.client_register_capability(lsp.RegistrationParams(registrations=[lsp.Registration(id="stabcheck-watched-files", method=lsp.WORKSPACE_DID_CHANGE_WATCHED_FILES, register_options=options)]))
+
     def resolves_edits(self) -> bool:
         """Does the client resolve a code action's `edit` lazily (`codeAction/resolve`)?"""
         action = getattr(self.client_capabilities.text_document, "code_action", None) if self.client_capabilities.text_document else None
@@ -282,6 +295,10 @@ def build() -> StabcheckServer:
     @server.feature(lsp.INITIALIZE)
     def initialize(ls: StabcheckServer, params: lsp.InitializeParams) -> None:
         ls.apply_settings(params.initialization_options)
+
+    @server.feature(lsp.INITIALIZED)
+    def initialized(ls: StabcheckServer, params: lsp.InitializedParams) -> None:
+        ls.watch_files()
 
     @server.feature(lsp.SHUTDOWN)
     def shutdown(ls: StabcheckServer, *args: Any) -> None:
