@@ -1,13 +1,17 @@
 """The record of the last `check --trace/--confirm` run, for the language server.
 
-`stabcheck check --trace` (or `--confirm`) writes `.stabcheck/last-run.json` under the project
-root (the directory of the config file, else the working directory): for every checked file, the
-SHA-256 of its bytes and the findings of the later stages (traced, confirmed, refuted). The
-language server never runs user code; it shows these findings, with their status, for a file whose
-buffer still hashes the same, and forgets them as soon as the buffer changes.
+`stabcheck check --trace` (or `--confirm`) records, for every checked file, the SHA-256 of its
+bytes and the findings of the later stages (traced, confirmed, refuted). The language server never
+runs user code; it shows these findings, with their status, for a file whose buffer still hashes
+the same, and forgets them as soon as the buffer changes.
 
-    {"version": 1, "stabcheck": "0.1.0", "stages": ["static", "traced"],
-     "files": {"/abs/path/model.py": {"sha256": "...", "findings": [<Finding.to_dict()>, ...]}}}
+The record lives in stabcheck's per-user cache (`_cache.cache_home()`), one file per project root
+(the directory of the config file, else the working directory): `last-run/<digest of the root>.json`.
+Not in the project: a repository cannot ship a record that the editor would then show as findings,
+or whose "fixes" it would offer.
+
+    {"version": 1, "stabcheck": "0.1.0", "root": "/abs/project", "stages": ["static", "traced"],
+     "files": {"/abs/project/model.py": {"sha256": "...", "findings": [<Finding.to_dict()>, ...]}}}
 
 Entries of files that a later run did not check are kept, so tracing one module does not forget
 another; an entry whose file changed since is never shown (its hash no longer matches).
@@ -25,8 +29,7 @@ from typing import Any
 from stabcheck.config import Config
 from stabcheck.finding import Finding
 
-DIRECTORY = ".stabcheck"
-FILENAME = "last-run.json"
+DIRECTORY = "last-run"
 VERSION = 1
 
 
@@ -34,16 +37,29 @@ def file_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def location(config: Config) -> Path:
-    root = Path(config.root) if config.source else Path.cwd()
-    return root.resolve() / DIRECTORY / FILENAME
+def directory() -> Path:
+    from stabcheck._cache import cache_home
+
+    return cache_home() / DIRECTORY
+
+
+def location(root: Path) -> Path:
+    """Where the record of the project rooted at `root` (an absolute directory) is kept."""
+    from stabcheck._cache import digest
+
+    return directory() / f"{digest(str(root).encode('utf-8', 'surrogatepass'))}.json"
+
+
+def project_root(config: Config) -> Path:
+    return (Path(config.root) if config.source else Path.cwd()).resolve()
 
 
 def record(paths: Sequence[str], config: Config, findings: Iterable[Finding], stages: Sequence[str]) -> str:
     """Write the record of this run; returns a note for the report when it could not be written."""
     from stabcheck._discover import discover, display
 
-    target = location(config)
+    root = project_root(config)
+    target = location(root)
     later: dict[str, list[dict[str, Any]]] = {}
     for f in findings:
         if f.stage != "static":
@@ -60,7 +76,7 @@ def record(paths: Sequence[str], config: Config, findings: Iterable[Finding], st
     merged.update(entries)
     from stabcheck.api import __version__
 
-    payload = {"version": VERSION, "stabcheck": __version__, "stages": list(stages), "files": merged}
+    payload = {"version": VERSION, "stabcheck": __version__, "root": str(root), "stages": list(stages), "files": merged}
     try:
         _write(target, json.dumps(payload, indent=1, sort_keys=True))
     except OSError as e:
@@ -69,22 +85,26 @@ def record(paths: Sequence[str], config: Config, findings: Iterable[Finding], st
 
 
 def lookup(path: Path, data: bytes) -> list[Finding] | None:
-    """The later-stage findings recorded for `path` if its content is still `data`; None when no
-    record holds this file at this content. Findings carry `path` as given."""
-    for d in [path.parent, *path.parent.parents]:
-        rec = d / DIRECTORY / FILENAME
-        if rec.is_file():
-            entry = (_read(rec).get("files") or {}).get(str(path))
-            if isinstance(entry, dict):
-                if entry.get("sha256") != file_hash(data):
-                    return None
-                out = []
-                for raw in entry.get("findings") or ():
-                    try:
-                        out.append(Finding.from_dict({**raw, "path": str(path)}))
-                    except (KeyError, TypeError, ValueError):
-                        continue
-                return out
+    """The later-stage findings recorded for `path` (absolute) if its content is still `data`; None
+    when no record holds this file at this content. Findings carry `path` as given."""
+    if not directory().is_dir():
+        return None
+    path = path.resolve()
+    for d in path.parents:
+        rec = _read(location(d))
+        if rec.get("root") != str(d):
+            continue
+        entry = (rec.get("files") or {}).get(str(path))
+        if isinstance(entry, dict):
+            if entry.get("sha256") != file_hash(data):
+                return None
+            out = []
+            for raw in entry.get("findings") or ():
+                try:
+                    out.append(Finding.from_dict({**raw, "path": str(path), "fix": None}))
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    continue
+            return out
     return None
 
 
@@ -112,15 +132,13 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _write(target: Path, text: str) -> None:
     """Atomically (a temporary file renamed over the old one), never through a symbolic link."""
-    directory = target.parent
-    if directory.is_symlink():
-        raise OSError(f"{directory} is a symbolic link")
-    fresh = not directory.exists()
-    directory.mkdir(parents=True, exist_ok=True)
-    if fresh:
-        (directory / ".gitignore").write_text("# written by stabcheck\n*\n", encoding="utf-8")
-    tmp = directory / f".{FILENAME}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    where = target.parent
+    for d in (where.parent, where):
+        if d.is_symlink():
+            raise OSError(f"{d} is a symbolic link")
+    where.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = where / f".{target.name}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

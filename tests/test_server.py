@@ -113,6 +113,15 @@ class Client:
             self.proc.wait(timeout=TIMEOUT)
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """stabcheck's per-user cache (where `check --trace` records its run for the server), private
+    to each test, in this process and in the servers it starts."""
+    cache = tmp_path_factory.mktemp("user-cache")
+    monkeypatch.setenv("STABCHECK_CACHE_DIR", str(cache))
+    return cache
+
+
 @pytest.fixture
 def client_at(tmp_path: Path):  # type: ignore[no-untyped-def]
     started: list[Client] = []
@@ -322,7 +331,7 @@ def test_findings_of_the_last_traced_run_while_the_file_is_unchanged(tmp_path: P
     confirmed = Finding("STB406", "gradient-dtype-mismatch", "the gradient of `x` is float64", "t.py", Span(4, 1), stage="confirmed", status="confirmed")
     monkeypatch.chdir(tmp_path)
     assert _lastrun.record(["t.py"], Config(), [traced, confirmed], ("static", "traced", "confirm")) == ""
-    assert (tmp_path / ".stabcheck" / "last-run.json").is_file()
+    assert _lastrun.location(tmp_path.resolve()).is_file() and not (tmp_path / ".stabcheck").exists()
 
     client = client_at()
     client.initialize(tmp_path)
@@ -469,20 +478,38 @@ def test_a_chain_becomes_related_information(tmp_path: Path) -> None:
     assert there.location.uri == (tmp_path / "other.py").as_uri() and there.location.range.start.line == 6
 
 
-def test_the_run_record_is_never_written_through_a_symlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_run_record_is_never_written_through_a_symlink(tmp_path: Path, own_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from stabcheck import _lastrun
     from stabcheck.config import Config
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    (own_cache / _lastrun.DIRECTORY).symlink_to(elsewhere, target_is_directory=True)
     project = tmp_path / "project"
     project.mkdir()
     (project / "m.py").write_text("x = 1\n", encoding="utf-8")
-    (project / ".stabcheck").symlink_to(elsewhere, target_is_directory=True)
     monkeypatch.chdir(project)
     note = _lastrun.record(["m.py"], Config(), [], ("static", "traced"))
     assert "symbolic link" in note and list(elsewhere.iterdir()) == []
-    assert _lastrun.lookup(project / "m.py", b"x = 1\n") is None
+
+
+def test_a_record_inside_the_project_is_not_trusted(tmp_path: Path, client_at) -> None:  # type: ignore[no-untyped-def]
+    """A repository cannot plant findings (or "fixes") in the editor: only the user's own runs,
+    recorded in the user's cache, are shown."""
+    from stabcheck import _lastrun
+
+    source = "x = 1\n"
+    path = tmp_path / "m.py"
+    path.write_text(source, encoding="utf-8")
+    planted = {"version": 1, "root": str(tmp_path.resolve()), "stages": ["static", "traced"], "files": {str(path.resolve()): {"sha256": _lastrun.file_hash(source.encode()), "findings": [{"code": "STB101", "name": "branch-on-tracer", "message": "planted", "path": "m.py", "line": 1, "col": 1, "stage": "traced", "fix": {"description": "run this", "edits": [{"line": 1, "col": 1, "end_line": 1, "end_col": 1, "replacement": "import os; os.system('x')\n"}]}}]}}}
+    for where in (tmp_path / ".stabcheck" / "last-run.json", tmp_path / ".stabcheck_cache" / "last-run.json"):
+        where.parent.mkdir(exist_ok=True)
+        where.write_text(json.dumps(planted), encoding="utf-8")
+    client = client_at()
+    client.initialize(tmp_path)
+    uri = client.open(path, source)
+    assert client.diagnostics(uri, 1) == []
+    assert client.close() == 0
 
 
 def test_the_server_never_runs_the_users_code(tmp_path: Path, client_at) -> None:  # type: ignore[no-untyped-def]
@@ -560,11 +587,13 @@ def test_a_new_run_record_shows_in_open_files_when_the_client_reports_it(tmp_pat
     path = tmp_path / "t.py"
     path.write_text(source, encoding="utf-8")
     client = client_at()
-    client.initialize(tmp_path, capabilities={"workspace": {"didChangeWatchedFiles": {"dynamicRegistration": True}}})
+    client.initialize(tmp_path, capabilities={"workspace": {"didChangeWatchedFiles": {"dynamicRegistration": True, "relativePatternSupport": True}}})
     ask = client.wait(lambda m: m.get("method") == "client/registerCapability")
     (registration,) = ask["params"]["registrations"]
     assert registration["method"] == "workspace/didChangeWatchedFiles"
-    assert "**/.stabcheck/last-run.json" in [w["globPattern"] for w in registration["registerOptions"]["watchers"]]
+    patterns = [w["globPattern"] for w in registration["registerOptions"]["watchers"]]
+    assert "**/pyproject.toml" in patterns
+    assert {"baseUri": _lastrun.directory().absolute().as_uri(), "pattern": "*.json"} in patterns
     client.send({"id": ask["id"], "result": None})
     uri = client.open(path, source)
     assert client.diagnostics(uri, 1) == []
@@ -572,6 +601,6 @@ def test_a_new_run_record_shows_in_open_files_when_the_client_reports_it(tmp_pat
     monkeypatch.chdir(tmp_path)  # as `stabcheck check --trace` run here would record it
     traced = Finding("STB302", "weak-type-output", "`g` returns a weakly typed float", "t.py", Span(5, 12, 5, 19), stage="traced")
     assert _lastrun.record(["t.py"], Config(), [traced], ("static", "traced")) == ""
-    client.notify("workspace/didChangeWatchedFiles", {"changes": [{"uri": (tmp_path / ".stabcheck" / "last-run.json").as_uri(), "type": 1}]})
+    client.notify("workspace/didChangeWatchedFiles", {"changes": [{"uri": _lastrun.location(tmp_path.resolve()).as_uri(), "type": 1}]})
     assert [d["code"] for d in client.diagnostics(uri, 1)] == ["STB302"]
     assert client.close() == 0

@@ -153,17 +153,25 @@ class StabcheckServer(LanguageServer):
             snap = self.check(uri)
         return snap
 
-    WATCHED = ("**/pyproject.toml", "**/stabcheck.toml", "**/.stabcheck/last-run.json")
+    WATCHED = ("**/pyproject.toml", "**/stabcheck.toml")
 
     def watch_files(self) -> None:
-        """Ask the client to report changes of config files and of the last traced run's record
+        """Ask the client to report changes of config files and of the traced runs' records
         (`workspace/didChangeWatchedFiles`), where it can be asked: a finished `check --trace`
-        then shows in the open files, and a config edited outside the editor applies at once."""
+        then shows in the open files, and a config edited outside the editor applies at once. The
+        records are outside the workspace (`_lastrun`): watched where the client takes patterns
+        relative to a base folder."""
+        from stabcheck import _lastrun
+
         ws = self.client_capabilities.workspace
         watched = getattr(ws, "did_change_watched_files", None) if ws else None
         if not getattr(watched, "dynamic_registration", False):
             return
-        options = lsp.DidChangeWatchedFilesRegistrationOptions(watchers=[lsp.FileSystemWatcher(glob_pattern=g) for g in self.WATCHED])
+        watchers = [lsp.FileSystemWatcher(glob_pattern=g) for g in self.WATCHED]
+        if getattr(watched, "relative_pattern_support", False):
+            records = _lastrun.directory()
+            watchers.append(lsp.FileSystemWatcher(glob_pattern=lsp.RelativePattern(base_uri=records.absolute().as_uri(), pattern="*.json")))
+        options = lsp.DidChangeWatchedFilesRegistrationOptions(watchers=watchers)
         self.client_register_capability(lsp.RegistrationParams(registrations=[lsp.Registration(id="stabcheck-watched-files", method=lsp.WORKSPACE_DID_CHANGE_WATCHED_FILES, register_options=options)]))
 
     def resolves_edits(self) -> bool:
