@@ -295,6 +295,9 @@ def test_project_config_and_client_settings(tmp_path: Path, client_at) -> None: 
     outside = client.open(tmp_path / "b.py", both)
     assert [d["code"] for d in client.diagnostics(outside, 1)] == ["STB101"]
 
+    # an empty notification (what Neovim sends when nothing is configured) keeps the settings
+    client.notify("workspace/didChangeConfiguration", {"settings": {}})
+    assert client.request("textDocument/hover", {"textDocument": {"uri": outside}, "position": {"line": 0, "character": 0}}) is None
     # the client's settings change: everything checked again
     client.notify("workspace/didChangeConfiguration", {"settings": {"stabcheck": {"select": ["STB3"]}}})
     got = {}

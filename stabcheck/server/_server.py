@@ -317,9 +317,11 @@ def build() -> StabcheckServer:
 
     @server.feature(lsp.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def did_change_configuration(ls: StabcheckServer, params: lsp.DidChangeConfigurationParams) -> None:
-        if params.settings is not None:
+        # Neovim and others send `{}` when the user configured nothing for this server: that
+        # keeps the settings given at start-up rather than resetting them
+        if params.settings:
             ls.apply_settings(params.settings)
-        ls.recheck_all()
+            ls.recheck_all()
 
     @server.feature(lsp.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: StabcheckServer, params: lsp.DidOpenTextDocumentParams) -> None:
