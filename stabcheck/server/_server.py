@@ -113,6 +113,8 @@ class StabcheckServer(LanguageServer):
         doc = self.document(uri)
         if doc is None:  # closed meanwhile
             return None
+        if doc.language_id not in (None, "", "python") and not uri.endswith((".py", ".pyi")):
+            return None  # a client that sends every file it opens: not ours to check
         started, cpu = time.perf_counter(), time.process_time()
         snap = self.snapshot(uri, doc.source, doc.version, _fs_path(uri))
         self.snapshots[uri] = snap
