@@ -5,10 +5,11 @@ bytes and the findings of the later stages (traced, confirmed, refuted). The lan
 runs user code; it shows these findings, with their status, for a file whose buffer still hashes
 the same, and forgets them as soon as the buffer changes.
 
-The record lives in stabcheck's per-user cache (`_cache.cache_home()`), one file per project root
-(the directory of the config file, else the working directory): `last-run/<digest of the root>.json`.
-Not in the project: a repository cannot ship a record that the editor would then show as findings,
-or whose "fixes" it would offer.
+The record lives in the project's directory of stabcheck's per-user cache, next to its other
+caches (`_cache.project_cache_dir(root)/last-run.json`; the root is the config file's directory,
+else the project root of the first checked path, as `check` finds its cache). Not in the project: a
+repository cannot ship a record that the editor would then show as findings, or whose "fixes" it
+would offer.
 
     {"version": 1, "stabcheck": "0.1.0", "root": "/abs/project", "stages": ["static", "traced"],
      "files": {"/abs/project/model.py": {"sha256": "...", "findings": [<Finding.to_dict()>, ...]}}}
@@ -29,7 +30,7 @@ from typing import Any
 from stabcheck.config import Config
 from stabcheck.finding import Finding
 
-DIRECTORY = "last-run"
+FILENAME = "last-run.json"
 VERSION = 1
 
 
@@ -37,28 +38,27 @@ def file_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def directory() -> Path:
-    from stabcheck._cache import cache_home
+def location(root: Path | str) -> Path:
+    """Where the record of the project rooted at `root` is kept."""
+    from stabcheck._cache import project_cache_dir
 
-    return cache_home() / DIRECTORY
-
-
-def location(root: Path) -> Path:
-    """Where the record of the project rooted at `root` (an absolute directory) is kept."""
-    from stabcheck._cache import digest
-
-    return directory() / f"{digest(str(root).encode('utf-8', 'surrogatepass'))}.json"
+    return project_cache_dir(root) / FILENAME
 
 
-def project_root(config: Config) -> Path:
-    return (Path(config.root) if config.source else Path.cwd()).resolve()
+def project_root(paths: Sequence[str], config: Config) -> Path:
+    """The run's project root, as `api` picks the run's cache directory."""
+    from stabcheck.config import project_root as find_root
+
+    if config.source:
+        return Path(os.path.realpath(config.root))
+    return Path(os.path.realpath(find_root(Path(paths[0]) if paths else Path.cwd())))
 
 
 def record(paths: Sequence[str], config: Config, findings: Iterable[Finding], stages: Sequence[str]) -> str:
     """Write the record of this run; returns a note for the report when it could not be written."""
     from stabcheck._discover import discover, display
 
-    root = project_root(config)
+    root = project_root(paths, config)
     target = location(root)
     later: dict[str, list[dict[str, Any]]] = {}
     for f in findings:
@@ -87,7 +87,9 @@ def record(paths: Sequence[str], config: Config, findings: Iterable[Finding], st
 def lookup(path: Path, data: bytes) -> list[Finding] | None:
     """The later-stage findings recorded for `path` (absolute) if its content is still `data`; None
     when no record holds this file at this content. Findings carry `path` as given."""
-    if not directory().is_dir():
+    from stabcheck._cache import cache_home
+
+    if not (cache_home() / "projects").is_dir():
         return None
     path = path.resolve()
     for d in path.parents:
@@ -131,21 +133,17 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _write(target: Path, text: str) -> None:
-    """Atomically (a temporary file renamed over the old one), never through a symbolic link."""
+    """Atomically, following no symbolic link (`_files.write_atomic_nofollow`), in directories that
+    are not links either."""
+    from stabcheck._files import write_atomic_nofollow
+    from stabcheck.config import UsageError
+
     where = target.parent
-    for d in (where.parent, where):
+    for d in (where.parent.parent, where.parent, where):
         if d.is_symlink():
             raise OSError(f"{d} is a symbolic link")
     where.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = where / f".{target.name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        write_atomic_nofollow(target, text, what="the run record")
+    except UsageError as e:
+        raise OSError(str(e)) from None

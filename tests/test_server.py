@@ -330,6 +330,7 @@ def test_findings_of_the_last_traced_run_while_the_file_is_unchanged(tmp_path: P
     source = "import jax\n\n\ndef g(x):\n    return x.sum()\n"
     path = tmp_path / "t.py"
     path.write_text(source, encoding="utf-8")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 't'\n", encoding="utf-8")  # the project's root
     traced = Finding("STB302", "weak-type-output", "`g` returns a weakly typed float", "t.py", Span(5, 12, 5, 19), stage="traced")
     confirmed = Finding("STB406", "gradient-dtype-mismatch", "the gradient of `x` is float64", "t.py", Span(4, 1), stage="confirmed", status="confirmed")
     monkeypatch.chdir(tmp_path)
@@ -487,12 +488,15 @@ def test_the_run_record_is_never_written_through_a_symlink(tmp_path: Path, own_c
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    (own_cache / _lastrun.DIRECTORY).symlink_to(elsewhere, target_is_directory=True)
     project = tmp_path / "project"
     project.mkdir()
+    (project / "pyproject.toml").write_text("[tool.stabcheck]\n", encoding="utf-8")
+    where = _lastrun.location(project).parent
+    where.parent.mkdir(parents=True)
+    where.symlink_to(elsewhere, target_is_directory=True)
     (project / "m.py").write_text("x = 1\n", encoding="utf-8")
     monkeypatch.chdir(project)
-    note = _lastrun.record(["m.py"], Config(), [], ("static", "traced"))
+    note = _lastrun.record(["m.py"], Config(root=str(project), source=str(project / "pyproject.toml")), [], ("static", "traced"))
     assert "symbolic link" in note and list(elsewhere.iterdir()) == []
 
 
@@ -581,7 +585,7 @@ def test_chains_of_frames_become_related_locations(tmp_path: Path) -> None:
     assert step.message == "`helper` is called here, in `step`, which runs under `jax.jit`"
 
 
-def test_a_new_run_record_shows_in_open_files_when_the_client_reports_it(tmp_path: Path, client_at, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_run_record_shows_in_open_files_when_the_client_reports_it(tmp_path: Path, own_cache: Path, client_at, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     from stabcheck import _lastrun
     from stabcheck.config import Config
     from stabcheck.finding import Finding, Span
@@ -596,11 +600,12 @@ def test_a_new_run_record_shows_in_open_files_when_the_client_reports_it(tmp_pat
     assert registration["method"] == "workspace/didChangeWatchedFiles"
     patterns = [w["globPattern"] for w in registration["registerOptions"]["watchers"]]
     assert "**/pyproject.toml" in patterns
-    assert {"baseUri": _lastrun.directory().absolute().as_uri(), "pattern": "*.json"} in patterns
+    assert {"baseUri": (own_cache / "projects").as_uri(), "pattern": "*/last-run.json"} in patterns
     client.send({"id": ask["id"], "result": None})
     uri = client.open(path, source)
     assert client.diagnostics(uri, 1) == []
 
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 't'\n", encoding="utf-8")  # the project's root
     monkeypatch.chdir(tmp_path)  # as `stabcheck check --trace` run here would record it
     traced = Finding("STB302", "weak-type-output", "`g` returns a weakly typed float", "t.py", Span(5, 12, 5, 19), stage="traced")
     assert _lastrun.record(["t.py"], Config(), [traced], ("static", "traced")) == ""

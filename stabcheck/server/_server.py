@@ -65,7 +65,7 @@ class StabcheckServer(LanguageServer):
         return _settings.effective(base, found is not None, self.settings)
 
     def _project_config(self, path: Path | None, root: Path | None) -> tuple[Path | None, Config]:
-        from stabcheck.config import find_config, load_config
+        from stabcheck.config import distrust, find_config, load_config
 
         if self.settings.preference == "editorOnly":
             return None, Config()
@@ -79,10 +79,10 @@ class StabcheckServer(LanguageServer):
             st = found.stat()
             key = (str(found), st.st_mtime_ns, st.st_size)
         except OSError:
-            return found, load_config(found)
+            return found, distrust(load_config(found))
         cfg = self._configs.get(key)
         if cfg is None:
-            cfg = load_config(found)
+            cfg = distrust(load_config(found))  # as `check` reads a discovered config (the server runs no stage anyway)
             self._configs = {k: v for k, v in self._configs.items() if k[0] != key[0]}
             self._configs[key] = cfg
         return found, cfg
@@ -164,6 +164,7 @@ class StabcheckServer(LanguageServer):
         records are outside the workspace (`_lastrun`): watched where the client takes patterns
         relative to a base folder."""
         from stabcheck import _lastrun
+        from stabcheck._cache import cache_home
 
         ws = self.client_capabilities.workspace
         watched = getattr(ws, "did_change_watched_files", None) if ws else None
@@ -171,8 +172,8 @@ class StabcheckServer(LanguageServer):
             return
         watchers = [lsp.FileSystemWatcher(glob_pattern=g) for g in self.WATCHED]
         if getattr(watched, "relative_pattern_support", False):
-            records = _lastrun.directory()
-            watchers.append(lsp.FileSystemWatcher(glob_pattern=lsp.RelativePattern(base_uri=records.absolute().as_uri(), pattern="*.json")))
+            records = cache_home() / "projects"
+            watchers.append(lsp.FileSystemWatcher(glob_pattern=lsp.RelativePattern(base_uri=records.absolute().as_uri(), pattern=f"*/{_lastrun.FILENAME}")))
         options = lsp.DidChangeWatchedFilesRegistrationOptions(watchers=watchers)
         self.client_register_capability(lsp.RegistrationParams(registrations=[lsp.Registration(id="stabcheck-watched-files", method=lsp.WORKSPACE_DID_CHANGE_WATCHED_FILES, register_options=options)]))
 
@@ -204,7 +205,7 @@ class StabcheckServer(LanguageServer):
             return None
         self._typing.add((key, digest))
         loop = asyncio.get_running_loop()
-        cache_root = Path(config.root if config.source else path.parent) / ".stabcheck_cache"
+        cache_root = _lastrun.location(_lastrun.project_root([str(path)], config)).parent  # the project's cache, as `check` uses
 
         def run() -> tuple[Any, list[str]]:
             from stabcheck.static import typed
