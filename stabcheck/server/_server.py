@@ -205,7 +205,9 @@ class StabcheckServer(LanguageServer):
             return None
         self._typing.add((key, digest))
         loop = asyncio.get_running_loop()
-        cache_root = _lastrun.location(_lastrun.project_root([str(path)], config)).parent  # the project's cache, as `check` uses
+        # the project's cache directory, in a part of its own: mypy's facts are kept per set of
+        # checked files, and one file's would replace those of `check`'s whole-tree runs
+        cache_root = _lastrun.location(_lastrun.project_root([str(path)], config)).parent / "server"
 
         def run() -> tuple[Any, list[str]]:
             from stabcheck.static import typed
