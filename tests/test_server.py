@@ -358,7 +358,7 @@ def test_check_trace_records_the_run_for_the_server(tmp_path: Path, client_at) -
 
     source = (ROOT / "examples" / "rbf_fit.py").read_text(encoding="utf-8")
     (tmp_path / "rbf_fit.py").write_text(source, encoding="utf-8")
-    proc = run_cli("check", "rbf_fit.py", "--trace", "--no-cache", "--output-format", "json", cwd=tmp_path)
+    proc = run_cli("check", "rbf_fit.py", "--trace", "--output-format", "json", cwd=tmp_path)
     traced = [(r["code"], r["line"]) for r in json.loads(proc.stdout) if r["stage"] == "traced"]
     assert traced, proc.stdout + proc.stderr
     client = client_at()

@@ -194,7 +194,7 @@ def check(
     result = api.run(paths, cfg, options)
     findings = result.findings
     notes = list(result.notes)
-    if "traced" in stages:  # for the language server, which never runs user code itself
+    if "traced" in stages and not no_cache:  # for the language server, which never runs user code itself
         from stabcheck._lastrun import record
 
         if note := record(paths, cfg, findings, stages):
