@@ -467,19 +467,18 @@ def test_settings_are_read_as_ruff_reads_them() -> None:
     assert _settings.parse(["not", "a", "mapping"]).problems
 
 
-def test_a_chain_becomes_related_information(tmp_path: Path) -> None:
-    from stabcheck.finding import Finding, Span
+def test_a_chain_step_in_the_same_file_is_ranged_in_the_clients_units(tmp_path: Path) -> None:
+    from stabcheck.finding import Finding, Frame, Span
     from stabcheck.server import _features, _text
 
-    text = 'x = "é"; y = x\nif y:\n    pass\n'
-    col = 1 + _text.units('x = "é"; ', _text.FINDING_COLUMNS)  # findings' columns, whatever their unit
-    chain = [{"line": 1, "col": col, "end_line": 1, "end_col": col + 1, "message": "`y` is traced here"}, {"path": "other.py", "line": 7, "message": "`x` comes from here"}]
-    f = Finding("STB101", "branch-on-tracer", "`y` is traced", "m.py", Span(2, 4, 2, 5), evidence={"chain": chain})
-    d = _features.diagnostic(f, _text.split_lines(text), "utf-16", "file:///m.py", 1, str(tmp_path))
-    here, there = d.related_information
-    assert here.location.uri == "file:///m.py" and (here.location.range.start.character, here.location.range.end.character) == (len('x = "é"; '), len('x = "é"; y'))
-    assert here.message == "`y` is traced here"
-    assert there.location.uri == (tmp_path / "other.py").as_uri() and there.location.range.start.line == 6
+    text = 'def g(x):\n    s = "é😀"; return helper(x)\n\n\ndef helper(x):\n    if x > 0:\n        return x\n'
+    call = text.splitlines()[1]
+    col = 1 + _text.units(call[: call.index("helper")], _text.FINDING_COLUMNS)  # findings' columns, whatever their unit
+    chain = (Frame("m.py", 6, 8, "helper"), Frame("m.py", 2, col, "g", "jax.jit"))
+    f = Finding("STB101", "branch-on-tracer", "`x > 0` is traced", "m.py", Span(6, 8, 6, 13), chains=(chain,))
+    (step,) = _features.diagnostic(f, _text.split_lines(text), "utf-16", "file:///m.py", 1, str(tmp_path)).related_information
+    assert step.location.uri == "file:///m.py" and step.message == "`helper` is called here, in `g`, which runs under `jax.jit`"
+    assert (step.location.range.start.line, step.location.range.start.character) == (1, call.index("helper") + 1)  # 😀: two UTF-16 units
 
 
 def test_the_run_record_is_never_written_through_a_symlink(tmp_path: Path, own_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -569,17 +568,12 @@ def test_an_unused_suppression_is_removed_by_its_action(tmp_path: Path, client_a
 
 def test_chains_of_frames_become_related_locations(tmp_path: Path) -> None:
     """The shape of `Finding.chains`: frames from the offending line out to the transformed entry."""
-    from types import SimpleNamespace
-
-    from stabcheck.finding import Finding, Span
+    from stabcheck.finding import Finding, Frame, Span
     from stabcheck.server import _features, _text
 
     text = "def helper(x):\n    if x > 0:\n        return x\n    return -x\n"
-    frames = (SimpleNamespace(path="m.py", line=2, col=8, function="helper", via=""), SimpleNamespace(path="model.py", line=12, col=12, function="step", via="jax.jit"))
-    if "chains" in Finding.__dataclass_fields__:
-        f = Finding("STB101", "branch-on-tracer", "`x > 0` is traced", "m.py", Span(2, 8, 2, 13), chains=(frames,))  # type: ignore[call-arg]
-    else:  # the same frames as evidence, the form a finding carries them in before `Finding.chains`
-        f = Finding("STB101", "branch-on-tracer", "`x > 0` is traced", "m.py", Span(2, 8, 2, 13), evidence={"chain": [vars(fr) for fr in frames]})
+    frames = (Frame("m.py", 2, 8, "helper"), Frame("model.py", 12, 12, "step", "jax.jit"))
+    f = Finding("STB101", "branch-on-tracer", "`x > 0` is traced", "m.py", Span(2, 8, 2, 13), chains=(frames,))
     (step,) = _features.diagnostic(f, _text.split_lines(text), "utf-16", "file:///m.py", 1, str(tmp_path)).related_information
     assert step.location.uri == (tmp_path / "model.py").as_uri() and step.location.range.start.line == 11
     assert step.message == "`helper` is called here, in `step`, which runs under `jax.jit`"
@@ -611,4 +605,18 @@ def test_a_new_run_record_shows_in_open_files_when_the_client_reports_it(tmp_pat
     assert _lastrun.record(["t.py"], Config(), [traced], ("static", "traced")) == ""
     client.notify("workspace/didChangeWatchedFiles", {"changes": [{"uri": _lastrun.location(tmp_path.resolve()).as_uri(), "type": 1}]})
     assert [d["code"] for d in client.diagnostics(uri, 1)] == ["STB302"]
+    assert client.close() == 0
+
+
+def test_a_helper_reached_from_jit_shows_its_chain(tmp_path: Path, client_at) -> None:  # type: ignore[no-untyped-def]
+    source = "import jax\n\n\ndef helper(x):\n    if x > 0:\n        return x\n    return -x\n\n\n@jax.jit\ndef step(x):\n    return helper(x) * 2\n"
+    client = client_at()
+    client.initialize(tmp_path)
+    uri = client.open(tmp_path / "m.py", source)
+    (diag,) = [d for d in client.diagnostics(uri, 1) if d["code"] == "STB101"]
+    (step,) = diag["relatedInformation"]
+    assert step["location"]["uri"] == uri and step["location"]["range"]["start"] == {"line": 11, "character": source.splitlines()[11].index("helper")}
+    assert step["message"] == "`helper` is called here, in `step`, which runs under `jax.jit`"
+    hover = client.request("textDocument/hover", {"textDocument": {"uri": uri}, "position": diag["range"]["start"]})
+    assert "`helper` (m.py:5) <- `step` (m.py:12, under `jax.jit`)" in hover["contents"]["value"]
     assert client.close() == 0

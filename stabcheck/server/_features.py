@@ -18,7 +18,7 @@ from lsprotocol import types as lsp
 
 from stabcheck import registry
 from stabcheck.config import Config
-from stabcheck.finding import Finding
+from stabcheck.finding import Finding, Span
 from stabcheck.server import _text
 from stabcheck.server._text import Encoding
 
@@ -111,46 +111,32 @@ def _data(f: Finding, version: int | None) -> dict[str, Any]:
 
 
 def related(f: Finding, lines: Sequence[str], encoding: Encoding, uri: str, root: str = ".") -> list[lsp.DiagnosticRelatedInformation]:
-    """The finding's instability chains as related locations, each step a location with what
-    happens there. `Finding.chains` (one chain per way a transform reaches the offending line, each
-    a tuple of frames from the offending line out to the transformed entry: `path`, `line`, `col`,
-    `function`, `via`) where the finding has them; else links under `evidence["chain"]` (dicts with
-    `path`, `line`, `col`, `end_line`, `end_col`, `message`). The offending line itself is the
-    diagnostic's own range and is not repeated. A step in another file points at its line there
-    (a relative path is taken from `root`, where the findings' paths start)."""
+    """The finding's instability chains (`Finding.chains`: per way a transform reaches the offending
+    line, its frames from that line out to the transformed entry) as related locations, each step
+    with what happens there. The offending line itself is the diagnostic's own range and is not
+    repeated. A step in another file points at its line there (a relative path is taken from
+    `root`, where the findings' paths start)."""
     out: list[lsp.DiagnosticRelatedInformation] = []
-    chains = [tuple(c) for c in getattr(f, "chains", None) or ()]
-    if not chains and f.evidence.get("chain"):
-        chains = [tuple(f.evidence["chain"])]
+    chains = f.chains
     for n, chain in enumerate(chains):
         prefix = f"chain {n + 1}: " if len(chains) > 1 else ""
         for i, step in enumerate(chain):
-            get = step.get if isinstance(step, dict) else lambda k, d=None, _s=step: getattr(_s, k, d)
-            line = get("line")
-            if not isinstance(line, int):
-                continue
-            path = str(get("path") or "")
-            col = get("col") or 1
-            if (not path or path == f.path) and line == f.span.line and col == f.span.col:
+            if (not step.path or step.path == f.path) and (step.line, step.col) == (f.span.line, f.span.col):
                 continue  # the offending line: the diagnostic itself
-            note = str(get("message") or "")
-            if not note:
-                inner = chain[i - 1] if i else None
-                callee = (inner.get("function") if isinstance(inner, dict) else getattr(inner, "function", "")) if inner is not None else ""
-                function, via = get("function") or "", get("via") or ""
-                note = f"`{callee}` is called here" if callee else "here"
-                if function:
-                    note += f", in `{function}`"
-                if via:
-                    note += f", which runs under `{via}`"
-            where = _location(f, path, line, col, get("end_line"), get("end_col"), lines, encoding, uri, root)
+            callee = chain[i - 1].function if i else ""
+            note = f"`{callee}` is called here" if callee else "here"
+            if step.function:
+                note += f", in `{step.function}`"
+            if step.via:
+                note += f", which runs under `{step.via}`"
+            where = _location(f, step.path, step.line, step.col, lines, encoding, uri, root)
             out.append(lsp.DiagnosticRelatedInformation(location=where, message=prefix + note))
     return out
 
 
-def _location(f: Finding, path: str, line: int, col: int, end_line: int | None, end_col: int | None, lines: Sequence[str], encoding: Encoding, uri: str, root: str) -> lsp.Location:
+def _location(f: Finding, path: str, line: int, col: int, lines: Sequence[str], encoding: Encoding, uri: str, root: str) -> lsp.Location:
     if not path or path == f.path:
-        step = Finding(f.code, f.name, "", f.path, _span(line, col, end_line, end_col))
+        step = Finding(f.code, f.name, "", f.path, Span(line, col))
         return lsp.Location(uri=uri, range=finding_range(step, lines, encoding))
     import pathlib
 
@@ -159,12 +145,6 @@ def _location(f: Finding, path: str, line: int, col: int, end_line: int | None, 
         p = pathlib.Path(root) / p
     start = lsp.Position(max(line - 1, 0), 0)
     return lsp.Location(uri=p.resolve().as_uri(), range=lsp.Range(start, start))
-
-
-def _span(line: int, col: int, end_line: int | None, end_col: int | None) -> Any:
-    from stabcheck.finding import Span
-
-    return Span(line, col, end_line, end_col)
 
 
 @functools.cache
@@ -193,9 +173,8 @@ def hover(snap: Snapshot, position: lsp.Position) -> lsp.Hover | None:
         chains = _chain_texts(f)
         if chains:
             lines.append("**How a transform reaches it**\n\n" + "\n".join(f"- {c}" for c in chains))
-        evidence = {k: v for k, v in f.evidence.items() if k != "chain"}
-        if evidence:
-            lines.append("**Evidence**\n\n" + "\n".join(f"- {k}: {_show(v)}" for k, v in evidence.items()))
+        if f.evidence:
+            lines.append("**Evidence**\n\n" + "\n".join(f"- {k}: {_show(v)}" for k, v in f.evidence.items()))
         parts.append("\n\n".join(lines))
     rng = hits[0][1].range
     return lsp.Hover(contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value="\n\n---\n\n".join(parts)), range=rng)
@@ -205,10 +184,10 @@ def _chain_texts(f: Finding) -> list[str]:
     """Each chain as one line, from the offending function out to the transformed entry:
     `helper` (m.py:4) <- `step` (m.py:10, under `jax.jit`)."""
     out = []
-    for chain in getattr(f, "chains", None) or ():
+    for chain in f.chains:
         steps = []
         for fr in chain:
-            via = f", under `{fr.via}`" if getattr(fr, "via", "") else ""
+            via = f", under `{fr.via}`" if fr.via else ""
             steps.append(f"`{fr.function or '<module>'}` ({fr.path}:{fr.line}{via})")
         if steps:
             out.append(" <- ".join(steps))
