@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ class StabcheckServer(LanguageServer):
         self._typed: dict[str, tuple[str, Any]] = {}  # path -> (sha256 of the saved bytes, FileTypes or None)
         self._typing: set[tuple[str, str]] = set()  # (path, sha256) being typed now
         self.shutdown_requested = False
+        # fixes (libcst) and the typed tier (mypy) take seconds: their own threads, so that they
+        # never hold up pygls's pool, which also reads the client's messages
+        self.work = ThreadPoolExecutor(max_workers=2, thread_name_prefix="stabcheck")
 
     # -- settings and config -------------------------------------------------------------------
     def apply_settings(self, raw: Any) -> None:
@@ -227,7 +231,7 @@ class StabcheckServer(LanguageServer):
             if types is not None and self.document(uri) is not None:
                 self.schedule(uri, 0)
 
-        future = self.thread_pool.submit(run)
+        future = self.work.submit(run)
         future.add_done_callback(lambda fut: loop.call_soon_threadsafe(done, fut))
         return None
 
@@ -319,6 +323,7 @@ def build() -> StabcheckServer:
         for t in ls.timers.values():
             t.cancel()
         ls.timers.clear()
+        ls.work.shutdown(wait=False, cancel_futures=True)  # queued fixes and mypy runs: dropped
 
     @server.feature(lsp.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def did_change_configuration(ls: StabcheckServer, params: lsp.DidChangeConfigurationParams) -> None:
@@ -371,7 +376,7 @@ def build() -> StabcheckServer:
             return None
         lazy = ls.resolves_edits()
         # fixes run libcst (seconds on a large file): off the event loop, so diagnostics keep flowing
-        actions = await asyncio.get_running_loop().run_in_executor(ls.thread_pool, lambda: _features.code_actions(snap, params.range, params.context, lazy=lazy))
+        actions = await asyncio.get_running_loop().run_in_executor(ls.work, lambda: _features.code_actions(snap, params.range, params.context, lazy=lazy))
         return actions or None
 
     @server.feature(lsp.CODE_ACTION_RESOLVE)
@@ -381,7 +386,7 @@ def build() -> StabcheckServer:
         if snap is None:
             action.disabled = lsp.CodeActionDisabled(reason="the file is not open")
             return action
-        return await asyncio.get_running_loop().run_in_executor(ls.thread_pool, lambda: _features.resolve(snap, action))
+        return await asyncio.get_running_loop().run_in_executor(ls.work, lambda: _features.resolve(snap, action))
 
     @server.command(_features.SHOW_DOCS)
     def show_docs(ls: StabcheckServer, *args: Any) -> None:
