@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -132,13 +133,22 @@ def death_finding(d: Death, timeout: float) -> Finding:
 
 
 def _module_file(module: str) -> str:
-    import importlib.util
+    """Where MODULE's source is, by a search of the file system that imports nothing.
 
-    try:
-        spec = importlib.util.find_spec(module.split(":")[0])
-    except (ImportError, ValueError):
+    `importlib.util.find_spec("pkg.mod")` would import `pkg/__init__.py` here, in stabcheck's own
+    process and without a timeout: user code must only run in the worker. A package that changes
+    its `__path__` at import time is not followed; the finding then names the target alone."""
+    parts = module.split(":")[0].split(".")
+    if not all(p.isidentifier() for p in parts):
         return ""
-    return spec.origin if spec is not None and spec.origin else ""
+    for base in dict.fromkeys([os.getcwd(), *sys.path]):
+        if not base:
+            base = os.getcwd()
+        folder = os.path.join(base, *parts[:-1])
+        for candidate in (os.path.join(folder, parts[-1] + ".py"), os.path.join(folder, parts[-1], "__init__.py")):
+            if os.path.isfile(candidate):
+                return candidate
+    return ""
 
 
 def _definition_line(file: str, name: str) -> int:
