@@ -72,7 +72,8 @@ def test_healthy_entries_beside_hostile_ones_are_reported_unspoiled(hostile_run)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     got = sorted((ln.split(":")[1], ln.split(" ")[1]) for ln in proc.stdout.splitlines() if ln.startswith("hostile_entries.py:"))
-    assert got == [(str(_line(HOSTILE, "return w * x")), "STB303"), (str(_line(HOSTILE, "return jnp.add(x, w)")), "STB303")], proc.stdout
+    want = ["return w * x", "return jnp.add(w, x)", "return jnp.add(x, w)"]
+    assert got == sorted((str(_line(HOSTILE, needle)), "STB303") for needle in want), proc.stdout
 
 @pytest.mark.slow
 @requires_jax
