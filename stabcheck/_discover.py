@@ -1,17 +1,25 @@
-"""Which files a check covers: directories recursively, `.py` and `.pyi`, minus excludes.
+"""Which files a check covers: directories recursively, `.py` and `.pyi`, minus excludes; and how
+one is read.
 
 Each file once (symlinks and repeated arguments resolved), symlink loops cut, sorted by the path
 findings show. A symlink found inside a directory that leads outside it (a committed
 `secrets.py -> ~/.netrc`) is not followed: it lands in `skipped`, and only a file named on the
 command line is read wherever it points. Exclude globs are compiled once into two regular expressions (name and relative
 path), and directories are scanned with `os.scandir`, so discovery stays a small part of a warm run.
+
+Reading (`read_source`): only regular files are read. A FIFO, socket or device (or a symlink to
+one, such as `/dev/zero`) is never opened for reading, so it cannot hang or flood the run; a file
+above `max-file-size` is never read whole; each of those, an unreadable file and a file name that
+is not valid UTF-8 is a `SourceError`, which the caller reports as one STB901 for that file.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -53,7 +61,7 @@ def discover(paths: Iterable[str], config: Config, skipped: list[str] | None = N
         raise UsageError(f"path does not exist: {missing[0]}")
     for p in paths:
         path = Path(p)
-        if path.is_file() or (path.is_symlink() and not path.is_dir()):
+        if not path.is_dir():  # a file, a dangling link, or a FIFO/socket/device named on the command line
             key = os.path.realpath(path)
             if key not in seen:
                 seen.add(key)
@@ -63,6 +71,15 @@ def discover(paths: Iterable[str], config: Config, skipped: list[str] | None = N
     out.sort(key=lambda item: item[0])
     for _, path in out:
         yield path
+
+
+def _special(real: str) -> bool:
+    """A FIFO, socket or device (a link to /dev/zero, say): yielded anyway, so that it is reported
+    as one STB901 "not a regular file" (and never opened), not skipped in silence."""
+    try:
+        return not stat.S_ISREG(os.stat(real).st_mode)
+    except OSError:
+        return False
 
 
 def _inside(real: str, root: str) -> bool:
@@ -103,7 +120,7 @@ def _walk(top: str, excluded: _Excluder, seen: set[str], out: list[tuple[str, Pa
                 continue
             full = os.path.join(dirpath, name)
             key = os.path.realpath(full) if e.is_symlink() else os.path.join(real_dir, name)
-            if not _inside(key, root):
+            if not _inside(key, root) and not _special(key):
                 skipped.append(display(Path(full)))
                 continue
             if key in seen:
@@ -124,4 +141,119 @@ def display(path: Path) -> str:
         except ValueError:
             pass
     s = os.path.normpath(s)
-    return s.replace(os.sep, "/")
+    return printable(s.replace(os.sep, "/"))
+
+
+# -- reading ---------------------------------------------------------------------------------------
+class SourceError(Exception):
+    """A file that is not read: `message` completes "`path` ...", `help` says what to do."""
+
+    def __init__(self, message: str, help: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.help = help
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+def _not_regular(path: str, mode: int) -> SourceError:
+    via = ""
+    if os.path.islink(path):
+        try:
+            via = f" (a symlink to `{printable(os.path.realpath(path))}`)"
+        except (OSError, ValueError):
+            via = " (a symlink)"
+    return SourceError(f"is not a regular file: it is {_kind(mode)}{via}; it was not read", "check only regular source files: remove it, or add it to `extend-exclude`")
+
+
+def _too_large(size: int | None, limit: int) -> SourceError:
+    what = f"{size / 2**20:.1f} MiB" if size is not None else "more"
+    return SourceError(f"is too large ({what}, above `max-file-size` = {limit / 2**20:g} MiB); it was not read", "raise `max-file-size` in [tool.stabcheck], or exclude the file (generated code?)")
+
+
+def name_error(path: str | os.PathLike[str]) -> SourceError | None:
+    """A file name that is not valid UTF-8 (Python holds its bytes as surrogates)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return SourceError("has a file name that is not valid UTF-8; it was not checked", "rename the file with a UTF-8 name")
+    return None
+
+
+def source_problem(path: str | os.PathLike[str], max_size: int) -> SourceError | None:
+    """Why PATH would not be read (`stat` only: nothing is opened), or None."""
+    path = os.fspath(path)
+    bad = name_error(path)
+    if bad is not None:
+        return bad
+    try:
+        st = os.stat(path)  # follows symlinks: a link to /dev/zero is a character device
+    except OSError as e:
+        return SourceError(f"cannot be read: {e.strerror or e}", "check the file's permissions, or the target of the symlink")
+    if not stat.S_ISREG(st.st_mode):
+        return _not_regular(path, st.st_mode)
+    if st.st_size > max_size:
+        return _too_large(st.st_size, max_size)
+    return None
+
+
+def read_source(path: str | os.PathLike[str], max_size: int) -> bytes:
+    """The bytes of a regular file of at most MAX_SIZE bytes; raises SourceError otherwise.
+
+    Opened with O_NONBLOCK (opening a FIFO cannot block) and checked again on the open descriptor
+    (the path may have been swapped since the `stat`); at most MAX_SIZE + 1 bytes are read."""
+    path = os.fspath(path)
+    bad = source_problem(path, max_size)
+    if bad is not None:
+        raise bad
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # a socket
+            raise SourceError("is not a regular file: it is a socket; it was not read", "check only regular source files: remove it, or add it to `extend-exclude`") from None
+        raise SourceError(f"cannot be read: {e.strerror or e}", "check the file's permissions") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st.st_mode)
+        chunks: list[bytes] = []
+        total = 0
+        while total <= max_size:
+            chunk = os.read(fd, min(1 << 20, max_size + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > max_size:
+            raise _too_large(None, max_size)
+        return b"".join(chunks)
+    except OSError as e:
+        raise SourceError(f"cannot be read: {e.strerror or e}", "check the file's permissions") from None
+    finally:
+        os.close(fd)
+
+
+def printable(s: str) -> str:
+    """S with undecodable bytes of a file name shown as `\\xNN` (valid UTF-8 to print anywhere)."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        pass
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no file-name byte produced
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -18,8 +18,8 @@ from typing import Any
 
 from stabcheck import registry, suppress
 from stabcheck._cache import Cache, digest
-from stabcheck._discover import discover, display
-from stabcheck.config import Config
+from stabcheck._discover import SourceError, discover, display, read_source, source_problem
+from stabcheck.config import DEFAULT_MAX_FILE_SIZE, Config
 from stabcheck.finding import Finding, Span, merge
 from stabcheck.rule import Rule
 from stabcheck.static.engine import Dispatcher, FileResult, check_bytes
@@ -94,7 +94,10 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
     skipped: list[str] = []
     files = list(discover(paths, config, skipped=skipped))
     cache_dir = _cache_dir(paths, config, options)
-    type_notes = _prepare_types(files, config, options, cache_dir)
+    # the typed tier and the traced stage get only files that can be read; the static pass
+    # reports each of the others as one STB901 (special file, too large, unreadable, bad name)
+    readable = [f for f in files if source_problem(f, config.max_file_size) is None]
+    type_notes = _prepare_types(readable, config, options, cache_dir)
     result = Result(findings=[], files=len(files), rules=rules)
     note = trust_note(config)
     if note:
@@ -109,7 +112,7 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
     if "traced" in stages or "confirm" in stages:
         from stabcheck.worker.stage import run_stage  # imports nothing of JAX in this process
 
-        later, notes, device = run_stage(files, results, config, options, stages)
+        later, notes, device = run_stage(readable, results, config, options, stages)
         result.notes.extend(notes)
         result.device = device
         _seed_from_trace(later, results, {display(f): str(f) for f in files}, config, rules)
@@ -117,7 +120,7 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
     for f in later:
         if f.path not in read and f.snippet and _outside(f.path, paths):
             f = f.refine(snippet="")  # a line of a file outside the checked tree is not printed
-        results.setdefault(f.path, FileResult([], _sups_for(f.path))).findings.append(f)
+        results.setdefault(f.path, FileResult([], _sups_for(f.path, config.max_file_size))).findings.append(f)
     result.findings = _finalize(results, rules, config, tuple(stages))
     return result
 
@@ -231,10 +234,10 @@ def _cache_dir(paths: Sequence[str], config: Config, options: Options) -> Path |
     return project_cache_dir(root)
 
 
-def _sups_for(path: str) -> list[suppress.Suppression]:
+def _sups_for(path: str, max_size: int = DEFAULT_MAX_FILE_SIZE) -> list[suppress.Suppression]:
     try:
-        return suppress.parse(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        return suppress.parse(read_source(path, max_size).decode("utf-8"))
+    except (SourceError, UnicodeDecodeError, ValueError):
         return []
 
 
@@ -280,9 +283,9 @@ def _check_one_seeded(real: str, shown: str, config: Config, dispatcher: Dispatc
 
     if data is None:
         try:
-            data = Path(real).read_bytes()
-        except OSError as e:
-            return FileResult([SyntaxErrorRule.finding(path=shown, span=Span(1, 1), message=f"`{shown}` cannot be read: {e.strerror or e}", help="check the file's permissions")], [])
+            data = read_source(real, config.max_file_size)
+        except SourceError as e:  # never opened when special or too large; one finding, the run goes on
+            return FileResult([SyntaxErrorRule.finding(path=shown, span=Span(1, 1), message=f"`{shown}` {e.message}", help=e.help, detail=e.message)], [])
     res = check_bytes(data, shown, config, dispatcher)
     if config.types:
         from stabcheck.static import typed
@@ -352,8 +355,8 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
         shown = display(f)
         if cache is not None:
             try:
-                data = f.read_bytes()
-            except OSError:
+                data = read_source(f, config.max_file_size)
+            except SourceError:  # reported by _check_one, never cached
                 todo.append((str(f), shown))
                 continue
             h = digest(data)

@@ -28,6 +28,7 @@ DEFAULT_EXCLUDE = (
     "*.egg-info",
 )
 STAGES = ("static", "traced", "confirm")
+DEFAULT_MAX_FILE_SIZE = 10 * 2**20  # bytes
 
 
 class ConfigError(Exception):
@@ -59,6 +60,7 @@ class Config:
     fail_on: str = "suspected"
     max_traces: int = 3
     union_limit: int = 1
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE  # a larger source file is one STB901, never read whole
     root: str = "."
     source: str = ""
     ignored: tuple[str, ...] = ()  # keys of a discovered config that were not honoured (see `distrust`)
@@ -83,7 +85,30 @@ _KEYS: dict[str, str] = {
     "fail-on": "'suspected' or 'confirmed'",
     "max-traces": "a positive integer",
     "union-limit": "a positive integer",
+    "max-file-size": "a positive size in bytes, or a string such as '5MiB', '500KB' or '2MB'",
 }
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from 5242880, '5MiB', '500 KB', '2mb'; None when it is not a positive finite size."""
+    import math
+    import re
+
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value >= 1 else None
+    if not isinstance(value, str):
+        return None
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
+    if m is None or m.group(2).lower() not in _UNITS:
+        return None
+    size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return size if size > 0 else None
 
 
 def find_config(start: Path) -> Path | None:
@@ -242,6 +267,11 @@ def from_mapping(table: dict[str, Any], *, source: str = "", root: str = ".", ba
             if value not in ("suspected", "confirmed"):
                 raise ConfigError(raw_key, value, allowed, source)
             changes[fname] = value
+        elif key == "max-file-size":
+            size = parse_size(value)
+            if size is None:
+                raise ConfigError(raw_key, value, allowed, source)
+            changes[fname] = size
         elif key == "memory-limit":
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ConfigError(raw_key, value, allowed, source)

@@ -10,9 +10,11 @@ no temp file stays; healthy entries beside them are still reported.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -103,3 +105,126 @@ def test_every_traced_finding_names_the_workers_jax_version() -> None:
     findings, _, outcome = run_targets([{"target": f"{FIXTURES / 'traced' / 'state_drift.py'}:drift"}], timeout=240, memory_limit=None)
     assert findings and outcome.jax == jax.__version__
     assert all(f.evidence["jax"] == jax.__version__ for f in findings)
+
+
+# -- discovery and reading ------------------------------------------------------------------------
+BRANCH = "import jax\n\n@jax.jit\ndef f(x):\n    if x > 0:\n        return x\n    return -x\n"  # STB101 at line 5
+
+
+def _hostile_tree(root: Path) -> dict[str, str]:
+    """Every kind of file the file system can present under a `.py` name -> the STB901 reason."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "good.py").write_text(BRANCH)
+    (root / "sub").mkdir()
+    (root / "sub" / "also_good.py").write_text(BRANCH)
+    expected = {}
+    for name, dev in (("zero.py", "/dev/zero"), ("urandom.py", "/dev/urandom")):
+        if os.path.exists(dev):
+            (root / name).symlink_to(dev)
+            expected[name] = "is not a regular file: it is a character device"
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(root / "fifo.py")
+        expected["fifo.py"] = "is not a regular file: it is a FIFO"
+    if hasattr(socket, "AF_UNIX"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(root / "sock.py"))
+        expected["sock.py"] = "is not a regular file: it is a socket"
+    bad_name = os.fsdecode(b"caf\xe9.py")
+    try:
+        (root / bad_name).write_text(BRANCH)
+        expected["caf\\xe9.py"] = "file name that is not valid UTF-8"
+    except (OSError, UnicodeEncodeError):  # a file system that only takes UTF-8 names
+        pass
+    (root / "loop.py").symlink_to(root / "loop.py")  # unreadable, even for root
+    expected["loop.py"] = "cannot be read"
+    if os.geteuid() != 0:
+        (root / "locked.py").write_text(BRANCH)
+        (root / "locked.py").chmod(0)
+        expected["locked.py"] = "cannot be read"
+    with open(root / "big.py", "wb") as f:  # 50 MB: sparse where the file system allows
+        f.write(b"x = 1\n")
+        f.seek(50 * 2**20)
+        f.write(b"\n")
+    expected["big.py"] = "is too large (50.0 MiB"
+    return expected
+
+
+def test_every_special_huge_or_unreadable_file_is_one_stb901(tmp_path: Path) -> None:
+    from stabcheck import api, reporters
+    from stabcheck.config import Config
+
+    expected = _hostile_tree(tmp_path / "tree")
+    result = api.run([str(tmp_path / "tree")], Config(), api.Options(cache=False, jobs=1))
+    by_name: dict[str, list] = {}
+    for f in result.findings:
+        by_name.setdefault(f.path.rsplit("/", 1)[-1], []).append(f)
+    assert [f.code for f in by_name.pop("good.py")] == ["STB101"]
+    assert [f.code for f in by_name.pop("also_good.py")] == ["STB101"]
+    for name, reason in expected.items():
+        got = by_name.pop(name, [])
+        assert [f.code for f in got] == ["STB901"] and reason in got[0].message, (name, [f.message for f in got])
+    assert not by_name, by_name
+    for fmt in reporters.FORMATS:  # every reporter renders every path, non-UTF-8 names included
+        reporters.get(fmt)(result.findings, reporters.Report(files=result.files)).encode("utf-8")
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_hostile_tree_on_the_command_line_exits_1_without_traceback_in_bounded_memory(tmp_path: Path, jobs: str) -> None:
+    import subprocess
+    import sys
+
+    expected = _hostile_tree(tmp_path / "tree")
+    # a fresh parent whose only child is the run: RUSAGE_CHILDREN is then that run's peak RSS
+    probe = (
+        "import json, resource, subprocess, sys\n"
+        "p = subprocess.run([sys.executable, '-m', 'stabcheck', 'check', 'tree', '--no-cache', '--jobs', sys.argv[1], '--output-format', 'json'], capture_output=True, text=True)\n"
+        "print(json.dumps({'rc': p.returncode, 'out': p.stdout, 'err': p.stderr, 'kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", probe, jobs], cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    got = json.loads(res.stdout)
+    assert got["rc"] == 1 and "Traceback" not in got["err"] and "internal error" not in got["err"], got["err"]
+    findings = json.loads(got["out"])
+    stb901 = sorted(f["path"].rsplit("/", 1)[-1] for f in findings if f["code"] == "STB901")
+    assert stb901 == sorted(expected)
+    assert sorted(f["path"] for f in findings if f["code"] == "STB101") == ["tree/good.py", "tree/sub/also_good.py"]
+    assert got["kb"] < 300 * 1024, f"peak RSS {got['kb'] / 1024:.0f} MiB"  # 50 MB and /dev/zero never read
+
+
+@pytest.mark.slow
+def test_the_typed_tier_survives_the_hostile_tree(tmp_path: Path) -> None:
+    pytest.importorskip("mypy")
+    expected = _hostile_tree(tmp_path / "tree")
+    proc = run_cli("check", "tree", "--no-cache", "--types", "--output-format", "concise", cwd=tmp_path, env={"STABCHECK_TYPES": "1"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+    for name in expected:
+        assert f"tree/{name}:1:1: STB901" in proc.stdout, proc.stdout
+    assert "tree/good.py:5:8: STB101" in proc.stdout
+
+
+@pytest.mark.parametrize(("value", "size"), [(1000, 1000), ("5MiB", 5 * 2**20), ("500KB", 500_000), ("2mb", 2_000_000)])
+def test_max_file_size_is_configurable(tmp_path: Path, value: object, size: int) -> None:
+    from stabcheck import api
+    from stabcheck.config import from_mapping
+
+    cfg = from_mapping({"max-file-size": value})
+    assert cfg.max_file_size == size
+    (tmp_path / "a.py").write_text(BRANCH + "#" * (size - len(BRANCH) + 1) + "\n")
+    (tmp_path / "b.py").write_text(BRANCH)
+    findings = api.run([str(tmp_path)], cfg, api.Options(cache=False, jobs=1)).findings
+    assert [(Path(f.path).name, f.code) for f in findings] == [("a.py", "STB901"), ("b.py", "STB101")]
+
+
+@pytest.mark.parametrize("value", [0, -5, "big", "5 parsecs", True, 1.5e-3, float("nan"), [], "0MiB"])
+def test_a_bad_max_file_size_is_a_config_error(value: object) -> None:
+    from stabcheck.config import ConfigError, from_mapping
+
+    with pytest.raises(ConfigError, match="max-file-size"):
+        from_mapping({"max-file-size": value})
+
+
+def test_a_fifo_named_as_a_target_or_entry_file_does_not_hang(tmp_path: Path) -> None:
+    from stabcheck._discover import SourceError, read_source
+
+    os.mkfifo(tmp_path / "x.py")
+    with pytest.raises(SourceError, match="FIFO"):
+        read_source(tmp_path / "x.py", 2**20)

@@ -85,14 +85,14 @@ def test_unreadable_file_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (tmp_path / "good.py").write_text(BRANCH)
     locked = tmp_path / "locked.py"
     locked.write_text(BRANCH)
-    real_read = Path.read_bytes
+    real_open = os.open
 
-    def read_bytes(self: Path) -> bytes:  # root ignores chmod 000, so emulate EACCES
-        if self.name == "locked.py":
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_read(self)
+    def os_open(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]  # root ignores chmod 000: emulate EACCES
+        if os.fspath(path).endswith("locked.py"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(os, "open", os_open)
     for opts in ({"cache": False}, {"cache": True, "cache_dir": str(tmp_path / "cache")}):
         findings = run([str(tmp_path)], Config(), Options(jobs=1, **opts)).findings  # type: ignore[arg-type]
         assert _codes(findings, "good.py") == ["STB101"]

@@ -155,9 +155,12 @@ def _definition_line(file: str, name: str) -> int:
     """The line that defines NAME at module level (a def or an assignment), found by `ast`."""
     if not name:
         return 1
+    from stabcheck._discover import SourceError, read_source
+    from stabcheck.config import Config
+
     try:
-        tree = ast.parse(Path(file).read_bytes())
-    except (OSError, SyntaxError, ValueError):
+        tree = ast.parse(read_source(file, Config.max_file_size))
+    except (SourceError, SyntaxError, ValueError, RecursionError, MemoryError):
         return 1
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
