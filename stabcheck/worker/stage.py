@@ -156,10 +156,10 @@ def _definition_line(file: str, name: str) -> int:
     if not name:
         return 1
     from stabcheck._discover import SourceError, read_source
-    from stabcheck.config import Config
+    from stabcheck.config import DEFAULT_MAX_FILE_SIZE
 
     try:
-        tree = ast.parse(read_source(file, Config.max_file_size))
+        tree = ast.parse(read_source(file, DEFAULT_MAX_FILE_SIZE))
     except (SourceError, SyntaxError, ValueError, RecursionError, MemoryError):
         return 1
     for node in tree.body:
