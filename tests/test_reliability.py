@@ -228,3 +228,43 @@ def test_a_fifo_named_as_a_target_or_entry_file_does_not_hang(tmp_path: Path) ->
     os.mkfifo(tmp_path / "x.py")
     with pytest.raises(SourceError, match="FIFO"):
         read_source(tmp_path / "x.py", 2**20)
+
+
+@pytest.mark.slow
+@requires_jax
+def test_a_dotted_target_is_imported_only_in_the_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23 item 3: when a package's `__init__` kills the worker, stabcheck finds the module's
+    file by a path search; it never imports the package itself (which would run it here, with no
+    timeout)."""
+    import sys
+
+    from stabcheck.worker.stage import run_targets
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    pkg = tmp_path / "evilpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import os\nopen(os.path.join(os.environ['STABCHECK_TEST_MARKERS'], f'{os.getpid()}.pid'), 'w').close()\nos._exit(3)\n")
+    (pkg / "mod.py").write_text("def f(x):\n    return x\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STABCHECK_TEST_MARKERS", str(markers))
+    findings, _, _ = run_targets([{"target": "evilpkg.mod:f", "args": ["f32[2]"]}], timeout=240, memory_limit=None)
+    assert [f.code for f in findings] == ["STB902"], [f.message for f in findings]
+    assert findings[0].path == "evilpkg/mod.py" and "exited with status 3" in findings[0].message
+    ran_in = {int(p.stem) for p in markers.glob("*.pid")}
+    assert ran_in and os.getpid() not in ran_in
+    assert "evilpkg" not in sys.modules
+
+
+@pytest.mark.slow
+@requires_jax
+def test_a_thread_left_by_one_target_never_hits_the_next(tmp_path: Path) -> None:
+    from stabcheck.worker.stage import run_targets
+
+    late = FIXTURES / "reliability" / "late_exit.py"
+    targets = [{"target": str(late)}, {"target": f"{FIXTURES / 'traced' / 'state_drift.py'}:drift"}]
+    findings, _, outcome = run_targets(targets, timeout=240, memory_limit=None)
+    assert all(f.path for f in findings)
+    blamed = {Path(f.path).name for f in findings if f.code == "STB902"}
+    assert blamed <= {"late_exit.py"}, [f.message for f in findings if f.code == "STB902"]
+    assert any(f.code == "STB204" and Path(f.path).name == "state_drift.py" for f in findings)

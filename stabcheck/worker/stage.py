@@ -116,9 +116,13 @@ def death_finding(d: Death, timeout: float) -> Finding:
     shown = f"{shown_path(where)}:{attr}" if attr and where.endswith(".py") else shown_path(d.target) if d.target.endswith(".py") else d.target
     if d.entry:
         message = f"entry `{d.entry}` {reason} while being traced; the worker was stopped and its findings are missing"
+    elif d.after:
+        message = f"the worker {reason} after `{shown}` had run: a thread, timer or atexit handler it left behind stopped the process"
     else:
         message = f"importing `{shown}` {reason}; its entries were not traced"
     help = f"raise --timeout (now {timeout:g}s) or --memory-limit, or make the entry smaller" if "timed out" in reason or "memory" in reason else "run the entry by hand: it exits or crashes the interpreter (sys.exit, os._exit, a segfault)"
+    if d.after:
+        help = "do not start threads or timers at import or in entries that outlive them (join them, or guard them with `if __name__ == \"__main__\":`)"
     last = [ln for ln in d.stderr.strip().splitlines() if ln.strip()][-3:]
     return rule.finding(
         path=shown_path(file) if file else d.target,
@@ -127,7 +131,7 @@ def death_finding(d: Death, timeout: float) -> Finding:
         help=help,
         function=d.entry,
         detail=d.entry or d.target,
-        evidence={"reason": reason, "target": d.target, "entry": d.entry, "stderr": "\n".join(last)},
+        evidence={"reason": reason, "target": d.target, "entry": d.entry, "stderr": "\n".join(last), **({"jax": d.jax} if d.jax else {})},
         stage="traced",
     )
 
