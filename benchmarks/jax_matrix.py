@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +39,10 @@ def newest() -> str:
     return m.group(1)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_version(version: str) -> bool:
     venv = ROOT / ".jax-matrix" / version
     py = venv / "bin" / "python"
@@ -52,7 +57,9 @@ def run_version(version: str) -> bool:
     got = subprocess.run([str(py), "-c", "import jax, jaxlib, numpy; print(jax.__version__, jaxlib.__version__, numpy.__version__)"], capture_output=True, text=True).stdout.strip()
     print(f"== jax {version}: venv ready in {installed:.0f}s ({got})", flush=True)
     tests = [t for t in TESTS if (ROOT / t).exists()]
-    rc = subprocess.run([str(py), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}).returncode
+    # SIGINT back to its default: a background job (`make test-jax &`) inherits it ignored, and the
+    # Ctrl-C test would then wait for an interrupt that never comes
+    rc = subprocess.run([str(py), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, preexec_fn=_default_sigint).returncode
     print(f"== jax {version}: {'passed' if rc == 0 else f'FAILED (pytest exit {rc})'} in {time.monotonic() - start:.0f}s", flush=True)
     return rc == 0
 

@@ -1,12 +1,21 @@
 """Fuzzing the static stage: mutated real JAX source and arbitrary bytes never crash it, never hang
 it, and identical input gives byte-identical output.
 
-Budget: `STABCHECK_FUZZ_EXAMPLES` (default 600 hypothesis examples per test, plus 8 mutants per
-seed file in the seeded sweep); `make fuzz` runs 5000.
+Mutations of the real JAX sources in the clone (fixtures, examples, the rules' own code): deleted
+lines and spans, swapped tokens and lines, truncations, duplicated and re-indented lines, inserted
+JAX fragments, deep nesting (parentheses, brackets, calls, operators, blocks), odd encodings (a
+latin-1 or cp1252 file with and without its coding cookie, UTF-16 with its BOM, a UTF-8 BOM, a wrong
+or unknown cookie), odd line endings (CRLF, CR, mixed per line, form feeds, vertical tabs, NUL
+bytes, no final newline) and raw byte damage; plus hypothesis-generated fragments and bytes, and
+whole trees of mutants (odd file names included) through discovery, reading and every reporter.
+
+Budget: `STABCHECK_FUZZ_EXAMPLES` (default 600 hypothesis examples per test, plus EXAMPLES / 30
+mutants per seed file in the seeded sweep); `make fuzz` runs 5000 and prints the figure.
 """
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import os
@@ -45,12 +54,16 @@ CONFIG = Config()
 DISPATCHER = engine.Dispatcher(api.enabled_rules(CONFIG))
 
 
+COUNT = {"inputs": 0, "seconds": 0.0, "failed": 0}  # what this session fuzzed: `make fuzz` prints the figure
+
+
 def _check(data: bytes) -> str:
     """The static stage plus suppressions and the json reporter: the bytes a user would see."""
     start = time.perf_counter()
     res = engine.check_bytes(data, "mutant.py", CONFIG, DISPATCHER)
     findings = api._finalize({"mutant.py": res}, api.enabled_rules(CONFIG), CONFIG, ("static",))
     elapsed = time.perf_counter() - start
+    COUNT["seconds"] += elapsed
     assert elapsed < PER_FILE_LIMIT, f"took {elapsed:.1f}s"
     for f in findings:
         assert f.path == "mutant.py" and f.line >= 1 and f.col >= 1
@@ -61,9 +74,14 @@ def _check(data: bytes) -> str:
 
 
 def _assert_stable(data: bytes) -> None:
-    first = _check(data)
-    json.loads(first)
-    assert _check(data) == first
+    COUNT["inputs"] += 1  # each input is checked twice (same output both times)
+    try:
+        first = _check(data)
+        json.loads(first)
+        assert _check(data) == first
+    except AssertionError:
+        COUNT["failed"] += 1  # hypothesis replays and shrinks a failure: counts attempts, not bugs
+        raise
 
 
 # -- mutations of real source -------------------------------------------------------------------
@@ -78,7 +96,16 @@ def mutate(data: bytes, rng: random.Random, steps: int) -> bytes:
     text = data.decode("utf-8", "replace")
     for _ in range(steps):
         lines = text.splitlines(keepends=True) or [""]
-        op = rng.randrange(9)
+        op = rng.randrange(12)
+        if op == 9:  # deep nesting around a random expression-ish span, or nested blocks
+            text = _nest(text, rng)
+            continue
+        if op == 10:  # odd line endings, line by line
+            text = "".join(ln.rstrip("\r\n") + rng.choice(["\n", "\r\n", "\r", "\f\n", "\x0b\n", "\x00\n", ""]) if ln.endswith(("\n", "\r")) else ln for ln in lines)
+            continue
+        if op == 11:  # no final newline / trailing whitespace / a lone backslash at the end
+            text = text.rstrip("\n") + rng.choice(["", " ", "\\", "\t", "#"])
+            continue
         if op == 0:  # delete a line
             del lines[rng.randrange(len(lines))]
             text = "".join(lines)
@@ -122,11 +149,50 @@ def mutate(data: bytes, rng: random.Random, steps: int) -> bytes:
                 i, j = rng.sample(range(len(lines)), 2)
                 lines[i], lines[j] = lines[j], lines[i]
                 text = "".join(lines)
-    out = text.encode("utf-8", "surrogatepass")
+    out = _encode(text, rng) if rng.random() < 0.15 else text.encode("utf-8", "surrogatepass")
     if rng.random() < 0.05:  # raw byte damage
         pos = rng.randrange(len(out) + 1)
         out = out[:pos] + bytes([rng.randrange(256)]) + out[pos:]
     return out
+
+
+NESTERS = [("(", ")"), ("[", "]"), ("{", "}"), ("f(", ")"), ("-", ""), ("not ", ""), ("lambda: ", ""), ("x + (", ")"), ("jnp.where(m, ", ", 0)")]
+
+
+def _nest(text: str, rng: random.Random) -> str:
+    depth = rng.choice([5, 50, 200, 1000, 3000])
+    lines = text.splitlines(keepends=True) or [""]
+    i = rng.randrange(len(lines))
+    if rng.random() < 0.3:  # nested blocks
+        ind = " " * (len(lines[i]) - len(lines[i].lstrip()))
+        block = "".join(f"{ind}{' ' * k}if x{k}:\n" for k in range(min(depth, 120))) + f"{ind}{' ' * min(depth, 120)}pass\n"
+        lines.insert(i, block)
+        return "".join(lines)
+    line = lines[i]
+    eq = line.find("= ")
+    start = eq + 2 if eq >= 0 else len(line) - len(line.lstrip())
+    end = len(line.rstrip("\r\n"))
+    opener, closer = rng.choice(NESTERS)
+    lines[i] = line[:start] + opener * depth + line[start:end] + closer * depth + line[end:]
+    return "".join(lines)
+
+
+def _encode(text: str, rng: random.Random) -> bytes:
+    """The text in an odd encoding: with or without the cookie that declares it, or a wrong one."""
+    how = rng.randrange(7)
+    if how == 0:
+        return text.encode("latin-1", "replace")  # no cookie: not UTF-8 where it has accents
+    if how == 1:
+        return b"# -*- coding: latin-1 -*-\n" + text.encode("latin-1", "replace")
+    if how == 2:
+        return b"# coding: cp1252\n" + text.encode("cp1252", "replace")
+    if how == 3:
+        return text.encode("utf-16")  # with its BOM
+    if how == 4:
+        return codecs.BOM_UTF8 + text.encode("utf-8", "surrogatepass")
+    if how == 5:
+        return b"# -*- coding: " + rng.choice([b"no-such-codec", b"utf-16", b"ascii", b"utf-8-sig", b"rot13", b"euc-jp"]) + b" -*-\n" + text.encode("utf-8", "surrogatepass")
+    return codecs.BOM_UTF8 + b"# coding: latin-1\n" + text.encode("utf-8", "surrogatepass")  # BOM and cookie disagree
 
 
 def mutate_ast(data: bytes, rng: random.Random, steps: int) -> bytes:
@@ -238,3 +304,37 @@ def test_deep_nesting_of_every_kind(depth: int) -> None:
         res = engine.check_bytes(src.encode(), "deep.py", CONFIG, DISPATCHER)
         assert all(f.code in ("STB901", "STB902") or f.line >= 1 for f in res.findings)
         assert engine.check_bytes(src.encode(), "deep.py", CONFIG, DISPATCHER) == res
+
+
+def test_mutant_trees_through_discovery_reading_and_every_reporter(tmp_path: Path) -> None:
+    """Mutants written as files (odd names included) and checked like a user's tree, in parallel:
+    every file is reported or checked, no STB902, every reporter renders the result as UTF-8."""
+    rng = random.Random(20261201)
+    n = max(40, EXAMPLES // 10)
+    names = ["m{i}.py", "m {i}.py", "m{i}.pyi", "ünï{i}.py", "m{i}\u200b.py", "-m{i}.py"]
+    written = 0
+    for i in range(n):
+        name = rng.choice(names).format(i=i)
+        folder = tmp_path / rng.choice(["", "a", "a/b", ".hidden", "deep/" * 5])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(mutate(rng.choice(SEEDS), rng, rng.randrange(1, 8)))
+        written += 1
+    try:
+        (tmp_path / os.fsdecode(b"bad\xff.py")).write_bytes(b"x = 1\n")
+        written += 1
+    except (OSError, UnicodeEncodeError):
+        pass
+    COUNT["inputs"] += written
+    start = time.perf_counter()
+    result = api.run([str(tmp_path)], CONFIG, api.Options(cache=False, jobs=2))
+    COUNT["seconds"] += time.perf_counter() - start
+    assert result.files == written
+    assert not [f for f in result.findings if f.code == "STB902"], [f.message for f in result.findings if f.code == "STB902"][:3]
+    for fmt in reporters.FORMATS:
+        reporters.get(fmt)(result.findings, reporters.Report(files=result.files)).encode("utf-8")
+
+
+def test_zz_fuzz_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    """Last in the file: the figure `make fuzz` reports (inputs checked here, 0 crashes, time)."""
+    with capsys.disabled():
+        print(f"\nfuzz: {COUNT['inputs']} inputs checked (each twice), {COUNT['failed']} failed, {COUNT['seconds']:.0f} s in the checker (STABCHECK_FUZZ_EXAMPLES={EXAMPLES})")
