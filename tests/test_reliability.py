@@ -268,3 +268,11 @@ def test_a_thread_left_by_one_target_never_hits_the_next(tmp_path: Path) -> None
     blamed = {Path(f.path).name for f in findings if f.code == "STB902"}
     assert blamed <= {"late_exit.py"}, [f.message for f in findings if f.code == "STB902"]
     assert any(f.code == "STB204" and Path(f.path).name == "state_drift.py" for f in findings)
+
+
+def test_a_fifo_named_on_the_command_line_is_one_stb901(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.py")
+    (tmp_path / "good.py").write_text(BRANCH)
+    proc = run_cli("check", "pipe.py", "good.py", "--no-cache", "--output-format", "concise", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "pipe.py:1:1: STB901" in proc.stdout and "good.py:5:8: STB101" in proc.stdout
