@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = ["tests/test_traced_worker.py", "tests/test_traced_checks.py", "tests/test_traced_specs.py", "tests/test_traced_scenarios.py", "tests/test_confirm.py", "tests/test_runtime.py", "tests/test_matrix.py", "tests/test_pytest_plugin.py"]
-TOOLS = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "jaxtyping>=0.2.30", "pyyaml>=6", "jsonschema>=4.20"]
+TESTS = ["tests/test_traced_worker.py", "tests/test_traced_checks.py", "tests/test_traced_specs.py", "tests/test_traced_scenarios.py", "tests/test_confirm.py", "tests/test_runtime.py", "tests/test_matrix.py", "tests/test_pytest_plugin.py", "tests/test_reliability.py"]
+TOOLS = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "jaxtyping>=0.2.30", "pyyaml>=6", "jsonschema>=4.20", "optax>=0.2", "equinox>=0.11"]
 
 
 def declared_oldest() -> str:

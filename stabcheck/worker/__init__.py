@@ -746,5 +746,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if _prctl(_PR_SET_CHILD_SUBREAPER, 1):
         return _supervise(args)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # no supervisor to clean up: just die with the parent
     _worker_exit(args, None)
     return 0
