@@ -59,7 +59,7 @@ def run_version(version: str) -> bool:
     tests = [t for t in TESTS if (ROOT / t).exists()]
     # SIGINT back to its default: a background job (`make test-jax &`) inherits it ignored, and the
     # Ctrl-C test would then wait for an interrupt that never comes
-    rc = subprocess.run([str(py), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, preexec_fn=_default_sigint).returncode
+    rc = subprocess.run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, preexec_fn=_default_sigint).returncode
     print(f"== jax {version}: {'passed' if rc == 0 else f'FAILED (pytest exit {rc})'} in {time.monotonic() - start:.0f}s", flush=True)
     return rc == 0
 
