@@ -276,3 +276,21 @@ def test_a_fifo_named_on_the_command_line_is_one_stb901(tmp_path: Path) -> None:
     proc = run_cli("check", "pipe.py", "good.py", "--no-cache", "--output-format", "concise", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "pipe.py:1:1: STB901" in proc.stdout and "good.py:5:8: STB101" in proc.stdout
+
+
+@pytest.mark.slow
+@requires_jax
+def test_each_target_imports_its_own_helper_modules(tmp_path: Path) -> None:
+    """Two projects with a `helper.py` each: the second target must not get the first one's."""
+    from stabcheck.worker.stage import run_targets
+
+    for name, dtype in (("a", "bfloat16"), ("b", "float32")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "helper.py").write_text(f"import jax.numpy as jnp\nDTYPE = jnp.{dtype}\n")
+        (tmp_path / name / "entries.py").write_text(
+            "import jax.numpy as jnp\nimport stabcheck\nfrom helper import DTYPE\n\n\ndef f(w, x):\n    return w * x\n\n\n"
+            "@stabcheck.entry\ndef e():\n    return stabcheck.Entry(f, (jnp.ones(2, DTYPE), jnp.ones(2, jnp.float32)), transforms=('jit',))\n"
+        )
+    targets = [{"target": str(tmp_path / n / "entries.py")} for n in ("a", "b")]
+    findings, _, _ = run_targets(targets, timeout=240, memory_limit=None)
+    assert sorted((Path(f.path).parent.name, f.code) for f in findings) == [("a", "STB303")], [(f.path, f.code, f.message) for f in findings]

@@ -48,15 +48,20 @@ what would change the next entry's results: the working directory, `os.environ`,
 `sys.meta_path`, `sys.argv`, replaced or deleted `sys.modules` entries, functions, classes and
 modules rebound in any loaded module (monkeypatches of `jnp`, `np`, `os`, ...), every `jax.config`
 option, NumPy's error state, warning filters, the recursion limit and the umask; interval timers
-are cancelled. What cannot be undone in-process (a thread the entry left running, which could
+are cancelled. Before each target the state the worker started with is put back, and the
+modules imported from the user's files are forgotten, so two projects' `helper.py` stay apart.
+What cannot be undone in-process (a thread the entry left running, which could
 exit or chdir the worker later) makes the worker finish that entry and exit; the parent starts a
 fresh worker for the rest ("recycle"), so the next entry never runs beside it. The worker ends
 with `os._exit`, so atexit handlers and non-daemon threads of user code never run after the last
 entry, and a death that no entry or target can be blamed for is reported against the last target.
-* Memory: RLIMIT_AS breaks XLA (with a 1 GiB RLIMIT_AS, `import jax` itself dies), so the child
-  sets RLIMIT_DATA = the limit on itself (a large allocation then raises MemoryError, measured with JAX
-  0.10.2), and the parent also polls the resident set size of the worker's process group and
-  kills it past the limit.
+
+Memory
+------
+RLIMIT_AS breaks XLA (with a 1 GiB RLIMIT_AS, `import jax` itself dies), so the child
+sets RLIMIT_DATA = the limit on itself (a large allocation then raises MemoryError, measured with JAX
+0.10.2), and the parent also polls the resident set size of the worker's process group and
+kills it past the limit.
 """
 
 from __future__ import annotations
@@ -436,6 +441,7 @@ def child_main(task: str, payload_path: str, result_path: str, supervisor: int |
         if target in skip_targets:
             continue
         baseline.restore()
+        baseline.forget_user_modules()  # one target's helper `utils.py` is not another's
         emit({"event": "target", "target": target})
         try:
             entries = load.load_target(spec)
@@ -540,6 +546,20 @@ class _State:
         os.umask(st.umask)
         st.thread_ids = cls.threads()
         return st
+
+    def forget_user_modules(self) -> None:
+        """Drop the modules imported since this snapshot from files of the user's (not the standard
+        library's, an installed package's or stabcheck's): the next target imports its own."""
+        import stabcheck
+
+        keep = tuple(os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(stabcheck.__file__ or "")} if p)
+        for name, mod in list(sys.modules.items()):
+            if name in self.modules:
+                continue
+            file = getattr(mod, "__file__", None)
+            if not file or os.path.realpath(file).startswith(keep):
+                continue
+            del sys.modules[name]
 
     def restore(self) -> None:
         import warnings
