@@ -294,3 +294,37 @@ def test_each_target_imports_its_own_helper_modules(tmp_path: Path) -> None:
     targets = [{"target": str(tmp_path / n / "entries.py")} for n in ("a", "b")]
     findings, _, _ = run_targets(targets, timeout=240, memory_limit=None)
     assert sorted((Path(f.path).parent.name, f.code) for f in findings) == [("a", "STB303")], [(f.path, f.code, f.message) for f in findings]
+
+
+@pytest.mark.slow
+@requires_jax
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="subreaper containment is Linux-only")
+def test_killing_stabcheck_itself_still_stops_the_daemons_of_its_entries(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = {**os.environ, "STABCHECK_TEST_MARKERS": str(markers), "JAX_PLATFORMS": "cpu", "NO_COLOR": "1"}
+    cli = subprocess.Popen([sys.executable, "-m", "stabcheck", "trace", str(FIXTURES / "reliability" / "daemon_then_hang.py"), "--timeout", "600"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = None
+    try:
+        deadline = time.monotonic() + 300  # a busy machine starts JAX slowly
+        while daemon is None and time.monotonic() < deadline and cli.poll() is None:
+            found = list(markers.glob("daemon-*.pid"))
+            if found and found[0].read_text():
+                daemon = int(found[0].read_text())
+            time.sleep(0.1)
+        assert daemon is not None and _alive(daemon), "the entry never started its daemon"
+        cli.send_signal(signal.SIGKILL)  # no atexit, no finally: only the supervisor can clean up
+        cli.wait(timeout=300)
+        deadline = time.monotonic() + 60
+        while _alive(daemon) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(daemon)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        if daemon is not None and _alive(daemon):
+            os.kill(daemon, 9)
