@@ -158,14 +158,24 @@ def discover_config(start: Path) -> Config:
     return Config() if path is None else distrust(load_config(path))
 
 
+# the largest `max-file-size` a discovered config may ask for: above it, a repository could make
+# stabcheck read a committed multi-gigabyte file whole; `--config` or the library may go higher
+REPOSITORY_MAX_FILE_SIZE = 64 * 2**20
+
+
 def distrust(cfg: Config) -> Config:
-    """`cfg` with the keys that would run code (`RUNS_CODE`) back at their defaults; the keys that
-    were set are recorded in `cfg.ignored` so that the run says so (`trust_note`)."""
+    """`cfg` with the keys that would run code (`RUNS_CODE`) back at their defaults, and a
+    `max-file-size` above `REPOSITORY_MAX_FILE_SIZE` lowered to it; the keys that were set are
+    recorded in `cfg.ignored` so that the run says so (`trust_note`)."""
     default = Config()
     ignored = tuple(k for k in RUNS_CODE if getattr(cfg, k) != getattr(default, k))
+    changes: dict[str, Any] = {k: getattr(default, k) for k in ignored}
+    if cfg.max_file_size > REPOSITORY_MAX_FILE_SIZE:
+        ignored += ("max_file_size",)
+        changes["max_file_size"] = REPOSITORY_MAX_FILE_SIZE
     if not ignored:
         return cfg
-    return replace(cfg, ignored=ignored, **{k: getattr(default, k) for k in ignored})
+    return replace(cfg, ignored=ignored, **changes)
 
 
 def trust_note(cfg: Config) -> str | None:
@@ -174,15 +184,18 @@ def trust_note(cfg: Config) -> str | None:
         return None
     import os
 
-    keys = ", ".join(f"`{k}`" for k in cfg.ignored)
     where = cfg.source or "the discovered configuration"
     if os.path.isabs(where):
         rel = os.path.relpath(where)
         where = rel if not rel.startswith("..") else where
-    return (
-        f"{keys} in {where} ignored: a configuration found in the checked tree cannot turn on stages that run code; "
-        f"use --trace/--confirm/--entries, or name the file with --config to trust it"
-    )
+    parts = []
+    code = [k for k in cfg.ignored if k in RUNS_CODE]
+    if code:
+        keys = ", ".join(f"`{k}`" for k in code)
+        parts.append(f"{keys} in {where} ignored: a configuration found in the checked tree cannot turn on stages that run code; use --trace/--confirm/--entries, or name the file with --config to trust it")
+    if "max_file_size" in cfg.ignored:
+        parts.append(f"`max-file-size` in {where} lowered to {REPOSITORY_MAX_FILE_SIZE // 2**20} MiB, the most a configuration found in the checked tree may ask for; name the file with --config to trust it")
+    return "; ".join(parts)
 
 
 def check_timeout(value: Any, key: str = "timeout", source: str = "") -> float:

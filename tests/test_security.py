@@ -484,3 +484,17 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_repository_config_cannot_raise_max_file_size_past_the_cap(tmp_path: Path) -> None:
+    """A checked repository may not make stabcheck read a committed multi-gigabyte file whole:
+    a discovered `max-file-size` is capped (with a note); `--config` may go higher."""
+    from stabcheck.config import REPOSITORY_MAX_FILE_SIZE, discover_config, load_config, trust_note
+
+    (tmp_path / "pyproject.toml").write_text('[tool.stabcheck]\nmax-file-size = "4GiB"\n')
+    found = discover_config(tmp_path)
+    assert found.max_file_size == REPOSITORY_MAX_FILE_SIZE
+    assert "max-file-size" in (trust_note(found) or "")
+    assert load_config(tmp_path / "pyproject.toml").max_file_size == 4 * 2**30  # named explicitly: trusted
+    (tmp_path / "pyproject.toml").write_text('[tool.stabcheck]\nmax-file-size = "20MiB"\n')
+    assert discover_config(tmp_path).max_file_size == 20 * 2**20 and trust_note(discover_config(tmp_path)) is None
