@@ -560,7 +560,7 @@ def _finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], con
     for path in sorted(results):
         res = results[path]
         ignored = _per_file_ignored(path, config)
-        findings = [f for f in merge(res.findings) if f.code in enabled and f.code not in ignored]
+        findings = [f for f in merge(res.findings) if f.code in enabled and f.code not in ignored and _shown(f, config)]
         used: set[tuple[int, int, str]] = set()
         sups_by_line: dict[int, list[suppress.Suppression]] = {}
         for s in res.suppressions:
@@ -589,6 +589,13 @@ def _finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], con
                     what = f"unknown rule `{n}`" if rule is None else f"`{n}`"
                     out.append(UnusedSuppression.finding(path=path, span=Span(s.line, s.col), message=f"unused suppression of {what}: no such finding on this line", detail=n))
     return sorted(out, key=lambda f: f.sort_key)
+
+
+def _shown(f: Finding, config: Config) -> bool:
+    """A static guess (a finding whose premises the analysis could not prove) is a hypothesis:
+    shown with `preview`, and otherwise only once a later stage has confirmed it (merged into a
+    traced or confirmed finding, which is proven)."""
+    return f.confidence == "proven" or config.preview
 
 
 def _per_file_ignored(path: str, config: Config) -> set[str]:

@@ -61,6 +61,7 @@ class Config:
     max_traces: int = 3
     union_limit: int = 1
     max_file_size: int = DEFAULT_MAX_FILE_SIZE  # a larger source file is one STB901, never read whole
+    preview: bool = False  # also report the static stage's guesses (findings not proven)
     root: str = "."
     source: str = ""
     ignored: tuple[str, ...] = ()  # keys of a discovered config that were not honoured (see `distrust`)
@@ -86,6 +87,7 @@ _KEYS: dict[str, str] = {
     "max-traces": "a positive integer",
     "union-limit": "a positive integer",
     "max-file-size": "a positive size in bytes, or a string such as '5MiB', '500KB' or '2MB'",
+    "preview": "true or false",
 }
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
@@ -272,7 +274,7 @@ def from_mapping(table: dict[str, Any], *, source: str = "", root: str = ".", ba
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(raw_key, value, allowed, source)
             changes[fname] = value
-        elif key == "types":
+        elif key in ("types", "preview"):
             if not isinstance(value, bool):
                 raise ConfigError(raw_key, value, allowed, source)
             changes[fname] = value

@@ -10,6 +10,11 @@ Severity = Literal["error", "warning", "info"]
 Stage = Literal["static", "traced", "confirmed", "runtime"]
 Status = Literal["suspected", "confirmed", "refuted"]
 Applicability = Literal["safe", "unsafe"]
+# how sure a finding is: "proven" when the analysis proves every premise (the transform is
+# visible, the operand is traced, the path reaches a jitted or differentiated use); "guess" when a
+# premise is assumed (a value of unknown kind, a config not visible statically). The static stage
+# reports guesses only with `--preview`; the traced/confirm stages confirm or refute them.
+Confidence = Literal["proven", "guess"]
 
 STAGE_STRENGTH: dict[str, int] = {"static": 0, "traced": 1, "runtime": 1, "confirmed": 2}
 
@@ -96,6 +101,7 @@ class Finding:
     fix: Fix | None = None
     snippet: str = ""
     chains: tuple[Chain, ...] = ()  # innermost -> outermost, one per way a transform reaches it
+    confidence: Confidence = "proven"
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -140,6 +146,7 @@ class Finding:
             "detail": self.detail,
             "evidence": self.evidence,
             "snippet": self.snippet,
+            "confidence": self.confidence,
             "fix": None
             if self.fix is None
             else {
@@ -179,6 +186,7 @@ class Finding:
             evidence=dict(d.get("evidence") or {}),
             snippet=d.get("snippet", ""),
             chains=tuple(tuple(Frame.from_dict(fr) for fr in c) for c in d.get("chains") or ()),
+            confidence="guess" if d.get("confidence") == "guess" else "proven",
             fix=None
             if not fix
             else Fix(
@@ -211,6 +219,7 @@ def merge(findings: list[Finding]) -> list[Finding]:
             detail=strong.detail or weak.detail,
             snippet=strong.snippet or weak.snippet,
             chains=merge_chains(strong.chains, weak.chains),
+            confidence="proven" if "proven" in (strong.confidence, weak.confidence) else "guess",
         )
     return sorted(best.values(), key=lambda f: f.sort_key)
 

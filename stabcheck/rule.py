@@ -15,12 +15,13 @@ catalogue, docs and codes stay in one place.
 
 from __future__ import annotations
 
+import ast
 import re
 import textwrap
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
-from stabcheck.finding import Chain, Finding, Fix, Severity, Span, Stage
+from stabcheck.finding import Chain, Confidence, Finding, Fix, Severity, Span, Stage
 
 if TYPE_CHECKING:
     from stabcheck.static.context import FileContext
@@ -106,9 +107,18 @@ class Rule:
         fix: Fix | None = None,
         span: Span | None = None,
         function: str | None = None,
+        confidence: Confidence = "proven",
+        operands: tuple[ast.AST, ...] = (),
     ) -> None:
         """Report at `node` in the function being walked (or `function`, for a rule that judges a
-        function other than the one it is visiting, such as a `lax` body or a nested def)."""
+        function other than the one it is visiting, such as a `lax` body or a nested def).
+
+        `confidence` is how sure the rule is; `operands` are the expressions the finding claims
+        are traced arrays: unless the analysis proves each of them traced (`ctx.proves_traced`),
+        the finding is a guess. A guess is kept as a hypothesis (`--preview`, and the traced and
+        confirm stages), never reported by default."""
+        if confidence == "proven" and any(not ctx.proves_traced(op) for op in operands):
+            confidence = "guess"
         ctx.add(
             self.finding(
                 path=ctx.path,
@@ -119,6 +129,7 @@ class Rule:
                 detail=detail,
                 evidence=evidence,
                 fix=fix,
+                confidence=confidence,
             )
         )
 
@@ -138,6 +149,7 @@ class Rule:
         status: str = "suspected",
         snippet: str = "",
         chains: tuple[Chain, ...] = (),
+        confidence: Confidence = "proven",
     ) -> Finding:
         """Build a Finding of this rule; every stage creates findings through here."""
         return Finding(
@@ -156,6 +168,7 @@ class Rule:
             fix=fix,
             snippet=snippet,
             chains=chains,
+            confidence=confidence,
         )
 
     @classmethod

@@ -149,6 +149,7 @@ def check(
     cache_dir: Annotated[Optional[str], typer.Option(help="Cache directory (default: one per project under ~/.cache/stabcheck, outside the checked tree).")] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Parallel processes (default: all cores).")] = None,
     statistics: Annotated[bool, typer.Option("--statistics", help="Show counts per rule.")] = False,
+    preview: Annotated[bool, typer.Option("--preview", help="Also show findings the static stage could not prove (guesses).")] = False,
 ) -> None:
     """Check PATHS for type-stability hazards (static by default; --trace/--confirm run entries)."""
     from stabcheck import api, reporters
@@ -174,6 +175,8 @@ def check(
         overrides["fail-on"] = fail_on
     if types is not None:
         overrides["types"] = types
+    if preview:
+        overrides["preview"] = True
     cfg = _load_config(config, paths, overrides)
     if ignore:
         from stabcheck.config import from_mapping

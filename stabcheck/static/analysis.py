@@ -95,6 +95,8 @@ class FunctionInfo:
     traced: set[str] = field(default_factory=set)
     assigned: set[str] = field(default_factory=set)
     containers: set[str] = field(default_factory=set)  # names only ever bound to list/tuple/dict displays
+    bindings: list[tuple[list[ast.AST], ast.AST]] = field(default_factory=list)  # (targets, value) of every binding
+    proven_params: set[str] = field(default_factory=set)  # parameters proven to receive traced arrays
     own: list[ast.AST] | None = None  # `Analysis.own_nodes`, once asked for
     # why it is transformed, for instability chains: `entry` names what transforms it directly
     # (`jax.jit`, a Module's `__call__`); `callers` are the transformed functions that call it
@@ -153,6 +155,10 @@ class Analysis:
         self._memo: dict[int, bool] | None = None
         self._propagate()
         self._memo = {}  # traced sets are final now: an expression's verdict no longer changes
+        self._proven: dict[int, set[str]] = {}
+        self._proof_memo: dict[int, bool] | None = None
+        self._propagate_proofs()
+        self._proof_memo = {}
 
     # -- scopes ------------------------------------------------------------------------
     def _collect(self, tree: ast.Module, record: Container[type]) -> None:
@@ -318,7 +324,11 @@ class Analysis:
         static |= set(t.static_argnames)
         static |= self._static_by_signature(info)
         info.static_params |= static
-        self._set(info, {p for p in params if p not in static}, t.abstract)
+        traced = {p for p in params if p not in static}
+        # a visible transform proves its parameters traced; `eqx.filter_*`/`nnx` keep non-array
+        # arguments static, so there only an array annotation proves one
+        info.proven_params |= {p for p in traced if not t.filtered or _array_annotated(info, p)}
+        self._set(info, traced, t.abstract)
 
     def _mark_module_method(self, info: FunctionInfo) -> None:
         info.entry = info.entry or f"{info.cls.name if info.cls is not None else 'Module'}.{info.name} (a Module method)"
@@ -475,6 +485,7 @@ class Analysis:
                     for n in _bound_names(t):
                         kinds[n] = False
         info.containers = {k for k, v in kinds.items() if v}
+        info.bindings = assigns
         for _ in range(8):
             before = len(traced)
             for targets, value in assigns:
@@ -603,6 +614,201 @@ class Analysis:
                 return True
         args = [*e.args, *(k.value for k in e.keywords)]
         return any(self._eval(a, traced, scope) for a in args)
+
+    # -- proofs: which values are traced arrays for certain ------------------------------------
+    # `_eval` says what *may* be traced (the propagation needs that). A finding claims more: that
+    # this value is a traced array. That holds for a parameter of a visible transform (or one a
+    # proven traced argument reaches), for `jnp`/`lax`/`jax.random`/... results and array methods
+    # of proven values, for arithmetic on them, and for names bound only to such values. A field of
+    # an object (pytree aux data, an `eqx.Module` static field), a value from a container built in
+    # the trace, the result of an unknown helper (`is_array(x)`, `not_jax_tracer(x)`), of
+    # `eval_shape`: all may be Python values, so none is proven.
+    def proves_traced(self, expr: ast.AST, scope: FunctionInfo | None) -> bool:
+        """Does the analysis prove `expr` a traced array (or a comparison of one) in `scope`?"""
+        if scope is None or not scope.transformed:
+            return False
+        memo = self._proof_memo
+        if memo is None:
+            return self._prove(expr, self._proven_names(scope), scope, 0)
+        hit = memo.get(id(expr))
+        if hit is None:
+            hit = memo[id(expr)] = self._prove(expr, self._proven_names(scope), scope, 0)
+        return hit
+
+    def _propagate_proofs(self) -> None:
+        """Proven parameters of functions that transformed code calls with proven traced arguments."""
+        for _ in range(6):
+            changed = False
+            self._proven = {}
+            for scope, call in self.calls:
+                if scope is None or not scope.transformed:
+                    continue
+                callee = self.resolve(call.func, scope)
+                if callee is None or callee is scope or not callee.transformed:
+                    continue
+                bound = isinstance(call.func, ast.Attribute)
+                params = callee.params[1:] if callee.is_method and bound else callee.params
+                got = traced_parameters(call, params, lambda e: self.proves_traced(e, scope), keywords=callee.params)
+                got = got - callee.static_params - callee.proven_params
+                if got:
+                    callee.proven_params |= got
+                    changed = True
+            if not changed:
+                break
+        self._proven = {}
+
+    def _proven_names(self, info: FunctionInfo) -> set[str]:
+        got = self._proven.get(id(info))
+        if got is not None:
+            return got
+        self._proven[id(info)] = set()  # a cycle through a parent sees nothing proven
+        inherited = self._proven_names(info.parent) - set(info.params) if info.parent is not None else set()
+        base = (info.proven_params | inherited) & info.traced
+        bound = {n for targets, _ in info.bindings for t in targets for n in _bound_names(t, containers=True)}
+        proven = (base - bound) | (info.traced & bound)
+        proven -= {n for n in bound if n in info.params and n not in base}
+        for _ in range(8):  # the greatest set of names whose every binding is proven
+            drop = set()
+            for targets, value in info.bindings:
+                for t in targets:
+                    for name, v in _pairs(t, value):
+                        if name in proven and (v is None or not self._prove(v, proven, info, 0)):
+                            drop.add(name)
+            if not drop:
+                break
+            proven -= drop
+        self._proven[id(info)] = proven
+        return proven
+
+    def _prove(self, e: ast.AST, proven: set[str], scope: FunctionInfo, depth: int) -> bool:
+        if depth > 40:
+            return False
+        pr = self._prove
+        d = depth + 1
+        if isinstance(e, ast.Name):
+            return e.id in proven
+        if isinstance(e, ast.Attribute):
+            if e.attr in ARRAY_ATTRS:
+                return pr(e.value, proven, scope, d)
+            return False  # a field: pytree aux data and static fields are Python values
+        if isinstance(e, ast.Subscript):
+            picked = self._display_item(e, scope)
+            if picked is not None:
+                return pr(picked, proven, scope, d)
+            if isinstance(e.value, ast.Name) and e.value.id in scope.containers:
+                return False
+            base: ast.AST = e.value
+            if isinstance(base, ast.Name) and self._filtered_param(base.id, scope):
+                return False  # a leaf of an `eqx.filter_*` argument may be a static Python value
+            return pr(base, proven, scope, d)
+        if isinstance(e, ast.BinOp):
+            return pr(e.left, proven, scope, d) or pr(e.right, proven, scope, d)
+        if isinstance(e, ast.UnaryOp):
+            return pr(e.operand, proven, scope, d)
+        if isinstance(e, ast.BoolOp):
+            return any(pr(v, proven, scope, d) for v in e.values)
+        if isinstance(e, ast.Compare):
+            if any(isinstance(op, (ast.Is, ast.IsNot, ast.In, ast.NotIn)) for op in e.ops):
+                return False
+            sides = [e.left, *e.comparators]
+            if any(self._sentinel(x) for x in sides):
+                return False  # `x == SENTINEL` with `SENTINEL = object()` or None: a Python bool
+            return any(pr(x, proven, scope, d) for x in sides)
+        if isinstance(e, ast.IfExp):
+            return pr(e.body, proven, scope, d) and pr(e.orelse, proven, scope, d)
+        if isinstance(e, (ast.Starred, ast.NamedExpr)):
+            return pr(e.value, proven, scope, d)
+        if isinstance(e, ast.Call):
+            func = e.func
+            q = self.names.qualname(func)
+            args = [*e.args, *(k.value for k in e.keywords)]
+            if q is not None:
+                if q in STATIC_JAX or q in STATIC_BUILTINS or not q.startswith(_ARRAY_MODULES):
+                    if not (isinstance(func, ast.Attribute) and func.attr in ARRAY_METHODS and self.names.qualname(func.value) is None):
+                        return False
+                else:
+                    return any(pr(a, proven, scope, d) for a in args)
+            if isinstance(func, ast.Attribute) and func.attr in ARRAY_METHODS:
+                return pr(func.value, proven, scope, d)
+            return False
+        return False
+
+    def _filtered_param(self, name: str, scope: FunctionInfo) -> bool:
+        owner = self._param_owner(name, scope)
+        return owner is not None and bool(owner.transforms) and all(t.filtered for t in owner.transforms)
+
+    def _display_item(self, e: ast.Subscript, scope: FunctionInfo) -> ast.AST | None:
+        """`{"type": "sample", "value": x}["type"]`, also through a name bound only to that display:
+        the item the constant key picks, or None when unknown."""
+        base, key = e.value, e.slice
+        if not isinstance(key, ast.Constant):
+            return None
+        displays: list[ast.AST] = [base]
+        if isinstance(base, ast.Name) and base.id in scope.containers:
+            displays = [v for targets, v in scope.bindings if any(isinstance(t, ast.Name) and t.id == base.id for t in targets)]
+        items: list[ast.AST] = []
+        for disp in displays:
+            if isinstance(disp, ast.Dict):
+                hit = [v for k, v in zip(disp.keys, disp.values) if isinstance(k, ast.Constant) and k.value == key.value]
+                if len(hit) != 1 or any(k is None for k in disp.keys):
+                    return None
+                items.append(hit[0])
+            elif isinstance(disp, (ast.Tuple, ast.List)) and isinstance(key.value, int) and not any(isinstance(x, ast.Starred) for x in disp.elts):
+                if not -len(disp.elts) <= key.value < len(disp.elts):
+                    return None
+                items.append(disp.elts[key.value])
+            else:
+                return None
+        if len(items) == 1:
+            return items[0]
+        return ast.Constant(None) if items and all(isinstance(i, ast.Constant) for i in items) else None
+
+    def _sentinel(self, e: ast.AST) -> bool:
+        """None, or a module name bound only to `object()`."""
+        if isinstance(e, ast.Constant) and e.value is None:
+            return True
+        if not isinstance(e, ast.Name):
+            return False
+        table = getattr(self, "_sentinels", None)
+        if table is None:
+            table = self._sentinels = _module_sentinels(self.tree, self.names)
+        return e.id in table
+
+
+_ARRAY_MODULES = ("jax.numpy.", "jax.lax.", "jax.nn.", "jax.scipy.", "jax.random.", "jax.image.", "jax.ops.")
+ARRAY_METHODS = frozenset(
+    {
+        "sum", "mean", "max", "min", "prod", "std", "var", "astype", "reshape", "transpose", "squeeze", "ravel", "flatten", "clip",
+        "round", "any", "all", "argmax", "argmin", "cumsum", "cumprod", "dot", "conj", "conjugate", "take", "repeat", "swapaxes",
+        "sort", "argsort", "diagonal", "trace", "set", "add", "multiply", "divide", "power", "apply", "__getitem__", "view", "nonzero",
+    }
+)
+
+
+def _pairs(target: ast.AST, value: ast.AST) -> list[tuple[str, ast.AST | None]]:
+    """(name, the value it receives) for a binding; `a, b = x, None` pairs element-wise, `x[i] = v`
+    binds nothing proven about `x` (None)."""
+    if isinstance(target, ast.Name):
+        return [(target.id, value)]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts) and not any(isinstance(x, ast.Starred) for x in (*value.elts, *target.elts)):
+            return [p for t, v in zip(target.elts, value.elts) for p in _pairs(t, v)]
+        return [p for t in target.elts for p in _pairs(t, ast.Subscript(value, ast.Constant(0), ast.Load()) if not isinstance(t, ast.Starred) else value)]
+    if isinstance(target, ast.Starred):
+        return _pairs(target.value, value)
+    return [(n, None) for n in _bound_names(target, containers=True)]
+
+
+def _module_sentinels(tree: ast.Module, names: Names) -> set[str]:
+    out: dict[str, bool] = {}
+    for st in tree.body:
+        if isinstance(st, (ast.Assign, ast.AnnAssign)) and st.value is not None:
+            targets = st.targets if isinstance(st, ast.Assign) else [st.target]
+            is_obj = isinstance(st.value, ast.Call) and not st.value.args and not st.value.keywords and names.qualname(st.value.func) == "builtins.object"
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    out[t.id] = out.get(t.id, True) and is_obj
+    return {k for k, v in out.items() if v}
 
 
 def traced_parameters(call: ast.Call, params: list[str], traced: Callable[[ast.AST], bool], *, keywords: list[str] | None = None) -> set[str]:

@@ -73,6 +73,10 @@ class FileContext:
     def is_traced_array(self, expr: ast.AST) -> bool:
         return self.analysis.is_traced_array(expr, self.function)
 
+    def proves_traced(self, expr: ast.AST) -> bool:
+        """Does the analysis prove `expr` a traced array here (not merely possibly traced)?"""
+        return self.analysis.proves_traced(expr, self.function)
+
     @property
     def ancestors(self) -> list[ast.AST]:
         """The nodes enclosing the visited one, outermost (the module) first. Built on demand

@@ -198,5 +198,6 @@ class BranchOnTracer(Rule):
             f"`{text}` is a traced value, but {via} needs a concrete Python bool; under `jit` this raises TracerBoolConversionError",
             help="select with `jnp.where`/`lax.select`/`lax.cond`, or make the argument static (`static_argnums`)",
             detail=text,
+            operands=(expr,),
         )
 

@@ -254,4 +254,5 @@ class ConcretizeTracer(Rule):
             f"{what} needs a concrete value, but `{culprit}` is traced here; tracing raises {exc}",
             help="keep it an array (`jnp.asarray`, `lax.switch`, `jnp.where`) and convert after the transform returns, or mark the argument static",
             detail=culprit,
+            operands=(value,),
         )

@@ -149,6 +149,7 @@ class DataDependentShape(Rule):
                     "the result has no static shape, so tracing raises NonConcreteBooleanIndexError",
                     help="use `jnp.where(mask, x, fill)`, a `where=` reduction, or `jnp.nonzero(mask, size=...)`",
                     detail=ctx.text(p),
+                    operands=(p,),
                 )
                 return
 
@@ -164,15 +165,16 @@ class DataDependentShape(Rule):
             name = "one-argument jnp.where"
         elif q is None and isinstance(node.func, ast.Attribute) and node.func.attr == "nonzero" and not node.args:
             if traced_value(node.func.value, ctx) and ctx.is_traced_array(node.func.value):
-                self._size(ctx, node, ".nonzero()", node.func.value)
+                self._size(ctx, node, ".nonzero()", node.func.value, node.func.value)
             return
         if name is None:
             return
         arg = node.args[0]
-        if traced_value(arg, ctx) or any(traced_value(a, ctx) for a in node.args[1:]):
-            self._size(ctx, node, name, arg)
+        traced = [a for a in node.args if traced_value(a, ctx)]
+        if traced:
+            self._size(ctx, node, name, arg, traced[0])
 
-    def _size(self, ctx: FileContext, node: ast.Call, name: str, arg: ast.AST) -> None:
+    def _size(self, ctx: FileContext, node: ast.Call, name: str, arg: ast.AST, traced: ast.AST) -> None:
         self.report(
             ctx,
             node,
@@ -180,4 +182,5 @@ class DataDependentShape(Rule):
             "tracing raises ConcretizationTypeError",
             help="pass `size=` (and `fill_value=`) for a static output length, or use a mask with `jnp.where`",
             detail=ctx.text(arg),
+            operands=(traced,),
         )
