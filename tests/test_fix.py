@@ -126,6 +126,9 @@ JIT_LOOP = _src(
             TRACES.append(1)
             return w * v
         return forward(x)
+
+    def serve(w, xs):
+        return [predict(w, x) for x in xs]
     """
 )
 JIT_LOOP_FIXED = _src(
@@ -160,6 +163,9 @@ JIT_LOOP_FIXED = _src(
 
     def predict(w, x):
         return forward(x, w=w)
+
+    def serve(w, xs):
+        return [predict(w, x) for x in xs]
     """
 )
 
@@ -221,6 +227,12 @@ def test_jit_of_a_nested_def_moves_the_def():
 
             params = jax.jit(step, donate_argnums=0)(params, xs)
             return params, step(params, xs)
+
+
+        def fit(params, batches, lr):
+            for xs in batches:
+                params, _ = train(params, xs, lr)
+            return params
         """
     )
     assert fix_source(source, "m.py", Config(), unsafe=True).after == _src(
@@ -235,6 +247,12 @@ def test_jit_of_a_nested_def_moves_the_def():
         def train(params, xs, lr):
             params = jax.jit(step, donate_argnums=0)(params, xs, lr=lr)
             return params, step(params, xs, lr=lr)
+
+
+        def fit(params, batches, lr):
+            for xs in batches:
+                params, _ = train(params, xs, lr)
+            return params
         """
     )
 

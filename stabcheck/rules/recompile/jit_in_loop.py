@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+from typing import Literal
 
 from stabcheck.rule import Rule
 from stabcheck.static.analysis import FunctionInfo
@@ -60,6 +61,9 @@ class JitInLoop(Rule):
 
         def evaluate(model, xs, temperature):
             return jax.jit(partial(model, temperature=temperature))(xs)  # expect: STB501
+
+        def sweep(model, batches):
+            return [evaluate(model, xs, 0.5) for xs in batches]
         """,
         """
         import jax
@@ -70,6 +74,10 @@ class JitInLoop(Rule):
             def forward(v):
                 return jnp.tanh(w @ v)
             return forward(x)
+
+        def serve(w, requests):
+            for x in requests:
+                yield predict(w, x)
         """,
     )
     VALID = (
@@ -106,6 +114,35 @@ class JitInLoop(Rule):
                 p = jax.jit(loss)(p, x)  # module-level function: cache hit
             return p
         """,
+        """
+        import jax
+        from functools import partial
+        from jax import lax
+
+        def run_inference(step, state, keys):
+            # a one-shot driver: it runs once per fit, so one compile per call is the cost of the fit
+            final, history = jax.jit(partial(lax.scan, step))(state, keys)
+            return final, history
+        """,
+        """
+        import jax
+
+        class Model:
+            @jax.jit
+            def __call__(self, x):
+                @jax.jit  # inside a jitted method: inlined into the outer trace, no recompile
+                def inner(v):
+                    return v * 2
+                return inner(x)
+        """,
+        """
+        import jax
+        from functools import partial
+
+        def sweep(f, x):
+            # one compile per distinct static configuration is needed whichever way it is spelled
+            return [jax.jit(partial(f, method=m))(x) for m in ("lu", "qr", "cholesky")]
+        """,
     )
 
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
@@ -118,14 +155,19 @@ class JitInLoop(Rule):
             return
         what, per_iteration = fresh
         parent = ctx.parent
+        confidence = "proven"
         if ctx.loops:
             if not per_iteration:
                 return  # the same function object every iteration: one compile, reused
             where = "inside a loop"
+            if _binds_loop_target(fn, ctx.loops[-1]):
+                confidence = "guess"  # one compile per distinct configuration may be needed anyway
         elif _per_call_outer(ctx) and isinstance(parent, ast.Call) and parent.func is node:
             where = f"and called inline inside `{ctx.function.qualname}`"  # type: ignore[union-attr]
+            confidence = _repeated(ctx)
         elif _per_call_outer(ctx) and self._used_locally(node, ctx):
             where = f"inside `{ctx.function.qualname}` and used there"  # type: ignore[union-attr]
+            confidence = _repeated(ctx)
         else:
             return
         name = ctx.qualname(node.func) or ctx.text(node.func)
@@ -135,6 +177,7 @@ class JitInLoop(Rule):
             f"`{name.removeprefix('jax.')}` of {what} is built {where}; each time it is a new function to JAX, so it traces and compiles again",
             help="build the jitted function once (at module level or in a factory that returns it) and pass what varies as arguments",
             detail=what,
+            confidence=confidence,
         )
 
     def visit_FunctionDef(self, node: ast.FunctionDef, ctx: FileContext) -> None:
@@ -143,10 +186,12 @@ class JitInLoop(Rule):
             t = ctx.names.transform(dec)
             if t is None or t.family not in _COMPILING:
                 continue
+            confidence = "proven"
             if ctx.loops:
                 where = "inside a loop: each iteration defines a new function"
             elif outer is not None and _per_call_outer(ctx) and _called(outer.node, node.name) and not _escapes(outer.node, node.name):
                 where = f"inside `{outer.qualname}` and called there: each call of `{outer.qualname}` defines a new function"
+                confidence = _repeated(ctx)
             else:
                 return
             self.report(
@@ -155,6 +200,7 @@ class JitInLoop(Rule):
                 f"`{node.name}` is jitted {where}, so it traces and compiles again",
                 help="move the jitted function to module level (pass closed-over values as arguments), or build it once in a factory",
                 detail=node.name,
+                confidence=confidence,
             )
             return
 
@@ -200,6 +246,56 @@ def _per_call_outer(ctx: FileContext) -> bool:
             return False  # tests run once
         s = s.parent
     return not any(ctx.qualname(d.func if isinstance(d, ast.Call) else d) in _CACHES for d in fn.node.decorator_list)
+
+
+def _repeated(ctx: FileContext) -> Literal["proven", "guess"]:
+    """A compile per call of the enclosing function costs only if that function runs many times:
+    proven when this module calls it from a loop; otherwise it may be a one-shot driver (a fit, an
+    adaptation, a diagnostic), and the finding is a guess."""
+    fn = ctx.function
+    if fn is None:
+        return "guess"
+    name = fn.name
+    for _scope, call in ctx.analysis.calls:
+        callee = call.func
+        called = callee.id if isinstance(callee, ast.Name) else callee.attr if isinstance(callee, ast.Attribute) else None
+        if called == name and _in_loop(call, ctx):
+            return "proven"
+    return "guess"
+
+
+def _in_loop(node: ast.AST, ctx: FileContext) -> bool:
+    for info in ctx.analysis.functions.values():
+        if isinstance(info.node, ast.Lambda):
+            continue
+        for n in _own_body(info.node):
+            if isinstance(n, _LOOP_NODES) and any(m is node for m in ast.walk(n)):
+                return True
+    for st in ctx.tree.body:
+        if isinstance(st, _LOOP_NODES) and any(m is node for m in ast.walk(st)):
+            return True
+    return False
+
+
+def _binds_loop_target(fn: ast.AST, loop: ast.AST) -> bool:
+    """`jax.jit(partial(f, cfg=cfg))` in `for cfg in configs`: the loop walks distinct static
+    configurations, each of which needs its own compile whichever way it is spelled."""
+    gens = [(loop.target, loop.iter)] if isinstance(loop, (ast.For, ast.AsyncFor)) else [(g.target, g.iter) for g in getattr(loop, "generators", ())]
+    # only a loop over a display of non-numeric literals (`("lu", "qr")`, `(True, False)`) is known
+    # to walk static configurations; numbers may as well be data that belong in a traced argument
+    targets = {n.id for t, it in gens if _config_display(it) for n in ast.walk(t) if isinstance(n, ast.Name)}
+    if not targets:
+        return False
+    parts = [*fn.args[1:], *(k.value for k in fn.keywords)] if isinstance(fn, ast.Call) else [fn.body] if isinstance(fn, ast.Lambda) else []
+    return any(isinstance(m, ast.Name) and m.id in targets for p in parts for m in ast.walk(p))
+
+
+def _config_display(it: ast.AST) -> bool:
+    return (
+        isinstance(it, (ast.Tuple, ast.List, ast.Set))
+        and bool(it.elts)
+        and all(isinstance(e, ast.Constant) and (e.value is None or isinstance(e.value, (str, bool))) for e in it.elts)
+    )
 
 
 def _own_body(fn: ast.AST) -> list[ast.AST]:
