@@ -452,6 +452,22 @@ class Analysis:
     def _traced_names(self, info: FunctionInfo) -> set[str]:
         inherited = set(info.parent.traced) - set(info.params) if info.parent is not None else set()
         traced = set(info.traced_params) | inherited
+        assigns = self.bindings(info, fresh=True)
+        for _ in range(8):
+            before = len(traced)
+            for targets, value in assigns:
+                if self._eval(value, traced, info):
+                    for t in targets:
+                        traced.update(_bound_names(t, containers=True))
+            if len(traced) == before:
+                break
+        return traced
+
+    def bindings(self, info: FunctionInfo, *, fresh: bool = False) -> list[tuple[list[ast.AST], ast.AST]]:
+        """(targets, value) of every binding in the function's own body; also sets `assigned`
+        and `containers`. Computed for transformed functions by the analysis, for others on demand."""
+        if info.bindings and not fresh:
+            return info.bindings
         assigns: list[tuple[list[ast.AST], ast.AST]] = []
         comps: list[tuple[list[ast.AST], ast.AST]] = []
         for node in self.own_nodes(info):
@@ -486,15 +502,7 @@ class Analysis:
                         kinds[n] = False
         info.containers = {k for k, v in kinds.items() if v}
         info.bindings = assigns
-        for _ in range(8):
-            before = len(traced)
-            for targets, value in assigns:
-                if self._eval(value, traced, info):
-                    for t in targets:
-                        traced.update(_bound_names(t, containers=True))
-            if len(traced) == before:
-                break
-        return traced
+        return assigns
 
     # -- traced-value evaluation -------------------------------------------------------------
     def is_traced(self, expr: ast.AST, scope: FunctionInfo | None) -> bool:
@@ -730,6 +738,8 @@ class Analysis:
                     return any(pr(a, proven, scope, d) for a in args)
             if isinstance(func, ast.Attribute) and func.attr in ARRAY_METHODS:
                 return pr(func.value, proven, scope, d)
+            if isinstance(func, ast.Call) and self.names.transform_call(func) is not None:
+                return any(pr(a, proven, scope, d) for a in args)  # `jax.vmap(f)(x)`, `jax.grad(f)(x)`
             return False
         return False
 
@@ -775,7 +785,7 @@ class Analysis:
         return e.id in table
 
 
-_ARRAY_MODULES = ("jax.numpy.", "jax.lax.", "jax.nn.", "jax.scipy.", "jax.random.", "jax.image.", "jax.ops.")
+_ARRAY_MODULES = ("jax.numpy.", "jax.lax.", "jax.nn.", "jax.scipy.", "jax.random.", "jax.image.", "jax.ops.", "optax.losses.", "optax.softmax", "optax.sigmoid", "optax.l2_loss", "optax.huber_loss")
 ARRAY_METHODS = frozenset(
     {
         "sum", "mean", "max", "min", "prod", "std", "var", "astype", "reshape", "transpose", "squeeze", "ravel", "flatten", "clip",

@@ -41,7 +41,10 @@ class NanGradientWhere(Rule):
     or undefined derivative outside the region the condition selects (`sqrt`, `log`, `log1p`,
     `arcsin`, `arccos`, `arctanh`, `rsqrt`, `linalg.norm`, division by `x`, `x ** 0.5`), the
     condition tests `x`, and `x` is not itself guarded by an inner `where` (the "double where").
-    Any function counts: `grad` may be applied in another module.
+    Any function counts: `grad` may be applied in another module. Not flagged: an operand no
+    gradient reaches (an integer count, an `int` parameter, a constant), a condition that tests
+    other values than the operand; and where both branches are formulas of one function (the
+    `where` picks the numerically stable one, as in `log1mexp`) the finding is only a guess.
 
     ## Why is this bad?
     `where` selects outputs, but both branches are computed and differentiated everywhere. In
@@ -144,41 +147,63 @@ class NanGradientWhere(Rule):
         cond_names = _tested_names(cond, ctx) - set(ctx.names.aliases)
         if not cond_names:
             return
-        for branch in branches:
+        sides = _tested_sides(cond, ctx)
+        for i, branch in enumerate(branches):
             hit = self._hazard(branch, cond_names, ctx)
             if hit is None:
                 continue
-            op, arg = hit
+            op, arg, region = hit
+            aliases = set(ctx.names.aliases)
+            if not any(_names(arg) - aliases == _names(side) - aliases or ctx.text(arg) == ctx.text(side) for side in sides):
+                continue  # the condition tests other values than the operand (`a.b > 0` guarding `/ b.b`)
+            if _no_gradient(arg, ctx):
+                continue  # an integer count, an `int` parameter, a constant: no gradient reaches it
+            other = branches[1 - i]
+            confidence = "proven"
+            if self._hazard(other, cond_names, ctx) is not None:
+                # both branches are formulas of one function (`log1mexp`): the where picks the
+                # numerically stable one, and neither need be singular where it is ruled out
+                confidence = "guess"
             where = ctx.text(node.func)
+            what = (
+                f"where `{ctx.text(cond)}` rules it out its derivative is NaN (its input leaves the domain)"
+                if region
+                else f"at the point `{ctx.text(cond)}` rules out (its input at the singularity) its derivative is inf"
+            )
             self.report(
                 ctx,
                 node,
-                f"`{op}` is computed everywhere and `{where}` only masks its output; where `{ctx.text(cond)}` rules it out its derivative is inf or NaN, "
-                "so the gradient is NaN (0 * inf)",
+                f"`{op}` is computed everywhere and `{where}` only masks its output; {what}, "
+                "so the gradient there is NaN (0 * inf)",
                 help=f"guard the input too (double where): replace `{ctx.text(arg)}` by `jnp.where({ctx.text(cond)}, {ctx.text(arg)}, <safe value>)` inside `{op.split('(')[0]}`",
                 detail=op,
                 evidence={"op": op, "guarded_by": ctx.text(cond)},
+                confidence=confidence,
             )
             return
 
-    def _hazard(self, branch: ast.AST, cond_names: set[str], ctx: FileContext) -> tuple[str, ast.AST] | None:
-        """The first unsafe op in `branch` whose input the condition tests, unguarded."""
+    def _hazard(self, branch: ast.AST, cond_names: set[str], ctx: FileContext) -> tuple[str, ast.AST, bool] | None:
+        """The first unsafe op in `branch` whose input the condition tests, unguarded; and whether
+        its derivative is NaN over a region (`sqrt` of negatives) rather than inf at a point."""
         stack: list[ast.AST] = [branch]
         while stack:
             n = stack.pop()
             arg: ast.AST | None = None
+            region = False
             if isinstance(n, ast.Call):
                 q = ctx.qualname(n.func)
                 if q in _SELECTS:
                     continue  # an inner select is checked on its own
                 if q in _UNSAFE and n.args:
                     arg = n.args[-1] if q == "jax.lax.div" else n.args[0]
+                    region = q in _REGION
             elif isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div):
                 arg = n.right
             elif isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) and _fractional(n.right):
                 arg = n.left
+                region = not isinstance(n.right, ast.UnaryOp)
             if arg is not None and not isinstance(arg, ast.Constant) and _names(arg) & cond_names and not self._guarded(arg, ctx):
-                return ctx.text(n), arg
+                return ctx.text(n), arg, region
             if isinstance(n, (ast.Lambda, ast.FunctionDef)):
                 continue
             stack.extend(reversed(list(ast.iter_child_nodes(n))))
@@ -200,6 +225,78 @@ class NanGradientWhere(Rule):
                     if isinstance(n.value, ast.Call) and ctx.qualname(n.value.func) in _GUARDS:
                         return True
         return False
+
+
+_REGION = frozenset({"jax.numpy.sqrt", "jax.lax.sqrt", "jax.lax.rsqrt", "jax.numpy.arcsin", "jax.numpy.arccos", "jax.lax.asin", "jax.lax.acos"})
+_INT_CALLS = frozenset({"builtins.len", "builtins.int", "jax.numpy.count_nonzero", "jax.numpy.size", "jax.numpy.ndim", "numpy.count_nonzero"})
+_INT_DTYPES = frozenset({"builtins.int", "jax.numpy.int32", "jax.numpy.int64", "jax.numpy.int8", "jax.numpy.int16", "jax.numpy.uint32", "numpy.int32", "numpy.int64"})
+
+
+def _no_gradient(arg: ast.AST, ctx: FileContext) -> bool:
+    """Every value `arg` reads is one no gradient can reach: an integer (a count, a length, a
+    shape, an `int`-annotated parameter, an integer cast) or a module constant."""
+    names = _names(arg)
+    if not names:
+        return False
+    fn = ctx.function
+    for name in names:
+        if fn is None or name in ctx.names.aliases:
+            return False
+        owner = fn
+        while owner is not None:
+            ctx.analysis.bindings(owner)  # fills `assigned`
+            if name in owner.params or name in owner.assigned:
+                break
+            owner = owner.parent
+        if owner is None:
+            if not any(isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in st.targets) for st in ctx.tree.body):
+                return False
+            continue  # a module constant
+        if name in owner.params and name not in owner.assigned:
+            if not _int_param(owner.node, name):
+                return False
+            continue
+        values = [v for targets, v in ctx.analysis.bindings(owner) if any(isinstance(t, ast.Name) and t.id == name for t in targets)]
+        if not values or not all(_int_value(v, ctx) for v in values):
+            return False
+    return True
+
+
+def _int_param(fn: ast.AST, name: str) -> bool:
+    args = fn.args  # type: ignore[attr-defined]
+    for a in (*args.posonlyargs, *args.args, *args.kwonlyargs):
+        if a.arg == name and a.annotation is not None:
+            return ast.unparse(a.annotation).replace(" ", "") in ("int", "Optional[int]", "int|None", "Int[Array,''],", "Int[Array,'']")
+    return False
+
+
+def _int_value(v: ast.AST, ctx: FileContext) -> bool:
+    if isinstance(v, ast.Constant):
+        return isinstance(v.value, int) and not isinstance(v.value, bool)
+    if isinstance(v, ast.Attribute) and v.attr in ("size", "ndim"):
+        return True
+    if isinstance(v, ast.Subscript) and isinstance(v.value, ast.Attribute) and v.value.attr == "shape":
+        return True
+    if isinstance(v, ast.Call):
+        q = ctx.qualname(v.func)
+        if q in _INT_CALLS:
+            return True
+        if isinstance(v.func, ast.Attribute) and v.func.attr == "astype" and v.args and ctx.qualname(v.args[0]) in _INT_DTYPES:
+            return True
+        if q in ("jax.numpy.sum", "jax.numpy.count_nonzero") and v.args and isinstance(v.args[0], ast.Compare):
+            return True  # `jnp.sum(mask_expr)`: an integer count
+    return False
+
+
+def _tested_sides(cond: ast.AST, ctx: FileContext) -> list[ast.AST]:
+    """The expressions the condition compares with a number."""
+    out: list[ast.AST] = []
+    for n in ast.walk(cond):
+        if isinstance(n, ast.Compare):
+            sides = [n.left, *n.comparators]
+            if any(_number(s) for s in sides):
+                out += [s for s in sides if not _number(s)]
+    return out
 
 
 def _tested_names(cond: ast.AST, ctx: FileContext) -> set[str]:

@@ -173,6 +173,9 @@ class CarryTypeDrift(Rule):
             return
 
 
+_X64_OFF = {"int64": "int32", "uint64": "uint32", "float64": "float32", "complex128": "complex64"}
+
+
 def _follow(expr: ast.expr, scope: FunctionInfo | None, kinds: Kinds) -> ast.expr:
     """A name assigned once in the enclosing function stands for its value."""
     for _ in range(4):
@@ -202,6 +205,9 @@ def _drift(init: ast.expr, si: FunctionInfo | None, carry: ast.expr, sc: Functio
         have = explicit_dtype(init, names)
         if have == cast:
             return None
+        narrow = _X64_OFF.get(cast)
+        if narrow is not None and (have == narrow or (have is None and evident_class(init, names) == dtype_class(cast))):
+            return None  # x64 is off by default: `astype(jnp.int64)` is int32, the carry's default int
         lit = literal_class(init)
         if have is None and lit is not None and (lit != "bool" or dtype_class(cast) == "bool"):
             return None  # a weakly typed Python number takes the body's dtype

@@ -31,10 +31,14 @@ class UnionAnnotation(Rule):
     must branch on the result, which a traced caller cannot do, and a type checker cannot help
     them. It is the declared form of STB201 (union-return).
 
+    A union that a static fact chooses (a `static_argnames` flag, an argument's None-ness, a
+    static field of the method's `self`) is one structure per compiled call: the declaration
+    alone does not prove a hazard there, and the finding is only a guess (`--preview`).
+
     ## Example
     ```python
-    @partial(jax.jit, static_argnames="with_aux")
-    def forward(params, x, with_aux=False) -> Optional[jax.Array]:
+    @jax.jit
+    def masked_mean(x, mask) -> Optional[jax.Array]:
         ...
     ```
 
@@ -61,16 +65,6 @@ class UnionAnnotation(Rule):
         @jax.jit
         def masked_mean(x, mask) -> Optional[jax.Array]:  # expect: STB202
             return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1)
-        """,
-        """
-        from functools import partial
-        import jax
-        import jax.numpy as jnp
-
-        @partial(jax.jit, static_argnames="with_aux")
-        def forward(w, x, with_aux=False) -> jax.Array | tuple[jax.Array, jax.Array]:  # expect: STB202
-            h = jnp.tanh(x @ w)
-            return (h, jnp.mean(h)) if with_aux else h
         """,
         """
         from typing import Any
@@ -100,6 +94,17 @@ class UnionAnnotation(Rule):
         """,
     )
     VALID = (
+        """
+        from functools import partial
+        import jax
+        import jax.numpy as jnp
+
+        # the static flag chooses the structure: one structure per compiled call
+        @partial(jax.jit, static_argnames="with_aux")
+        def forward(w, x, with_aux=False) -> jax.Array | tuple[jax.Array, jax.Array]:
+            h = jnp.tanh(x @ w)
+            return (h, jnp.mean(h)) if with_aux else h
+        """,
         """
         from typing import Optional
         import jax
@@ -191,6 +196,8 @@ class UnionAnnotation(Rule):
         if why == _ANY_WHY and _pytree_polymorphic(node, ctx.names):
             return  # `tree: Any -> Any` is the usual spelling of "a pytree in, a pytree out"
         text = ctx.text(node.returns)
+        # a static input (flag, None-default, the method's `self`) may choose the structure
+        chosen = bool(info.static_params) or info.is_method or any(isinstance(d, ast.Constant) and d.value is None for d in (*node.args.defaults, *node.args.kw_defaults))
         self.report(
             ctx,
             node.returns,
@@ -201,6 +208,7 @@ class UnionAnnotation(Rule):
             help="return one structure on every call (zeros instead of `None`), or split the function and annotate each precisely",
             function=info.qualname,
             detail=f"{info.qualname}->{text}",
+            confidence="guess" if chosen else "proven",
         )
 
 

@@ -248,6 +248,9 @@ class UnionReturn(Rule):
                 function=info.qualname,
                 detail=f"{info.qualname}:{kind_text(k)}|{kind_text(usual)}",
                 evidence={"kinds": sorted(kind_text(x) for x in distinct)},
+                # the guard must be proven traced: a field of `self`, an `is_array(x)` helper,
+                # a `None`-ness or shape test is a static fact choosing one structure per compile
+                confidence="proven" if any(_proven_test(g, info, ctx) for g in e.guards) else "guess",
             )
 
     @staticmethod
@@ -272,6 +275,14 @@ def _traced_test(test: ast.expr, info: FunctionInfo, ctx: FileContext) -> bool:
     if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
         return _traced_test(test.operand, info, ctx)
     return ctx.analysis.is_traced_array(test, info)
+
+
+def _proven_test(test: ast.expr, info: FunctionInfo, ctx: FileContext) -> bool:
+    if isinstance(test, ast.BoolOp):
+        return any(_proven_test(v, info, ctx) for v in test.values)
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        return _proven_test(test.operand, info, ctx)
+    return ctx.analysis.proves_traced(test, info)
 
 
 def _norm(k: Kind) -> Kind:
