@@ -160,7 +160,7 @@ class NanGradientWhere(Rule):
                 continue  # an integer count, an `int` parameter, a constant: no gradient reaches it
             other = branches[1 - i]
             confidence = "proven"
-            if self._hazard(other, cond_names, ctx) is not None:
+            if _same_function(other, arg, ctx):
                 # both branches are formulas of one function (`log1mexp`): the where picks the
                 # numerically stable one, and neither need be singular where it is ruled out
                 confidence = "guess"
@@ -168,7 +168,7 @@ class NanGradientWhere(Rule):
             what = (
                 f"where `{ctx.text(cond)}` rules it out its derivative is NaN (its input leaves the domain)"
                 if region
-                else f"at the point `{ctx.text(cond)}` rules out (its input at the singularity) its derivative is inf"
+                else f"its derivative is inf at the singular point of its input, which `{ctx.text(cond)}` rules out"
             )
             self.report(
                 ctx,
@@ -286,6 +286,31 @@ def _int_value(v: ast.AST, ctx: FileContext) -> bool:
         if q in ("jax.numpy.sum", "jax.numpy.count_nonzero") and v.args and isinstance(v.args[0], ast.Compare):
             return True  # `jnp.sum(mask_expr)`: an integer count
     return False
+
+
+def _same_function(other: ast.AST, arg: ast.AST, ctx: FileContext) -> bool:
+    """The other branch computes a function of the same inputs (`log1p(-exp(x))` beside
+    `log(-expm1(x))`): the two branches are two formulas of one function, and the `where` picks
+    the numerically stable one rather than masking a singularity."""
+    need = _reads(arg, ctx)
+    return bool(need) and any(isinstance(n, ast.Call) for n in ast.walk(other)) and need <= _reads(other, ctx)
+
+
+def _reads(expr: ast.AST, ctx: FileContext) -> set[str]:
+    """The variables and fields `expr` computes with, whole (`self._alpha`, not `self`); not
+    callees, and not what only a comparison reads (an inner `where`'s condition)."""
+    nodes: list[ast.AST] = []
+    stack = [expr]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.Compare):
+            continue
+        nodes.append(n)
+        stack.extend(ast.iter_child_nodes(n))
+    inner = {id(n.value) for n in nodes if isinstance(n, ast.Attribute)}
+    callees = {id(n.func) for n in nodes if isinstance(n, ast.Call)}
+    out = {ctx.text(n) for n in nodes if isinstance(n, (ast.Name, ast.Attribute)) and id(n) not in inner and id(n) not in callees}
+    return {r for r in out if r.split(".")[0] not in ctx.names.aliases}
 
 
 def _tested_sides(cond: ast.AST, ctx: FileContext) -> list[ast.AST]:
