@@ -87,7 +87,9 @@ def test_float64_via_dtype_keyword_and_local_binding() -> None:
             return jnp.dot(ramp, x) + y
         """
     )
-    assert sorted(f.line for f in check_source(src, "t.py", Config()) if f.code == "STB301") == [9, 10]
+    assert sorted(f.line for f in check_source(src, "t.py", Config()) if f.code == "STB301") == [10]
+    # `dtype=float` asks for the default float (float32 unless x64 is on): a guess, with --preview
+    assert sorted(f.line for f in check_source(src, "t.py", Config(preview=True)) if f.code == "STB301") == [9, 10]
 
 
 def test_fori_bounds_from_python_int_under_plain_grad_are_silent() -> None:

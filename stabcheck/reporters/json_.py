@@ -7,7 +7,7 @@ from stabcheck.reporters import Report, clean_tree
 from stabcheck.reporters._chains import as_json as chain_json
 
 NOTE = "note"  # the `code` of a row that is a note about the run (not a finding)
-KEYS = ("code", "name", "message", "help", "path", "line", "col", "end_line", "end_col", "severity", "stage", "status", "function", "evidence")
+KEYS = ("code", "name", "message", "help", "path", "line", "col", "end_line", "end_col", "severity", "stage", "status", "confidence", "function", "evidence")
 
 
 def render(findings: list[Finding], report: Report) -> str:
@@ -30,4 +30,4 @@ def render(findings: list[Finding], report: Report) -> str:
 
 def note_row(note: str) -> dict[str, object]:
     """A note about the run (the typed tier turned off, a config key ignored) in the rows' shape."""
-    return {"code": NOTE, "name": NOTE, "message": note, "help": "", "path": "", "line": 0, "col": 0, "end_line": None, "end_col": None, "severity": "info", "stage": "", "status": NOTE, "function": "", "evidence": {}}
+    return {"code": NOTE, "name": NOTE, "message": note, "help": "", "path": "", "line": 0, "col": 0, "end_line": None, "end_col": None, "severity": "info", "stage": "", "status": NOTE, "confidence": "", "function": "", "evidence": {}}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _PY_SCALARS = (bool, int, float, complex)
@@ -22,6 +22,9 @@ class Signature:
 
     leaves: tuple[tuple[str, str], ...]
     statics: tuple[tuple[str, str], ...] = ()
+    # where a leaf came from, for messages only (`lr`: "Python float"): JAX keys a Python float
+    # exactly as a weak float32[] array, so the origin is not part of the signature
+    origins: tuple[tuple[str, str], ...] = field(default=(), compare=False, hash=False)
 
     def describe(self) -> str:
         parts = [f"{p}: {t}" for p, t in self.leaves] + [f"{n}={v}" for n, v in self.statics]
@@ -70,11 +73,14 @@ def is_array_leaf(x: Any) -> bool:
 
 
 def describe_leaf(x: Any) -> str:
-    """`float32[3,4]`, `weak float32[]`, or `static 'relu'` for one leaf."""
+    """`float32[3,4]`, `weak float32[]`, or `static 'relu'` for one leaf. A Python scalar is
+    described as the abstract value `jit` makes of it (a Python float is `weak float32[]`, like
+    a weak 0-d array: JAX traces them once)."""
     if type(x) in _PY_SCALARS:
         import jax.numpy as jnp
 
-        return f"weak {jnp.result_type(x)}[] (Python {type(x).__name__})"
+        aval = jnp.asarray(x).aval  # type: ignore[attr-defined]
+        return type_str(aval.dtype, aval.shape, bool(getattr(aval, "weak_type", False)))
     aval = getattr(x, "aval", None)
     if aval is not None and hasattr(aval, "shape"):
         return type_str(aval.dtype, aval.shape, bool(getattr(aval, "weak_type", False)))
@@ -136,12 +142,15 @@ def signature_of(
     statics += [(k, short_repr(v)) for k, v in sorted(kwargs.items()) if k in snames]
     names = [n for i, n in enumerate(pos_names) if i not in snums]
     leaves: list[tuple[str, str]] = []
+    origins: list[tuple[str, str]] = []
     for path, leaf in _named(names, tuple(dyn_args), dyn_kwargs):
         if is_array_leaf(leaf) or (type(leaf) in _PY_SCALARS and not static_scalars):
             leaves.append((path, describe_leaf(leaf)))
+            if type(leaf) in _PY_SCALARS:
+                origins.append((path, f"Python {type(leaf).__name__}"))
         else:
             statics.append((path, short_repr(leaf)))
-    return Signature(tuple(leaves), tuple(statics))
+    return Signature(tuple(leaves), tuple(statics), tuple(origins))
 
 
 def _positional_names(fn: Callable[..., Any]) -> list[str]:
@@ -157,9 +166,14 @@ def changes(old: Signature, new: Signature, limit: int = 3) -> list[str]:
     """Human phrases for what differs between two signatures, most specific first."""
     out: list[str] = []
     before, after = dict(old.leaves), dict(new.leaves)
+    o_old, o_new = dict(old.origins), dict(new.origins)
+
+    def _o(origins: dict[str, str], path: str) -> str:
+        return f" ({origins[path]})" if path in origins else ""
+
     for path, t in new.leaves:
         if path in before and before[path] != t:
-            out.append(f"`{path}` was {before[path]}, now {t}")
+            out.append(f"`{path}` was {before[path]}{_o(o_old, path)}, now {t}{_o(o_new, path)}")
     s_old, s_new = dict(old.statics), dict(new.statics)
     for path, t in new.leaves:
         if path not in before and path in s_old:

@@ -287,7 +287,7 @@ class Analysis:
             for dec in node.decorator_list:
                 t = self.names.transform(dec)
                 if t is not None:
-                    self._mark(info, t)
+                    self._mark(info, t, decorated=True)
                 elif self._is_compact(dec) and info.cls is not None:
                     self._mark_module_method(info)
             if info.cls is not None and info.name == "__call__" and self._is_module_class(info.cls):
@@ -315,12 +315,16 @@ class Analysis:
         if info is not None:
             self._mark(info, t, bound)
 
-    def _mark(self, info: FunctionInfo, t: Transform, bound: int = 0) -> None:
+    def _mark(self, info: FunctionInfo, t: Transform, bound: int = 0, decorated: bool = False) -> None:
         info.transforms.append(t)
         info.entry = info.entry or t.qualname
+        # a decorator wraps the plain function, whose argument 0 is `self` (`static_argnums=0`
+        # names it); `jax.jit(self.method)` wraps the bound method
+        counted = info.params if decorated else info.params[1:] if info.is_method else info.params
+        counted = counted[bound:]
+        static = {counted[i] for i in t.static_argnums if -len(counted) <= i < len(counted)}
         params = info.params[1:] if info.is_method else info.params
         params = params[bound:]
-        static = {params[i] for i in t.static_argnums if -len(params) <= i < len(params)}
         static |= set(t.static_argnames)
         static |= self._static_by_signature(info)
         info.static_params |= static
@@ -698,7 +702,9 @@ class Analysis:
         if isinstance(e, ast.Attribute):
             if e.attr in ARRAY_ATTRS:
                 return pr(e.value, proven, scope, d)
-            return False  # a field: pytree aux data and static fields are Python values
+            # a field: pytree aux data and static fields are Python values, unless the parameter's
+            # class (in this module) declares the field an array
+            return isinstance(e.value, ast.Name) and self._array_field(e.value.id, e.attr, scope)
         if isinstance(e, ast.Subscript):
             picked = self._display_item(e, scope)
             if picked is not None:
@@ -740,7 +746,56 @@ class Analysis:
                 return pr(func.value, proven, scope, d)
             if isinstance(func, ast.Call) and self.names.transform_call(func) is not None:
                 return any(pr(a, proven, scope, d) for a in args)  # `jax.vmap(f)(x)`, `jax.grad(f)(x)`
+            callee = self.resolve(func, scope) if isinstance(func, ast.Name) else None
+            if callee is not None and callee is not scope and not isinstance(callee.node, ast.Lambda) and depth < 20:
+                return self._returns_proven(callee, d)  # a helper of this module returning traced arrays
             return False
+        return False
+
+    def _returns_proven(self, info: FunctionInfo, depth: int) -> bool:
+        """Every `return` of the helper hands back a proven traced array (a Python value on any
+        path, or no return, leaves it unproven)."""
+        if not info.transformed:
+            return False
+        key = -id(info)  # memoised beside the names, per propagation round
+        got = self._proven.get(key)
+        if got is not None:
+            return bool(got)
+        self._proven[key] = set()  # recursion: not proven
+        proven = self._proven_names(info)
+        rets = [n for n in self.own_nodes(info) if isinstance(n, ast.Return)]
+        ok = bool(rets) and all(r.value is not None and self._prove(r.value, proven, info, depth) for r in rets)
+        self._proven[key] = {"*"} if ok else set()
+        return ok
+
+    def _array_field(self, name: str, attr: str, scope: FunctionInfo) -> bool:
+        """`saveat.ts` where `saveat: SaveAt` is a traced parameter of a visible transform (rebound
+        at most through `eqx.tree_at`/`replace` of itself) and `SaveAt` (a class of this module,
+        or a base of it) declares `ts: jax.Array`, not static."""
+        s: FunctionInfo | None = scope
+        while s is not None and name not in s.params:
+            if name in s.assigned:
+                return False
+            s = s.parent
+        if s is None or not s.transforms or name not in s.traced_params:
+            return False
+        for targets, value in s.bindings:
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets) and not _rebuilds(value, name):
+                return False
+        args = s.node.args
+        ann = next((a.annotation for a in (*args.posonlyargs, *args.args, *args.kwonlyargs) if a.arg == name), None)
+        if ann is None:
+            return False
+        text = ann.value if isinstance(ann, ast.Constant) and isinstance(ann.value, str) else ast.unparse(ann)
+        cls = self.class_nodes.get(text.rsplit(".", 1)[-1].strip())
+        seen: set[str] = set()
+        while cls is not None and cls.name not in seen:
+            seen.add(cls.name)
+            for st in cls.body:
+                if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name) and st.target.id == attr:
+                    return _array_field_annotation(st)
+            base = next((b for b in cls.bases if isinstance(b, (ast.Name, ast.Attribute))), None)
+            cls = self.class_nodes.get(ast.unparse(base).rsplit(".", 1)[-1]) if base is not None else None
         return False
 
     def _filtered_param(self, name: str, scope: FunctionInfo) -> bool:
@@ -807,6 +862,35 @@ def _pairs(target: ast.AST, value: ast.AST) -> list[tuple[str, ast.AST | None]]:
     if isinstance(target, ast.Starred):
         return _pairs(target.value, value)
     return [(n, None) for n in _bound_names(target, containers=True)]
+
+
+def _rebuilds(value: ast.AST, name: str) -> bool:
+    """`eqx.tree_at(where, name, ...)`, `dataclasses.replace(name, ...)`, `name._replace(...)`,
+    `name.replace(...)`: the same class, other field values."""
+    if not isinstance(value, ast.Call):
+        return False
+    f = value.func
+    if isinstance(f, ast.Attribute) and f.attr in ("_replace", "replace") and isinstance(f.value, ast.Name) and f.value.id == name:
+        return True
+    last = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+    if last in ("tree_at", "replace"):
+        return any(isinstance(a, ast.Name) and a.id == name for a in value.args[:2])
+    return False
+
+
+def _array_field_annotation(st: ast.AnnAssign) -> bool:
+    """A dataclass field annotated as an array, and not marked static (`eqx.field(static=True)`,
+    `field(pytree_node=False)`, `field(metadata={"static": True})`)."""
+    words = [n.id for n in ast.walk(st.annotation) if isinstance(n, ast.Name)] + [n.attr for n in ast.walk(st.annotation) if isinstance(n, ast.Attribute)]
+    if isinstance(st.annotation, ast.Constant) and isinstance(st.annotation.value, str):
+        words = re.findall(r"[A-Za-z_][A-Za-z_0-9]*", st.annotation.value)
+    if not any(_ARRAY_NAME.search(w) for w in words):
+        return False
+    if isinstance(st.value, ast.Call):
+        text = ast.unparse(st.value)
+        if "static=True" in text or "pytree_node=False" in text or "'static': True" in text or '"static": True' in text:
+            return False
+    return True
 
 
 def _module_sentinels(tree: ast.Module, names: Names) -> set[str]:

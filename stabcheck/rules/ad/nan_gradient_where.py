@@ -152,12 +152,14 @@ class NanGradientWhere(Rule):
             hit = self._hazard(branch, cond_names, ctx)
             if hit is None:
                 continue
-            op, arg, region = hit
+            op, arg, region, op_node = hit
             aliases = set(ctx.names.aliases)
             if not any(_names(arg) - aliases == _names(side) - aliases or ctx.text(arg) == ctx.text(side) for side in sides):
                 continue  # the condition tests other values than the operand (`a.b > 0` guarding `/ b.b`)
-            if _no_gradient(arg, ctx):
-                continue  # an integer count, an `int` parameter, a constant: no gradient reaches it
+            if _no_gradient(arg, ctx) and not (isinstance(op_node, ast.BinOp) and not _constant_or_int(op_node.left, ctx)):
+                # an integer count, an `int` parameter, a constant: no gradient reaches it (for
+                # `a / n` the numerator's derivative `1 / n` is inf too, so `a` must be one as well)
+                continue
             other = branches[1 - i]
             confidence = "proven"
             if _same_function(other, arg, ctx):
@@ -182,7 +184,7 @@ class NanGradientWhere(Rule):
             )
             return
 
-    def _hazard(self, branch: ast.AST, cond_names: set[str], ctx: FileContext) -> tuple[str, ast.AST, bool] | None:
+    def _hazard(self, branch: ast.AST, cond_names: set[str], ctx: FileContext) -> tuple[str, ast.AST, bool, ast.AST] | None:
         """The first unsafe op in `branch` whose input the condition tests, unguarded; and whether
         its derivative is NaN over a region (`sqrt` of negatives) rather than inf at a point."""
         stack: list[ast.AST] = [branch]
@@ -203,7 +205,7 @@ class NanGradientWhere(Rule):
                 arg = n.left
                 region = not isinstance(n.right, ast.UnaryOp)
             if arg is not None and not isinstance(arg, ast.Constant) and _names(arg) & cond_names and not self._guarded(arg, ctx):
-                return ctx.text(n), arg, region
+                return ctx.text(n), arg, region, n
             if isinstance(n, (ast.Lambda, ast.FunctionDef)):
                 continue
             stack.extend(reversed(list(ast.iter_child_nodes(n))))
@@ -260,6 +262,12 @@ def _no_gradient(arg: ast.AST, ctx: FileContext) -> bool:
         if not values or not all(_int_value(v, ctx) for v in values):
             return False
     return True
+
+
+def _constant_or_int(e: ast.AST, ctx: FileContext) -> bool:
+    if isinstance(e, ast.UnaryOp):
+        e = e.operand
+    return isinstance(e, ast.Constant) or _no_gradient(e, ctx)
 
 
 def _int_param(fn: ast.AST, name: str) -> bool:

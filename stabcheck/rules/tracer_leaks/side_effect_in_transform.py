@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+from typing import Literal
 
 from stabcheck.rule import Rule, only
 from stabcheck.rules.tracer_leaks._values import traced_value
@@ -230,6 +231,8 @@ class SideEffectInTransform(Rule):
             kind = _declared(ctx.function, target.id)
             if kind == "nonlocal" and not ctx.function.transforms and _binder_traced(ctx.function, target.id):
                 return  # a plain nested function of the same trace: no trace boundary is crossed
+            if kind is not None and _shape_only(ctx.function) and not ctx.proves_traced(value):
+                return  # `jax.eval_shape` runs the function once, on purpose, to learn about it
             if kind is not None:
                 self.report(
                     ctx,
@@ -247,17 +250,45 @@ class SideEffectInTransform(Rule):
             return
         if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self":
             cls = _self_class(ctx.function)
-            if cls is not None and not _is_module(cls, ctx) and traced_value(value, ctx):
-                self._escape(ctx, node, f"`self.{target.attr} = {ctx.text(value)}` stores a traced value on the `{cls.name}` instance", f"self.{target.attr}")
+            if cls is None or _is_module(cls, ctx) or not traced_value(value, ctx):
+                return
+            method = _method(ctx.function)
+            if method is None or method.name in _BUILDERS:
+                return  # `__init__` of an object built inside the trace: it dies with the trace
+            # a method some transform is applied to stores on an object from outside the trace;
+            # a method merely called from traced code may be on an object built in the trace
+            confidence = "proven" if method.transforms else "guess"
+            self._escape(ctx, node, f"`self.{target.attr} = {ctx.text(value)}` stores a traced value on the `{cls.name}` instance", f"self.{target.attr}", confidence)
 
-    def _escape(self, ctx: FileContext, node: ast.AST, what: str, detail: str) -> None:
+    def _escape(self, ctx: FileContext, node: ast.AST, what: str, detail: str, confidence: Literal["proven", "guess"] = "proven") -> None:
         self.report(
             ctx,
             node,
             f"{what}; the tracer outlives its trace, so using it later raises UnexpectedTracerError, and the store happens once per trace, not per call",
             help="return the value from the transformed function and store it outside",
             detail=detail,
+            confidence=confidence,
         )
+
+
+_BUILDERS = frozenset({"__init__", "__post_init__", "__new__", "__setstate__", "tree_unflatten", "__check_init__"})
+
+
+def _method(info: FunctionInfo) -> FunctionInfo | None:
+    s: FunctionInfo | None = info
+    while s is not None and s.cls is None:
+        s = s.parent
+    return s
+
+
+def _shape_only(info: FunctionInfo) -> bool:
+    """The function (or the one it is nested in) is run only by `eval_shape`/`make_jaxpr`."""
+    s: FunctionInfo | None = info
+    while s is not None:
+        if s.transforms:
+            return all(t.family == "trace" for t in s.transforms)
+        s = s.parent
+    return False
 
 
 def _declared(info: FunctionInfo, name: str) -> str | None:

@@ -1,0 +1,150 @@
+"""Issue 16: a static finding is a claim the analysis proves. The near misses of real libraries
+(fixtures/static/precision_ok.py) are silent, their guesses appear only with `--preview`, the
+hazards beside them (precision_bad.py) keep firing, and under JAX the first run clean while the
+second fail. `@stabcheck.stable` reports a retrace only when JAX really traced again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stabcheck.api import check_source
+from stabcheck.config import Config, ConfigError, from_mapping
+from stabcheck.finding import Finding
+from stabcheck.rule import expected_lines
+from tests.conftest import requires_jax
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures" / "static"
+OK, BAD = FIXTURES / "precision_ok.py", FIXTURES / "precision_bad.py"
+
+
+def _check(path: Path, **config: Any) -> list[Finding]:
+    return check_source(path.read_text(encoding="utf-8"), str(path), Config(**config))
+
+
+def test_near_misses_of_real_libraries_are_silent() -> None:
+    assert [(f.line, f.code, f.message) for f in _check(OK)] == []
+
+
+def test_their_guesses_are_kept_for_preview() -> None:
+    guesses = _check(OK, preview=True)
+    assert guesses and all(f.confidence == "guess" for f in guesses)
+    # a guess names what it would mean, like any finding, and carries its confidence in JSON
+    assert {"STB101", "STB202", "STB401"} <= {f.code for f in guesses}
+    assert all(f.to_dict()["confidence"] == "guess" and Finding.from_dict(f.to_dict()).confidence == "guess" for f in guesses)
+
+
+def test_hazards_beside_them_keep_firing_proven() -> None:
+    text = BAD.read_text(encoding="utf-8")
+    expected = set(expected_lines(text))
+    found = {(f.line, f.code) for f in _check(BAD)}
+    assert expected and found == expected
+    assert all(f.confidence == "proven" for f in _check(BAD))
+
+
+def test_preview_is_a_config_key_and_a_flag(tmp_path: Path) -> None:
+    assert from_mapping({"preview": True}).preview is True
+    with pytest.raises(ConfigError):
+        from_mapping({"preview": "yes"})
+    src = tmp_path / "m.py"
+    src.write_text(OK.read_text(encoding="utf-8"), encoding="utf-8")
+    cmd = [sys.executable, "-m", "stabcheck", "check", str(src), "--no-types", "--no-cache", "--output-format", "json"]
+    quiet = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    loud = subprocess.run([*cmd, "--preview"], capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and json.loads(quiet.stdout) == []
+    assert loud.returncode == 1 and {d["confidence"] for d in json.loads(loud.stdout)} == {"guess"}
+
+
+_RUNNER = r"""
+import importlib.util, json, sys, warnings
+warnings.simplefilter("ignore")
+def load(path):
+    spec = importlib.util.spec_from_file_location(path.rsplit("/", 1)[-1][:-3], path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+ok, bad = load(sys.argv[1]), load(sys.argv[2])
+out = {"ok": ok.run(), "bad": {}}
+for name in sorted(n for n in dir(bad) if n.startswith("case_")):
+    try:
+        out["bad"][name] = {"result": getattr(bad, name)()}
+    except Exception as e:
+        out["bad"][name] = {"error": type(e).__name__}
+print(json.dumps(out, default=repr))
+"""
+
+
+@pytest.mark.slow
+@requires_jax
+def test_near_misses_run_and_hazards_fail_under_jax() -> None:
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, str(OK), str(BAD)], capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    ok, bad = out["ok"], out["bad"]
+    assert ok["solve"] == [2.0, 2.0, 2.0] and ok["solve_last"] == [3.5, 3.5, 3.5] and ok["norm_of"] == 5.0
+    assert ok["trace_sites"] == 6.0 and ok["guarded"] == [3.0, 4.0, 5.0, 6.0] and ok["mean_of"] == 1.5
+    assert ok["viterbi"] == [2, 1, 0] and ok["forward"] == 2 and "PyTreeDef" in ok["structure"]
+    assert ok["grad_mean_count"] == 0.0 and abs(ok["grad_log1mexp"] + 0.58198) < 1e-4  # finite gradients
+    assert bad["case_solve"] == {"error": "TracerBoolConversionError"}
+    assert bad["case_trace_sites"] == {"error": "TracerBoolConversionError"}
+    assert bad["case_guarded"] == {"error": "TracerBoolConversionError"}
+    assert bad["case_recorder"] == {"error": "UnexpectedTracerError"}
+    assert bad["case_mean_count"]["result"] != bad["case_mean_count"]["result"]  # NaN
+
+
+# -- runtime: a retrace is reported only where JAX traced again -----------------------------------
+@requires_jax
+@pytest.mark.parametrize(
+    ("sequence", "jax_traces"),
+    [
+        (("py_float", "weak_array", "py_float"), 1),  # an optax schedule value after a Python float
+        (("py_float", "weak_array", "strong_array"), 2),
+        (("py_int", "weak_int"), 1),
+        (("strong_array", "py_float"), 2),
+        (("py_float", "py_float_other"), 1),
+    ],
+)
+def test_stable_reports_a_retrace_only_when_jax_traced_again(sequence: tuple[str, ...], jax_traces: int) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    import stabcheck
+    from stabcheck.runtime import StabilityWarning
+
+    values = {
+        "py_float": lambda: 0.1,
+        "py_float_other": lambda: 0.25,
+        "weak_array": lambda: jnp.asarray(0.1) * 1.0,
+        "strong_array": lambda: jnp.float32(0.1),
+        "py_int": lambda: 3,
+        "weak_int": lambda: jnp.asarray(3),
+    }
+    traces: list[int] = []
+
+    def make() -> Any:
+        def update(w: Any, lr: Any) -> Any:
+            traces.append(1)  # runs once per JAX trace
+            return w - lr * w
+
+        return update  # a new function each time: JAX shares traces between jits of one function
+
+    plain = jax.jit(make())
+    for name in sequence:
+        plain(jnp.ones(2), values[name]())
+    assert len(traces) == jax_traces  # JAX's own count of its traces
+
+    checked = stabcheck.stable(max_traces=1)(jax.jit(make()))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for name in sequence:
+            checked(jnp.ones(2), values[name]())
+    retraces = [x for x in w if issubclass(x.category, StabilityWarning) and x.message.code == "STB504"]
+    assert len(retraces) == jax_traces - 1, [str(x.message) for x in retraces]
