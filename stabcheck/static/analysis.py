@@ -698,7 +698,7 @@ class Analysis:
         pr = self._prove
         d = depth + 1
         if isinstance(e, ast.Name):
-            return e.id in proven
+            return e.id in proven and not self._container_param(e.id, scope)
         if isinstance(e, ast.Attribute):
             if e.attr in ARRAY_ATTRS:
                 return pr(e.value, proven, scope, d)
@@ -714,6 +714,8 @@ class Analysis:
             base: ast.AST = e.value
             if isinstance(base, ast.Name) and self._filtered_param(base.id, scope):
                 return False  # a leaf of an `eqx.filter_*` argument may be a static Python value
+            if isinstance(base, ast.Name):
+                return base.id in proven  # an item of a traced array, or of a container of them
             return pr(base, proven, scope, d)
         if isinstance(e, ast.BinOp):
             return pr(e.left, proven, scope, d) or pr(e.right, proven, scope, d)
@@ -797,6 +799,20 @@ class Analysis:
             base = next((b for b in cls.bases if isinstance(b, (ast.Name, ast.Attribute))), None)
             cls = self.class_nodes.get(ast.unparse(base).rsplit(".", 1)[-1]) if base is not None else None
         return False
+
+    def _container_param(self, name: str, scope: FunctionInfo) -> bool:
+        """A parameter annotated as a Python container (`Tuple[jax.Array, jax.Array]`): its
+        truth value is the container's, never a tracer's (its items may still be traced)."""
+        owner = self._param_owner(name, scope)
+        if owner is None:
+            return False
+        args = owner.node.args
+        ann = next((a.annotation for a in (*args.posonlyargs, *args.args, *args.kwonlyargs) if a.arg == name), None)
+        if ann is None:
+            return False
+        head = ann.value if isinstance(ann, ast.Subscript) else ann
+        word = head.id if isinstance(head, ast.Name) else head.attr if isinstance(head, ast.Attribute) else ""
+        return word in ("Tuple", "tuple", "List", "list", "Dict", "dict", "Sequence", "Mapping")
 
     def _filtered_param(self, name: str, scope: FunctionInfo) -> bool:
         owner = self._param_owner(name, scope)

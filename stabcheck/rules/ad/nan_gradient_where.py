@@ -156,6 +156,8 @@ class NanGradientWhere(Rule):
             aliases = set(ctx.names.aliases)
             if not any(_names(arg) - aliases == _names(side) - aliases or ctx.text(arg) == ctx.text(side) for side in sides):
                 continue  # the condition tests other values than the operand (`a.b > 0` guarding `/ b.b`)
+            if _selected_at_singularity(cond, arg, i, ctx):
+                continue  # the branch is chosen where its input is singular: no masking, no trap
             if _no_gradient(arg, ctx) and not (isinstance(op_node, ast.BinOp) and not _constant_or_int(op_node.left, ctx)):
                 # an integer count, an `int` parameter, a constant: no gradient reaches it (for
                 # `a / n` the numerator's derivative `1 / n` is inf too, so `a` must be one as well)
@@ -241,8 +243,8 @@ def _no_gradient(arg: ast.AST, ctx: FileContext) -> bool:
     if not names:
         return False
     fn = ctx.function
-    for name in names:
-        if fn is None or name in ctx.names.aliases:
+    for name in names - set(ctx.names.aliases):  # `jnp` in `jnp.arange(n)` is a module
+        if fn is None:
             return False
         owner = fn
         while owner is not None:
@@ -294,6 +296,31 @@ def _int_value(v: ast.AST, ctx: FileContext) -> bool:
         if q in ("jax.numpy.sum", "jax.numpy.count_nonzero") and v.args and isinstance(v.args[0], ast.Compare):
             return True  # `jnp.sum(mask_expr)`: an integer count
     return False
+
+
+_OPS = {ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b, ast.Lt: lambda a, b: a < b, ast.LtE: lambda a, b: a <= b, ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b}
+
+
+def _selected_at_singularity(cond: ast.AST, arg: ast.AST, branch: int, ctx: FileContext) -> bool:
+    """`where(norm < 0.17, 0.17 / norm, 1.0)`: the condition, a comparison of the operand itself
+    with a number, holds at the operand's singular point 0, so the unsafe branch is the one
+    selected there (its forward value is inf too); only a branch ruled out there is masked."""
+    if not (isinstance(cond, ast.Compare) and len(cond.ops) == 1 and type(cond.ops[0]) in _OPS):
+        return False
+    left, right, op = cond.left, cond.comparators[0], _OPS[type(cond.ops[0])]
+    if _number(right) and ctx.text(left) == ctx.text(arg):
+        holds = op(0.0, _value(right))
+    elif _number(left) and ctx.text(right) == ctx.text(arg):
+        holds = op(_value(left), 0.0)
+    else:
+        return False
+    return holds == (branch == 0)
+
+
+def _value(e: ast.AST) -> float:
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub):
+        return -float(e.operand.value)  # type: ignore[attr-defined]
+    return float(e.value)  # type: ignore[attr-defined]
 
 
 def _same_function(other: ast.AST, arg: ast.AST, ctx: FileContext) -> bool:
