@@ -164,9 +164,10 @@ class NanGradientWhere(Rule):
                 continue
             other = branches[1 - i]
             confidence = "proven"
-            if _same_function(other, arg, ctx):
+            if _same_function(other, arg, ctx) or self._hazard(other, cond_names, ctx) is not None:
                 # both branches are formulas of one function (`log1mexp`): the where picks the
-                # numerically stable one, and neither need be singular where it is ruled out
+                # numerically stable one, and neither need be singular where it is ruled out; or
+                # both are singular, and the where masks nothing
                 confidence = "guess"
             where = ctx.text(node.func)
             what = (
@@ -223,6 +224,12 @@ class NanGradientWhere(Rule):
         for n in ast.walk(arg):
             if isinstance(n, ast.Call) and ctx.qualname(n.func) in _GUARDS:
                 return True
+        if isinstance(arg, ast.Call) and isinstance(arg.func, ast.Name):
+            helper = ctx.analysis.resolve(arg.func, ctx.function)  # `_safe_r2(r2)`: a guard of this module
+            if helper is not None and not isinstance(helper.node, ast.Lambda):
+                rets = [n.value for n in ctx.analysis.own_nodes(helper) if isinstance(n, ast.Return)]
+                if rets and all(isinstance(r, ast.Call) and ctx.qualname(r.func) in _GUARDS for r in rets):
+                    return True
         if isinstance(arg, ast.Name) and ctx.function is not None:
             for n in ast.walk(ctx.function.node):
                 if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == arg.id for t in n.targets):

@@ -159,6 +159,9 @@ class CarryTypeDrift(Rule):
             if why is None:
                 continue
             node_at, what = why
+            # a carry chosen by a static test (`(out, None) if force_scan else out`) is one
+            # structure per trace: only a traced guard proves the drift
+            static_guard = any(not ctx.analysis.proves_traced(g, info) for g in e.guards)
             self.report(
                 ctx,
                 node_at,
@@ -169,6 +172,7 @@ class CarryTypeDrift(Rule):
                 help="initialise the carry with the structure and dtype the body returns, or cast to the carry's own `.dtype`",
                 function=info.qualname,
                 detail=f"{info.qualname}:{what}",
+                confidence="guess" if static_guard else "proven",
             )
             return
 

@@ -198,6 +198,10 @@ class UnionAnnotation(Rule):
         text = ctx.text(node.returns)
         # a static input (flag, None-default, the method's `self`) may choose the structure
         chosen = bool(info.static_params) or info.is_method or any(isinstance(d, ast.Constant) and d.value is None for d in (*node.args.defaults, *node.args.kw_defaults))
+        # a branch on anything not proven traced (a closure flag, `isinstance`, a shape test)
+        chosen = chosen or any(
+            isinstance(n, (ast.If, ast.IfExp)) and not ctx.analysis.proves_traced(n.test, info) for n in ctx.analysis.own_nodes(info)
+        )
         self.report(
             ctx,
             node.returns,
