@@ -1,6 +1,6 @@
 """Issue 16: a static finding is a claim the analysis proves. The near misses of real libraries
-(fixtures/static/precision_ok.py) are silent, their guesses appear only with `--preview`, the
-hazards beside them (precision_bad.py) keep firing, and under JAX the first run clean while the
+(fixtures/static/precision_near_misses.py) are silent, their guesses appear only with `--preview`, the
+hazards beside them (precision_hazards.py) keep firing, and under JAX the first run clean while the
 second fail. `@stabcheck.stable` reports a retrace only when JAX really traced again."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.conftest import requires_jax
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "static"
-OK, BAD = FIXTURES / "precision_ok.py", FIXTURES / "precision_bad.py"
+OK, BAD = FIXTURES / "precision_near_misses.py", FIXTURES / "precision_hazards.py"
 
 
 def _check(path: Path, **config: Any) -> list[Finding]:

@@ -214,12 +214,12 @@ class JitInLoop(Rule):
             return f"`{ctx.text(fn)}`", True
         if isinstance(fn, ast.Name) and ctx.function is not None:
             s = ctx.function
-            while s is not None:
-                if fn.id in s.defs:
-                    loop = ctx.loops[-1] if ctx.loops else None
-                    inside = loop is not None and any(n is s.defs[fn.id].node for n in ast.walk(loop))
-                    return f"the nested function `{fn.id}`", inside
-                s = s.parent
+            if fn.id in s.defs:
+                loop = ctx.loops[-1] if ctx.loops else None
+                inside = loop is not None and any(n is s.defs[fn.id].node for n in ast.walk(loop))
+                return f"the nested function `{fn.id}`", inside
+            # a def of an enclosing function is one object for every call of this one: `jit` of
+            # it hits JAX's cache (it is new only per call of the enclosing function)
         return None
 
     @staticmethod

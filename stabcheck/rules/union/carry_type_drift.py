@@ -155,6 +155,9 @@ class CarryTypeDrift(Rule):
                 carry = carry.elts[0]
             if carry is None:
                 continue
+            pos = 1 if q == "jax.lax.fori_loop" else 0
+            if isinstance(carry, ast.Name) and len(info.params) > pos and carry.id == info.params[pos] and carry.id not in info.assigned:
+                continue  # the carry handed back unchanged
             why = _drift(init, ctx.function, carry, info, kinds, ctx)
             if why is None:
                 continue

@@ -67,22 +67,6 @@ class UnionAnnotation(Rule):
             return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1)
         """,
         """
-        from typing import Any
-        import equinox as eqx
-
-        class MLP(eqx.Module):
-            layers: list
-
-            def __call__(self, x):
-                for layer in self.layers:
-                    x = layer(x)
-                return x
-
-        @eqx.filter_jit
-        def predict(model: MLP, x) -> Any:  # expect: STB202
-            return model(x)
-        """,
-        """
         from typing import Union
         import jax
         import jax.numpy as jnp
@@ -94,6 +78,29 @@ class UnionAnnotation(Rule):
         """,
     )
     VALID = (
+        """
+        from typing import Any, Optional
+        import equinox as eqx
+        import jax
+
+        class MLP(eqx.Module):
+            layers: list
+
+            def __call__(self, x):
+                for layer in self.layers:
+                    x = layer(x)
+                return x
+
+        # `Any`, or an Optional inside a tuple, says little about the structure of one call:
+        # guesses, shown with --preview
+        @eqx.filter_jit
+        def predict(model: MLP, x) -> Any:
+            return model(x)
+
+        @jax.jit
+        def step(state, key) -> tuple[jax.Array, Optional[dict]]:
+            return state + 1, None
+        """,
         """
         from functools import partial
         import jax
@@ -199,7 +206,9 @@ class UnionAnnotation(Rule):
         # a static input (flag, None-default, the method's `self`) may choose the structure
         chosen = bool(info.static_params) or info.is_method or any(isinstance(d, ast.Constant) and d.value is None for d in (*node.args.defaults, *node.args.kw_defaults))
         # a branch on anything not proven traced (a closure flag, `isinstance`, a shape test)
-        chosen = chosen or any(
+        # `Any`, or a union inside a container (`tuple[State, Optional[dict]]`), says little about
+        # the structure one call returns
+        chosen = chosen or why == _ANY_WHY or why.endswith("inside it") or any(
             isinstance(n, (ast.If, ast.IfExp)) and not ctx.analysis.proves_traced(n.test, info) for n in ctx.analysis.own_nodes(info)
         )
         self.report(
