@@ -16,6 +16,7 @@ parameters annotated `int`/`bool`/`str` or defaulting to a Python literal.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
@@ -297,6 +298,8 @@ class Analysis:
             if tc is None:
                 continue
             t, fns = tc
+            if t.family == "vmap":
+                t = _unbatched_static(t, call)
             for fn in fns:
                 self._apply(t, fn, scope)
 
@@ -878,6 +881,16 @@ def _pairs(target: ast.AST, value: ast.AST) -> list[tuple[str, ast.AST | None]]:
     if isinstance(target, ast.Starred):
         return _pairs(target.value, value)
     return [(n, None) for n in _bound_names(target, containers=True)]
+
+
+def _unbatched_static(t: Transform, call: ast.Call) -> Transform:
+    """`jax.vmap(f, (0, None))(x, n)`: an argument with `in_axes` None is passed through as it is
+    (a Python int stays one), so it is not traced by this transform."""
+    axes = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "in_axes"), None)
+    if not isinstance(axes, (ast.Tuple, ast.List)):
+        return t
+    nones = {i for i, e in enumerate(axes.elts) if isinstance(e, ast.Constant) and e.value is None}
+    return dataclasses.replace(t, static_argnums=tuple(sorted({*t.static_argnums, *nones}))) if nones else t
 
 
 def _rebuilds(value: ast.AST, name: str) -> bool:

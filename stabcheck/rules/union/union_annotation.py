@@ -208,7 +208,7 @@ class UnionAnnotation(Rule):
         # a branch on anything not proven traced (a closure flag, `isinstance`, a shape test)
         # `Any`, or a union inside a container (`tuple[State, Optional[dict]]`), says little about
         # the structure one call returns
-        chosen = chosen or why == _ANY_WHY or why.endswith("inside it") or any(
+        chosen = chosen or why == _ANY_WHY or why.endswith("inside it") or _pytree_typed(node, ctx.names) or any(
             isinstance(n, (ast.If, ast.IfExp)) and not ctx.analysis.proves_traced(n.test, info) for n in ctx.analysis.own_nodes(info)
         )
         self.report(
@@ -276,6 +276,17 @@ def _is_leaf(e: ast.expr, names: Names) -> bool:
     if isinstance(base, ast.Attribute) and not q:
         leaf = base.attr
     return leaf in _LEAF_NAMES or any(w in leaf for w in _LEAF_WORDS)
+
+
+def _pytree_typed(node: ast.FunctionDef | ast.AsyncFunctionDef, names: Names) -> bool:
+    """A parameter annotated with a non-array type (`a: QSM`): the argument's pytree type, a
+    static fact, may choose the structure returned (`construct(...)` of `DiagQSM` or None)."""
+    args = node.args
+    for a in (*args.posonlyargs, *args.args, *args.kwonlyargs):
+        ann = a.annotation
+        if ann is not None and not _is_leaf(ann, names) and not (isinstance(ann, ast.Name) and ann.id == "Any"):
+            return True
+    return False
 
 
 def _pytree_polymorphic(node: ast.FunctionDef | ast.AsyncFunctionDef, names: Names) -> bool:
