@@ -578,7 +578,8 @@ class Analysis:
             if e.attr in STATIC_ATTRS:
                 return False
             if e.attr not in ARRAY_ATTRS and scope is not None and self._param_attribute(e, traced, scope):
-                return False  # `config.tile_n`, `ctx.params.flag`: fields of an untyped argument
+                if not (isinstance(e.value, ast.Name) and self._array_field(e.value.id, e.attr, scope)):
+                    return False  # `config.tile_n`, `ctx.params.flag`: fields of an untyped argument
             return ev(e.value, traced, scope)
         if isinstance(e, ast.Subscript):
             return ev(e.value, traced, scope)

@@ -291,10 +291,11 @@ def _binds_loop_target(fn: ast.AST, loop: ast.AST) -> bool:
 
 
 def _config_display(it: ast.AST) -> bool:
+    """A display of non-numeric literals, or of displays of them (`(["a", "b"], ["b"])`)."""
     return (
         isinstance(it, (ast.Tuple, ast.List, ast.Set))
         and bool(it.elts)
-        and all(isinstance(e, ast.Constant) and (e.value is None or isinstance(e.value, (str, bool))) for e in it.elts)
+        and all((isinstance(e, ast.Constant) and (e.value is None or isinstance(e.value, (str, bool)))) or _config_display(e) for e in it.elts)
     )
 
 

@@ -39,6 +39,14 @@ class BranchOnTracer(Rule):
     ```
     Or, if the argument really is a configuration value, mark it static
     (`jax.jit(f, static_argnums=1)`).
+
+    Only operands the analysis proves traced are reported: a parameter of a visible transform,
+    what `jnp`/`lax` compute from one, an array field its class declares. Python values under a
+    transform are not: static pytree fields and aux data (`eqx.Module` non-array fields, also
+    after `eqx.tree_at`; `register_pytree_node_class` aux data; `register_dataclass` meta fields;
+    `flax.struct.field(pytree_node=False)`), items of containers of literals, sentinel tests,
+    guard helpers (`eqx.is_array(x)`, `isinstance` wrappers), `eval_shape` results. An operand
+    of unknown kind is a guess, shown with `--preview`.
     """
 
     code = "STB101"
@@ -54,6 +62,23 @@ class BranchOnTracer(Rule):
             if x > 0:  # expect: STB101
                 return x
             return jnp.zeros_like(x)
+        """,
+        """
+        import equinox as eqx
+        import jax
+
+        class SaveAt(eqx.Module):
+            ts: jax.Array
+            dense: bool = False
+
+        @eqx.filter_jit
+        def solve(y0, saveat: SaveAt):
+            site = {"type": "sample", "value": saveat.ts}
+            if saveat.ts[0] > 0:  # expect: STB101
+                return y0 * 2
+            if site["value"].sum() > 0:  # expect: STB101
+                return y0
+            return -y0
         """,
         """
         from functools import partial
@@ -89,6 +114,70 @@ class BranchOnTracer(Rule):
         """,
     )
     VALID = (
+        """
+        import equinox as eqx
+        import jax
+
+        class SaveAt(eqx.Module):
+            ts: jax.Array
+            dense: bool = False
+
+        @eqx.filter_jit
+        def solve(y0, t0, saveat: SaveAt):
+            saveat = eqx.tree_at(lambda s: s.ts, saveat, saveat.ts + t0)
+            if saveat.dense:  # a static field, also after tree_at
+                return y0 * 2
+            return y0 + saveat.ts
+        """,
+        """
+        from functools import partial
+        import jax
+        import jax.numpy as jnp
+        from flax import struct
+
+        @jax.tree_util.register_pytree_node_class
+        class Irreps:
+            def __init__(self, array, irreps):
+                self.array, self.irreps = array, irreps
+
+            def tree_flatten(self):
+                return (self.array,), self.irreps
+
+            @classmethod
+            def tree_unflatten(cls, irreps, children):
+                return cls(children[0], irreps)
+
+        @struct.dataclass
+        class Config:
+            scale: jax.Array
+            mode: str = struct.field(pytree_node=False, default="sum")
+
+        @jax.jit
+        def reduce(x: Irreps, cfg: Config):
+            if x.irreps == "0e" and cfg.mode == "sum":  # aux data, a pytree_node=False field
+                return jnp.sum(x.array) * cfg.scale
+            return x.array
+        """,
+        """
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+
+        _SENTINEL = object()
+
+        @jax.jit
+        def trace(x, state=_SENTINEL):
+            sites = {"a": {"type": "sample", "value": x}}
+            site = sites["a"]
+            if site["type"] == "sample" and state == _SENTINEL:  # a literal, a sentinel test
+                state = jnp.zeros_like(x)
+            if eqx.is_array(state):  # a guard helper returns a Python bool
+                x = x + state
+            out = jax.eval_shape(lambda v: v * 2, x)
+            if out.shape[0] > 2:  # eval_shape gives shapes, not tracers
+                return x[:2]
+            return x
+        """,
         """
         import jax
         import jax.numpy as jnp
