@@ -67,7 +67,11 @@ def test_fixture_has_five_findings_and_five_near_misses() -> None:
 
 def test_untyped_flags_the_near_misses_and_misses_the_typed_findings() -> None:
     m = markers()
+    # without types the near-misses' operands (a helper's result, an alias-annotated argument)
+    # are not proven traced: silent by default, kept as guesses for --preview
     res = api.run([str(FIXTURE)], Config(types=False), api.Options(cache=False, jobs=1))
+    assert not {(f, n) for f, n, _ in found(res)} & {(f, n) for f, n, _ in m["near-miss"]}
+    res = api.run([str(FIXTURE)], Config(types=False, preview=True), api.Options(cache=False, jobs=1))
     lines = {(f, n) for f, n, _ in found(res)}
     assert lines == {(f, n) for f, n, _ in m["near-miss"]} | UNTYPED_CROSS_FILE
     assert not lines & ({(f, n) for f, n, _ in m["typed"]} - UNTYPED_CROSS_FILE)
@@ -164,12 +168,14 @@ def test_warm_run_rechecks_nothing_and_costs_a_fraction(type_cache: Path) -> Non
 def test_an_edited_helper_changes_the_verdict_in_its_caller(type_cache: Path, tmp_path: Path) -> None:
     tree = tmp_path / "proj"
     shutil.copytree(FIXTURE, tree)
-    assert ("model.py", 81, "STB101") not in found(typed_run([str(tree)], type_cache))
+    assert ("model.py", 100, "STB101") not in found(typed_run([str(tree)], type_cache))
     helpers = tree / "helpers.py"
     helpers.write_text(helpers.read_text(encoding="utf-8").replace("def num_blocks(x: jax.Array) -> int:\n    return x.shape[0] // 2", "def num_blocks(x: jax.Array) -> jax.Array:\n    return jnp.sum(x > 0)"), encoding="utf-8")
-    after = typed_run([str(tree)], type_cache)
-    assert ("model.py", 81, "STB101") in found(after)  # `if n > 1` on an Array from another module
-    hit = next(f for f in after.findings if f.line == 81)
+    after = api.run([str(tree)], Config(types=True, preview=True), api.Options(jobs=1, cache_dir=str(type_cache)))
+    # `if n > 1` on an Array from another module: kept as a hypothesis (the helper's result is not
+    # proven traced), shown with --preview
+    assert ("model.py", 100, "STB101") in found(after)
+    hit = next(f for f in after.findings if f.line == 100)
     assert hit.evidence.get("stage") != "typed"  # the untyped analysis flags it too
 
 
@@ -177,7 +183,7 @@ def test_an_edited_helper_changes_the_verdict_in_its_caller(type_cache: Path, tm
 def test_cli_types_flag(type_cache: Path) -> None:
     m = markers()
     on = run_cli("check", str(FIXTURE), "--types", "--output-format", "json", "--cache-dir", str(type_cache), "--exit-zero")
-    off = run_cli("check", str(FIXTURE), "--no-types", "--output-format", "json", "--cache-dir", str(type_cache), "--exit-zero")
+    off = run_cli("check", str(FIXTURE), "--no-types", "--preview", "--output-format", "json", "--cache-dir", str(type_cache), "--exit-zero")
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
 
     def lines(out: str) -> set[tuple[str, int, str]]:
@@ -199,7 +205,7 @@ def test_the_typed_tier_is_on_by_default_where_mypy_is_installed(type_cache: Pat
     assert _json_lines(default.stdout) == m["typed"]
     (type_cache.parent / "off").mkdir(exist_ok=True)
     (type_cache.parent / "off" / "stabcheck.toml").write_text("types = false\n", encoding="utf-8")
-    off = run_cli(*args, "--config", str(type_cache.parent / "off" / "stabcheck.toml"), env={"STABCHECK_TYPES": "1"})
+    off = run_cli(*args, "--preview", "--config", str(type_cache.parent / "off" / "stabcheck.toml"), env={"STABCHECK_TYPES": "1"})
     assert {(f, n) for f, n, _ in _json_lines(off.stdout)} == {(f, n) for f, n, _ in m["near-miss"]} | UNTYPED_CROSS_FILE  # the config beats the environment
 
 
@@ -224,7 +230,7 @@ def test_the_default_follows_the_environment_then_whether_mypy_is_installed(monk
     assert typed.on_by_default() is True  # mypy is a dependency
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     assert typed.on_by_default() is False  # no mypy: untyped, and no note about it
-    res = api.run([str(FIXTURE)], Config(), api.Options(cache=False, jobs=1))
+    res = api.run([str(FIXTURE)], Config(preview=True), api.Options(cache=False, jobs=1))
     assert res.notes == [] and {(f, n) for f, n, _ in found(res)} == {(f, n) for f, n, _ in markers()["near-miss"]} | UNTYPED_CROSS_FILE
 
 
@@ -285,6 +291,8 @@ def test_fixtures_fail_and_pass_under_jax_as_marked() -> None:
         run("project", lambda: model.project(x))
         run("forward", lambda: model.forward(x.reshape(2, 4)))
         run("gate", lambda: model.gate(x, jnp.array(True)))
+        run("gate_expr", lambda: model.gate_expr(x, jnp.array(True)))
+        run("total", lambda: model.total(x))
         run("masked_total", lambda: jax.grad(lambda v: model.masked_total(v, jnp.ones(8), reduce=False))(x))
         run("scaled", lambda: jax.grad(lambda v: model.scaled(v))(x))
         for n in ("blocks", "flatten_batch", "row_sums", "padded", "head_sum"):
@@ -297,9 +305,11 @@ def test_fixtures_fail_and_pass_under_jax_as_marked() -> None:
     proc = subprocess.run([sys.executable, "-c", script, str(FIXTURE)], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {k: out[k] for k in ("project", "forward", "gate")} == dict.fromkeys(("project", "forward", "gate"), "TracerBoolConversionError")
+    assert {k: out[k] for k in ("project", "forward", "gate", "gate_expr")} == dict.fromkeys(("project", "forward", "gate", "gate_expr"), "TracerBoolConversionError")
     assert out["masked_total"] == "TypeError" and out["scaled"] == "TypeError"  # grad of a None output
-    clean = {k: v for k, v in out.items() if k not in ("project", "forward", "gate", "masked_total", "scaled")}
+    # masked_total and scaled return None by their caller's choice (a static flag, a None
+    # argument): one structure per compiled call, so the static stage only guesses there
+    clean = {k: v for k, v in out.items() if k not in ("project", "forward", "gate", "gate_expr", "masked_total", "scaled")}
     assert set(clean.values()) == {"ok"}, clean
 
 

@@ -258,6 +258,7 @@ class Analysis:
             if info is not None:
                 static = self._static_by_signature(info)
                 info.static_params |= static
+                info.proven_params |= set(traced) - static  # mypy resolved the call from transformed code
                 self._set(info, set(traced) - static, abstract)
 
     def _apply_xfile(self, seeds: xfile.Seeds) -> None:
@@ -752,6 +753,8 @@ class Analysis:
                 return pr(func.value, proven, scope, d)
             if isinstance(func, ast.Call) and self.names.transform_call(func) is not None:
                 return any(pr(a, proven, scope, d) for a in args)  # `jax.vmap(f)(x)`, `jax.grad(f)(x)`
+            if self.types is not None and self.types.kind(e) == "array" and any(pr(a, proven, scope, d) for a in args):
+                return True  # mypy: a helper in another module returns an array of traced input
             callee = self.resolve(func, scope) if isinstance(func, ast.Name) else None
             if callee is not None and callee is not scope and not isinstance(callee.node, ast.Lambda) and depth < 20:
                 return self._returns_proven(callee, d)  # a helper of this module returning traced arrays

@@ -519,7 +519,7 @@ def _union_checks(tree: ast.Module, data: bytes, path: str, types: FileTypes) ->
     """STB202 on mypy's view of a declared return (aliases, Optional any spelling) and STB201 on
     the inferred kinds of return expressions (a helper's Optional result, a tuple from a call)."""
     from stabcheck.rules.union._kinds import exits
-    from stabcheck.rules.union.union_annotation import UnionAnnotation
+    from stabcheck.rules.union.union_annotation import UnionAnnotation, statically_chosen
     from stabcheck.rules.union.union_return import UnionReturn
 
     try:
@@ -548,14 +548,18 @@ def _union_checks(tree: ast.Module, data: bytes, path: str, types: FileTypes) ->
                     detail=f"{info.qualname}->{shown}",
                     evidence={"stage": "typed", "declared": text},
                     snippet=_line(lines, node.returns),
+                    confidence="guess" if statically_chosen(node, info, an, an.names, why) else "proven",
                 )
             )
         kinds: list[tuple[ast.AST, str]] = []
+        proven_guard: set[int] = set()  # exits under a test proven traced: the data picks the kind
         inferred: set[int] = set()  # exits whose kind only mypy knows (a call, a name), under a traced test
         for e in exits(node):
             k = _exit_kind(e.value, types)
             if k is not None:
                 kinds.append((e.node, k))
+                if any(an.proves_traced(g, info) for g in e.guards):
+                    proven_guard.add(id(e.node))
                 if isinstance(e.value, (ast.Call, ast.Name, ast.Attribute, ast.Subscript)) and any(an.is_traced(g, info) for g in e.guards):
                     inferred.add(id(e.node))
         distinct = {k for _, k in kinds}
@@ -576,6 +580,9 @@ def _union_checks(tree: ast.Module, data: bytes, path: str, types: FileTypes) ->
                         detail=f"{info.qualname}:{k}",
                         evidence={"stage": "typed", "kinds": sorted(distinct)},
                         snippet=_line(lines, at),
+                        # a helper's Optional, or kinds split by a static test (`a if a is not None
+                        # else b`), are one structure per compiled call unless the data decides
+                        confidence="proven" if id(at) in proven_guard else "guess",
                     )
                 )
     return out

@@ -4,6 +4,7 @@ import ast
 
 from stabcheck.rule import Rule
 from stabcheck.static.context import FileContext
+from stabcheck.static.analysis import Analysis, FunctionInfo
 from stabcheck.static.names import Names
 
 _OPTIONAL = frozenset({"typing.Optional", "typing_extensions.Optional"})
@@ -203,14 +204,7 @@ class UnionAnnotation(Rule):
         if why == _ANY_WHY and _pytree_polymorphic(node, ctx.names):
             return  # `tree: Any -> Any` is the usual spelling of "a pytree in, a pytree out"
         text = ctx.text(node.returns)
-        # a static input (flag, None-default, the method's `self`) may choose the structure
-        chosen = bool(info.static_params) or info.is_method or any(isinstance(d, ast.Constant) and d.value is None for d in (*node.args.defaults, *node.args.kw_defaults))
-        # a branch on anything not proven traced (a closure flag, `isinstance`, a shape test)
-        # `Any`, or a union inside a container (`tuple[State, Optional[dict]]`), says little about
-        # the structure one call returns
-        chosen = chosen or why == _ANY_WHY or why.endswith("inside it") or _pytree_typed(node, ctx.names) or any(
-            isinstance(n, (ast.If, ast.IfExp)) and not ctx.analysis.proves_traced(n.test, info) for n in ctx.analysis.own_nodes(info)
-        )
+        chosen = statically_chosen(node, info, ctx.analysis, ctx.names, why)
         self.report(
             ctx,
             node.returns,
@@ -223,6 +217,22 @@ class UnionAnnotation(Rule):
             detail=f"{info.qualname}->{text}",
             confidence="guess" if chosen else "proven",
         )
+
+
+def statically_chosen(node: ast.FunctionDef | ast.AsyncFunctionDef, info: FunctionInfo, analysis: Analysis, names: Names, why: str) -> bool:
+    """May a static fact choose which member of the declared union one compiled call returns?
+    Then the declaration alone proves no hazard (a guess). Also used by the typed tier."""
+    # a static input (flag, None-default, the method's `self`, a pytree-typed argument)
+    if info.static_params or info.is_method or _pytree_typed(node, names):
+        return True
+    if any(isinstance(d, ast.Constant) and d.value is None for d in (*node.args.defaults, *node.args.kw_defaults)):
+        return True
+    # `Any`, or a union inside a container (`tuple[State, Optional[dict]]`), says little about
+    # the structure one call returns
+    if why == _ANY_WHY or why.endswith("inside it"):
+        return True
+    # a branch on anything not proven traced (a closure flag, `isinstance`, a shape test)
+    return any(isinstance(n, (ast.If, ast.IfExp)) and not analysis.proves_traced(n.test, info) for n in analysis.own_nodes(info))
 
 
 def _why(ann: ast.expr, names: Names, *, top: bool) -> str | None:
