@@ -273,6 +273,8 @@ class Analysis:
             for call in calls:
                 traced = xfile.traced_params(call, params) - static
                 if traced:
+                    proven = {params[i] if isinstance(i, int) and i < len(params) else i for i in call.get("proven", ())}
+                    info.proven_params |= traced & proven
                     info.static_params |= static
                     self._set(info, traced, call["abstract"])
                     info.external.extend((xfile.frames(c), bool(call["abstract"])) for c in call["chains"])

@@ -206,6 +206,10 @@ def exports(ctx: FileContext) -> list[dict[str, Any]]:
             kw = sorted(k.arg for k in node.keywords if k.arg and an.is_traced(k.value, info))
             if not pos and not kw and star is None:
                 continue
+            # the arguments the caller's analysis proves traced arrays (issue 16): only those make
+            # the callee's parameters proven; the rest are possibly traced
+            proven = [i for i in pos if an.proves_traced(node.args[i], info)]
+            proven += sorted(k.arg for k in node.keywords if k.arg in kw and an.proves_traced(k.value, info))
             line, col = node.lineno, node.col_offset + 1
             groups: dict[bool, tuple[tuple[Frame, ...], ...]]
             if info.entry:
@@ -216,7 +220,7 @@ def exports(ctx: FileContext) -> list[dict[str, Any]]:
                 groups = {True: staged, False: rest} if staged or rest else {info.abstract: ((Frame(ctx.path, line, col, info.qualname),),)}
             for abstract, chains in groups.items():
                 if chains:
-                    out.append({"target": target, "pos": pos, "kw": kw, "star": star, "abstract": abstract, "chains": [[fr.to_dict() for fr in c] for c in chains]})
+                    out.append({"target": target, "pos": pos, "kw": kw, "star": star, "abstract": abstract, "proven": proven, "chains": [[fr.to_dict() for fr in c] for c in chains]})
     return out
 
 
@@ -235,7 +239,7 @@ def seeds_for(exports_by_file: dict[str, list[dict[str, Any]]], modules: ModuleM
                 if len(c) >= MAX_FRAMES or any(fr["path"] == path and fr["function"] == qual for fr in c):
                     continue  # a cycle through the callee, or too deep
                 chains.append(c)
-            seed = {"pos": e["pos"], "kw": e["kw"], "star": e["star"], "abstract": e["abstract"], "chains": chains[:MAX_CHAINS]}
+            seed = {"pos": e["pos"], "kw": e["kw"], "star": e["star"], "abstract": e["abstract"], "proven": e.get("proven", []), "chains": chains[:MAX_CHAINS]}
             bucket = seeds.setdefault(path, {}).setdefault(qual, [])
             if seed not in bucket:
                 bucket.append(seed)
@@ -270,6 +274,8 @@ def valid(extra: object) -> bool:
         if "target" in e and (not isinstance(e["target"], list) or not e["target"] or not all(isinstance(t, str) for t in e["target"])):
             return False
         if not isinstance(e.get("chains"), list):
+            return False
+        if not isinstance(e.get("proven", []), list) or not all((_int(i) and i >= 0) or isinstance(i, str) for i in e.get("proven", [])):
             return False
         for c in e["chains"]:
             if not isinstance(c, list) or not all(isinstance(fr, dict) and isinstance(fr.get("path"), str) and _int(fr.get("line")) and _int(fr.get("col")) and isinstance(fr.get("function"), str) and isinstance(fr.get("via"), str) for fr in c):
