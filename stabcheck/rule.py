@@ -119,6 +119,8 @@ class Rule:
         confirm stages), never reported by default."""
         if confidence == "proven" and any(not ctx.proves_traced(op) for op in operands):
             confidence = "guess"
+        if confidence == "proven" and operands and ctx.function is not None and id(node) in ctx.analysis.static_guarded(ctx.function):
+            confidence = "guess"  # under `if validate:` / `if arg is None:`: a static configuration picks the path
         ctx.add(
             self.finding(
                 path=ctx.path,

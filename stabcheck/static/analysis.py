@@ -157,6 +157,7 @@ class Analysis:
         self._propagate()
         self._memo = {}  # traced sets are final now: an expression's verdict no longer changes
         self._proven: dict[int, set[str]] = {}
+        self._guarded: dict[int, set[int]] = {}
         self._proof_memo: dict[int, bool] | None = None
         self._propagate_proofs()
         self._proof_memo = {}
@@ -665,6 +666,8 @@ class Analysis:
                 callee = self.resolve(call.func, scope)
                 if callee is None or callee is scope or not callee.transformed:
                     continue
+                if id(call) in self.static_guarded(scope):
+                    continue  # `if validate: check_python(x)`: reached only in some static configuration
                 bound = isinstance(call.func, ast.Attribute)
                 params = callee.params[1:] if callee.is_method and bound else callee.params
                 got = traced_parameters(call, params, lambda e: self.proves_traced(e, scope), keywords=callee.params)
@@ -675,6 +678,38 @@ class Analysis:
             if not changed:
                 break
         self._proven = {}
+
+    def static_guarded(self, info: FunctionInfo) -> set[int]:
+        """ids of the nodes of the function's body that run only under a test of its static
+        parameters (`if validate:`, `if S is None:`): which branch runs is a static configuration
+        the analysis cannot see, so nothing there is proven to run under the transform."""
+        got = self._guarded.get(id(info))
+        if got is not None:
+            return got
+        out: set[int] = set()
+        body = info.node.body if isinstance(info.node.body, list) else []
+        stack: list[ast.AST] = list(body)
+        while stack:
+            n = stack.pop()
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                continue
+            if isinstance(n, ast.If) and self._static_test(n.test, info):
+                out |= {id(m) for st in (*n.body, *n.orelse) for m in ast.walk(st)}
+            stack.extend(ast.iter_child_nodes(n))
+        self._guarded[id(info)] = out
+        return out
+
+    def _static_test(self, test: ast.AST, info: FunctionInfo) -> bool:
+        if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+            return self._static_test(test.operand, info)
+        if isinstance(test, ast.BoolOp):
+            return all(self._static_test(v, info) for v in test.values)
+        if isinstance(test, ast.Name):
+            return test.id in info.static_params and test.id not in info.assigned
+        if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], (ast.Is, ast.IsNot)):
+            sides = (test.left, test.comparators[0])
+            return any(isinstance(s, ast.Constant) and s.value is None for s in sides) and any(isinstance(s, ast.Name) and s.id in info.params for s in sides)
+        return False
 
     def _proven_names(self, info: FunctionInfo) -> set[str]:
         got = self._proven.get(id(info))
