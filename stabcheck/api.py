@@ -137,7 +137,8 @@ def _seed_from_trace(later: list[Finding], results: dict[str, FileResult], real_
     even where no transform is visible in the source (an entry jits a plain function). That file
     is checked again with the function seeded as transformed (`static.xfile` seeds), and what the
     static rules then find of its return and carry structure (STB201-204: the union a failing `if`
-    chooses between) is added — the user fixing the `if` still has the union to fix."""
+    chooses between) is added — the user fixing the `if` still has the union to fix. Such a finding
+    is proven: the values that choose it are the ones JAX just showed to be traced."""
     from stabcheck.static import xfile
 
     wanted: dict[str, xfile.Seeds] = {}
@@ -170,7 +171,7 @@ def _seed_from_trace(later: list[Finding], results: dict[str, FileResult], real_
         again = _check_one(real_of[path], path, config, dispatcher, seeds=merged)
         for x in again.findings:
             if x.code in _STRUCTURE and (x.code, x.span.line) not in seen and x.function.split(".<locals>.")[0] in seeds:
-                res.findings.append(x.refine(stage="traced", evidence={**x.evidence, "seeded_by": "the traced stage: JAX raised a tracer leak in this function"}))
+                res.findings.append(x.refine(stage="traced", confidence="proven", evidence={**x.evidence, "seeded_by": "the traced stage: JAX raised a tracer leak in this function"}))
 
 
 def _enclosing_def(source: str, line: int) -> tuple[str, list[str]] | None:
