@@ -97,7 +97,7 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
     # the typed tier and the traced stage get only files that can be read; the static pass
     # reports each of the others as one STB901 (special file, too large, unreadable, bad name)
     readable = [f for f in files if source_problem(f, config.max_file_size) is None]
-    type_notes = _prepare_types(readable, config, options, cache_dir)
+    type_notes = _prepare_types(readable, config, options)
     result = Result(findings=[], files=len(files), rules=rules)
     note = trust_note(config)
     if note:
@@ -299,17 +299,50 @@ def _check_one_seeded(real: str, shown: str, config: Config, dispatcher: Dispatc
     return res
 
 
-def _prepare_types(files: list[Path], config: Config, options: Options, root: Path | None = None) -> list[str]:
-    """The typed tier (issue 7): mypy runs once over the checked files, before the static pass;
-    `_check_one` (here or in a worker) looks each file's types up by path."""
+def _prepare_types(files: list[Path], config: Config, options: Options) -> list[str]:
+    """The typed tier (opt-in): mypy runs once over the checked files, in a bounded subprocess,
+    before the static pass; `_check_one` (here or in a worker) looks each file's types up by path.
+    Its cache is per user and shared by projects (`cache_home()/typed`, or `<--cache-dir>/typed`),
+    not the project's own cache directory: jax's analysis is paid once per environment."""
     from stabcheck.static import typed
 
     typed.install({})
     if not config.types:
         return []
-    prepared = typed.prepare(files, root)
+    if options.cache:
+        from stabcheck._cache import cache_home
+
+        root: Path | None = (Path(options.cache_dir) if options.cache_dir else cache_home()) / "typed"
+    else:
+        root = None
+    bounds = typed.Bounds(timeout=config.types_timeout, memory=typed.memory_bytes(config.types_memory_limit), memory_text=config.types_memory_limit)
+    progress = _TypedProgress() if options.progress else None
+    try:
+        prepared = typed.prepare(files, root, bounds=bounds, on_run=progress)
+    finally:
+        if progress is not None:
+            progress.close()
     typed.install(prepared.files)
     return prepared.notes
+
+
+class _TypedProgress:
+    """One line on a terminal while mypy runs (`options.progress`: stderr is a TTY, not CI)."""
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def __call__(self, files: int, first: bool) -> None:
+        cost = " (first run: ~30 s, analysing jax's sources; later runs reuse the cache)" if first else ""
+        sys.stderr.write(f"stabcheck: typed tier: running mypy on {files} file{'s' if files != 1 else ''}{cost}...")
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:  # the line is done: clear it
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.shown = False
 
 
 def _start_method() -> str:

@@ -56,7 +56,9 @@ class Config:
     stages: tuple[str, ...] = ("static",)
     timeout: float = 120.0
     memory_limit: str = ""
-    types: bool | None = None  # None: `STABCHECK_TYPES`, else on where mypy is installed (`typed.on_by_default`)
+    types: bool | None = None  # None: `STABCHECK_TYPES`, else off (`typed.on_by_default`)
+    types_timeout: float = 300.0  # seconds mypy may run (the typed tier's subprocess)
+    types_memory_limit: str = "2GiB"  # memory mypy may use; "0" for no bound
     fail_on: str = "suspected"
     max_traces: int = 3
     union_limit: int = 1
@@ -83,6 +85,8 @@ _KEYS: dict[str, str] = {
     "timeout": "a positive number of seconds (finite, > 0)",
     "memory-limit": "a size such as '4GiB' or a fraction such as '0.5'",
     "types": "true or false",
+    "types-timeout": "a positive, finite number of seconds",
+    "types-memory-limit": "a size such as '2GiB' or '512MiB', or '0' for no bound",
     "fail-on": "'suspected' or 'confirmed'",
     "max-traces": "a positive integer",
     "union-limit": "a positive integer",
@@ -278,6 +282,20 @@ def from_mapping(table: dict[str, Any], *, source: str = "", root: str = ".", ba
             if not isinstance(value, bool):
                 raise ConfigError(raw_key, value, allowed, source)
             changes[fname] = value
+        elif key == "types-timeout":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError(raw_key, value, allowed, source)
+            changes[fname] = float(value)
+        elif key == "types-memory-limit":
+            from stabcheck.static.typed import memory_bytes
+
+            try:
+                if isinstance(value, bool) or not isinstance(value, (str, int)):
+                    raise ValueError(value)
+                memory_bytes(str(value))
+            except ValueError:
+                raise ConfigError(raw_key, value, allowed, source) from None
+            changes[fname] = str(value)
         elif key == "fail-on":
             if value not in ("suspected", "confirmed"):
                 raise ConfigError(raw_key, value, allowed, source)

@@ -119,6 +119,10 @@ def options(cache_dir: Path, preserve_asts: bool) -> Options:
     o.show_traceback = False
     o.raise_exceptions = False
     o.fast_module_lookup = True
+    # stabcheck's own options only: no config file (a repository's mypy.ini, setup.cfg or
+    # `[tool.mypy]` is never read) and no plugins (a plugin is code mypy would import)
+    o.config_file = None
+    o.plugins = []
     return o
 
 
@@ -140,23 +144,97 @@ def forget(modules: list[str], srcs: list[BuildSource], opts: Options) -> None:
                     pass
 
 
-def sources(paths: Sequence[Path], opts: Options) -> list[BuildSource]:
+def sources(paths: Sequence[Path | str], opts: Options, dropped: dict[str, str] | None = None) -> list[BuildSource]:
     """The build sources for the checked files; a stub checked next to its own module
     (`m.pyi` beside `m.py`, as jax ships `basearray`) is left out: mypy takes one file per
-    module, and the rules check the `.py`."""
+    module, and the rules check the `.py`. A second file that maps to a module name already
+    taken (`a/train.py` and `b/train.py` without `__init__.py`) is left out too, and named in
+    `dropped` (mypy would stop the whole build on it)."""
     given = {str(p) for p in paths}
     kept = [str(p) for p in paths if not (str(p).endswith(".pyi") and str(p)[:-1] in given)]
     try:
-        return list(create_source_list(kept, opts, allow_empty_dir=True))
+        srcs = list(create_source_list(kept, opts, allow_empty_dir=True))
     except InvalidSourceList as e:
         raise MypyUnavailable(f"mypy cannot map the checked files to modules: {e}") from None
+    out: list[BuildSource] = []
+    taken: dict[str, str] = {}
+    for s in srcs:
+        if s.module in taken and s.path:
+            if dropped is not None:
+                dropped[os.path.abspath(s.path)] = f"another checked file, `{taken[s.module]}`, is also module `{s.module}` to mypy"
+            continue
+        taken[s.module] = s.path or ""
+        out.append(s)
+    return out
+
+
+class Blocked(MypyUnavailable):
+    """A blocking error in one module (a relative import outside a package, a file mypy cannot
+    parse): that module's path and mypy's message."""
+
+    def __init__(self, module: str | None, message: str) -> None:
+        super().__init__(message)
+        self.module = module
+
+
+def analyse(files: Sequence[str], cache_dir: str, old: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The whole mypy side of the typed tier (run in `stabcheck.static._mypy_child`): build the
+    files, find which of them mypy re-checked or whose facts are stale (`old`: path -> {"hash",
+    "module"}), re-check those keeping their trees, and extract their facts.
+
+    A file with a blocking error is left out and the build repeated without it (a relative
+    import outside a package stops mypy for every file otherwise). Returns {"modules": {module:
+    path}, "fresh": {path: facts}, "dropped": {path: why}, "analysed": modules mypy analysed
+    afresh, its own cache missing or stale (jax's, on a first run)}."""
+    cache = Path(cache_dir)
+    dropped: dict[str, str] = {}
+    paths = [str(p) for p in files]
+    opts = options(cache / "mypy", preserve_asts=False)
+    for _ in range(8):
+        srcs = sources(paths, opts, dropped)
+        modules = module_names(srcs)
+        if not modules:
+            return {"modules": {}, "fresh": {}, "dropped": dropped, "analysed": 0}
+        try:
+            first = run(srcs, opts)  # cheap when warm; strips jax's bodies when cold
+        except Blocked as e:
+            bad = modules.get(e.module or "")
+            if bad is None:
+                raise MypyUnavailable(str(e)) from None
+            dropped[bad] = str(e).removeprefix("mypy stopped: ")
+            paths = [p for p in paths if os.path.abspath(p) != bad]
+            continue
+        break
+    else:
+        raise MypyUnavailable("mypy stopped on too many files")
+    analysed = sum(1 for st in first.graph.values() if getattr(st, "tree", None) is not None)
+    need = rechecked(first, modules)
+    need |= {m for m, p in modules.items() if old.get(p, {}).get("hash") != _digest(p) or old.get(p, {}).get("module") != m}
+    fresh: dict[str, dict[str, Any]] = {}
+    if need:
+        opts = options(cache / "mypy", preserve_asts=True)
+        forget(sorted(need), srcs, opts)
+        result = run(srcs, opts)
+        fresh = extract(result, {m: modules[m] for m in need})
+    return {"modules": modules, "fresh": fresh, "dropped": dropped, "analysed": analysed}
+
+
+def _digest(path: str) -> str | None:
+    """The content hash the parent keys a file's facts with (`typed._hash`)."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.blake2b(fh.read(), digest_size=16).hexdigest()
+    except OSError:
+        return None
 
 
 def run(srcs: list[BuildSource], opts: Options) -> build.BuildResult:
     try:
         return build.build(srcs, opts, stdout=_Null(), stderr=_Null())  # type: ignore[arg-type]
-    except build.CompileError as e:  # a blocking error: a stub that does not parse, a duplicate module
-        raise MypyUnavailable("mypy stopped: " + "; ".join(e.messages[:2])[:300]) from None
+    except build.CompileError as e:  # a blocking error: a stub that does not parse, a relative import outside a package
+        raise Blocked(e.module_with_blocker, "mypy stopped: " + "; ".join(e.messages[:2])[:300]) from None
     except (Exception, SystemExit) as e:  # an internal mypy error must not fail the run
         raise MypyUnavailable(f"mypy crashed: {type(e).__name__}: {e}"[:300]) from None
 
@@ -431,4 +509,4 @@ def module_names(srcs: list[BuildSource]) -> dict[str, str]:
     return {s.module: os.path.abspath(s.path) for s in srcs if s.path}
 
 
-__all__ = ["MypyUnavailable", "extract", "kind", "module_names", "options", "run", "sources"]
+__all__ = ["Blocked", "MypyUnavailable", "analyse", "extract", "kind", "module_names", "options", "run", "sources"]

@@ -1,11 +1,16 @@
 """The typed tier: mypy's inferred types make the static rules precise and follow calls across files.
 
-`prepare(files, cache_root)` runs mypy once (as a library, incrementally, never importing user
-code) over the checked files and turns its type map into per-file `FileTypes`: the kind of each
-expression ("array", "static", "optional", "tuple:2", ...), the def each call runs (through
-`jit`, `partial`, bound methods, `__call__`), declared parameter/return kinds, and the
-*seeds*: functions of this file that a transformed function of another file calls with traced
-arguments. The traced-value analysis (`Analysis(tree, names, types)`) asks a `FileTypes`:
+Opt-in (`--types`, `types = true`, `STABCHECK_TYPES=1`): its first run in an environment analyses
+jax's own sources (tens of seconds), which the default check must not pay (issue 15).
+
+`prepare(files, cache_root)` runs mypy once over the checked files, incrementally, in a
+subprocess bounded in time and memory (`stabcheck.static._mypy_child`; mypy never imports user
+code, and runs with stabcheck's own options: no config file, no plugins), and turns its type map
+into per-file `FileTypes`: the kind of each expression ("array", "static", "optional",
+"tuple:2", ...), the def each call runs (through `jit`, `partial`, bound methods, `__call__`),
+declared parameter/return kinds, and the *seeds*: functions of this file that a transformed
+function of another file calls with traced arguments. The traced-value analysis
+(`Analysis(tree, names, types)`) asks a `FileTypes`:
 
 * a call whose declared and inferred result is `int`/`bool`/`str`/`None` is static;
 * a parameter declared (through any alias) as an array is an array, one declared `int`/`bool`/
@@ -17,14 +22,17 @@ arguments. The traced-value analysis (`Analysis(tree, names, types)`) asks a `Fi
 makes carry `evidence["stage"] = "typed"`, findings types prove wrong are dropped, and the
 declared/inferred union checks (STB202/STB201) that need mypy's view are added.
 
-Facts are cached under `<cache>/typed/` next to mypy's own cache (`<cache>/mypy/`), so an
-unchanged tree costs one fresh mypy build (no re-check) plus a JSON read. A mypy crash or a
-stub that does not parse degrades to the untyped analysis with one note.
+The cache (`<cache>/typed/env-<key>/`: mypy's own cache and one facts file per project) is keyed
+by the versions of stabcheck, mypy, Python and every installed distribution, and shared by all
+projects checked in that environment; an unchanged tree costs a JSON read, without starting
+mypy. A mypy crash, a timeout or the memory bound degrades to the untyped analysis with one
+note; a file mypy stops on (a relative import outside a package) is left out of its run alone.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import contextvars
 import hashlib
 import json
@@ -32,7 +40,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +133,8 @@ class Prepared:
     files: dict[str, FileTypes] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    rechecked: int = 0
+    rechecked: int = 0  # checked files whose facts were extracted afresh
+    analysed: int = 0  # modules mypy analysed without its cache (jax's own on a first run)
 
 
 # -- the registry the engine's FileContext reads ----------------------------------------------
@@ -164,42 +173,67 @@ def lookup(path: str | os.PathLike[str]) -> FileTypes | None:
     return _REGISTRY.get(os.path.abspath(path))
 
 
-def available() -> bool:
-    """Can mypy run here (is it importable)?"""
-    try:
-        import mypy.build  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 # -- running mypy ---------------------------------------------------------------------------
 ENV_VAR = "STABCHECK_TYPES"
 _TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off", ""})
+DEFAULT_TIMEOUT = 300.0  # seconds: a first run on a large project (jax's own 950 files) takes 3-5 min
+DEFAULT_MEMORY = "2GiB"  # a first run on one small file peaks near 500 MiB, jax's own sources near 2 GiB
 
 
 def on_by_default() -> bool:
-    """Whether the typed tier runs when neither the config (`types = ...`) nor the command line
-    (`--types/--no-types`) says: `STABCHECK_TYPES` if set, else whether mypy is installed (found,
-    not imported: a run that ends up untyped never pays for importing it)."""
-    import importlib.util
-
+    """Whether the typed tier runs when neither the command line (`--types/--no-types`) nor the
+    config (`types = ...`) says: `STABCHECK_TYPES` if set, else off (issue 15: the default check
+    costs what the static pass costs; mypy's first run analyses jax's sources, tens of seconds)."""
     from stabcheck.config import ConfigError
 
     value = os.environ.get(ENV_VAR)
-    if value is not None:
-        v = value.strip().lower()
-        if v in _TRUE or v in _FALSE:
-            return v in _TRUE
-        raise ConfigError(ENV_VAR, value, "true or false (1/0, yes/no, on/off)", "the environment")
-    try:
-        return importlib.util.find_spec("mypy") is not None
-    except (ImportError, ValueError):
+    if value is None:
         return False
+    v = value.strip().lower()
+    if v in _TRUE or v in _FALSE:
+        return v in _TRUE
+    raise ConfigError(ENV_VAR, value, "true or false (1/0, yes/no, on/off)", "the environment")
 
 
-def prepare(files: Sequence[Path], cache_root: Path | None = None) -> Prepared:
-    """Run mypy over `files` (incrementally) and compute the per-file types and seeds."""
+def memory_bytes(text: str) -> int | None:
+    """'2GiB', '512MiB', '1.5GB', '0'/'none' (no bound) -> bytes or None; ValueError otherwise."""
+    import re
+
+    t = str(text).strip().lower()
+    if t in ("0", "none", "off"):
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?", t)
+    if m is None:
+        raise ValueError(text)
+    unit = (m.group(2) or "b")[0]
+    scale = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[unit]
+    n = int(float(m.group(1)) * scale)
+    if n <= 0:
+        raise ValueError(text)
+    return n
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What the mypy subprocess may use: wall-clock seconds and bytes of data (None: unbounded)."""
+
+    timeout: float = DEFAULT_TIMEOUT
+    memory: int | None = 2 << 30
+    memory_text: str = DEFAULT_MEMORY
+
+
+def prepare(
+    files: Sequence[Path],
+    cache_root: Path | None = None,
+    *,
+    bounds: Bounds | None = None,
+    on_run: Callable[[int, bool], None] | None = None,
+) -> Prepared:
+    """Run mypy over `files` (incrementally, in a bounded subprocess) and compute the per-file
+    types and seeds. `cache_root` is the typed tier's cache (`<cache>/typed`), shared by every
+    project checked with the same versions; None: a temporary one, removed. `on_run(n, first)`
+    is called just before mypy starts (not when the cached facts answer): n files, and whether
+    mypy's cache for this environment is empty (a first run: jax's sources are analysed)."""
     start = time.perf_counter()
     out = Prepared()
     py = [Path(os.path.abspath(f)) for f in files if str(f).endswith((".py", ".pyi"))]
@@ -211,16 +245,25 @@ def prepare(files: Sequence[Path], cache_root: Path | None = None) -> Prepared:
         cache_root = Path(tmp)
     try:
         hashes = {str(p): _hash(p) for p in py}
+        env = cache_root / f"env-{_env_key()}"
+        facts_file = env / f"facts-{_project_key(hashes)}.json"
+        saved = _read_json(facts_file)
         tree = _tree_key(hashes)
-        raw = _raw_facts(py, hashes, tree, cache_root, out)
-        if raw is not None:
-            # the cross-file seeds need every file's analysis: kept next to the facts, for the tree
-            # they were computed on (`_tree_key`), so an unchanged tree skips that too
-            seeds_file = cache_root / "typed" / "seeds.json"
-            seeds = _load_seeds(seeds_file, tree)
+        if saved.get("tree") == tree and isinstance(saved.get("files"), dict):  # unchanged: mypy has nothing to do
+            same = _facts_of(saved)
+            raw = {p: same[p] for p in hashes if p in same}
+            seeds = _seeds_of(saved)
             out.files = _post(raw, seeds)
+            out.notes.extend(n for n in saved.get("notes", ()) if isinstance(n, str))  # files mypy left out, as when they were
             if seeds is None:
-                _save_json(seeds_file, {"tree": tree, "seeds": {p: ft.seeds for p, ft in out.files.items() if ft.seeds}})
+                _save_json(facts_file, {**saved, "seeds": _seeds_out(out.files)})
+        else:
+            raw_or_none = _run_mypy(py, hashes, env, saved, out, bounds or Bounds(), on_run)
+            if raw_or_none is not None:
+                out.files = _post(raw_or_none)
+                _save_json(facts_file, {"tree": tree, "files": {**_facts_of(saved), **raw_or_none}, "seeds": _seeds_out(out.files), "notes": out.notes})
+        if tmp is None:
+            _prune(cache_root, env)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -228,75 +271,189 @@ def prepare(files: Sequence[Path], cache_root: Path | None = None) -> Prepared:
     return out
 
 
-def _raw_facts(py: list[Path], hashes: dict[str, str | None], tree: str, cache_root: Path, out: Prepared) -> dict[str, dict[str, Any]] | None:
-    facts_file = cache_root / "typed" / "facts.json"
-    saved = _read_json(facts_file)
-    if saved.get("tree") == tree and isinstance(saved.get("files"), dict):  # the same files, unchanged, in an unchanged environment: mypy has nothing to do
-        same = _facts_of(saved)
-        return {p: same[p] for p in hashes if p in same}
-    try:
-        from stabcheck.static import _mypy_extract as mx
-    except Exception as e:  # mypy missing or broken: untyped analysis
-        out.notes.append(f"typed tier off: mypy cannot be imported ({type(e).__name__}: {e})"[:300])
-        return None
-    import mypy.version
+def _seeds_out(files: dict[str, FileTypes]) -> dict[str, Any]:
+    return {p: ft.seeds for p, ft in files.items() if ft.seeds}
 
-    cache_key = f"{FACTS_VERSION}|{mypy.version.__version__}"
-    old = _facts_of(saved) if saved.get("key") == cache_key else {}
+
+def _run_mypy(
+    py: list[Path],
+    hashes: dict[str, str | None],
+    env: Path,
+    saved: dict[str, Any],
+    out: Prepared,
+    bounds: Bounds,
+    on_run: Callable[[int, bool], None] | None,
+) -> dict[str, dict[str, Any]] | None:
+    """The facts of `py`, from mypy in a subprocess; None (and one note) when it cannot run."""
+    import importlib.util
+
     try:
-        opts = mx.options(cache_root / "mypy", preserve_asts=False)
-        srcs = mx.sources(py, opts)
-        modules = mx.module_names(srcs)
-        first = mx.run(srcs, opts)  # cheap when warm; strips jax's bodies when cold
-        need = mx.rechecked(first, modules)
-        need |= {m for m, p in modules.items() if old.get(p, {}).get("hash") != hashes.get(p) or old.get(p, {}).get("module") != m}
-        fresh: dict[str, dict[str, Any]] = {}
-        if need:
-            opts = mx.options(cache_root / "mypy", preserve_asts=True)
-            mx.forget(sorted(need), srcs, opts)
-            result = mx.run(srcs, opts)
-            fresh = mx.extract(result, {m: modules[m] for m in need})
-    except mx.MypyUnavailable as e:
-        out.notes.append(f"typed tier off for this run: {e}; the untyped analysis was used")
+        found = importlib.util.find_spec("mypy") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        out.notes.append("typed tier off: mypy is not installed (`pip install mypy`); the untyped analysis was used")
         return None
-    except (RecursionError, OSError) as e:
-        out.notes.append(f"typed tier off for this run: {type(e).__name__} while running mypy; the untyped analysis was used")
+    # a file `ast` cannot parse gets its STB901 from the static stage; mypy would stop on it
+    parsed = [p for p in py if _parses(p)]
+    if not parsed:
         return None
+    old = _facts_of(saved)
+    if on_run is not None:
+        on_run(len(parsed), not (env / "mypy").is_dir())
+    answer = _child(parsed, env, {p: {"hash": v.get("hash"), "module": v.get("module")} for p, v in old.items()}, bounds, out)
+    if answer is None:
+        return None
+    fresh: dict[str, dict[str, Any]] = answer.get("fresh", {})
+    modules: dict[str, str] = answer.get("modules", {})
+    dropped: dict[str, str] = answer.get("dropped", {})
     out.rechecked = len(fresh)
+    out.analysed = int(answer.get("analysed", 0))
+    if dropped:
+        shown = "; ".join(f"`{_rel(p)}`: {why}" for p, why in sorted(dropped.items())[:3])
+        more = f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
+        n = len(dropped)
+        out.notes.append(f"typed tier: {n} file{'s' if n != 1 else ''} left out of mypy's run and checked without types ({shown}{more}); the other files have types")
     raw: dict[str, dict[str, Any]] = {}
     for p in modules.values():
         if p in fresh:
             raw[p] = {**fresh[p], "hash": hashes.get(p)}
         elif p in old:
             raw[p] = old[p]
-    _save_facts(facts_file, cache_key, {**old, **raw}, tree)
     return raw
 
 
-def _tree_key(hashes: dict[str, str | None]) -> str:
-    """The checked files and their contents, stabcheck's and mypy's versions, and the Python
-    environment mypy reads JAX's signatures from (each import-path directory's modification
-    time: installing, upgrading or removing a package changes it). Equal keys: nothing to do."""
+def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, out: Prepared) -> dict[str, Any] | None:
+    """Run `stabcheck.static._mypy_child` with the time and memory bounds; its answer, or None
+    and one note (crash, timeout, memory). Its request and result files are removed."""
+    import signal
+    import subprocess
     import sys
-    import sysconfig
-    from importlib import metadata
 
+    import stabcheck
+
+    work = tempfile.mkdtemp(prefix="stabcheck-mypy-")
     try:
-        mypy_version = metadata.version("mypy")
-    except metadata.PackageNotFoundError:
-        mypy_version = ""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{FACTS_VERSION}|{mypy_version}|{sys.version}".encode())
-    paths = sysconfig.get_paths()
-    sites = {paths["purelib"], paths["platlib"], *(d for d in sys.path if d.endswith(("site-packages", "dist-packages")))}
-    for d in sorted(sites):  # not sys.path[0]: it differs between `stabcheck`, `python -m` and `-c`
+        request, result, errors = (os.path.join(work, n) for n in ("request.json", "result.json", "stderr.txt"))
+        with open(request, "w", encoding="utf-8") as fh:
+            json.dump({"files": [str(f) for f in files], "cache_dir": str(env), "old": old, "memory": bounds.memory}, fh)
+        home = os.path.dirname(os.path.dirname(os.path.abspath(stabcheck.__file__)))
+        child_env = dict(os.environ)
+        # the child imports stabcheck from where this process did, never from the working
+        # directory (`python -m` would put it first on sys.path: a checked repository could
+        # shadow `mypy` or `stabcheck` there)
+        child_env["PYTHONSAFEPATH"] = "1"
+        child_env["PYTHONPATH"] = os.pathsep.join([home, *filter(None, [os.environ.get("PYTHONPATH")])])
+        with open(errors, "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "stabcheck.static._mypy_child", request, result], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=child_env)
+            try:
+                rc = proc.wait(timeout=bounds.timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                out.notes.append(f"typed tier off for this run: mypy ran past its time bound ({bounds.timeout:g} s, `types-timeout`) and was stopped; the untyped analysis was used")
+                return None
+            finally:
+                if proc.poll() is None:  # interrupted (Ctrl-C): never leave mypy running
+                    proc.kill()
+                    proc.wait()
+        answer = _read_json(Path(result))
+        if answer.get("ok") is True:
+            return answer
+        tail = Path(errors).read_text(encoding="utf-8", errors="replace")[-2000:]
+        why = answer.get("why")
+        if why == "memory" or "MemoryError" in tail:
+            what = f"mypy ran out of its memory bound ({bounds.memory_text}, `types-memory-limit`)"
+        elif why in ("mypy", "import"):
+            what = str(answer.get("message", ""))
+        elif why == "crash":
+            what = f"mypy crashed ({answer.get('message', '')})"
+        elif rc < 0:
+            try:
+                name = signal.Signals(-rc).name
+            except ValueError:
+                name = f"signal {-rc}"
+            what = f"mypy crashed ({name}{', a file too deeply nested for it' if name == 'SIGSEGV' else ''})"
+        else:
+            what = f"mypy's process exited with status {rc}"
+        out.notes.append(f"typed tier off for this run: {what}; the untyped analysis was used")
+        return None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _parses(p: Path) -> bool:
+    try:
+        ast.parse(p.read_bytes(), filename=str(p))
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
+
+
+def _rel(p: str) -> str:
+    try:
+        r = os.path.relpath(p)
+    except ValueError:
+        return p
+    return p if r.startswith("..") else r
+
+
+def _env_key() -> str:
+    """What mypy's results depend on besides the checked files: stabcheck (version and its own
+    code), mypy, Python, and the name and version of every installed distribution (read from
+    the `*.dist-info` names on the import path: installing, upgrading or removing a package
+    changes the key). The typed cache is never trusted across any of these."""
+    import sys
+
+    from stabcheck._cache import code_fingerprint
+    from stabcheck.api import __version__
+
+    dists: set[str] = set()
+    for d in sys.path:
+        if not d or not os.path.isabs(d) or os.path.abspath(d) == os.getcwd():
+            continue
         try:
-            h.update(f"{d}:{os.stat(d).st_mtime_ns}".encode())
+            with os.scandir(d) as it:
+                dists.update(e.name for e in it if e.name.endswith((".dist-info", ".egg-info")))
         except OSError:
             continue
-    for path, digest in sorted(hashes.items()):
-        h.update(f"{path}={digest}".encode())
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{FACTS_VERSION}|{__version__}|{code_fingerprint()}|{sys.version}|{sys.platform}".encode())
+    h.update("\n".join(sorted(dists)).encode())
     return h.hexdigest()
+
+
+def _project_key(hashes: dict[str, str | None]) -> str:
+    """One facts file per project: the directory that holds the checked files."""
+    try:
+        root = os.path.commonpath([os.path.dirname(p) for p in hashes])
+    except ValueError:
+        root = ""
+    return hashlib.blake2b(root.encode(), digest_size=8).hexdigest()
+
+
+def _tree_key(hashes: dict[str, str | None]) -> str:
+    """The checked files and their contents (the environment is in the directory's key)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(FACTS_VERSION.encode())
+    for path, digest in sorted(hashes.items()):
+        h.update(f"{path}={digest}\n".encode())
+    return h.hexdigest()
+
+
+_KEEP_ENVS = 4  # environments whose mypy caches are kept (an upgrade leaves the old one behind)
+
+
+def _prune(root: Path, current: Path) -> None:
+    """Mark `current` as used now and remove all but the most recently used environments."""
+    try:
+        os.utime(current)
+        envs = sorted((e for e in os.scandir(root) if e.name.startswith("env-") and e.is_dir(follow_symlinks=False)), key=lambda e: e.stat(follow_symlinks=False).st_mtime, reverse=True)
+    except OSError:
+        return
+    for e in envs[_KEEP_ENVS:]:
+        if e.path != str(current):
+            shutil.rmtree(e.path, ignore_errors=True)
 
 
 def _hash(p: Path) -> str | None:
@@ -310,7 +467,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     """A cache file's JSON object; {} when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -322,29 +479,30 @@ def _facts_of(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in files.items() if isinstance(v, dict) and isinstance(v.get("exprs"), dict)}
 
 
-def _save_facts(path: Path, key: str, files: dict[str, dict[str, Any]], tree: str = "") -> None:
-    _save_json(path, {"key": key, "tree": tree, "files": files})
-
-
 def _save_json(path: Path, data: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     except OSError:
         pass  # a read-only cache directory costs speed, not correctness
 
 
 # -- cross-file post-processing ------------------------------------------------------------------
-def _load_seeds(path: Path, tree: str) -> dict[str, dict[str, tuple[set[str], bool]]] | None:
-    data = _read_json(path)
-    if data.get("tree") != tree or not isinstance(data.get("seeds"), dict):
+def _seeds_of(data: dict[str, Any]) -> dict[str, dict[str, tuple[set[str], bool]]] | None:
+    """The cross-file seeds saved with the facts (for the tree they were computed on)."""
+    if not isinstance(data.get("seeds"), dict):
         return None
     try:
         return {p: {q: (set(params), bool(abstract)) for q, (params, abstract) in fs.items()} for p, fs in data["seeds"].items()}
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, AttributeError):
         return None
 
 

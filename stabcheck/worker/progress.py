@@ -12,7 +12,7 @@ class Progress:
         from rich.progress import Progress as RichProgress
 
         self.bar = RichProgress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-        self.task = self.bar.add_task("tracing", total=None)
+        self.task = self.bar.add_task("starting the worker (importing JAX and the entries' modules)", total=None)
         self.entries = 0
         self.done = 0
         self.bar.start()
@@ -21,7 +21,7 @@ class Progress:
         kind = e.get("event")
         if kind == "loaded":
             self.entries += len(e.get("entries", ()))
-            self.bar.update(self.task, total=self.entries)
+            self.bar.update(self.task, total=self.entries, description="tracing")
         elif kind == "start":
             self.bar.update(self.task, description=f"tracing {e.get('entry', '')}")
         elif kind == "entry":
