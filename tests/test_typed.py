@@ -195,43 +195,62 @@ def test_cli_types_flag(type_cache: Path) -> None:
     assert {(f, n) for f, n, _ in lines(off.stdout)} == {(f, n) for f, n, _ in m["near-miss"]} | UNTYPED_CROSS_FILE
 
 
-@pytest.mark.slow
-def test_the_typed_tier_is_on_by_default_where_mypy_is_installed(type_cache: Path) -> None:
+def test_the_typed_tier_is_off_by_default(tmp_path: Path) -> None:
+    """No flag, no config, no STABCHECK_TYPES: the untyped verdicts, and mypy never started
+    (its cache is not even created)."""
     m = markers()
-    env = {k: v for k, v in os.environ.items() if k != "STABCHECK_TYPES"}
+    env = {k: v for k, v in os.environ.items() if k not in ("STABCHECK_TYPES", "STABCHECK_CACHE_DIR")}
+    env["HOME"] = str(tmp_path / "home")
+    env.pop("XDG_CACHE_HOME", None)
+    proc = subprocess.run([sys.executable, "-m", "stabcheck", "check", str(FIXTURE), "--preview", "--output-format", "json", "--cache-dir", str(tmp_path / "cache"), "--exit-zero"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert {(f, n) for f, n, _ in _json_lines(proc.stdout)} == {(f, n) for f, n, _ in m["near-miss"]} | UNTYPED_CROSS_FILE
+    assert not (tmp_path / "cache" / "typed").exists() and not (tmp_path / "home").exists()
+    res = api.run([str(FIXTURE)], Config(preview=True), api.Options(cache=False, jobs=1))  # the library too
+    assert res.notes == [] and {(f, n) for f, n, _ in found(res)} == {(f, n) for f, n, _ in m["near-miss"]} | UNTYPED_CROSS_FILE
+
+
+@pytest.mark.slow
+def test_flag_config_and_environment_turn_it_on_in_that_order(type_cache: Path, tmp_path: Path) -> None:
+    m = markers()
     args = ("check", str(FIXTURE), "--output-format", "json", "--cache-dir", str(type_cache), "--exit-zero")
-    default = subprocess.run([sys.executable, "-m", "stabcheck", *args], env=env, capture_output=True, text=True, timeout=300)
-    assert default.returncode == 0, default.stderr
-    assert _json_lines(default.stdout) == m["typed"]
-    (type_cache.parent / "off").mkdir(exist_ok=True)
-    (type_cache.parent / "off" / "stabcheck.toml").write_text("types = false\n", encoding="utf-8")
-    off = run_cli(*args, "--preview", "--config", str(type_cache.parent / "off" / "stabcheck.toml"), env={"STABCHECK_TYPES": "1"})
-    assert {(f, n) for f, n, _ in _json_lines(off.stdout)} == {(f, n) for f, n, _ in m["near-miss"]} | UNTYPED_CROSS_FILE  # the config beats the environment
+    on_cfg, off_cfg = tmp_path / "on" / "stabcheck.toml", tmp_path / "off" / "stabcheck.toml"
+    on_cfg.parent.mkdir()
+    off_cfg.parent.mkdir()
+    on_cfg.write_text("types = true\n", encoding="utf-8")
+    off_cfg.write_text("types = false\n", encoding="utf-8")
+    near = {(f, n) for f, n, _ in m["near-miss"]} | UNTYPED_CROSS_FILE
+
+    def lines(*extra: str, env: dict[str, str] | None = None) -> set[tuple[str, int, str]]:
+        proc = run_cli(*args, *extra, env={"STABCHECK_TYPES": "", **(env or {})})
+        assert proc.returncode == 0, proc.stderr
+        return _json_lines(proc.stdout)
+
+    assert lines("--types") == m["typed"]
+    assert lines("--config", str(on_cfg)) == m["typed"]
+    assert lines(env={"STABCHECK_TYPES": "1"}) == m["typed"]
+    assert {(f, n) for f, n, _ in lines("--preview", "--config", str(off_cfg), env={"STABCHECK_TYPES": "1"})} == near  # config beats the environment
+    assert {(f, n) for f, n, _ in lines("--preview", "--no-types", "--config", str(on_cfg))} == near  # the flag beats the config
+    assert lines("--types", "--config", str(off_cfg)) == m["typed"]
 
 
 def _json_lines(out: str) -> set[tuple[str, int, str]]:
     data = json.loads(out)
     items = data if isinstance(data, list) else data.get("findings", [])
-    return {(Path(d["path"]).name, d["line"], d["code"]) for d in items}
+    return {(Path(d["path"]).name, d["line"], d["code"]) for d in items if d["code"] != "note"}  # notes are rows too
 
 
-def test_the_default_follows_the_environment_then_whether_mypy_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-
+def test_the_default_follows_the_environment_else_off(monkeypatch: pytest.MonkeyPatch) -> None:
     from stabcheck.config import ConfigError
 
-    for value, want in (("1", True), ("yes", True), ("ON", True), ("0", False), ("false", False), ("off", False)):
+    for value, want in (("1", True), ("yes", True), ("ON", True), ("0", False), ("false", False), ("off", False), ("", False)):
         monkeypatch.setenv("STABCHECK_TYPES", value)
         assert typed.on_by_default() is want
     monkeypatch.setenv("STABCHECK_TYPES", "maybe")
     with pytest.raises(ConfigError, match="STABCHECK_TYPES"):
         typed.on_by_default()
     monkeypatch.delenv("STABCHECK_TYPES")
-    assert typed.on_by_default() is True  # mypy is a dependency
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    assert typed.on_by_default() is False  # no mypy: untyped, and no note about it
-    res = api.run([str(FIXTURE)], Config(preview=True), api.Options(cache=False, jobs=1))
-    assert res.notes == [] and {(f, n) for f, n, _ in found(res)} == {(f, n) for f, n, _ in markers()["near-miss"]} | UNTYPED_CROSS_FILE
+    assert typed.on_by_default() is False  # mypy is installed, and still off
 
 
 def test_a_bad_environment_value_is_a_usage_error() -> None:
@@ -385,43 +404,205 @@ def test_jaxtyping_alias_parameter_is_an_array(type_cache: Path, tmp_path: Path)
     assert [(f.code, f.line, f.detail, f.evidence.get("stage")) for f in res.findings] == [("STB101", 9, "keep", "typed")]
 
 
-def test_a_mypy_crash_degrades_to_untyped_with_one_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from stabcheck.static import _mypy_extract as mx
+STEP = "import jax\n\n@jax.jit\ndef step(x):\n    if x > 0:\n        return x\n    return -x\n"
 
-    def crash(*args: object, **kwargs: object) -> None:
-        raise AssertionError("INTERNAL ERROR: deferral loop")
 
-    monkeypatch.setattr(mx.build, "build", crash)
-    src = tmp_path / "step.py"
-    src.write_text("import jax\n\n@jax.jit\ndef step(x):\n    if x > 0:\n        return x\n    return -x\n", encoding="utf-8")
-    res = typed_run([str(src)], tmp_path / "cache")
-    assert [(f.code, f.line) for f in res.findings] == [("STB101", 5)]
-    assert len(res.notes) == 1 and "mypy crashed: AssertionError" in res.notes[0]
+def _bounded_tree(tmp_path: Path, config: str = "") -> Path:
+    tree = tmp_path / "proj"
+    tree.mkdir()
+    (tree / "step.py").write_text(STEP, encoding="utf-8")
+    (tree / "stabcheck.toml").write_text(config, encoding="utf-8")
+    return tree
+
+
+FORMATS_WITH_NOTES = ("full", "concise", "json", "sarif", "github", "junit", "markdown")
+
+
+def _assert_one_note_everywhere(tree: Path, cache: Path, needle: str) -> None:
+    """Every output format carries the one note (json: on stderr, beside its list), the untyped
+    STB101 is kept, and mypy's temporary files are gone."""
+    tmp = cache.parent / "tmp"
+    tmp.mkdir()
+    for fmt in FORMATS_WITH_NOTES:
+        proc = run_cli("check", str(tree / "step.py"), "--types", "--output-format", fmt, "--cache-dir", str(cache), "--config", str(tree / "stabcheck.toml"), cwd=tree, env={"TMPDIR": str(tmp)})
+        assert proc.returncode == 1, proc.stderr
+        shown = proc.stdout + (proc.stderr if fmt == "json" else "")
+        assert shown.count(needle) == 1, (fmt, shown, proc.stderr)
+        assert "STB101" in proc.stdout and "Traceback" not in proc.stderr
+    assert list(tmp.iterdir()) == []
 
 
 @pytest.mark.slow
-def test_an_unchanged_tree_reuses_the_facts_without_running_mypy(tmp_path: Path) -> None:
+def test_a_mypy_crash_keeps_the_untyped_findings_with_one_note(tmp_path: Path) -> None:
+    """A 50,000-term boolean chain is valid Python (`ast` parses it) and overflows mypy's stack:
+    its process dies with SIGSEGV; stabcheck reports one note and the untyped findings."""
+    tree = _bounded_tree(tmp_path)
+    (tree / "chain.py").write_text("def f(a):\n    return " + " and ".join(["a"] * 50_000) + "\n", encoding="utf-8")
+    res = api.run([str(tree)], Config(types=True), api.Options(jobs=1, cache_dir=str(tmp_path / "cache")))
+    assert [(Path(f.path).name, f.code, f.line) for f in res.findings] == [("step.py", "STB101", 5)]
+    assert len(res.notes) == 1 and "typed tier off for this run: mypy crashed" in res.notes[0], res.notes
+    proc = run_cli("check", str(tree), "--types", "--output-format", "github", "--cache-dir", str(tmp_path / "cache"), cwd=tree)
+    assert proc.returncode == 1 and proc.stdout.count("mypy crashed") == 1 and "STB101" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_a_mypy_timeout_keeps_the_untyped_findings_with_one_note_in_every_format(tmp_path: Path) -> None:
+    tree = _bounded_tree(tmp_path, "types-timeout = 0.001\n")  # no Python process starts that fast
+    _assert_one_note_everywhere(tree, tmp_path / "cache", "ran past its time bound (0.001 s")
+
+
+@pytest.mark.slow
+def test_the_memory_bound_stops_mypy_with_one_note(tmp_path: Path) -> None:
+    tree = _bounded_tree(tmp_path, 'types-memory-limit = "40MiB"\n')  # importing mypy alone needs more
+    proc = run_cli("check", str(tree / "step.py"), "--types", "--output-format", "concise", "--cache-dir", str(tmp_path / "cache"), "--config", str(tree / "stabcheck.toml"), cwd=tree)
+    assert proc.returncode == 1 and "STB101" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.stdout.count("note: typed tier off for this run: mypy ran out of its memory bound (40MiB") == 1, proc.stdout
+
+
+def test_bad_bounds_are_config_errors(tmp_path: Path) -> None:
+    for text in ("types-timeout = 0", "types-timeout = nan", "types-timeout = -1", 'types-memory-limit = "lots"', "types-memory-limit = true"):
+        (tmp_path / "stabcheck.toml").write_text(text + "\n", encoding="utf-8")
+        (tmp_path / "a.py").write_text("x = 1\n", encoding="utf-8")
+        proc = run_cli("check", str(tmp_path / "a.py"), "--config", str(tmp_path / "stabcheck.toml"))
+        assert proc.returncode == 2 and text.split(" =")[0] in proc.stderr and "Traceback" not in proc.stderr, (text, proc.stderr)
+
+
+@pytest.mark.slow
+def test_a_relative_import_leaves_only_its_file_out(type_cache: Path, tmp_path: Path) -> None:
+    """`from . import x` in a file outside a package stops mypy for every file; that file is left
+    out of mypy's run (one note naming it), and the others keep their types."""
+    tree = tmp_path / "proj"
+    shutil.copytree(FIXTURE, tree)
+    (tree / "loose.py").write_text("from . import helpers\n\nx = 1\n", encoding="utf-8")
+    (tree / "broken.py").write_text("def f(:\n", encoding="utf-8")  # STB901, and never given to mypy
+    res = typed_run([str(tree)], type_cache)
+    want = {*markers()["typed"], ("broken.py", 1, "STB901")}
+    assert found(res) == want, res.notes
+    assert len(res.notes) == 1 and "loose.py" in res.notes[0] and "left out of mypy's run" in res.notes[0], res.notes
+    again = typed_run([str(tree)], type_cache)  # warm: the same verdicts and the same note
+    assert found(again) == want and again.notes == res.notes
+
+
+@pytest.mark.slow
+def test_a_repository_mypy_plugin_is_never_imported(type_cache: Path, tmp_path: Path) -> None:
+    """mypy runs with stabcheck's options: a checked repository's mypy.ini, setup.cfg and
+    pyproject `[tool.mypy]` (plugins = code mypy would import) are not read, and a `mypy.py` in
+    the working directory does not shadow mypy in its subprocess."""
+    tree = _bounded_tree(tmp_path)
+    marker = tmp_path / "PLUGIN-RAN"
+    (tree / "evil_plugin.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\ndef plugin(version):\n    raise SystemExit(3)\n", encoding="utf-8")
+    (tree / "mypy.ini").write_text("[mypy]\nplugins = evil_plugin\n", encoding="utf-8")
+    (tree / "setup.cfg").write_text("[mypy]\nplugins = evil_plugin\n", encoding="utf-8")
+    (tree / "pyproject.toml").write_text('[tool.mypy]\nplugins = ["evil_plugin"]\n', encoding="utf-8")
+    (tree / "mypy.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('shadowed')\n", encoding="utf-8")
+    proc = run_cli("check", "step.py", "--types", "--output-format", "json", "--cache-dir", str(type_cache), "--exit-zero", cwd=tree)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
+    assert _json_lines(proc.stdout) == {("step.py", 5, "STB101")} and "note:" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_the_cache_is_shared_by_projects_in_the_user_cache_dir(tmp_path: Path) -> None:
+    """With no --cache-dir the typed cache lives in ~/.cache/stabcheck/typed, keyed by the
+    environment: a second project reuses what the first one's run analysed of jax."""
+    home = tmp_path / "home"
+    env = {"HOME": str(home), "STABCHECK_CACHE_DIR": "", "XDG_CACHE_HOME": "", "STABCHECK_TYPES": ""}
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "step.py").write_text(STEP, encoding="utf-8")
+    first = run_cli("check", "step.py", "--types", "--no-cache", "--output-format", "concise", cwd=a, env=env)
+    assert first.returncode == 1, first.stdout + first.stderr
+    # --no-cache: a temporary typed cache, removed; nothing under HOME
+    assert not (home / ".cache" / "stabcheck" / "typed").exists(), first.stdout
+    first = run_cli("check", "step.py", "--types", "--output-format", "concise", cwd=a, env=env)
+    assert first.returncode == 1 and "note:" not in first.stdout, first.stdout + first.stderr
+    envs = list((home / ".cache" / "stabcheck" / "typed").glob("env-*"))
+    assert len(envs) == 1
+    metas = {p: p.stat().st_mtime_ns for p in (envs[0] / "mypy").rglob("jax/*.meta*")}
+    assert len(metas) > 10  # jax's own modules, analysed once
+    second = run_cli("check", "step.py", "--types", "--output-format", "concise", cwd=b, env=env)
+    assert second.returncode == 1 and "STB101" in second.stdout and "note:" not in second.stdout, second.stdout + second.stderr
+    assert list((home / ".cache" / "stabcheck" / "typed").glob("env-*")) == envs
+    assert {p: p.stat().st_mtime_ns for p in metas} == metas  # not re-analysed, not rewritten
+    assert len(list(envs[0].glob("facts-*.json"))) == 2  # one facts file per project
+    c = tmp_path / "c"  # a third project, in this process: mypy analyses its one module, nothing of jax
+    c.mkdir()
+    (c / "step.py").write_text(STEP, encoding="utf-8")
+    third = typed.prepare([c / "step.py"], home / ".cache" / "stabcheck" / "typed")
+    assert not third.notes and set(third.files) == {str(c / "step.py")} and third.rechecked == 1
+    assert third.analysed < 10, third.analysed  # its module at most; a first run analyses hundreds (jax)
+
+
+@pytest.mark.slow
+def test_a_progress_line_on_a_terminal_only(type_cache: Path, tmp_path: Path) -> None:
+    import pty
+
+    tree = _bounded_tree(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "STABCHECK_TYPES")}
+    cache = type_cache
+
+    def stderr_of(tty: bool, ci: bool) -> str:
+        (tree / "step.py").write_text(STEP + f"# {tty} {ci}\n", encoding="utf-8")  # mypy has work to do
+        cmd = [sys.executable, "-m", "stabcheck", "check", "step.py", "--types", "--cache-dir", str(cache), "--exit-zero"]
+        run_env = {**env, **({"CI": "true"} if ci else {})}
+        if not tty:
+            return subprocess.run(cmd, cwd=tree, env=run_env, capture_output=True, text=True, timeout=300).stderr
+        master, slave = pty.openpty()
+        try:
+            proc = subprocess.run(cmd, cwd=tree, env=run_env, stdout=subprocess.DEVNULL, stderr=slave, timeout=300)
+            os.close(slave)
+            data = b""
+            while True:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(master)
+        assert proc.returncode == 0
+        return data.decode("utf-8", "replace")
+
+    assert "stabcheck: typed tier: running mypy on 1 file" in stderr_of(tty=True, ci=False)
+    assert "running mypy" not in stderr_of(tty=False, ci=False)
+    assert "running mypy" not in stderr_of(tty=True, ci=True)
+
+
+@pytest.mark.slow
+def test_an_unchanged_tree_reuses_the_facts_without_running_mypy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Warm: the same files, unchanged, in the same environment: facts and cross-file seeds come
-    from the cache and mypy is not even imported; an edited file brings mypy back."""
+    from the cache and mypy's process is not even started; an edited file brings it back."""
     tree = tmp_path / "tree"
     shutil.copytree(FIXTURE, tree)
     cache = tmp_path / "cache"
-    code = (
-        "import sys, json\n"
-        "from stabcheck import api\nfrom stabcheck.config import Config\n"
-        f"res = api.run([{str(tree)!r}], Config(types=True), api.Options(jobs=1, cache_dir={str(cache)!r}))\n"
-        "print(json.dumps({'found': sorted([f.path.rsplit('/', 1)[-1], f.line, f.code] for f in res.findings), 'mypy': 'mypy.build' in sys.modules}))\n"
-    )
+    starts: list[int] = []
+    real = typed._child
+    monkeypatch.setattr(typed, "_child", lambda *a: starts.append(1) or real(*a))
 
-    def run() -> dict:
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+    def run() -> list[tuple[str, int, str]]:
+        res = typed_run([str(tree)], cache)
+        assert not res.notes
+        return sorted(found(res))
 
     cold = run()
-    assert cold["mypy"] and {tuple(f) for f in cold["found"]} == markers()["typed"]
-    warm = run()
-    assert not warm["mypy"] and warm["found"] == cold["found"]
+    assert len(starts) == 1 and set(cold) == markers()["typed"]
+    assert run() == cold and len(starts) == 1
     (tree / "helpers.py").write_text((tree / "helpers.py").read_text() + "\n# edited\n")
-    edited = run()
-    assert edited["mypy"] and edited["found"] == cold["found"]
+    assert run() == cold and len(starts) == 2
+
+
+def test_the_hooks_and_the_demo_never_start_mypy() -> None:
+    """Both pre-commit hooks pass `--no-types` (it beats `types = true` and STABCHECK_TYPES), and
+    so does `make demo`: none of them pays mypy's first run."""
+    import yaml
+
+    hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
+    assert {h["id"] for h in hooks} == {"stabcheck", "stabcheck-trace"}
+    assert all("--no-types" in str(h["entry"]).split() for h in hooks)
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    demo = makefile[makefile.index("\ndemo:") :].split("\n\n")[0]
+    checks = [ln for ln in demo.splitlines() if "stabcheck check" in ln]
+    assert checks and all("--no-types" in ln.split() for ln in checks)

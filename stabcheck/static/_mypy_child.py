@@ -18,6 +18,9 @@ import sys
 from typing import Any
 
 
+MEMORY_EXIT = 3  # the exit status that tells the parent the memory bound was hit
+
+
 def _bound(memory: int | None) -> None:
     try:
         import resource
@@ -68,9 +71,9 @@ def main(argv: list[str]) -> int:
             out = {"ok": False, "why": "crash", "message": f"{type(e).__name__}: {e}"[:300]}
     try:
         _answer(result_path, out)
-    except MemoryError:  # pragma: no cover - the bound hit while writing
-        return 3
-    return 0
+    except MemoryError:  # the bound hit again while writing the answer
+        return MEMORY_EXIT
+    return MEMORY_EXIT if out.get("why") == "memory" else 0
 
 
 if __name__ == "__main__":

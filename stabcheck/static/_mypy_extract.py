@@ -236,6 +236,13 @@ def run(srcs: list[BuildSource], opts: Options) -> build.BuildResult:
     except build.CompileError as e:  # a blocking error: a stub that does not parse, a relative import outside a package
         raise Blocked(e.module_with_blocker, "mypy stopped: " + "; ".join(e.messages[:2])[:300]) from None
     except (Exception, SystemExit) as e:  # an internal mypy error must not fail the run
+        cause: BaseException | None = e
+        for _ in range(8):  # mypy reports an internal MemoryError as SystemExit(2)
+            if cause is None or isinstance(cause, MemoryError):
+                break
+            cause = cause.__context__
+        if isinstance(cause, MemoryError):
+            raise MemoryError from None
         raise MypyUnavailable(f"mypy crashed: {type(e).__name__}: {e}"[:300]) from None
 
 

@@ -362,7 +362,7 @@ def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, ou
             return answer
         tail = Path(errors).read_text(encoding="utf-8", errors="replace")[-2000:]
         why = answer.get("why")
-        if why == "memory" or "MemoryError" in tail:
+        if why == "memory" or rc == 3 or "MemoryError" in tail:  # 3: `_mypy_child.MEMORY_EXIT`
             what = f"mypy ran out of its memory bound ({bounds.memory_text}, `types-memory-limit`)"
         elif why in ("mypy", "import"):
             what = str(answer.get("message", ""))
