@@ -459,6 +459,27 @@ def test_the_memory_bound_stops_mypy_with_one_note(tmp_path: Path) -> None:
     assert proc.stdout.count("note: typed tier off for this run: mypy ran out of its memory bound (40MiB") == 1, proc.stdout
 
 
+def test_a_bound_that_stopped_mypy_is_not_paid_again_on_the_same_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timeout costs the whole bound (5 minutes by default): on the same files, at the same or a
+    tighter bound, the next run gives the note at once; an edit or a looser bound retries."""
+    tree = _bounded_tree(tmp_path)
+    starts: list[int] = []
+    real = typed._child
+    monkeypatch.setattr(typed, "_child", lambda *a: starts.append(1) or real(*a))
+
+    def run(seconds: float) -> list[str]:
+        return typed.prepare([tree / "step.py"], tmp_path / "cache", bounds=typed.Bounds(timeout=seconds)).notes
+
+    assert len(starts) == 0
+    first = run(0.001)
+    assert len(starts) == 1 and len(first) == 1 and "time bound (0.001 s" in first[0] and "was stopped" in first[0]
+    again = run(0.001)
+    assert len(starts) == 1 and len(again) == 1 and "time bound (0.001 s" in again[0] and "earlier run" in again[0]
+    assert "was stopped" in run(0.002)[0] and len(starts) == 2  # a looser bound: tried again
+    (tree / "step.py").write_text(STEP + "# edited\n", encoding="utf-8")
+    assert "was stopped" in run(0.001)[0] and len(starts) == 3  # other files: tried again
+
+
 def test_bad_bounds_are_config_errors(tmp_path: Path) -> None:
     for text in ("types-timeout = 0", "types-timeout = nan", "types-timeout = -1", 'types-memory-limit = "lots"', "types-memory-limit = true"):
         (tmp_path / "stabcheck.toml").write_text(text + "\n", encoding="utf-8")

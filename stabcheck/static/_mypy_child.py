@@ -7,7 +7,9 @@ already has, the memory bound), waits with a time bound, and reads the result. T
 is applied here, before mypy is imported (RLIMIT_DATA: the heap and private mappings; RLIMIT_AS
 would also count mypyc's and the interpreter's shared mappings), and core dumps are off: a mypy
 that overflows its C stack on a 50,000-term boolean chain dies with SIGSEGV, which the parent
-turns into one note. This module imports only the standard library before the bound is set.
+turns into one note. A CPU-time limit a little above the parent's time bound stops a mypy whose
+parent died without killing it. This module imports only the standard library before the
+bounds are set.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 MEMORY_EXIT = 3  # the exit status that tells the parent the memory bound was hit
 
 
-def _bound(memory: int | None) -> None:
+def _bound(memory: int | None, seconds: float | None = None) -> None:
     try:
         import resource
     except ImportError:  # pragma: no cover - not on POSIX
@@ -30,6 +32,13 @@ def _bound(memory: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (ValueError, OSError):
         pass
+    if seconds:  # a backstop if the parent dies (SIGKILL) and cannot enforce its time bound:
+        try:  # CPU seconds never exceed wall seconds here (one thread), so it never fires first
+            _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+            cpu = int(seconds) + 10
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu if hard == resource.RLIM_INFINITY else min(cpu, hard), hard))
+        except (ValueError, OSError, OverflowError):
+            pass
     if memory:
         try:
             soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
@@ -53,7 +62,7 @@ def main(argv: list[str]) -> int:
     request_path, result_path = argv
     with open(request_path, encoding="utf-8") as fh:
         request = json.load(fh)
-    _bound(request.get("memory"))
+    _bound(request.get("memory"), request.get("seconds"))
     try:
         from stabcheck.static import _mypy_extract as mx
 

@@ -134,6 +134,7 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     rechecked: int = 0  # checked files whose facts were extracted afresh
+    stopped: tuple[str, str] | None = None  # ("timeout" | "memory", what happened): a bound stopped mypy
     analysed: int = 0  # modules mypy analysed without its cache (jax's own on a first run)
 
 
@@ -258,17 +259,42 @@ def prepare(
             if seeds is None:
                 _save_json(facts_file, {**saved, "seeds": _seeds_out(out.files)})
         else:
-            raw_or_none = _run_mypy(py, hashes, env, saved, out, bounds or Bounds(), on_run)
+            b = bounds or Bounds()
+            stopped = saved.get("stopped")
+            if isinstance(stopped, dict) and stopped.get("tree") == tree and _within(b, stopped):
+                # the same files stopped mypy at this bound before: paying the bound again on
+                # every run (5 minutes, by default) would buy the same note
+                out.notes.append(f"typed tier off for this run: {stopped.get('what')} on these same files in an earlier run, and is not retried until they, the bound or the installed packages change; the untyped analysis was used")
+                return _finish(out, start, tmp, cache_root, env)
+            raw_or_none = _run_mypy(py, hashes, env, saved, out, b, on_run)
             if raw_or_none is not None:
                 out.files = _post(raw_or_none)
                 _save_json(facts_file, {"tree": tree, "files": {**_facts_of(saved), **raw_or_none}, "seeds": _seeds_out(out.files), "notes": out.notes})
-        if tmp is None:
-            _prune(cache_root, env)
-    finally:
+            elif out.stopped is not None:
+                _save_json(facts_file, {**saved, "stopped": {"tree": tree, "kind": out.stopped[0], "what": out.stopped[1], "timeout": b.timeout, "memory": b.memory}})
+    except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _finish(out, start, tmp, cache_root, env)
+
+
+def _finish(out: Prepared, start: float, tmp: str | None, cache_root: Path, env: Path) -> Prepared:
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        _prune(cache_root, env)
     out.seconds = time.perf_counter() - start
     return out
+
+
+def _within(b: Bounds, stopped: dict[str, Any]) -> bool:
+    """Is bound `b` no looser than the one that stopped mypy before?"""
+    if stopped.get("kind") == "timeout":
+        return isinstance(stopped.get("timeout"), (int, float)) and b.timeout <= stopped["timeout"]
+    if stopped.get("kind") == "memory":
+        return b.memory is not None and isinstance(stopped.get("memory"), int) and b.memory <= stopped["memory"]
+    return False
 
 
 def _seeds_out(files: dict[str, FileTypes]) -> dict[str, Any]:
@@ -336,7 +362,7 @@ def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, ou
     try:
         request, result, errors = (os.path.join(work, n) for n in ("request.json", "result.json", "stderr.txt"))
         with open(request, "w", encoding="utf-8") as fh:
-            json.dump({"files": [str(f) for f in files], "cache_dir": str(env), "old": old, "memory": bounds.memory}, fh)
+            json.dump({"files": [str(f) for f in files], "cache_dir": str(env), "old": old, "memory": bounds.memory, "seconds": bounds.timeout}, fh)
         home = os.path.dirname(os.path.dirname(os.path.abspath(stabcheck.__file__)))
         child_env = dict(os.environ)
         # the child imports stabcheck from where this process did, never from the working
@@ -351,7 +377,9 @@ def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, ou
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                out.notes.append(f"typed tier off for this run: mypy ran past its time bound ({bounds.timeout:g} s, `types-timeout`) and was stopped; the untyped analysis was used")
+                what = f"mypy ran past its time bound ({bounds.timeout:g} s, `types-timeout`)"
+                out.stopped = ("timeout", what)
+                out.notes.append(f"typed tier off for this run: {what} and was stopped; the untyped analysis was used")
                 return None
             finally:
                 if proc.poll() is None:  # interrupted (Ctrl-C): never leave mypy running
@@ -364,6 +392,7 @@ def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, ou
         why = answer.get("why")
         if why == "memory" or rc == 3 or "MemoryError" in tail:  # 3: `_mypy_child.MEMORY_EXIT`
             what = f"mypy ran out of its memory bound ({bounds.memory_text}, `types-memory-limit`)"
+            out.stopped = ("memory", what)
         elif why in ("mypy", "import"):
             what = str(answer.get("message", ""))
         elif why == "crash":
@@ -405,8 +434,8 @@ def _env_key() -> str:
     changes the key). The typed cache is never trusted across any of these."""
     import sys
 
+    from stabcheck import __version__
     from stabcheck._cache import code_fingerprint
-    from stabcheck.api import __version__
 
     dists: set[str] = set()
     for d in sys.path:
