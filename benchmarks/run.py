@@ -757,7 +757,7 @@ Whole process, peak = the largest process (mypy's subprocess included).
 - Load: {load_line}.
 - Traced (one-time imports excluded from both, fresh process each): {traced_line}.
 - Runtime decorator (`stabcheck.runtime_bench.measure`): {runtime_line}.
-- Typed tier ({typed_line}.
+- Typed tier: {typed_line}.
 
 ## Targets, and what it took
 
