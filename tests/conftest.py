@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-# The typed tier is on by default wherever mypy is installed, and a cold mypy run costs seconds:
-# the suite checks hundreds of throw-away trees, so it runs untyped unless a test asks
-# (tests/test_typed.py turns it on per run, and tests the default itself with this unset).
+# The typed tier is off by default; a developer's STABCHECK_TYPES=1 must not turn it on for the
+# hundreds of throw-away trees the suite checks (a cold mypy run costs seconds). It runs untyped
+# unless a test asks (tests/test_typed.py turns it on per run, and tests the default with this unset).
 os.environ["STABCHECK_TYPES"] = "0"
 # The cache (and its secret key) lives in the user's cache home by default: the suite keeps its own,
 # so that no test writes to ~/.cache or reads what a real run left there.

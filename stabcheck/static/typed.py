@@ -369,7 +369,8 @@ def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, ou
         # directory (`python -m` would put it first on sys.path: a checked repository could
         # shadow `mypy` or `stabcheck` there)
         child_env["PYTHONSAFEPATH"] = "1"
-        child_env["PYTHONPATH"] = os.pathsep.join([home, *filter(None, [os.environ.get("PYTHONPATH")])])
+        if home not in _site_dirs():  # a checkout run in place: put it first (site-packages never, it would precede the stdlib)
+            child_env["PYTHONPATH"] = os.pathsep.join([home, *filter(None, [os.environ.get("PYTHONPATH")])])
         with open(errors, "wb") as err:
             proc = subprocess.Popen([sys.executable, "-m", "stabcheck.static._mypy_child", request, result], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=child_env)
             try:
@@ -409,6 +410,16 @@ def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, ou
         return None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _site_dirs() -> set[str]:
+    import site
+
+    try:
+        dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    except AttributeError:  # pragma: no cover - a virtualenv's old site.py
+        dirs = []
+    return {os.path.abspath(d) for d in dirs}
 
 
 def _parses(p: Path) -> bool:
