@@ -71,10 +71,15 @@ def main(argv: list[str]) -> int:
         out = {"ok": False, "why": "memory"}
     except RecursionError:
         out = {"ok": False, "why": "crash", "message": "RecursionError"}
+    except RuntimeError as e:
+        if "can't start new thread" in str(e):  # a thread's stack is memory too
+            out = {"ok": False, "why": "memory"}
+        else:
+            out = {"ok": False, "why": "crash", "message": f"RuntimeError: {e}"[:300]}
     except ImportError as e:
         out = {"ok": False, "why": "import", "message": f"{type(e).__name__}: {e}"[:300]}
     except Exception as e:
-        if type(e).__name__ == "MypyUnavailable":
+        if any(c.__name__ == "MypyUnavailable" for c in type(e).__mro__):  # and `Blocked`
             out = {"ok": False, "why": "mypy", "message": str(e)[:300]}
         else:
             out = {"ok": False, "why": "crash", "message": f"{type(e).__name__}: {e}"[:300]}

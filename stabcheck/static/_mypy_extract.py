@@ -241,7 +241,7 @@ def run(srcs: list[BuildSource], opts: Options) -> build.BuildResult:
             if cause is None or isinstance(cause, MemoryError):
                 break
             cause = cause.__context__
-        if isinstance(cause, MemoryError):
+        if isinstance(cause, MemoryError) or "can't start new thread" in str(e):  # a thread's stack is memory too
             raise MemoryError from None
         raise MypyUnavailable(f"mypy crashed: {type(e).__name__}: {e}"[:300]) from None
 
