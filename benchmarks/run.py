@@ -282,7 +282,9 @@ def main() -> None:
     profile = _profile(cfg)
     results = {"versions": versions, "files": len(files), "lines": lines, "cores": cores, "repeats": n, "precommit_lines": pc_lines, "timings": {k: {"median": v.median, "times": v.times, "peak_mib": v.peak_mib, "note": v.note} for k, v in r.items()}, "jaxlint": {"seconds": dt, "rc": rc, "note": jl.note, "peak_mib": jl.peak_mib}, **extra}
     (BENCH / "results.json").write_text(json.dumps(results, indent=2))
-    Path(args.output).write_text(render(results, r, jl, extra, profile, quick=args.quick))
+    out_path = Path(args.output)
+    text = render(results, r, jl, extra, profile, quick=args.quick)
+    Path(args.output).write_text(text + _kept_sections(out_path, text))
     print(f"wrote {args.output}")
 
 
@@ -772,6 +774,21 @@ shares, not the seconds; cumulative entries overlap):
 
 {profile}
 """
+
+
+def _kept_sections(path: Path, new: str) -> str:
+    """The `## ` sections of the existing page that this script does not write (the language
+    server's, the fuzz and JAX-version figures: other scripts measure them), kept at the end."""
+    import re
+
+    try:
+        old = path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    ours = set(re.findall(r"^## (.+)$", new, re.M))
+    parts = re.split(r"(?m)^(?=## )", old)
+    kept = [p for p in parts[1:] if p.splitlines()[0][3:] not in ours]
+    return ("\n" + "".join(kept).rstrip("\n") + "\n") if kept else ""
 
 
 def _first_table(fr: dict[str, Any], floor: float) -> tuple[str, list[str]]:
