@@ -391,7 +391,8 @@ def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, ou
             return answer
         tail = Path(errors).read_text(encoding="utf-8", errors="replace")[-2000:]
         why = answer.get("why")
-        if why == "memory" or rc == 3 or "MemoryError" in tail:  # 3: `_mypy_child.MEMORY_EXIT`
+        out_of_memory = any(t in tail for t in ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory", "can't start new thread"))
+        if why == "memory" or rc == 3 or (bounds.memory is not None and out_of_memory):  # 3: `_mypy_child.MEMORY_EXIT`
             what = f"mypy ran out of its memory bound ({bounds.memory_text}, `types-memory-limit`)"
             out.stopped = ("memory", what)
         elif why in ("mypy", "import"):
@@ -403,7 +404,8 @@ def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, ou
                 name = signal.Signals(-rc).name
             except ValueError:
                 name = f"signal {-rc}"
-            what = f"mypy crashed ({name}{', a file too deeply nested for it' if name == 'SIGSEGV' else ''})"
+            last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
+            what = f"mypy crashed ({name}{', a file too deeply nested for it' if name == 'SIGSEGV' else ''}{': ' + last[:160] if last else ''})"
         else:
             what = f"mypy's process exited with status {rc}"
         out.notes.append(f"typed tier off for this run: {what}; the untyped analysis was used")
