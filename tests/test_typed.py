@@ -628,3 +628,25 @@ def test_the_hooks_and_the_demo_never_start_mypy() -> None:
     demo = makefile[makefile.index("\ndemo:") :].split("\n\n")[0]
     checks = [ln for ln in demo.splitlines() if "stabcheck check" in ln]
     assert checks and all("--no-types" in ln.split() for ln in checks)
+
+
+@pytest.mark.slow
+def test_a_planted_or_edited_facts_file_is_ignored(type_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Facts files carry an HMAC under the per-user key, like every stabcheck cache file: one that
+    was edited (or planted, without the key) is not trusted, and mypy runs again."""
+    src = tmp_path / "proj" / "step.py"
+    src.parent.mkdir()
+    src.write_text(STEP, encoding="utf-8")
+    starts: list[int] = []
+    real = typed._child
+    monkeypatch.setattr(typed, "_child", lambda *a: starts.append(1) or real(*a))
+    first = typed.prepare([src], type_cache / "typed")
+    assert str(src) in first.files and len(starts) == 1
+    typed.prepare([src], type_cache / "typed")
+    assert len(starts) == 1  # authentic facts: mypy not started
+    facts = [p for p in (type_cache / "typed").glob("env-*/facts-*.json") if str(src).encode() in p.read_bytes()]
+    assert len(facts) == 1
+    raw = facts[0].read_bytes()
+    facts[0].write_bytes(raw + b" ")  # still valid JSON, but the MAC no longer matches
+    again = typed.prepare([src], type_cache / "typed")
+    assert len(starts) == 2 and again.files[str(src)].digest() == first.files[str(src)].digest()

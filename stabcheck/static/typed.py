@@ -248,7 +248,8 @@ def prepare(
         hashes = {str(p): _hash(p) for p in py}
         env = cache_root / f"env-{_env_key()}"
         facts_file = env / f"facts-{_project_key(hashes)}.json"
-        saved = _read_json(facts_file)
+        secret = _secret() if tmp is None else b"temporary"  # a private temporary directory
+        saved = _read_facts(facts_file, secret)
         tree = _tree_key(hashes)
         if saved.get("tree") == tree and isinstance(saved.get("files"), dict):  # unchanged: mypy has nothing to do
             same = _facts_of(saved)
@@ -257,7 +258,7 @@ def prepare(
             out.files = _post(raw, seeds)
             out.notes.extend(n for n in saved.get("notes", ()) if isinstance(n, str))  # files mypy left out, as when they were
             if seeds is None:
-                _save_json(facts_file, {**saved, "seeds": _seeds_out(out.files)})
+                _save_facts(facts_file, secret, {**saved, "seeds": _seeds_out(out.files)})
         else:
             b = bounds or Bounds()
             stopped = saved.get("stopped")
@@ -269,9 +270,9 @@ def prepare(
             raw_or_none = _run_mypy(py, hashes, env, saved, out, b, on_run)
             if raw_or_none is not None:
                 out.files = _post(raw_or_none)
-                _save_json(facts_file, {"tree": tree, "files": {**_facts_of(saved), **raw_or_none}, "seeds": _seeds_out(out.files), "notes": out.notes})
+                _save_facts(facts_file, secret, {"tree": tree, "files": {**_facts_of(saved), **raw_or_none}, "seeds": _seeds_out(out.files), "notes": out.notes})
             elif out.stopped is not None:
-                _save_json(facts_file, {**saved, "stopped": {"tree": tree, "kind": out.stopped[0], "what": out.stopped[1], "timeout": b.timeout, "memory": b.memory}})
+                _save_facts(facts_file, secret, {**saved, "stopped": {"tree": tree, "kind": out.stopped[0], "what": out.stopped[1], "timeout": b.timeout, "memory": b.memory}})
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -522,13 +523,60 @@ def _facts_of(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in files.items() if isinstance(v, dict) and isinstance(v.get("exprs"), dict)}
 
 
-def _save_json(path: Path, data: dict[str, Any]) -> None:
+_FACTS_MAC_KEY = "stabcheck-typed-facts"
+
+
+def _secret() -> bytes | None:
+    """The per-user key of stabcheck's caches (`_cache.secret_key`, kept in the cache home even
+    when `--cache-dir` points into a checkout); None: facts are neither trusted nor written."""
+    from stabcheck._cache import secret_key
+
+    return secret_key()
+
+
+def _read_facts(path: Path, secret: bytes | None) -> dict[str, Any]:
+    """A facts file authenticated like every stabcheck cache file (an HMAC under the per-user key,
+    read without following a symlink): a planted or edited one is ignored and mypy runs."""
+    import hmac
+
+    from stabcheck._cache import MAGIC, CacheRefused, _mac, read_bounded
+
+    if secret is None:
+        return {}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        raw = read_bounded(path)
+    except CacheRefused:
+        return {}
+    if raw is None:
+        return {}
+    head, _, payload = raw.partition(b"\n")
+    if not head.startswith(MAGIC) or not hmac.compare_digest(head[len(MAGIC) :], _mac(secret, _FACTS_MAC_KEY, payload).encode("ascii")):
+        return {}
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save_facts(path: Path, secret: bytes | None, data: dict[str, Any]) -> None:
+    from stabcheck._cache import MAGIC, _mac
+
+    if secret is None:
+        return
+    payload = json.dumps(data).encode("utf-8")
+    _save_bytes(path, MAGIC + _mac(secret, _FACTS_MAC_KEY, payload).encode("ascii") + b"\n" + payload)
+
+
+def _save_bytes(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if os.path.islink(path.parent):
+            return
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
