@@ -8,20 +8,29 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import gc
+import multiprocessing
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from stabcheck import registry, suppress
-from stabcheck._cache import Cache, digest
+from stabcheck._cache import Cache, code_fingerprint, digest
 from stabcheck._discover import SourceError, discover, display, read_source, source_problem
 from stabcheck.config import DEFAULT_MAX_FILE_SIZE, Config
 from stabcheck.finding import Finding, Span, merge
 from stabcheck.rule import Rule
+from stabcheck.rules.meta.analysis_error import AnalysisError
+from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
+from stabcheck.rules.meta.unused_suppression import UnusedSuppression
+from stabcheck.static import typed
 from stabcheck.static.engine import Dispatcher, FileResult, check_bytes
 
 __version__ = "0.1.0"
@@ -86,9 +95,7 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
 
         raise ConfigError("jobs", options.jobs, "a positive integer", "Options")
     if config.types is None:
-        from stabcheck.static.typed import on_by_default
-
-        config = replace(config, types=on_by_default())
+        config = replace(config, types=typed.on_by_default())
     stages = options.stages or config.stages
     rules = enabled_rules(config)
     skipped: list[str] = []
@@ -253,8 +260,6 @@ def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] |
 
     xfile.install(modules)
     if types:
-        from stabcheck.static import typed
-
         typed.install(types)
     rules = [r for r in registry.all_rules() if r.code in codes]
     _WORKER = (config, Dispatcher(rules))
@@ -280,8 +285,6 @@ def _check_one(real: str, shown: str, config: Config, dispatcher: Dispatcher, da
 
 
 def _check_one_seeded(real: str, shown: str, config: Config, dispatcher: Dispatcher, data: bytes | None) -> FileResult:
-    from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
-
     if data is None:
         try:
             data = read_source(real, config.max_file_size)
@@ -289,8 +292,6 @@ def _check_one_seeded(real: str, shown: str, config: Config, dispatcher: Dispatc
             return FileResult([SyntaxErrorRule.finding(path=shown, span=Span(1, 1), message=f"`{shown}` {e.message}", help=e.help, detail=e.message)], [])
     res = check_bytes(data, shown, config, dispatcher)
     if config.types:
-        from stabcheck.static import typed
-
         types = typed.lookup(real)
         if types is not None:
             untyped = res
@@ -302,8 +303,6 @@ def _check_one_seeded(real: str, shown: str, config: Config, dispatcher: Dispatc
 def _prepare_types(files: list[Path], config: Config, options: Options, root: Path | None = None) -> list[str]:
     """The typed tier (issue 7): mypy runs once over the checked files, before the static pass;
     `_check_one` (here or in a worker) looks each file's types up by path."""
-    from stabcheck.static import typed
-
     typed.install({})
     if not config.types:
         return []
@@ -316,9 +315,6 @@ def _start_method() -> str:
     """`fork` is the cheap way to start workers, but forking a process that runs other threads
     (JAX's, when stabcheck is used as a library or from the pytest plugin) can deadlock the
     child: then `forkserver` (workers fork from a clean single-threaded server) or `spawn`."""
-    import multiprocessing
-    import threading
-
     methods = multiprocessing.get_all_start_methods()
     if "fork" in methods and threading.active_count() == 1 and "jax" not in sys.modules:
         return "fork"
@@ -362,8 +358,6 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
                 continue
             h = digest(data)
             if config.types:
-                from stabcheck.static import typed
-
                 t = typed.lookup(f)
                 h = digest(f"{h}|{t.digest() if t is not None else ''}".encode())
             hashes[shown] = h
@@ -414,12 +408,6 @@ def _check_parallel(todo: list[tuple[str, str]], jobs: int, config: Config, rule
     """Forked workers check interleaved batches. If a worker dies (killed for memory, a crash), the
     files it did not return are checked again one by one in a fresh single worker, so the file that
     kills it is found and reported (STB902) and no other file is lost."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    from stabcheck.rules.meta.analysis_error import AnalysisError
-
     ctx = multiprocessing.get_context(_start_method())
     from stabcheck.static import xfile
 
@@ -518,15 +506,11 @@ class _gc_tuned:
     out of the collector's scans."""
 
     def __enter__(self) -> None:
-        import gc
-
         self.saved = gc.get_threshold()
         gc.freeze()
         gc.set_threshold(100_000, 20, 10)
 
     def __exit__(self, *exc: object) -> None:
-        import gc
-
         gc.set_threshold(*self.saved)
         gc.unfreeze()
 
@@ -534,25 +518,17 @@ class _gc_tuned:
 def _types_registry(config: Config) -> dict[str, Any] | None:
     if not config.types:
         return None
-    from stabcheck.static import typed
-
     return typed.registry()
 
 
 def _cache_key(config: Config, rules: tuple[type[Rule], ...]) -> str:
     """Version, stabcheck's own code, the enabled rules and every config value (bar where it was read)."""
-    from dataclasses import replace
-
-    from stabcheck._cache import code_fingerprint
-
     parts = [__version__, code_fingerprint(), ",".join(r.code for r in rules), repr(replace(config, root=".", source=""))]
     return digest("|".join(parts).encode())[:16]
 
 
 # -- config, suppressions, merging ---------------------------------------------------------------
 def _finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], config: Config, stages: tuple[str, ...]) -> list[Finding]:
-    from stabcheck.rules.meta.unused_suppression import UnusedSuppression
-
     enabled = {r.code for r in rules}
     by_code = {r.code: r for r in registry.all_rules()}
     by_slug = {r.name: r for r in registry.all_rules()}
@@ -560,7 +536,7 @@ def _finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], con
     out: list[Finding] = []
     for path in sorted(results):
         res = results[path]
-        ignored = _per_file_ignored(path, config)
+        ignored = per_file_ignored(path, config)
         findings = [f for f in merge(res.findings) if f.code in enabled and f.code not in ignored and _shown(f, config)]
         used: set[tuple[int, int, str]] = set()
         sups_by_line: dict[int, list[suppress.Suppression]] = {}
@@ -599,7 +575,8 @@ def _shown(f: Finding, config: Config) -> bool:
     return f.confidence == "proven" or config.preview
 
 
-def _per_file_ignored(path: str, config: Config) -> set[str]:
+def per_file_ignored(path: str, config: Config) -> set[str]:
+    """The codes `per-file-ignores` turns off for PATH (as shown in findings)."""
     codes: set[str] = set()
     for glob, sels in config.per_file_ignores:
         if fnmatch.fnmatchcase(path, glob) or fnmatch.fnmatchcase(os.path.basename(path), glob):

@@ -42,7 +42,7 @@ def register(app: typer.Typer, helpers: dict[str, Any]) -> None:
         from stabcheck.api import __version__
         from stabcheck.config import UsageError
         from stabcheck.traced import specs
-        from stabcheck.worker.stage import _absolute, memory_limit_bytes, run_targets
+        from stabcheck.worker.stage import absolute_target, memory_limit_bytes, run_targets
 
         if output_format not in reporters.FORMATS:
             fail(f"invalid value for `--output-format`: {output_format!r}; expected one of: {', '.join(reporters.FORMATS)}")
@@ -65,7 +65,7 @@ def register(app: typer.Typer, helpers: dict[str, Any]) -> None:
             where = t.rpartition(":")[0] if ":" in t else t
             if (where.endswith(".py") or "/" in where) and not os.path.isfile(where):
                 fail(f"target file does not exist: {where}")
-        payload_targets = [{"target": _absolute(t), "args": trees, "static": {str(k): v for k, v in statics.items()}, "dims": dims, **({"transforms": list(chosen)} if chosen else {})} for t in targets]
+        payload_targets = [{"target": absolute_target(t), "args": trees, "static": {str(k): v for k, v in statics.items()}, "dims": dims, **({"transforms": list(chosen)} if chosen else {})} for t in targets]
         limit = memory_limit_bytes(memory_limit if memory_limit is not None else cfg.memory_limit)
         progress = None
         if sys.stderr.isatty() and not os.environ.get("CI"):

@@ -94,7 +94,7 @@ class Split:
 
         flat, trees, diff, rest, paths = [], [], [], [], []
         argnums = set(_argnums(entry))
-        names = _param_names(entry.fn, len(entry.args))
+        names = param_names(entry.fn, len(entry.args))
         for i, a in enumerate(entry.args):
             with_path, tree = jax.tree_util.tree_flatten_with_path(a)
             flat.append(tuple(leaf for _, leaf in with_path))
@@ -126,7 +126,7 @@ class Split:
         return self.entry.fn(*args, **dict(self.entry.kwargs))
 
 
-def _param_names(fn: Any, n: int) -> list[str]:
+def param_names(fn: Any, n: int) -> list[str]:
     import inspect
 
     try:

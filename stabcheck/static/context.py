@@ -11,7 +11,6 @@ from stabcheck.finding import Finding
 from stabcheck.static import xfile
 from stabcheck.static.analysis import Analysis, FunctionInfo, TypeOracle
 from stabcheck.static.names import Names
-from stabcheck.static.typed import current as typed_current
 from stabcheck.static.walk import children, walk
 
 if TYPE_CHECKING:
@@ -31,14 +30,14 @@ def split_lines_keepends(source: str) -> list[str]:
 class FileContext:
     """The parsed file, its names and traced-value analysis, and the walk's position."""
 
-    def __init__(self, path: str, source: str, tree: ast.Module, config: Config, record: Container[type] = ()) -> None:
+    def __init__(self, path: str, source: str, tree: ast.Module, config: Config, record: Container[type] = (), types: TypeOracle | None = None) -> None:
         self.path = path
         self.source = source
         self.lines = source.splitlines()
         self.tree = tree
         self.config = config
         self.names = Names(tree)
-        self.types: TypeOracle | None = typed_current()  # mypy's view when the typed tier is on
+        self.types = types  # mypy's view when the typed tier is on
         self.analysis = Analysis(tree, self.names, self.types, record)
         self.findings: list[Finding] = []
         self._ast_lines: list[bytes] | None = None

@@ -122,7 +122,7 @@ def function_entry(fn: Any, spec: dict[str, Any]) -> Entry:
     """An Entry for a plain function: abstract args from specs, else from jaxtyping annotations."""
     dims = {k: int(v) for k, v in (spec.get("dims") or {}).items()}
     static = {int(k): v for k, v in (spec.get("static") or {}).items()}
-    trees = [specs.parse_tree(a, dims) if isinstance(a, str) else specs._tree(a, dims) for a in spec.get("args") or []]
+    trees = [specs.parse_tree(a, dims) if isinstance(a, str) else specs.spec_tree(a, dims) for a in spec.get("args") or []]
     if not trees:
         trees = _annotated(fn, dims, static)
     args: list[Any] = []

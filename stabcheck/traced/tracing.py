@@ -69,30 +69,18 @@ def jax_flags(flags: Any) -> Iterator[None]:
             jax.config.update(k, v)
 
 
+def trace_entry(name: str, entry: Entry, payload: dict[str, Any]) -> Tracer:
+    """Trace one entry under the payload's "transforms" (else its own); call inside `jax_flags`."""
+    t = Tracer(name, entry)
+    t.run(tuple(payload.get("transforms") or entry.transforms))
+    return t
+
+
 def trace_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict[str, Any]:
-    """The worker task: findings (as dicts) for one entry."""
-    transforms = tuple(payload.get("transforms") or entry.transforms)
+    """The worker task "trace": findings (as dicts) for one entry."""
     with jax_flags(entry.jax_config):
-        t = Tracer(name, entry)
-        t.run(transforms)
-        out: dict[str, Any] = {"findings": [f.to_dict() for f in t.findings()], "transforms": t.status, "notes": t.notes}
-        if payload.get("confirm"):
-            out.update(_confirm(name, entry, t, payload))
-    return out
-
-
-def _confirm(name: str, entry: Entry, tracer: Tracer, payload: dict[str, Any]) -> dict[str, Any]:
-    """The confirm stage in the same worker: `stabcheck.confirm.run.confirm_entry(name, entry,
-    findings=[Finding], payload=dict) -> list[Finding]` returns the traced findings refined
-    (confirmed / refuted) followed by its own; they replace the traced ones."""
-    try:
-        from stabcheck.confirm.run import confirm_entry  # type: ignore[import-not-found]
-    except ImportError:
-        return {"notes": [*tracer.notes, "the confirm stage is not available in this build; findings stay at stage `traced`"]}
-    from stabcheck.confirm.device import device_info
-
-    refined = confirm_entry(name, entry, findings=tracer.findings(), payload=payload)
-    return {"findings": [f.to_dict() if isinstance(f, Finding) else f for f in refined], "device": device_info()}
+        t = trace_entry(name, entry, payload)
+        return {"findings": [f.to_dict() for f in t.findings()], "transforms": t.status, "notes": t.notes}
 
 
 class Tracer:
