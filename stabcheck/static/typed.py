@@ -35,7 +35,6 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from importlib import metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -262,6 +261,8 @@ def _tree_key(hashes: dict[str, str | None]) -> str:
     """The checked files and their contents, stabcheck's and mypy's versions, and the Python
     environment mypy reads JAX's signatures from (each import-path directory's modification
     time: installing, upgrading or removing a package changes it). Equal keys: nothing to do."""
+    from importlib import metadata  # ~15 ms: only when the typed tier runs
+
     try:
         mypy_version = metadata.version("mypy")
     except metadata.PackageNotFoundError:
