@@ -117,7 +117,8 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
         results = {k: FileResult([f for f in v.findings if f.code in ("STB901",)], v.suppressions) for k, v in results.items()}
     later: list[Finding] = []
     if "traced" in stages or "confirm" in stages:
-        from stabcheck.worker.stage import run_stage  # imports nothing of JAX in this process
+        # the worker machinery loads only for --trace/--confirm (it imports no JAX here)
+        from stabcheck.worker.stage import run_stage
 
         later, notes, device = run_stage(readable, results, config, options, stages)
         result.notes.extend(notes)

@@ -59,6 +59,7 @@ def _split(value: str | None) -> list[str] | None:
 def pytest_configure(config: pytest.Config) -> None:
     if not _enabled(config):
         return
+    # every pytest run loads this plugin: stabcheck's own modules load only with --stabcheck
     from stabcheck.config import ConfigError, UsageError, discover_config
     from stabcheck.runtime._monitor import Selector
 
@@ -85,15 +86,15 @@ def pytest_configure(config: pytest.Config) -> None:
     except ValueError as e:
         raise pytest.UsageError(str(e)) from None
     try:
-        import jax  # noqa: F401
+        import jax  # noqa: F401 - JAX: only with --stabcheck
     except ImportError:
         config.stash[_FAILED] = "JAX is not installed; nothing was checked"
         return
-    from stabcheck.runtime._hook import Collector
+    from stabcheck.runtime._hook import Collector  # only with --stabcheck (see above)
 
     collector = Collector(max_traces=max_traces, selector=selector)
     if not collector.install():
-        import jax
+        import jax  # JAX: only with --stabcheck
 
         config.stash[_FAILED] = f"cannot observe jit tracing in JAX {jax.__version__} (no jax._src.pjit._trace_for_jit); nothing was checked"
         return
@@ -135,6 +136,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     findings = _findings(config)
     report = config.option.stabcheck_report
     if report:
+        # only with --stabcheck-report (see pytest_configure)
         from stabcheck import reporters
         from stabcheck.api import __version__
 

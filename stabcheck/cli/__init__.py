@@ -186,10 +186,10 @@ def init(
 
 # the commands of their own modules: importing one registers it on `app`, in this order in
 # `--help` (none imports JAX)
-from stabcheck.cli import trace  # noqa: E402, F401
-from stabcheck.cli import confirm  # noqa: E402, F401
-from stabcheck.cli import explain_finding  # noqa: E402, F401
-from stabcheck.cli import server  # noqa: E402, F401
+import stabcheck.cli.trace  # noqa: E402, F401
+import stabcheck.cli.confirm  # noqa: E402, F401
+import stabcheck.cli.explain_finding  # noqa: E402, F401
+import stabcheck.cli.server  # noqa: E402, F401
 
 __all__ = ["app", "check", "explain", "init", "rules", "run"]
 

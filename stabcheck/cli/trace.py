@@ -81,17 +81,13 @@ def trace(
     raise Exit(0 if exit_zero or not findings else 1)
 
 
-def _filter(findings: list[Any], cfg: Any) -> list[Any]:
+def _filter(findings: list[Finding], cfg: Config) -> list[Finding]:
     """Config select/ignore/per-file-ignores and inline suppressions, then one finding per line."""
-    from stabcheck import suppress
-    from stabcheck.api import _per_file_ignored, enabled_rules
-    from stabcheck.finding import merge
-
     enabled = {r.code for r in enabled_rules(cfg)} | {"STB902"}
     sups: dict[str, list[suppress.Suppression]] = {}
     out = []
     for f in merge(findings):
-        if f.code not in enabled or f.code in _per_file_ignored(f.path, cfg):
+        if f.code not in enabled or f.code in per_file_ignored(f.path, cfg):
             continue
         if f.path not in sups:
             try:

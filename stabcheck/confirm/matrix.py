@@ -24,6 +24,7 @@ COLUMNS = T.MATRIX
 
 
 def matrix_row(name: str, entry: Entry, *, memory_limit: int, runs: int = 5, columns: tuple[str, ...] = COLUMNS) -> dict[str, Any]:
+    # JAX: imported when this runs, never on import
     import jax
 
     within = entry_files(entry)

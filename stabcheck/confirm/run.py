@@ -150,6 +150,7 @@ def _confirm_entry(name: str, entry: Entry, suspected: list[Finding], transforms
 
 def _program_lines(entry: Entry) -> set[tuple[str, int]]:
     """(file, line) of every operation in the entry's forward program (empty if it fails)."""
+    # JAX: imported when this runs, never on import
     import jax
 
     try:
@@ -171,6 +172,7 @@ def entry_files(entry: Entry) -> tuple[str, ...]:
 
 # -- running ---------------------------------------------------------------------------------
 def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: bool, label: str) -> list[Observation]:
+    # JAX: imported when this runs, never on import
     import jax
 
     ob = Observation(t, inputs=label)
@@ -205,6 +207,7 @@ def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: bool, la
         return [ob]
     obs = [ob]
     if boundary and t == "grad" and ob.nonfinite is None:
+        # JAX: imported when this runs, never on import
         import jax.numpy as jnp
 
         for label, make in (("zeros", jnp.zeros_like), ("negative values", lambda x: -jnp.abs(x) - 1)):
@@ -417,6 +420,7 @@ def _line(file: str | None, line: int | None) -> str:
 
 def measure(fun: Any, *args: Any, runs: int = 5, budget: float = 0.5) -> float:
     """Median seconds of `fun(*args)` after one warm-up call, with block_until_ready."""
+    # JAX: imported when this runs, never on import
     import jax
 
     jax.block_until_ready(fun(*args))

@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stabcheck import registry
+from stabcheck.api import check_source
+from stabcheck.baseline import culprit
 from stabcheck.config import Config
 from stabcheck.finding import Applicability, Finding
+from stabcheck.fix import float64_leak, jit_in_loop, nan_gradient_where, unhashable_static_arg
 from stabcheck.fix._rewrite import Rewrite
 
 Fixer = Callable[[str, Finding], Rewrite | None]
@@ -30,8 +33,6 @@ _MAX_ROUNDS = 200
 
 
 def fixers() -> dict[str, Fixer]:
-    from stabcheck.fix import float64_leak, jit_in_loop, nan_gradient_where, unhashable_static_arg
-
     return {
         "STB301": float64_leak.fix,
         "STB401": nan_gradient_where.fix,
@@ -50,8 +51,6 @@ class FileFix:
 
 
 def _identity(f: Finding) -> tuple[str, str, str, str]:
-    from stabcheck.baseline import culprit
-
     return (f.code, f.function, culprit(f), " ".join(f.snippet.split()))
 
 
@@ -65,8 +64,6 @@ def _parses(source: str) -> bool:
 
 def fix_source(source: str, path: str, config: Config | None = None, *, unsafe: bool = False) -> FileFix:
     """Apply every applicable fix to one file's source, re-checking after each."""
-    from stabcheck.api import check_source
-
     config = config or Config()
     table = fixers()
     text = source
@@ -104,6 +101,7 @@ def fix_source(source: str, path: str, config: Config | None = None, *, unsafe: 
 
 
 def _try(fixer: Fixer, text: str, finding: Finding) -> Rewrite | None:
+    # libcst: imported only when fixing
     import libcst
 
     try:
@@ -126,8 +124,6 @@ def apply_fixes(findings: list[Finding], *, write: bool, unsafe: bool = False, c
     With `write`, rewrite the files and return (a summary, the findings that remain: the files
     re-checked); without, return (a unified diff of what would change, the findings unchanged).
     """
-    from stabcheck.api import check_source
-
     config = config or Config()
     table = fixers()
     paths = sorted({f.path for f in findings if f.code in table})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, cast
@@ -111,8 +112,6 @@ def resolve(explicit: Mode | None) -> Mode:
 
 def _module_name(filename: str) -> str | None:
     """The imported module defined in `filename` (so `-W ...:module` filters match), if any."""
-    import sys
-
     for name, mod in list(sys.modules.items()):
         file = getattr(mod, "__file__", None)
         if file and os.path.abspath(file) == filename:

@@ -155,7 +155,7 @@ def lookup(path: str | os.PathLike[str]) -> FileTypes | None:
 def available() -> bool:
     """Can mypy run here (is it importable)?"""
     try:
-        import mypy.build  # noqa: F401
+        import mypy.build  # noqa: F401 - mypy: only when asked
     except Exception:
         return False
     return True
@@ -219,11 +219,11 @@ def _raw_facts(py: list[Path], hashes: dict[str, str | None], tree: str, cache_r
         same = _facts_of(saved)
         return {p: same[p] for p in hashes if p in same}
     try:
-        from stabcheck.static import _mypy_extract as mx
+        from stabcheck.static import _mypy_extract as mx  # mypy: only when the typed tier runs
     except Exception as e:  # mypy missing or broken: untyped analysis
         out.notes.append(f"typed tier off: mypy cannot be imported ({type(e).__name__}: {e})"[:300])
         return None
-    import mypy.version
+    import mypy.version  # mypy: only when the typed tier runs
 
     cache_key = f"{FACTS_VERSION}|{mypy.version.__version__}"
     old = _facts_of(saved) if saved.get("key") == cache_key else {}

@@ -20,6 +20,7 @@ import sys
 from types import ModuleType
 from typing import Any
 
+from stabcheck import registry
 from stabcheck.finding import Finding, Span
 from stabcheck.traced import specs
 from stabcheck.traced.checks import shown_path
@@ -159,8 +160,6 @@ def _annotated(fn: Any, dims: dict[str, int], static: dict[int, Any]) -> list[An
 
 
 def _analysis_error() -> Any:
-    from stabcheck import registry
-
     return registry.get("STB902")
 
 

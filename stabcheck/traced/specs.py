@@ -108,6 +108,7 @@ def parse_dims(items: list[str]) -> dict[str, int]:
 
 def to_abstract(tree: Any) -> Any:
     """Specs -> `jax.ShapeDtypeStruct`s (imports JAX; call in the worker)."""
+    # JAX: imported when this runs, never on import
     import jax
     import numpy as np
 

@@ -23,12 +23,14 @@ from __future__ import annotations
 import ast
 import contextlib
 import inspect
+import linecache
 import textwrap
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from stabcheck import registry
 from stabcheck.finding import Finding, Span
-from stabcheck.traced.checks import check_jaxpr, depends, first_cut, is_zero_constant, iter_eqns, shown_path, site_span, source_line
+from stabcheck.traced.checks import check_jaxpr, depends, first_cut, is_zero_constant, iter_eqns, shown_path, site_span, source_line, sub_jaxprs
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import code_of
 from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, literal_return_site, with_via
@@ -56,6 +58,7 @@ def first_line(exc: BaseException) -> str:
 @contextlib.contextmanager
 def jax_flags(flags: Any) -> Iterator[None]:
     """Set JAX flags (`Entry.jax_config`) for the duration of one entry, then restore them."""
+    # JAX: imported when this runs, never on import
     import jax
 
     old: dict[str, Any] = {}
@@ -85,6 +88,7 @@ def trace_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict[str, An
 
 class Tracer:
     def __init__(self, name: str, entry: Entry) -> None:
+        # JAX: imported when this runs, never on import
         import jax
 
         self.jax = jax
@@ -284,8 +288,6 @@ class Tracer:
         return out
 
     def report(self, code: str, site: Site | None, message: str, *, help: str = "", detail: str = "", evidence: dict[str, Any] | None = None) -> None:
-        from stabcheck import registry
-
         rule = registry.get(code)
         if rule is None:
             self.notes.append(f"{code} found in entry `{self.name}` but no rule file defines it in this build")
@@ -537,6 +539,7 @@ class Tracer:
 
 # -- helpers -------------------------------------------------------------------------------------
 def _tangent(jax: Any, tree: Any) -> Any:
+    # NumPy: imported when this runs
     import numpy as np
 
     def one(x: Any) -> Any:
@@ -569,8 +572,6 @@ def _param_names(fn: Any, n: int) -> list[str]:
 
 
 def _source_line(site: Site | None) -> str:
-    import linecache
-
     if site is None:
         return ""
     text = linecache.getline(site.file, site.line).split("  #", 1)[0].strip()
@@ -611,8 +612,6 @@ def return_site(fn: Any) -> Site | None:
 
 def _producer_site(jaxpr: Any, idx: int) -> Site | None:
     """The user line of the equation computing output `idx`, looking through call primitives."""
-    from stabcheck.traced.checks import sub_jaxprs
-
     v = jaxpr.outvars[idx]
     for _ in range(16):
         eqn = next((e for e in jaxpr.eqns if any(o is v for o in e.outvars)), None)
