@@ -121,7 +121,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     collector = item.config.stash.get(_COLLECTOR, None)
     if collector is None or call.when != "call" or call.excinfo is None:
         return
-    from stabcheck.runtime._raised import finding_for
+    from stabcheck.runtime._raised import finding_for  # only with --stabcheck (see pytest_configure)
 
     found = finding_for(call.excinfo.value, item.nodeid)
     if found is not None and collector.selector(found.code):

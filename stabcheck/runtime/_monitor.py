@@ -16,7 +16,7 @@ from stabcheck import registry
 from stabcheck.finding import Finding, Span
 from stabcheck.runtime._signature import Signature, changes, type_str
 from stabcheck.traced.checks import ALL_CODES, check_jaxpr, shown_path
-from stabcheck.traced.source import is_internal, is_library
+from stabcheck.traced.source import is_internal, is_library, literal_return_site
 
 _SLUGS = {
     "STB205": "static-arg-union",
@@ -187,8 +187,6 @@ class Monitor:
         return [f.refine(stage="runtime", evidence={**f.evidence, "signature": _sig_text(self)}, chains=with_via(f.chains, "@stabcheck.stable")) for f in found]
 
     def _literal_site(self) -> Any:
-        from stabcheck.traced.source import literal_return_site
-
         return literal_return_site(self.defined.path, self.defined.line, self.function) if self.defined is not None else None
 
     def _retrace(self, old: Signature, new: Signature, site: Site) -> Finding:
