@@ -20,6 +20,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from stabcheck._files import write_atomic_nofollow
+from stabcheck.errors import UsageError
 from stabcheck.finding import Finding
 from stabcheck.suppress import Suppression
 
@@ -213,9 +215,6 @@ class Cache:
     def save(self) -> None:
         if not self.dirty or not self.usable or self.secret is None:
             return
-        from stabcheck._files import write_atomic_nofollow
-        from stabcheck.config import UsageError
-
         payload = json.dumps({"key": self.key, "files": self.entries}, separators=(",", ":")).encode("utf-8")
         text = (MAGIC + _mac(self.secret, self.key, payload).encode() + b"\n" + payload).decode("utf-8")
         try:

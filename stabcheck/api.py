@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import ast
+import ctypes
 import fnmatch
 import gc
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -22,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from stabcheck import registry, suppress
-from stabcheck._cache import Cache, code_fingerprint, digest
+from stabcheck._cache import Cache, code_fingerprint, digest, project_cache_dir
 from stabcheck._discover import SourceError, discover, display, read_source, source_problem
-from stabcheck.config import DEFAULT_MAX_FILE_SIZE, Config
+from stabcheck.config import DEFAULT_MAX_FILE_SIZE, Config, ConfigError, check_timeout, project_root, trust_note
 from stabcheck.finding import Finding, Span, merge
+from stabcheck.reporters import clean
 from stabcheck.rule import Rule
 from stabcheck.rules.meta.analysis_error import AnalysisError
 from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
@@ -84,15 +87,11 @@ def check_source(source: str, path: str = "<string>", config: Config | None = No
 
 
 def run(paths: Sequence[str], config: Config | None = None, options: Options | None = None) -> Result:
-    from stabcheck.config import check_timeout, trust_note
-
     config = config or Config()
     options = options or Options()
     if options.timeout is not None:
         check_timeout(options.timeout, "timeout", "Options")
     if options.jobs is not None and (isinstance(options.jobs, bool) or not isinstance(options.jobs, int) or options.jobs < 1):
-        from stabcheck.config import ConfigError
-
         raise ConfigError("jobs", options.jobs, "a positive integer", "Options")
     if config.types is None:
         config = replace(config, types=typed.on_by_default())
@@ -212,8 +211,6 @@ def _read_text(path: str) -> str | None:
 
 
 def _skipped_note(skipped: list[str]) -> str:
-    from stabcheck.reporters import clean
-
     shown = ", ".join(f"`{clean(s)}`" for s in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
     n = len(skipped)
     return f"skipped {n} symbolic link{'s' * (n != 1)} leading outside the checked tree: {shown} (not read; name a file on the command line to check it)"
@@ -236,8 +233,6 @@ def _cache_dir(paths: Sequence[str], config: Config, options: Options) -> Path |
         return None
     if options.cache_dir:
         return Path(options.cache_dir)
-    from stabcheck._cache import project_cache_dir
-    from stabcheck.config import project_root
 
     root = Path(config.root) if config.source else project_root(Path(paths[0]) if paths else Path.cwd())
     return project_cache_dir(root)
@@ -443,9 +438,6 @@ def _die_with_parent(parent: int | None) -> None:
     if parent is None or not sys.platform.startswith("linux"):
         return
     try:
-        import ctypes
-        import signal
-
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
@@ -462,9 +454,6 @@ class _workers_end_with_us:
     this does nothing, and the workers' parent-death signal still ends them."""
 
     def __enter__(self) -> None:
-        import signal
-        import threading
-
         self.previous: Any = None
         if threading.current_thread() is not threading.main_thread():
             return
@@ -475,9 +464,6 @@ class _workers_end_with_us:
 
     @staticmethod
     def _terminate(signum: int, frame: object) -> None:
-        import multiprocessing
-        import signal
-
         children = multiprocessing.active_children()
         for p in children:
             try:
@@ -490,8 +476,6 @@ class _workers_end_with_us:
         os.kill(os.getpid(), signal.SIGTERM)
 
     def __exit__(self, *exc: object) -> None:
-        import signal
-
         if self.previous is not None:
             try:
                 signal.signal(signal.SIGTERM, self.previous)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,6 @@ def trust_note(cfg: Config) -> str | None:
     """The one note a run shows when a discovered config asked for something it may not set."""
     if not cfg.ignored:
         return None
-    import os
 
     where = cfg.source or "the discovered configuration"
     if os.path.isabs(where):

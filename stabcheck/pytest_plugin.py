@@ -138,12 +138,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if report:
         # only with --stabcheck-report (see pytest_configure)
         from stabcheck import reporters
-        from stabcheck.api import __version__
-
-        render = reporters.get(_report_format(report))
         from stabcheck._files import write_atomic_nofollow
+        from stabcheck.api import __version__
         from stabcheck.config import UsageError
 
+        render = reporters.get(_report_format(report))
         try:
             write_atomic_nofollow(report, render(findings, reporters.Report(version=__version__)), what="--stabcheck-report")
         except UsageError as e:
