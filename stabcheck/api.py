@@ -33,7 +33,7 @@ from stabcheck.rule import Rule
 from stabcheck.rules.meta.analysis_error import AnalysisError
 from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
 from stabcheck.rules.meta.unused_suppression import UnusedSuppression
-from stabcheck.static import typed
+from stabcheck.static import typed, xfile
 from stabcheck.static.engine import Dispatcher, FileResult, check_bytes
 
 __version__ = "0.1.0"
@@ -252,8 +252,6 @@ _WORKER: tuple[Config, Dispatcher] | None = None
 def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] | None = None, parent: int | None = None, modules: frozenset[str] = frozenset()) -> None:
     global _WORKER
     _die_with_parent(parent)
-    from stabcheck.static import xfile
-
     xfile.install(modules)
     if types:
         typed.install(types)
@@ -274,8 +272,6 @@ def _check_many(batch: list[tuple[str, str]]) -> list[tuple[str, list[dict], lis
 def _check_one(real: str, shown: str, config: Config, dispatcher: Dispatcher, data: bytes | None = None, seeds: dict[str, list[dict[str, Any]]] | None = None) -> FileResult:
     """One file's static result; `seeds`: its defs that other files' transformed code calls
     with traced arguments (`static.xfile`)."""
-    from stabcheck.static import xfile
-
     with xfile.active(seeds):
         return _check_one_seeded(real, shown, config, dispatcher, data)
 
@@ -339,8 +335,6 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
     hashes: dict[str, str] = {}
     contents: dict[str, bytes] = {}
     jobs = min(options.jobs or cpu_count(), cpu_count())  # more processes than cores only cost memory
-    from stabcheck.static import xfile
-
     modules = xfile.ModuleMap(display(f) for f in files)
     xfile.install(modules.names())
     real_of = {display(f): str(f) for f in files}
@@ -386,8 +380,6 @@ def _settle(results: dict[str, FileResult], real_of: dict[str, str], modules: An
     """Calls across files (`static.xfile`): check again, with their seeds, the files whose defs
     other files' transformed code calls with traced arguments, until the seeds no longer change
     (a warm cache already holds the settled results: nothing is checked again)."""
-    from stabcheck.static import xfile
-
     rechecked: set[str] = set()
     for _ in range(4):
         want = xfile.seeds_for({p: r.exports for p, r in results.items()}, modules)
@@ -405,8 +397,6 @@ def _check_parallel(todo: list[tuple[str, str]], jobs: int, config: Config, rule
     files it did not return are checked again one by one in a fresh single worker, so the file that
     kills it is found and reported (STB902) and no other file is lost."""
     ctx = multiprocessing.get_context(_start_method())
-    from stabcheck.static import xfile
-
     initargs = (config, tuple(r.code for r in rules), _types_registry(config), os.getpid(), xfile.installed())
 
     def collect(batches: list[list[tuple[str, str]]], workers: int) -> bool:

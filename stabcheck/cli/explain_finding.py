@@ -15,7 +15,9 @@ Importing this module imports neither JAX nor the user's code.
 
 from __future__ import annotations
 
+import io
 import json
+import linecache
 import os
 import re
 import sys
@@ -27,6 +29,7 @@ import typer
 from stabcheck import api
 from stabcheck.cli._app import Exit, app, color, emit, fail, guard, load_config
 from stabcheck.finding import Finding
+from stabcheck.reporters import Report, get
 
 _LOCATION = re.compile(r"^(?P<path>.+?):(?P<line>\d+)(?::(?P<col>\d+))?$")
 # evidence keys in the order a person reads them; the rest follow alphabetically
@@ -68,23 +71,18 @@ def select(findings: list[Finding], path: str, line: int, col: int | None, code:
 
 
 def _source(path: str, line: int) -> str:
-    import linecache
-
     return linecache.getline(path, line).rstrip()
 
 
 def render(findings: list[Finding], *, color: bool = False) -> str:
     """Each finding as `check` shows it (`full`), then its chains step by step and its evidence."""
+    # rich: imported only when rendering
     from rich.console import Console
     from rich.markup import escape
-
-    from stabcheck.reporters import Report, get
 
     parts: list[str] = []
     for f in findings:
         parts.append(get("full")([f], Report(files=1, color=color)).rsplit("\n\n", 1)[0] + "\n")
-        import io
-
         buf = io.StringIO()
         con = Console(file=buf, force_terminal=color, no_color=not color, width=120, highlight=False, soft_wrap=True)
         if f.chains:

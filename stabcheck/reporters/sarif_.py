@@ -19,6 +19,7 @@ from stabcheck.baseline import culprit
 from stabcheck.docs import render_rule
 from stabcheck.finding import Finding, Frame
 from stabcheck.reporters import Report, clean, clean_tree, status_label
+from stabcheck.reporters._chains import frame_text
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://github.com/stabcheck/stabcheck"
@@ -95,8 +96,6 @@ def _chain_parts(f: Finding, region: dict[str, Any]) -> dict[str, Any]:
     """The instability chains: every caller frame once in `relatedLocations` (ids from 1), and a
     `codeFlows` entry per chain whose one thread runs from the transformed entry (outermost) down
     to the finding's line, as code runs."""
-    from stabcheck.reporters._chains import frame_text
-
     related: list[dict[str, Any]] = []
     ids: dict[tuple[str, int, int], int] = {}
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal, cast
 
 from stabcheck.finding import Finding
+from stabcheck.reporters._chains import full_lines
 
 Mode = Literal["warn", "error", "off"]
 MODES: tuple[Mode, ...] = ("warn", "error", "off")
@@ -34,8 +35,6 @@ _scoped_mode: contextvars.ContextVar[Mode | None] = contextvars.ContextVar("stab
 
 
 def _text(f: Finding) -> str:
-    from stabcheck.reporters._chains import full_lines
-
     via = "".join(f"\n  {line}" for line in full_lines(f))  # where the offending line is reached from
     where = f" ({f.path}:{f.line})" if via else ""
     return f"{f.code} {f.message}{where}{via}" + (f"\n  help: {f.help}" if f.help else "")

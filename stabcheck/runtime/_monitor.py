@@ -16,7 +16,7 @@ from stabcheck import registry
 from stabcheck.finding import Finding, Span
 from stabcheck.runtime._signature import Signature, changes, type_str
 from stabcheck.traced.checks import ALL_CODES, check_jaxpr, shown_path
-from stabcheck.traced.source import is_internal, is_library, literal_return_site
+from stabcheck.traced.source import is_internal, is_library, literal_return_site, with_via
 
 _SLUGS = {
     "STB205": "static-arg-union",
@@ -182,8 +182,6 @@ class Monitor:
             return [self._analysis_error(e, site)]
         finally:
             busy.reset(token)
-        from stabcheck.traced.source import with_via
-
         return [f.refine(stage="runtime", evidence={**f.evidence, "signature": _sig_text(self)}, chains=with_via(f.chains, "@stabcheck.stable")) for f in found]
 
     def _literal_site(self) -> Any:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from stabcheck.finding import Finding
 from stabcheck.static import xfile
-from stabcheck.static.analysis import Analysis, FunctionInfo, TypeOracle
+from stabcheck.static.analysis import Analysis, FunctionInfo, TypeOracle, array_annotated
 from stabcheck.static.names import Names
 from stabcheck.static.walk import children, walk
 
@@ -133,8 +133,6 @@ class FileContext:
         node = next((n for n in walk(fn.node) if getattr(n, "lineno", None) == s.line and getattr(n, "col_offset", None) == s.col - 1 and getattr(n, "end_lineno", None) == (s.end_line or s.line) and getattr(n, "end_col_offset", -2) == (s.end_col or 0) - 1), None)
         if node is None:
             return False
-        from stabcheck.static.analysis import _array_annotated
-
         assigned: dict[str, list[ast.AST]] = {}
         for n in self.analysis.own_nodes(fn):
             if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and n.value is not None:
@@ -151,6 +149,6 @@ class FileContext:
             if name in assigned:
                 return any(xfile.proved(v, self.names, array) for v in assigned[name])
             owner = self.analysis._param_owner(name, fn)
-            return owner is not None and _array_annotated(owner, name)
+            return owner is not None and array_annotated(owner, name)
 
         return any(xfile.proved(v, self.names, array) for v in xfile.consumed(node, finding.code))

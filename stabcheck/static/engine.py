@@ -29,6 +29,7 @@ from stabcheck.finding import Finding, Span
 from stabcheck.rule import Rule
 from stabcheck.rules.meta.analysis_error import AnalysisError
 from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
+from stabcheck.static import xfile
 from stabcheck.static.analysis import TypeOracle
 from stabcheck.static.context import FileContext
 
@@ -172,8 +173,6 @@ def check_source(source: str, path: str, config: Config, dispatcher: Dispatcher,
         sups = suppress.parse(source)
     except (tokenize.TokenError, SyntaxError, RecursionError):  # pragma: no cover - parse succeeded above
         sups = []
-    from stabcheck.static import xfile
-
     return FileResult(findings, sups, exports, xfile.current() or {})
 
 
@@ -191,8 +190,6 @@ def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatche
             ctx.abstract_codes = dispatcher.abstract_codes
             replay(ctx, dispatcher)
             if exports is not None:
-                from stabcheck.static import xfile
-
                 exports.extend(xfile.exports(ctx))
         except RecursionError:
             return [*(ctx.findings if ctx else ()), AnalysisError.finding(path=path, span=Span(1, 1), message=f"`{path}` is nested too deeply to analyse; it was skipped, so hazards in it stay hidden", help="split the deeply nested expression")]
