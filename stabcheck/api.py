@@ -146,8 +146,6 @@ def _seed_from_trace(later: list[Finding], results: dict[str, FileResult], real_
     static rules then find of its return and carry structure (STB201-204: the union a failing `if`
     chooses between) is added — the user fixing the `if` still has the union to fix. Such a finding
     is proven: the values that choose it are the ones JAX just showed to be traced."""
-    from stabcheck.static import xfile
-
     wanted: dict[str, xfile.Seeds] = {}
     for f in later:
         if f.code not in _PROVEN_TRACED or f.stage not in ("traced", "confirmed") or f.path not in results or f.path not in real_of:
