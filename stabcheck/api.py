@@ -83,7 +83,7 @@ def check_source(source: str, path: str = "<string>", config: Config | None = No
     config = config or Config()
     rules = enabled_rules(config)
     res = check_bytes(source.encode("utf-8"), path, config, Dispatcher(rules))
-    return _finalize({path: res}, rules, config, ("static",))
+    return finalize({path: res}, rules, config, ("static",))
 
 
 def run(paths: Sequence[str], config: Config | None = None, options: Options | None = None) -> Result:
@@ -128,7 +128,7 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
         if f.path not in read and f.snippet and _outside(f.path, paths):
             f = f.refine(snippet="")  # a line of a file outside the checked tree is not printed
         results.setdefault(f.path, FileResult([], _sups_for(f.path, config.max_file_size))).findings.append(f)
-    result.findings = _finalize(results, rules, config, tuple(stages))
+    result.findings = finalize(results, rules, config, tuple(stages))
     return result
 
 
@@ -357,7 +357,7 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
             if jobs == 1:
                 contents[shown] = data  # read once
         todo.append((str(f), shown))
-    with _gc_tuned():
+    with gc_tuned():
         if jobs > 1 and len(todo) >= 8:
             _check_parallel(todo, jobs, config, rules, results)
         dispatcher = Dispatcher(rules)
@@ -471,7 +471,7 @@ class _workers_end_with_us:
                 pass
 
 
-class _gc_tuned:
+class gc_tuned:
     """Fewer garbage collections while checking: ASTs are big, short-lived and mostly acyclic.
 
     Young collections are rare (a high first threshold), full ones still run now and then for the
@@ -501,7 +501,9 @@ def _cache_key(config: Config, rules: tuple[type[Rule], ...]) -> str:
 
 
 # -- config, suppressions, merging ---------------------------------------------------------------
-def _finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], config: Config, stages: tuple[str, ...]) -> list[Finding]:
+def finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], config: Config, stages: tuple[str, ...]) -> list[Finding]:
+    """The findings of enabled rules, after per-file ignores and suppressions (with STB900 for the
+    unused ones), in a stable order."""
     enabled = {r.code for r in rules}
     by_code = {r.code: r for r in registry.all_rules()}
     by_slug = {r.name: r for r in registry.all_rules()}

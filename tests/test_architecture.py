@@ -136,10 +136,13 @@ def documented_arrows() -> set[tuple[str, str]]:
 
 
 def part_of(module: str, prefixes: dict[str, str]) -> str | None:
-    while module:
-        if module in prefixes:
-            return prefixes[module]
-        module = module.rpartition(".")[0]
+    """The part of the longest matching prefix; the package itself (`stabcheck`) matches only
+    `stabcheck/__init__.py`, so that a new top-level module must be placed in a part."""
+    name = module
+    while name:
+        if name in prefixes and (name != "stabcheck" or module == "stabcheck"):
+            return prefixes[name]
+        name = name.rpartition(".")[0]
     return None
 
 

@@ -90,6 +90,7 @@ from stabcheck.traced import load
 from stabcheck.traced.source import function_site
 
 TASKS = ("trace", "confirm", "matrix", "trace+confirm")
+_STABCHECK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # stabcheck's own package
 
 _LIVE: dict[int, subprocess.Popen[bytes]] = {}  # running workers (their supervisors), by pid
 _PR_SET_PDEATHSIG = 1
@@ -193,8 +194,6 @@ def _prctl(option: int, value: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes
-
         return int(ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
@@ -551,9 +550,7 @@ class _State:
     def forget_user_modules(self) -> None:
         """Drop the modules imported since this snapshot from files of the user's (not the standard
         library's, an installed package's or stabcheck's): the next target imports its own."""
-        import stabcheck
-
-        keep = tuple(os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(stabcheck.__file__ or "")} if p)
+        keep = tuple(os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, _STABCHECK_DIR} if p)
         for name, mod in list(sys.modules.items()):
             if name in self.modules:
                 continue
