@@ -338,7 +338,7 @@ class Analysis:
         traced = {p for p in params if p not in static}
         # a visible transform proves its parameters traced; `eqx.filter_*`/`nnx` keep non-array
         # arguments static, so there only an array annotation proves one
-        info.proven_params |= {p for p in traced if not t.filtered or _array_annotated(info, p)}
+        info.proven_params |= {p for p in traced if not t.filtered or array_annotated(info, p)}
         self._set(info, traced, t.abstract)
 
     def _mark_module_method(self, info: FunctionInfo) -> None:
