@@ -6,6 +6,7 @@ helpers load JAX only when used.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from stabcheck.api import __version__ as __version__
@@ -29,7 +30,6 @@ __all__ = ["Config", "Entry", "Finding", "StabilityError", "StabilityWarning", "
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
 
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value

@@ -20,6 +20,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from stabcheck._files import write_atomic_nofollow
+from stabcheck.errors import UsageError
 from stabcheck.finding import Finding
 from stabcheck.suppress import Suppression
 
@@ -133,7 +135,7 @@ def read_bounded(path: Path, limit: int = MAX_BYTES) -> bytes | None:
         os.close(fd)
 
 
-def _mac(secret: bytes, key: str, payload: bytes) -> str:
+def mac(secret: bytes, key: str, payload: bytes) -> str:
     return hmac.new(secret, key.encode() + b"\0" + payload, hashlib.sha256).hexdigest()
 
 
@@ -170,7 +172,7 @@ class Cache:
         head, _, payload = raw.partition(b"\n")
         if not head.startswith(MAGIC) or self.secret is None:
             return {}
-        if not hmac.compare_digest(head[len(MAGIC) :], _mac(self.secret, self.key, payload).encode("ascii")):
+        if not hmac.compare_digest(head[len(MAGIC) :], mac(self.secret, self.key, payload).encode("ascii")):
             return {}  # planted, edited, or written under another key
         try:
             data = json.loads(payload.decode("utf-8"))
@@ -213,11 +215,8 @@ class Cache:
     def save(self) -> None:
         if not self.dirty or not self.usable or self.secret is None:
             return
-        from stabcheck._files import write_atomic_nofollow
-        from stabcheck.config import UsageError
-
         payload = json.dumps({"key": self.key, "files": self.entries}, separators=(",", ":")).encode("utf-8")
-        text = (MAGIC + _mac(self.secret, self.key, payload).encode() + b"\n" + payload).decode("utf-8")
+        text = (MAGIC + mac(self.secret, self.key, payload).encode() + b"\n" + payload).decode("utf-8")
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             if os.path.islink(self.directory):

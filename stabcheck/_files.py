@@ -15,7 +15,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from stabcheck.config import UsageError
+from stabcheck.errors import UsageError
 
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 

@@ -7,21 +7,33 @@
 from __future__ import annotations
 
 import ast
+import ctypes
 import fnmatch
+import gc
+import multiprocessing
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from stabcheck import registry, suppress
-from stabcheck._cache import Cache, digest
+from stabcheck._cache import Cache, cache_home, code_fingerprint, digest, project_cache_dir
 from stabcheck._discover import SourceError, discover, display, read_source, source_problem
-from stabcheck.config import DEFAULT_MAX_FILE_SIZE, Config
+from stabcheck.config import DEFAULT_MAX_FILE_SIZE, Config, ConfigError, check_timeout, project_root, trust_note
 from stabcheck.finding import Finding, Span, merge
+from stabcheck.reporters import clean
 from stabcheck.rule import Rule
+from stabcheck.rules.meta.analysis_error import AnalysisError
+from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
+from stabcheck.rules.meta.unused_suppression import UnusedSuppression
+from stabcheck.static import typed, xfile
 from stabcheck.static.engine import Dispatcher, FileResult, check_bytes
 
 __version__ = "0.1.0"
@@ -71,24 +83,18 @@ def check_source(source: str, path: str = "<string>", config: Config | None = No
     config = config or Config()
     rules = enabled_rules(config)
     res = check_bytes(source.encode("utf-8"), path, config, Dispatcher(rules))
-    return _finalize({path: res}, rules, config, ("static",))
+    return finalize({path: res}, rules, config, ("static",))
 
 
 def run(paths: Sequence[str], config: Config | None = None, options: Options | None = None) -> Result:
-    from stabcheck.config import check_timeout, trust_note
-
     config = config or Config()
     options = options or Options()
     if options.timeout is not None:
         check_timeout(options.timeout, "timeout", "Options")
     if options.jobs is not None and (isinstance(options.jobs, bool) or not isinstance(options.jobs, int) or options.jobs < 1):
-        from stabcheck.config import ConfigError
-
         raise ConfigError("jobs", options.jobs, "a positive integer", "Options")
     if config.types is None:
-        from stabcheck.static.typed import on_by_default
-
-        config = replace(config, types=on_by_default())
+        config = replace(config, types=typed.on_by_default())
     stages = options.stages or config.stages
     rules = enabled_rules(config)
     skipped: list[str] = []
@@ -110,7 +116,8 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
         results = {k: FileResult([f for f in v.findings if f.code in ("STB901",)], v.suppressions) for k, v in results.items()}
     later: list[Finding] = []
     if "traced" in stages or "confirm" in stages:
-        from stabcheck.worker.stage import run_stage  # imports nothing of JAX in this process
+        # the worker machinery loads only for --trace/--confirm (it imports no JAX here)
+        from stabcheck.worker.stage import run_stage
 
         later, notes, device = run_stage(readable, results, config, options, stages)
         result.notes.extend(notes)
@@ -121,7 +128,7 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
         if f.path not in read and f.snippet and _outside(f.path, paths):
             f = f.refine(snippet="")  # a line of a file outside the checked tree is not printed
         results.setdefault(f.path, FileResult([], _sups_for(f.path, config.max_file_size))).findings.append(f)
-    result.findings = _finalize(results, rules, config, tuple(stages))
+    result.findings = finalize(results, rules, config, tuple(stages))
     return result
 
 
@@ -139,8 +146,6 @@ def _seed_from_trace(later: list[Finding], results: dict[str, FileResult], real_
     static rules then find of its return and carry structure (STB201-204: the union a failing `if`
     chooses between) is added — the user fixing the `if` still has the union to fix. Such a finding
     is proven: the values that choose it are the ones JAX just showed to be traced."""
-    from stabcheck.static import xfile
-
     wanted: dict[str, xfile.Seeds] = {}
     for f in later:
         if f.code not in _PROVEN_TRACED or f.stage not in ("traced", "confirmed") or f.path not in results or f.path not in real_of:
@@ -204,8 +209,6 @@ def _read_text(path: str) -> str | None:
 
 
 def _skipped_note(skipped: list[str]) -> str:
-    from stabcheck.reporters import clean
-
     shown = ", ".join(f"`{clean(s)}`" for s in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
     n = len(skipped)
     return f"skipped {n} symbolic link{'s' * (n != 1)} leading outside the checked tree: {shown} (not read; name a file on the command line to check it)"
@@ -228,8 +231,6 @@ def _cache_dir(paths: Sequence[str], config: Config, options: Options) -> Path |
         return None
     if options.cache_dir:
         return Path(options.cache_dir)
-    from stabcheck._cache import project_cache_dir
-    from stabcheck.config import project_root
 
     root = Path(config.root) if config.source else project_root(Path(paths[0]) if paths else Path.cwd())
     return project_cache_dir(root)
@@ -249,12 +250,8 @@ _WORKER: tuple[Config, Dispatcher] | None = None
 def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] | None = None, parent: int | None = None, modules: frozenset[str] = frozenset()) -> None:
     global _WORKER
     _die_with_parent(parent)
-    from stabcheck.static import xfile
-
     xfile.install(modules)
     if types:
-        from stabcheck.static import typed
-
         typed.install(types)
     rules = [r for r in registry.all_rules() if r.code in codes]
     _WORKER = (config, Dispatcher(rules))
@@ -273,15 +270,11 @@ def _check_many(batch: list[tuple[str, str]]) -> list[tuple[str, list[dict], lis
 def _check_one(real: str, shown: str, config: Config, dispatcher: Dispatcher, data: bytes | None = None, seeds: dict[str, list[dict[str, Any]]] | None = None) -> FileResult:
     """One file's static result; `seeds`: its defs that other files' transformed code calls
     with traced arguments (`static.xfile`)."""
-    from stabcheck.static import xfile
-
     with xfile.active(seeds):
         return _check_one_seeded(real, shown, config, dispatcher, data)
 
 
 def _check_one_seeded(real: str, shown: str, config: Config, dispatcher: Dispatcher, data: bytes | None) -> FileResult:
-    from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
-
     if data is None:
         try:
             data = read_source(real, config.max_file_size)
@@ -289,8 +282,6 @@ def _check_one_seeded(real: str, shown: str, config: Config, dispatcher: Dispatc
             return FileResult([SyntaxErrorRule.finding(path=shown, span=Span(1, 1), message=f"`{shown}` {e.message}", help=e.help, detail=e.message)], [])
     res = check_bytes(data, shown, config, dispatcher)
     if config.types:
-        from stabcheck.static import typed
-
         types = typed.lookup(real)
         if types is not None:
             untyped = res
@@ -304,14 +295,10 @@ def _prepare_types(files: list[Path], config: Config, options: Options) -> list[
     before the static pass; `_check_one` (here or in a worker) looks each file's types up by path.
     Its cache is per user and shared by projects (`cache_home()/typed`, or `<--cache-dir>/typed`),
     not the project's own cache directory: jax's analysis is paid once per environment."""
-    from stabcheck.static import typed
-
     typed.install({})
     if not config.types:
         return []
     if options.cache:
-        from stabcheck._cache import cache_home
-
         root: Path | None = (Path(options.cache_dir) if options.cache_dir else cache_home()) / "typed"
     else:
         root = None
@@ -349,9 +336,6 @@ def _start_method() -> str:
     """`fork` is the cheap way to start workers, but forking a process that runs other threads
     (JAX's, when stabcheck is used as a library or from the pytest plugin) can deadlock the
     child: then `forkserver` (workers fork from a clean single-threaded server) or `spawn`."""
-    import multiprocessing
-    import threading
-
     methods = multiprocessing.get_all_start_methods()
     if "fork" in methods and threading.active_count() == 1 and "jax" not in sys.modules:
         return "fork"
@@ -380,8 +364,6 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
     hashes: dict[str, str] = {}
     contents: dict[str, bytes] = {}
     jobs = min(options.jobs or cpu_count(), cpu_count())  # more processes than cores only cost memory
-    from stabcheck.static import xfile
-
     modules = xfile.ModuleMap(display(f) for f in files)
     xfile.install(modules.names())
     real_of = {display(f): str(f) for f in files}
@@ -395,8 +377,6 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
                 continue
             h = digest(data)
             if config.types:
-                from stabcheck.static import typed
-
                 t = typed.lookup(f)
                 h = digest(f"{h}|{t.digest() if t is not None else ''}".encode())
             hashes[shown] = h
@@ -408,7 +388,7 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
             if jobs == 1:
                 contents[shown] = data  # read once
         todo.append((str(f), shown))
-    with _gc_tuned():
+    with gc_tuned():
         if jobs > 1 and len(todo) >= 8:
             _check_parallel(todo, jobs, config, rules, results)
         dispatcher = Dispatcher(rules)
@@ -429,8 +409,6 @@ def _settle(results: dict[str, FileResult], real_of: dict[str, str], modules: An
     """Calls across files (`static.xfile`): check again, with their seeds, the files whose defs
     other files' transformed code calls with traced arguments, until the seeds no longer change
     (a warm cache already holds the settled results: nothing is checked again)."""
-    from stabcheck.static import xfile
-
     rechecked: set[str] = set()
     for _ in range(4):
         want = xfile.seeds_for({p: r.exports for p, r in results.items()}, modules)
@@ -447,15 +425,7 @@ def _check_parallel(todo: list[tuple[str, str]], jobs: int, config: Config, rule
     """Forked workers check interleaved batches. If a worker dies (killed for memory, a crash), the
     files it did not return are checked again one by one in a fresh single worker, so the file that
     kills it is found and reported (STB902) and no other file is lost."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    from stabcheck.rules.meta.analysis_error import AnalysisError
-
     ctx = multiprocessing.get_context(_start_method())
-    from stabcheck.static import xfile
-
     initargs = (config, tuple(r.code for r in rules), _types_registry(config), os.getpid(), xfile.installed())
 
     def collect(batches: list[list[tuple[str, str]]], workers: int) -> bool:
@@ -487,9 +457,6 @@ def _die_with_parent(parent: int | None) -> None:
     if parent is None or not sys.platform.startswith("linux"):
         return
     try:
-        import ctypes
-        import signal
-
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
@@ -506,9 +473,6 @@ class _workers_end_with_us:
     this does nothing, and the workers' parent-death signal still ends them."""
 
     def __enter__(self) -> None:
-        import signal
-        import threading
-
         self.previous: Any = None
         if threading.current_thread() is not threading.main_thread():
             return
@@ -519,9 +483,6 @@ class _workers_end_with_us:
 
     @staticmethod
     def _terminate(signum: int, frame: object) -> None:
-        import multiprocessing
-        import signal
-
         children = multiprocessing.active_children()
         for p in children:
             try:
@@ -534,8 +495,6 @@ class _workers_end_with_us:
         os.kill(os.getpid(), signal.SIGTERM)
 
     def __exit__(self, *exc: object) -> None:
-        import signal
-
         if self.previous is not None:
             try:
                 signal.signal(signal.SIGTERM, self.previous)
@@ -543,7 +502,7 @@ class _workers_end_with_us:
                 pass
 
 
-class _gc_tuned:
+class gc_tuned:
     """Fewer garbage collections while checking: ASTs are big, short-lived and mostly acyclic.
 
     Young collections are rare (a high first threshold), full ones still run now and then for the
@@ -551,15 +510,11 @@ class _gc_tuned:
     out of the collector's scans."""
 
     def __enter__(self) -> None:
-        import gc
-
         self.saved = gc.get_threshold()
         gc.freeze()
         gc.set_threshold(100_000, 20, 10)
 
     def __exit__(self, *exc: object) -> None:
-        import gc
-
         gc.set_threshold(*self.saved)
         gc.unfreeze()
 
@@ -567,25 +522,19 @@ class _gc_tuned:
 def _types_registry(config: Config) -> dict[str, Any] | None:
     if not config.types:
         return None
-    from stabcheck.static import typed
-
     return typed.registry()
 
 
 def _cache_key(config: Config, rules: tuple[type[Rule], ...]) -> str:
     """Version, stabcheck's own code, the enabled rules and every config value (bar where it was read)."""
-    from dataclasses import replace
-
-    from stabcheck._cache import code_fingerprint
-
     parts = [__version__, code_fingerprint(), ",".join(r.code for r in rules), repr(replace(config, root=".", source=""))]
     return digest("|".join(parts).encode())[:16]
 
 
 # -- config, suppressions, merging ---------------------------------------------------------------
-def _finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], config: Config, stages: tuple[str, ...]) -> list[Finding]:
-    from stabcheck.rules.meta.unused_suppression import UnusedSuppression
-
+def finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], config: Config, stages: tuple[str, ...]) -> list[Finding]:
+    """The findings of enabled rules, after per-file ignores and suppressions (with STB900 for the
+    unused ones), in a stable order."""
     enabled = {r.code for r in rules}
     by_code = {r.code: r for r in registry.all_rules()}
     by_slug = {r.name: r for r in registry.all_rules()}
@@ -593,7 +542,7 @@ def _finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], con
     out: list[Finding] = []
     for path in sorted(results):
         res = results[path]
-        ignored = _per_file_ignored(path, config)
+        ignored = per_file_ignored(path, config)
         findings = [f for f in merge(res.findings) if f.code in enabled and f.code not in ignored and _shown(f, config)]
         used: set[tuple[int, int, str]] = set()
         sups_by_line: dict[int, list[suppress.Suppression]] = {}
@@ -632,7 +581,8 @@ def _shown(f: Finding, config: Config) -> bool:
     return f.confidence == "proven" or config.preview
 
 
-def _per_file_ignored(path: str, config: Config) -> set[str]:
+def per_file_ignored(path: str, config: Config) -> set[str]:
+    """The codes `per-file-ignores` turns off for PATH (as shown in findings)."""
     codes: set[str] = set()
     for glob, sels in config.per_file_ignores:
         if fnmatch.fnmatchcase(path, glob) or fnmatch.fnmatchcase(os.path.basename(path), glob):

@@ -18,6 +18,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from stabcheck._files import write_atomic_nofollow
 from stabcheck.config import UsageError
 from stabcheck.finding import Finding
 
@@ -55,7 +56,6 @@ def write(path: Path, findings: list[Finding]) -> None:
     entries = [{"code": c, "path": p, "function": fn, "detail": d, "count": n} for (c, p, fn, d), n in sorted(counts.items())]
     data = {"stabcheck-baseline": VERSION, "findings": entries}
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    from stabcheck._files import write_atomic_nofollow
 
     write_atomic_nofollow(path, text, what="baseline file")
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+from stabcheck import registry
+from stabcheck.errors import ConfigError as ConfigError
+from stabcheck.errors import UsageError as UsageError
 
 DEFAULT_EXCLUDE = (
     ".git",
@@ -29,19 +34,6 @@ DEFAULT_EXCLUDE = (
 )
 STAGES = ("static", "traced", "confirm")
 DEFAULT_MAX_FILE_SIZE = 10 * 2**20  # bytes
-
-
-class ConfigError(Exception):
-    """A user error in configuration or on the command line: shown as one line, exit 2."""
-
-    def __init__(self, key: str, value: Any, allowed: str, source: str = "") -> None:
-        self.key, self.value, self.allowed, self.source = key, value, allowed, source
-        where = f"{source}: " if source else ""
-        super().__init__(f"{where}invalid value for `{key}`: {value!r}; expected {allowed}")
-
-
-class UsageError(Exception):
-    """A user error that is not about one config key (missing path, bad target)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +180,6 @@ def trust_note(cfg: Config) -> str | None:
     """The one note a run shows when a discovered config asked for something it may not set."""
     if not cfg.ignored:
         return None
-    import os
 
     where = cfg.source or "the discovered configuration"
     if os.path.isabs(where):
@@ -232,8 +223,6 @@ def load_config(path: Path | None) -> Config:
 
 
 def from_mapping(table: dict[str, Any], *, source: str = "", root: str = ".", base: Config | None = None) -> Config:
-    from stabcheck import registry
-
     cfg = base or Config()
     changes: dict[str, Any] = {} if base is not None else {"source": source, "root": root}
     for raw_key, value in table.items():

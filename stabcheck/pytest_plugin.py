@@ -59,6 +59,7 @@ def _split(value: str | None) -> list[str] | None:
 def pytest_configure(config: pytest.Config) -> None:
     if not _enabled(config):
         return
+    # every pytest run loads this plugin: stabcheck's own modules load only with --stabcheck
     from stabcheck.config import ConfigError, UsageError, discover_config
     from stabcheck.runtime._monitor import Selector
 
@@ -85,15 +86,15 @@ def pytest_configure(config: pytest.Config) -> None:
     except ValueError as e:
         raise pytest.UsageError(str(e)) from None
     try:
-        import jax  # noqa: F401
+        import jax  # noqa: F401 - JAX: only with --stabcheck
     except ImportError:
         config.stash[_FAILED] = "JAX is not installed; nothing was checked"
         return
-    from stabcheck.runtime._hook import Collector
+    from stabcheck.runtime._hook import Collector  # only with --stabcheck (see above)
 
     collector = Collector(max_traces=max_traces, selector=selector)
     if not collector.install():
-        import jax
+        import jax  # JAX: only with --stabcheck
 
         config.stash[_FAILED] = f"cannot observe jit tracing in JAX {jax.__version__} (no jax._src.pjit._trace_for_jit); nothing was checked"
         return
@@ -120,7 +121,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     collector = item.config.stash.get(_COLLECTOR, None)
     if collector is None or call.when != "call" or call.excinfo is None:
         return
-    from stabcheck.runtime._raised import finding_for
+    from stabcheck.runtime._raised import finding_for  # only with --stabcheck (see pytest_configure)
 
     found = finding_for(call.excinfo.value, item.nodeid)
     if found is not None and collector.selector(found.code):
@@ -135,13 +136,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     findings = _findings(config)
     report = config.option.stabcheck_report
     if report:
+        # only with --stabcheck-report (see pytest_configure)
         from stabcheck import reporters
-        from stabcheck.api import __version__
-
-        render = reporters.get(_report_format(report))
         from stabcheck._files import write_atomic_nofollow
+        from stabcheck.api import __version__
         from stabcheck.config import UsageError
 
+        render = reporters.get(_report_format(report))
         try:
             write_atomic_nofollow(report, render(findings, reporters.Report(version=__version__)), what="--stabcheck-report")
         except UsageError as e:

@@ -6,13 +6,12 @@ import functools
 import importlib
 import pkgutil
 
+import stabcheck.rules as pkg
 from stabcheck.rule import Rule
 
 
 @functools.cache
 def all_rules() -> tuple[type[Rule], ...]:
-    import stabcheck.rules as pkg
-
     for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
         importlib.import_module(info.name)
     found: dict[str, type[Rule]] = {}

@@ -68,6 +68,17 @@ class Rule:
     VALID: ClassVar[tuple[str, ...]] = ()
     INVALID: ClassVar[tuple[str, ...]] = ()
 
+    # -- the typed tier ---------------------------------------------------------------
+    @classmethod
+    def typed_check(cls, tree: ast.Module, source: bytes, path: str, types: Any) -> list[Finding]:
+        """Findings that need mypy's view of the whole file (`types`, a `static.typed.FileTypes`);
+        the typed tier calls it after its walk, for the rules that override it."""
+        return []
+
+    @classmethod
+    def has_typed_check(cls) -> bool:
+        return cls.typed_check.__func__ is not Rule.typed_check.__func__  # type: ignore[attr-defined]
+
     # -- documentation -----------------------------------------------------------------
     @classmethod
     def doc(cls) -> str:

@@ -61,7 +61,7 @@ def _check(data: bytes) -> str:
     """The static stage plus suppressions and the json reporter: the bytes a user would see."""
     start = time.perf_counter()
     res = engine.check_bytes(data, "mutant.py", CONFIG, DISPATCHER)
-    findings = api._finalize({"mutant.py": res}, api.enabled_rules(CONFIG), CONFIG, ("static",))
+    findings = api.finalize({"mutant.py": res}, api.enabled_rules(CONFIG), CONFIG, ("static",))
     elapsed = time.perf_counter() - start
     COUNT["seconds"] += elapsed
     assert elapsed < PER_FILE_LIMIT, f"took {elapsed:.1f}s"

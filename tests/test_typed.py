@@ -284,7 +284,7 @@ def test_a_stub_that_does_not_parse_degrades_to_untyped_with_one_note(type_cache
 @pytest.mark.slow
 def test_measure_reports_cold_and_warm(tmp_path: Path) -> None:
     (tmp_path / "small.py").write_text("def f(n: int) -> int:\n    return n + 1\n", encoding="utf-8")
-    out = typed.measure([str(tmp_path)])
+    out = typed.measure([tmp_path / "small.py"], Config(), api.enabled_rules(Config()))
     assert out["files"] == 1 and out["typed_files"] == 1
     assert out["typed_cold_s"] > 0 and out["rechecked_warm"] == 0
     assert out["warm_over_cold"] is not None and out["warm_over_cold"] < 1

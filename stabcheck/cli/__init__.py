@@ -1,7 +1,13 @@
-"""The command line: parse, call the library, render, exit 0 (clean) / 1 (findings) / 2 (error)."""
+"""The command line: parse, call the library, render, exit 0 (clean) / 1 (findings) / 2 (error).
+
+The commands are registered here: `check`, `explain`, `rules` and `init` below, the others by
+importing their module at the end of this file (`cli/trace.py`: `trace`; `cli/confirm.py`:
+`confirm`, `matrix`; `cli/explain_finding.py`: `explain-finding`; `cli/server.py`: `server`). A new command goes in `cli/<name>.py` (see `cli/_app.py`) and one import here.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -9,48 +15,20 @@ from typing import Annotated, Optional
 
 import typer
 
+from stabcheck import api, reporters, registry
+from stabcheck import baseline as bl
 from stabcheck.api import __version__
-
-app = typer.Typer(
-    name="stabcheck",
-    help="Type-stability linter and diagnostics for JAX: find what breaks `jit` and `grad` before it does.",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-
-FormatOpt = Annotated[str, typer.Option("--output-format", help="full | concise | json | sarif | github | markdown | junit")]
-
-
-class _Exit(Exception):
-    def __init__(self, code: int) -> None:
-        self.code = code
-
-
-def _fail(message: str) -> None:
-    sys.stderr.write(f"stabcheck: error: {message}\n")
-    raise _Exit(2)
-
-
-def _csv(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for v in values or []:
-        out += [p.strip() for p in v.split(",") if p.strip()]
-    return out
-
-
-def _load_config(config_file: Path | None, paths: list[str], overrides: dict) -> "Config":  # noqa: F821
-    from stabcheck.config import discover_config, from_mapping, load_config
-
-    if config_file is not None and not config_file.is_file():
-        _fail(f"config file not found: {config_file}")
-    # a file the user names is trusted; one found in the checked tree may not start code
-    cfg = load_config(config_file) if config_file is not None else discover_config(Path(paths[0]) if paths else Path.cwd())
-    if overrides:
-        cfg = from_mapping(overrides, source="command line", base=cfg)
-    return cfg
-
+from stabcheck.cli._app import Exit as _Exit
+from stabcheck.cli._app import FormatOpt, app
+from stabcheck.cli._app import color as _color
+from stabcheck.cli._app import csv_values as _csv
+from stabcheck.cli._app import emit as _emit
+from stabcheck.cli._app import fail as _fail
+from stabcheck.cli._app import guard as _guard
+from stabcheck.cli._app import load_config as _load_config
+from stabcheck.config import check_timeout, from_mapping
+from stabcheck.docs import render_rule
+from stabcheck.init import init_project
 
 def _from_cwd(target: str) -> str:
     """`path.py:NAME` made absolute (a dotted `pkg.mod:NAME` is left as it is)."""
@@ -58,55 +36,6 @@ def _from_cwd(target: str) -> str:
     if where.endswith((".py", ".pyi")) or "/" in where or os.sep in where:
         where = os.path.abspath(where)
     return f"{where}{sep}{name}"
-
-
-def _emit(text: str, output_file: Path | None) -> None:
-    if output_file is not None:
-        from stabcheck._files import write_atomic_nofollow
-
-        write_atomic_nofollow(output_file, text)
-    else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-
-def _color() -> bool:
-    if os.environ.get("NO_COLOR"):
-        return False
-    if os.environ.get("FORCE_COLOR"):
-        return True
-    return sys.stdout.isatty()
-
-
-def _guard(fn):  # type: ignore[no-untyped-def]
-    """Turn user errors into one line on stderr and exit 2, never a traceback."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        from stabcheck.config import ConfigError, UsageError
-
-        try:
-            return fn(*args, **kwargs)
-        except _Exit as e:
-            raise typer.Exit(e.code) from None
-        except (ConfigError, UsageError) as e:
-            sys.stderr.write(f"stabcheck: error: {e}\n")
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            sys.stderr.write("stabcheck: interrupted\n")
-            raise typer.Exit(130) from None
-        except BrokenPipeError:
-            raise typer.Exit(0) from None
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
-        except Exception as e:  # an internal error: say so, exit 2
-            if os.environ.get("STABCHECK_DEBUG"):
-                raise
-            sys.stderr.write(f"stabcheck: internal error: {type(e).__name__}: {e} (set STABCHECK_DEBUG=1 for a traceback)\n")
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def _version(value: bool) -> None:
@@ -152,16 +81,12 @@ def check(
     preview: Annotated[bool, typer.Option("--preview", help="Also show findings the static stage could not prove (guesses).")] = False,
 ) -> None:
     """Check PATHS for type-stability hazards (static by default; --trace/--confirm run entries)."""
-    from stabcheck import api, reporters
-
     paths = paths or ["."]
     if output_format not in reporters.FORMATS:
         _fail(f"invalid value for `--output-format`: {output_format!r}; expected one of: {', '.join(reporters.FORMATS)}")
     if jobs is not None and jobs < 1:
         _fail(f"invalid value for `--jobs`: {jobs}; expected a positive integer")
     if timeout is not None:
-        from stabcheck.config import check_timeout
-
         check_timeout(timeout, "--timeout", "command line")
     overrides: dict = {}
     if entries:  # paths on the command line are relative to the working directory, not the config
@@ -179,8 +104,6 @@ def check(
         overrides["preview"] = True
     cfg = _load_config(config, paths, overrides)
     if ignore:
-        from stabcheck.config import from_mapping
-
         cfg = from_mapping({"ignore": [*cfg.ignore, *_csv(ignore)]}, source="command line", base=cfg)
     stages = ["static"] + (["traced"] if trace or confirm else []) + (["confirm"] if confirm else [])
     if not trace and not confirm:
@@ -203,7 +126,7 @@ def check(
         if note := record(paths, cfg, findings, stages):
             notes.append(note)
     if fix or diff:
-        from stabcheck.fix import apply_fixes
+        from stabcheck.fix import apply_fixes  # libcst: loaded only when fixing
 
         text, findings = apply_fixes(findings, write=fix and not diff, unsafe=unsafe_fixes, config=cfg)
         if diff:
@@ -212,8 +135,6 @@ def check(
         if text:
             notes.append(text)
     if baseline is not None:
-        from stabcheck import baseline as bl
-
         if write_baseline:
             bl.write(baseline, findings)
             sys.stderr.write(f"stabcheck: wrote {len(findings)} finding(s) to {baseline}\n")
@@ -233,9 +154,6 @@ def check(
 @_guard
 def explain(code: Annotated[str, typer.Argument(help="A rule code (STB101) or slug (branch-on-tracer).")]) -> None:
     """Show a rule's documentation, with its example and its fix."""
-    from stabcheck import registry
-    from stabcheck.docs import render_rule
-
     rule = registry.get(code)
     if rule is None:
         _fail(f"unknown rule {code!r}; run `stabcheck rules` for the list")
@@ -246,10 +164,6 @@ def explain(code: Annotated[str, typer.Argument(help="A rule code (STB101) or sl
 @_guard
 def rules(output_format: FormatOpt = "full") -> None:
     """List every rule: code, slug, stages, summary."""
-    import json
-
-    from stabcheck import registry
-
     rs = registry.all_rules()
     if output_format == "json":
         typer.echo(json.dumps([{"code": r.code, "name": r.name, "stages": list(r.stages), "fixable": r.fixable, "summary": r.summary()} for r in rs], indent=2))
@@ -267,31 +181,17 @@ def init(
     write: Annotated[bool, typer.Option("--write", help="Append the section to pyproject.toml instead of printing it.")] = False,
 ) -> None:
     """Write a [tool.stabcheck] section for this project (printed unless --write)."""
-    from stabcheck.init import init_project
-
     typer.echo(init_project(path, pre_commit=pre_commit, github=github, write=write), nl=False)
 
 
-def _add_stage_commands() -> None:
-    """`trace` lives in cli/trace.py, `confirm` and `matrix` in cli/confirm.py, `explain-finding`
-    in cli/explain_finding.py, `server` in cli/server.py.
+# the commands of their own modules: importing one registers it on `app`, in this order in
+# `--help` (none imports JAX)
+import stabcheck.cli.trace  # noqa: E402, F401
+import stabcheck.cli.confirm  # noqa: E402, F401
+import stabcheck.cli.explain_finding  # noqa: E402, F401
+import stabcheck.cli.server  # noqa: E402, F401
 
-    Each module has `register(app, helpers)`; importing it must not import JAX.
-    """
-    import importlib
-
-    helpers = {"guard": _guard, "emit": _emit, "color": _color, "fail": _fail, "Exit": _Exit, "load_config": _load_config}
-    for name in ("stabcheck.cli.trace", "stabcheck.cli.confirm", "stabcheck.cli.explain_finding", "stabcheck.cli.server"):
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        mod.register(app, helpers)
-
-
-_add_stage_commands()
+__all__ = ["app", "check", "explain", "init", "rules", "run"]
 
 
 def run() -> None:  # console-script entry point

@@ -15,7 +15,9 @@ Importing this module imports neither JAX nor the user's code.
 
 from __future__ import annotations
 
+import io
 import json
+import linecache
 import os
 import re
 import sys
@@ -24,7 +26,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from stabcheck import api
+from stabcheck.cli._app import Exit, app, color, emit, fail, guard, load_config
 from stabcheck.finding import Finding
+from stabcheck.reporters import Report, get
 
 _LOCATION = re.compile(r"^(?P<path>.+?):(?P<line>\d+)(?::(?P<col>\d+))?$")
 # evidence keys in the order a person reads them; the rest follow alphabetically
@@ -66,23 +71,18 @@ def select(findings: list[Finding], path: str, line: int, col: int | None, code:
 
 
 def _source(path: str, line: int) -> str:
-    import linecache
-
     return linecache.getline(path, line).rstrip()
 
 
 def render(findings: list[Finding], *, color: bool = False) -> str:
     """Each finding as `check` shows it (`full`), then its chains step by step and its evidence."""
+    # rich: imported only when rendering
     from rich.console import Console
     from rich.markup import escape
-
-    from stabcheck.reporters import Report, get
 
     parts: list[str] = []
     for f in findings:
         parts.append(get("full")([f], Report(files=1, color=color)).rsplit("\n\n", 1)[0] + "\n")
-        import io
-
         buf = io.StringIO()
         con = Console(file=buf, force_terminal=color, no_color=not color, width=120, highlight=False, soft_wrap=True)
         if f.chains:
@@ -116,56 +116,51 @@ def render(findings: list[Finding], *, color: bool = False) -> str:
     return "\n".join(parts)
 
 
-def register(app: typer.Typer, helpers: dict[str, Any]) -> None:
-    guard, emit, color, fail, Exit, load_config = (helpers[k] for k in ("guard", "emit", "color", "fail", "Exit", "load_config"))
-
-    @app.command("explain-finding")
-    @guard
-    def explain_finding(
-        location: Annotated[str, typer.Argument(help="PATH:LINE or PATH:LINE:COL of the finding.")],
-        paths: Annotated[Optional[list[str]], typer.Argument(help="What to check for the callers (default: the project the configuration is in, else .).")] = None,
-        code: Annotated[Optional[str], typer.Option(help="Only the finding of this rule code or slug.")] = None,
-        trace: Annotated[bool, typer.Option("--trace", help="Also trace the entries found under PATHS (runs user code in a worker).")] = False,
-        confirm: Annotated[bool, typer.Option("--confirm", help="Also run the entries for real to confirm or refute the finding.")] = False,
-        types: Annotated[Optional[bool], typer.Option("--types/--no-types", help="Use mypy's inferred types (typed tier).")] = None,
-        timeout: Annotated[Optional[float], typer.Option(help="Seconds per entry for --trace/--confirm.")] = None,
-        output_format: Annotated[str, typer.Option("--output-format", help="full | json")] = "full",
-        config: Annotated[Optional[Path], typer.Option(help="Read configuration from this file.")] = None,
-        no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")] = False,
-    ) -> None:
-        """Show one finding with its whole evidence: chains, jaxpr equations, JAX's error, the confirm run."""
-        from stabcheck import api
-
-        try:
-            path, line, col = parse_location(location)
-        except ValueError as e:
-            fail(str(e))
-        if output_format not in ("full", "json"):
-            fail(f"invalid value for `--output-format`: {output_format!r}; expected one of: full, json")
-        if not os.path.isfile(path):
-            fail(f"no such file: {path}")
-        overrides: dict[str, Any] = {} if types is None else {"types": types}
-        cfg = load_config(config, [path], overrides)
-        if not paths:
-            paths = [cfg.root if cfg.source and cfg.root else "."]
-            if not any(_under(path, p) for p in paths):
-                paths = [os.path.dirname(path) or "."]
-        elif not any(_under(path, p) for p in paths):
-            paths = [*paths, path]
-        stages = ("static", *(("traced",) if trace or confirm else ()), *(("confirm",) if confirm else ()))
-        result = api.run(paths, cfg, api.Options(cache=not no_cache, stages=stages, timeout=timeout))
-        found = select(result.findings, path, line, col, code)
-        if not found:
-            here = sorted({f"{f.line}:{f.col} {f.code}" for f in result.findings if _same_file(f.path, path)}, key=lambda s: tuple(int(x) for x in s.split(" ")[0].split(":")))
-            what = f" of {code}" if code else ""
-            hint = f"; findings in this file: {', '.join(here[:12])}" if here else "; this file has no findings"
-            sys.stderr.write(f"stabcheck: no finding{what} at {location}{hint}\n")
-            raise Exit(1)
-        if output_format == "json":
-            emit(json.dumps([f.to_dict() for f in found], indent=2, default=str) + "\n", None)
-        else:
-            emit(render(found, color=color()), None)
-        raise Exit(0)
+@app.command("explain-finding")
+@guard
+def explain_finding(
+    location: Annotated[str, typer.Argument(help="PATH:LINE or PATH:LINE:COL of the finding.")],
+    paths: Annotated[Optional[list[str]], typer.Argument(help="What to check for the callers (default: the project the configuration is in, else .).")] = None,
+    code: Annotated[Optional[str], typer.Option(help="Only the finding of this rule code or slug.")] = None,
+    trace: Annotated[bool, typer.Option("--trace", help="Also trace the entries found under PATHS (runs user code in a worker).")] = False,
+    confirm: Annotated[bool, typer.Option("--confirm", help="Also run the entries for real to confirm or refute the finding.")] = False,
+    types: Annotated[Optional[bool], typer.Option("--types/--no-types", help="Use mypy's inferred types (typed tier).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds per entry for --trace/--confirm.")] = None,
+    output_format: Annotated[str, typer.Option("--output-format", help="full | json")] = "full",
+    config: Annotated[Optional[Path], typer.Option(help="Read configuration from this file.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")] = False,
+) -> None:
+    """Show one finding with its whole evidence: chains, jaxpr equations, JAX's error, the confirm run."""
+    try:
+        path, line, col = parse_location(location)
+    except ValueError as e:
+        fail(str(e))
+    if output_format not in ("full", "json"):
+        fail(f"invalid value for `--output-format`: {output_format!r}; expected one of: full, json")
+    if not os.path.isfile(path):
+        fail(f"no such file: {path}")
+    overrides: dict[str, Any] = {} if types is None else {"types": types}
+    cfg = load_config(config, [path], overrides)
+    if not paths:
+        paths = [cfg.root if cfg.source and cfg.root else "."]
+        if not any(_under(path, p) for p in paths):
+            paths = [os.path.dirname(path) or "."]
+    elif not any(_under(path, p) for p in paths):
+        paths = [*paths, path]
+    stages = ("static", *(("traced",) if trace or confirm else ()), *(("confirm",) if confirm else ()))
+    result = api.run(paths, cfg, api.Options(cache=not no_cache, stages=stages, timeout=timeout))
+    found = select(result.findings, path, line, col, code)
+    if not found:
+        here = sorted({f"{f.line}:{f.col} {f.code}" for f in result.findings if _same_file(f.path, path)}, key=lambda s: tuple(int(x) for x in s.split(" ")[0].split(":")))
+        what = f" of {code}" if code else ""
+        hint = f"; findings in this file: {', '.join(here[:12])}" if here else "; this file has no findings"
+        sys.stderr.write(f"stabcheck: no finding{what} at {location}{hint}\n")
+        raise Exit(1)
+    if output_format == "json":
+        emit(json.dumps([f.to_dict() for f in found], indent=2, default=str) + "\n", None)
+    else:
+        emit(render(found, color=color()), None)
+    raise Exit(0)
 
 
 def _under(path: str, root: str) -> bool:

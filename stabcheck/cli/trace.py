@@ -12,88 +12,82 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from stabcheck import reporters, suppress
+from stabcheck.api import __version__, enabled_rules, per_file_ignored
+from stabcheck.cli._app import Exit, app, color, emit, fail, guard, load_config
+from stabcheck.config import Config, UsageError, check_timeout
+from stabcheck.finding import Finding, merge
+from stabcheck.traced import specs
 from stabcheck.traced.entries import TRANSFORMS
 
 
-def register(app: typer.Typer, helpers: dict[str, Any]) -> None:
-    guard, emit, color, fail, Exit, load_config = (helpers[k] for k in ("guard", "emit", "color", "fail", "Exit", "load_config"))
+@app.command()
+@guard
+def trace(
+    targets: Annotated[list[str], typer.Argument(help="path.py[:NAME] or pkg.module:NAME (an @entry factory, an Entry/(fn, args)/dict of them, or a function).")],
+    arg: Annotated[Optional[list[str]], typer.Option("--arg", help="Abstract argument: dtype[shape] such as 'f32[8,2]', 'f32?[]' (weak scalar), or a JSON pytree of specs.")] = None,
+    static: Annotated[Optional[list[str]], typer.Option("--static", help="Static argument POSITION=VALUE, e.g. 1=3.")] = None,
+    dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Size of a named dimension, e.g. n=8 (for specs and jaxtyping annotations).")] = None,
+    transforms: Annotated[Optional[str], typer.Option("--transforms", help=f"Comma-separated transforms to trace, overriding the entries': {', '.join(TRANSFORMS)}.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds per entry before the worker is stopped.")] = None,
+    memory_limit: Annotated[Optional[str], typer.Option(help="Memory limit of the worker: 4GiB, or 0.5 (share of RAM); 0 for none.")] = None,
+    output_format: Annotated[str, typer.Option("--output-format", help="full | concise | json | sarif | github | markdown | junit")] = "full",
+    output_file: Annotated[Optional[Path], typer.Option(help="Write the report to this file.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Read configuration from this file.")] = None,
+    exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even when there are findings.")] = False,
+) -> None:
+    """Trace TARGETs abstractly (make_jaxpr, no FLOPs) in a worker and report hazards at the user's lines."""
+    # the worker machinery loads when a command runs it, not on every start-up (`stabcheck check`)
+    from stabcheck.worker.stage import absolute_target, memory_limit_bytes, run_targets
 
-    @app.command()
-    @guard
-    def trace(
-        targets: Annotated[list[str], typer.Argument(help="path.py[:NAME] or pkg.module:NAME (an @entry factory, an Entry/(fn, args)/dict of them, or a function).")],
-        arg: Annotated[Optional[list[str]], typer.Option("--arg", help="Abstract argument: dtype[shape] such as 'f32[8,2]', 'f32?[]' (weak scalar), or a JSON pytree of specs.")] = None,
-        static: Annotated[Optional[list[str]], typer.Option("--static", help="Static argument POSITION=VALUE, e.g. 1=3.")] = None,
-        dim: Annotated[Optional[list[str]], typer.Option("--dim", help="Size of a named dimension, e.g. n=8 (for specs and jaxtyping annotations).")] = None,
-        transforms: Annotated[Optional[str], typer.Option("--transforms", help=f"Comma-separated transforms to trace, overriding the entries': {', '.join(TRANSFORMS)}.")] = None,
-        timeout: Annotated[Optional[float], typer.Option(help="Seconds per entry before the worker is stopped.")] = None,
-        memory_limit: Annotated[Optional[str], typer.Option(help="Memory limit of the worker: 4GiB, or 0.5 (share of RAM); 0 for none.")] = None,
-        output_format: Annotated[str, typer.Option("--output-format", help="full | concise | json | sarif | github | markdown | junit")] = "full",
-        output_file: Annotated[Optional[Path], typer.Option(help="Write the report to this file.")] = None,
-        config: Annotated[Optional[Path], typer.Option(help="Read configuration from this file.")] = None,
-        exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even when there are findings.")] = False,
-    ) -> None:
-        """Trace TARGETs abstractly (make_jaxpr, no FLOPs) in a worker and report hazards at the user's lines."""
-        from stabcheck import reporters
-        from stabcheck.api import __version__
-        from stabcheck.config import UsageError
-        from stabcheck.traced import specs
-        from stabcheck.worker.stage import _absolute, memory_limit_bytes, run_targets
+    if output_format not in reporters.FORMATS:
+        fail(f"invalid value for `--output-format`: {output_format!r}; expected one of: {', '.join(reporters.FORMATS)}")
+    chosen = tuple(t.strip() for t in (transforms or "").split(",") if t.strip()) or None
+    for t in chosen or ():
+        if t not in TRANSFORMS:
+            fail(f"invalid value for `--transforms`: {t!r}; expected a comma-separated list drawn from: {', '.join(TRANSFORMS)}")
+    if timeout is not None:
+        check_timeout(timeout, "--timeout", "command line")
+    try:
+        dims = specs.parse_dims(dim or [])
+        trees = [specs.to_json(specs.parse_tree(a, dims)) for a in arg or []]
+        statics = specs.parse_static(static or [])
+    except specs.SpecError as e:
+        raise UsageError(str(e)) from None
+    cfg = load_config(config, [t.rpartition(":")[0] or t for t in targets], {})
+    for t in targets:
+        where = t.rpartition(":")[0] if ":" in t else t
+        if (where.endswith(".py") or "/" in where) and not os.path.isfile(where):
+            fail(f"target file does not exist: {where}")
+    payload_targets = [{"target": absolute_target(t), "args": trees, "static": {str(k): v for k, v in statics.items()}, "dims": dims, **({"transforms": list(chosen)} if chosen else {})} for t in targets]
+    limit = memory_limit_bytes(memory_limit if memory_limit is not None else cfg.memory_limit)
+    progress = None
+    if sys.stderr.isatty() and not os.environ.get("CI"):
+        from stabcheck.worker.progress import Progress  # rich: loaded only on a terminal
 
-        if output_format not in reporters.FORMATS:
-            fail(f"invalid value for `--output-format`: {output_format!r}; expected one of: {', '.join(reporters.FORMATS)}")
-        chosen = tuple(t.strip() for t in (transforms or "").split(",") if t.strip()) or None
-        for t in chosen or ():
-            if t not in TRANSFORMS:
-                fail(f"invalid value for `--transforms`: {t!r}; expected a comma-separated list drawn from: {', '.join(TRANSFORMS)}")
-        if timeout is not None:
-            from stabcheck.config import check_timeout
-
-            check_timeout(timeout, "--timeout", "command line")
-        try:
-            dims = specs.parse_dims(dim or [])
-            trees = [specs.to_json(specs.parse_tree(a, dims)) for a in arg or []]
-            statics = specs.parse_static(static or [])
-        except specs.SpecError as e:
-            raise UsageError(str(e)) from None
-        cfg = load_config(config, [t.rpartition(":")[0] or t for t in targets], {})
-        for t in targets:
-            where = t.rpartition(":")[0] if ":" in t else t
-            if (where.endswith(".py") or "/" in where) and not os.path.isfile(where):
-                fail(f"target file does not exist: {where}")
-        payload_targets = [{"target": _absolute(t), "args": trees, "static": {str(k): v for k, v in statics.items()}, "dims": dims, **({"transforms": list(chosen)} if chosen else {})} for t in targets]
-        limit = memory_limit_bytes(memory_limit if memory_limit is not None else cfg.memory_limit)
-        progress = None
-        if sys.stderr.isatty() and not os.environ.get("CI"):
-            from stabcheck.worker.progress import Progress
-
-            progress = Progress(len(targets))
-        try:
-            findings, notes, _ = run_targets(payload_targets, timeout=float(timeout or cfg.timeout), memory_limit=limit, transforms=chosen, on_event=progress.event if progress else None)
-        finally:
-            if progress is not None:
-                progress.close()
-        findings = _filter(findings, cfg)
-        report = reporters.Report(files=len(targets), notes=tuple(notes), color=color() and output_file is None, version=__version__)
-        emit(reporters.get(output_format)(findings, report), output_file)
-        raise Exit(0 if exit_zero or not findings else 1)
+        progress = Progress(len(targets))
+    try:
+        findings, notes, _ = run_targets(payload_targets, timeout=float(timeout or cfg.timeout), memory_limit=limit, transforms=chosen, on_event=progress.event if progress else None)
+    finally:
+        if progress is not None:
+            progress.close()
+    findings = _filter(findings, cfg)
+    report = reporters.Report(files=len(targets), notes=tuple(notes), color=color() and output_file is None, version=__version__)
+    emit(reporters.get(output_format)(findings, report), output_file)
+    raise Exit(0 if exit_zero or not findings else 1)
 
 
-def _filter(findings: list[Any], cfg: Any) -> list[Any]:
+def _filter(findings: list[Finding], cfg: Config) -> list[Finding]:
     """Config select/ignore/per-file-ignores and inline suppressions, then one finding per line."""
-    from stabcheck import suppress
-    from stabcheck.api import _per_file_ignored, enabled_rules
-    from stabcheck.finding import merge
-
     enabled = {r.code for r in enabled_rules(cfg)} | {"STB902"}
-    sups: dict[str, list[Any]] = {}
+    sups: dict[str, list[suppress.Suppression]] = {}
     out = []
     for f in merge(findings):
-        if f.code not in enabled or f.code in _per_file_ignored(f.path, cfg):
+        if f.code not in enabled or f.code in per_file_ignored(f.path, cfg):
             continue
         if f.path not in sups:
             try:

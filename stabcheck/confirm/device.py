@@ -54,6 +54,7 @@ def format_bytes(n: float) -> str:
 
 def device_info() -> dict[str, Any]:
     """Platform, device kind and JAX version of the default device (imports JAX)."""
+    # JAX: imported when this runs, never on import
     import jax
 
     dev = jax.devices()[0]

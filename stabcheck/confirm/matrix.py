@@ -14,19 +14,20 @@ import time
 from typing import Any
 
 from stabcheck.confirm import transforms as T
-from stabcheck.confirm.device import format_bytes
-from stabcheck.traced.errors import classify
+from stabcheck.confirm.device import default_memory_limit, device_info, format_bytes
 from stabcheck.confirm.nan import nonfinite
-from stabcheck.confirm.run import _memory, _within, measure
+from stabcheck.confirm.run import compiled_memory, entry_files, measure
 from stabcheck.traced.entries import Entry
+from stabcheck.traced.errors import classify
 
 COLUMNS = T.MATRIX
 
 
 def matrix_row(name: str, entry: Entry, *, memory_limit: int, runs: int = 5, columns: tuple[str, ...] = COLUMNS) -> dict[str, Any]:
+    # JAX: imported when this runs, never on import
     import jax
 
-    within = _within(entry)
+    within = entry_files(entry)
     row: dict[str, Any] = {"entry": name, "primal_s": None, "compile_s": None, "cells": {}}
     try:
         entry = T.concrete(entry)
@@ -51,7 +52,7 @@ def matrix_row(name: str, entry: Entry, *, memory_limit: int, runs: int = 5, col
                 continue
             p = T.prepare(entry, col, split)
             compiled = jax.jit(p.fun).lower(*p.inputs).compile()
-            need = _memory(compiled)
+            need = compiled_memory(compiled)
             if need is not None and need > memory_limit:
                 cell = {"ok": False, "code": None, "skipped": True, "reason": f"needs ~{format_bytes(need)}, over the memory limit {format_bytes(memory_limit)}"}
             else:
@@ -69,3 +70,10 @@ def matrix_row(name: str, entry: Entry, *, memory_limit: int, runs: int = 5, col
 
 def _ratio(t: float, primal: float) -> float:
     return float(f"{t / primal:.3g}") if primal > 0 else float("inf")
+
+
+def matrix_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict[str, Any]:
+    """The worker task "matrix". Payload: "memory_limit" (bytes), "runs", "columns". Result: {"row": ..., "device": ...}."""
+    columns = tuple(payload.get("columns") or COLUMNS)
+    row = matrix_row(name, entry, memory_limit=payload.get("memory_limit") or default_memory_limit(), runs=payload.get("runs", 5), columns=columns)
+    return {"row": row, "device": device_info()}

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from stabcheck.traced.source import chain, eqn_site
+
 # primitives whose inner jaxpr takes exactly the equation's inputs: step into them
 _CALLS = frozenset({"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call", "custom_lin"})
 
@@ -43,6 +45,7 @@ class Origin:
 
 def nonfinite(tree: Any) -> str | None:
     """'NaN' or 'Inf' when any float leaf of `tree` has one, else None."""
+    # JAX: imported when this runs, never on import
     import jax
 
     kind = None
@@ -58,6 +61,7 @@ def nonfinite(tree: Any) -> str | None:
 
 
 def nan_origin(fn: Callable[..., Any], args: tuple[Any, ...], static_argnums: tuple[int, ...] = ()) -> Origin | None:
+    # JAX: imported when this runs, never on import
     import jax
 
     closed = jax.make_jaxpr(fn, static_argnums=static_argnums)(*args)
@@ -75,6 +79,7 @@ class _Stop(Exception):
 
 
 def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], labels: list[str]) -> list[Any]:
+    # JAX: imported when this runs, never on import
     from jax._src import core
 
     env: dict[Any, Any] = {}
@@ -116,8 +121,6 @@ def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], l
 
 
 def _origin(eqn: Any, kind: str, inputs_from: tuple[str, ...]) -> Origin:
-    from stabcheck.traced.source import chain, eqn_site
-
     site = eqn_site(eqn)
     stack = str(eqn.source_info.name_stack)
     text = str(eqn).strip().splitlines()[0][:200]

@@ -24,6 +24,7 @@ _LISTENING = [False]
 
 def compilations() -> int:
     """Backend compilations in this process so far (starts counting at the first call)."""
+    # JAX: imported when this runs, never on import
     import jax
 
     if not _LISTENING[0]:
@@ -48,6 +49,7 @@ class Retraces:
 
 
 def _sig(x: Any) -> tuple[Any, ...]:
+    # JAX: imported when this runs, never on import
     import jax
 
     if hasattr(x, "shape") and hasattr(x, "dtype"):
@@ -68,6 +70,7 @@ def _describe(old: tuple[Any, ...], new: tuple[Any, ...]) -> str:
 
 
 def leaf_signatures(args: tuple[Any, ...], names: list[str], static: tuple[int, ...]) -> dict[str, Any]:
+    # JAX: imported when this runs, never on import
     import jax
 
     out: dict[str, Any] = {}
@@ -96,6 +99,7 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def count_retraces(entry: Entry, names: list[str]) -> Retraces:
+    # JAX: imported when this runs, never on import
     import jax
 
     fn = entry.fn

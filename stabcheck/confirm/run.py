@@ -1,7 +1,8 @@
 """The confirm stage inside the worker: run an entry for real and settle what was suspected.
 
-Contract with the traced stage (`stabcheck.worker.stage.run_stage` calls this in its worker when
-"confirm" is in the stages; JAX is imported there, user code may run):
+Contract with the traced stage (`check --confirm` runs the worker task "trace+confirm",
+`trace_confirm_task` below, which traces each entry and hands the traced findings to this; JAX is
+imported there, user code may run):
 
     confirm_entry(name, entry, suspected=(), *, transforms=None, memory_limit=None, max_traces=3,
                   path="", function="", line=1, findings=None, payload=None) -> list[Finding]
@@ -30,17 +31,25 @@ first primitive that produced it), gradient dtype changes (STB406), retraces (ST
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from stabcheck import registry
+from stabcheck._discover import display
+from stabcheck.confirm import hlo
 from stabcheck.confirm import transforms as T
-from stabcheck.confirm.device import default_memory_limit, format_bytes
-from stabcheck.traced.errors import SLUGS, Failure, classify
+from stabcheck.confirm.device import default_memory_limit, device_info, format_bytes
+from stabcheck.confirm.nan import nan_origin, nonfinite
+from stabcheck.confirm.retrace import count_retraces
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.entries import Entry
-from stabcheck.traced.source import with_via
+from stabcheck.traced.errors import SLUGS, Failure, classify
+from stabcheck.traced.source import function_site, with_via
+from stabcheck.traced.tracing import jax_flags, trace_entry, trace_task
 
 ERROR_CODES = frozenset({"STB101", "STB102", "STB103", "STB203", "STB402", "STB403", "STB404", "STB405", "STB407"})
 NAN_CODES = frozenset({"STB401", "STB408"})
@@ -100,8 +109,6 @@ def confirm_entry(
     max_traces = int(payload.get("max_traces", max_traces))
     if not path:
         path, function, line = _entry_origin(entry, name, payload.get("target") or {})
-    from stabcheck.traced.tracing import jax_flags
-
     with jax_flags(entry.jax_config):
         made = T.concrete(entry)
         label = "the example arguments" if made is entry else "seeded random arguments"
@@ -120,22 +127,20 @@ def _confirm_entry(name: str, entry: Entry, suspected: list[Finding], transforms
             wanted += [t for t in NEEDS.get(c, ()) if t not in wanted]
         if codes & (DTYPE_CODES | {"STB302", "STB101", "STB102", "STB103", "STB203"}) and "jit" not in wanted:
             wanted.insert(0, "jit")
-    names = T._param_names(entry.fn, len(entry.args))
+    names = T.param_names(entry.fn, len(entry.args))
     obs: list[Observation] = []
     retr = None
     if ("call" in wanted or "jit" in wanted) and (entry.calls or entry.state_argnums or codes & RETRACE_CODES):
         try:
-            from stabcheck.confirm.retrace import count_retraces
-
             retr = count_retraces(entry, names)
         except Exception as e:  # the failure itself shows again in the call/jit run below
-            obs.append(Observation("retrace", ok=False, failure=classify(e, _within(entry))))
+            obs.append(Observation("retrace", ok=False, failure=classify(e, entry_files(entry))))
     split = None
     for t in wanted:
         try:
             split = split or T.Split.of(entry)
         except Exception as e:
-            obs.append(Observation(t, ok=False, failure=classify(e, _within(entry))))
+            obs.append(Observation(t, ok=False, failure=classify(e, entry_files(entry))))
             break
         obs.extend(_run(t, entry, split, limit, boundary="STB401" in codes, label=label))
     out = [_settle(f, obs, retr, max_traces) for f in suspected]
@@ -145,6 +150,7 @@ def _confirm_entry(name: str, entry: Entry, suspected: list[Finding], transforms
 
 def _program_lines(entry: Entry) -> set[tuple[str, int]]:
     """(file, line) of every operation in the entry's forward program (empty if it fails)."""
+    # JAX: imported when this runs, never on import
     import jax
 
     try:
@@ -158,7 +164,7 @@ def _program_lines(entry: Entry) -> set[tuple[str, int]]:
         return set()
 
 
-def _within(entry: Entry) -> tuple[str, ...]:
+def entry_files(entry: Entry) -> tuple[str, ...]:
     fn = getattr(entry.fn, "__wrapped__", entry.fn)
     code = getattr(fn, "__code__", None)
     return (os.path.realpath(code.co_filename),) if code is not None else ()
@@ -166,10 +172,11 @@ def _within(entry: Entry) -> tuple[str, ...]:
 
 # -- running ---------------------------------------------------------------------------------
 def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: bool, label: str) -> list[Observation]:
+    # JAX: imported when this runs, never on import
     import jax
 
     ob = Observation(t, inputs=label)
-    within = _within(entry)
+    within = entry_files(entry)
     try:
         if t == "call":
             fun, inputs = (lambda *a: entry.fn(*a, **dict(entry.kwargs))), entry.args
@@ -183,7 +190,7 @@ def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: bool, la
             fun, inputs = p.fun, p.inputs
             lowered = jax.jit(fun).lower(*inputs)
             compiled = lowered.compile()
-            need = _memory(compiled)
+            need = compiled_memory(compiled)
             if need is not None and need > limit:
                 ob.skipped = f"`{t}` would need about {format_bytes(need)} (from the compiled program), over the memory limit of {format_bytes(limit)}; not run"
                 return [ob]
@@ -200,6 +207,7 @@ def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: bool, la
         return [ob]
     obs = [ob]
     if boundary and t == "grad" and ob.nonfinite is None:
+        # JAX: imported when this runs, never on import
         import jax.numpy as jnp
 
         for label, make in (("zeros", jnp.zeros_like), ("negative values", lambda x: -jnp.abs(x) - 1)):
@@ -218,8 +226,6 @@ def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: bool, la
 
 
 def _nan(fun: Any, inputs: tuple[Any, ...], out: Any, ob: Observation, static: tuple[int, ...] = ()) -> str | None:
-    from stabcheck.confirm.nan import nan_origin, nonfinite
-
     kind = nonfinite(out)
     if kind and not nonfinite(inputs):
         try:
@@ -229,7 +235,7 @@ def _nan(fun: Any, inputs: tuple[Any, ...], out: Any, ob: Observation, static: t
     return kind if kind and not nonfinite(inputs) else None
 
 
-def _memory(compiled: Any) -> int | None:
+def compiled_memory(compiled: Any) -> int | None:
     try:
         m = compiled.memory_analysis()
     except Exception:
@@ -242,9 +248,7 @@ def _memory(compiled: Any) -> int | None:
 
 
 def _sites(lowered: Any) -> list[Any]:
-    from stabcheck.confirm.hlo import sites
-
-    return sites(lowered.as_text(debug_info=True))
+    return hlo.sites(lowered.as_text(debug_info=True))
 
 
 def _short(dtype: str) -> str:
@@ -301,9 +305,7 @@ def _settle(f: Finding, obs: list[Observation], retr: Any, max_traces: int) -> F
         ran = [o for o in _ran(obs, ("jit", "call")) if o.sites]
         if not ran:
             return _undecided(f, _why(obs))
-        from stabcheck.confirm.hlo import at
-
-        here = [s for o in ran for s in at(o.sites, f.path, f.line)]
+        here = [s for o in ran for s in hlo.at(o.sites, f.path, f.line)]
         floats = {s.dtype for s in here if s.dtype in _FLOATS}
         widest_in = max((_FLOATS.get(d, 0) for o in ran for d in o.input_floats), default=0)
         if c == "STB301":
@@ -352,8 +354,6 @@ def _origin_evidence(o: Observation) -> dict[str, Any]:
 
 # -- new findings -------------------------------------------------------------------------------
 def _new_findings(name: str, entry: Entry, obs: list[Observation], retr: Any, max_traces: int, settled: list[Finding], where: tuple[str, str, int]) -> list[Finding]:
-    from stabcheck import registry
-
     path, function, def_line = where
     covered = {f.code for f in settled if f.status == "confirmed"}
     out: list[Finding] = []
@@ -402,9 +402,6 @@ def _new_findings(name: str, entry: Entry, obs: list[Observation], retr: Any, ma
 
 
 def _display(file: str) -> str:
-    from stabcheck._discover import display
-    from pathlib import Path
-
     return display(Path(file))
 
 
@@ -423,8 +420,7 @@ def _line(file: str | None, line: int | None) -> str:
 
 def measure(fun: Any, *args: Any, runs: int = 5, budget: float = 0.5) -> float:
     """Median seconds of `fun(*args)` after one warm-up call, with block_until_ready."""
-    import statistics
-
+    # JAX: imported when this runs, never on import
     import jax
 
     jax.block_until_ready(fun(*args))
@@ -441,19 +437,15 @@ def measure(fun: Any, *args: Any, runs: int = 5, budget: float = 0.5) -> float:
 
 # -- worker tasks (registered in stabcheck.worker.TASKS) --------------------------------------------
 def confirm_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict[str, Any]:
-    """Payload: "suspected" {entry: [Finding dicts]} (or "trace": true to trace the entry first
-    here), "transforms", "memory_limit" (bytes), "max_traces"."""
-    from stabcheck.confirm.device import device_info
-
+    """The worker task "confirm" (`stabcheck confirm`). Payload: "suspected" {entry: [Finding
+    dicts]} (or "trace": true to trace the entry first here), "transforms", "memory_limit"
+    (bytes), "max_traces"."""
     spec = payload.get("target", {})
     path, function, line = _entry_origin(entry, name, spec)
     given = payload.get("suspected", {})
     dicts = given.get(name, []) if isinstance(given, dict) else list(given)
     extra: dict[str, Any] = {}
     if payload.get("trace"):
-        import importlib
-
-        trace_task = getattr(importlib.import_module("stabcheck.traced.tracing"), "trace_task")
         extra = trace_task(name, entry, payload)
         dicts = [*dicts, *extra.get("findings", [])]
     suspected = [Finding.from_dict(d) for d in dicts]
@@ -461,23 +453,18 @@ def confirm_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict[str, 
     return {**extra, "findings": [f.to_dict() for f in findings], "device": device_info()}
 
 
-def matrix_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict[str, Any]:
-    """Payload: "memory_limit" (bytes), "runs", "columns". Result: {"row": ..., "device": ...}."""
-    from stabcheck.confirm.device import device_info
-    from stabcheck.confirm.matrix import COLUMNS, matrix_row
-
-    columns = tuple(payload.get("columns") or COLUMNS)
-    row = matrix_row(name, entry, memory_limit=payload.get("memory_limit") or default_memory_limit(), runs=payload.get("runs", 5), columns=columns)
-    return {"row": row, "device": device_info()}
+def trace_confirm_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict[str, Any]:
+    """The worker task "trace+confirm" (`check --confirm`): trace the entry, then run it; the
+    traced findings, refined (confirmed / refuted) and followed by the run's own, replace the
+    traced ones. Payload: as for "trace", plus "suspected", "memory_limit", "max_traces"."""
+    with jax_flags(entry.jax_config):
+        t = trace_entry(name, entry, payload)
+        refined = confirm_entry(name, entry, findings=t.findings(), payload=payload)
+        return {"findings": [f.to_dict() for f in refined], "transforms": t.status, "notes": t.notes, "device": device_info()}
 
 
 def _entry_origin(entry: Entry, name: str, spec: dict[str, Any]) -> tuple[str, str, int]:
     """Where run-time findings without a better line go: the entry function's `def`."""
-    from pathlib import Path
-
-    from stabcheck._discover import display
-    from stabcheck.traced.source import function_site
-
     site = function_site(entry.fn)
     if site is None:
         return spec.get("path", ""), spec.get("function") or name, 1

@@ -9,6 +9,8 @@ transform. Outputs that are not scalars are summed over their float leaves for `
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +26,7 @@ BATCH = 4  # the new leading axis that `vmap` maps over
 def concrete(entry: Entry, seed: int = 0) -> Entry:
     """The entry with every `jax.ShapeDtypeStruct` argument (from --arg specs) made concrete by a
     seeded generator: standard normal floats, integers in [0, 4), random bools."""
-    import dataclasses
-
+    # JAX: imported when this runs, never on import
     import jax
     import jax.numpy as jnp
 
@@ -90,11 +91,12 @@ class Split:
 
     @classmethod
     def of(cls, entry: Entry) -> Split:
+        # JAX: imported when this runs, never on import
         import jax
 
         flat, trees, diff, rest, paths = [], [], [], [], []
         argnums = set(_argnums(entry))
-        names = _param_names(entry.fn, len(entry.args))
+        names = param_names(entry.fn, len(entry.args))
         for i, a in enumerate(entry.args):
             with_path, tree = jax.tree_util.tree_flatten_with_path(a)
             flat.append(tuple(leaf for _, leaf in with_path))
@@ -110,11 +112,13 @@ class Split:
         return cls(entry, tuple(flat), tuple(trees), tuple(diff), tuple(rest), tuple(paths))
 
     def leaves(self, slots: tuple[tuple[int, int], ...]) -> tuple[Any, ...]:
+        # JAX: imported when this runs, never on import
         import jax.numpy as jnp
 
         return tuple(jnp.asarray(self.flat[i][j]) for i, j in slots)
 
     def call(self, diff: tuple[Any, ...], rest: tuple[Any, ...]) -> Any:
+        # JAX: imported when this runs, never on import
         import jax
 
         leaves = [list(f) for f in self.flat]
@@ -126,9 +130,7 @@ class Split:
         return self.entry.fn(*args, **dict(self.entry.kwargs))
 
 
-def _param_names(fn: Any, n: int) -> list[str]:
-    import inspect
-
+def param_names(fn: Any, n: int) -> list[str]:
     try:
         params = list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
@@ -138,6 +140,7 @@ def _param_names(fn: Any, n: int) -> list[str]:
 
 def scalar(out: Any) -> Any:
     """`out` itself when it is a float scalar, else the sum of its float leaves."""
+    # JAX: imported when this runs, never on import
     import jax
     import jax.numpy as jnp
 
@@ -150,6 +153,7 @@ def scalar(out: Any) -> Any:
 
 
 def prepare(entry: Entry, name: str, split: Split | None = None) -> Prepared:
+    # JAX: imported when this runs, never on import
     import jax
     import jax.numpy as jnp
 
@@ -183,6 +187,7 @@ def prepare(entry: Entry, name: str, split: Split | None = None) -> Prepared:
 
 
 def _ones(tree: Any) -> Any:
+    # JAX: imported when this runs, never on import
     import jax
     import jax.numpy as jnp
 

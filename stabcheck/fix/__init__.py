@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stabcheck import registry
+from stabcheck.api import check_source
+from stabcheck.baseline import culprit
 from stabcheck.config import Config
 from stabcheck.finding import Applicability, Finding
+from stabcheck.fix import float64_leak, jit_in_loop, nan_gradient_where, unhashable_static_arg
 from stabcheck.fix._rewrite import Rewrite
 
 Fixer = Callable[[str, Finding], Rewrite | None]
@@ -30,8 +33,6 @@ _MAX_ROUNDS = 200
 
 
 def fixers() -> dict[str, Fixer]:
-    from stabcheck.fix import float64_leak, jit_in_loop, nan_gradient_where, unhashable_static_arg
-
     return {
         "STB301": float64_leak.fix,
         "STB401": nan_gradient_where.fix,
@@ -49,13 +50,11 @@ class FileFix:
     needs_unsafe: int  # fixes left out because they are unsafe and --unsafe-fixes was not given
 
 
-def _identity(f: Finding) -> tuple[str, str, str, str]:
-    from stabcheck.baseline import culprit
-
+def finding_identity(f: Finding) -> tuple[str, str, str, str]:
     return (f.code, f.function, culprit(f), " ".join(f.snippet.split()))
 
 
-def _parses(source: str) -> bool:
+def parses(source: str) -> bool:
     try:
         compile(source, "<fixed>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError):
@@ -65,8 +64,6 @@ def _parses(source: str) -> bool:
 
 def fix_source(source: str, path: str, config: Config | None = None, *, unsafe: bool = False) -> FileFix:
     """Apply every applicable fix to one file's source, re-checking after each."""
-    from stabcheck.api import check_source
-
     config = config or Config()
     table = fixers()
     text = source
@@ -75,26 +72,26 @@ def fix_source(source: str, path: str, config: Config | None = None, *, unsafe: 
     unsafe_left: set[tuple[str, str, str, str]] = set()
     for _ in range(_MAX_ROUNDS):
         found = check_source(text, path, config)
-        before = Counter(_identity(f) for f in found)
+        before = Counter(finding_identity(f) for f in found)
         candidate = None
         for f in found:
-            ident = _identity(f)
+            ident = finding_identity(f)
             if f.code in table and ident not in skipped:
                 candidate = f
                 break
         if candidate is None:
             break
-        ident = _identity(candidate)
-        rw = _try(table[candidate.code], text, candidate)
-        if rw is None or not _parses(rw.source):
+        ident = finding_identity(candidate)
+        rw = try_fixer(table[candidate.code], text, candidate)
+        if rw is None or not parses(rw.source):
             skipped.add(ident)
             continue
-        applicability = _applicability(candidate.code, rw.applicability)
+        applicability = fix_applicability(candidate.code, rw.applicability)
         if applicability == "unsafe" and not unsafe:
             skipped.add(ident)
             unsafe_left.add(ident)
             continue
-        after = Counter(_identity(f) for f in check_source(rw.source, path, config))
+        after = Counter(finding_identity(f) for f in check_source(rw.source, path, config))
         if after[ident] >= before[ident]:  # the rewrite did not remove what it targeted
             skipped.add(ident)
             continue
@@ -103,7 +100,8 @@ def fix_source(source: str, path: str, config: Config | None = None, *, unsafe: 
     return FileFix(path, source, text, tuple(fixed), len(unsafe_left))
 
 
-def _try(fixer: Fixer, text: str, finding: Finding) -> Rewrite | None:
+def try_fixer(fixer: Fixer, text: str, finding: Finding) -> Rewrite | None:
+    # libcst: imported only when fixing
     import libcst
 
     try:
@@ -112,7 +110,7 @@ def _try(fixer: Fixer, text: str, finding: Finding) -> Rewrite | None:
         return None
 
 
-def _applicability(code: str, own: Applicability | None) -> Applicability:
+def fix_applicability(code: str, own: Applicability | None) -> Applicability:
     """The fix's own verdict, else the rule's declared `fixable` (unknown: unsafe)."""
     if own is not None:
         return own
@@ -126,8 +124,6 @@ def apply_fixes(findings: list[Finding], *, write: bool, unsafe: bool = False, c
     With `write`, rewrite the files and return (a summary, the findings that remain: the files
     re-checked); without, return (a unified diff of what would change, the findings unchanged).
     """
-    from stabcheck.api import check_source
-
     config = config or Config()
     table = fixers()
     paths = sorted({f.path for f in findings if f.code in table})
@@ -150,11 +146,11 @@ def apply_fixes(findings: list[Finding], *, write: bool, unsafe: bool = False, c
     remaining = [f for f in findings if f.path not in {r.path for r in changed}]
     for r in changed:
         _write(Path(r.path), r.after)
-        fixed_ids = Counter(_identity(f) for f in r.fixed)
+        fixed_ids = Counter(finding_identity(f) for f in r.fixed)
         fresh = check_source(r.after, r.path, config)
-        fresh_ids = {_identity(f) for f in fresh}
+        fresh_ids = {finding_identity(f) for f in fresh}
         # findings of later stages in a fixed file stay unless their hazard was fixed away
-        later = [f for f in findings if f.path == r.path and f.stage != "static" and not (_identity(f) in fixed_ids and _identity(f) not in fresh_ids)]
+        later = [f for f in findings if f.path == r.path and f.stage != "static" and not (finding_identity(f) in fixed_ids and finding_identity(f) not in fresh_ids)]
         remaining += fresh + [f for f in later if f.key not in {g.key for g in fresh}]
     remaining.sort(key=lambda f: f.sort_key)
     n = sum(len(r.fixed) for r in changed)

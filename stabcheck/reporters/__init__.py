@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,8 +60,6 @@ def clean_tree(value: object) -> object:
 
 
 def get(fmt: str) -> Callable[[list[Finding], Report], str]:
-    import importlib
-
     if fmt not in FORMATS:
         raise KeyError(fmt)
     mod = importlib.import_module(f"stabcheck.reporters.{fmt}_")

@@ -92,6 +92,7 @@ def render(matrix: dict[str, Any], fmt: str = "table", *, color: bool = False) -
         return "\n".join(lines) + "\n"
     if fmt != "table":
         raise ValueError(f"unknown matrix format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    # rich: imported only when rendering
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import PurePath
 from typing import Any
+from urllib.parse import quote
 
+from stabcheck import registry
 from stabcheck.baseline import culprit
+from stabcheck.docs import render_rule
 from stabcheck.finding import Finding, Frame
 from stabcheck.reporters import Report, clean, clean_tree, status_label
+from stabcheck.reporters._chains import frame_text
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://github.com/stabcheck/stabcheck"
@@ -36,9 +41,6 @@ def fingerprint(f: Finding) -> str:
 
 
 def _rule_descriptor(code: str, name: str, severity: str) -> dict[str, Any]:
-    from stabcheck import registry
-    from stabcheck.docs import render_rule
-
     desc: dict[str, Any] = {"id": code, "name": name, "helpUri": help_uri(code, name)}
     rule = registry.get(code)
     if rule is None:  # a code from a newer worker or a cached result: still describe it
@@ -94,8 +96,6 @@ def _chain_parts(f: Finding, region: dict[str, Any]) -> dict[str, Any]:
     """The instability chains: every caller frame once in `relatedLocations` (ids from 1), and a
     `codeFlows` entry per chain whose one thread runs from the transformed entry (outermost) down
     to the finding's line, as code runs."""
-    from stabcheck.reporters._chains import frame_text
-
     related: list[dict[str, Any]] = []
     ids: dict[tuple[str, int, int], int] = {}
 
@@ -132,9 +132,6 @@ def _fingerprints(findings: list[Finding]) -> list[str]:
 
 def _artifact(path: str) -> dict[str, str]:
     """Relative paths (the usual case) are relative to %SRCROOT%; absolute ones are file URIs."""
-    from pathlib import PurePath
-    from urllib.parse import quote
-
     p = path.replace("\\", "/")
     if PurePath(path).is_absolute():
         return {"uri": "file://" + quote(p if p.startswith("/") else "/" + p, safe="/:._-~")}

@@ -23,6 +23,7 @@ from typing import Any, TypeVar, overload
 from stabcheck.runtime._modes import Mode, check_mode, emit, resolve
 from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, caller_site
 from stabcheck.runtime._signature import is_array_leaf, leaf_key, named_leaves, signature_of, static_scalar_key
+from stabcheck.traced.checks import shown_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 _MONITOR_ATTR = "__stabcheck_monitor__"
@@ -116,8 +117,6 @@ def _name(f: Any) -> str:
 
 
 def _defined(f: Any) -> Site | None:
-    from stabcheck.traced.checks import shown_path
-
     try:
         inner = inspect.unwrap(f)
     except ValueError:
@@ -170,6 +169,7 @@ def _trace_context() -> tuple[Any, Any]:
     """(ctx, top) such that `ctx.trace is top` means 'not inside a JAX trace', cheaply. Under an
     outer trace a jitted call never touches its compile cache, so the cache probe alone cannot
     see a new signature there."""
+    # JAX: imported when this runs, never on import
     from jax._src import core
 
     ctx, eval_trace = getattr(core, "trace_ctx", None), getattr(core, "eval_trace", None)
@@ -186,6 +186,7 @@ def _trace_context() -> tuple[Any, Any]:
 
 
 def _generic(f: Any, monitor: Monitor, mode: Mode | None) -> Callable[..., Any]:
+    # JAX: imported when this runs, never on import
     import jax
 
     flatten = jax.tree_util.tree_flatten
@@ -216,6 +217,7 @@ def _generic(f: Any, monitor: Monitor, mode: Mode | None) -> Callable[..., Any]:
 def _trace_plain(f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Program:
     """Trace `f` with its array leaves abstract and everything else (Python scalars included)
     held at the call's values."""
+    # JAX: imported when this runs, never on import
     import jax
 
     leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
@@ -237,6 +239,7 @@ def _trace_plain(f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
 
 
 def _spec(x: Any) -> Any:
+    # JAX: imported when this runs, never on import
     import jax
 
     aval = getattr(x, "aval", None)

@@ -19,6 +19,8 @@ from typing import Any
 from stabcheck.finding import Finding
 from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, busy, caller_site
 from stabcheck.runtime._signature import Signature, short_repr, type_str
+from stabcheck.traced.checks import shown_path
+from stabcheck.traced.source import is_internal, is_library
 
 
 @dataclass(slots=True)
@@ -36,6 +38,7 @@ class Collector:
 
     def install(self) -> bool:
         try:
+            # JAX: imported when this runs, never on import
             from jax._src import pjit
         except ImportError:
             return False
@@ -60,15 +63,13 @@ class Collector:
     def uninstall(self) -> None:
         if self._original is None:
             return
+        # JAX: imported when this runs, never on import
         from jax._src import pjit
 
         pjit._trace_for_jit = self._original
         self._original = None
 
     def observe(self, fun: Any, ji: Any, dbg: Any, avals: Any, args: Any, kwargs: Any, params: Any) -> None:
-        from stabcheck.traced.checks import shown_path
-        from stabcheck.traced.source import is_internal, is_library
-
         name, file, line = _source(getattr(ji, "fun_sourceinfo", "") or "")
         if not file or is_internal(file) or is_library(file):
             return

@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, cast
 
 from stabcheck.finding import Finding
+from stabcheck.reporters._chains import full_lines
 
 Mode = Literal["warn", "error", "off"]
 MODES: tuple[Mode, ...] = ("warn", "error", "off")
@@ -33,8 +35,6 @@ _scoped_mode: contextvars.ContextVar[Mode | None] = contextvars.ContextVar("stab
 
 
 def _text(f: Finding) -> str:
-    from stabcheck.reporters._chains import full_lines
-
     via = "".join(f"\n  {line}" for line in full_lines(f))  # where the offending line is reached from
     where = f" ({f.path}:{f.line})" if via else ""
     return f"{f.code} {f.message}{where}{via}" + (f"\n  help: {f.help}" if f.help else "")
@@ -111,8 +111,6 @@ def resolve(explicit: Mode | None) -> Mode:
 
 def _module_name(filename: str) -> str | None:
     """The imported module defined in `filename` (so `-W ...:module` filters match), if any."""
-    import sys
-
     for name, mod in list(sys.modules.items()):
         file = getattr(mod, "__file__", None)
         if file and os.path.abspath(file) == filename:

@@ -12,8 +12,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stabcheck import registry
 from stabcheck.finding import Finding, Span
 from stabcheck.runtime._signature import Signature, changes, type_str
+from stabcheck.traced.checks import ALL_CODES, check_jaxpr, shown_path
+from stabcheck.traced.source import is_internal, is_library, literal_return_site, with_via
 
 _SLUGS = {
     "STB205": "static-arg-union",
@@ -56,7 +59,6 @@ def _normalize(sel: str, key: str) -> str:
     if _SELECTOR.match(up):
         return up
     slug = sel.strip().lower()
-    from stabcheck import registry
 
     rule = registry.get(slug)
     if rule is not None:
@@ -92,8 +94,6 @@ class _Record:
 
 def make_finding(code: str, *, site: Site, message: str, help: str, function: str, detail: str = "", evidence: dict[str, Any] | None = None) -> Finding:
     """A runtime-stage finding of `code`, through its rule when the rule is registered."""
-    from stabcheck import registry
-
     rule = registry.get(code)
     span = Span(site.line, site.col)
     if rule is not None:
@@ -103,9 +103,6 @@ def make_finding(code: str, *, site: Site, message: str, help: str, function: st
 
 def caller_site() -> Site | None:
     """The innermost frame of the user's project on the current stack (else a library frame)."""
-    from stabcheck.traced.checks import shown_path
-    from stabcheck.traced.source import is_internal, is_library
-
     frame = sys._getframe(1)
     fallback: Site | None = None
     while frame is not None:
@@ -175,8 +172,6 @@ class Monitor:
 
     # -- the checks ----------------------------------------------------------------------
     def _jaxpr_checks(self, prog: Program, site: Site) -> list[Finding]:
-        from stabcheck.traced.checks import ALL_CODES, check_jaxpr
-
         codes = {c for c in ALL_CODES if self.selector(c)}
         if not codes:
             return []
@@ -187,13 +182,9 @@ class Monitor:
             return [self._analysis_error(e, site)]
         finally:
             busy.reset(token)
-        from stabcheck.traced.source import with_via
-
         return [f.refine(stage="runtime", evidence={**f.evidence, "signature": _sig_text(self)}, chains=with_via(f.chains, "@stabcheck.stable")) for f in found]
 
     def _literal_site(self) -> Any:
-        from stabcheck.traced.source import literal_return_site
-
         return literal_return_site(self.defined.path, self.defined.line, self.function) if self.defined is not None else None
 
     def _retrace(self, old: Signature, new: Signature, site: Site) -> Finding:
@@ -242,6 +233,7 @@ class Monitor:
         return []
 
     def _grad_checks(self, prog: Program, site: Site) -> list[Finding]:
+        # JAX: imported when this runs, never on import
         import jax
         import jax.extend.core
         import jax.numpy as jnp

@@ -13,6 +13,7 @@ from __future__ import annotations
 import traceback
 from dataclasses import replace
 
+from stabcheck import registry
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.checks import shown_path, source_line
 from stabcheck.traced.errors import SLUGS, classify
@@ -40,8 +41,6 @@ def _from_jax(exc: BaseException) -> bool:
 
 def finding_for(exc: BaseException, test: str) -> Finding | None:
     """The finding for an exception a test raised, or None when it is not a known JAX hazard."""
-    from stabcheck import registry
-
     if not _from_jax(exc):
         return None
     failure = classify(exc)

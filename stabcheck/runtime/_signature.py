@@ -77,6 +77,7 @@ def describe_leaf(x: Any) -> str:
     described as the abstract value `jit` makes of it (a Python float is `weak float32[]`, like
     a weak 0-d array: JAX traces them once)."""
     if type(x) in _PY_SCALARS:
+        # JAX: imported when this runs, never on import
         import jax.numpy as jnp
 
         aval = jnp.asarray(x).aval  # type: ignore[attr-defined]
@@ -106,6 +107,7 @@ def named_leaves(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[
 
 
 def _named(pos_names: Sequence[str], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    # JAX: imported when this runs, never on import
     import jax
 
     out: list[tuple[str, Any]] = []

@@ -341,17 +341,17 @@ def fix_edit(snap: Snapshot, f: Finding) -> tuple[str, str, lsp.TextEdit] | None
     fixer = _fixers().get(f.code)
     if fixer is None or f.stage != "static":
         return None
-    from stabcheck.fix import _applicability, _identity, _parses, _try
+    from stabcheck.fix import fix_applicability, finding_identity, parses, try_fixer
 
-    rw = _try(fixer, snap.text, f)
-    if rw is None or rw.source == snap.text or not _parses(rw.source):
+    rw = try_fixer(fixer, snap.text, f)
+    if rw is None or rw.source == snap.text or not parses(rw.source):
         return None
-    ident = _identity(f)
-    before = sum(1 for g in snap.findings if _identity(g) == ident)
-    after = sum(1 for g in check_source(rw.source, snap.path, snap.config) if _identity(g) == ident)
+    ident = finding_identity(f)
+    before = sum(1 for g in snap.findings if finding_identity(g) == ident)
+    after = sum(1 for g in check_source(rw.source, snap.path, snap.config) if finding_identity(g) == ident)
     if after >= max(before, 1):
         return None
-    applicability = _applicability(f.code, rw.applicability)
+    applicability = fix_applicability(f.code, rw.applicability)
     return (rw.description or f"apply the {f.name} fix", applicability, _text_edit(snap, rw.source))
 
 

@@ -131,7 +131,7 @@ class StabcheckServer(LanguageServer):
         config = self.config_for(path)
         shown = _shown_path(path, config, uri)
         types = self.types_for(uri, path, text, config) if config.types and path is not None else None
-        with api._gc_tuned():  # as `check` runs: big short-lived trees, few collections
+        with api.gc_tuned():  # as `check` runs: big short-lived trees, few collections
             findings = findings_for(text, shown, path, config, self.dispatcher(api.enabled_rules(config)), types)
         lines = _text.split_lines(text)
         enc = self.encoding
@@ -274,7 +274,7 @@ def findings_for(text: str, shown: str, path: Path | None, config: Config, dispa
         if later:
             result.findings.extend(replace(f, path=shown) for f in later)
             stages = ("static", "traced", "confirm")
-    return api._finalize({shown: result}, rules, config, stages)
+    return api.finalize({shown: result}, rules, config, stages)
 
 
 def _fs_path(uri: str) -> Path | None:

@@ -9,7 +9,7 @@ settings directly, under `settings`, or under `stabcheck`:
                   "configurationPreference": "editorFirst"}}
 
 `select`, `ignore`, `extendSelect` (also spelled `extend-select`/`extend_select`) and `preview`
-are accepted at the top level too. `configurationPreference`, as in ruff: `editorFirst` (the
+(show the static stage's guesses too, as `check --preview`) are accepted at the top level too. `configurationPreference`, as in ruff: `editorFirst` (the
 default: the editor's settings override the project's file), `filesystemFirst` (the project's
 file wins when there is one), `editorOnly` (the project's file is not read). `types` turns the
 typed tier (mypy) on; it is off in the server unless this or the project's config says `true`.
@@ -33,6 +33,7 @@ class Settings:
     ignore: tuple[str, ...] = ()
     extend_select: tuple[str, ...] = ()
     types: bool | None = None
+    preview: bool | None = None
     preference: Preference = "editorFirst"
     problems: tuple[str, ...] = field(default=(), compare=False)  # what was not understood, for the log
 
@@ -76,10 +77,12 @@ def parse(raw: Any) -> Settings:
             else:
                 problems.append(f"`configurationPreference` must be one of {', '.join(_PREFERENCES)}, got {value!r}; ignored")
         elif key == "preview":
-            if value:
-                problems.append("`preview`: stabcheck has no preview rules; every rule is stable, so this setting changes nothing")
+            if isinstance(value, bool) or value is None:
+                values["preview"] = value
+            else:
+                problems.append(f"`preview` must be true or false, got {value!r}; ignored")
         else:
-            problems.append(f"unknown setting `{key}`; ignored (known: select, ignore, extendSelect, types, configurationPreference)")
+            problems.append(f"unknown setting `{key}`; ignored (known: select, ignore, extendSelect, preview, types, configurationPreference)")
     return Settings(**values, problems=tuple(problems))
 
 
@@ -90,6 +93,8 @@ def effective(file_config: Config, has_file: bool, settings: Settings) -> Config
         return replace(file_config, types=bool(file_config.types))
     base = replace(Config(), root=file_config.root) if settings.preference == "editorOnly" else file_config
     changes: dict[str, Any] = {"types": bool(settings.types if settings.types is not None else base.types)}
+    if settings.preview is not None:
+        changes["preview"] = settings.preview  # guesses of the static stage shown too (docs/precision.md)
     if settings.select is not None:
         changes["select"] = settings.select
     if settings.extend_select:

@@ -338,7 +338,7 @@ class Analysis:
         traced = {p for p in params if p not in static}
         # a visible transform proves its parameters traced; `eqx.filter_*`/`nnx` keep non-array
         # arguments static, so there only an array annotation proves one
-        info.proven_params |= {p for p in traced if not t.filtered or _array_annotated(info, p)}
+        info.proven_params |= {p for p in traced if not t.filtered or array_annotated(info, p)}
         self._set(info, traced, t.abstract)
 
     def _mark_module_method(self, info: FunctionInfo) -> None:
@@ -532,7 +532,7 @@ class Analysis:
             # a bare parameter may be a pytree (dict, list); only an annotation says it is an array
             owner = self._param_owner(expr.id, scope)
             typed = self.types.param_kind(owner.qualname, expr.id) if owner is not None and self.types is not None else None
-            if owner is not None and typed != "array" and not _array_annotated(owner, expr.id):
+            if owner is not None and typed != "array" and not array_annotated(owner, expr.id):
                 return False
         kind = self.types.kind(expr) if self.types is not None else None
         if kind is not None and (kind in ("container", "none", "ndarray") or kind.startswith("tuple:") or (isinstance(expr, ast.Call) and kind == "static")):
@@ -551,7 +551,7 @@ class Analysis:
         if not isinstance(base, ast.Name) or base.id not in traced:
             return False
         owner = self._param_owner(base.id, scope)
-        return owner is not None and not _array_annotated(owner, base.id)
+        return owner is not None and not array_annotated(owner, base.id)
 
     def _param_owner(self, name: str, scope: FunctionInfo) -> FunctionInfo | None:
         s: FunctionInfo | None = scope
@@ -1052,7 +1052,7 @@ ARRAY_WORDS = ("Array", "ndarray", "Float", "Int", "Bool", "Num", "Shaped", "Rea
 _ARRAY_NAME = re.compile(r"^(?:Array|ArrayLike|ndarray|Tensor|Shaped|Num|Real|Inexact|Integer|Key|PRNGKeyArray|(?:Float|Int|UInt|Bool|Complex|BFloat)\d*)$|Array$")
 
 
-def _array_annotated(info: FunctionInfo, name: str) -> bool:
+def array_annotated(info: FunctionInfo, name: str) -> bool:
     args = info.node.args
     for a in (*args.posonlyargs, *args.args, *args.kwonlyargs):
         if a.arg == name and a.annotation is not None:

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 
 from stabcheck.finding import Finding
 from stabcheck.static import xfile
-from stabcheck.static.analysis import Analysis, FunctionInfo, TypeOracle
+from stabcheck.static.analysis import Analysis, FunctionInfo, TypeOracle, array_annotated
 from stabcheck.static.names import Names
-from stabcheck.static.typed import current as typed_current
 from stabcheck.static.walk import children, walk
 
 if TYPE_CHECKING:
@@ -31,14 +30,14 @@ def split_lines_keepends(source: str) -> list[str]:
 class FileContext:
     """The parsed file, its names and traced-value analysis, and the walk's position."""
 
-    def __init__(self, path: str, source: str, tree: ast.Module, config: Config, record: Container[type] = ()) -> None:
+    def __init__(self, path: str, source: str, tree: ast.Module, config: Config, record: Container[type] = (), types: TypeOracle | None = None) -> None:
         self.path = path
         self.source = source
         self.lines = source.splitlines()
         self.tree = tree
         self.config = config
         self.names = Names(tree)
-        self.types: TypeOracle | None = typed_current()  # mypy's view when the typed tier is on
+        self.types = types  # mypy's view when the typed tier is on
         self.analysis = Analysis(tree, self.names, self.types, record)
         self.findings: list[Finding] = []
         self._ast_lines: list[bytes] | None = None
@@ -134,8 +133,6 @@ class FileContext:
         node = next((n for n in walk(fn.node) if getattr(n, "lineno", None) == s.line and getattr(n, "col_offset", None) == s.col - 1 and getattr(n, "end_lineno", None) == (s.end_line or s.line) and getattr(n, "end_col_offset", -2) == (s.end_col or 0) - 1), None)
         if node is None:
             return False
-        from stabcheck.static.analysis import _array_annotated
-
         assigned: dict[str, list[ast.AST]] = {}
         for n in self.analysis.own_nodes(fn):
             if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and n.value is not None:
@@ -152,6 +149,6 @@ class FileContext:
             if name in assigned:
                 return any(xfile.proved(v, self.names, array) for v in assigned[name])
             owner = self.analysis._param_owner(name, fn)
-            return owner is not None and _array_annotated(owner, name)
+            return owner is not None and array_annotated(owner, name)
 
         return any(xfile.proved(v, self.names, array) for v in xfile.consumed(node, finding.code))

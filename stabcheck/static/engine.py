@@ -22,13 +22,19 @@ import tokenize
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stabcheck import suppress
-from stabcheck.config import Config
 from stabcheck.finding import Finding, Span
 from stabcheck.rule import Rule
+from stabcheck.rules.meta.analysis_error import AnalysisError
+from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
+from stabcheck.static import xfile
+from stabcheck.static.analysis import TypeOracle
 from stabcheck.static.context import FileContext
+
+if TYPE_CHECKING:
+    from stabcheck.config import Config
 
 _COOKIE = re.compile(rb"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")
 _UNVISITED = (ast.expr_context, ast.operator, ast.cmpop, ast.unaryop, ast.boolop)  # see static.walk
@@ -66,6 +72,9 @@ class Dispatcher:
     what each declared with `rule.only` (where it looks, which callees)."""
 
     def __init__(self, rules: Iterable[type[Rule]]) -> None:
+        rules = tuple(rules)
+        # the file-level checks that need mypy's types, run by the typed tier after its walk
+        self.typed_checks: tuple[Callable[[ast.Module, bytes, str, TypeOracle], list[Finding]], ...] = tuple(r.typed_check for r in rules if r.has_typed_check())
         self.handlers: list[tuple[type, Handler, int, frozenset[str] | None]] = []
         self.owner: dict[Handler, type[Rule]] = {}
         for cls in rules:
@@ -127,9 +136,8 @@ def decode(data: bytes) -> str:
     return data.decode("utf-8")
 
 
-def check_bytes(data: bytes, path: str, config: Config, dispatcher: Dispatcher) -> FileResult:
-    from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
-
+def check_bytes(data: bytes, path: str, config: Config, dispatcher: Dispatcher, types: TypeOracle | None = None) -> FileResult:
+    """The file's findings and suppressions; `types` is mypy's view of it when the typed tier is on."""
     try:
         source = decode(data)
     except UnicodeDecodeError as e:
@@ -137,12 +145,10 @@ def check_bytes(data: bytes, path: str, config: Config, dispatcher: Dispatcher) 
         return FileResult([SyntaxErrorRule.finding(path=path, span=Span(line, 1), message=f"`{path}` is not valid UTF-8 (byte {data[e.start]:#04x} at offset {e.start}); no rule could check it", help="save the file as UTF-8 or declare its encoding with a `# -*- coding: ... -*-` line")], [])
     except (LookupError, SyntaxError) as e:
         return FileResult([SyntaxErrorRule.finding(path=path, span=Span(1, 1), message=f"`{path}` declares an encoding Python cannot decode: {e}; no rule could check it", help="fix the `coding:` declaration")], [])
-    return check_source(source, path, config, dispatcher)
+    return check_source(source, path, config, dispatcher, types)
 
 
-def check_source(source: str, path: str, config: Config, dispatcher: Dispatcher) -> FileResult:
-    from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
-
+def check_source(source: str, path: str, config: Config, dispatcher: Dispatcher, types: TypeOracle | None = None) -> FileResult:
     nul = source.find("\0")
     if nul >= 0:
         line = source.count("\n", 0, nul) + 1
@@ -162,21 +168,17 @@ def check_source(source: str, path: str, config: Config, dispatcher: Dispatcher)
             reason = f"{type(e).__name__}: {e}"[:200]
         return FileResult([SyntaxErrorRule.finding(path=path, span=Span(1, 1), message=f"`{path}` cannot be parsed: {reason}; no other rule ran on this file", help="check that this is a Python source file; split deeply nested expressions")], [])
     exports: list[dict[str, Any]] = []
-    findings = _analyse(tree, source, path, config, dispatcher, exports)
+    findings = _analyse(tree, source, path, config, dispatcher, types, exports)
     try:
         sups = suppress.parse(source)
     except (tokenize.TokenError, SyntaxError, RecursionError):  # pragma: no cover - parse succeeded above
         sups = []
-    from stabcheck.static import xfile
-
     return FileResult(findings, sups, exports, xfile.current() or {})
 
 
-def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatcher: Dispatcher, exports: list[dict[str, Any]] | None = None) -> list[Finding]:
+def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatcher: Dispatcher, types: TypeOracle | None = None, exports: list[dict[str, Any]] | None = None) -> list[Finding]:
     """Build the file's context and walk it, turning any failure into an STB902 finding; the
     calls into other checked files go to `exports` (`static.xfile`)."""
-    from stabcheck.rules.meta.analysis_error import AnalysisError
-
     ctx: FileContext | None = None
     limit = sys.getrecursionlimit()
     with _time_limit(FILE_TIME_LIMIT):
@@ -184,12 +186,10 @@ def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatche
             # long generated `a + b + ...` chains nest as deep as they are long; the analysis
             # recurses on expressions, so give it room (Python frames, not C stack, in 3.11+)
             sys.setrecursionlimit(max(limit, ANALYSIS_RECURSION_LIMIT))
-            ctx = FileContext(path, source, tree, config, dispatcher.table)
+            ctx = FileContext(path, source, tree, config, dispatcher.table, types)
             ctx.abstract_codes = dispatcher.abstract_codes
             replay(ctx, dispatcher)
             if exports is not None:
-                from stabcheck.static import xfile
-
                 exports.extend(xfile.exports(ctx))
         except RecursionError:
             return [*(ctx.findings if ctx else ()), AnalysisError.finding(path=path, span=Span(1, 1), message=f"`{path}` is nested too deeply to analyse; it was skipped, so hazards in it stay hidden", help="split the deeply nested expression")]
@@ -281,8 +281,6 @@ def replay(ctx: FileContext, dispatcher: Dispatcher) -> None:
 
 def _rule_crashed(ctx: FileContext, dispatcher: Dispatcher, handler: Handler, node: ast.AST, error: Exception, broken: set[type[Rule]]) -> None:
     """Report a rule's crash once per file; the rule is then skipped for the rest of the file."""
-    from stabcheck.rules.meta.analysis_error import AnalysisError
-
     rule = dispatcher.owner.get(handler)
     if rule is None or rule in broken:
         return

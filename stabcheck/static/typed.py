@@ -33,26 +33,35 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import contextvars
 import hashlib
+import hmac
+import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
+import site
+import subprocess
+import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stabcheck.finding import Finding, Span
+from stabcheck._cache import MAGIC, CacheRefused, code_fingerprint, mac, read_bounded, secret_key
+from stabcheck.errors import ConfigError
+from stabcheck.finding import Finding
 from stabcheck.static.analysis import Analysis, traced_parameters
+from stabcheck.static.engine import Dispatcher, FileResult, check_bytes
 from stabcheck.static.names import Names
 
 if TYPE_CHECKING:
     from stabcheck.config import Config
-    from stabcheck.static.engine import Dispatcher, FileResult
+    from stabcheck.rule import Rule
 
 FACTS_VERSION = "7"
 STATIC_KINDS = frozenset({"static", "none"})
@@ -138,23 +147,8 @@ class Prepared:
     analysed: int = 0  # modules mypy analysed without its cache (jax's own on a first run)
 
 
-# -- the registry the engine's FileContext reads ----------------------------------------------
-_CURRENT: contextvars.ContextVar[FileTypes | None] = contextvars.ContextVar("stabcheck_types", default=None)
+# -- the registry `lookup` answers from --------------------------------------------------------
 _REGISTRY: dict[str, FileTypes] = {}
-
-
-def current() -> FileTypes | None:
-    """The types of the file being checked right now (set by `refine`), or None."""
-    return _CURRENT.get()
-
-
-@contextmanager
-def active(types: FileTypes | None) -> Iterator[None]:
-    token = _CURRENT.set(types)
-    try:
-        yield
-    finally:
-        _CURRENT.reset(token)
 
 
 def install(files: dict[str, FileTypes]) -> None:
@@ -185,8 +179,6 @@ def on_by_default() -> bool:
     """Whether the typed tier runs when neither the command line (`--types/--no-types`) nor the
     config (`types = ...`) says: `STABCHECK_TYPES` if set, else off (issue 15: the default check
     costs what the static pass costs; mypy's first run analyses jax's sources, tens of seconds)."""
-    from stabcheck.config import ConfigError
-
     value = os.environ.get(ENV_VAR)
     if value is None:
         return False
@@ -198,8 +190,6 @@ def on_by_default() -> bool:
 
 def memory_bytes(text: str) -> int | None:
     """'2GiB', '512MiB', '1.5GB', '0'/'none' (no bound) -> bytes or None; ValueError otherwise."""
-    import re
-
     t = str(text).strip().lower()
     if t in ("0", "none", "off"):
         return None
@@ -312,8 +302,6 @@ def _run_mypy(
     on_run: Callable[[int, bool], None] | None,
 ) -> dict[str, dict[str, Any]] | None:
     """The facts of `py`, from mypy in a subprocess; None (and one note) when it cannot run."""
-    import importlib.util
-
     try:
         found = importlib.util.find_spec("mypy") is not None
     except (ImportError, ValueError):
@@ -353,18 +341,12 @@ def _run_mypy(
 def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, out: Prepared) -> dict[str, Any] | None:
     """Run `stabcheck.static._mypy_child` with the time and memory bounds; its answer, or None
     and one note (crash, timeout, memory). Its request and result files are removed."""
-    import signal
-    import subprocess
-    import sys
-
-    import stabcheck
-
     work = tempfile.mkdtemp(prefix="stabcheck-mypy-")
     try:
         request, result, errors = (os.path.join(work, n) for n in ("request.json", "result.json", "stderr.txt"))
         with open(request, "w", encoding="utf-8") as fh:
             json.dump({"files": [str(f) for f in files], "cache_dir": str(env), "old": old, "memory": bounds.memory, "seconds": bounds.timeout}, fh)
-        home = os.path.dirname(os.path.dirname(os.path.abspath(stabcheck.__file__)))
+        home = str(Path(__file__).resolve().parents[2])  # the directory stabcheck is imported from
         child_env = dict(os.environ)
         # the child imports stabcheck from where this process did, never from the working
         # directory (`python -m` would put it first on sys.path: a checked repository could
@@ -417,8 +399,6 @@ def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, ou
 
 
 def _site_dirs() -> set[str]:
-    import site
-
     try:
         dirs = [*site.getsitepackages(), site.getusersitepackages()]
     except AttributeError:  # pragma: no cover - a virtualenv's old site.py
@@ -443,15 +423,10 @@ def _rel(p: str) -> str:
 
 
 def _env_key() -> str:
-    """What mypy's results depend on besides the checked files: stabcheck (version and its own
-    code), mypy, Python, and the name and version of every installed distribution (read from
+    """What mypy's results depend on besides the checked files: stabcheck (its own code: sizes
+    and times of every module, so a new version too), mypy, Python, and the name and version of every installed distribution (read from
     the `*.dist-info` names on the import path: installing, upgrading or removing a package
     changes the key). The typed cache is never trusted across any of these."""
-    import sys
-
-    from stabcheck import __version__
-    from stabcheck._cache import code_fingerprint
-
     dists: set[str] = set()
     for d in sys.path:
         if not d or not os.path.isabs(d) or os.path.abspath(d) == os.getcwd():
@@ -462,7 +437,7 @@ def _env_key() -> str:
         except OSError:
             continue
     h = hashlib.blake2b(digest_size=8)
-    h.update(f"{FACTS_VERSION}|{__version__}|{code_fingerprint()}|{sys.version}|{sys.platform}".encode())
+    h.update(f"{FACTS_VERSION}|{code_fingerprint()}|{sys.version}|{sys.platform}".encode())
     h.update("\n".join(sorted(dists)).encode())
     return h.hexdigest()
 
@@ -529,18 +504,12 @@ _FACTS_MAC_KEY = "stabcheck-typed-facts"
 def _secret() -> bytes | None:
     """The per-user key of stabcheck's caches (`_cache.secret_key`, kept in the cache home even
     when `--cache-dir` points into a checkout); None: facts are neither trusted nor written."""
-    from stabcheck._cache import secret_key
-
     return secret_key()
 
 
 def _read_facts(path: Path, secret: bytes | None) -> dict[str, Any]:
     """A facts file authenticated like every stabcheck cache file (an HMAC under the per-user key,
     read without following a symlink): a planted or edited one is ignored and mypy runs."""
-    import hmac
-
-    from stabcheck._cache import MAGIC, CacheRefused, _mac, read_bounded
-
     if secret is None:
         return {}
     try:
@@ -550,7 +519,7 @@ def _read_facts(path: Path, secret: bytes | None) -> dict[str, Any]:
     if raw is None:
         return {}
     head, _, payload = raw.partition(b"\n")
-    if not head.startswith(MAGIC) or not hmac.compare_digest(head[len(MAGIC) :], _mac(secret, _FACTS_MAC_KEY, payload).encode("ascii")):
+    if not head.startswith(MAGIC) or not hmac.compare_digest(head[len(MAGIC) :], mac(secret, _FACTS_MAC_KEY, payload).encode("ascii")):
         return {}
     try:
         data = json.loads(payload.decode("utf-8"))
@@ -560,12 +529,10 @@ def _read_facts(path: Path, secret: bytes | None) -> dict[str, Any]:
 
 
 def _save_facts(path: Path, secret: bytes | None, data: dict[str, Any]) -> None:
-    from stabcheck._cache import MAGIC, _mac
-
     if secret is None:
         return
     payload = json.dumps(data).encode("utf-8")
-    _save_bytes(path, MAGIC + _mac(secret, _FACTS_MAC_KEY, payload).encode("ascii") + b"\n" + payload)
+    _save_bytes(path, MAGIC + mac(secret, _FACTS_MAC_KEY, payload).encode("ascii") + b"\n" + payload)
 
 
 def _save_bytes(path: Path, data: bytes) -> None:
@@ -697,12 +664,10 @@ def _with_seeds(ft: FileTypes, seeds: dict[str, tuple[set[str], bool]]) -> FileT
 
 # -- running the rules with types -------------------------------------------------------------
 def refine(data: bytes, path: str, config: Config, dispatcher: Dispatcher, types: FileTypes, untyped: FileResult) -> FileResult:
-    """The file's findings with types: typed-only ones marked, refuted ones dropped, union checks added."""
-    from stabcheck.static.engine import FileResult, check_bytes
-
+    """The file's findings with types: typed-only ones marked, refuted ones dropped, and the
+    findings of the enabled rules' `typed_check`s (the union checks) added."""
     try:
-        with active(types):
-            typed = check_bytes(data, path, config, dispatcher)
+        typed = check_bytes(data, path, config, dispatcher, types)
     except Exception:  # pragma: no cover - a bug in the typed tier must not cost the untyped findings
         return untyped
     try:  # one tree for the proofs and the union checks (check_bytes keeps its own to itself)
@@ -715,10 +680,12 @@ def refine(data: bytes, path: str, config: Config, dispatcher: Dispatcher, types
         nodes = _spans(tree)
     findings = [f if f.key in before else f.refine(evidence={**f.evidence, "stage": "typed"}) for f in typed.findings if f.key in before or _proved(f, types, nodes)]
     have = {f.key for f in findings}
-    try:
-        extra = _union_checks(tree, data, path, types) if tree is not None else []
-    except Exception:  # pragma: no cover - as above
-        extra = []
+    extra: list[Finding] = []
+    for check in dispatcher.typed_checks if tree is not None else ():
+        try:
+            extra += check(tree, data, path, types)
+        except Exception:  # pragma: no cover - as above
+            pass
     for f in extra:
         if f.key not in have:
             findings.append(f)
@@ -764,126 +731,14 @@ def _spans(tree: ast.AST) -> dict[tuple[int, int, int, int], ast.AST]:
     return out
 
 
-def _union_checks(tree: ast.Module, data: bytes, path: str, types: FileTypes) -> list[Finding]:
-    """STB202 on mypy's view of a declared return (aliases, Optional any spelling) and STB201 on
-    the inferred kinds of return expressions (a helper's Optional result, a tuple from a call)."""
-    from stabcheck.rules.union._kinds import exits
-    from stabcheck.rules.union.union_annotation import UnionAnnotation, statically_chosen
-    from stabcheck.rules.union.union_return import UnionReturn
-
-    try:
-        an = Analysis(tree, Names(tree), types)
-    except RecursionError:
-        return []
-    lines = data.decode("utf-8", "replace").splitlines()
-    out: list[Finding] = []
-    for node, info in an.functions.items():
-        if not info.transformed or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        declared, text = types.declared_return(info.qualname)
-        # `Optional[...]`, however spelled: one call returns leaves, another None. Other unions
-        # mypy sees (`Array | tuple[Array, Array]` picked by a static flag, a pytree alias whose
-        # members are array and container types) are one structure per compiled call.
-        if node.returns is not None and declared == "optional":
-            shown = ast.get_source_segment(data.decode("utf-8", "replace"), node.returns) or ast.unparse(node.returns)
-            why = "which admits `None`"
-            out.append(
-                UnionAnnotation.finding(
-                    path=path,
-                    span=Span.of(node.returns),
-                    message=f"`{info.qualname}` is transformed but declares the return type `{shown}` (`{text}` to mypy), {why}; a compiled function has one output structure, and callers that branch on this one cannot be traced",
-                    help="return one structure on every call (zeros instead of `None`), or split the function and annotate each precisely",
-                    function=info.qualname,
-                    detail=f"{info.qualname}->{shown}",
-                    evidence={"stage": "typed", "declared": text},
-                    snippet=_line(lines, node.returns),
-                    confidence="guess" if statically_chosen(node, info, an, an.names, why) else "proven",
-                )
-            )
-        kinds: list[tuple[ast.AST, str]] = []
-        proven_guard: set[int] = set()  # exits under a test proven traced: the data picks the kind
-        inferred: set[int] = set()  # exits whose kind only mypy knows (a call, a name), under a traced test
-        for e in exits(node):
-            k = _exit_kind(e.value, types)
-            if k is not None:
-                kinds.append((e.node, k))
-                if any(an.proves_traced(g, info) for g in e.guards):
-                    proven_guard.add(id(e.node))
-                if isinstance(e.value, (ast.Call, ast.Name, ast.Attribute, ast.Subscript)) and any(an.is_traced(g, info) for g in e.guards):
-                    inferred.add(id(e.node))
-        distinct = {k for _, k in kinds}
-        for at, k in kinds:
-            # an Optional/union a helper returns; or kinds that differ by a traced test where one
-            # side's kind is visible only to mypy (the syntactic STB201 sees the rest)
-            if k == "optional" or (len(distinct) > 1 and k != _majority(kinds) and (id(at) in inferred or any(id(a) in inferred for a, _ in kinds))):
-                what = {"optional": "an Optional value (`None` on some calls)", "union": "a union of different structures"}.get(k, _kind_text(k))
-                others = sorted(_kind_text(x) for x in distinct if x != k)
-                tail = f" while other paths return {', '.join(others)}" if others else ""
-                out.append(
-                    UnionReturn.finding(
-                        path=path,
-                        span=Span.of(at),
-                        message=f"`{info.qualname}` returns {what} here according to mypy{tail}; a transformed function must return one structure, so `jit`/`grad` of it fail or retrace for some inputs",
-                        help="return the same structure on every path (zeros or an empty array instead of `None`, one tuple arity)",
-                        function=info.qualname,
-                        detail=f"{info.qualname}:{k}",
-                        evidence={"stage": "typed", "kinds": sorted(distinct)},
-                        snippet=_line(lines, at),
-                        # a helper's Optional, or kinds split by a static test (`a if a is not None
-                        # else b`), are one structure per compiled call unless the data decides
-                        confidence="proven" if id(at) in proven_guard else "guess",
-                    )
-                )
-    return out
-
-
-def _exit_kind(value: ast.expr | None, types: FileTypes) -> str | None:
-    if value is None or (isinstance(value, ast.Constant) and value.value is None):
-        return "none"
-    if isinstance(value, ast.Tuple) and not any(isinstance(e, ast.Starred) for e in value.elts):
-        return f"tuple:{len(value.elts)}"
-    k = types.kind(value) if isinstance(value, ast.Call) else types.exprs.get(_key(value) or "")
-    if k == "ndarray":
-        return "array"  # the same structure: one leaf
-    return k if k in ("array", "none", "optional", "union") or (k or "").startswith("tuple:") else None
-
-
-def _majority(kinds: list[tuple[ast.AST, str]]) -> str:
-    counts: dict[str, int] = {}
-    for _, k in kinds:
-        counts[k] = counts.get(k, 0) + 1
-    return max(counts, key=lambda k: (counts[k], k != "none"))
-
-
-def _kind_text(k: str) -> str:
-    if k == "none":
-        return "`None`"
-    if k == "array":
-        return "an array"
-    if k.startswith("tuple:"):
-        return f"a {k[6:]}-tuple"
-    return k
-
-
-def _line(lines: list[str], node: ast.AST) -> str:
-    n = getattr(node, "lineno", 0)
-    return lines[n - 1] if 0 < n <= len(lines) else ""
-
-
 # -- benchmark ------------------------------------------------------------------------------------
-def measure(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
-    """Cold and warm cost of the typed tier on a tree, next to the untyped static pass.
+def measure(files: Sequence[Path], config: Config, rules: Sequence[type[Rule]]) -> dict[str, Any]:
+    """Cold and warm cost of the typed tier on the given files, next to the untyped static pass
+    of the given rules.
 
     Cold: empty cache directory; warm: the same directory again, nothing changed.
     Returns seconds and the ratio warm/cold (target: under 0.2)."""
-    from stabcheck._discover import discover
-    from stabcheck.api import enabled_rules
-    from stabcheck.config import Config
-    from stabcheck.static.engine import Dispatcher, check_bytes
-
-    config = Config()
-    files = list(discover([str(p) for p in paths], config))
-    disp = Dispatcher(enabled_rules(config))
+    disp = Dispatcher(rules)
     t0 = time.perf_counter()
     for f in files:
         check_bytes(f.read_bytes(), str(f), config, disp)

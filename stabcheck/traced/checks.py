@@ -13,10 +13,12 @@ Cheap and importable on its own; it imports JAX only through the objects it is g
 
 from __future__ import annotations
 
+import linecache
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from stabcheck import registry
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.source import Site, chain, eqn_frames, internal_functions
 
@@ -40,8 +42,6 @@ def shown_path(file: str) -> str:
 
 def source_line(site: Site | None) -> str:
     """The text of a site's line, indentation kept (for `Finding.snippet`)."""
-    import linecache
-
     return linecache.getline(site.file, site.line).rstrip("\n").rstrip() if site is not None else ""
 
 
@@ -116,7 +116,6 @@ class _Walker:
     def add(self, code: str, site: Site | None, message: str, *, detail: str, evidence: dict[str, Any], help: str = "") -> None:
         if code not in self.codes or site is None or site.library:
             return
-        from stabcheck import registry
 
         rule = registry.get(code)
         if rule is None:

@@ -20,6 +20,7 @@ import sys
 from types import ModuleType
 from typing import Any
 
+from stabcheck import registry
 from stabcheck.finding import Finding, Span
 from stabcheck.traced import specs
 from stabcheck.traced.checks import shown_path
@@ -122,7 +123,7 @@ def function_entry(fn: Any, spec: dict[str, Any]) -> Entry:
     """An Entry for a plain function: abstract args from specs, else from jaxtyping annotations."""
     dims = {k: int(v) for k, v in (spec.get("dims") or {}).items()}
     static = {int(k): v for k, v in (spec.get("static") or {}).items()}
-    trees = [specs.parse_tree(a, dims) if isinstance(a, str) else specs._tree(a, dims) for a in spec.get("args") or []]
+    trees = [specs.parse_tree(a, dims) if isinstance(a, str) else specs.spec_tree(a, dims) for a in spec.get("args") or []]
     if not trees:
         trees = _annotated(fn, dims, static)
     args: list[Any] = []
@@ -159,8 +160,6 @@ def _annotated(fn: Any, dims: dict[str, int], static: dict[int, Any]) -> list[An
 
 
 def _analysis_error() -> Any:
-    from stabcheck import registry
-
     return registry.get("STB902")
 
 

@@ -10,6 +10,8 @@ Importing this module does not import JAX; the helpers take JAX objects duck-typ
 
 from __future__ import annotations
 
+import ast
+import linecache
 import os
 import sysconfig
 import traceback as _tb
@@ -167,9 +169,6 @@ def literal_return_site(file: str, def_line: int, function: str = "") -> Site | 
     """The first `return <number literal>` of the function defined at FILE:DEF_LINE (decorators
     included), found with `ast`: where a jitted function hands back a weakly typed Python scalar,
     which no jaxpr equation produces."""
-    import ast
-    import linecache
-
     text = "".join(linecache.getlines(file))
     try:
         tree = ast.parse(text)

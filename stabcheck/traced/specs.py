@@ -68,15 +68,15 @@ def parse_tree(text: str, dims: dict[str, int] | None = None) -> Any:
             data = json.loads(s)
         except json.JSONDecodeError as e:
             raise SpecError(f"invalid pytree spec {text!r}: {e.msg} at column {e.colno}") from None
-        return _tree(data, dims)
+        return spec_tree(data, dims)
     return parse(s, dims)
 
 
-def _tree(data: Any, dims: dict[str, int] | None) -> Any:
+def spec_tree(data: Any, dims: dict[str, int] | None) -> Any:
     if isinstance(data, dict):
-        return {k: _tree(v, dims) for k, v in data.items()}
+        return {k: spec_tree(v, dims) for k, v in data.items()}
     if isinstance(data, list):
-        return [_tree(v, dims) for v in data]
+        return [spec_tree(v, dims) for v in data]
     if isinstance(data, str):
         return parse(data, dims)
     return data
@@ -108,6 +108,7 @@ def parse_dims(items: list[str]) -> dict[str, int]:
 
 def to_abstract(tree: Any) -> Any:
     """Specs -> `jax.ShapeDtypeStruct`s (imports JAX; call in the worker)."""
+    # JAX: imported when this runs, never on import
     import jax
     import numpy as np
 

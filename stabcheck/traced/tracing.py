@@ -23,12 +23,14 @@ from __future__ import annotations
 import ast
 import contextlib
 import inspect
+import linecache
 import textwrap
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from stabcheck import registry
 from stabcheck.finding import Finding, Span
-from stabcheck.traced.checks import check_jaxpr, depends, first_cut, is_zero_constant, iter_eqns, shown_path, site_span, source_line
+from stabcheck.traced.checks import check_jaxpr, depends, first_cut, is_zero_constant, iter_eqns, shown_path, site_span, source_line, sub_jaxprs
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import code_of
 from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, literal_return_site, with_via
@@ -56,6 +58,7 @@ def first_line(exc: BaseException) -> str:
 @contextlib.contextmanager
 def jax_flags(flags: Any) -> Iterator[None]:
     """Set JAX flags (`Entry.jax_config`) for the duration of one entry, then restore them."""
+    # JAX: imported when this runs, never on import
     import jax
 
     old: dict[str, Any] = {}
@@ -69,34 +72,23 @@ def jax_flags(flags: Any) -> Iterator[None]:
             jax.config.update(k, v)
 
 
+def trace_entry(name: str, entry: Entry, payload: dict[str, Any]) -> Tracer:
+    """Trace one entry under the payload's "transforms" (else its own); call inside `jax_flags`."""
+    t = Tracer(name, entry)
+    t.run(tuple(payload.get("transforms") or entry.transforms))
+    return t
+
+
 def trace_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict[str, Any]:
-    """The worker task: findings (as dicts) for one entry."""
-    transforms = tuple(payload.get("transforms") or entry.transforms)
+    """The worker task "trace": findings (as dicts) for one entry."""
     with jax_flags(entry.jax_config):
-        t = Tracer(name, entry)
-        t.run(transforms)
-        out: dict[str, Any] = {"findings": [f.to_dict() for f in t.findings()], "transforms": t.status, "notes": t.notes}
-        if payload.get("confirm"):
-            out.update(_confirm(name, entry, t, payload))
-    return out
-
-
-def _confirm(name: str, entry: Entry, tracer: Tracer, payload: dict[str, Any]) -> dict[str, Any]:
-    """The confirm stage in the same worker: `stabcheck.confirm.run.confirm_entry(name, entry,
-    findings=[Finding], payload=dict) -> list[Finding]` returns the traced findings refined
-    (confirmed / refuted) followed by its own; they replace the traced ones."""
-    try:
-        from stabcheck.confirm.run import confirm_entry  # type: ignore[import-not-found]
-    except ImportError:
-        return {"notes": [*tracer.notes, "the confirm stage is not available in this build; findings stay at stage `traced`"]}
-    from stabcheck.confirm.device import device_info
-
-    refined = confirm_entry(name, entry, findings=tracer.findings(), payload=payload)
-    return {"findings": [f.to_dict() if isinstance(f, Finding) else f for f in refined], "device": device_info()}
+        t = trace_entry(name, entry, payload)
+        return {"findings": [f.to_dict() for f in t.findings()], "transforms": t.status, "notes": t.notes}
 
 
 class Tracer:
     def __init__(self, name: str, entry: Entry) -> None:
+        # JAX: imported when this runs, never on import
         import jax
 
         self.jax = jax
@@ -296,8 +288,6 @@ class Tracer:
         return out
 
     def report(self, code: str, site: Site | None, message: str, *, help: str = "", detail: str = "", evidence: dict[str, Any] | None = None) -> None:
-        from stabcheck import registry
-
         rule = registry.get(code)
         if rule is None:
             self.notes.append(f"{code} found in entry `{self.name}` but no rule file defines it in this build")
@@ -549,6 +539,7 @@ class Tracer:
 
 # -- helpers -------------------------------------------------------------------------------------
 def _tangent(jax: Any, tree: Any) -> Any:
+    # NumPy: imported when this runs
     import numpy as np
 
     def one(x: Any) -> Any:
@@ -581,8 +572,6 @@ def _param_names(fn: Any, n: int) -> list[str]:
 
 
 def _source_line(site: Site | None) -> str:
-    import linecache
-
     if site is None:
         return ""
     text = linecache.getline(site.file, site.line).split("  #", 1)[0].strip()
@@ -623,8 +612,6 @@ def return_site(fn: Any) -> Site | None:
 
 def _producer_site(jaxpr: Any, idx: int) -> Site | None:
     """The user line of the equation computing output `idx`, looking through call primitives."""
-    from stabcheck.traced.checks import sub_jaxprs
-
     v = jaxpr.outvars[idx]
     for _ in range(16):
         eqn = next((e for e in jaxpr.eqns if any(o is v for o in e.outvars)), None)

@@ -1,9 +1,13 @@
-"""Run user code in a worker subprocess: one entry at a time, each with a timeout and a memory cap.
+"""The worker: runs user code in a subprocess, one entry at a time, each with a timeout and a memory cap.
+
+This part sits above the traced and confirm stages: the parent side (`run_in_worker`) imports
+neither, the child dispatches each entry to a task function they export.
 
     outcome = run_in_worker("trace", {"targets": [{"target": "fixtures/x.py:ENTRIES"}]}, timeout=60)
     for event in outcome.entries: ...        # {"entry": name, "findings": [Finding.to_dict()], ...}
 
-Contract (for every task: "trace" here, "confirm"/"matrix" from stabcheck.confirm)
+Contract (for every task: "trace" from stabcheck.traced, "confirm"/"matrix"/"trace+confirm" from
+stabcheck.confirm)
 -------------------------------------------------------------------------------------
 * The parent (`run_in_worker`, no JAX imported) writes the payload as JSON to a temp file and
   starts `python -m stabcheck.worker TASK PAYLOAD RESULT` in its own process group (a new
@@ -15,8 +19,8 @@ Contract (for every task: "trace" here, "confirm"/"matrix" from stabcheck.confir
   "path.py", "args": [spec, ...], "static": {"1": "3"}, "dims": {"n": 8}, "path": shown path of
   the module, "function": name}], "skip": [entry names already done or fatal], "cwd". Everything
   else is the task's own.
-* A task is `fn(name: str, entry: Entry, payload: dict) -> dict` run in the child, registered in
-  TASKS as "module:function" (imported lazily in the child). Its dict is merged into the
+* A task is `fn(name: str, entry: Entry, payload: dict) -> dict` run in the child, named in
+  TASKS and looked up by `_task` (imported in the child only). Its dict is merged into the
   "entry" event; put findings there as `Finding.to_dict()`s under "findings". Every finding the
   worker reports carries the worker's JAX version in `evidence["jax"]`.
 * The clock restarts whenever the child reports progress, so `timeout` bounds each entry.
@@ -67,8 +71,10 @@ kills it past the limit.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -79,11 +85,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-TASKS: dict[str, str] = {
-    "trace": "stabcheck.traced.tracing:trace_task",
-    "confirm": "stabcheck.confirm.run:confirm_task",
-    "matrix": "stabcheck.confirm.run:matrix_task",
-}
+from stabcheck import registry
+from stabcheck.traced import load
+from stabcheck.traced.source import function_site
+
+TASKS = ("trace", "confirm", "matrix", "trace+confirm")
+_STABCHECK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # stabcheck's own package
 
 _LIVE: dict[int, subprocess.Popen[bytes]] = {}  # running workers (their supervisors), by pid
 _PR_SET_PDEATHSIG = 1
@@ -187,8 +194,6 @@ def _prctl(option: int, value: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes
-
         return int(ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
@@ -209,12 +214,10 @@ def _child_setup() -> None:
     limit = os.environ.get("STABCHECK_WORKER_MEMORY")
     if limit:
         try:
-            import resource
-
             # RLIMIT_DATA (not RLIMIT_AS, which breaks XLA's reservations): a big NumPy/XLA
             # allocation fails with MemoryError instead of swapping the machine to death.
             resource.setrlimit(resource.RLIMIT_DATA, (int(limit), int(limit)))
-        except (ImportError, ValueError, OSError):
+        except (ValueError, OSError):
             pass
 
 
@@ -401,17 +404,17 @@ class _Writer:
 
 def _where(entry: Any) -> dict[str, Any]:
     """The entry function's file and first line, for a finding if the entry kills the worker."""
-    from stabcheck.traced.source import function_site
-
     site = function_site(getattr(entry, "fn", None))
     return {"file": site.file, "line": site.line} if site is not None else {}
 
 
-def _resolve(task: str) -> Callable[..., dict[str, Any]]:
-    import importlib
+def _task(task: str) -> Callable[..., dict[str, Any]]:
+    # imported in the child only: the stages' task modules bring NumPy (and JAX when they run)
+    from stabcheck.confirm import matrix, run
+    from stabcheck.traced import tracing
 
-    mod, _, attr = TASKS[task].partition(":")
-    return getattr(importlib.import_module(mod), attr)  # type: ignore[no-any-return]
+    tasks: dict[str, Callable[..., dict[str, Any]]] = {"trace": tracing.trace_task, "confirm": run.confirm_task, "matrix": matrix.matrix_task, "trace+confirm": run.trace_confirm_task}
+    return tasks[task]
 
 
 def child_main(task: str, payload_path: str, result_path: str, supervisor: int | None = None) -> int:
@@ -419,9 +422,6 @@ def child_main(task: str, payload_path: str, result_path: str, supervisor: int |
 
     SUPERVISOR is the pid of the subreaper that started this process (Linux), whose descendants
     are user code's processes once this worker's own are excluded."""
-    from stabcheck import registry
-    from stabcheck.traced import load
-
     registry.all_rules()  # every task reports through the rule catalogue: load it once, up front
     jax_version = _import_jax()  # before the baseline, so patches of jax by one target are undone
 
@@ -431,7 +431,7 @@ def child_main(task: str, payload_path: str, result_path: str, supervisor: int |
     emit({"event": "hello", "jax": jax_version})
     if payload.get("cwd"):
         os.chdir(payload["cwd"])
-    fn = _resolve(task)
+    fn = _task(task)
     skip = set(payload.get("skip", ()))
     skip_targets = set(payload.get("skip_targets", ()))
     root = supervisor or os.getpid()
@@ -550,9 +550,7 @@ class _State:
     def forget_user_modules(self) -> None:
         """Drop the modules imported since this snapshot from files of the user's (not the standard
         library's, an installed package's or stabcheck's): the next target imports its own."""
-        import stabcheck
-
-        keep = tuple(os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(stabcheck.__file__ or "")} if p)
+        keep = tuple(os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, _STABCHECK_DIR} if p)
         for name, mod in list(sys.modules.items()):
             if name in self.modules:
                 continue

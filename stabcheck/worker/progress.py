@@ -7,6 +7,7 @@ from typing import Any
 
 class Progress:
     def __init__(self, targets: int) -> None:
+        # rich: imported only when rendering
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as RichProgress

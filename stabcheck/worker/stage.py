@@ -1,8 +1,8 @@
-"""The traced (and confirm) stage of `stabcheck check --trace`: entries -> worker -> findings.
+"""The traced (and confirm) stage of `stabcheck check --trace/--confirm`: entries -> worker -> findings.
 
 Runs in the stabcheck process and imports no JAX: it finds the entries statically, runs the
-"trace" task in a worker subprocess (`stabcheck.worker`) and turns what the worker
-reports (findings, and entries that hung, crashed or exited) into `Finding`s.
+"trace" (or "trace+confirm") task in a worker subprocess (`stabcheck.worker`) and turns what the
+worker reports (findings, and entries that hung, crashed or exited) into `Finding`s.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from stabcheck import registry
 from stabcheck.config import Config, ConfigError
+from stabcheck.confirm.device import default_memory_limit, parse_memory_limit
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.checks import shown_path
 from stabcheck.traced.discover import entry_targets
@@ -23,8 +25,6 @@ from stabcheck.worker import Death, Outcome, run_in_worker
 
 def memory_limit_bytes(text: str | None) -> int | None:
     """The worker's memory cap: '4GiB', '0.5' (share of RAM), '0'/'none' (no cap), default half of RAM."""
-    from stabcheck.confirm.device import default_memory_limit, parse_memory_limit
-
     if text is None or text == "":
         return default_memory_limit()
     if str(text).strip().lower() in ("0", "none", "off"):
@@ -45,12 +45,13 @@ def run_targets(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> tuple[list[Finding], list[str], Outcome]:
-    """Trace TARGETS in a worker; every failure of user code becomes an STB902 finding.
-    `extra` goes into the payload (the confirm stage reads "memory_limit" and "max_traces")."""
-    payload: dict[str, Any] = {**(extra or {}), "targets": list(targets), "cwd": os.getcwd(), "confirm": confirm}
+    """Trace TARGETS in a worker (and run them for real with `confirm`); every failure of user code
+    becomes an STB902 finding. `extra` goes into the payload (the confirm stage reads
+    "suspected", "memory_limit" and "max_traces")."""
+    payload: dict[str, Any] = {**(extra or {}), "targets": list(targets), "cwd": os.getcwd()}
     if transforms:
         payload["transforms"] = list(transforms)
-    outcome = run_in_worker("trace", payload, timeout, memory_limit, on_event=on_event)
+    outcome = run_in_worker("trace+confirm" if confirm else "trace", payload, timeout, memory_limit, on_event=on_event)
     findings: list[Finding] = []
     notes: list[str] = []
     for e in outcome.events:
@@ -63,14 +64,14 @@ def run_targets(
 
 def run_stage(files: list[Path], results: dict[str, Any], config: Config, options: Any, stages: Sequence[str]) -> tuple[list[Finding], list[str], dict[str, Any] | None]:
     """Called by `stabcheck.api.run` for --trace/--confirm: (findings, notes, device)."""
-    targets = [{"target": _absolute(t)} for t in entry_targets(files, config)]
+    targets = [{"target": absolute_target(t)} for t in entry_targets(files, config)]
     if not targets:
         return [], ["--trace: no entries found (decorate a factory with @stabcheck.entry, or set `entries` in [tool.stabcheck])"], None
     timeout = float(options.timeout or config.timeout)
     limit = memory_limit_bytes(options.memory_limit if options.memory_limit is not None else config.memory_limit)
     progress = None
     if getattr(options, "progress", False):
-        from stabcheck.worker.progress import Progress
+        from stabcheck.worker.progress import Progress  # rich: loaded only on a terminal
 
         progress = Progress(len(targets))
     try:
@@ -86,13 +87,11 @@ def run_stage(files: list[Path], results: dict[str, Any], config: Config, option
 
 
 def _confirmable(code: str) -> bool:
-    from stabcheck import registry
-
     rule = registry.get(code)
     return rule is not None and "confirmed" in rule.stages and code not in ("STB900", "STB901", "STB902")
 
 
-def _absolute(target: str) -> str:
+def absolute_target(target: str) -> str:
     where, sep, attr = target.rpartition(":")
     if sep and (where.endswith(".py") or os.sep in where or "/" in where):
         return f"{os.path.abspath(where)}:{attr}"
@@ -103,8 +102,6 @@ def _absolute(target: str) -> str:
 
 def death_finding(d: Death, timeout: float) -> Finding:
     """STB902 for an entry (or a target's import) that killed the worker."""
-    from stabcheck import registry
-
     rule = registry.get("STB902")
     assert rule is not None
     where, _, attr = d.target.rpartition(":") if ":" in d.target else (d.target, "", "")

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import ast
 
+from stabcheck.finding import Finding
 from stabcheck.rule import Rule
+from stabcheck.rules.union import _typed
 from stabcheck.static.context import FileContext
 from stabcheck.static.analysis import Analysis, FunctionInfo
 from stabcheck.static.names import Names
+from stabcheck.static.typed import FileTypes
 
 _OPTIONAL = frozenset({"typing.Optional", "typing_extensions.Optional"})
 _UNION = frozenset({"typing.Union", "typing_extensions.Union"})
@@ -181,6 +184,10 @@ class UnionAnnotation(Rule):
             return jnp.where(combine_masks(mask_a, mask_b), q @ k.T, -1e9)
         """,
     )
+
+    @classmethod
+    def typed_check(cls, tree: ast.Module, source: bytes, path: str, types: FileTypes) -> list[Finding]:
+        return _typed.declared_optional(cls, tree, source, path, types, statically_chosen)
 
     def visit_FunctionDef(self, node: ast.FunctionDef, ctx: FileContext) -> None:
         self._check(node, ctx)

@@ -3,10 +3,13 @@ from __future__ import annotations
 import ast
 from collections import Counter
 
+from stabcheck.finding import Finding
 from stabcheck.rule import Rule
+from stabcheck.rules.union import _typed
 from stabcheck.rules.union._kinds import Exit, Kind, exits, kind_text, kinds_for
 from stabcheck.static.analysis import FunctionInfo
 from stabcheck.static.context import FileContext
+from stabcheck.static.typed import FileTypes
 
 
 class UnionReturn(Rule):
@@ -201,6 +204,10 @@ class UnionReturn(Rule):
             return jax.lax.scan(step, h0, xs)
         """,
     )
+
+    @classmethod
+    def typed_check(cls, tree: ast.Module, source: bytes, path: str, types: FileTypes) -> list[Finding]:
+        return _typed.inferred_unions(cls, tree, source, path, types)
 
     def visit_FunctionDef(self, node: ast.FunctionDef, ctx: FileContext) -> None:
         self._check(node, ctx)
