@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from stabcheck import registry
+from stabcheck._sizes import parse_size
 from stabcheck.errors import ConfigError as ConfigError
 from stabcheck.errors import UsageError as UsageError
 
@@ -85,29 +86,6 @@ _KEYS: dict[str, str] = {
     "max-file-size": "a positive size in bytes, or a string such as '5MiB', '500KB' or '2MB'",
     "preview": "true or false",
 }
-
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
-
-
-def parse_size(value: Any) -> int | None:
-    """Bytes from 5242880, '5MiB', '500 KB', '2mb'; None when it is not a positive finite size."""
-    import math
-    import re
-
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value > 0 else None
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value >= 1 else None
-    if not isinstance(value, str):
-        return None
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
-    if m is None or m.group(2).lower() not in _UNITS:
-        return None
-    size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    return size if size > 0 else None
-
 
 def find_config(start: Path) -> Path | None:
     """The nearest stabcheck.toml, or pyproject.toml with a [tool.stabcheck] table, from `start`
@@ -276,14 +254,8 @@ def from_mapping(table: dict[str, Any], *, source: str = "", root: str = ".", ba
                 raise ConfigError(raw_key, value, allowed, source)
             changes[fname] = float(value)
         elif key == "types-memory-limit":
-            from stabcheck.static.typed import memory_bytes
-
-            try:
-                if isinstance(value, bool) or not isinstance(value, (str, int)):
-                    raise ValueError(value)
-                memory_bytes(str(value))
-            except ValueError:
-                raise ConfigError(raw_key, value, allowed, source) from None
+            if isinstance(value, bool) or not isinstance(value, (str, int)) or (str(value).strip().lower() not in ("0", "none", "off") and parse_size(value) is None):
+                raise ConfigError(raw_key, value, allowed, source)
             changes[fname] = str(value)
         elif key == "fail-on":
             if value not in ("suspected", "confirmed"):

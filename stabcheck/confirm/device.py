@@ -6,11 +6,10 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000**2, "mib": 1 << 20, "g": 1 << 30, "gb": 1000**3, "gib": 1 << 30, "t": 1 << 40, "tb": 1000**4, "tib": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+from stabcheck._sizes import UNITS, split_size
+
 
 
 def total_memory() -> int:
@@ -30,13 +29,13 @@ def parse_memory_limit(text: str | int | float | None) -> int | None:
         return None
     if isinstance(text, (int, float)):
         text = str(text)
-    m = _SIZE.match(text)
-    if not m or m.group(2).lower() not in _UNITS:
+    parts = split_size(text)
+    if parts is None:
         raise ValueError(f"invalid memory limit {text!r}; expected a size such as '4GiB', '512MB' or a fraction of RAM such as '0.5'")
-    value, unit = float(m.group(1)), m.group(2).lower()
+    value, unit = parts
     if not unit and value <= 1.0:
         return int(value * total_memory()) or None
-    return int(value * _UNITS[unit])
+    return int(value * UNITS[unit])
 
 
 def default_memory_limit() -> int:

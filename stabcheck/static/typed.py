@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stabcheck._sizes import parse_size
 from stabcheck._cache import MAGIC, CacheRefused, code_fingerprint, mac, read_bounded, secret_key
 from stabcheck.errors import ConfigError
 from stabcheck.finding import Finding
@@ -193,13 +194,8 @@ def memory_bytes(text: str) -> int | None:
     t = str(text).strip().lower()
     if t in ("0", "none", "off"):
         return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?", t)
-    if m is None:
-        raise ValueError(text)
-    unit = (m.group(2) or "b")[0]
-    scale = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[unit]
-    n = int(float(m.group(1)) * scale)
-    if n <= 0:
+    n = parse_size(t)
+    if n is None:
         raise ValueError(text)
     return n
 
