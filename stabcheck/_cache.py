@@ -20,7 +20,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from stabcheck._files import write_atomic_nofollow
+from stabcheck._files import read_fd_bounded, write_atomic_nofollow
 from stabcheck.errors import UsageError
 from stabcheck.finding import Finding
 from stabcheck.suppress import Suppression
@@ -121,16 +121,10 @@ def read_bounded(path: Path, limit: int = MAX_BYTES) -> bytes | None:
             raise CacheRefused(f"{path} is not a regular file")
         if st.st_size > limit:
             raise CacheRefused(f"{path} is larger than {limit} bytes")
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
+        data = read_fd_bounded(fd, limit)
+        if data is None:
             raise CacheRefused(f"{path} is larger than {limit} bytes")
-        return b"".join(chunks)
+        return data
     finally:
         os.close(fd)
 

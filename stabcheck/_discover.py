@@ -23,6 +23,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from stabcheck._files import read_fd_bounded
 from stabcheck.config import Config, UsageError
 
 SUFFIXES = (".py", ".pyi")
@@ -229,17 +230,10 @@ def read_source(path: str | os.PathLike[str], max_size: int) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _not_regular(path, st.st_mode)
-        chunks: list[bytes] = []
-        total = 0
-        while total <= max_size:
-            chunk = os.read(fd, min(1 << 20, max_size + 1 - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        if total > max_size:
+        data = read_fd_bounded(fd, max_size)
+        if data is None:
             raise _too_large(None, max_size)
-        return b"".join(chunks)
+        return data
     except OSError as e:
         raise SourceError(f"cannot be read: {e.strerror or e}", "check the file's permissions") from None
     finally:

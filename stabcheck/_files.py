@@ -1,4 +1,7 @@
-"""Writing the files a user names (`--output-file`, `--baseline`, the pytest plugin's report)
+"""Reading and writing files in a checked tree that may be hostile.
+
+`read_fd_bounded` reads an open file up to a bound (sources, cache entries: never a whole
+`/dev/zero` or a planted multi-gigabyte file). Writing the files a user names (`--output-file`, `--baseline`, the pytest plugin's report)
 safely in a checked tree that may be hostile: a committed symlink `stabcheck-junit.xml ->
 <site-packages>/zz.pth` must not turn a CI report into code that runs at the next Python start.
 
@@ -18,6 +21,20 @@ from pathlib import Path
 from stabcheck.errors import UsageError
 
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def read_fd_bounded(fd: int, limit: int) -> bytes | None:
+    """The contents of the open file `fd`, read in 1 MiB chunks; None when it holds more than
+    `limit` bytes (it is never read past `limit + 1`)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return None if size > limit else b"".join(chunks)
 
 
 def write_atomic_nofollow(path: Path | str, text: str, *, what: str = "--output-file") -> None:
