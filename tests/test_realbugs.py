@@ -19,14 +19,18 @@ FIX = Path(__file__).resolve().parents[1] / "fixtures" / "realbugs" / "misfiled_
 MARK = re.compile(r"#\s*bug:\s*(STB\d{3})")
 
 
-@pytest.fixture(scope="module")
-def bugs():
-    spec = importlib.util.spec_from_file_location("_realbugs_misfiled", FIX)
+def _load(path: Path, name: str):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def bugs():
+    return _load(FIX, "_realbugs_misfiled")
 
 
 def _expected(path: Path = FIX) -> dict[str, tuple[str, int]]:
@@ -101,12 +105,7 @@ NEAR = Path(__file__).resolve().parents[1] / "fixtures" / "realbugs" / "near_mis
 
 @pytest.fixture(scope="module")
 def near():
-    spec = importlib.util.spec_from_file_location("_realbugs_near", NEAR)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return _load(NEAR, "_realbugs_near")
 
 
 def test_near_misses_run_under_jax_and_stay_silent(near) -> None:
@@ -155,12 +154,7 @@ ZERO_EXPECTED = _expected(ZERO)
 
 @pytest.fixture(scope="module")
 def zero():
-    spec = importlib.util.spec_from_file_location("_realbugs_zero", ZERO)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return _load(ZERO, "_realbugs_zero")
 
 
 @pytest.mark.parametrize("name", sorted(ZERO_EXPECTED))

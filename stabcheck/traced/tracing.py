@@ -39,6 +39,45 @@ FORWARD = frozenset({"jvp", "jacfwd", "hessian", "hvp"})
 REVERSE = frozenset({"grad", "jacrev", "hessian", "hvp"})
 BATCH = 2
 
+# JAX's error said at the user's line, for codes whose message needs nothing but the error:
+# code -> (message, help); {where} "under `grad`" / "when traced", {what} JAX's first line,
+# {by} the transform that differentiates ("this `grad`" when the entry calls it itself)
+_RAISED: dict[str, tuple[str, str]] = {
+    "STB203": (
+        "the branches of this conditional return different types {where}; JAX raises `{what}`",
+        "make every branch return the same pytree of the same dtypes and shapes (cast with `.astype`, pad, or return zeros)",
+    ),
+    "STB204": (
+        "a loop carry changes type between iterations here {where}; JAX raises `{what}`",
+        "initialise the carry with the dtype and shape the body returns (e.g. `jnp.zeros((), x.dtype)` instead of `0`)",
+    ),
+    "STB206": (
+        "two pytrees of different structure are combined here {where} (a `None` for a frozen part, other dict keys, a tuple against a list); JAX raises `{what}`",
+        "give both trees the same structure (zeros instead of `None`, the same keys), or map over the one that has every leaf (`jax.tree.map(f, a, b, is_leaf=lambda x: x is None)`)",
+    ),
+    "STB407": (
+        "a host callback is reached by autodiff ({transform}) here; JAX raises `{what}`",
+        "wrap the callback in `jax.custom_jvp`/`custom_vjp` with a JAX derivative, or replace it with `jnp` code",
+    ),
+    "STB409": (
+        "{by} differentiates a function whose output is not a scalar; JAX raises `{what}`",
+        "reduce the output to a scalar (`.sum()`, `[0]` for shape (1,)), return `(loss, aux)` with `has_aux=True`, or use `jax.jacrev`/`jax.vjp` for a non-scalar output",
+    ),
+    "STB502": (
+        "a traced or unhashable value reaches a parameter declared static {where} (`vmap` over it, or a list/array given for it); JAX raises `{what}`",
+        "pass a hashable Python value (a tuple, an int) for the static parameter and keep it out of `in_axes` (`in_axes=None` for it), or make it a traced argument",
+    ),
+    "STB503": (
+        "a Python int given as a traced argument does not fit the argument's dtype {where} (int32 unless x64 is on); JAX raises `{what}`",
+        "pass large integers (seeds, timestamps) as `np.int64`/`np.uint32` arrays reduced to the range you need, or as static arguments; do not rely on JAX truncating them",
+    ),
+    "STB505": (
+        "an argument that is neither an array nor a pytree of arrays (a Module, a plain object) is passed as a traced argument {where}; JAX raises `{what}`",
+        "mark it static (`static_argnums`/`static_argnames`, `eqx.filter_jit`), register its class as a pytree, or pass its arrays (`model.init(...)` params) instead of the object",
+    ),
+}
+
+
 def _weak_value(jax: Any, value: Any) -> bool:
     """Whether JAX sees a value as weakly typed (a Python scalar, or an array made from one)."""
     if hasattr(value, "weak_type"):  # ShapeDtypeStruct, avals
@@ -343,22 +382,10 @@ class Tracer:
                 "STB103": "give a static size (`jnp.nonzero(x, size=n)`, `jnp.where(m, x, 0)`) instead of boolean indexing",
             }
             self.report(code, site, f"{what}; JAX raises `{type(e).__name__}`, so the function cannot be jitted or differentiated under `jit`", help=helps[code], detail=text or transform, evidence=ev)
-        elif code == "STB203":
-            self.report(code, site, f"the branches of this conditional return different types {where}; JAX raises `{first_line(e)[:120]}`", help="make every branch return the same pytree of the same dtypes and shapes (cast with `.astype`, pad, or return zeros)", detail=transform, evidence=ev)
-        elif code == "STB204":
-            self.report(code, site, f"a loop carry changes type between iterations here {where}; JAX raises `{first_line(e)[:120]}`", help="initialise the carry with the dtype and shape the body returns (e.g. `jnp.zeros((), x.dtype)` instead of `0`)", detail=transform, evidence=ev)
-        elif code == "STB206":
-            self.report(code, site, f"two pytrees of different structure are combined here {where} (a `None` for a frozen part, other dict keys, a tuple against a list); JAX raises `{first_line(e)[:160]}`", help="give both trees the same structure (zeros instead of `None`, the same keys), or map over the one that has every leaf (`jax.tree.map(f, a, b, is_leaf=lambda x: x is None)`)", detail=transform, evidence=ev)
-        elif code == "STB409":
-            self.report(code, site, f"{'this `grad`' if transform == 'call' else f'`{transform}`'} differentiates a function whose output is not a scalar; JAX raises `{first_line(e)[:160]}`", help="reduce the output to a scalar (`.sum()`, `[0]` for shape (1,)), return `(loss, aux)` with `has_aux=True`, or use `jax.jacrev`/`jax.vjp` for a non-scalar output", detail=transform, evidence=ev)
-        elif code == "STB502":
-            self.report(code, site, f"a traced or unhashable value reaches a parameter declared static {where} (`vmap` over it, or a list/array given for it); JAX raises `{first_line(e)[:160]}`", help="pass a hashable Python value (a tuple, an int) for the static parameter and keep it out of `in_axes` (`in_axes=None` for it), or make it a traced argument", detail=transform, evidence=ev)
-        elif code == "STB503":
-            self.report(code, site, f"a Python int given as a traced argument does not fit the argument's dtype {where} (int32 unless x64 is on); JAX raises `{first_line(e)[:160]}`", help="pass large integers (seeds, timestamps) as `np.int64`/`np.uint32` arrays reduced to the range you need, or as static arguments; do not rely on JAX truncating them", detail=transform, evidence=ev)
-        elif code == "STB505":
-            self.report(code, site, f"an argument that is neither an array nor a pytree of arrays (a Module, a plain object) is passed as a traced argument {where}; JAX raises `{first_line(e)[:160]}`", help="mark it static (`static_argnums`/`static_argnames`, `eqx.filter_jit`), register its class as a pytree, or pass its arrays (`model.init(...)` params) instead of the object", detail=transform, evidence=ev)
-        elif code == "STB407":
-            self.report(code, site, f"a host callback is reached by autodiff ({transform}) here; JAX raises `{first_line(e)[:120]}`", help="wrap the callback in `jax.custom_jvp`/`custom_vjp` with a JAX derivative, or replace it with `jnp` code", detail=transform, evidence=ev)
+        elif code in _RAISED:
+            message, help = _RAISED[code]
+            by = "this `grad`" if transform == "call" else f"`{transform}`"
+            self.report(code, site, message.format(where=where, what=first_line(e)[:160], by=by, transform=transform), help=help, detail=transform, evidence=ev)
         else:
             self.report("STB902", site, f"tracing entry `{self.name}` {where} raised `{first_line(e)[:200]}`; its remaining checks under `{transform}` did not run", help="run the entry by hand to reproduce the error; fix it or the entry's example arguments", detail=f"{self.name}:{transform}", evidence=ev)
 
