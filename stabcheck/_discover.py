@@ -1,11 +1,15 @@
-"""Which files a check covers: directories recursively, `.py` and `.pyi`, minus excludes; and how
-one is read.
+"""Which files a check covers: directories recursively, `.py`, `.pyi` and notebooks (`.ipynb`),
+minus excludes; and how one is read.
 
 Each file once (symlinks and repeated arguments resolved), symlink loops cut, sorted by the path
 findings show. A symlink found inside a directory that leads outside it (a committed
 `secrets.py -> ~/.netrc`) is not followed: it lands in `skipped`, and only a file named on the
-command line is read wherever it points. Exclude globs are compiled once into two regular expressions (name and relative
-path), and directories are scanned with `os.scandir`, so discovery stays a small part of a warm run.
+command line is read wherever it points. Directories are scanned with `os.scandir`, so discovery
+stays a small part of a warm run. Each directory is walked with the settings that apply to it (`config.Settings`):
+its `exclude`/`extend-exclude` patterns, relative to the directory of the config declaring them,
+and, with `respect-gitignore` (the default), the repository's `.gitignore` files (read with
+`pathspec`). Files named on the command line are checked even when excluded, unless
+`force_exclude` (ruff's `--force-exclude`, which the pre-commit hook passes).
 
 Reading (`read_source`): only regular files are read. A FIFO, socket or device (or a symlink to
 one, such as `/dev/zero`) is never opened for reading, so it cannot hang or flood the run; a file
@@ -22,39 +26,160 @@ import re
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from stabcheck._files import read_fd_bounded
-from stabcheck.config import Config, UsageError
+from stabcheck.config import Config, Settings, UsageError, rel_to, rel_to_root
 
-SUFFIXES = (".py", ".pyi")
+SUFFIXES = (".py", ".pyi", ".ipynb")
 
 
 class _Excluder:
-    """`excluded(rel, name)`: a pattern matches the name, the relative path, or a parent of it."""
+    """`excluded(rel, name)`: a pattern without a `/` matches the name; one with a `/` matches the
+    path relative to its config's directory, or a directory above it."""
 
     __slots__ = ("by_name", "by_rel")
 
     def __init__(self, patterns: tuple[str, ...]) -> None:
-        names = [fnmatch.translate(p) for p in patterns]
-        rels = names + [fnmatch.translate(p.rstrip("/") + "/*") for p in patterns]
+        names = [fnmatch.translate(p) for p in patterns if "/" not in p.rstrip("/")]
+        anchored = [p.rstrip("/") for p in patterns if "/" in p.rstrip("/")]
+        rels = [fnmatch.translate(p) for p in anchored] + [fnmatch.translate(p + "/*") for p in anchored]
         self.by_name = re.compile("|".join(f"(?:{r})" for r in names)) if names else None
         self.by_rel = re.compile("|".join(f"(?:{r})" for r in rels)) if rels else None
 
     def __call__(self, rel: str, name: str) -> bool:
-        if self.by_name is None or self.by_rel is None:
-            return False
-        return self.by_name.match(name) is not None or self.by_rel.match(rel) is not None
+        return (self.by_name is not None and self.by_name.match(name) is not None) or (self.by_rel is not None and self.by_rel.match(rel) is not None)
 
 
 def _excluded(rel: str, name: str, patterns: tuple[str, ...]) -> bool:
     return _Excluder(patterns)(rel, name)
 
 
-def discover(paths: Iterable[str], config: Config, skipped: list[str] | None = None) -> Iterator[Path]:
+class _GitIgnore:
+    """`.gitignore` files of the repository (from its top, the directory holding `.git`, down to
+    each directory) and `.git/info/exclude`, deeper files overriding shallower ones, as git does.
+    Outside a git repository nothing is ignored. pathspec is imported only when a file exists."""
+
+    def __init__(self) -> None:
+        self._chain: dict[str, tuple[tuple[str, Any], ...]] = {}
+        self._top: dict[str, str | None] = {}
+
+    def top(self, d: str) -> str | None:
+        if d in self._top:
+            return self._top[d]
+        parent = os.path.dirname(d)
+        if os.path.exists(os.path.join(d, ".git")):
+            top: str | None = d
+        elif parent == d:
+            top = None
+        else:
+            top = self.top(parent)
+        self._top[d] = top
+        return top
+
+    def chain(self, d: str) -> tuple[tuple[str, Any], ...]:
+        hit = self._chain.get(d)
+        if hit is not None:
+            return hit
+        top = self.top(d)
+        if top is None:
+            out: tuple[tuple[str, Any], ...] = ()
+        else:
+            out = () if d == top else self.chain(os.path.dirname(d))
+            files = [os.path.join(d, ".gitignore")]
+            if d == top:
+                files.insert(0, os.path.join(d, ".git", "info", "exclude"))
+            for f in files:
+                spec = _spec(f)
+                if spec is not None:
+                    out = (*out, (d, spec))
+        self._chain[d] = out
+        return out
+
+    def ignored(self, path: str, is_dir: bool) -> bool:
+        """Whether git ignores `path` (absolute) itself; callers check parents as they walk."""
+        for base, spec in reversed(self.chain(os.path.dirname(path))):
+            rel = rel_to(path, base) + ("/" if is_dir else "")
+            verdict = spec.check_file(rel).include
+            if verdict is not None:
+                return bool(verdict)
+        return False
+
+    def ignored_with_parents(self, path: str, is_dir: bool) -> bool:
+        top = self.top(os.path.dirname(path))
+        if top is None:
+            return False
+        p = path
+        while p != top and p.startswith(top):
+            if self.ignored(p, is_dir if p == path else True):
+                return True
+            p = os.path.dirname(p)
+        return False
+
+
+def _spec(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    if not any(ln.strip() and not ln.lstrip().startswith("#") for ln in lines):
+        return None
+    import pathspec
+
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+class _Walker:
+    """The settings-dependent tests, each compiled once per config."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.git = _GitIgnore()
+        self._excluders: dict[int, _Excluder] = {}
+        self._roots: dict[int, str] = {}
+
+    def _root(self, cfg: Config) -> str:
+        root = self._roots.get(id(cfg))
+        if root is None:
+            root = self._roots[id(cfg)] = os.path.abspath(cfg.root)
+        return root
+
+    def _excluder(self, cfg: Config) -> _Excluder:
+        ex = self._excluders.get(id(cfg))
+        if ex is None:
+            ex = self._excluders[id(cfg)] = _Excluder((*cfg.exclude, *cfg.extend_exclude))
+        return ex
+
+    def skip(self, path: str, is_dir: bool, cfg: Config) -> bool:
+        """`path` (absolute), seen in a directory walked with `cfg`: excluded or git-ignored."""
+        if self._excluder(cfg)(rel_to(path, self._root(cfg)), os.path.basename(path)):
+            return True
+        return cfg.respect_gitignore and self.git.ignored(path, is_dir)
+
+    def force_excluded(self, path: str) -> bool:
+        """For a path named on the command line: it, or a directory above it (up to its config's
+        directory), is excluded, or git ignores it."""
+        cfg = self.settings.for_path(path)
+        root = os.path.abspath(cfg.root)
+        ex = self._excluder(cfg)
+        p = path
+        while True:
+            if ex(rel_to_root(p, cfg), os.path.basename(p)):
+                return True
+            parent = os.path.dirname(p)
+            if parent == p or not parent.startswith(root) or p == root:
+                break
+            p = parent
+        return cfg.respect_gitignore and self.git.ignored_with_parents(path, os.path.isdir(path))
+
+
+def discover(paths: Iterable[str], config: Config | Settings, skipped: list[str] | None = None, *, force_exclude: bool = False) -> Iterator[Path]:
     """Yield the files to check, each once, in sorted order. Missing paths raise UsageError.
     Symlinks under a directory that lead out of it are appended to `skipped` (as shown), not yielded."""
     paths = list(paths)
-    excluded = _Excluder((*config.exclude, *config.extend_exclude))
+    settings = config if isinstance(config, Settings) else Settings(fixed=config)
+    walker = _Walker(settings)
     seen: set[str] = set()
     out: list[tuple[str, Path]] = []
     missing = [p for p in paths if not os.path.lexists(p)]
@@ -62,13 +187,15 @@ def discover(paths: Iterable[str], config: Config, skipped: list[str] | None = N
         raise UsageError(f"path does not exist: {missing[0]}")
     for p in paths:
         path = Path(p)
+        if force_exclude and walker.force_excluded(os.path.abspath(p)):
+            continue
         if not path.is_dir():  # a file, a dangling link, or a FIFO/socket/device named on the command line
             key = os.path.realpath(path)
             if key not in seen:
                 seen.add(key)
                 out.append((display(path), path))
             continue
-        _walk(p, excluded, seen, out, skipped if skipped is not None else [])
+        _walk(p, walker, seen, out, skipped if skipped is not None else [])
     out.sort(key=lambda item: item[0])
     for _, path in out:
         yield path
@@ -87,12 +214,12 @@ def _inside(real: str, root: str) -> bool:
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _walk(top: str, excluded: _Excluder, seen: set[str], out: list[tuple[str, Path]], skipped: list[str]) -> None:
+def _walk(top: str, walker: _Walker, seen: set[str], out: list[tuple[str, Path]], skipped: list[str]) -> None:
     root = os.path.realpath(top)
     visited: set[str] = set()
-    stack: list[tuple[str, str]] = [(top, "")]  # (directory as given, path relative to top)
+    stack: list[str] = [top]
     while stack:
-        dirpath, rel_dir = stack.pop()
+        dirpath = stack.pop()
         real_dir = os.path.realpath(dirpath)
         if real_dir in visited:  # a symlink loop, or a directory reached twice
             continue
@@ -101,23 +228,24 @@ def _walk(top: str, excluded: _Excluder, seen: set[str], out: list[tuple[str, Pa
             entries = sorted(os.scandir(dirpath), key=lambda e: e.name)
         except OSError:
             continue  # unreadable directory: nothing to check in it
+        abs_dir = os.path.abspath(dirpath)
+        cfg = walker.settings.for_dir(abs_dir)
         subdirs = []
         for e in entries:
             name = e.name
-            rel = f"{rel_dir}/{name}" if rel_dir else name
             try:
                 is_dir = e.is_dir()  # follows symlinks
             except OSError:
                 is_dir = False
             if is_dir:
-                if not excluded(rel, name):
+                if not walker.skip(os.path.join(abs_dir, name), True, cfg):
                     sub = os.path.join(dirpath, name)
                     if e.is_symlink() and not _inside(os.path.realpath(sub), root):
                         skipped.append(display(Path(sub)) + "/")  # a link out of the checked tree
                         continue
-                    subdirs.append((sub, rel))
+                    subdirs.append(sub)
                 continue
-            if not name.endswith(SUFFIXES) or excluded(rel, name):
+            if not name.endswith(SUFFIXES) or walker.skip(os.path.join(abs_dir, name), False, cfg):
                 continue
             full = os.path.join(dirpath, name)
             key = os.path.realpath(full) if e.is_symlink() else os.path.join(real_dir, name)
@@ -129,6 +257,14 @@ def _walk(top: str, excluded: _Excluder, seen: set[str], out: list[tuple[str, Pa
             seen.add(key)
             out.append((display(Path(full)), Path(full)))
         stack.extend(reversed(subdirs))
+
+
+def repository_root(start: str | None = None) -> str:
+    """The directory holding `.git` at or above `start` (default: the working directory), else
+    `start` itself: what SARIF URIs are relative to."""
+    d = os.path.abspath(start or os.getcwd())
+    top = _GitIgnore().top(d)
+    return top if top is not None else d
 
 
 def display(path: Path) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 from stabcheck import registry, suppress
 from stabcheck._cache import Cache, cache_home, code_fingerprint, digest, project_cache_dir
 from stabcheck._discover import SourceError, discover, display, read_source, source_problem
-from stabcheck.config import DEFAULT_MAX_FILE_SIZE, Config, ConfigError, check_timeout, project_root, trust_note
+from stabcheck.config import DEFAULT_MAX_FILE_SIZE, Config, ConfigError, Settings, check_timeout, project_root, rel_to_root, trust_note
 from stabcheck.finding import Finding, Span, merge
 from stabcheck.reporters import clean
 from stabcheck.rule import Rule
@@ -60,6 +60,10 @@ class Result:
     notes: list[str] = field(default_factory=list)
     device: dict[str, Any] | None = None
     rules: tuple[type[Rule], ...] = ()
+    # findings an inline `# noqa` / `# stabcheck: ignore` hid, with the comment's text (SARIF
+    # keeps them as suppressed results; no other format shows them or counts them)
+    suppressed: list[tuple[Finding, str]] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)  # the files checked, as findings show them
 
 
 def enabled_rules(config: Config) -> tuple[type[Rule], ...]:
@@ -86,31 +90,70 @@ def check_source(source: str, path: str = "<string>", config: Config | None = No
     return finalize({path: res}, rules, config, ("static",))
 
 
-def run(paths: Sequence[str], config: Config | None = None, options: Options | None = None) -> Result:
-    config = config or Config()
+def check_stdin(data: bytes, path: str, config: Config | None = None) -> Result:
+    """The static stage on source read from stdin, checked as the file `path` (`--stdin-filename`:
+    its name selects per-file-ignores; a `.ipynb` name reads a notebook)."""
+    config = _ready(config or Config())
+    rules = enabled_rules(config)
+    res = _check_one(path, path, replace(config, types=False), Dispatcher(rules), data)
+    result = Result(findings=[], files=1, rules=rules, checked=[path])
+    result.findings = finalize({path: res}, rules, config, ("static",), result.suppressed)
+    if path.endswith(".ipynb"):
+        from stabcheck import _notebook
+
+        try:
+            starts = _notebook.cells(data).starts
+        except _notebook.NotebookError:
+            starts = ()
+        result.findings = [_notebook.to_cells(f, starts) for f in result.findings]
+    return result
+
+
+def run(paths: Sequence[str], config: Config | Settings | None = None, options: Options | None = None, *, force_exclude: bool = False) -> Result:
+    """Run the stages over `paths`. `config` is one Config for every file, or `Settings` (each
+    file checked with the settings of the nearest config file above it, as ruff does)."""
+    settings = config if isinstance(config, Settings) else Settings(fixed=config or Config())
     options = options or Options()
     if options.timeout is not None:
         check_timeout(options.timeout, "timeout", "Options")
     if options.jobs is not None and (isinstance(options.jobs, bool) or not isinstance(options.jobs, int) or options.jobs < 1):
         raise ConfigError("jobs", options.jobs, "a positive integer", "Options")
-    if config.types is None:
-        config = replace(config, types=typed.on_by_default())
-    stages = options.stages or config.stages
-    rules = enabled_rules(config)
+    base = _ready(settings.for_path(paths[0]) if paths else settings.root)  # entries, stages, cache
+    stages = options.stages or base.stages
     skipped: list[str] = []
-    files = list(discover(paths, config, skipped=skipped))
-    cache_dir = _cache_dir(paths, config, options)
+    files = list(discover(paths, settings, skipped=skipped, force_exclude=force_exclude))
+    groups: dict[Config, list[Path]] = {}
+    ready: dict[int, Config] = {}  # by the identity of the settings' Config: one look-up per config
+    for f in files:
+        raw = settings.for_path(f)
+        cfg = ready.get(id(raw))
+        if cfg is None:
+            cfg = ready[id(raw)] = _ready(raw)
+        groups.setdefault(cfg, []).append(f)
+    cache_dir = _cache_dir(paths, base, options)
     # the typed tier and the traced stage get only files that can be read; the static pass
     # reports each of the others as one STB901 (special file, too large, unreadable, bad name)
-    readable = [f for f in files if source_problem(f, config.max_file_size) is None]
-    type_notes = _prepare_types(readable, config, options)
-    result = Result(findings=[], files=len(files), rules=rules)
-    note = trust_note(config)
-    if note:
-        result.notes.append(note)
+    readable = [f for cfg, fs in groups.items() for f in fs if source_problem(f, cfg.max_file_size) is None]
+    unreadable = set(files) - set(readable)
+    typed_files = [f for cfg, fs in groups.items() if cfg.types for f in fs if f.suffix != ".ipynb" and f not in unreadable]
+    type_notes = _prepare_types(typed_files, replace(base, types=bool(typed_files)), options)
+    result = Result(findings=[], files=len(files), checked=[display(f) for f in files])
+    for cfg in dict.fromkeys([base, *groups]):
+        note = trust_note(cfg)
+        if note and note not in result.notes:
+            result.notes.append(note)
     if skipped:
         result.notes.append(_skipped_note(skipped))
-    results = _static(files, config, options, rules, cache_dir, result.notes)
+    results: dict[str, FileResult] = {}
+    owner: dict[str, Config] = {}
+    all_rules: dict[str, type[Rule]] = {}
+    for cfg, fs in groups.items():
+        rules = enabled_rules(cfg)
+        all_rules.update((r.code, r) for r in rules)
+        part = _static(fs, cfg, options, rules, cache_dir, result.notes)
+        results.update(part)
+        owner.update((shown, cfg) for shown in part)
+    result.rules = tuple(sorted(all_rules.values(), key=lambda r: r.code))
     result.notes.extend(type_notes)
     if "static" not in stages:
         results = {k: FileResult([f for f in v.findings if f.code in ("STB901",)], v.suppressions) for k, v in results.items()}
@@ -119,7 +162,7 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
         # the worker machinery loads only for --trace/--confirm (it imports no JAX here)
         from stabcheck.worker.stage import run_stage
 
-        later, notes, device = run_stage(readable, results, config, options, stages)
+        later, notes, device = run_stage([f for f in readable if f.suffix != ".ipynb"], results, base, options, stages)
         result.notes.extend(notes)
         result.device = device
         _seed_from_trace(later, results, {display(f): str(f) for f in files}, config, rules)
@@ -127,8 +170,18 @@ def run(paths: Sequence[str], config: Config | None = None, options: Options | N
     for f in later:
         if f.path not in read and f.snippet and _outside(f.path, paths):
             f = f.refine(snippet="")  # a line of a file outside the checked tree is not printed
-        results.setdefault(f.path, FileResult([], _sups_for(f.path, config.max_file_size))).findings.append(f)
-    result.findings = finalize(results, rules, config, tuple(stages))
+        results.setdefault(f.path, FileResult([], _sups_for(f.path, base.max_file_size))).findings.append(f)
+    by_config: dict[Config, dict[str, FileResult]] = {}
+    for path, res in results.items():
+        cfg = owner.get(path) or _ready(settings.for_path(path))
+        by_config.setdefault(cfg, {})[path] = res
+    for cfg, part in by_config.items():
+        result.findings += finalize(part, enabled_rules(cfg), cfg, tuple(stages), result.suppressed)
+    result.findings.sort(key=lambda f: f.sort_key)
+    result.suppressed.sort(key=lambda fs: fs[0].sort_key)
+    if any(p.endswith(".ipynb") for p in result.checked):
+        result.findings = _cell_locations(result.findings)
+        result.suppressed = [(f, text) for f, text in zip(_cell_locations([f for f, _ in result.suppressed]), [t for _, t in result.suppressed])]
     return result
 
 
@@ -234,6 +287,30 @@ def _cache_dir(paths: Sequence[str], config: Config, options: Options) -> Path |
 
     root = Path(config.root) if config.source else project_root(Path(paths[0]) if paths else Path.cwd())
     return project_cache_dir(root)
+def _cell_locations(findings: list[Finding]) -> list[Finding]:
+    """Notebook findings located by cell (`cell 3`, line 2 of it), as ruff shows them."""
+    from stabcheck import _notebook
+
+    starts: dict[str, tuple[tuple[int, int], ...]] = {}
+    out = []
+    for f in findings:
+        if not f.path.endswith(".ipynb") or "cell" in f.evidence:
+            out.append(f)
+            continue
+        if f.path not in starts:
+            try:
+                starts[f.path] = _notebook.cells(Path(f.path).read_bytes()).starts
+            except (OSError, _notebook.NotebookError):
+                starts[f.path] = ()
+        out.append(_notebook.to_cells(f, starts[f.path]))
+    return out
+
+
+def _ready(config: Config) -> Config:
+    """`types` unset: as `STABCHECK_TYPES` says (else off)."""
+    if config.types is None:
+        return replace(config, types=typed.on_by_default())
+    return config
 
 
 def _sups_for(path: str, max_size: int = DEFAULT_MAX_FILE_SIZE) -> list[suppress.Suppression]:
@@ -280,6 +357,14 @@ def _check_one_seeded(real: str, shown: str, config: Config, dispatcher: Dispatc
             data = read_source(real, config.max_file_size)
         except SourceError as e:  # never opened when special or too large; one finding, the run goes on
             return FileResult([SyntaxErrorRule.finding(path=shown, span=Span(1, 1), message=f"`{shown}` {e.message}", help=e.help, detail=e.message)], [])
+    if real.endswith(".ipynb"):
+        from stabcheck import _notebook
+
+        try:
+            data = _notebook.cells(data).source.encode("utf-8")
+        except _notebook.NotebookError as e:
+            return FileResult([SyntaxErrorRule.finding(path=shown, span=Span(1, 1), message=f"`{shown}` cannot be checked: {e}", help="save it with Jupyter (nbformat 4)")], [])
+        return check_bytes(data, shown, config, dispatcher)  # the typed tier does not read notebooks
     res = check_bytes(data, shown, config, dispatcher)
     if config.types:
         types = typed.lookup(real)
@@ -532,9 +617,11 @@ def _cache_key(config: Config, rules: tuple[type[Rule], ...]) -> str:
 
 
 # -- config, suppressions, merging ---------------------------------------------------------------
-def finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], config: Config, stages: tuple[str, ...]) -> list[Finding]:
+def finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], config: Config, stages: tuple[str, ...], suppressed: list[tuple[Finding, str]] | None = None) -> list[Finding]:
     """The findings of enabled rules, after per-file ignores and suppressions (with STB900 for the
-    unused ones), in a stable order."""
+    unused ones), in a stable order; the findings a suppression hid go to `suppressed`."""
+    from stabcheck.rules.meta.unused_suppression import UnusedSuppression
+
     enabled = {r.code for r in rules}
     by_code = {r.code: r for r in registry.all_rules()}
     by_slug = {r.name: r for r in registry.all_rules()}
@@ -553,6 +640,8 @@ def finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], conf
             for line in {f.span.line, f.span.end_line or f.span.line}:
                 for s in sups_by_line.get(line, ()):
                     if suppress.matches(s, f.code, f.name):
+                        if not hit and suppressed is not None:
+                            suppressed.append((f, s.text))
                         hit = True
                         for n in s.names or ("*",):
                             if n in (f.code, f.name) or n == "*":
@@ -582,10 +671,12 @@ def _shown(f: Finding, config: Config) -> bool:
 
 
 def per_file_ignored(path: str, config: Config) -> set[str]:
-    """The codes `per-file-ignores` turns off for PATH (as shown in findings)."""
+    """Codes the config's `per-file-ignores` turn off for `path`: a glob matches the path relative
+    to the config's directory (wherever stabcheck runs from), or the file's name."""
     codes: set[str] = set()
+    rel = rel_to_root(path, config) if config.per_file_ignores else ""
     for glob, sels in config.per_file_ignores:
-        if fnmatch.fnmatchcase(path, glob) or fnmatch.fnmatchcase(os.path.basename(path), glob):
+        if fnmatch.fnmatchcase(rel, glob) or fnmatch.fnmatchcase(os.path.basename(path), glob):
             for sel in sels:
                 codes |= {r.code for r in registry.matching(sel)}
     return codes

@@ -1,12 +1,22 @@
-"""`[tool.stabcheck]` in pyproject.toml, or stabcheck.toml, read into a frozen `Config`."""
+"""`[tool.stabcheck]` in pyproject.toml, or stabcheck.toml, read into a frozen `Config`.
+
+The project model is ruff's: each file is checked with the settings of the nearest config file
+above it (`Settings.for_path`), the search stopping at the project root (the first directory with
+a pyproject.toml, with or without a stabcheck table, or a `.git`). Path patterns (`exclude`,
+`extend-exclude`, `per-file-ignores`) are relative to the directory of the config that declares
+them; `extend = "../pyproject.toml"` starts from another config file (its patterns stay relative
+to it). `--config FILE` applies one file to every path.
+"""
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import math
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +47,18 @@ STAGES = ("static", "traced", "confirm")
 DEFAULT_MAX_FILE_SIZE = 10 * 2**20  # bytes
 
 
+class UnknownKeyError(ConfigError):
+    """A key stabcheck does not know: named with the closest known key, if one is close."""
+
+    def __init__(self, key: str, value: Any, known: list[str], source: str = "") -> None:
+        close = difflib.get_close_matches(key.replace("_", "-"), known, n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        allowed = f"{hint}known keys: {', '.join(known)}"
+        super().__init__(key, value, allowed, source)
+        where = f"{source}: " if source else ""
+        self.args = (f"{where}unknown key `{key}` (= {value!r}); {allowed}",)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     select: tuple[str, ...] = ("ALL",)
@@ -57,9 +79,13 @@ class Config:
     union_limit: int = 1
     max_file_size: int = DEFAULT_MAX_FILE_SIZE  # a larger source file is one STB901, never read whole
     preview: bool = False  # also report the static stage's guesses (findings not proven)
+    respect_gitignore: bool = True
+    extend: str = ""  # the config file this one starts from, as written in it
     root: str = "."
     source: str = ""
     ignored: tuple[str, ...] = ()  # keys of a discovered config that were not honoured (see `distrust`)
+    # where each key's value came from (a config file, "command line"); not part of identity
+    origins: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
 
     def rule_option(self, name: str) -> Any:
         return getattr(self, name.replace("-", "_"))
@@ -85,27 +111,55 @@ _KEYS: dict[str, str] = {
     "union-limit": "a positive integer",
     "max-file-size": "a positive size in bytes, or a string such as '5MiB', '500KB' or '2MB'",
     "preview": "true or false",
+    "respect-gitignore": "true or false",
+    "extend": "the path of another config file, relative to this one",
 }
+_PATH_KEYS = ("exclude", "extend-exclude", "per-file-ignores")
 
 def find_config(start: Path) -> Path | None:
-    """The nearest stabcheck.toml, or pyproject.toml with a [tool.stabcheck] table, from `start`
-    upward to the project root (the first directory holding a pyproject.toml or `.git`) and never
-    above it: a config in an ancestor of the project (a shared `/tmp`, a home directory) does not
-    apply to it."""
-    start = start.resolve()
+    """The config file that applies to `start` (a file or a directory): the nearest stabcheck.toml,
+    or pyproject.toml with a [tool.stabcheck] table, going up. The search stops at the project
+    root: the first directory holding a pyproject.toml (with or without a stabcheck table) or `.git`.
+    """
+    start = Path(os.path.abspath(start))
     for d in [start, *start.parents] if start.is_dir() else [start.parent, *start.parent.parents]:
-        if (d / "stabcheck.toml").is_file():
-            return d / "stabcheck.toml"
-        p = d / "pyproject.toml"
-        if p.is_file():
-            try:
-                data = tomllib.loads(p.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-                return p  # let load_config report it
-            return p if isinstance(data.get("tool"), dict) and "stabcheck" in data["tool"] else None
-        if (d / ".git").exists():
-            return None
+        found, stop = _config_in(d)
+        if found is not None or stop:
+            return found
     return None
+
+
+def _config_in(d: Path) -> tuple[Path | None, bool]:
+    """(the config file in directory `d`, whether `d` is a project root)."""
+    toml = d / "stabcheck.toml"
+    if toml.is_file():
+        return toml, True
+    p = d / "pyproject.toml"
+    if p.is_file():
+        return (p if _has_table(p) else None), True
+    return None, (d / ".git").exists()
+
+
+_TABLES: dict[tuple[str, int, int], bool] = {}
+
+
+def _has_table(p: Path) -> bool:
+    """Whether a pyproject.toml has a [tool.stabcheck] table (unreadable: yes, so that loading it
+    reports the problem); read once per file version, however many directories ask."""
+    try:
+        st = p.stat()
+    except OSError:
+        return True
+    key = (str(p), st.st_mtime_ns, st.st_size)
+    hit = _TABLES.get(key)
+    if hit is None:
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+            hit = isinstance(data.get("tool"), dict) and "stabcheck" in data["tool"]
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            hit = True
+        _TABLES[key] = hit
+    return hit
 
 
 def project_root(start: Path) -> Path:
@@ -183,6 +237,10 @@ def check_timeout(value: Any, key: str = "timeout", source: str = "") -> float:
 def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()
+    return _load(Path(path), ())
+
+
+def _read_table(path: Path) -> dict[str, Any]:
     src = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -192,23 +250,67 @@ def load_config(path: Path | None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{src}: malformed TOML: {e}") from None
-    table = data if path.name == "stabcheck.toml" else data.get("tool", {}).get("stabcheck", {})
-    if path.name == "stabcheck.toml" and "tool" in data and "stabcheck" in data["tool"]:
+    table = data if path.name != "pyproject.toml" else data.get("tool", {}).get("stabcheck", {})
+    if path.name != "pyproject.toml" and isinstance(data.get("tool"), dict) and "stabcheck" in data["tool"]:
         table = data["tool"]["stabcheck"]
     if not isinstance(table, dict):
         raise ConfigError("tool.stabcheck", table, "a table", src)
-    return from_mapping(table, source=src, root=str(path.parent))
+    return table
+
+
+def _load(path: Path, chain: tuple[Path, ...]) -> Config:
+    """One config file, on top of the file it `extend`s (followed first, cycles refused)."""
+    src = str(path)
+    real = [os.path.abspath(p) for p in chain]
+    if os.path.abspath(path) in real:
+        cycle = " -> ".join(str(p) for p in (*chain[real.index(os.path.abspath(path)) :], path))
+        raise UsageError(f"{chain[-1]}: `extend` makes a cycle: {cycle}")
+    table = _read_table(path)
+    root = str(path.parent)
+    extend = table.get("extend")
+    if extend is None:
+        return from_mapping(table, source=src, root=root)
+    if not isinstance(extend, str) or not extend:
+        raise ConfigError("extend", extend, _KEYS["extend"], src)
+    target = Path(os.path.normpath(os.path.join(root, os.path.expanduser(extend))))
+    if not target.is_file():
+        raise UsageError(f"{src}: `extend` names a config file that does not exist: {extend} ({target})")
+    base = _rebase(_load(target, (*chain, path)), root)
+    cfg = from_mapping(table, source=src, base=base)
+    if any(k.replace("_", "-") == "extend-exclude" for k in table):  # accumulates, as in ruff
+        cfg = replace(cfg, extend_exclude=(*base.extend_exclude, *cfg.extend_exclude))
+    return replace(cfg, root=root, source=src)
+
+
+def _rebase(cfg: Config, root: str) -> Config:
+    """`cfg`'s path patterns made relative to `root` instead of `cfg.root` (for `extend`)."""
+    if os.path.abspath(cfg.root) == os.path.abspath(root):
+        return cfg
+
+    def move(pattern: str) -> str:
+        if "/" not in pattern.rstrip("/"):
+            return pattern  # a name pattern matches at any depth, wherever it was declared
+        return os.path.relpath(os.path.join(cfg.root, pattern), root).replace(os.sep, "/") + ("/" if pattern.endswith("/") else "")
+
+    return replace(
+        cfg,
+        exclude=tuple(move(p) for p in cfg.exclude),
+        extend_exclude=tuple(move(p) for p in cfg.extend_exclude),
+        per_file_ignores=tuple((move(g), codes) for g, codes in cfg.per_file_ignores),
+    )
 
 
 def from_mapping(table: dict[str, Any], *, source: str = "", root: str = ".", base: Config | None = None) -> Config:
     cfg = base or Config()
     changes: dict[str, Any] = {} if base is not None else {"source": source, "root": root}
+    origins = dict(cfg.origins)
     for raw_key, value in table.items():
         key = raw_key.replace("_", "-")
         if key not in _KEYS:
-            raise ConfigError(raw_key, value, "one of: " + ", ".join(_KEYS), source) from None
+            raise UnknownKeyError(raw_key, value, list(_KEYS), source) from None
         allowed = _KEYS[key]
         fname = key.replace("-", "_")
+        origins[key] = source or "command line"
         if key in ("select", "ignore", "extend-select"):
             codes = _str_list(raw_key, value, allowed, source)
             for c in codes:
@@ -245,7 +347,7 @@ def from_mapping(table: dict[str, Any], *, source: str = "", root: str = ".", ba
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(raw_key, value, allowed, source)
             changes[fname] = value
-        elif key in ("types", "preview"):
+        elif key in ("types", "preview", "respect-gitignore"):
             if not isinstance(value, bool):
                 raise ConfigError(raw_key, value, allowed, source)
             changes[fname] = value
@@ -266,10 +368,17 @@ def from_mapping(table: dict[str, Any], *, source: str = "", root: str = ".", ba
             if size is None:
                 raise ConfigError(raw_key, value, allowed, source)
             changes[fname] = size
+        elif key == "extend":
+            if not isinstance(value, str) or not value:
+                raise ConfigError(raw_key, value, allowed, source)
+            changes[fname] = value
         elif key == "memory-limit":
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ConfigError(raw_key, value, allowed, source)
             changes[fname] = str(value)
+    if changes.get("select") == () and not changes.get("extend_select", cfg.extend_select):
+        raise ConfigError("select", [], "a non-empty list of rule codes, prefixes or slugs, or `extend-select` beside it (an empty `select` would check nothing)", source)
+    changes["origins"] = tuple(sorted(origins.items()))
     return replace(cfg, **changes)
 
 
@@ -292,3 +401,86 @@ def _check_glob(key: str, glob: str, source: str) -> None:
 
 def config_fields() -> list[str]:
     return [f.name for f in fields(Config)]
+
+
+def rel_to_root(path: str | os.PathLike[str], config: Config) -> str:
+    """`path` relative to the directory of the config that applies to it (`/` separators): what
+    its path patterns match. Paths outside that directory start with `../`."""
+    return rel_to(os.path.abspath(path), os.path.abspath(config.root))
+
+
+def rel_to(path: str, base: str) -> str:
+    """`path` relative to `base`, both absolute and normalised (`/` separators); a prefix cut
+    when `path` is below `base` (discovery asks this for every file), else `os.path.relpath`."""
+    if path.startswith(base) and path[len(base) : len(base) + 1] == os.sep:
+        rel = path[len(base) + 1 :]
+    elif path == base:
+        rel = "."
+    else:
+        rel = os.path.relpath(path, base)
+    return rel.replace(os.sep, "/") if os.sep != "/" else rel
+
+
+class Settings:
+    """Which `Config` applies to each file: ruff's hierarchical settings.
+
+    `fixed` (from `--config FILE`, or a library caller's Config) applies to every path; otherwise
+    each directory gets the nearest config file above it (`find_config`, stopping at the project
+    root), or the defaults. `adjust` (the command line's `--select`, `--ignore`...) is applied on
+    top of every config. Each directory is resolved, and each config file read, once.
+    """
+
+    def __init__(self, fixed: Config | None = None, adjust: Callable[[Config], Config] | None = None, cwd: str | None = None) -> None:
+        self.fixed = adjust(fixed) if (fixed is not None and adjust is not None) else fixed
+        self.adjust = adjust
+        self.cwd = os.path.abspath(cwd or os.getcwd())
+        self._by_dir: dict[str, Config] = {}
+        self._by_file: dict[str, Config] = {}
+
+    def for_dir(self, directory: str | os.PathLike[str]) -> Config:
+        if self.fixed is not None:
+            return self.fixed
+        d = os.path.abspath(directory)
+        hit = self._by_dir.get(d)
+        if hit is None:
+            hit = self._by_dir[d] = self._resolve(d)
+        return hit
+
+    def for_path(self, path: str | os.PathLike[str]) -> Config:
+        """The settings of a file (those of its directory), or of a directory."""
+        p = os.path.abspath(path)
+        return self.for_dir(p if os.path.isdir(p) else os.path.dirname(p))
+
+    @property
+    def root(self) -> Config:
+        """The settings of the working directory: what the run as a whole (entries, stages, the
+        cache) follows."""
+        return self.for_dir(self.cwd)
+
+    def _resolve(self, d: str) -> Config:
+        path = find_config(Path(d))
+        key = str(path) if path is not None else ""
+        cfg = self._by_file.get(key)
+        if cfg is None:
+            cfg = Config() if path is None else distrust(load_config(path))  # found, not named: untrusted
+            if self.adjust is not None:
+                cfg = self.adjust(cfg)
+            self._by_file[key] = cfg
+        return cfg
+
+    def explain(self, path: str | os.PathLike[str]) -> list[tuple[str, Any, str]]:
+        """(key, value, where it came from) for every setting of the file at `path`."""
+        cfg = self.for_path(path)
+        origins = dict(cfg.origins)
+        out: list[tuple[str, Any, str]] = []
+        for f in fields(Config):
+            if f.name in ("root", "source", "origins", "ignored"):
+                continue
+            key = f.name.replace("_", "-")
+            value = getattr(cfg, f.name)
+            if key == "per-file-ignores":
+                value = {g: list(c) for g, c in value}
+            elif isinstance(value, tuple):
+                value = list(value)
+            out.append((key, value, origins.get(key, "default")))
+        return out

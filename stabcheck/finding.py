@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,6 +37,36 @@ class Span:
         end_line = getattr(node, "end_lineno", None) or line
         end_col = getattr(node, "end_col_offset", None)
         return cls(line, col, end_line, (end_col + 1) if end_col is not None else None)
+
+
+    def in_chars(self, lines: Sequence[str]) -> Span:
+        """This span, made with UTF-8 byte columns (as `ast`, tokenize and code objects count),
+        with columns in characters (what editors, SARIF and every reporter show). Done once,
+        where a position is made (`FileContext.add`, the traced stage's `Site`)."""
+        col = char_col(lines[self.line - 1], self.col) if 0 < self.line <= len(lines) else self.col
+        end_col = self.end_col
+        end_line = self.end_line or self.line
+        if end_col is not None and 0 < end_line <= len(lines):
+            end_col = char_col(lines[end_line - 1], end_col)
+        if col == self.col and end_col == self.end_col:
+            return self
+        return Span(self.line, col, self.end_line, end_col)
+
+
+def char_col(text: str, byte_col: int) -> int:
+    """The 1-based character column of the 1-based UTF-8 byte column `byte_col` of `text`."""
+    if byte_col <= 1 or text.isascii():
+        return byte_col
+    data = text.encode("utf-8")
+    head = data[: byte_col - 1]
+    return len(head.decode("utf-8", "ignore")) + max(0, byte_col - 1 - len(data)) + 1
+
+
+def byte_col(text: str, col: int) -> int:
+    """The inverse of `char_col`: the 1-based UTF-8 byte column of character column `col`."""
+    if col <= 1 or text.isascii():
+        return col
+    return len(text[: col - 1].encode("utf-8")) + max(0, col - 1 - len(text)) + 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from stabcheck.finding import Finding
 _COLLECTOR = pytest.StashKey[Any]()
 _FAILED = pytest.StashKey[str]()
 _REPORT_ERROR = pytest.StashKey[str]()
+_STRICT_FAILED = pytest.StashKey[int]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -150,6 +151,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
     if config.option.stabcheck_strict and findings and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        config.stash[_STRICT_FAILED] = len(findings)
 
 
 def _n(count: int, noun: str) -> str:
@@ -195,3 +197,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"stabcheck: {config.stash[_REPORT_ERROR]}")
     if collector is not None and collector.errors:
         tr.write_line(f"stabcheck: {len(collector.errors)} internal errors; first: {collector.errors[0]}")
+    strict = config.stash.get(_STRICT_FAILED, 0)
+    if strict:  # the tests passed: say why the session fails
+        tr.write_line(f"stabcheck: --stabcheck-strict: the session fails (exit 1) because of {_n(strict, 'stabcheck finding')} above, although the tests passed", red=True, bold=True)

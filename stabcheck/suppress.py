@@ -11,7 +11,9 @@ import re
 import tokenize
 from dataclasses import dataclass
 
-NOQA_RE = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Z]+[0-9]+(?:[\s,]+[A-Z]+[0-9]+)*))?", re.I)
+# a code is letters, a digit, then letters or digits: `STB1O1` (a letter O) is read whole, and
+# reported as an unknown rule, not as `STB1` (which would silence a whole family)
+NOQA_RE = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Z]+[0-9][A-Z0-9]*(?:[\s,]+[A-Z]+[0-9][A-Z0-9]*)*))?", re.I)
 IGNORE_RE = re.compile(r"#\s*stabcheck:\s*ignore(?:\[(?P<names>[^\]]*)\])?")
 
 

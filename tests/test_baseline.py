@@ -117,3 +117,56 @@ def test_cli_round_trip(tmp_path: Path):
     assert later.returncode == 1 and "STB101" in later.stdout and "1 baseline entry is stale" in later.stdout + later.stderr
     missing = run_cli("check", "m.py", "--no-cache", "--baseline", "nope.json", cwd=tmp_path)
     assert missing.returncode == 2 and "baseline file not found" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_partial_run_keeps_the_other_files_entries(tmp_path: Path):
+    """pre-commit checks the staged files only: the other files' entries are neither stale nor lost."""
+    for name in ("a.py", "b.py"):
+        (tmp_path / name).write_text(textwrap.dedent(OLD).lstrip(), encoding="utf-8")
+    full = run_cli("check", ".", "--no-cache", "--no-types", "--baseline", "bl.json", "--write-baseline", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    data = json.loads((tmp_path / "bl.json").read_text())
+    assert sorted(e["path"] for e in data["findings"]) == ["a.py", "b.py"]
+    assert data["stabcheck-version"] and data["stabcheck-baseline"] == baseline.VERSION
+
+    (tmp_path / "a.py").write_text("x = 1\n", encoding="utf-8")  # a.py's finding fixed
+    one = run_cli("check", "b.py", "--no-cache", "--no-types", "--baseline", "bl.json", "--output-format", "concise", cwd=tmp_path)
+    assert one.returncode == 0 and "stale" not in one.stdout + one.stderr, one.stdout
+    assert one.stdout.splitlines()[-1] == "All checks passed: 1 file checked; 1 finding hidden by the baseline."
+    both = run_cli("check", "a.py", "b.py", "--no-cache", "--no-types", "--baseline", "bl.json", "--output-format", "concise", cwd=tmp_path)
+    assert "1 baseline entry is stale" in both.stdout
+
+    # rewriting from a run over b.py alone keeps a.py's entry; over a.py drops it (fixed)
+    run_cli("check", "b.py", "--no-cache", "--no-types", "--baseline", "bl.json", "--write-baseline", cwd=tmp_path)
+    assert sorted(e["path"] for e in json.loads((tmp_path / "bl.json").read_text())["findings"]) == ["a.py", "b.py"]
+    run_cli("check", "a.py", "--no-cache", "--no-types", "--baseline", "bl.json", "--write-baseline", cwd=tmp_path)
+    assert [e["path"] for e in json.loads((tmp_path / "bl.json").read_text())["findings"]] == ["b.py"]
+
+
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        ('{"version": 2, "rules": []}', "not a stabcheck baseline"),
+        ('{"stabcheck-baseline": 7, "stabcheck-version": "9.0", "findings": []}', "written by stabcheck 9.0"),
+        ('{"stabcheck-baseline": 1, "findings": ["STB101"]}', "entry 1 is not an object"),
+        ('{"stabcheck-baseline": 1, "findings": [{"code": "STB101", "path": "m.py", "count": 0}]}', "count 0"),
+        ('[1, 2]', "not a stabcheck baseline"),
+    ],
+)
+def test_foreign_or_malformed_baseline_exits_2_with_the_reason(tmp_path: Path, content: str, words: str):
+    (tmp_path / "m.py").write_text("x = 1\n", encoding="utf-8")
+    (tmp_path / "bl.json").write_text(content, encoding="utf-8")
+    proc = run_cli("check", "m.py", "--no-cache", "--no-types", "--baseline", "bl.json", cwd=tmp_path)
+    assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+
+
+def test_write_baseline_repairs_a_damaged_baseline_but_never_overwrites_a_foreign_file(tmp_path: Path):
+    (tmp_path / "m.py").write_text(textwrap.dedent(OLD).lstrip(), encoding="utf-8")
+    (tmp_path / "bl.json").write_text('{"stabcheck-baseline": 1, "findings": 3}', encoding="utf-8")
+    proc = run_cli("check", "m.py", "--no-cache", "--no-types", "--baseline", "bl.json", "--write-baseline", cwd=tmp_path)
+    assert proc.returncode == 0 and len(json.loads((tmp_path / "bl.json").read_text())["findings"]) == 1
+    (tmp_path / "package.json").write_text('{"name": "web"}', encoding="utf-8")
+    proc = run_cli("check", "m.py", "--no-cache", "--no-types", "--baseline", "package.json", "--write-baseline", cwd=tmp_path)
+    assert proc.returncode == 2 and "not a stabcheck baseline" in proc.stderr
+    assert (tmp_path / "package.json").read_text() == '{"name": "web"}'

@@ -47,7 +47,7 @@ def test_bad_config_value_is_a_config_error_naming_it(tmp_path: Path, body: str,
 def test_bad_config_through_the_cli_exits_2_with_one_line(tmp_path: Path, body: str, words: list[str]) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.stabcheck]\n" + body)
     (tmp_path / "a.py").write_text(GOOD)
-    proc = run_cli("check", "a.py", "--no-cache", cwd=tmp_path, timeout=60)
+    proc = run_cli("check", "a.py", "--no-cache", cwd=tmp_path, timeout=300)
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()
@@ -72,7 +72,7 @@ def test_malformed_toml_exits_2_with_one_line(tmp_path: Path, text: str) -> None
     (tmp_path / "a.py").write_text(GOOD)
     with pytest.raises(UsageError):
         load_config(tmp_path / "stabcheck.toml")
-    proc = run_cli("check", "a.py", "--no-cache", cwd=tmp_path, timeout=60)
+    proc = run_cli("check", "a.py", "--no-cache", cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and "stabcheck.toml" in lines[0], proc.stderr
@@ -81,7 +81,7 @@ def test_malformed_toml_exits_2_with_one_line(tmp_path: Path, text: str) -> None
 
 def test_explicit_config_file_that_does_not_exist(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text(GOOD)
-    proc = run_cli("check", "a.py", "--config", "missing.toml", cwd=tmp_path, timeout=60)
+    proc = run_cli("check", "a.py", "--config", "missing.toml", cwd=tmp_path, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "stabcheck: error: config file not found: missing.toml"
 

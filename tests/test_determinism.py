@@ -33,7 +33,7 @@ def test_output_is_byte_identical_across_jobs_and_cache(tmp_path: Path, fmt: str
     assert n_files >= 20  # enough that --jobs 2 takes the parallel path
 
     def check(*args: str) -> str:
-        proc = run_cli("check", "tree", "--exit-zero", "--output-format", fmt, *args, cwd=tmp_path, timeout=120)
+        proc = run_cli("check", "tree", "--exit-zero", "--output-format", fmt, *args, cwd=tmp_path, timeout=300)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 

@@ -384,7 +384,7 @@ def test_cli_diff_fix_and_unsafe(tmp_path: Path):
     a.write_text(NAN_WHERE, encoding="utf-8")
     b.write_text(JIT_LOOP, encoding="utf-8")
     diff = run_cli("check", ".", "--no-cache", "--diff", cwd=tmp_path)
-    assert diff.returncode == 0, diff.stderr
+    assert diff.returncode == 1, diff.stderr  # fixes are pending (as ruff's --diff)
     assert diff.stdout.startswith("--- a/a.py\n+++ b/a.py\n"), diff.stdout
     assert "+    return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)" in diff.stdout
     assert "b.py" not in diff.stdout and diff.stdout.endswith("3 more fixes available with --unsafe-fixes.\n")

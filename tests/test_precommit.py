@@ -62,14 +62,14 @@ def test_hook_entries_are_valid_command_lines(tmp_path: Path):
     assert "--no-types" in entry  # mypy's cold start is for CI and full runs, not every commit
     exe = Path(sys.executable).parent / entry[0]
     env = {k: v for k, v in os.environ.items() if k != "STABCHECK_TYPES"}
-    proc = subprocess.run([str(exe), *entry[1:], str(bad)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    proc = subprocess.run([str(exe), *entry[1:], str(bad)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "STB101" in proc.stdout
 
 
 def _git(*args: str, cwd: Path) -> None:
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, timeout=60)
+    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, timeout=300)
 
 
 def _hook_repo(dest: Path) -> Path:

@@ -128,7 +128,7 @@ def test_sarif_fingerprints_survive_moving_code(tmp_path: Path):
     def prints(text: str) -> list[tuple[str, int]]:
         f.write_text(text, encoding="utf-8")
         doc = json.loads(_render("sarif", run([str(f)], Config(), Options(cache=False, jobs=1)).findings))
-        return [(r["partialFingerprints"]["stabcheck/v1"], r["locations"][0]["physicalLocation"]["region"]["startLine"]) for r in doc["runs"][0]["results"]]
+        return [(r["partialFingerprints"]["stabcheck/v2"], r["locations"][0]["physicalLocation"]["region"]["startLine"]) for r in doc["runs"][0]["results"]]
 
     before = prints(src)
     after = prints("# a comment\n" * 10 + src)
@@ -208,7 +208,7 @@ def test_cli_writes_each_format(tmp_path: Path, fmt: str):
 def test_sarif_identical_hazards_get_distinct_fingerprints():
     f = Finding("STB101", "branch-on-tracer", "m", "m.py", Span(3, 4), function="f", detail="x > 0", snippet="    if x > 0:")
     doc = json.loads(_render("sarif", [f, f.refine(span=Span(9, 4))]))
-    prints = [r["partialFingerprints"]["stabcheck/v1"] for r in doc["runs"][0]["results"]]
+    prints = [r["partialFingerprints"]["stabcheck/v2"] for r in doc["runs"][0]["results"]]
     assert prints[1] == prints[0] + ":2"
 
 

@@ -307,7 +307,7 @@ def test_warning_filter_error_from_the_command_line(tmp_path: Path) -> None:
     )
     # `python -W` resolves the category at start-up, before site-packages: the package must be on PYTHONPATH
     env = {**{k: v for k, v in os.environ.items() if k != "STABCHECK_MODE"}, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-W", "error::stabcheck.StabilityWarning", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run([sys.executable, "-W", "error::stabcheck.StabilityWarning", str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert out.stdout.strip() == "raised STB504", out.stderr
 
 

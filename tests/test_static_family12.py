@@ -123,7 +123,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def outcomes() -> dict[str, dict]:
     paths = [str(FIXTURES / f"{s}_{kind}.py") for s in SLUGS for kind in ("bad", "ok")]
-    proc = subprocess.run([sys.executable, "-c", _RUNNER, *paths], capture_output=True, text=True, timeout=240, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, *paths], capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -133,7 +133,7 @@ def behaviour() -> dict[str, dict[str, object]]:
     pytest.importorskip("jax")
     paths = [str(FIXTURES / f"{slug}_{kind}.py") for slug in RULES.values() for kind in ("bad", "ok")]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", _HARNESS, *paths], capture_output=True, text=True, timeout=240, env=env)
+    proc = subprocess.run([sys.executable, "-c", _HARNESS, *paths], capture_output=True, text=True, timeout=300, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
     assert line is not None, proc.stderr[-2000:]
     result: dict[str, dict[str, object]] = json.loads(line[len("RESULT") :])

@@ -136,6 +136,8 @@ def test_trace_usage_errors_exit_2_without_traceback(tmp_path: Path) -> None:
         [f"{f}:f", "--output-format", "yaml"],
         [str(tmp_path / "missing.py") + ":f"],
         [f"{f}:f", "--memory-limit", "lots"],
+        [f"{f}:nope"],  # a name the file does not define (found without importing it)
+        ["no_such_module_for_stabcheck:f"],  # a module not on the path
     ):
         r = run_cli("trace", *args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stdout, r.stderr)

@@ -321,7 +321,7 @@ def test_fixtures_fail_and_pass_under_jax_as_marked() -> None:
         print(json.dumps(out))
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script, str(FIXTURE)], capture_output=True, text=True, timeout=240)
+    proc = subprocess.run([sys.executable, "-c", script, str(FIXTURE)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {k: out[k] for k in ("project", "forward", "gate", "gate_expr")} == dict.fromkeys(("project", "forward", "gate", "gate_expr"), "TracerBoolConversionError")

@@ -36,6 +36,113 @@ def _from_cwd(target: str) -> str:
     if where.endswith((".py", ".pyi")) or "/" in where or os.sep in where:
         where = os.path.abspath(where)
     return f"{where}{sep}{name}"
+def _settings(config_file: Path | None, overrides: dict, extra_ignore: list[str]) -> "Settings":  # noqa: F821
+    """The check's settings: `--config FILE` for every path, else each file's nearest config
+    (ruff's hierarchy); the command line's options on top of either."""
+    from stabcheck.config import Settings, from_mapping, load_config
+
+    if config_file is not None and not config_file.is_file():
+        _fail(f"config file not found: {config_file}")
+
+    def adjust(cfg: "Config") -> "Config":  # noqa: F821
+        if overrides:
+            cfg = from_mapping(overrides, source="command line", base=cfg)
+        if extra_ignore:
+            cfg = from_mapping({"ignore": [*cfg.ignore, *extra_ignore]}, source="command line", base=cfg)
+        return cfg
+
+    return Settings(fixed=load_config(config_file) if config_file is not None else None, adjust=adjust)
+
+
+def _check_stdin(paths: list[str], name: str | None, settings: "Settings", output_format: str, output_file: Path | None, fix: bool, diff: bool, unsafe: bool, unfixable: frozenset[str], force_exclude: bool, exit_zero: bool) -> None:  # noqa: F821
+    """`stabcheck check - --stdin-filename src/x.py`: what editors run on an unsaved buffer. With
+    --fix the fixed source goes to stdout (the report to stderr); with --diff, the diff."""
+    from stabcheck import api, reporters
+    from stabcheck._discover import _Walker
+
+    if paths != ["-"]:
+        _fail("`-` (the source on stdin) cannot be combined with other paths")
+    data = sys.stdin.buffer.read()
+    shown = name or "-"
+    cfg = settings.for_path(name) if name else settings.root
+    if force_exclude and name and _Walker(settings).force_excluded(os.path.abspath(name)):
+        if fix:
+            sys.stdout.buffer.write(data)
+        raise _Exit(0)
+    if (fix or diff) and not shown.endswith(".ipynb"):
+        import difflib
+
+        from stabcheck.fix import fix_source
+        from stabcheck.static.engine import decode
+
+        try:
+            source = decode(data)
+        except (UnicodeDecodeError, LookupError, SyntaxError):
+            source = None
+        if source is not None:
+            done = fix_source(source, shown, cfg, unsafe=unsafe, unfixable=unfixable)
+            if diff:
+                text = "".join(difflib.unified_diff(source.splitlines(keepends=True), done.after.splitlines(keepends=True), f"a/{shown}", f"b/{shown}"))
+                _emit(text, output_file)
+                raise _Exit(1 if done.after != source else 0)
+            sys.stdout.write(done.after)  # the fixed buffer, as ruff does; the report goes to stderr
+            sys.stdout.flush()
+            data = done.after.encode("utf-8")
+    result = api.check_stdin(data, shown, cfg)
+    report = reporters.Report(files=1, notes=tuple(result.notes), color=False, version=__version__, suppressed=tuple((f, "inSource", t) for f, t in result.suppressed))
+    text = reporters.get(output_format)(result.findings, report)
+    if fix and output_file is None:
+        sys.stderr.write(text)
+    else:
+        _emit(text, output_file)
+    failing = [f for f in result.findings if f.status != "refuted"]
+    raise _Exit(0 if exit_zero or not failing else 1)
+
+
+def _may_fix(findings: list, unfixable: frozenset[str]) -> bool:
+    """Whether some finding's rule declares a fix (asked of the registry: no libcst import)."""
+    from stabcheck import registry
+
+    codes = {f.code for f in findings if f.stage == "static" and f.code not in unfixable and not f.path.endswith(".ipynb")}
+    return any((r := registry.get(c)) is not None and r.fixable for c in codes)
+
+
+def _unfixable(selectors: list[str]) -> frozenset[str]:
+    from stabcheck import registry
+
+    codes: set[str] = set()
+    for sel in selectors:
+        if not registry.is_valid_selector(sel):
+            _fail(f"invalid value for `--unfixable`: {sel!r}; expected a known rule code, prefix or slug (see `stabcheck rules`)")
+        codes |= {r.code for r in registry.matching(sel)}
+    return frozenset(codes)
+
+
+def _fix_listing(changed: tuple, *, done: bool) -> str:  # tuple[FileFix, ...]
+    """ruff's `--show-fixes`: per file, how many of each rule were (or would be) fixed."""
+    from collections import Counter
+
+    n = sum(len(r.fixed) for r in changed)
+    if not n:
+        return "No fixes applied.\n" if done else "No fixes available.\n"
+    lines = [f"{'Fixed' if done else 'Would fix'} {n} finding{'s' * (n != 1)}:"]
+    for r in changed:
+        lines.append(f"- {r.path}:")
+        for (code, name), k in sorted(Counter((f.code, f.name) for f in r.fixed).items()):
+            lines.append(f"    {k} × {code} ({name})")
+    return "\n".join(lines) + "\n"
+
+
+def _show_settings(settings: "Settings", path: str) -> str:  # noqa: F821
+    import json
+
+    if not os.path.lexists(path):
+        _fail(f"path does not exist: {path}")
+    cfg = settings.for_path(path)
+    lines = [f"Settings for {path}", f"config file: {cfg.source or '(none: defaults)'}", f"patterns relative to: {os.path.abspath(cfg.root)}", ""]
+    for key, value, origin in settings.explain(path):
+        lines.append(f"{key} = {json.dumps(value)}  # {origin}")
+    return "\n".join(lines) + "\n"
 
 
 def _version(value: bool) -> None:
@@ -70,15 +177,22 @@ def check(
     write_baseline: Annotated[bool, typer.Option("--write-baseline", help="Record the current findings in --baseline and exit 0.")] = False,
     fix: Annotated[bool, typer.Option("--fix", help="Apply safe fixes.")] = False,
     unsafe_fixes: Annotated[bool, typer.Option("--unsafe-fixes", help="Also apply unsafe fixes (with --fix or --diff).")] = False,
-    diff: Annotated[bool, typer.Option("--diff", help="Show the fixes as a diff instead of writing them.")] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="Show the fixes as a diff instead of writing them (exit 1 when there are any).")] = False,
+    fix_only: Annotated[bool, typer.Option("--fix-only", help="Apply fixes and report nothing else (exit 0).")] = False,
+    unfixable: Annotated[Optional[list[str]], typer.Option(help="Rules (codes, prefixes or slugs) whose fixes are never applied.")] = None,
+    show_fixes: Annotated[bool, typer.Option("--show-fixes", help="List the fixes applied (with --fix) or available.")] = False,
     fail_on: Annotated[Optional[str], typer.Option(help="suspected (default) or confirmed: which findings fail the run.")] = None,
     types: Annotated[Optional[bool], typer.Option("--types/--no-types", help="Use mypy's inferred types (typed tier; off by default, also `types = true` or STABCHECK_TYPES=1). Its first run in an environment analyses jax's sources (~30 s, ~500 MiB); later runs reuse a per-user cache.")] = None,
     exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even when there are findings.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the cache.")] = False,
     cache_dir: Annotated[Optional[str], typer.Option(help="Cache directory (default: one per project under ~/.cache/stabcheck, outside the checked tree; the typed tier's, shared by projects: ~/.cache/stabcheck/typed).")] = None,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Parallel processes (default: all cores).")] = None,
-    statistics: Annotated[bool, typer.Option("--statistics", help="Show counts per rule.")] = False,
+    statistics: Annotated[bool, typer.Option("--statistics", help="Print only the counts per rule.")] = False,
     preview: Annotated[bool, typer.Option("--preview", help="Also show findings the static stage could not prove (guesses).")] = False,
+    force_exclude: Annotated[bool, typer.Option("--force-exclude", help="Apply excludes and .gitignore to files named on the command line too (pre-commit hooks pass it).")] = False,
+    show_settings: Annotated[Optional[str], typer.Option("--show-settings", metavar="FILE", help="Print the settings that apply to FILE, with where each comes from, and exit.")] = None,
+    show_files: Annotated[bool, typer.Option("--show-files", help="Print the files that would be checked, and exit.")] = False,
+    stdin_filename: Annotated[Optional[str], typer.Option("--stdin-filename", help="With PATH `-` (source on stdin): the file it stands for (its config, per-file-ignores and name in findings).")] = None,
 ) -> None:
     """Check PATHS for type-stability hazards (static by default; --trace/--confirm run entries)."""
     paths = paths or ["."]
@@ -102,9 +216,20 @@ def check(
         overrides["types"] = types
     if preview:
         overrides["preview"] = True
-    cfg = _load_config(config, paths, overrides)
-    if ignore:
-        cfg = from_mapping({"ignore": [*cfg.ignore, *_csv(ignore)]}, source="command line", base=cfg)
+    settings = _settings(config, overrides, _csv(ignore))
+    if show_settings is not None:
+        _emit(_show_settings(settings, show_settings), output_file)
+        raise _Exit(0)
+    if show_files:
+        from stabcheck._discover import discover, display
+
+        _emit("".join(display(f) + "\n" for f in discover(paths, settings, force_exclude=force_exclude)), output_file)
+        raise _Exit(0)
+    if "-" in paths:
+        _check_stdin(paths, stdin_filename, settings, output_format, output_file, fix, diff, unsafe_fixes, _unfixable(_csv(unfixable)), force_exclude, exit_zero)
+    elif stdin_filename is not None:
+        _fail("--stdin-filename needs the path `-` (the source on stdin)")
+    cfg = settings.for_path(paths[0])  # the run's stages: those of the first path's config
     stages = ["static"] + (["traced"] if trace or confirm else []) + (["confirm"] if confirm else [])
     if not trace and not confirm:
         stages = list(dict.fromkeys(["static", *cfg.stages]))
@@ -117,7 +242,7 @@ def check(
         memory_limit=memory_limit,
         progress=sys.stderr.isatty() and not os.environ.get("CI"),
     )
-    result = api.run(paths, cfg, options)
+    result = api.run(paths, settings, options, force_exclude=force_exclude)
     findings = result.findings
     notes = list(result.notes)
     if "traced" in stages and not no_cache:  # for the language server, which never runs user code itself
@@ -125,28 +250,64 @@ def check(
 
         if note := record(paths, cfg, findings, stages):
             notes.append(note)
-    if fix or diff:
-        from stabcheck.fix import apply_fixes  # libcst: loaded only when fixing
+    no_fix = _unfixable(_csv(unfixable))
+    human = output_format in ("full", "concise") and not statistics
+    if fix or diff or fix_only or show_fixes:
+        from stabcheck.fix import run_fixes
 
-        text, findings = apply_fixes(findings, write=fix and not diff, unsafe=unsafe_fixes, config=cfg)
+        out = run_fixes(findings, write=(fix or fix_only) and not diff, unsafe=unsafe_fixes, unfixable=no_fix, settings=settings)
         if diff:
+            _emit(out.text, output_file)
+            raise _Exit(1 if out.changed else 0)
+        listing = _fix_listing(out.changed, done=fix or fix_only) if show_fixes else ""
+        if fix_only:
+            text = listing or (f"{out.text}.\n" if out.text else "No fixes available.\n")
             _emit(text, output_file)
             raise _Exit(0)
-        if text:
-            notes.append(text)
+        if listing:
+            (sys.stdout.write if human and output_file is None else sys.stderr.write)(listing)
+        if fix:
+            findings = out.findings
+            if out.text:
+                notes.append(out.text)
+    if (human or statistics) and _may_fix(findings, no_fix):
+        from stabcheck.fix import mark_fixable  # libcst: only when a finding's rule has a fix
+
+        findings = mark_fixable(findings, unsafe=unsafe_fixes, unfixable=no_fix, settings=settings)
+    suppressed = [(f, "inSource", text) for f, text in result.suppressed]
+    baselined = 0
     if baseline is not None:
         if write_baseline:
-            bl.write(baseline, findings)
+            bl.write(baseline, findings, result.checked)
             sys.stderr.write(f"stabcheck: wrote {len(findings)} finding(s) to {baseline}\n")
             raise _Exit(0)
-        findings, stale = bl.filter(baseline, findings)
-        if stale:
+        outcome = bl.split(baseline, findings, result.checked)
+        findings, baselined = outcome.new, len(outcome.hidden)
+        suppressed += [(f, "external", f"recorded in the baseline {baseline}") for f in outcome.hidden]
+        if outcome.stale:
+            stale = outcome.stale
             notes.append(f"{stale} baseline entr{'y is' if stale == 1 else 'ies are'} stale (no longer found); rewrite it with --write-baseline")
     elif write_baseline:
         _fail("--write-baseline needs --baseline FILE")
-    report = reporters.Report(files=result.files, device=result.device, notes=tuple(notes), statistics=statistics, color=_color() and output_file is None, version=__version__)
-    _emit(reporters.get(output_format)(findings, report), output_file)
-    failing = [f for f in findings if f.status != "refuted" and (cfg.fail_on == "suspected" or f.status == "confirmed" or f.stage == "confirmed")]
+    from stabcheck._discover import repository_root
+
+    report = reporters.Report(
+        files=result.files,
+        device=result.device,
+        notes=tuple(notes),
+        statistics=statistics,
+        color=_color() and output_file is None,
+        version=__version__,
+        suppressed=tuple(suppressed),
+        baselined=baselined,
+        root=repository_root(),
+        cwd=os.getcwd(),
+    )
+    if statistics:
+        _emit(reporters.statistics(findings, output_format), output_file)
+    else:
+        _emit(reporters.get(output_format)(findings, report), output_file)
+    failing = [f for f in findings if f.status != "refuted" and (settings.for_path(f.path).fail_on == "suspected" or f.status == "confirmed" or f.stage == "confirmed")]
     raise _Exit(0 if exit_zero or not failing else 1)
 
 

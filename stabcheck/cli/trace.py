@@ -9,8 +9,10 @@ Importing this module imports neither JAX nor the user's code.
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
+from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -63,6 +65,9 @@ def trace(
         where = t.rpartition(":")[0] if ":" in t else t
         if (where.endswith(".py") or "/" in where) and not os.path.isfile(where):
             fail(f"target file does not exist: {where}")
+        problem = _target_problem(t)
+        if problem:
+            fail(f"bad target `{t}`: {problem}")
     payload_targets = [{"target": absolute_target(t), "args": trees, "static": {str(k): v for k, v in statics.items()}, "dims": dims, **({"transforms": list(chosen)} if chosen else {})} for t in targets]
     limit = memory_limit_bytes(memory_limit if memory_limit is not None else cfg.memory_limit)
     progress = None
@@ -98,3 +103,56 @@ def _filter(findings: list[Finding], cfg: Config) -> list[Finding]:
             continue
         out.append(f)
     return out
+
+
+def _target_problem(target: str) -> str:
+    """Why `target` cannot name anything, found without importing it (a usage error, exit 2):
+    a module that is not on the path, or a NAME its file does not bind at module level."""
+    where, sep, name = target.rpartition(":") if ":" in target else (target, "", "")
+    if where.endswith(".py") or "/" in where or os.sep in where:
+        origin: str | None = where
+    else:
+        if not where.replace(".", "").replace("_", "").isalnum():
+            return f"`{where}` is neither a .py file nor a module name"
+        parts = where.split(".")
+        if parts[0] in sys.builtin_module_names:
+            return ""
+        search: list[str] | None = [os.getcwd(), *sys.path]
+        spec = None
+        for i, part in enumerate(parts):
+            spec = PathFinder.find_spec(".".join(parts[: i + 1]), search)
+            if spec is None:
+                return f"no module `{'.'.join(parts[: i + 1])}` on the Python path"
+            search = list(spec.submodule_search_locations or [])
+            if i < len(parts) - 1 and not search:
+                return f"`{'.'.join(parts[: i + 1])}` is a module, not a package"
+        origin = spec.origin if spec is not None else None
+    if not sep or not name or origin is None or not origin.endswith(".py"):
+        return ""
+    try:
+        with open(origin, "rb") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, ValueError):
+        return ""  # the worker reports it (STB901/STB902)
+    head = name.split(".")[0]
+    bound: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(a.name == "*" for a in node.names):
+                return ""
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        else:  # assignments, and names bound under if/try/with at module level
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                    bound.add(sub.id)
+                elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    bound.add(sub.name)
+                elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    if any(a.name == "*" for a in sub.names):
+                        return ""
+                    bound |= {(a.asname or a.name).split(".")[0] for a in sub.names}
+    if head in bound or "__getattr__" in bound:
+        return ""
+    return f"`{where}` defines no `{head}` at module level"

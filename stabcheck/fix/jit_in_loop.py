@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from stabcheck.finding import Finding
+from stabcheck.finding import Finding, byte_col
 from stabcheck.fix._rewrite import Rewrite, module_aliases
 
 Range = tuple[int, int, int, int]  # line, col (0-based), end line, end col: ast and libcst agree
@@ -59,8 +59,13 @@ def fix(source: str, finding: Finding) -> Rewrite | None:
         for child in ast.iter_child_nodes(node):
             parents[child] = node
     s = finding.span
-    line, col = s.line, s.col - 1
-    end = (s.end_line, s.end_col - 1) if s.end_line and s.end_col else None  # `jax.jit(f)(x)` starts where `jax.jit(f)` does
+    lines = source.splitlines()
+
+    def offset(ln: int, c: int) -> int:  # the finding counts characters, `ast` UTF-8 bytes
+        return byte_col(lines[ln - 1], c) - 1 if 0 < ln <= len(lines) else c - 1
+
+    line, col = s.line, offset(s.line, s.col)
+    end = (s.end_line, offset(s.end_line, s.end_col)) if s.end_line and s.end_col else None  # `jax.jit(f)(x)` starts where `jax.jit(f)` does
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any((d.lineno, d.col_offset) == (line, col) for d in node.decorator_list):
             plan = _nested_def(tree, node, parents, source)

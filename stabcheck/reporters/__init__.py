@@ -24,6 +24,12 @@ class Report:
     color: bool = False
     version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # findings hidden by `# noqa` ("inSource") or the baseline ("external"), with the reason:
+    # only SARIF shows them (as suppressed results); the others print the baseline's count
+    suppressed: tuple[tuple[Finding, str, str], ...] = ()
+    baselined: int = 0
+    root: str = ""  # the repository root that SARIF URIs are relative to ("": paths as shown)
+    cwd: str = ""  # the working directory of the run
 
 
 # Characters that change what a reader sees rather than show something: C0 controls but tab (a
@@ -88,3 +94,23 @@ def statistics_rows(findings: list[Finding]) -> list[tuple[int, str, str]]:
     for f in findings:
         counts[(f.code, f.name)] = counts.get((f.code, f.name), 0) + 1
     return sorted(((n, c, s) for (c, s), n in counts.items()), key=lambda r: (-r[0], r[1]))
+
+
+def statistics(findings: list[Finding], fmt: str) -> str:
+    """`--statistics`: only the counts per rule (a JSON list with `--output-format json`)."""
+    rows = statistics_rows(findings)
+    fixable: dict[str, int] = {}
+    for f in findings:
+        if f.fix is not None:
+            fixable[f.code] = fixable.get(f.code, 0) + 1
+    if fmt == "json":
+        import json
+
+        return json.dumps([{"code": c, "name": s, "count": n, "fixable": fixable.get(c, 0)} for n, c, s in rows], indent=2) + "\n"
+    return "".join(f"{n:5d}\t{c}\t{'[*] ' if fixable.get(c) else ''}{s}\n" for n, c, s in rows)
+
+
+def location(f: Finding) -> str:
+    """`path:line:col`, or `nb.ipynb:cell 3:2:5` for a notebook cell (as ruff shows them)."""
+    cell = f.evidence.get("cell") if f.evidence else None
+    return f"{f.path}:cell {cell}:{f.line}:{f.col}" if cell else f"{f.path}:{f.line}:{f.col}"

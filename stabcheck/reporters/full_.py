@@ -8,9 +8,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from stabcheck.finding import Finding
-from stabcheck.reporters import Report, clean, device_line, statistics_rows, status_label
+from stabcheck.reporters import Report, clean, device_line, location, statistics_rows, status_label
 from stabcheck.reporters._chains import full_lines as chain_lines
-from stabcheck.reporters.concise_ import summary_line
+from stabcheck.reporters.concise_ import fix_marker, fixable_line, summary_line
 
 _STYLE = {"error": "bold red", "warning": "bold yellow", "info": "bold blue"}
 # Evidence shown to a person, in this order; everything else stays in json/sarif.
@@ -24,8 +24,9 @@ def render(findings: list[Finding], report: Report) -> str:
     for f in findings:
         how = status_label(f)
         style = "green" if f.status == "refuted" else _STYLE.get(f.severity, "bold")
-        con.print(f"[{style}]{f.code}[/] [bold]\\[{f.name}][/] {escape(clean(f.message))} [{_HOW.get(how, 'dim')}]({how})[/]")
-        con.print(f"  [blue]-->[/] {escape(clean(f.path))}:{f.line}:{f.col}" + (f" in `{escape(clean(f.function))}`" if f.function else ""))
+        marker = escape(fix_marker(f))
+        con.print(f"[{style}]{f.code}[/] [bold]\\[{f.name}][/]{marker} {escape(clean(f.message))} [{_HOW.get(how, 'dim')}]({how})[/]")
+        con.print(f"  [blue]-->[/] {escape(clean(location(f)))}" + (f" in `{escape(clean(f.function))}`" if f.function else ""))
         if f.snippet:
             num = str(f.line)
             con.print(f"  [blue]{num} |[/] {escape(clean(f.snippet.rstrip()))}")
@@ -54,4 +55,7 @@ def render(findings: list[Finding], report: Report) -> str:
         for n, c, s in statistics_rows(findings):
             con.print(f"{n:5d}  {c}  [{s}]".replace("[", "\\["))
     con.print(summary_line(findings, report))
+    hint = fixable_line(findings)
+    if hint:
+        con.print(escape(hint))
     return buf.getvalue()

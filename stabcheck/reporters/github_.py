@@ -7,6 +7,7 @@ from stabcheck.reporters import Report, clean, status_label
 from stabcheck.reporters._chains import short as chain_short
 
 _LEVEL = {"error": "error", "warning": "warning", "info": "notice"}
+PER_STEP = 10  # GitHub shows at most 10 annotations of each level per step (and 50 per job)
 
 
 def _escape_data(s: str) -> str:
@@ -34,6 +35,12 @@ def render(findings: list[Finding], report: Report) -> str:
         if f.help:
             msg += "%0A" + _escape_data(f"help: {f.help}")
         lines.append(f"::{level} {','.join(props)}::{msg}")
+    counts = {lv: sum(ln.startswith(f"::{lv} ") for ln in lines) for lv in ("error", "warning", "notice")}
+    over = {lv: n for lv, n in counts.items() if n > PER_STEP}
+    if over:
+        what = ", ".join(f"{n} {lv}s" for lv, n in over.items())
+        note = f"stabcheck wrote {what}; GitHub shows only {PER_STEP} annotations of each level per step (50 per job), so some are not on the diff: see the job log, or upload SARIF (`--output-format sarif`) to code scanning"
+        lines.append(f"::notice title=stabcheck::{_escape_data(note)}")
     for note in report.notes:  # e.g. the typed tier was turned off, a config key was ignored
         lines.append(f"::notice title=stabcheck::{_escape_data(f'note: {note}')}")
     return "\n".join(lines) + ("\n" if lines else "")

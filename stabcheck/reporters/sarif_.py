@@ -2,20 +2,29 @@
 
 Rules carry their documentation (summary, "Why is this bad?", help in text and markdown, a link
 to their `docs/rules.md` anchor). Results carry `partialFingerprints` computed from the code, the
-qualified function and the culprit (`detail`, else the normalised source line), never the line
-number, so a finding keeps its identity when code above it moves.
+qualified function, the culprit (`detail`, else the message without whitespace) and an occurrence
+index, never the line number or the source line, so a finding keeps its identity when code above
+it moves or the file is reformatted.
+
+URIs are relative to the repository root (`%SRCROOT%`, given in `originalUriBaseIds`), so they
+resolve wherever in a monorepo stabcheck ran. Findings hidden by `# noqa` or by the baseline stay,
+with `suppressions` (`inSource`, `external`), so adopting a baseline does not close alerts as
+fixed. `invocations` records the working directory, whether the analysis completed, and the run's
+notes and analysis errors (STB902) as tool notifications. At most `MAX_RESULTS` results and about
+`MAX_BYTES` of them are written (GitHub's limits); a notification says how many were left out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import PurePath
+import os
+import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from stabcheck import registry
-from stabcheck.baseline import culprit
 from stabcheck.docs import render_rule
 from stabcheck.finding import Finding, Frame
 from stabcheck.reporters import Report, clean, clean_tree, status_label
@@ -24,7 +33,11 @@ from stabcheck.reporters._chains import frame_text
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://github.com/stabcheck/stabcheck"
 RULES_DOC_URI = INFORMATION_URI + "/blob/main/docs/rules.md"
-FINGERPRINT_KEY = "stabcheck/v1"
+FINGERPRINT_KEY = "stabcheck/v2"
+MAX_RESULTS = 25_000  # GitHub code scanning rejects more results per run
+MAX_BYTES = 9_000_000  # of results, under GitHub's 10 MB per upload (rules and the rest fit in the remainder)
+_OWN_DIR = str(Path(__file__).resolve().parents[1])  # stabcheck's package directory
+_WS = re.compile(r"\s+")
 
 _LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 
@@ -35,8 +48,9 @@ def help_uri(code: str, name: str) -> str:
 
 
 def fingerprint(f: Finding) -> str:
-    """A hash of what the finding is about, not where: code, function, culprit and source text."""
-    raw = "\x1f".join((f.code, f.function, culprit(f), " ".join(f.snippet.split())))
+    """A hash of what the finding is about, not where or how it is formatted: code, function and
+    culprit (`detail`, else the message), with whitespace removed. No source line text."""
+    raw = "\x1f".join((f.code, f.function, _WS.sub("", f.detail or f.message)))
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:32]
 
 
@@ -57,7 +71,7 @@ def _rule_descriptor(code: str, name: str, severity: str) -> dict[str, Any]:
     return desc
 
 
-def _result(f: Finding, index: int, print_: str) -> dict[str, Any]:
+def _result(f: Finding, index: int, print_: str, report: Report) -> dict[str, Any]:
     region: dict[str, Any] = {"startLine": max(1, f.line), "startColumn": max(1, f.col)}
     region["endLine"] = max(f.span.end_line or 1, region["startLine"])
     if f.span.end_col:
@@ -74,25 +88,25 @@ def _result(f: Finding, index: int, print_: str) -> dict[str, Any]:
     if f.detail:
         props["detail"] = clean(f.detail)
     if f.evidence:
-        props["evidence"] = clean_tree(json.loads(json.dumps(f.evidence, default=str)))
+        props["evidence"] = clean_tree(_scrub(json.loads(json.dumps(f.evidence, default=str))))
     level = "none" if f.status == "refuted" else _LEVEL.get(f.severity, "warning")
     result: dict[str, Any] = {
         "ruleId": f.code,
         "ruleIndex": index,
         "level": level,
         "message": {"text": text},
-        "locations": [{"physicalLocation": {"artifactLocation": _artifact(f.path), "region": region}}],
+        "locations": [{"physicalLocation": {"artifactLocation": _artifact(f.path, report), "region": region}}],
         "partialFingerprints": {FINGERPRINT_KEY: print_},
         "properties": props,
     }
     if f.status == "refuted":  # running the code showed the hazard does not happen
         result["kind"] = "pass"
     if f.chains:
-        result.update(_chain_parts(f, region))
+        result.update(_chain_parts(f, region, report))
     return result
 
 
-def _chain_parts(f: Finding, region: dict[str, Any]) -> dict[str, Any]:
+def _chain_parts(f: Finding, region: dict[str, Any], report: Report | None = None) -> dict[str, Any]:
     """The instability chains: every caller frame once in `relatedLocations` (ids from 1), and a
     `codeFlows` entry per chain whose one thread runs from the transformed entry (outermost) down
     to the finding's line, as code runs."""
@@ -100,7 +114,7 @@ def _chain_parts(f: Finding, region: dict[str, Any]) -> dict[str, Any]:
     ids: dict[tuple[str, int, int], int] = {}
 
     def physical(fr: Frame) -> dict[str, Any]:
-        return {"artifactLocation": _artifact(fr.path), "region": {"startLine": max(1, fr.line), "startColumn": max(1, fr.col)}}
+        return {"artifactLocation": _artifact(fr.path, report), "region": {"startLine": max(1, fr.line), "startColumn": max(1, fr.col)}}
 
     flows = []
     for chain in f.chains:
@@ -111,7 +125,7 @@ def _chain_parts(f: Finding, region: dict[str, Any]) -> dict[str, Any]:
                 related.append({"id": ids[key], "physicalLocation": physical(fr), "message": {"text": f"called from {frame_text(fr)}"}})
         steps = []
         for depth, fr in enumerate(reversed(chain)):
-            where = {"physicalLocation": physical(fr) if depth < len(chain) - 1 else {"artifactLocation": _artifact(f.path), "region": region}}
+            where = {"physicalLocation": physical(fr) if depth < len(chain) - 1 else {"artifactLocation": _artifact(f.path, report), "region": region}}
             text = clean(f"{fr.function or '<module>'}" + (f" under {fr.via}" if fr.via else "") if depth < len(chain) - 1 else f"{f.code}: {f.message}")
             where["message"] = {"text": text}
             steps.append({"location": where, "nestingLevel": depth, "executionOrder": depth + 1})
@@ -130,21 +144,87 @@ def _fingerprints(findings: list[Finding]) -> list[str]:
     return out
 
 
-def _artifact(path: str) -> dict[str, str]:
-    """Relative paths (the usual case) are relative to %SRCROOT%; absolute ones are file URIs."""
+def _artifact(path: str, report: Report | None = None) -> dict[str, str]:
+    """Paths below the repository root are relative to %SRCROOT%; others are file URIs."""
     p = path.replace("\\", "/")
-    if PurePath(path).is_absolute():
-        return {"uri": "file://" + quote(p if p.startswith("/") else "/" + p, safe="/:._-~")}
+    if report is not None and report.root:
+        full = os.path.normpath(os.path.join(report.cwd or os.getcwd(), path))
+        rel = os.path.relpath(full, report.root)
+        if rel.startswith(".."):
+            return {"uri": _file_uri(full)}
+        return {"uri": quote(rel.replace(os.sep, "/"), safe="/._-~"), "uriBaseId": "%SRCROOT%"}
+    if os.path.isabs(path) or p.startswith("/"):
+        return {"uri": _file_uri(p)}
     return {"uri": quote(p, safe="/._-~"), "uriBaseId": "%SRCROOT%"}
 
 
+def _file_uri(path: str) -> str:
+    p = path.replace("\\", "/")
+    return "file://" + quote(p if p.startswith("/") else "/" + p, safe="/:._-~")
+
+
+def _scrub(value: Any) -> Any:
+    """Evidence without the absolute paths of stabcheck's own files (`<stabcheck>/...` instead)."""
+    if isinstance(value, str):
+        return value.replace(_OWN_DIR + os.sep, "<stabcheck>/").replace(_OWN_DIR, "<stabcheck>")
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    return value
+
+
+def _suppression(kind: str, why: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": kind}
+    if why:
+        out["justification"] = clean(why)
+    return out
+
+
+def _invocation(findings: list[Finding], report: Report, left_out: int) -> dict[str, Any]:
+    """The run: where, whether every file and entry was analysed, and what it had to say."""
+    notes: list[dict[str, Any]] = [{"level": "note", "message": {"text": clean(n)}} for n in report.notes]
+    failed = [f for f in findings if f.code == "STB902"]
+    for f in failed:
+        notes.append(
+            {
+                "level": "error",
+                "message": {"text": clean(f.message)},
+                "descriptor": {"id": f.code},
+                "locations": [{"physicalLocation": {"artifactLocation": _artifact(f.path, report), "region": {"startLine": max(1, f.line)}}}],
+            }
+        )
+    if left_out:
+        notes.append({"level": "warning", "message": {"text": f"{left_out} result{'s' * (left_out != 1)} left out of this file: GitHub code scanning accepts at most {MAX_RESULTS:,} results and 10 MB per upload; fix or baseline the most frequent rules, or narrow the run"}})
+    inv: dict[str, Any] = {"executionSuccessful": not failed, "toolExecutionNotifications": notes}
+    cwd = report.cwd or os.getcwd()
+    inv["workingDirectory"] = {"uri": _file_uri(cwd.rstrip("/") + "/")}
+    return inv
+
+
 def render(findings: list[Finding], report: Report) -> str:
+    entries: list[tuple[Finding, list[dict[str, Any]]]] = [(f, []) for f in findings]
+    entries += [(f, [_suppression(kind, why)]) for f, kind, why in report.suppressed]
     rules: dict[str, int] = {}
     descriptors: list[dict[str, Any]] = []
-    for f in sorted(findings, key=lambda f: f.code):
+    for f, _ in sorted(entries, key=lambda e: e[0].code):
         if f.code not in rules:
             rules[f.code] = len(descriptors)
             descriptors.append(_rule_descriptor(f.code, f.name, f.severity))
+    results: list[dict[str, Any]] = []
+    size = 0
+    prints = _fingerprints([f for f, _ in entries])
+    for (f, sups), fp in zip(entries, prints):
+        if len(results) >= MAX_RESULTS:
+            break
+        res = _result(f, rules[f.code], fp, report)
+        if sups:
+            res["suppressions"] = sups
+        size += len(json.dumps(res))
+        if size > MAX_BYTES:
+            break
+        results.append(res)
+    left_out = len(entries) - len(results)
     run: dict[str, Any] = {
         "tool": {
             "driver": {
@@ -155,8 +235,9 @@ def render(findings: list[Finding], report: Report) -> str:
                 "rules": descriptors,
             }
         },
-        "originalUriBaseIds": {"%SRCROOT%": {"description": {"text": "the directory stabcheck ran in"}}},
-        "results": [_result(f, rules[f.code], fp) for f, fp in zip(findings, _fingerprints(findings))],
+        "invocations": [_invocation(findings, report, left_out)],
+        "originalUriBaseIds": {"%SRCROOT%": _srcroot(report)},
+        "results": results,
         "columnKind": "unicodeCodePoints",
     }
     props: dict[str, Any] = {"filesChecked": report.files}
@@ -164,12 +245,14 @@ def render(findings: list[Finding], report: Report) -> str:
         props["device"] = json.loads(json.dumps(report.device, default=str))
     if report.notes:  # e.g. the typed tier was turned off, a config key was ignored
         props["notes"] = [clean(n) for n in report.notes]
-        run["invocations"] = [
-            {
-                "executionSuccessful": True,
-                "toolExecutionNotifications": [{"level": "note", "message": {"text": clean(n)}} for n in report.notes],
-            }
-        ]
+    if report.baselined:
+        props["baselined"] = report.baselined
     run["properties"] = props
     doc = {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": [run]}
     return json.dumps(doc, indent=2) + "\n"
+
+
+def _srcroot(report: Report) -> dict[str, Any]:
+    if report.root:
+        return {"uri": _file_uri(report.root.rstrip("/") + "/"), "description": {"text": "the repository root"}}
+    return {"description": {"text": "the directory stabcheck ran in"}}

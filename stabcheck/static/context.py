@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ast
 import re
+import dataclasses
 from collections.abc import Container
 from typing import TYPE_CHECKING
 
-from stabcheck.finding import Finding
+from stabcheck.finding import Finding, Frame, char_col
 from stabcheck.static import xfile
 from stabcheck.static.analysis import Analysis, FunctionInfo, TypeOracle, array_annotated
 from stabcheck.static.names import Names
@@ -112,7 +113,11 @@ class FileContext:
         return "".join(parts)
 
     def add(self, finding: Finding) -> None:
+        """Record a finding; its span's columns, UTF-8 bytes as `ast` gives them, become characters."""
         line = finding.span.line
+        span = finding.span.in_chars(self.lines)
+        if span is not finding.span:
+            finding = finding.refine(span=span)
         snippet = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
         finding = finding.refine(snippet=snippet) if not finding.snippet else finding
         fn = self.function
@@ -121,8 +126,16 @@ class FileContext:
                 return
             chains = self.analysis.chains(fn, line, finding.span.col, self.path, abstract=finding.code in self.abstract_codes)
             if chains:  # reached through calls from transformed code: say from where
-                finding = finding.refine(chains=chains)
+                finding = finding.refine(chains=tuple((c[0], *(self._in_chars(fr) for fr in c[1:])) for c in chains))
         self.findings.append(finding)
+
+    def _in_chars(self, fr: Frame) -> Frame:
+        """A chain's call-site frame in this file, its `ast` byte column made a character column
+        (the innermost frame is the finding's own, already converted)."""
+        if fr.path != self.path or not 0 < fr.line <= len(self.lines):
+            return fr
+        col = char_col(self.lines[fr.line - 1], fr.col)
+        return fr if col == fr.col else dataclasses.replace(fr, col=col)
 
     def _proved_across_files(self, finding: Finding, fn: FunctionInfo) -> bool:
         """A tracer leak in code only another file's call makes transformed stands only when the

@@ -40,6 +40,15 @@ class Site:
     # the user frames that called this one, innermost first (for the instability chain)
     outer: tuple[Site, ...] = field(default=(), compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        # frames, tracebacks and `ast` count columns in UTF-8 bytes; a Site counts characters
+        if self.col > 1:
+            import linecache
+
+            from stabcheck.finding import char_col
+
+            object.__setattr__(self, "col", char_col(linecache.getline(self.file, self.line).rstrip("\n"), self.col))
+
 
 def is_internal(filename: str) -> bool:
     """True for JAX's, stabcheck's and the standard library's own files (never a user line)."""

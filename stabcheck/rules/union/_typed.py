@@ -56,7 +56,7 @@ def declared_optional(rule: type[Rule], tree: ast.Module, data: bytes, path: str
             out.append(
                 rule.finding(
                     path=path,
-                    span=Span.of(node.returns),
+                    span=Span.of(node.returns).in_chars(lines),
                     message=f"`{info.qualname}` is transformed but declares the return type `{shown}` (`{text}` to mypy), {why}; a compiled function has one output structure, and callers that branch on this one cannot be traced",
                     help="return one structure on every call (zeros instead of `None`), or split the function and annotate each precisely",
                     function=info.qualname,
@@ -101,7 +101,7 @@ def inferred_unions(rule: type[Rule], tree: ast.Module, data: bytes, path: str, 
                 out.append(
                     rule.finding(
                         path=path,
-                        span=Span.of(at),
+                        span=Span.of(at).in_chars(lines),
                         message=f"`{info.qualname}` returns {what} here according to mypy{tail}; a transformed function must return one structure, so `jit`/`grad` of it fail or retrace for some inputs",
                         help="return the same structure on every path (zeros or an empty array instead of `None`, one tuple arity)",
                         function=info.qualname,

@@ -1,0 +1,75 @@
+"""Editors' stdin (`check - --stdin-filename`) and Jupyter notebooks, checked cell by cell."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from stabcheck import _notebook
+from stabcheck.api import Options, run
+from stabcheck.config import Config
+
+LEAK = 'import jax\nimport numpy as np\n\n\n@jax.jit\ndef f(x):\n    return x * np.float64(2.0)\n'
+NOTEBOOK = {
+    "cells": [
+        {"cell_type": "markdown", "source": ["# a title\n"]},
+        {"cell_type": "code", "source": ["%matplotlib inline\n", "import jax\n", "import numpy as np\n"]},
+        {"cell_type": "code", "source": ["!pip install nothing\n", "@jax.jit\n", "def f(x):\n", "    if x > 0:\n", "        return x\n", "    return -x\n"]},
+        {"cell_type": "code", "source": ["%%bash\n", "if then fi\n"]},
+        {"cell_type": "code", "source": "@jax.jit\ndef g(x):\n    return x * np.float64(2.0)  # noqa: STB301\n"},
+        {"cell_type": "code", "source": ["@jax.jit\n", "def h(x):\n", "    return x * np.float64(2.0)\n"]},
+    ],
+    "metadata": {},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+def _stdin(args: list[str], data: bytes, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "stabcheck", "check", *args], input=data, capture_output=True, cwd=cwd, timeout=300)
+
+
+def test_stdin_takes_config_and_per_file_ignores_from_the_given_name(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.stabcheck]\nper-file-ignores = { "tests/*" = ["STB301"] }\n')
+    (tmp_path / "tests").mkdir()
+    src = _stdin(["-", "--stdin-filename", "src/x.py", "--output-format", "json"], LEAK.encode(), tmp_path)
+    assert src.returncode == 1, src.stderr
+    (row,) = json.loads(src.stdout)
+    assert (row["path"], row["code"], row["line"]) == ("src/x.py", "STB301", 7)
+    ignored = _stdin(["-", "--stdin-filename", "x.py", "--output-format", "json"], LEAK.encode(), tmp_path / "tests")
+    assert ignored.returncode == 0 and json.loads(ignored.stdout) == []  # tests/x.py, seen from tests/
+    (tmp_path / "pyproject.toml").write_text('[tool.stabcheck]\nextend-exclude = ["gen"]\n')
+    excluded = _stdin(["-", "--stdin-filename", "gen/x.py", "--force-exclude"], LEAK.encode(), tmp_path)
+    assert excluded.returncode == 0 and excluded.stdout == b""
+
+
+def test_stdin_fix_writes_the_fixed_source_and_diff_exits_1(tmp_path: Path) -> None:
+    fixed = _stdin(["-", "--fix", "--stdin-filename", "m.py"], LEAK.encode(), tmp_path)
+    assert fixed.returncode == 0 and fixed.stdout.decode().endswith("x * np.float64(2.0).astype(x.dtype)\n")
+    assert b"All checks passed" in fixed.stderr
+    diff = _stdin(["-", "--diff", "--stdin-filename", "m.py"], LEAK.encode(), tmp_path)
+    assert diff.returncode == 1 and diff.stdout.startswith(b"--- a/m.py\n+++ b/m.py\n")
+    bad = _stdin(["-", "x.py"], LEAK.encode(), tmp_path)
+    assert bad.returncode == 2 and b"cannot be combined" in bad.stderr
+
+
+def test_notebook_cells_keep_their_lines() -> None:
+    cells = _notebook.cells(json.dumps(NOTEBOOK).encode())
+    assert [n for n, _ in cells.starts] == [2, 3, 4, 5, 6]  # cells counted as Jupyter shows them, markdown included
+    assert _notebook.locate(cells.starts, 4) == (3, 1) and _notebook.locate(cells.starts, 7) == (3, 4)
+    compile(cells.source, "nb", "exec")  # magics, shell escapes and cell magics are blanked
+
+
+def test_notebook_findings_are_located_by_cell(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "nb.ipynb").write_text(json.dumps(NOTEBOOK), encoding="utf-8")
+    (tmp_path / "broken.ipynb").write_text("{not json", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    found = run(["."], Config(types=False), Options(cache=False, jobs=1)).findings
+    where = [(f.path, f.evidence.get("cell"), f.line, f.code) for f in found]
+    assert where == [("broken.ipynb", None, 1, "STB901"), ("nb.ipynb", 3, 4, "STB101"), ("nb.ipynb", 6, 3, "STB301")]
+    proc = subprocess.run([sys.executable, "-m", "stabcheck", "check", "nb.ipynb", "--no-cache", "--output-format", "concise"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("nb.ipynb:cell 3:4:8: STB101 [branch-on-tracer] `x > 0` is a traced value")
+    assert lines[1].startswith("nb.ipynb:cell 6:3:12: STB301 [float64-leak]")
