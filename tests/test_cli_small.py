@@ -50,8 +50,3 @@ def test_statistics_as_json(tmp_path: Path) -> None:
     proc = run_cli("check", ".", "--no-cache", "--no-types", "--statistics", "--output-format", "json", cwd=tmp_path)
     assert proc.returncode == 1 and json.loads(proc.stdout) == [{"code": "STB101", "name": "branch-on-tracer", "count": 1, "fixable": 0}]
 
-
-def test_output_file_in_a_missing_directory_is_a_usage_error(tmp_path: Path) -> None:
-    (tmp_path / "a.py").write_text("x = 1\n", encoding="utf-8")
-    proc = run_cli("check", "a.py", "--no-cache", "--no-types", "--output-file", "no/such/dir/out.txt", cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip() == "stabcheck: error: cannot write --output-file no/such/dir/out.txt: the directory no/such/dir does not exist"
