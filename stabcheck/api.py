@@ -124,12 +124,12 @@ def run(paths: Sequence[str], config: Config | Settings | None = None, options: 
     files = list(discover(paths, settings, skipped=skipped, force_exclude=force_exclude))
     groups: dict[Config, list[Path]] = {}
     ready: dict[int, Config] = {}  # by the identity of the settings' Config: one look-up per config
-    for f in files:
-        raw = settings.for_path(f)
+    for file in files:
+        raw = settings.for_path(file)
         cfg = ready.get(id(raw))
         if cfg is None:
             cfg = ready[id(raw)] = _ready(raw)
-        groups.setdefault(cfg, []).append(f)
+        groups.setdefault(cfg, []).append(file)
     cache_dir = _cache_dir(paths, base, options)
     # the typed tier and the traced stage get only files that can be read; the static pass
     # reports each of the others as one STB901 (special file, too large, unreadable, bad name)
@@ -165,7 +165,7 @@ def run(paths: Sequence[str], config: Config | Settings | None = None, options: 
         later, notes, device = run_stage([f for f in readable if f.suffix != ".ipynb"], results, base, options, stages)
         result.notes.extend(notes)
         result.device = device
-        _seed_from_trace(later, results, {display(f): str(f) for f in files}, config, rules)
+        _seed_from_trace(later, results, {display(f): str(f) for f in files}, base, enabled_rules(base))
     read = set(results)
     for f in later:
         if f.path not in read and f.snippet and _outside(f.path, paths):
