@@ -17,6 +17,7 @@ from stabcheck.fix import fix_source, fixers
 from .conftest import requires_jax, run_cli
 
 CFG = Config(types=False)
+PREVIEW = Config(types=False, preview=True)  # guesses too: the projection's where is one
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,9 +26,17 @@ def _src(text: str) -> str:
 
 
 def _run(source: str) -> dict:
-    ns: dict = {"__name__": "fixture"}
-    exec(compile(source, "fixture.py", "exec"), ns)
-    return ns
+    """Execute `source` as a module (registered while it runs: dataclasses look their module up)."""
+    import sys
+    import types
+
+    mod = types.ModuleType("stabcheck_fix_fixture")
+    sys.modules[mod.__name__] = mod
+    try:
+        exec(compile(source, "fixture.py", "exec"), mod.__dict__)
+    finally:
+        sys.modules.pop(mod.__name__, None)
+    return mod.__dict__
 
 
 NONSTRICT = _src(
@@ -91,11 +100,11 @@ def test_no_fix_where_the_inner_where_would_not_make_the_gradient_finite() -> No
 
 def test_fixing_converges_on_the_projection_pattern_and_on_nested_and_repeated_ones() -> None:
     for source in (PROJECT, NESTED):
-        res = fix_source(source, "m.py", CFG, unsafe=True)
+        res = fix_source(source, "m.py", PREVIEW, unsafe=True)
         assert len(res.fixed) <= source.count("jnp.where(") + 1
         assert _wheres(res.after) <= 2 * _wheres(source)
-        assert fix_source(res.after, "m.py", CFG, unsafe=True).after == res.after  # a fixed point
-    res = fix_source(PROJECT, "m.py", CFG)
+        assert fix_source(res.after, "m.py", PREVIEW, unsafe=True).after == res.after  # a fixed point
+    res = fix_source(PROJECT, "m.py", PREVIEW)
     assert res.after.count("jnp.where(g < 0, g, 1.0)") == 1 and len(res.fixed) == 1
 
 
@@ -144,7 +153,7 @@ def test_the_patterns_under_jax() -> None:
     assert bool(jnp.isnan(jax.grad(old)(0.0))) and float(jax.grad(new)(0.0)) == 0.0
     assert not bool(jnp.isfinite(jax.grad(_run(NONSTRICT)["f"])(0.0)))  # why no fix is offered there
 
-    old, new = _run(PROJECT)["project"], _run(fix_source(PROJECT, "m.py", CFG).after)["project"]
+    old, new = _run(PROJECT)["project"], _run(fix_source(PROJECT, "m.py", PREVIEW).after)["project"]
     for g in (-2.0, -0.5, 0.5, 3.0):
         assert float(old(1.0, 2.0, -1.0, g)) == float(new(1.0, 2.0, -1.0, g))
         assert float(jax.grad(old, 3)(1.0, 2.0, -1.0, g)) == float(jax.grad(new, 3)(1.0, 2.0, -1.0, g))
