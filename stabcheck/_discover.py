@@ -174,6 +174,12 @@ class _Walker:
         return cfg.respect_gitignore and self.git.ignored_with_parents(path, os.path.isdir(path))
 
 
+def force_excluded(path: str, settings: Settings) -> bool:
+    """Whether `--force-exclude` leaves out the file `path` named on the command line (or given
+    as `--stdin-filename`): an exclude or `.gitignore` covers it or a directory above it."""
+    return _Walker(settings).force_excluded(os.path.abspath(path))
+
+
 def discover(paths: Iterable[str], config: Config | Settings, skipped: list[str] | None = None, *, force_exclude: bool = False) -> Iterator[Path]:
     """Yield the files to check, each once, in sorted order. Missing paths raise UsageError.
     Symlinks under a directory that lead out of it are appended to `skipped` (as shown), not yielded."""

@@ -35,6 +35,7 @@ from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
 from stabcheck.rules.meta.unused_suppression import UnusedSuppression
 from stabcheck.static import typed, xfile
 from stabcheck.static.engine import Dispatcher, FileResult, check_bytes
+from stabcheck.static.engine import decode as decode_source  # source bytes as Python reads them (`check -` with --fix)
 
 __version__ = "0.1.0"
 

@@ -68,13 +68,12 @@ class Outcome:
     stale: int  # entries of checked files that no longer match a finding
 
 
-def write(path: Path, findings: list[Finding], checked: Iterable[str] | None = None) -> None:
+def write(path: Path, findings: list[Finding], checked: Iterable[str] | None = None, *, version: str = "") -> None:
     """Record `findings` (refuted ones are not findings to accept) in the baseline file.
 
     With `checked` (the files this run covered), entries of other files already in the baseline
-    are kept: `--write-baseline` on a few files (a pre-commit run) does not forget the rest."""
-    from stabcheck.api import __version__
-
+    are kept: `--write-baseline` on a few files (a pre-commit run) does not forget the rest.
+    `version` (the writer's stabcheck version) is recorded in the file."""
     base = _base(path)
     counts = Counter(key(f, base) for f in findings if f.status != "refuted")
     if checked is not None and path.exists():
@@ -89,7 +88,7 @@ def write(path: Path, findings: list[Finding], checked: Iterable[str] | None = N
             if k[1] not in covered:
                 counts[k] += n
     entries = [{"code": c, "path": p, "function": fn, "detail": d, "count": n} for (c, p, fn, d), n in sorted(counts.items())]
-    data = {"stabcheck-baseline": VERSION, "stabcheck-version": __version__, "findings": entries}
+    data = {"stabcheck-baseline": VERSION, "stabcheck-version": version or "unknown", "findings": entries}
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
     write_atomic_nofollow(path, text, what="baseline file")

@@ -58,14 +58,14 @@ def _check_stdin(paths: list[str], name: str | None, settings: "Settings", outpu
     """`stabcheck check - --stdin-filename src/x.py`: what editors run on an unsaved buffer. With
     --fix the fixed source goes to stdout (the report to stderr); with --diff, the diff."""
     from stabcheck import api, reporters
-    from stabcheck._discover import _Walker
+    from stabcheck._discover import force_excluded
 
     if paths != ["-"]:
         _fail("`-` (the source on stdin) cannot be combined with other paths")
     data = sys.stdin.buffer.read()
     shown = name or "-"
     cfg = settings.for_path(name) if name else settings.root
-    if force_exclude and name and _Walker(settings).force_excluded(os.path.abspath(name)):
+    if force_exclude and name and force_excluded(name, settings):
         if fix:
             sys.stdout.buffer.write(data)
         raise _Exit(0)
@@ -73,10 +73,8 @@ def _check_stdin(paths: list[str], name: str | None, settings: "Settings", outpu
         import difflib
 
         from stabcheck.fix import fix_source
-        from stabcheck.static.engine import decode
-
         try:
-            source = decode(data)
+            source = api.decode_source(data)
         except (UnicodeDecodeError, LookupError, SyntaxError):
             source = None
         if source is not None:
@@ -278,7 +276,7 @@ def check(
     baselined = 0
     if baseline is not None:
         if write_baseline:
-            bl.write(baseline, findings, result.checked)
+            bl.write(baseline, findings, result.checked, version=__version__)
             sys.stderr.write(f"stabcheck: wrote {len(findings)} finding(s) to {baseline}\n")
             raise _Exit(0)
         outcome = bl.split(baseline, findings, result.checked)
