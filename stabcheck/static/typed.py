@@ -371,7 +371,7 @@ def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, ou
         tail = Path(errors).read_text(encoding="utf-8", errors="replace")[-2000:]
         why = answer.get("why")
         out_of_memory = any(t in tail for t in ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory", "can't start new thread"))
-        out_of_memory |= rc == -signal.SIGABRT and "Fatal Python error" in tail  # an allocation the interpreter cannot survive
+        out_of_memory |= rc == -signal.SIGABRT  # under a memory bound: an allocation the interpreter could not survive ("Fatal Python error", or C++ "skipping backtrace printing")
         if why == "memory" or rc == 3 or (bounds.memory is not None and out_of_memory):  # 3: `_mypy_child.MEMORY_EXIT`
             what = f"mypy ran out of its memory bound ({bounds.memory_text}, `types-memory-limit`)"
             out.stopped = ("memory", what)
