@@ -26,7 +26,16 @@ from typing import Any
 from stabcheck import registry, suppress
 from stabcheck._cache import Cache, cache_home, code_fingerprint, digest, project_cache_dir
 from stabcheck._discover import SourceError, discover, display, read_source, source_problem
-from stabcheck.config import DEFAULT_MAX_FILE_SIZE, Config, ConfigError, Settings, check_timeout, project_root, rel_to_root, trust_note
+from stabcheck.config import (
+    DEFAULT_MAX_FILE_SIZE,
+    Config,
+    ConfigError,
+    Settings,
+    check_timeout,
+    project_root,
+    rel_to_root,
+    trust_note,
+)
 from stabcheck.finding import Finding, Span, merge
 from stabcheck.reporters import clean
 from stabcheck.rule import Rule
@@ -621,7 +630,6 @@ def _cache_key(config: Config, rules: tuple[type[Rule], ...]) -> str:
 def finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], config: Config, stages: tuple[str, ...], suppressed: list[tuple[Finding, str]] | None = None) -> list[Finding]:
     """The findings of enabled rules, after per-file ignores and suppressions (with STB900 for the
     unused ones), in a stable order; the findings a suppression hid go to `suppressed`."""
-    from stabcheck.rules.meta.unused_suppression import UnusedSuppression
 
     enabled = {r.code for r in rules}
     by_code = {r.code: r for r in registry.all_rules()}

@@ -7,15 +7,17 @@ importing their module at the end of this file (`cli/trace.py`: `trace`; `cli/co
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from stabcheck import api, reporters, registry
+from stabcheck import api, registry, reporters
 from stabcheck import baseline as bl
 from stabcheck.api import __version__
 from stabcheck.cli._app import Exit as _Exit
@@ -29,6 +31,7 @@ from stabcheck.cli._app import load_config as _load_config
 from stabcheck.config import check_timeout, from_mapping
 from stabcheck.docs import render_rule
 from stabcheck.init import init_project
+
 
 def _from_cwd(target: str) -> str:
     """`path.py:NAME` made absolute (a dotted `pkg.mod:NAME` is left as it is)."""
@@ -57,7 +60,6 @@ def _settings(config_file: Path | None, overrides: dict, extra_ignore: list[str]
 def _check_stdin(paths: list[str], name: str | None, settings: "Settings", output_format: str, output_file: Path | None, fix: bool, diff: bool, unsafe: bool, unfixable: frozenset[str], force_exclude: bool, exit_zero: bool) -> None:  # noqa: F821
     """`stabcheck check - --stdin-filename src/x.py`: what editors run on an unsaved buffer. With
     --fix the fixed source goes to stdout (the report to stderr); with --diff, the diff."""
-    from stabcheck import api, reporters
     from stabcheck._discover import force_excluded
 
     if paths != ["-"]:
@@ -70,8 +72,6 @@ def _check_stdin(paths: list[str], name: str | None, settings: "Settings", outpu
             sys.stdout.buffer.write(data)
         raise _Exit(0)
     if (fix or diff) and not shown.endswith(".ipynb"):
-        import difflib
-
         from stabcheck.fix import fix_source
         try:
             source = api.decode_source(data)
@@ -99,15 +99,12 @@ def _check_stdin(paths: list[str], name: str | None, settings: "Settings", outpu
 
 def _may_fix(findings: list, unfixable: frozenset[str]) -> bool:
     """Whether some finding's rule declares a fix (asked of the registry: no libcst import)."""
-    from stabcheck import registry
 
     codes = {f.code for f in findings if f.stage == "static" and f.code not in unfixable and not f.path.endswith(".ipynb")}
     return any((r := registry.get(c)) is not None and r.fixable for c in codes)
 
 
 def _unfixable(selectors: list[str]) -> frozenset[str]:
-    from stabcheck import registry
-
     codes: set[str] = set()
     for sel in selectors:
         if not registry.is_valid_selector(sel):
@@ -118,7 +115,6 @@ def _unfixable(selectors: list[str]) -> frozenset[str]:
 
 def _fix_listing(changed: tuple, *, done: bool) -> str:  # tuple[FileFix, ...]
     """ruff's `--show-fixes`: per file, how many of each rule were (or would be) fixed."""
-    from collections import Counter
 
     n = sum(len(r.fixed) for r in changed)
     if not n:
@@ -132,7 +128,6 @@ def _fix_listing(changed: tuple, *, done: bool) -> str:  # tuple[FileFix, ...]
 
 
 def _show_settings(settings: "Settings", path: str) -> str:  # noqa: F821
-    import json
 
     if not os.path.lexists(path):
         _fail(f"path does not exist: {path}")
@@ -345,7 +340,8 @@ def init(
 
 # the commands of their own modules: importing one registers it on `app`, in this order in
 # `--help` (none imports JAX)
-import stabcheck.cli.trace  # noqa: E402, F401
+# in this order: `stabcheck --help` lists the commands as they are registered
+import stabcheck.cli.trace  # noqa: E402, F401, I001
 import stabcheck.cli.confirm  # noqa: E402, F401
 import stabcheck.cli.explain_finding  # noqa: E402, F401
 import stabcheck.cli.server  # noqa: E402, F401

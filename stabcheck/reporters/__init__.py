@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,8 +105,6 @@ def statistics(findings: list[Finding], fmt: str) -> str:
         if f.fix is not None:
             fixable[f.code] = fixable.get(f.code, 0) + 1
     if fmt == "json":
-        import json
-
         return json.dumps([{"code": c, "name": s, "count": n, "fixable": fixable.get(c, 0)} for n, c, s in rows], indent=2) + "\n"
     return "".join(f"{n:5d}\t{c}\t{'[*] ' if fixable.get(c) else ''}{s}\n" for n, c, s in rows)
 

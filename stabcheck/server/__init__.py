@@ -7,12 +7,12 @@ the rule's "Why is this bad?" on hover; see docs/editors.md. pygls is an optiona
 
 from __future__ import annotations
 
+import importlib.util
+
 MISSING = "`stabcheck server` needs pygls and lsprotocol: pip install 'stabcheck[server]' (or: pip install 'pygls>=2,<3')"
 
 
 def available() -> bool:
-    import importlib.util
-
     try:
         return importlib.util.find_spec("pygls") is not None and importlib.util.find_spec("lsprotocol") is not None
     except (ImportError, ValueError):  # a broken or blocked installation

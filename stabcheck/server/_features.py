@@ -6,10 +6,12 @@ module wires these into requests.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import pathlib
+import re
 import tokenize
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,7 +140,6 @@ def _location(f: Finding, path: str, line: int, col: int, lines: Sequence[str], 
     if not path or path == f.path:
         step = Finding(f.code, f.name, "", f.path, Span(line, col))
         return lsp.Location(uri=uri, range=finding_range(step, lines, encoding))
-    import pathlib
 
     p = pathlib.Path(path)  # another file: its text is not at hand, so the step points at its line
     if not p.is_absolute():
@@ -341,7 +342,7 @@ def fix_edit(snap: Snapshot, f: Finding) -> tuple[str, str, lsp.TextEdit] | None
     fixer = _fixers().get(f.code)
     if fixer is None or f.stage != "static":
         return None
-    from stabcheck.fix import fix_applicability, finding_identity, parses, try_fixer
+    from stabcheck.fix import finding_identity, fix_applicability, parses, try_fixer
 
     rw = try_fixer(fixer, snap.text, f)
     if rw is None or rw.source == snap.text or not parses(rw.source):
@@ -381,7 +382,6 @@ def _apply_edits(snap: Snapshot, f: Finding) -> str | None:
 
 def _breaks(text: str) -> list[int]:
     """The length of the line break after each line (0 after the last)."""
-    import re
 
     return [len(m.group(0)) for m in re.finditer(r"\r\n|\r|\n", text)] + [0]
 

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from lsprotocol import types as lsp
 from pygls.lsp.server import LanguageServer
@@ -141,7 +142,6 @@ class StabcheckServer(LanguageServer):
 
     def document(self, uri: str) -> Any:
         """The open document (pygls keys them by unquoted URI), or None."""
-        from urllib.parse import unquote
 
         docs = self.workspace.text_documents
         return docs.get(uri) or docs.get(unquote(uri))

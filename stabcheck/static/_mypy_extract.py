@@ -19,6 +19,7 @@ A kind is a short string: "array" (a JAX array, maybe a tracer), "ndarray" (NumP
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,10 +36,10 @@ from mypy.nodes import (
     Expression,
     FuncDef,
     IndexExpr,
-    OpExpr,
     MemberExpr,
     MypyFile,
     NameExpr,
+    OpExpr,
     OverloadedFuncDef,
     RefExpr,
     ReturnStmt,
@@ -221,7 +222,6 @@ def analyse(files: Sequence[str], cache_dir: str, old: dict[str, dict[str, Any]]
 
 def _digest(path: str) -> str | None:
     """The content hash the parent keys a file's facts with (`typed._hash`)."""
-    import hashlib
 
     try:
         with open(path, "rb") as fh:

@@ -43,8 +43,6 @@ class Site:
     def __post_init__(self) -> None:
         # frames, tracebacks and `ast` count columns in UTF-8 bytes; a Site counts characters
         if self.col > 1:
-            import linecache
-
             from stabcheck.finding import char_col
 
             object.__setattr__(self, "col", char_col(linecache.getline(self.file, self.line).rstrip("\n"), self.col))

@@ -79,8 +79,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -515,14 +517,10 @@ class _State:
 
     @staticmethod
     def threads() -> set[int]:
-        import threading
-
         return {t.ident or 0 for t in threading.enumerate() if t.is_alive() and t is not threading.current_thread()}
 
     @classmethod
     def take(cls) -> _State:
-        import warnings
-
         st = cls()
         try:
             st.cwd = os.getcwd()
@@ -560,8 +558,6 @@ class _State:
             del sys.modules[name]
 
     def restore(self) -> None:
-        import warnings
-
         if self.cwd:
             try:
                 os.chdir(self.cwd)
