@@ -182,6 +182,7 @@ def check(
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Parallel processes (default: all cores).")] = None,
     statistics: Annotated[bool, typer.Option("--statistics", help="Print only the counts per rule.")] = False,
     preview: Annotated[bool, typer.Option("--preview", help="Also show findings the static stage could not prove (guesses).")] = False,
+    respect_gitignore: Annotated[Optional[bool], typer.Option("--respect-gitignore/--no-respect-gitignore", help="Leave out files .gitignore ignores (default: on, or `respect-gitignore` in the config).")] = None,
     force_exclude: Annotated[bool, typer.Option("--force-exclude", help="Apply excludes and .gitignore to files named on the command line too (pre-commit hooks pass it).")] = False,
     show_settings: Annotated[Optional[str], typer.Option("--show-settings", metavar="FILE", help="Print the settings that apply to FILE, with where each comes from, and exit.")] = None,
     show_files: Annotated[bool, typer.Option("--show-files", help="Print the files that would be checked, and exit.")] = False,
@@ -209,6 +210,8 @@ def check(
         overrides["types"] = types
     if preview:
         overrides["preview"] = True
+    if respect_gitignore is not None:
+        overrides["respect-gitignore"] = respect_gitignore
     settings = _settings(config, overrides, _csv(ignore))
     if show_settings is not None:
         _emit(_show_settings(settings, show_settings), output_file)
@@ -284,6 +287,8 @@ def check(
         _fail("--write-baseline needs --baseline FILE")
     from stabcheck._discover import repository_root
 
+    if not result.files and paths != ["-"]:  # as ruff says it: a run that checked nothing is not a pass
+        sys.stderr.write("stabcheck: warning: no Python files found under the given path(s): all excluded or git-ignored (see --show-files, --no-respect-gitignore)\n")
     report = reporters.Report(
         files=result.files,
         device=result.device,

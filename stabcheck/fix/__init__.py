@@ -34,6 +34,14 @@ from stabcheck.fix._rewrite import Rewrite
 Fixer = Callable[[str, Finding], Rewrite | None]
 _MAX_ROUNDS = 200  # a hard bound on top of "each finding once"
 MAX_MARKED = 200  # findings whose fixability the [*] marker is computed for, at most
+MAX_MARKED_BYTES = 256 * 1024  # ... and bytes of source in their files (libcst parses each one)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 _WS = re.compile(r"\s+")
 
 
@@ -198,13 +206,17 @@ def mark_fixable(findings: list[Finding], *, unsafe: bool = False, unfixable: fr
     it now: its fixer rewrites it, the result parses, and re-checked it is gone. The `[*]` marker
     of the human formats. Loads libcst only when some finding's rule has a fixer; past
     `MAX_MARKED` candidates (a first run on a large codebase) no finding is marked: each costs a
-    rewrite and a re-check, and `--diff` or `--show-fixes` says what `--fix` would do."""
+    rewrite and a re-check, and `--diff` or `--show-fixes` says what `--fix` would do. Likewise
+    past `MAX_MARKED_BYTES` of source in the files concerned (libcst's parse costs about a second
+    per 100 kB: the default check must cost what the static pass costs, issue 15)."""
 
     table = {c: fx for c, fx in fixers().items() if c not in unfixable}
     candidates = [f for f in findings if f.code in table and f.stage == "static" and not f.path.endswith(".ipynb")]
     if not candidates or len(candidates) > MAX_MARKED:
         return findings
     todo = {f.path for f in candidates}
+    if sum(_size(p) for p in todo) > MAX_MARKED_BYTES:
+        return findings  # libcst parses each of these files: on a large first run that costs more than the check
     sources: dict[str, str | None] = {}
     before: dict[str, Counter[tuple[str, str, str]]] = {}
     out: list[Finding] = []
