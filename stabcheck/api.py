@@ -639,23 +639,26 @@ def finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], conf
     for path in sorted(results):
         res = results[path]
         ignored = per_file_ignored(path, config)
-        findings = [f for f in merge(res.findings) if f.code in enabled and f.code not in ignored and _shown(f, config)]
+        # a hidden guess still uses the suppression on its line: without `preview` it is not
+        # shown, but the `# noqa` is not unused (with `preview` it would be reported)
+        findings = [f for f in merge(res.findings) if f.code in enabled and f.code not in ignored]
         used: set[tuple[int, int, str]] = set()
         sups_by_line: dict[int, list[suppress.Suppression]] = {}
         for s in res.suppressions:
             sups_by_line.setdefault(s.line, []).append(s)
         for f in findings:
+            shown = _shown(f, config)
             hit = False
             for line in {f.span.line, f.span.end_line or f.span.line}:
                 for s in sups_by_line.get(line, ()):
                     if suppress.matches(s, f.code, f.name):
-                        if not hit and suppressed is not None:
+                        if not hit and suppressed is not None and shown:
                             suppressed.append((f, s.text))
                         hit = True
                         for n in s.names or ("*",):
                             if n in (f.code, f.name) or n == "*":
                                 used.add((s.line, s.col, n))
-            if not hit:
+            if not hit and shown:
                 out.append(f)
         if "STB900" in enabled and "STB900" not in ignored:
             for s in res.suppressions:

@@ -148,3 +148,17 @@ def test_stable_reports_a_retrace_only_when_jax_traced_again(sequence: tuple[str
             checked(jnp.ones(2), values[name]())
     retraces = [x for x in w if issubclass(x.category, StabilityWarning) and x.message.code == "STB504"]
     assert len(retraces) == jax_traces - 1, [str(x.message) for x in retraces]
+
+
+def test_a_suppression_of_a_hidden_guess_is_not_unused() -> None:
+    """Without `preview` a guess is not shown, but the `# noqa` on its line is not unused either
+    (STB900 would tell the user to delete it, and `--preview` would then report the line)."""
+    from stabcheck.api import check_source
+    from stabcheck.config import Config
+
+    src = "import jax\n\n\ndef measure(x):\n    def body(v):\n        return v * 2.0\n\n    plain = jax.jit(body)  # noqa: STB501\n    return plain(x)\n"
+    bare = src.replace("  # noqa: STB501", "")
+    guesses = [f for f in check_source(bare, "m.py", Config(preview=True)) if f.code == "STB501"]
+    assert guesses and all(f.confidence == "guess" for f in guesses)
+    assert [f.code for f in check_source(src, "m.py", Config())] == []
+    assert [f.code for f in check_source(src, "m.py", Config(preview=True))] == []
