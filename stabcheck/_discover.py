@@ -125,7 +125,7 @@ def _spec(path: str) -> Any:
         return None
     if not any(ln.strip() and not ln.lstrip().startswith("#") for ln in lines):
         return None
-    import pathspec
+    import pathspec  # pathspec: only when a .gitignore is read
 
     return pathspec.GitIgnoreSpec.from_lines(lines)
 

@@ -27,7 +27,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from stabcheck.config import Config
+from stabcheck._cache import cache_home, project_cache_dir
+from stabcheck._discover import discover, display
+from stabcheck._files import write_atomic_nofollow
+from stabcheck.api import __version__
+from stabcheck.config import Config, UsageError
+from stabcheck.config import project_root as find_root
 from stabcheck.finding import Finding
 
 FILENAME = "last-run.json"
@@ -40,14 +45,12 @@ def file_hash(data: bytes) -> str:
 
 def location(root: Path | str) -> Path:
     """Where the record of the project rooted at `root` is kept."""
-    from stabcheck._cache import project_cache_dir
 
     return project_cache_dir(root) / FILENAME
 
 
 def project_root(paths: Sequence[str], config: Config) -> Path:
     """The run's project root, as `api` picks the run's cache directory."""
-    from stabcheck.config import project_root as find_root
 
     if config.source:
         return Path(os.path.realpath(config.root))
@@ -56,7 +59,6 @@ def project_root(paths: Sequence[str], config: Config) -> Path:
 
 def record(paths: Sequence[str], config: Config, findings: Iterable[Finding], stages: Sequence[str]) -> str:
     """Write the record of this run; returns a note for the report when it could not be written."""
-    from stabcheck._discover import discover, display
 
     root = project_root(paths, config)
     target = location(root)
@@ -74,7 +76,6 @@ def record(paths: Sequence[str], config: Config, findings: Iterable[Finding], st
     old = _read(target)
     merged = {k: v for k, v in (old.get("files") or {}).items() if k not in entries and isinstance(v, dict)} if old.get("version") == VERSION else {}
     merged.update(entries)
-    from stabcheck.api import __version__
 
     payload = {"version": VERSION, "stabcheck": __version__, "root": str(root), "stages": list(stages), "files": merged}
     try:
@@ -87,7 +88,6 @@ def record(paths: Sequence[str], config: Config, findings: Iterable[Finding], st
 def lookup(path: Path, data: bytes) -> list[Finding] | None:
     """The later-stage findings recorded for `path` (absolute) if its content is still `data`; None
     when no record holds this file at this content. Findings carry `path` as given."""
-    from stabcheck._cache import cache_home
 
     if not (cache_home() / "projects").is_dir():
         return None
@@ -135,8 +135,6 @@ def _read(path: Path) -> dict[str, Any]:
 def _write(target: Path, text: str) -> None:
     """Atomically, following no symbolic link (`_files.write_atomic_nofollow`), in directories that
     are not links either."""
-    from stabcheck._files import write_atomic_nofollow
-    from stabcheck.config import UsageError
 
     where = target.parent
     for d in (where.parent.parent, where.parent, where):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from stabcheck import registry, suppress
+from stabcheck import _notebook, registry, suppress
 from stabcheck._cache import Cache, cache_home, code_fingerprint, digest, project_cache_dir
 from stabcheck._discover import SourceError, discover, display, read_source, source_problem
 from stabcheck.config import (
@@ -44,7 +44,7 @@ from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
 from stabcheck.rules.meta.unused_suppression import UnusedSuppression
 from stabcheck.static import typed, xfile
 from stabcheck.static.engine import Dispatcher, FileResult, check_bytes
-from stabcheck.static.engine import decode as decode_source  # source bytes as Python reads them (`check -` with --fix)
+from stabcheck.static.engine import decode as decode_source  # noqa: F401 - public: source bytes as Python reads them (`check -` with --fix)
 
 __version__ = "0.1.0"
 
@@ -109,7 +109,6 @@ def check_stdin(data: bytes, path: str, config: Config | None = None) -> Result:
     result = Result(findings=[], files=1, rules=rules, checked=[path])
     result.findings = finalize({path: res}, rules, config, ("static",), result.suppressed)
     if path.endswith(".ipynb"):
-        from stabcheck import _notebook
 
         try:
             starts = _notebook.cells(data).starts
@@ -297,9 +296,10 @@ def _cache_dir(paths: Sequence[str], config: Config, options: Options) -> Path |
 
     root = Path(config.root) if config.source else project_root(Path(paths[0]) if paths else Path.cwd())
     return project_cache_dir(root)
+
+
 def _cell_locations(findings: list[Finding]) -> list[Finding]:
     """Notebook findings located by cell (`cell 3`, line 2 of it), as ruff shows them."""
-    from stabcheck import _notebook
 
     starts: dict[str, tuple[tuple[int, int], ...]] = {}
     out = []
@@ -368,7 +368,6 @@ def _check_one_seeded(real: str, shown: str, config: Config, dispatcher: Dispatc
         except SourceError as e:  # never opened when special or too large; one finding, the run goes on
             return FileResult([SyntaxErrorRule.finding(path=shown, span=Span(1, 1), message=f"`{shown}` {e.message}", help=e.help, detail=e.message)], [])
     if real.endswith(".ipynb"):
-        from stabcheck import _notebook
 
         try:
             data = _notebook.cells(data).source.encode("utf-8")

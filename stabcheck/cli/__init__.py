@@ -39,10 +39,11 @@ def _from_cwd(target: str) -> str:
     if where.endswith((".py", ".pyi")) or "/" in where or os.sep in where:
         where = os.path.abspath(where)
     return f"{where}{sep}{name}"
+
+
 def _settings(config_file: Path | None, overrides: dict, extra_ignore: list[str]) -> "Settings":  # noqa: F821
     """The check's settings: `--config FILE` for every path, else each file's nearest config
     (ruff's hierarchy); the command line's options on top of either."""
-    from stabcheck.config import Settings, from_mapping, load_config
 
     if config_file is not None and not config_file.is_file():
         _fail(f"config file not found: {config_file}")
@@ -60,7 +61,6 @@ def _settings(config_file: Path | None, overrides: dict, extra_ignore: list[str]
 def _check_stdin(paths: list[str], name: str | None, settings: "Settings", output_format: str, output_file: Path | None, fix: bool, diff: bool, unsafe: bool, unfixable: frozenset[str], force_exclude: bool, exit_zero: bool) -> None:  # noqa: F821
     """`stabcheck check - --stdin-filename src/x.py`: what editors run on an unsaved buffer. With
     --fix the fixed source goes to stdout (the report to stderr); with --diff, the diff."""
-    from stabcheck._discover import force_excluded
 
     if paths != ["-"]:
         _fail("`-` (the source on stdin) cannot be combined with other paths")
@@ -72,7 +72,7 @@ def _check_stdin(paths: list[str], name: str | None, settings: "Settings", outpu
             sys.stdout.buffer.write(data)
         raise _Exit(0)
     if (fix or diff) and not shown.endswith(".ipynb"):
-        from stabcheck.fix import fix_source
+        from stabcheck.fix import fix_source  # libcst (through stabcheck.fix): only when fixing
         try:
             source = api.decode_source(data)
         except (UnicodeDecodeError, LookupError, SyntaxError):
@@ -217,7 +217,6 @@ def check(
         _emit(_show_settings(settings, show_settings), output_file)
         raise _Exit(0)
     if show_files:
-        from stabcheck._discover import discover, display
 
         _emit("".join(display(f) + "\n" for f in discover(paths, settings, force_exclude=force_exclude)), output_file)
         raise _Exit(0)
@@ -242,14 +241,13 @@ def check(
     findings = result.findings
     notes = list(result.notes)
     if "traced" in stages and not no_cache:  # for the language server, which never runs user code itself
-        from stabcheck._lastrun import record
 
         if note := record(paths, cfg, findings, stages):
             notes.append(note)
     no_fix = _unfixable(_csv(unfixable))
     human = output_format in ("full", "concise") and not statistics
     if fix or diff or fix_only or show_fixes:
-        from stabcheck.fix import run_fixes
+        from stabcheck.fix import run_fixes  # libcst (through stabcheck.fix): only when fixing
 
         out = run_fixes(findings, write=(fix or fix_only) and not diff, unsafe=unsafe_fixes, unfixable=no_fix, settings=settings)
         if diff:
@@ -285,7 +283,6 @@ def check(
             notes.append(f"{stale} baseline entr{'y is' if stale == 1 else 'ies are'} stale (no longer found); rewrite it with --write-baseline")
     elif write_baseline:
         _fail("--write-baseline needs --baseline FILE")
-    from stabcheck._discover import repository_root
 
     if not result.files and paths != ["-"]:  # as ruff says it: a run that checked nothing is not a pass
         sys.stderr.write("stabcheck: warning: no Python files found under the given path(s): all excluded or git-ignored (see --show-files, --no-respect-gitignore)\n")
@@ -350,6 +347,11 @@ import stabcheck.cli.trace  # noqa: E402, F401, I001
 import stabcheck.cli.confirm  # noqa: E402, F401
 import stabcheck.cli.explain_finding  # noqa: E402, F401
 import stabcheck.cli.server  # noqa: E402, F401
+from stabcheck.config import Settings, load_config
+from stabcheck._discover import force_excluded
+from stabcheck._discover import repository_root
+from stabcheck._discover import discover, display
+from stabcheck._lastrun import record
 
 __all__ = ["app", "check", "explain", "init", "rules", "run"]
 

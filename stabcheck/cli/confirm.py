@@ -125,7 +125,7 @@ def matrix(
     """Which AD compositions work for each entry, and what each costs relative to the primal."""
     # the confirm stage's modules (and NumPy) and the worker load only when this command runs
     from stabcheck.confirm.matrix import COLUMNS
-    from stabcheck.worker import run_in_worker
+    from stabcheck.worker import run_in_worker  # the worker machinery: off the static path
 
     if output_format not in matrix_.FORMATS:
         fail(f"invalid value for `--output-format`: {output_format!r}; expected one of: {', '.join(matrix_.FORMATS)}")

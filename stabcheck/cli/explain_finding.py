@@ -78,7 +78,7 @@ def render(findings: list[Finding], *, color: bool = False) -> str:
     """Each finding as `check` shows it (`full`), then its chains step by step and its evidence."""
     # rich: imported only when rendering
     from rich.console import Console
-    from rich.markup import escape
+    from rich.markup import escape  # rich: only when a table or a bar is drawn
 
     parts: list[str] = []
     for f in findings:

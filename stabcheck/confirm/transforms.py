@@ -28,7 +28,7 @@ def concrete(entry: Entry, seed: int = 0) -> Entry:
     seeded generator: standard normal floats, integers in [0, 4), random bools."""
     # JAX: imported when this runs, never on import
     import jax
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # JAX: only where user code runs
 
     key = [jax.random.key(seed)]
 
@@ -142,7 +142,7 @@ def scalar(out: Any) -> Any:
     """`out` itself when it is a float scalar, else the sum of its float leaves."""
     # JAX: imported when this runs, never on import
     import jax
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # JAX: only where user code runs
 
     if hasattr(out, "shape") and out.shape == () and is_float(out):
         return out
@@ -155,7 +155,7 @@ def scalar(out: Any) -> Any:
 def prepare(entry: Entry, name: str, split: Split | None = None) -> Prepared:
     # JAX: imported when this runs, never on import
     import jax
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # JAX: only where user code runs
 
     s = split or Split.of(entry)
     diff, rest = s.leaves(s.diff_slots), s.leaves(s.rest_slots)
@@ -189,6 +189,6 @@ def prepare(entry: Entry, name: str, split: Split | None = None) -> Prepared:
 def _ones(tree: Any) -> Any:
     # JAX: imported when this runs, never on import
     import jax
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # JAX: only where user code runs
 
     return jax.tree_util.tree_map(jnp.ones_like, tree)

@@ -94,8 +94,8 @@ def render(matrix: dict[str, Any], fmt: str = "table", *, color: bool = False) -
         raise ValueError(f"unknown matrix format {fmt!r}; expected one of {', '.join(FORMATS)}")
     # rich: imported only when rendering
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+    from rich.markup import escape  # rich: only when a table or a bar is drawn
+    from rich.table import Table  # rich: only when a table or a bar is drawn
 
     buf = io.StringIO()
     con = Console(file=buf, force_terminal=color, no_color=not color, width=max(120, 36 + 16 * len(head)), highlight=False, soft_wrap=True)

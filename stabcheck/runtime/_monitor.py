@@ -235,9 +235,9 @@ class Monitor:
     def _grad_checks(self, prog: Program, site: Site) -> list[Finding]:
         # JAX: imported when this runs, never on import
         import jax
-        import jax.extend.core
-        import jax.numpy as jnp
-        import numpy as np
+        import jax.extend.core  # JAX: only where user code runs
+        import jax.numpy as jnp  # JAX: only where user code runs
+        import numpy as np  # NumPy: only where user code runs
 
         closed = prog.jaxpr
         avals = list(closed.in_avals)

@@ -21,7 +21,7 @@ def available() -> bool:
 
 def serve() -> int:
     """Serve one client on stdin/stdout; the exit status (0 after `shutdown` then `exit`)."""
-    from stabcheck.server._server import serve as _serve
+    from stabcheck.server._server import serve as _serve  # pygls: an optional dependency, loaded by serve() alone
 
     return _serve()
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from lsprotocol import types as lsp
 
-from stabcheck import registry
+from stabcheck import registry, suppress
+from stabcheck.api import check_source
 from stabcheck.config import Config
 from stabcheck.finding import Finding, Span
 from stabcheck.server import _text
@@ -325,7 +326,7 @@ def _text_edit(snap: Snapshot, new_text: str) -> lsp.TextEdit:
 
 
 def _fixers() -> dict[str, Any]:
-    from stabcheck.fix import fixers
+    from stabcheck.fix import fixers  # libcst (through stabcheck.fix): only when fixing
 
     return fixers()
 
@@ -333,7 +334,6 @@ def _fixers() -> dict[str, Any]:
 def fix_edit(snap: Snapshot, f: Finding) -> tuple[str, str, lsp.TextEdit] | None:
     """The finding's fix as (title, applicability, edit), checked as `--fix` checks it: the rewrite
     parses and the finding is gone after it. None when no fix applies here."""
-    from stabcheck.api import check_source
 
     if f.fix is not None and f.fix.edits:
         new = _apply_edits(snap, f)
@@ -342,7 +342,12 @@ def fix_edit(snap: Snapshot, f: Finding) -> tuple[str, str, lsp.TextEdit] | None
     fixer = _fixers().get(f.code)
     if fixer is None or f.stage != "static":
         return None
-    from stabcheck.fix import finding_identity, fix_applicability, parses, try_fixer
+    from stabcheck.fix import (  # libcst (through stabcheck.fix): only when fixing
+        finding_identity,
+        fix_applicability,
+        parses,
+        try_fixer,
+    )
 
     rw = try_fixer(fixer, snap.text, f)
     if rw is None or rw.source == snap.text or not parses(rw.source):
@@ -388,7 +393,7 @@ def _breaks(text: str) -> list[int]:
 
 def fix_all_edit(snap: Snapshot) -> tuple[str, lsp.TextEdit] | None:
     """Every safe fix of the document, as `stabcheck check --fix` applies them."""
-    from stabcheck.fix import fix_source
+    from stabcheck.fix import fix_source  # libcst (through stabcheck.fix): only when fixing
 
     result = fix_source(snap.text, snap.path, snap.config)
     if result.after == snap.text or not result.fixed:
@@ -401,7 +406,6 @@ def noqa_edit(snap: Snapshot, f: Finding) -> lsp.TextEdit | None:
     """`# noqa: STBnnn` at the end of the finding's line (or its last line, when the first one
     cannot carry a comment: inside a string or before a backslash), or the code added to the
     `# noqa:` list already there."""
-    from stabcheck import suppress
 
     lines = snap.lines
     endable = snap.memo("comment_lines", lambda: _comment_lines(snap.text))
@@ -425,7 +429,6 @@ def unused_suppression_edit(snap: Snapshot, f: Finding) -> lsp.TextEdit | None:
     """For an STB900 finding: the name taken out of its `# noqa:` / `# stabcheck: ignore[...]` list,
     or the whole suppression when it was the only name (a comment that goes on after it keeps its
     `#`, so its text stays a comment)."""
-    from stabcheck import suppress
 
     sup = next((x for x in snap.memo("suppressions", lambda: suppress.parse(snap.text)) if (x.line, x.col) == (f.span.line, f.span.col)), None)
     if sup is None or not 1 <= sup.line <= len(snap.lines) or not f.detail:

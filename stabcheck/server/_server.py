@@ -23,8 +23,9 @@ from urllib.parse import unquote
 from lsprotocol import types as lsp
 from pygls.lsp.server import LanguageServer
 
-from stabcheck import api
-from stabcheck.config import Config, ConfigError, UsageError
+from stabcheck import _lastrun, api, registry
+from stabcheck._cache import cache_home
+from stabcheck.config import Config, ConfigError, UsageError, distrust, find_config, load_config
 from stabcheck.finding import Finding
 from stabcheck.rule import Rule
 from stabcheck.server import _features, _settings, _text
@@ -70,7 +71,6 @@ class StabcheckServer(LanguageServer):
         return _settings.effective(base, found is not None, self.settings)
 
     def _project_config(self, path: Path | None, root: Path | None) -> tuple[Path | None, Config]:
-        from stabcheck.config import distrust, find_config, load_config
 
         if self.settings.preference == "editorOnly":
             return None, Config()
@@ -167,8 +167,6 @@ class StabcheckServer(LanguageServer):
         then shows in the open files, and a config edited outside the editor applies at once. The
         records are outside the workspace (`_lastrun`): watched where the client takes patterns
         relative to a base folder."""
-        from stabcheck import _lastrun
-        from stabcheck._cache import cache_home
 
         ws = self.client_capabilities.workspace
         watched = getattr(ws, "did_change_watched_files", None) if ws else None
@@ -192,7 +190,6 @@ class StabcheckServer(LanguageServer):
         its facts are keyed by source positions: they apply only while the buffer is the saved
         file. When they are missing for that content, mypy runs in a background thread and the
         document is checked again when it is done; the untyped findings show meanwhile."""
-        from stabcheck import _lastrun
 
         data = text.encode("utf-8", "surrogatepass")
         digest = _lastrun.file_hash(data)
@@ -214,7 +211,7 @@ class StabcheckServer(LanguageServer):
         cache_root = _lastrun.location(_lastrun.project_root([str(path)], config)).parent / "server"
 
         def run() -> tuple[Any, list[str]]:
-            from stabcheck.static import typed
+            from stabcheck.static import typed  # the typed tier's machinery: only when types are on
 
             prepared = typed.prepare([path], cache_root)
             return prepared.files.get(os.path.abspath(path)), prepared.notes
@@ -259,14 +256,13 @@ def findings_for(text: str, shown: str, path: Path | None, config: Config, dispa
     exactly this text), plus the last traced/confirmed run's findings for this file when the buffer
     is still what that run checked; suppressions and the config applied as `stabcheck check`
     applies them."""
-    from stabcheck import _lastrun
 
     rules = api.enabled_rules(config)
     data = text.encode("utf-8", "surrogatepass")
     result = check_bytes(data, shown, config, dispatcher)
     stages: tuple[str, ...] = ("static",)
     if types is not None:
-        from stabcheck.static import typed
+        from stabcheck.static import typed  # the typed tier's machinery: only when types are on
 
         result = typed.refine(data, shown, config, dispatcher, types, result)
     if path is not None:
@@ -280,7 +276,7 @@ def findings_for(text: str, shown: str, path: Path | None, config: Config, dispa
 def _fs_path(uri: str) -> Path | None:
     if not uri.startswith("file:"):
         return None
-    from pygls.uris import to_fs_path
+    from pygls.uris import to_fs_path  # pygls: an optional dependency, only in the server
 
     p = to_fs_path(uri)
     return Path(p) if p else None
@@ -390,7 +386,6 @@ def build() -> StabcheckServer:
 
     @server.command(_features.SHOW_DOCS)
     def show_docs(ls: StabcheckServer, *args: Any) -> None:
-        from stabcheck import registry
 
         code = _first_string(args)
         rule = registry.get(code) if code else None

@@ -15,13 +15,14 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
+from stabcheck.finding import Span
+
 Encoding = Literal["utf-8", "utf-16", "utf-32"]
 
 
 def _finding_columns() -> Encoding:
     """The unit of `Finding.span` columns: characters once spans are converted where they are made
     (`Span.in_chars`), UTF-8 bytes (ast's `col_offset`) before that."""
-    from stabcheck.finding import Span
 
     return "utf-32" if hasattr(Span, "in_chars") else "utf-8"
 

@@ -19,13 +19,12 @@ import os
 import sys
 from typing import Any
 
-
 MEMORY_EXIT = 3  # the exit status that tells the parent the memory bound was hit
 
 
 def _bound(memory: int | None, seconds: float | None = None) -> None:
     try:
-        import resource
+        import resource  # POSIX only
     except ImportError:  # pragma: no cover - not on POSIX
         return
     try:
@@ -64,7 +63,7 @@ def main(argv: list[str]) -> int:
         request = json.load(fh)
     _bound(request.get("memory"), request.get("seconds"))
     try:
-        from stabcheck.static import _mypy_extract as mx
+        from stabcheck.static import _mypy_extract as mx  # the typed tier's machinery: only when types are on
 
         out: dict[str, Any] = {"ok": True, **mx.analyse(request["files"], request["cache_dir"], request.get("old", {}))}
     except MemoryError:

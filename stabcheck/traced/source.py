@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
-from stabcheck.finding import Chain, Frame
+from stabcheck.finding import Chain, Frame, char_col
 
 _STABCHECK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STDLIB = tuple({os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib",)})
@@ -43,7 +43,6 @@ class Site:
     def __post_init__(self) -> None:
         # frames, tracebacks and `ast` count columns in UTF-8 bytes; a Site counts characters
         if self.col > 1:
-            from stabcheck.finding import char_col
 
             object.__setattr__(self, "col", char_col(linecache.getline(self.file, self.line).rstrip("\n"), self.col))
 

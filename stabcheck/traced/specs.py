@@ -110,7 +110,7 @@ def to_abstract(tree: Any) -> Any:
     """Specs -> `jax.ShapeDtypeStruct`s (imports JAX; call in the worker)."""
     # JAX: imported when this runs, never on import
     import jax
-    import numpy as np
+    import numpy as np  # NumPy: only where user code runs
 
     if isinstance(tree, Spec):
         dtype = jax.numpy.bfloat16 if tree.dtype == "bfloat16" else np.dtype(tree.dtype)

@@ -413,7 +413,7 @@ def _where(entry: Any) -> dict[str, Any]:
 def _task(task: str) -> Callable[..., dict[str, Any]]:
     # imported in the child only: the stages' task modules bring NumPy (and JAX when they run)
     from stabcheck.confirm import matrix, run
-    from stabcheck.traced import tracing
+    from stabcheck.traced import tracing  # JAX (through the traced stage): only in the worker's child
 
     tasks: dict[str, Callable[..., dict[str, Any]]] = {"trace": tracing.trace_task, "confirm": run.confirm_task, "matrix": matrix.matrix_task, "trace+confirm": run.trace_confirm_task}
     return tasks[task]
@@ -480,7 +480,7 @@ def child_main(task: str, payload_path: str, result_path: str, supervisor: int |
 
 def _import_jax() -> str:
     try:
-        import jax
+        import jax  # JAX: only where user code runs
         import jax.numpy  # noqa: F401
     except Exception:  # noqa: BLE001 - JAX missing or broken: the tasks say so per entry
         return ""

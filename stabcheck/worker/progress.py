@@ -9,8 +9,14 @@ class Progress:
     def __init__(self, targets: int) -> None:
         # rich: imported only when rendering
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
-        from rich.progress import Progress as RichProgress
+        from rich.progress import (  # rich: only when a table or a bar is drawn
+            BarColumn,
+            MofNCompleteColumn,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+        from rich.progress import Progress as RichProgress  # rich: only when a table or a bar is drawn
 
         self.bar = RichProgress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True), transient=True)
         self.task = self.bar.add_task("starting the worker (importing JAX and the entries' modules)", total=None)

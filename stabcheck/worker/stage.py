@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from stabcheck import registry
-from stabcheck.config import Config, ConfigError
+from stabcheck._discover import SourceError, read_source
+from stabcheck.config import DEFAULT_MAX_FILE_SIZE, Config, ConfigError
 from stabcheck.confirm.device import default_memory_limit, parse_memory_limit
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.checks import shown_path
@@ -156,8 +157,6 @@ def _definition_line(file: str, name: str) -> int:
     """The line that defines NAME at module level (a def or an assignment), found by `ast`."""
     if not name:
         return 1
-    from stabcheck._discover import SourceError, read_source
-    from stabcheck.config import DEFAULT_MAX_FILE_SIZE
 
     try:
         tree = ast.parse(read_source(file, DEFAULT_MAX_FILE_SIZE))
