@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from stabcheck._files import write_atomic_nofollow
 from stabcheck.api import __version__
 from stabcheck.config import DEFAULT_EXCLUDE, UsageError, from_mapping
 
@@ -139,7 +140,7 @@ def init_project(path: Path, *, pre_commit: bool = False, github: bool = False, 
     if pre_commit:
         target = root / ".pre-commit-config.yaml"
         if write and not target.exists():
-            target.write_text(pre_commit_snippet().split("\n", 1)[1], encoding="utf-8")
+            write_atomic_nofollow(target, pre_commit_snippet().split("\n", 1)[1], what="the pre-commit config")
             out.append(f"wrote {target}\n")
         else:
             out.append("\n" + pre_commit_snippet())
@@ -149,7 +150,7 @@ def init_project(path: Path, *, pre_commit: bool = False, github: bool = False, 
             out.append(f"\n{target} exists; left unchanged\n")
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(github_workflow(layout), encoding="utf-8")
+            write_atomic_nofollow(target, github_workflow(layout), what="the GitHub workflow")
             out.append(f"\nwrote {target}\n")
     return "".join(out)
 
@@ -172,5 +173,5 @@ def _append_section(pyproject: Path, section: str) -> str:
         tomllib.loads(new)  # the result must still parse
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{pyproject}: appending [tool.stabcheck] would not parse ({e}); not changed") from None
-    pyproject.write_text(new, encoding="utf-8")
+    write_atomic_nofollow(pyproject, new, what="pyproject.toml")
     return f"added [tool.stabcheck] to {pyproject}\n"

@@ -440,3 +440,18 @@ def test_fixed_bad_fixture_behaves_like_its_ok_twin(bad: Path):
     assert shared, (got_fixed, got_ok)
     assert {k: got_fixed[k] for k in shared} == {k: got_ok[k] for k in shared}
     assert {k: got_bad.get(k) for k in shared} != {k: got_ok[k] for k in shared}, "the bad fixture should misbehave"
+
+
+def test_fix_never_writes_through_a_symlink(tmp_path: Path):
+    from stabcheck.fix import run_fixes
+
+    target, link, plain = tmp_path / "target.py", tmp_path / "link.py", tmp_path / "plain.py"
+    target.write_text(NAN_WHERE, encoding="utf-8")
+    plain.write_text(NAN_WHERE, encoding="utf-8")
+    link.symlink_to(target)
+    findings = check_source(NAN_WHERE, str(link), Config()) + check_source(NAN_WHERE, str(plain), Config())
+    out = run_fixes(findings, write=True)
+    assert target.read_text() == NAN_WHERE and link.is_symlink(), "the link's target must be left alone"
+    assert plain.read_text() == NAN_WHERE_FIXED, "the other file is still fixed"
+    assert "refusing to write the fixed file" in out.text and "symbolic link" in out.text
+    assert [r.path for r in out.changed] == [str(plain)]

@@ -93,3 +93,14 @@ def test_github_writes_a_workflow_that_uploads_sarif(tmp_path: Path):
     assert upload["with"]["sarif_file"] == "stabcheck.sarif"
     assert data["permissions"]["security-events"] == "write"
     assert "exists; left unchanged" in init_project(root, github=True)
+
+
+def test_write_never_follows_a_symlinked_pyproject(tmp_path: Path):
+    root = _project(tmp_path, "flat")
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text('[project]\nname = "x"\n', encoding="utf-8")
+    (root / "pyproject.toml").unlink(missing_ok=True)
+    (root / "pyproject.toml").symlink_to(elsewhere)
+    with pytest.raises(UsageError, match="symbolic link"):
+        init_project(root, write=True)
+    assert elsewhere.read_text() == '[project]\nname = "x"\n'

@@ -23,10 +23,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from stabcheck import registry
+from stabcheck._files import write_atomic_nofollow
 from stabcheck.api import check_source
-from stabcheck.config import Config
+from stabcheck.config import Config, UsageError
 from stabcheck.finding import Applicability, Finding, Fix
 from stabcheck.fix import float64_leak, jit_in_loop, nan_gradient_where, unhashable_static_arg
 from stabcheck.fix._rewrite import Rewrite
@@ -97,15 +99,13 @@ def fix_source(source: str, path: str, config: Config | None = None, *, unsafe: 
         if candidate is None:
             break
         ident = finding_identity(candidate)
-        rw = try_fixer(table[candidate.code], text, candidate)
-        if rw is None or not parses(rw.source):
+        got = applicable_rewrite(table[candidate.code], text, candidate, unsafe=unsafe)
+        if not isinstance(got, Applicable):
             skipped.add(ident)
+            if got == "unsafe":
+                unsafe_left.add(ident)
             continue
-        applicability = fix_applicability(candidate.code, rw.applicability)
-        if applicability == "unsafe" and not unsafe:
-            skipped.add(ident)
-            unsafe_left.add(ident)
-            continue
+        rw = got.rewrite
         after_found = check_source(rw.source, path, config)
         if Counter(finding_identity(f) for f in after_found)[ident] >= before[ident]:  # the rewrite did not remove what it targeted
             skipped.add(ident)
@@ -118,6 +118,27 @@ def fix_source(source: str, path: str, config: Config | None = None, *, unsafe: 
         text, found = rw.source, after_found
         fixed.append(candidate)
     return FileFix(path, source, text, tuple(fixed), len(unsafe_left))
+
+
+@dataclass(frozen=True, slots=True)
+class Applicable:
+    """A rewrite that parses and may be applied, with its applicability."""
+
+    rewrite: Rewrite
+    applicability: Applicability
+
+
+def applicable_rewrite(fixer: Fixer, text: str, finding: Finding, *, unsafe: bool) -> Applicable | Literal["unsafe"] | None:
+    """The fixer's rewrite of `finding` when it parses and may be applied (an unsafe one only with
+    `unsafe`); "unsafe" when it is held back for want of `--unsafe-fixes`; None when there is none.
+    Whether the rewrite removes the finding is for the caller to re-check."""
+    rw = try_fixer(fixer, text, finding)
+    if rw is None or not parses(rw.source):
+        return None
+    applicability = fix_applicability(finding.code, rw.applicability)
+    if applicability == "unsafe" and not unsafe:
+        return "unsafe"
+    return Applicable(rw, applicability)
 
 
 def try_fixer(fixer: Fixer, text: str, finding: Finding) -> Rewrite | None:
@@ -176,9 +197,15 @@ def run_fixes(findings: list[Finding], *, write: bool, unsafe: bool = False, con
         )
         tail = f"{hidden} more fix{'es' * (hidden != 1)} available with --unsafe-fixes.\n" if hidden else ""
         return Outcome(diff + tail, findings, changed, hidden)
+    refused: dict[str, str] = {}
+    for r in changed:
+        try:
+            write_atomic_nofollow(r.path, r.after, what="the fixed file")
+        except UsageError as e:  # a symlink, a file that is gone: the other files are still fixed
+            refused[r.path] = str(e)
+    changed = tuple(r for r in changed if r.path not in refused)
     remaining = [f for f in findings if f.path not in {r.path for r in changed}]
     for r in changed:
-        _write(Path(r.path), r.after)
         fixed_ids = Counter(finding_identity(f) for f in r.fixed)
         fresh = check_source(r.after, r.path, cfg_for(r.path))
         fresh_ids = {finding_identity(f) for f in fresh}
@@ -192,6 +219,7 @@ def run_fixes(findings: list[Finding], *, write: bool, unsafe: bool = False, con
         parts.append(f"fixed {n} finding{'s' * (n != 1)} in {len(changed)} file{'s' * (len(changed) != 1)}")
     if hidden:
         parts.append(f"{hidden} more fix{'es' * (hidden != 1)} available with --unsafe-fixes")
+    parts += refused.values()
     return Outcome("; ".join(parts), remaining, changed, hidden)
 
 
@@ -230,14 +258,11 @@ def mark_fixable(findings: list[Finding], *, unsafe: bool = False, unfixable: fr
             except (OSError, UnicodeDecodeError):
                 sources[f.path] = None
         text = sources[f.path]
-        rw = try_fixer(table[f.code], text, f) if text is not None else None
-        if rw is None or not parses(rw.source):
+        got = applicable_rewrite(table[f.code], text, f, unsafe=unsafe) if text is not None else None
+        if not isinstance(got, Applicable):
             out.append(f)
             continue
-        applicability = fix_applicability(f.code, rw.applicability)
-        if applicability == "unsafe" and not unsafe:
-            out.append(f)
-            continue
+        rw = got.rewrite
         cfg = settings.for_path(f.path) if settings is not None else (config or Config())  # type: ignore[attr-defined]
         ident = finding_identity(f)
         if f.path not in before:
@@ -246,20 +271,9 @@ def mark_fixable(findings: list[Finding], *, unsafe: bool = False, unfixable: fr
         if after >= before[f.path][ident]:
             out.append(f)
             continue
-        out.append(f.refine(fix=Fix(rw.description or f"fix {f.code}", applicability)))
+        out.append(f.refine(fix=Fix(rw.description or f"fix {f.code}", got.applicability)))
     return out
 
 
 def _ending(text: str) -> str:
     return text if text.endswith("\n") or not text else text + "\n"
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.stabcheck-fix")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    try:
-        os.chmod(tmp, path.stat().st_mode)
-    except OSError:
-        pass
-    os.replace(tmp, path)
