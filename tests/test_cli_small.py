@@ -50,3 +50,23 @@ def test_statistics_as_json(tmp_path: Path) -> None:
     proc = run_cli("check", ".", "--no-cache", "--no-types", "--statistics", "--output-format", "json", cwd=tmp_path)
     assert proc.returncode == 1 and json.loads(proc.stdout) == [{"code": "STB101", "name": "branch-on-tracer", "count": 1, "fixable": 0}]
 
+
+
+def test_module_names_are_those_bound_at_module_level():
+    import ast
+
+    from stabcheck.cli.trace import module_names
+
+    tree = ast.parse(
+        "import a.b as c, d.e\nfrom f import g\nx = 1\nif y:\n    def h(): z = 2\n    class K: w = 3\n"
+        "try:\n    from m import n\nexcept ImportError:\n    n = None\nfor i in range(2): pass\n"
+    )
+    assert module_names(tree) == {"c", "d", "g", "x", "h", "K", "n", "i"}
+    assert module_names(ast.parse("if t:\n    from m import *\n")) is None
+
+
+def test_trace_names_a_missing_function_without_importing(tmp_path):
+    (tmp_path / "mod.py").write_text("raise SystemExit('imported!')\ndef f(): pass\n", encoding="utf-8")
+    proc = run_cli("trace", "mod.py:g", "--arg", "f32[2]", cwd=tmp_path)
+    assert proc.returncode == 2 and "defines no `g` at module level" in proc.stderr, proc.stderr
+    assert "imported!" not in proc.stdout + proc.stderr

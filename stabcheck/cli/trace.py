@@ -135,24 +135,30 @@ def _target_problem(target: str) -> str:
     except (OSError, SyntaxError, ValueError):
         return ""  # the worker reports it (STB901/STB902)
     head = name.split(".")[0]
-    bound: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            if any(a.name == "*" for a in node.names):
-                return ""
-            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
-        else:  # assignments, and names bound under if/try/with at module level
-            for sub in ast.walk(node):
-                if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
-                    bound.add(sub.id)
-                elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                    bound.add(sub.name)
-                elif isinstance(sub, (ast.Import, ast.ImportFrom)):
-                    if any(a.name == "*" for a in sub.names):
-                        return ""
-                    bound |= {(a.asname or a.name).split(".")[0] for a in sub.names}
+    bound = module_names(tree)
+    if bound is None:  # a star import may bind anything
+        return ""
     if head in bound or "__getattr__" in bound:
         return ""
     return f"`{where}` defines no `{head}` at module level"
+
+
+def module_names(tree: ast.Module) -> set[str] | None:
+    """The names a module binds at module level (defs, classes, imports, assignments, under
+    if/try/with too; not inside functions or classes); None when a star import may bind any."""
+    bound: set[str] = set()
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)  # what its body binds is not module level
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(a.name == "*" for a in node.names):
+                return None
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+        elif not isinstance(node, ast.Lambda):
+            todo += ast.iter_child_nodes(node)
+    return bound
