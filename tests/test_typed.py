@@ -650,3 +650,36 @@ def test_a_planted_or_edited_facts_file_is_ignored(type_cache: Path, tmp_path: P
     facts[0].write_bytes(raw + b" ")  # still valid JSON, but the MAC no longer matches
     again = typed.prepare([src], type_cache / "typed")
     assert len(starts) == 2 and again.files[str(src)].digest() == first.files[str(src)].digest()
+
+
+# -- a file's typed findings do not depend on what else is in the run (issue 16) -----------------
+RUNS = ROOT / "fixtures" / "typed_runs"
+
+
+@pytest.mark.slow
+def test_a_files_typed_findings_do_not_depend_on_what_else_is_in_the_run(type_cache: Path) -> None:
+    """`beta.ops` (library b) imports `alpha.core` (library a, not installed) and calls it under
+    jit. Checked beside library a, mypy used to resolve that import to the checked file, and the
+    cross-file seed made `alpha/core.py` report a proven STB101 that checking library a alone,
+    or the file alone, never showed. Each file is checked alone, with its library, and with both
+    libraries: its types (the oracle's digest) and its findings are the same in every run."""
+    liba = sorted((RUNS / "liba").rglob("*.py"))
+    libb = sorted((RUNS / "libb").rglob("*.py"))
+    targets = [RUNS / "liba" / "alpha" / "core.py", RUNS / "liba" / "alpha" / "model.py", RUNS / "libb" / "beta" / "ops.py"]
+    runs = [[t] for t in targets] + [liba, libb, liba + libb]
+    digests: dict[str, set[str]] = {}
+    findings: dict[str, set[frozenset[tuple[int, str, str]]]] = {}
+    for paths in runs:
+        prepared = typed.prepare(paths, type_cache / "typed")
+        assert not prepared.notes
+        res = api.run([str(p) for p in paths], Config(types=True, preview=True), api.Options(jobs=1, cache_dir=str(type_cache)))
+        for t in targets:
+            if t not in paths:
+                continue
+            digests.setdefault(t.name, set()).add(prepared.files[str(t)].digest())
+            findings.setdefault(t.name, set()).add(frozenset((f.line, f.code, f.confidence) for f in res.findings if Path(f.path).resolve() == t))
+    assert all(len(v) == 1 for v in digests.values()), digests
+    assert all(len(v) == 1 for v in findings.values()), findings
+    assert findings["core.py"] == {frozenset()}  # no seed from library b's caller
+    assert findings["ops.py"] == {frozenset({(12, "STB101", "guess")})}  # `alpha` unresolved, alone or not: `count(x)` unproven
+    assert findings["model.py"] == {frozenset()}  # `count` declared `-> int` in its sibling module, checked or not

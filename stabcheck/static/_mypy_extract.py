@@ -183,19 +183,41 @@ def analyse(files: Sequence[str], cache_dir: str, old: dict[str, dict[str, Any]]
     files, find which of them mypy re-checked or whose facts are stale (`old`: path -> {"hash",
     "module"}), re-check those keeping their trees, and extract their facts.
 
-    A file with a blocking error is left out and the build repeated without it (a relative
-    import outside a package stops mypy for every file otherwise). Returns {"modules": {module:
-    path}, "fresh": {path: facts}, "dropped": {path: why}, "analysed": modules mypy analysed
-    afresh, its own cache missing or stale (jax's, on a first run)}."""
+    One build per import root (`roots`): a file's types depend only on it and on what it
+    imports, never on what else is in the run (issue 16: a library checked beside another saw
+    that library's modules where, checked alone, it saw `Any`, and two roots' `utils` shadowed
+    each other). A file with a blocking error is left out and its root's build repeated without
+    it (a relative import outside a package stops mypy for every file otherwise). Returns
+    {"paths": [the checked files mypy analysed], "fresh": {path: facts}, "dropped": {path: why}, "analysed":
+    modules mypy analysed afresh, its own cache missing or stale (jax's, on a first run)}."""
     cache = Path(cache_dir)
     dropped: dict[str, str] = {}
-    paths = [str(p) for p in files]
+    out: dict[str, Any] = {"paths": [], "fresh": {}, "dropped": dropped, "analysed": 0}
+    for group in roots([str(p) for p in files], options(cache / "mypy", preserve_asts=False), dropped):
+        modules, fresh, analysed = _analyse_root(group, cache, old, dropped)
+        out["paths"] += sorted(modules.values())  # by path: two roots may each have a module `utils`
+        out["fresh"].update(fresh)
+        out["analysed"] += analysed
+    return out
+
+
+def roots(paths: list[str], opts: Options, dropped: dict[str, str]) -> list[list[str]]:
+    """The checked files grouped by import root (mypy's `base_dir`: the directory above the
+    outermost package holding the file), in a fixed order."""
+    groups: dict[str, list[str]] = {}
+    for s in sources(paths, opts, dropped):
+        if s.path:
+            groups.setdefault(s.base_dir or "", []).append(s.path)
+    return [sorted(groups[b]) for b in sorted(groups)]
+
+
+def _analyse_root(paths: list[str], cache: Path, old: dict[str, dict[str, Any]], dropped: dict[str, str]) -> tuple[dict[str, str], dict[str, dict[str, Any]], int]:
     opts = options(cache / "mypy", preserve_asts=False)
     for _ in range(8):
         srcs = sources(paths, opts, dropped)
         modules = module_names(srcs)
         if not modules:
-            return {"modules": {}, "fresh": {}, "dropped": dropped, "analysed": 0}
+            return {}, {}, 0
         try:
             first = run(srcs, opts)  # cheap when warm; strips jax's bodies when cold
         except Blocked as e:
@@ -217,7 +239,7 @@ def analyse(files: Sequence[str], cache_dir: str, old: dict[str, dict[str, Any]]
         forget(sorted(need), srcs, opts)
         result = run(srcs, opts)
         fresh = extract(result, {m: modules[m] for m in need})
-    return {"modules": modules, "fresh": fresh, "dropped": dropped, "analysed": analysed}
+    return modules, fresh, analysed
 
 
 def _digest(path: str) -> str | None:
@@ -493,7 +515,6 @@ def _module_of(fullname: str, checked: frozenset[str]) -> bool:
 def extract(result: build.BuildResult, modules: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Facts of each re-checked module, by path. Modules mypy took fresh from its cache have no
     tree and no types here; the caller keeps their facts from the previous run."""
-    checked = frozenset(modules)
     out: dict[str, dict[str, Any]] = {}
     for mod, path in modules.items():
         state = result.graph.get(mod)
@@ -506,7 +527,7 @@ def extract(result: build.BuildResult, modules: dict[str, str]) -> dict[str, dic
                 wrapped = _unwrap_call(d.rvalue)
                 if wrapped is not None and wrapped.fullname:
                     aliases[d.lvalues[0].node.fullname] = wrapped.fullname
-        ex = _Extract(mod, result.types, checked)
+        ex = _Extract(mod, result.types, frozenset({mod}))  # callees within this module only: its facts never depend on what else is checked
         ex.walk(tree)
         out[path] = {"module": mod, "exprs": ex.exprs, "callees": ex.callees, "calls": ex.calls, "functions": ex.functions, "aliases": aliases}
     return out

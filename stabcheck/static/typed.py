@@ -8,15 +8,17 @@ subprocess bounded in time and memory (`stabcheck.static._mypy_child`; mypy neve
 code, and runs with stabcheck's own options: no config file, no plugins), and turns its type map
 into per-file `FileTypes`: the kind of each expression ("array", "static", "optional",
 "tuple:2", ...), the def each call runs (through `jit`, `partial`, bound methods, `__call__`),
-declared parameter/return kinds, and the *seeds*: functions of this file that a transformed
-function of another file calls with traced arguments. The traced-value analysis
+declared parameter/return kinds. A file's `FileTypes` depends only on the file and what it
+imports: mypy runs once per import root (`_mypy_extract.roots`), and no fact crosses from one
+checked file to another, so a file's typed findings are the same whether it is checked alone, with
+its package, or beside other libraries (issue 16). The traced-value analysis
 (`Analysis(tree, names, types)`) asks a `FileTypes`:
 
 * a call whose declared and inferred result is `int`/`bool`/`str`/`None` is static;
 * a parameter declared (through any alias) as an array is an array, one declared `int`/`bool`/
   `str` is static;
 * a callee it cannot see syntactically (`self.encoder(x)`, `model.apply(x)`, `step = jit(f)`)
-  resolves to its def; a callee in another checked file is seeded as transformed there.
+  resolves to its def in the same file.
 
 `refine(...)` runs a file's static rules with and without types: findings only the typed run
 makes carry `evidence["stage"] = "typed"`, findings types prove wrong are dropped, and the
@@ -56,15 +58,13 @@ from stabcheck._sizes import parse_size
 from stabcheck._cache import MAGIC, CacheRefused, code_fingerprint, mac, read_bounded, secret_key
 from stabcheck.errors import ConfigError
 from stabcheck.finding import Finding
-from stabcheck.static.analysis import Analysis, traced_parameters
 from stabcheck.static.engine import Dispatcher, FileResult, check_bytes
-from stabcheck.static.names import Names
 
 if TYPE_CHECKING:
     from stabcheck.config import Config
     from stabcheck.rule import Rule
 
-FACTS_VERSION = "7"
+FACTS_VERSION = "8"
 STATIC_KINDS = frozenset({"static", "none"})
 
 
@@ -85,7 +85,6 @@ class FileTypes:
     callees: dict[str, str]
     functions: dict[str, dict[str, Any]]
     static_calls: frozenset[str] = frozenset()
-    seeds: dict[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
 
     # -- what the analysis asks --------------------------------------------------------------
     def kind(self, expr: ast.AST) -> str | None:
@@ -127,12 +126,14 @@ class FileTypes:
         return fn.get("declared"), fn.get("declared_text", "")
 
     def seed_items(self) -> Iterator[tuple[str, frozenset[str], bool]]:
-        for qual, (params, abstract) in self.seeds.items():
-            yield qual, frozenset(params), abstract
+        """Defs of this file that other files' transformed code calls: none from the typed tier,
+        whose view of a file rests on the file and its imports alone (issue 16: a seed from a
+        caller made a finding appear only when the caller was in the same run)."""
+        return iter(())
 
     def digest(self) -> str:
         """Changes whenever what the analysis would see of this file changes (for result caches)."""
-        blob = json.dumps([self.module, self.exprs, self.callees, self.functions, sorted(self.static_calls), self.seeds], sort_keys=True, default=list)
+        blob = json.dumps([self.module, self.exprs, self.callees, self.functions, sorted(self.static_calls)], sort_keys=True, default=list)
         return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
 
 
@@ -217,7 +218,7 @@ def prepare(
     on_run: Callable[[int, bool], None] | None = None,
 ) -> Prepared:
     """Run mypy over `files` (incrementally, in a bounded subprocess) and compute the per-file
-    types and seeds. `cache_root` is the typed tier's cache (`<cache>/typed`), shared by every
+    types. `cache_root` is the typed tier's cache (`<cache>/typed`), shared by every
     project checked with the same versions; None: a temporary one, removed. `on_run(n, first)`
     is called just before mypy starts (not when the cached facts answer): n files, and whether
     mypy's cache for this environment is empty (a first run: jax's sources are analysed)."""
@@ -240,11 +241,8 @@ def prepare(
         if saved.get("tree") == tree and isinstance(saved.get("files"), dict):  # unchanged: mypy has nothing to do
             same = _facts_of(saved)
             raw = {p: same[p] for p in hashes if p in same}
-            seeds = _seeds_of(saved)
-            out.files = _post(raw, seeds)
+            out.files = _post(raw)
             out.notes.extend(n for n in saved.get("notes", ()) if isinstance(n, str))  # files mypy left out, as when they were
-            if seeds is None:
-                _save_facts(facts_file, secret, {**saved, "seeds": _seeds_out(out.files)})
         else:
             b = bounds or Bounds()
             stopped = saved.get("stopped")
@@ -256,7 +254,7 @@ def prepare(
             raw_or_none = _run_mypy(py, hashes, env, saved, out, b, on_run)
             if raw_or_none is not None:
                 out.files = _post(raw_or_none)
-                _save_facts(facts_file, secret, {"tree": tree, "files": {**_facts_of(saved), **raw_or_none}, "seeds": _seeds_out(out.files), "notes": out.notes})
+                _save_facts(facts_file, secret, {"tree": tree, "files": {**_facts_of(saved), **raw_or_none}, "notes": out.notes})
             elif out.stopped is not None:
                 _save_facts(facts_file, secret, {**saved, "stopped": {"tree": tree, "kind": out.stopped[0], "what": out.stopped[1], "timeout": b.timeout, "memory": b.memory}})
     except BaseException:
@@ -282,10 +280,6 @@ def _within(b: Bounds, stopped: dict[str, Any]) -> bool:
     if stopped.get("kind") == "memory":
         return b.memory is not None and isinstance(stopped.get("memory"), int) and b.memory <= stopped["memory"]
     return False
-
-
-def _seeds_out(files: dict[str, FileTypes]) -> dict[str, Any]:
-    return {p: ft.seeds for p, ft in files.items() if ft.seeds}
 
 
 def _run_mypy(
@@ -316,7 +310,7 @@ def _run_mypy(
     if answer is None:
         return None
     fresh: dict[str, dict[str, Any]] = answer.get("fresh", {})
-    modules: dict[str, str] = answer.get("modules", {})
+    analysed: list[str] = answer.get("paths", [])
     dropped: dict[str, str] = answer.get("dropped", {})
     out.rechecked = len(fresh)
     out.analysed = int(answer.get("analysed", 0))
@@ -326,7 +320,7 @@ def _run_mypy(
         n = len(dropped)
         out.notes.append(f"typed tier: {n} file{'s' if n != 1 else ''} left out of mypy's run and checked without types ({shown}{more}); the other files have types")
     raw: dict[str, dict[str, Any]] = {}
-    for p in modules.values():
+    for p in analysed:
         if p in fresh:
             raw[p] = {**fresh[p], "hash": hashes.get(p)}
         elif p in old:
@@ -549,113 +543,47 @@ def _save_bytes(path: Path, data: bytes) -> None:
         pass  # a read-only cache directory costs speed, not correctness
 
 
-# -- cross-file post-processing ------------------------------------------------------------------
-def _seeds_of(data: dict[str, Any]) -> dict[str, dict[str, tuple[set[str], bool]]] | None:
-    """The cross-file seeds saved with the facts (for the tree they were computed on)."""
-    if not isinstance(data.get("seeds"), dict):
-        return None
-    try:
-        return {p: {q: (set(params), bool(abstract)) for q, (params, abstract) in fs.items()} for p, fs in data["seeds"].items()}
-    except (TypeError, ValueError, AttributeError):
-        return None
+# -- per-file post-processing ---------------------------------------------------------------------
+def _post(raw: dict[str, dict[str, Any]]) -> dict[str, FileTypes]:
+    """Each file's `FileTypes` from its own facts alone: a file's types never depend on which
+    other files are in the run (issue 16). A call into another module is judged by mypy's view
+    of it through the import (its declared type), whether or not that module is checked too."""
+    return {p: _file_types(v) for p, v in raw.items()}
 
 
-def _post(raw: dict[str, dict[str, Any]], seeds: dict[str, dict[str, tuple[set[str], bool]]] | None = None) -> dict[str, FileTypes]:
-    by_module = {v["module"]: p for p, v in raw.items()}
-    functions = {f"{v['module']}.{q}": fn for v in raw.values() for q, fn in v["functions"].items()}
+def _file_types(v: dict[str, Any]) -> FileTypes:
+    module = v["module"]
+    functions: dict[str, dict[str, Any]] = v["functions"]
+    prefix = module + "."
+
+    def own(target: str) -> dict[str, Any] | None:
+        return functions.get(target[len(prefix) :]) if target.startswith(prefix) else None
 
     def trusted_static(target: str) -> bool:
-        fn = functions.get(target)
+        fn = own(target)
         if fn is None:
-            return True  # a library's declared `-> int`
+            return True  # another module's declared `-> int`, as mypy reads it through the import
         rets = fn.get("returns") or []
         return bool(rets) and all(r in STATIC_KINDS for r in rets) and fn.get("declared") in (*STATIC_KINDS, None)
 
-    aliases = {a: t for v in raw.values() for a, t in v.get("aliases", {}).items()}
+    aliases = {a: t for a, t in v.get("aliases", {}).items() if a.startswith(prefix)}
 
     def real(target: str) -> str:
         return aliases.get(target[1:], "") if target.startswith("@") else target
 
-    files: dict[str, FileTypes] = {}
-    for p, v in raw.items():
-        exprs = dict(v["exprs"])
-        static_calls: set[str] = set()
-        for k, (kd, tgt) in v.get("calls", {}).items():
-            tgt = real(tgt)
-            if kd == "any" and tgt in functions:  # `step(x)` with `step = jax.jit(_step)`
-                kd = functions[tgt].get("declared") or "any"
-                if kd not in ("any", "static", "none"):
-                    exprs[k] = kd
-            if kd in STATIC_KINDS and (not tgt or trusted_static(tgt)):
-                static_calls.add(k)
-        callees = {k: t for k, t in ((k, real(t)) for k, t in v["callees"].items()) if t}
-        files[p] = FileTypes(v["module"], exprs, callees, v["functions"], frozenset(static_calls))
-    if seeds is not None:
-        return {p: _with_seeds(ft, seeds.get(p, {})) for p, ft in files.items()}
-    return _seed(files, by_module)
-
-
-def _owner(full: str, by_module: dict[str, str]) -> tuple[str, str] | None:
-    parts = full.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        mod = ".".join(parts[:i])
-        if mod in by_module:
-            return by_module[mod], ".".join(parts[i:])
-    return None
-
-
-def _seed(files: dict[str, FileTypes], by_module: dict[str, str]) -> dict[str, FileTypes]:
-    """Mark defs that transformed code of *another* file calls with traced arguments, to a fixpoint."""
-    trees: dict[str, ast.Module] = {}
-    for p in files:
-        try:
-            trees[p] = ast.parse(Path(p).read_bytes(), filename=p)
-        except (OSError, SyntaxError, ValueError, RecursionError):
-            continue
-    seeds: dict[str, dict[str, tuple[set[str], bool]]] = {}
-    dirty = set(trees)
-    for _ in range(6):
-        if not dirty:
-            break
-        grew: set[str] = set()
-        for p in sorted(dirty):
-            ft = _with_seeds(files[p], seeds.get(p, {}))
-            try:
-                an = Analysis(trees[p], Names(trees[p]), ft)
-            except RecursionError:
-                continue
-            for info in list(an.functions.values()):
-                if not info.transformed:
-                    continue
-                for node in an.own_nodes(info):
-                    if not isinstance(node, ast.Call):
-                        continue
-                    full = ft.target(node.func)
-                    where = _owner(full, by_module) if full else None
-                    if where is None or where[0] == p or where[0] not in files:
-                        continue
-                    tpath, tqual = where
-                    fn = files[tpath].functions.get(tqual)
-                    if fn is None:
-                        continue
-                    params = list(fn["params"])
-                    if fn.get("method") and (isinstance(node.func, ast.Attribute) or tqual.endswith(".__call__")):
-                        params = params[1:]
-                    traced = traced_parameters(node, params, lambda e: an.is_traced(e, info))
-                    traced = {t for t in traced if fn["kinds"].get(t) not in STATIC_KINDS}
-                    if not traced:
-                        continue
-                    cur = seeds.setdefault(tpath, {}).get(tqual, (set(), False))
-                    new = (cur[0] | traced, cur[1] or info.abstract)
-                    if new != cur:
-                        seeds[tpath][tqual] = new
-                        grew.add(tpath)
-        dirty = grew
-    return {p: _with_seeds(ft, seeds.get(p, {})) for p, ft in files.items()}
-
-
-def _with_seeds(ft: FileTypes, seeds: dict[str, tuple[set[str], bool]]) -> FileTypes:
-    return FileTypes(ft.module, ft.exprs, ft.callees, ft.functions, ft.static_calls, {q: (tuple(sorted(s)), a) for q, (s, a) in seeds.items()})
+    exprs = dict(v["exprs"])
+    static_calls: set[str] = set()
+    for k, (kd, tgt) in v.get("calls", {}).items():
+        tgt = real(tgt)
+        fn = own(tgt) if tgt else None
+        if kd == "any" and fn is not None:  # `step(x)` with `step = jax.jit(_step)`
+            kd = fn.get("declared") or "any"
+            if kd not in ("any", "static", "none"):
+                exprs[k] = kd
+        if kd in STATIC_KINDS and (not tgt or trusted_static(tgt)):
+            static_calls.add(k)
+    callees = {k: t for k, t in ((k, real(t)) for k, t in v["callees"].items()) if t and own(t) is not None}
+    return FileTypes(module, exprs, callees, functions, frozenset(static_calls))
 
 
 # -- running the rules with types -------------------------------------------------------------
