@@ -87,8 +87,20 @@ def describe_leaf(x: Any) -> str:
         return type_str(aval.dtype, aval.shape, bool(getattr(aval, "weak_type", False)))
     shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
     if shape is not None and dtype is not None:
-        return type_str(dtype, tuple(shape), False)
+        return type_str(_canonical(dtype), tuple(shape), False)
     return f"static {short_repr(x)}"
+
+
+def _canonical(dtype: Any) -> Any:
+    """The dtype `jit` gives a NumPy value: `np.float64(0.5)` is `float32[]` unless
+    `jax_enable_x64`, the same signature as `jnp.float32(0.5)` (JAX traces them once)."""
+    # JAX: imported when this runs, never on import
+    from jax import dtypes
+
+    try:
+        return dtypes.canonicalize_dtype(dtype)
+    except (TypeError, ValueError):
+        return dtype
 
 
 def type_str(dtype: Any, shape: Sequence[int], weak: bool) -> str:
