@@ -1,0 +1,328 @@
+"""See every call a test makes through a JAX transform: one `TransformedCall` per new
+(function, transform, options, abstract signature), with the arguments the test really passed.
+
+`jit` is seen where JAX traces it (`runtime._hook` wraps `jax._src.pjit._trace_for_jit`, which
+runs once per new signature). The other transforms have no such single choke point in JAX 0.10,
+and their arguments are gone by the time anything below them runs, so `Interceptor.install()`
+wraps the public functions themselves: `jax.grad`, `jax.value_and_grad`, `jax.vmap`,
+`jax.jacfwd`, `jax.jacrev`, `jax.hessian`, `jax.jvp`, `jax.vjp`, and where installed
+`equinox.filter_jit`/`filter_grad`/`filter_value_and_grad` and `flax.nnx.jit`. The plugin
+configures before pytest imports the test modules, so `import jax; jax.grad(...)` and
+`from jax import grad` in a test module both get the wrapper; names a user module bound before
+that (a conftest's `from jax import grad`) are rebound too, and everything is put back by
+`uninstall()`.
+
+Only transforms applied from the user's code to a user function are seen: the ones JAX,
+equinox or flax apply internally (`filter_grad` calls `jax.grad`) are not, so a nested call is
+seen once per layer the user wrote. A wrapped transform returns its result unchanged; the callable
+it returns forwards every attribute to JAX's. When a call is nested in another transform's trace
+(`jax.grad(loss)` inside a jitted step) its arguments are tracers; for `jax.jit(jax.grad(loss))`
+the inner call gets the arguments given to the jitted function. Nothing here ever raises into the
+user's test: an error of stabcheck's is recorded in `errors`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import os
+import sys
+import threading
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from stabcheck.runtime._calls import TransformedCall
+from stabcheck.runtime._monitor import busy
+from stabcheck.traced.source import is_internal, is_library
+
+# (module, attribute, transform name, kind): "returns" gives a callable, "calls" calls at once
+_JAX_TARGETS = (
+    ("jax", "grad", "grad", "returns"),
+    ("jax", "value_and_grad", "value_and_grad", "returns"),
+    ("jax", "vmap", "vmap", "returns"),
+    ("jax", "jacfwd", "jacfwd", "returns"),
+    ("jax", "jacrev", "jacrev", "returns"),
+    ("jax", "hessian", "hessian", "returns"),
+    ("jax", "jvp", "jvp", "calls"),
+    ("jax", "vjp", "vjp", "calls"),
+    ("equinox", "filter_jit", "filter_jit", "returns"),
+    ("equinox", "filter_grad", "filter_grad", "returns"),
+    ("equinox", "filter_value_and_grad", "filter_value_and_grad", "returns"),
+    ("flax.nnx", "jit", "nnx.jit", "returns"),
+)
+
+# the jitted callable whose trace is running, with its real arguments (`jit(grad(f))`)
+outer_call: contextvars.ContextVar[tuple[Any, tuple[Any, ...], dict[str, Any]] | None] = contextvars.ContextVar("stabcheck_outer_call", default=None)
+
+
+def user_function(fun: Any) -> Any:
+    """The user's function under partials and `functools.wraps` layers, or None when it is
+    defined in JAX, the standard library, an installed package or stabcheck."""
+    seen = 0
+    while seen < 50:
+        seen += 1
+        if isinstance(fun, functools.partial):
+            fun = fun.func
+        elif isinstance(fun, Transformed):
+            fun = fun.stabcheck_fn
+        elif getattr(fun, "__wrapped__", None) is not None:
+            fun = fun.__wrapped__
+        else:
+            break
+    if isinstance(fun, types.MethodType):
+        fun = fun.__func__
+    code = getattr(fun, "__code__", None)
+    if code is None:
+        call = getattr(type(fun), "__call__", None)
+        code = getattr(call, "__code__", None)
+    file = getattr(code, "co_filename", "")
+    if not file or is_internal(file) or is_library(file):
+        return None
+    return fun
+
+
+def _from_user(depth: int) -> bool:
+    """The frame `depth` above the caller is the user's code (not JAX's, a library's, stabcheck's)."""
+    frame = sys._getframe(depth + 1)
+    name = frame.f_code.co_filename
+    return not is_internal(name) and not is_library(name)
+
+
+def _leaf_key(x: Any) -> Any:
+    aval = getattr(x, "aval", None)
+    if hasattr(x, "dtype") and hasattr(x, "shape"):
+        weak = getattr(aval, "weak_type", getattr(x, "weak_type", False))
+        return ("array", str(x.dtype), tuple(x.shape), bool(weak))
+    if isinstance(x, (bool, int, float, complex)):
+        return ("python", type(x).__name__)
+    try:
+        hash(x)
+    except TypeError:
+        return ("object", type(x).__qualname__, id(x))
+    return ("static", type(x).__qualname__, x)
+
+
+def abstract_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """What makes a call's signature: the tree, and per leaf dtype/shape/weak (arrays, tracers),
+    the type (Python numbers) or the value (other hashable leaves)."""
+    # JAX: imported when this runs, never on import
+    import jax
+
+    leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
+    return (tree, tuple(_leaf_key(x) for x in leaves))
+
+
+def fn_key(fun: Any) -> Any:
+    """Identifies the callable given to a transform: a partial by its function and the abstract
+    signature of its bound arguments, an inner transformed callable by what it transforms."""
+    if isinstance(fun, functools.partial):
+        return ("partial", fn_key(fun.func), abstract_key(fun.args, dict(fun.keywords)))
+    if isinstance(fun, Transformed):
+        return ("transformed", fn_key(fun.stabcheck_fn), fun.stabcheck_transform, _options_key(fun.stabcheck_options))
+    return id(fun)
+
+
+def given_by_user(fun: Any) -> bool:
+    """`fun` itself (under partials) is the user's: a function of theirs, or one of their
+    transforms (not a JAX or library function that merely `functools.wraps` one of theirs)."""
+    while isinstance(fun, functools.partial):
+        fun = fun.func
+    if isinstance(fun, Transformed):
+        return True
+    if isinstance(fun, types.MethodType):
+        fun = fun.__func__
+    code = getattr(fun, "__code__", None) or getattr(getattr(type(fun), "__call__", None), "__code__", None)
+    file = getattr(code, "co_filename", "")
+    return bool(file) and not is_internal(file) and not is_library(file)
+
+
+def user_site() -> tuple[str, int]:
+    """(absolute file, line) of the innermost frame of the user's code on the stack."""
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not is_internal(name) and not is_library(name) and "/_pytest/" not in name and "/pluggy/" not in name:
+            return (os.path.abspath(name), frame.f_lineno)
+        frame = frame.f_back
+    return ("", 0)
+
+
+def _options_key(options: dict[str, Any]) -> str:
+    return repr(sorted(options.items(), key=lambda kv: kv[0]))
+
+
+class Transformed:
+    """The callable a wrapped transform returns: JAX's (or equinox's) callable, told first."""
+
+    def __init__(self, owner: Interceptor, transformed: Any, fn: Any, transform: str, options: dict[str, Any]) -> None:
+        self.__wrapped__ = transformed
+        self.stabcheck_fn = fn
+        self.stabcheck_transform = transform
+        self.stabcheck_options = options
+        self._owner = owner
+        functools.update_wrapper(self, transformed, updated=())
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if busy.get():
+            return self.__wrapped__(*args, **kwargs)
+        self._owner.seen(self, self.stabcheck_fn, self.stabcheck_transform, self.stabcheck_options, args, kwargs)
+        if not isinstance(self.stabcheck_fn, Transformed):
+            return self.__wrapped__(*args, **kwargs)
+        token = outer_call.set((self.stabcheck_fn, args, kwargs))  # `jacfwd(grad(f))`: grad is told these arguments
+        try:
+            return self.__wrapped__(*args, **kwargs)
+        finally:
+            outer_call.reset(token)
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return self if obj is None else types.MethodType(self, obj)
+
+    def __getattr__(self, name: str) -> Any:  # `.lower`, `.trace`, equinox's fields...
+        if name.startswith("stabcheck_") or name in ("_owner", "__wrapped__"):
+            raise AttributeError(name)
+        return getattr(self.__wrapped__, name)
+
+    def __repr__(self) -> str:
+        return repr(self.__wrapped__)
+
+
+@dataclass(slots=True)
+class Interceptor:
+    """Wraps the public transforms while installed; `emit` is told of each new transformed call."""
+
+    emit: Callable[[TransformedCall], None]
+    errors: list[str] = field(default_factory=list)
+    _keys: set[Any] = field(default_factory=set)
+    _alive: list[Any] = field(default_factory=list)
+    _patched: list[tuple[Any, str, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- seeing calls --------------------------------------------------------------------------
+    def seen(self, holder: Any, fn: Any, transform: str, options: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Emit the call when (fn, transform, options, abstract signature) is new."""
+        try:
+            outer = outer_call.get()
+            if outer is not None and outer[0] is holder:
+                args, kwargs = outer[1], outer[2]  # `jit(grad(f))`: the jitted call's real arguments
+            key = (fn_key(fn), transform, _options_key(options), abstract_key(args, dict(kwargs)))
+            with self._lock:
+                if key in self._keys:
+                    return
+                self._keys.add(key)
+                self._alive.append(fn)  # the ids in _keys stay this function's
+            call = TransformedCall(fn=fn, transform=transform, options=dict(options), args=tuple(args), kwargs=dict(kwargs), site=user_site())
+        except Exception as e:  # never break the user's test
+            self.errors.append(f"{type(e).__name__}: {e}")
+            return
+        self.emit(call)
+
+    # -- wrapping the transforms -------------------------------------------------------------------
+    def _returning(self, original: Any, transform: str, names: list[str], fun_missing: Any) -> Any:
+        owner = self
+
+        def apply(by_user: bool, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+            fun = a[0] if a else kw.get("fun", fun_missing)
+            if fun is fun_missing:  # `eqx.filter_jit(donate=...)` as a decorator factory
+                made = original(*a, **kw)
+                if not callable(made):
+                    return made
+                return lambda f: apply(by_user, (f, *a), kw)
+            out = original(*a, **kw)
+            try:
+                if not by_user or busy.get() or not callable(out) or user_function(fun) is None:
+                    return out
+                options = dict(zip(names[1:], a[1:]))
+                options.update({k: v for k, v in kw.items() if k != "fun"})
+                return Transformed(owner, out, fun, transform, options)
+            except Exception as e:  # never break the user's test
+                owner.errors.append(f"{type(e).__name__}: {e}")
+                return out
+
+        @functools.wraps(original)
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            return apply(_from_user(1), a, kw)
+
+        wrapper.stabcheck_original = original  # type: ignore[attr-defined]
+        return wrapper
+
+    def _calling(self, original: Any, transform: str) -> Any:
+        owner = self
+
+        @functools.wraps(original)
+        def wrapper(fun: Any, *a: Any, **kw: Any) -> Any:
+            if not busy.get():
+                try:
+                    if _from_user(1) and user_function(fun) is not None:
+                        primals = tuple(a[0]) if transform == "jvp" and a else tuple(a)
+                        options = {k: v for k, v in kw.items()}
+                        if transform == "jvp" and len(a) > 1:
+                            options["tangents"] = a[1]
+                        owner.seen(None, fun, transform, options, primals, {})
+                except Exception as e:  # never break the user's test
+                    owner.errors.append(f"{type(e).__name__}: {e}")
+            return original(fun, *a, **kw)
+
+        wrapper.stabcheck_original = original  # type: ignore[attr-defined]
+        return wrapper
+
+    def install(self) -> list[str]:
+        """Wrap every transform that is installed; the names wrapped."""
+        done: list[str] = []
+        replaced: dict[int, Any] = {}
+        for module_name, attr, transform, kind in _JAX_TARGETS:
+            module = sys.modules.get(module_name)
+            if module is None:
+                if module_name == "jax":
+                    continue
+                try:
+                    module = __import__(module_name, fromlist=["_"])  # equinox, flax: only when installed
+                except Exception:
+                    continue
+            original = getattr(module, attr, None)
+            if original is None or getattr(original, "stabcheck_original", None) is not None:
+                continue
+            if kind == "returns":
+                try:
+                    params = list(inspect.signature(original).parameters.values())
+                except (TypeError, ValueError):
+                    params = []
+                names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+                missing = params[0].default if params and params[0].default is not inspect.Parameter.empty else object()
+                wrapped = self._returning(original, transform, names, missing)
+            else:
+                wrapped = self._calling(original, transform)
+            self._patch(module, attr, original, wrapped)
+            replaced[id(original)] = wrapped
+            done.append(transform)
+        self._rebind_user_modules(replaced)
+        return done
+
+    def _patch(self, owner: Any, attr: str, original: Any, wrapped: Any) -> None:
+        setattr(owner, attr, wrapped)
+        self._patched.append((owner, attr, original))
+
+    def _rebind_user_modules(self, replaced: dict[int, Any]) -> None:
+        """`from jax import grad` in a conftest or a user module imported before the plugin."""
+        for module in list(sys.modules.values()):
+            file = getattr(module, "__file__", None) or ""
+            if not file or is_internal(file) or is_library(file):
+                continue
+            try:
+                items = list(vars(module).items())
+            except TypeError:
+                continue
+            for name, value in items:
+                wrapped = replaced.get(id(value))
+                if wrapped is not None and getattr(wrapped, "stabcheck_original", None) is value:
+                    self._patch(module, name, value, wrapped)
+
+    def uninstall(self) -> None:
+        for owner, attr, original in reversed(self._patched):
+            setattr(owner, attr, original)
+        self._patched.clear()
+
+
+__all__ = ["Interceptor", "Transformed", "abstract_key", "fn_key", "given_by_user", "outer_call", "user_function", "user_site"]
