@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 
+pytest_plugins = ["pytester"]
 pytest.importorskip("jax")
 
 
@@ -73,3 +78,43 @@ def test_names_bound_before_install_are_rebound_and_restored() -> None:
         del sys.modules["zc_user_mod"]
     assert mod.grad is jax._src.api.grad and jax.grad is jax._src.api.grad
     assert [c.transform for c in calls] == ["grad"]
+
+
+ZEROCONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "zeroconfig"
+
+
+def _line_of(relpath: str, text: str) -> int:
+    return (ZEROCONFIG / relpath).read_text().splitlines().index(text) + 1
+
+
+@pytest.mark.slow
+def test_zeroconfig_project_reports_the_hazards_of_functions_only_its_tests_transform(pytester: pytest.Pytester) -> None:
+    shutil.copytree(ZEROCONFIG, pytester.path, dirs_exist_ok=True)
+    plain = pytester.runpytest("-p", "no:cacheprovider")
+    plain.assert_outcomes(passed=12, failed=2)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stabcheck", "--stabcheck-report=r.json")
+    result.assert_outcomes(passed=12, failed=2)  # the plugin changes no test's result
+    data = json.loads((pytester.path / "r.json").read_text())
+    found = {(d["code"], d["path"], d["line"], d["evidence"]["entry"]) for d in data}
+    model, tests = "zcmodel/model.py", "tests/test_model.py"
+
+    def at(text: str) -> str:
+        return f"{tests}:{_line_of(tests, text)}"
+
+    assert found == {
+        ("STB302", model, _line_of(model, "    return x * lr, lr * 2.0"), at("    out, lr = jax.jit(schedule)(0.5, jnp.ones(3))")),
+        ("STB408", model, _line_of(model, "    return jnp.where(x > 0, jnp.sqrt(x), 0.0).sum()"), at("    g = jax.grad(safe_norm)(jnp.array([4.0, 0.0, -1.0]))")),
+        ("STB402", tests, _line_of(tests, "    grad(loss)(params, jnp.ones(3))"), at("    grad(loss)(params, jnp.ones(3))")),
+        ("STB303", model, _line_of(model, '    return jnp.sum(params["w"] * x) + params["step"]'), at("    grad(loss)(params, jnp.ones(3))")),
+        ("STB101", model, _line_of(model, "    if x > 0:"), at("    assert jax.vmap(relu)(jnp.array([1.0, -1.0])).shape == (2,)")),
+        ("STB408", model, _line_of(model, "    return jnp.log(x).sum()"), at("    h = jax.hessian(log_prob)(jnp.array([1.0, 0.0]))")),
+        ("STB408", model, _line_of(model, "    return lax.scan(body, 0.0, rewards)[1].sum()"), at("    v, g = jax.value_and_grad(discounted)(jnp.array([1.0, 0.0, 4.0]))")),
+    }
+    by_code = {(d["code"], d["line"]): d for d in data}
+    nan = by_code[("STB408", _line_of(model, "    return jnp.where(x > 0, jnp.sqrt(x), 0.0).sum()"))]
+    assert nan["stage"] == "runtime" and nan["evidence"]["transform"] == "grad" and "`sqrt` made the first NaN" in nan["message"] and "(forward pass)" in nan["message"]  # sqrt(-1), masked by the where
+    near_misses = {"schedule_fixed", "safe_norm_fixed", "loss_fixed", "relu_fixed", "mlp"}
+    assert not {d["function"] for d in data} & near_misses
+    text = result.stdout.str()
+    assert "internal errors" not in text and "Traceback" not in text.split("= stabcheck =")[1]
+    assert "other transformed calls" in text

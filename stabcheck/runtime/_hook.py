@@ -23,6 +23,7 @@ from stabcheck.runtime._calls import Listeners, TransformedCall
 from stabcheck.runtime._intercept import Interceptor, given_by_user, outer_call
 from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, busy, caller_site
 from stabcheck.runtime._signature import Signature, short_repr, type_str
+from stabcheck.runtime._transformed import TransformChecker
 from stabcheck.traced.checks import shown_path
 from stabcheck.traced.source import is_internal, is_library
 
@@ -38,6 +39,7 @@ class Collector:
     traces: int = 0
     listeners: Listeners = field(default_factory=Listeners)
     transforms: list[str] = field(default_factory=list)  # the transforms wrapped besides jit
+    checker: TransformChecker | None = None  # the checks of the transformed calls other than jit
     _interceptor: Interceptor | None = None
     _monitors: dict[int, tuple[Any, Monitor]] = field(default_factory=dict)
     _original: Callable[..., Any] | None = None
@@ -73,6 +75,9 @@ class Collector:
         _trace_for_jit.__wrapped__ = original  # type: ignore[attr-defined]
         pjit._trace_for_jit = _trace_for_jit
         self._interceptor = Interceptor(self.listeners.emit, self.errors)
+        self.checker = TransformChecker(self.max_traces, self.selector, self._interceptor.originals, errors=self.errors)
+        self.listeners.callbacks.insert(0, self.checker.check)
+        self._interceptor.after = self.checker.after
         self.transforms = self._interceptor.install()
         return True
 
@@ -115,9 +120,22 @@ class Collector:
         in_paths = tuple(getattr(dbg, "arg_names", None) or ())
         out_paths = tuple(getattr(jdbg, "result_paths", None) or ())
         program = Program(closed, in_paths, out_paths)
-        found = monitor.observe(sig, lambda: program, caller_site())
+        site = caller_site()
+        found = monitor.observe(sig, lambda: program, site)
+        entry = f"{site.path}:{site.line}" if site is not None else ""
         with self._lock:
-            self.findings.extend(found)
+            self.findings.extend(f.refine(evidence={**f.evidence, "entry": entry, "transform": "jit"}) for f in found)
+
+    def all_findings(self) -> list[Finding]:
+        """The jit hook's findings and the other transforms', one per (code, place, message)."""
+        out: dict[tuple[str, str, int, int, str], Finding] = {}
+        for f in [*self.findings, *(self.checker.findings if self.checker is not None else ())]:
+            out.setdefault((f.code, f.path, f.span.line, f.span.col, f.message), f)
+        return list(out.values())
+
+    def knows(self, code: str, path: str, line: int) -> bool:
+        """A finding of `code` at path:line was already made (a test's JAX error adds nothing new)."""
+        return any(f.code == code and f.path == path and f.span.line == line for f in self.all_findings())
 
 
 def _source(info: str) -> tuple[str, str, int]:

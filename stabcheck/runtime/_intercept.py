@@ -166,14 +166,15 @@ class Transformed:
         functools.update_wrapper(self, transformed, updated=())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # pytest shows the user's frames, not this one
         if busy.get():
             return self.__wrapped__(*args, **kwargs)
-        self._owner.seen(self, self.stabcheck_fn, self.stabcheck_transform, self.stabcheck_options, args, kwargs)
+        call = self._owner.seen(self, self.stabcheck_fn, self.stabcheck_transform, self.stabcheck_options, args, kwargs)
         if not isinstance(self.stabcheck_fn, Transformed):
-            return self.__wrapped__(*args, **kwargs)
+            return self._owner.told(call, self.__wrapped__(*args, **kwargs))
         token = outer_call.set((self.stabcheck_fn, args, kwargs))  # `jacfwd(grad(f))`: grad is told these arguments
         try:
-            return self.__wrapped__(*args, **kwargs)
+            return self._owner.told(call, self.__wrapped__(*args, **kwargs))
         finally:
             outer_call.reset(token)
 
@@ -195,14 +196,16 @@ class Interceptor:
 
     emit: Callable[[TransformedCall], None]
     errors: list[str] = field(default_factory=list)
+    after: Callable[[TransformedCall, Any], None] | None = None  # told the result of each emitted call
+    originals: dict[str, Any] = field(default_factory=dict)  # transform name -> the function wrapped
     _keys: set[Any] = field(default_factory=set)
     _alive: list[Any] = field(default_factory=list)
     _patched: list[tuple[Any, str, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- seeing calls --------------------------------------------------------------------------
-    def seen(self, holder: Any, fn: Any, transform: str, options: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Emit the call when (fn, transform, options, abstract signature) is new."""
+    def seen(self, holder: Any, fn: Any, transform: str, options: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> TransformedCall | None:
+        """Emit the call when (fn, transform, options, abstract signature) is new; the call emitted."""
         try:
             outer = outer_call.get()
             if outer is not None and outer[0] is holder:
@@ -210,20 +213,31 @@ class Interceptor:
             key = (fn_key(fn), transform, _options_key(options), abstract_key(args, dict(kwargs)))
             with self._lock:
                 if key in self._keys:
-                    return
+                    return None
                 self._keys.add(key)
                 self._alive.append(fn)  # the ids in _keys stay this function's
             call = TransformedCall(fn=fn, transform=transform, options=dict(options), args=tuple(args), kwargs=dict(kwargs), site=user_site())
         except Exception as e:  # never break the user's test
             self.errors.append(f"{type(e).__name__}: {e}")
-            return
+            return None
         self.emit(call)
+        return call
+
+    def told(self, call: TransformedCall | None, out: Any) -> Any:
+        """Tell `after` the result of an emitted call; returns `out` unchanged."""
+        if call is not None and self.after is not None:
+            try:
+                self.after(call, out)
+            except Exception as e:  # never break the user's test
+                self.errors.append(f"{type(e).__name__}: {e}")
+        return out
 
     # -- wrapping the transforms -------------------------------------------------------------------
     def _returning(self, original: Any, transform: str, names: list[str], fun_missing: Any) -> Any:
         owner = self
 
         def apply(by_user: bool, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+            __tracebackhide__ = True  # pytest shows the user's frames, not this one
             fun = a[0] if a else kw.get("fun", fun_missing)
             if fun is fun_missing:  # `eqx.filter_jit(donate=...)` as a decorator factory
                 made = original(*a, **kw)
@@ -243,6 +257,7 @@ class Interceptor:
 
         @functools.wraps(original)
         def wrapper(*a: Any, **kw: Any) -> Any:
+            __tracebackhide__ = True  # pytest shows the user's frames, not this one
             return apply(_from_user(1), a, kw)
 
         wrapper.stabcheck_original = original  # type: ignore[attr-defined]
@@ -253,6 +268,8 @@ class Interceptor:
 
         @functools.wraps(original)
         def wrapper(fun: Any, *a: Any, **kw: Any) -> Any:
+            __tracebackhide__ = True  # pytest shows the user's frames, not this one
+            call = None
             if not busy.get():
                 try:
                     if _from_user(1) and user_function(fun) is not None:
@@ -260,10 +277,10 @@ class Interceptor:
                         options = {k: v for k, v in kw.items()}
                         if transform == "jvp" and len(a) > 1:
                             options["tangents"] = a[1]
-                        owner.seen(None, fun, transform, options, primals, {})
+                        call = owner.seen(None, fun, transform, options, primals, {})
                 except Exception as e:  # never break the user's test
                     owner.errors.append(f"{type(e).__name__}: {e}")
-            return original(fun, *a, **kw)
+            return owner.told(call, original(fun, *a, **kw))
 
         wrapper.stabcheck_original = original  # type: ignore[attr-defined]
         return wrapper
@@ -295,6 +312,7 @@ class Interceptor:
             else:
                 wrapped = self._calling(original, transform)
             self._patch(module, attr, original, wrapped)
+            self.originals[transform] = original
             replaced[id(original)] = wrapped
             done.append(transform)
         self._rebind_user_modules(replaced)
@@ -323,6 +341,7 @@ class Interceptor:
         for owner, attr, original in reversed(self._patched):
             setattr(owner, attr, original)
         self._patched.clear()
+        self.originals.clear()
 
 
 __all__ = ["Interceptor", "Transformed", "abstract_key", "fn_key", "given_by_user", "outer_call", "user_function", "user_site"]
