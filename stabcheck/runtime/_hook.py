@@ -105,6 +105,9 @@ class Collector:
     def observe(self, fun: Any, ji: Any, dbg: Any, avals: Any, args: Any, kwargs: Any, params: Any) -> None:
         name, file, line = _source(getattr(ji, "fun_sourceinfo", "") or "")
         if not file or is_internal(file) or is_library(file):
+            if self.checker is not None and self.checker.waiting is not None and is_library(file):  # `eqx.filter_jit(f)`'s trace
+                closed = params.params["jaxpr"]
+                self.checker.traced(closed, tuple(getattr(dbg, "arg_names", None) or ()), tuple(getattr(getattr(closed.jaxpr, "debug_info", None), "result_paths", None) or ()))
             return
         with self._lock:
             self.traces += 1

@@ -5,8 +5,10 @@
 runs once per new signature). The other transforms have no such single choke point in JAX 0.10,
 and their arguments are gone by the time anything below them runs, so `Interceptor.install()`
 wraps the public functions themselves: `jax.grad`, `jax.value_and_grad`, `jax.vmap`,
-`jax.jacfwd`, `jax.jacrev`, `jax.hessian`, `jax.jvp`, `jax.vjp`, and where installed
-`equinox.filter_jit`/`filter_grad`/`filter_value_and_grad` and `flax.nnx.jit`. The plugin
+`jax.jacfwd`, `jax.jacrev`, `jax.hessian`, `jax.jvp`, `jax.vjp` and, where installed,
+`flax.nnx.jit`; equinox's `filter_jit`/`filter_grad`/`filter_value_and_grad` return Modules, so
+the `__call__` of their classes is wrapped instead (a filtered function keeps its type, fields
+and `.lower`). The plugin
 configures before pytest imports the test modules, so `import jax; jax.grad(...)` and
 `from jax import grad` in a test module both get the wrapper; names a user module bound before
 that (a conftest's `from jax import grad`) are rebound too, and everything is put back by
@@ -14,8 +16,8 @@ that (a conftest's `from jax import grad`) are rebound too, and everything is pu
 
 Only transforms applied from the user's code to a user function are seen: the ones JAX,
 equinox or flax apply internally (`filter_grad` calls `jax.grad`) are not, so a nested call is
-seen once per layer the user wrote. A wrapped transform returns its result unchanged; the callable
-it returns forwards every attribute to JAX's. When a call is nested in another transform's trace
+seen once per layer the user wrote. Where JAX returns a plain function (`jax.grad(f)`) the
+wrapper returns a plain function too, with the same name and `__wrapped__` chain. When a call is nested in another transform's trace
 (`jax.grad(loss)` inside a jitted step) its arguments are tracers; for `jax.jit(jax.grad(loss))`
 the inner call gets the arguments given to the jitted function. Nothing here ever raises into the
 user's test: an error of stabcheck's is recorded in `errors`.
@@ -48,9 +50,6 @@ _JAX_TARGETS = (
     ("jax", "hessian", "hessian", "returns"),
     ("jax", "jvp", "jvp", "calls"),
     ("jax", "vjp", "vjp", "calls"),
-    ("equinox", "filter_jit", "filter_jit", "returns"),
-    ("equinox", "filter_grad", "filter_grad", "returns"),
-    ("equinox", "filter_value_and_grad", "filter_value_and_grad", "returns"),
     ("flax.nnx", "jit", "nnx.jit", "returns"),
 )
 
@@ -66,7 +65,7 @@ def user_function(fun: Any) -> Any:
         seen += 1
         if isinstance(fun, functools.partial):
             fun = fun.func
-        elif isinstance(fun, Transformed):
+        elif is_transformed(fun):
             fun = fun.stabcheck_fn
         elif getattr(fun, "__wrapped__", None) is not None:
             fun = fun.__wrapped__
@@ -105,14 +104,20 @@ def _leaf_key(x: Any) -> Any:
     return ("static", type(x).__qualname__, x)
 
 
-def abstract_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def abstract_key(args: tuple[Any, ...], kwargs: dict[str, Any], numbers_static: bool = False) -> Any:
     """What makes a call's signature: the tree, and per leaf dtype/shape/weak (arrays, tracers),
-    the type (Python numbers) or the value (other hashable leaves)."""
+    the type (Python numbers; their value where the transform keeps them static, as
+    `eqx.filter_jit` does) or the value (other hashable leaves)."""
     # JAX: imported when this runs, never on import
     import jax
 
     leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
+    if numbers_static:
+        return (tree, tuple(("static", type(x).__name__, x) if isinstance(x, (bool, int, float, complex)) else _leaf_key(x) for x in leaves))
     return (tree, tuple(_leaf_key(x) for x in leaves))
+
+
+STATIC_NUMBERS = ("filter_jit", "nnx.jit")  # transforms that treat Python numbers as static
 
 
 def fn_key(fun: Any) -> Any:
@@ -120,7 +125,7 @@ def fn_key(fun: Any) -> Any:
     signature of its bound arguments, an inner transformed callable by what it transforms."""
     if isinstance(fun, functools.partial):
         return ("partial", fn_key(fun.func), abstract_key(fun.args, dict(fun.keywords)))
-    if isinstance(fun, Transformed):
+    if is_transformed(fun):
         return ("transformed", fn_key(fun.stabcheck_fn), fun.stabcheck_transform, _options_key(fun.stabcheck_options))
     return id(fun)
 
@@ -130,7 +135,7 @@ def given_by_user(fun: Any) -> bool:
     transforms (not a JAX or library function that merely `functools.wraps` one of theirs)."""
     while isinstance(fun, functools.partial):
         fun = fun.func
-    if isinstance(fun, Transformed):
+    if is_transformed(fun):
         return True
     if isinstance(fun, types.MethodType):
         fun = fun.__func__
@@ -154,40 +159,105 @@ def _options_key(options: dict[str, Any]) -> str:
     return repr(sorted(options.items(), key=lambda kv: kv[0]))
 
 
+def is_transformed(x: Any) -> bool:
+    """`x` is a callable that a wrapped transform returned (not a copy of its attributes)."""
+    try:
+        return getattr(x, "stabcheck_self", None) is x
+    except Exception:
+        return False
+
+
+def _call_through(owner: Interceptor, holder: Any, fn: Any, transform: str, options: dict[str, Any], target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Tell `owner` of the call (when new), make it, tell `owner` its result."""
+    __tracebackhide__ = True  # pytest shows the user's frames, not this one
+    if busy.get():
+        return target(*args, **kwargs)
+    call = owner.seen(holder, fn, transform, options, args, kwargs)
+    if not is_transformed(fn):
+        return owner.told(call, target(*args, **kwargs))
+    token = outer_call.set((fn, args, kwargs))  # `jacfwd(grad(f))`: grad is told these arguments
+    try:
+        return owner.told(call, target(*args, **kwargs))
+    finally:
+        outer_call.reset(token)
+
+
+def _mark(x: Any, fn: Any, transform: str, options: dict[str, Any]) -> None:
+    x.stabcheck_self = x
+    x.stabcheck_fn = fn
+    x.stabcheck_transform = transform
+    x.stabcheck_options = options
+
+
+def transformed_function(owner: Interceptor, out: Any, fn: Any, transform: str, options: dict[str, Any]) -> Any:
+    """A plain function in place of the plain function JAX returned (`jax.grad(f)`): the same
+    type, name, docstring and `__wrapped__` chain."""
+
+    @functools.wraps(out)
+    def transformed(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # pytest shows the user's frames, not this one
+        return _call_through(owner, transformed, fn, transform, options, out, args, kwargs)
+
+    _mark(transformed, fn, transform, options)
+    return transformed
+
+
 class Transformed:
-    """The callable a wrapped transform returns: JAX's (or equinox's) callable, told first."""
+    """In place of a transformed callable that is not a plain function (`nnx.jit`'s): every
+    attribute is forwarded to it."""
 
     def __init__(self, owner: Interceptor, transformed: Any, fn: Any, transform: str, options: dict[str, Any]) -> None:
-        self.__wrapped__ = transformed
-        self.stabcheck_fn = fn
-        self.stabcheck_transform = transform
-        self.stabcheck_options = options
-        self._owner = owner
         functools.update_wrapper(self, transformed, updated=())
+        self.__wrapped__ = transformed
+        self._owner = owner
+        _mark(self, fn, transform, options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True  # pytest shows the user's frames, not this one
-        if busy.get():
-            return self.__wrapped__(*args, **kwargs)
-        call = self._owner.seen(self, self.stabcheck_fn, self.stabcheck_transform, self.stabcheck_options, args, kwargs)
-        if not isinstance(self.stabcheck_fn, Transformed):
-            return self._owner.told(call, self.__wrapped__(*args, **kwargs))
-        token = outer_call.set((self.stabcheck_fn, args, kwargs))  # `jacfwd(grad(f))`: grad is told these arguments
-        try:
-            return self._owner.told(call, self.__wrapped__(*args, **kwargs))
-        finally:
-            outer_call.reset(token)
+        return _call_through(self._owner, self, self.stabcheck_fn, self.stabcheck_transform, self.stabcheck_options, self.__wrapped__, args, kwargs)
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         return self if obj is None else types.MethodType(self, obj)
 
-    def __getattr__(self, name: str) -> Any:  # `.lower`, `.trace`, equinox's fields...
+    def __getattr__(self, name: str) -> Any:  # `.lower`, `.trace`...
         if name.startswith("stabcheck_") or name in ("_owner", "__wrapped__"):
             raise AttributeError(name)
         return getattr(self.__wrapped__, name)
 
     def __repr__(self) -> str:
         return repr(self.__wrapped__)
+
+
+# equinox's transformed callables are Modules: their classes' `__call__` is wrapped instead, so
+# that `eqx.filter_jit(f)` keeps its type, fields and `.lower`
+_inside_equinox: contextvars.ContextVar[bool] = contextvars.ContextVar("stabcheck_inside_equinox", default=False)
+
+
+def _equinox_targets() -> list[tuple[Any, str, Callable[[Any], tuple[Any, dict[str, Any]]]]]:
+    """(class, transform, self -> (the user's function, the options)) for equinox's wrappers."""
+    try:
+        # equinox: optional; imported only with --stabcheck, when installed
+        from equinox import _ad, _jit
+    except Exception:
+        return []
+
+    def jit_info(w: Any) -> tuple[Any, dict[str, Any]]:
+        donate = "all" if w.donate_first and w.donate_rest else "all-except-first" if w.donate_rest else ""
+        return w.__wrapped__, ({"donate": donate} if donate else {})
+
+    def grad_info(w: Any) -> tuple[Any, dict[str, Any]]:
+        inner = w._fun_value_and_grad
+        return inner._fun, {**({"has_aux": True} if w._has_aux else {}), **inner._gradkwargs}
+
+    def vag_info(w: Any) -> tuple[Any, dict[str, Any]]:
+        return w._fun, {**({"has_aux": True} if w._has_aux else {}), **w._gradkwargs}
+
+    found = []
+    for owner, name, transform, info in ((_jit, "_JitWrapper", "filter_jit", jit_info), (_ad, "_GradWrapper", "filter_grad", grad_info), (_ad, "_ValueAndGradWrapper", "filter_value_and_grad", vag_info)):
+        cls = getattr(owner, name, None)
+        if isinstance(cls, type) and isinstance(cls.__dict__.get("__call__"), types.FunctionType):
+            found.append((cls, transform, info))
+    return found
 
 
 @dataclass(slots=True)
@@ -210,7 +280,7 @@ class Interceptor:
             outer = outer_call.get()
             if outer is not None and outer[0] is holder:
                 args, kwargs = outer[1], outer[2]  # `jit(grad(f))`: the jitted call's real arguments
-            key = (fn_key(fn), transform, _options_key(options), abstract_key(args, dict(kwargs)))
+            key = (fn_key(fn), transform, _options_key(options), abstract_key(args, dict(kwargs), transform in STATIC_NUMBERS))
             with self._lock:
                 if key in self._keys:
                     return None
@@ -250,6 +320,8 @@ class Interceptor:
                     return out
                 options = dict(zip(names[1:], a[1:]))
                 options.update({k: v for k, v in kw.items() if k != "fun"})
+                if isinstance(out, types.FunctionType):
+                    return transformed_function(owner, out, fun, transform, options)
                 return Transformed(owner, out, fun, transform, options)
             except Exception as e:  # never break the user's test
                 owner.errors.append(f"{type(e).__name__}: {e}")
@@ -299,7 +371,7 @@ class Interceptor:
                 except Exception:
                     continue
             original = getattr(module, attr, None)
-            if original is None or getattr(original, "stabcheck_original", None) is not None:
+            if original is None:  # an outer session's wrapper (pytester inside `pytest --stabcheck`) is wrapped again
                 continue
             if kind == "returns":
                 try:
@@ -315,8 +387,36 @@ class Interceptor:
             self.originals[transform] = original
             replaced[id(original)] = wrapped
             done.append(transform)
+        for cls, transform, info in _equinox_targets():
+            self._patch(cls, "__call__", cls.__dict__["__call__"], self._equinox_call(cls.__dict__["__call__"], transform, info))
+            self.originals[transform] = getattr(sys.modules["equinox"], transform, None)
+            done.append(transform)
         self._rebind_user_modules(replaced)
         return done
+
+    def _equinox_call(self, original: Any, transform: str, info: Callable[[Any], tuple[Any, dict[str, Any]]]) -> Any:
+        owner = self
+
+        @functools.wraps(original)
+        def __call__(wrapper: Any, /, *args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True  # pytest shows the user's frames, not this one
+            if busy.get() or _inside_equinox.get():  # filter_grad calls its value_and_grad wrapper
+                return original(wrapper, *args, **kwargs)
+            try:
+                fn, options = info(wrapper)
+                user = user_function(fn) is not None
+            except Exception as e:  # never break the user's test
+                owner.errors.append(f"{type(e).__name__}: {e}")
+                user = False
+            if not user:
+                return original(wrapper, *args, **kwargs)
+            token = _inside_equinox.set(True)
+            try:
+                return _call_through(owner, wrapper, fn, transform, options, functools.partial(original, wrapper), args, kwargs)
+            finally:
+                _inside_equinox.reset(token)
+
+        return __call__
 
     def _patch(self, owner: Any, attr: str, original: Any, wrapped: Any) -> None:
         setattr(owner, attr, wrapped)
@@ -344,4 +444,4 @@ class Interceptor:
         self.originals.clear()
 
 
-__all__ = ["Interceptor", "Transformed", "abstract_key", "fn_key", "given_by_user", "outer_call", "user_function", "user_site"]
+__all__ = ["Interceptor", "Transformed", "STATIC_NUMBERS", "abstract_key", "fn_key", "given_by_user", "is_transformed", "outer_call", "transformed_function", "user_function", "user_site"]

@@ -94,7 +94,9 @@ def plan(call: TransformedCall, names: list[str]) -> Plan:
         if take:
             traced.append(k)
             paths.append(text)
-        if array or number:
+        if number and t in JIT_LIKE:  # static to equinox and nnx: a new value is a new trace
+            statics.append((text, short_repr(leaf)))
+        elif array or number:
             a = jax.typeof(leaf)
             leaves.append((text, type_str(a.dtype, a.shape, bool(getattr(a, "weak_type", False)))))
         else:
@@ -156,6 +158,7 @@ class TransformChecker:
     checked: int = 0
     monitors: dict[Any, tuple[Any, Monitor]] = field(default_factory=dict)
     _plans: dict[int, tuple[TransformedCall, Plan]] = field(default_factory=dict)  # until `after`
+    waiting: tuple[TransformedCall, Plan] | None = None  # a filter_jit call whose trace JAX is about to make
 
     def check(self, call: TransformedCall) -> None:
         if call.transform == "jit":  # the jit hook checks jit traces on the jaxpr JAX compiles
@@ -173,6 +176,9 @@ class TransformChecker:
             self.monitors[key] = held
         monitor = held[1]
         monitor.grad_params = p.grad_params
+        if call.transform in JIT_LIKE:  # checked on the jaxpr equinox's own jit traces (`traced`)
+            self.waiting = (call, p)
+            return
         # JAX: imported when this runs, never on import
         import jax
 
@@ -182,16 +188,36 @@ class TransformChecker:
         except Exception as e:
             found = self._failure(e, call, name, site)
         else:
+            raised = self._transform_raises(call, p, name, site) if call.transform in DIFFERENTIATED else []
+            if raised:  # the transform itself raises: that is the finding, not its symptoms
+                monitor.grad_params = ()
             jdbg = getattr(closed.jaxpr, "debug_info", None)
             out_paths = tuple(getattr(jdbg, "result_paths", None) or ())
             program = Program(closed, p.in_paths, out_paths)
-            found = monitor.observe(p.signature, lambda: program, site)
+            found = raised + monitor.observe(p.signature, lambda: program, site)
         finally:
             busy.reset(token)
         self.findings.extend(f.refine(evidence={**f.evidence, "entry": entry, "transform": call.transform}) for f in found)
 
+    def traced(self, closed: Any, in_paths: tuple[str, ...], out_paths: tuple[str, ...]) -> bool:
+        """JAX traced a library function for jit while a `filter_jit` call was waiting: that
+        trace is the call's, checked as the jit hook checks a plain `jit` (no second trace)."""
+        if self.waiting is None:
+            return False
+        call, p = self.waiting
+        self.waiting = None
+        name, defined = _describe(call.fn)
+        site = Site(shown_path(call.site[0]), call.site[1]) if call.site[0] else defined
+        monitor = self.monitors[(fn_key(call.fn), call.transform)][1]
+        found = monitor.observe(p.signature, lambda: Program(closed, in_paths, out_paths), site)
+        entry = f"{site.path}:{site.line}" if site is not None else ""
+        self.findings.extend(f.refine(evidence={**f.evidence, "entry": entry, "transform": call.transform}) for f in found)
+        return True
+
     def after(self, call: TransformedCall, out: Any) -> None:
         """The call's result: where a differentiated call's first NaN or Inf came from."""
+        if self.waiting is not None and self.waiting[0] is call:
+            self.waiting = None  # equinox's cache held the trace already
         held = self._plans.pop(id(call), None)
         p = held[1] if held is not None and held[0] is call else None
         if p is None or call.transform not in DIFFERENTIATED or p.concrete is None or not self.selector("STB408"):
@@ -248,6 +274,22 @@ class TransformChecker:
             return original(call.fn, **options)(*a, **kw)  # type: ignore[misc]
 
         return run
+
+    def _transform_raises(self, call: TransformedCall, p: Plan, name: str, site: Site | None) -> list[Finding]:
+        """The transform traced abstractly, as the test's call will run it: a hazard JAX raises
+        on under the transform only (a callback without a JVP rule...) at the user's line."""
+        # JAX: imported when this runs, never on import
+        import jax
+
+        if self.originals.get(call.transform) is None:
+            return []
+        try:
+            jax.eval_shape(self._runner(call, p), *p.abstract)
+        except Exception as e:
+            failure = classify(e)
+            if failure.code != "STB902" and failure.path is not None:
+                return self._failure(e, call, name, site)
+        return []
 
     def _failure(self, e: Exception, call: TransformedCall, name: str, site: Site | None) -> list[Finding]:
         """The trace raised: the hazard JAX raises on (STB101...), at the user's line."""
