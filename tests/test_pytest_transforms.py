@@ -91,9 +91,9 @@ def _line_of(relpath: str, text: str) -> int:
 def test_zeroconfig_project_reports_the_hazards_of_functions_only_its_tests_transform(pytester: pytest.Pytester) -> None:
     shutil.copytree(ZEROCONFIG, pytester.path, dirs_exist_ok=True)
     plain = pytester.runpytest("-p", "no:cacheprovider")
-    plain.assert_outcomes(passed=12, failed=2)
+    plain.assert_outcomes(passed=16, failed=2)
     result = pytester.runpytest("-p", "no:cacheprovider", "--stabcheck", "--stabcheck-report=r.json")
-    result.assert_outcomes(passed=12, failed=2)  # the plugin changes no test's result
+    result.assert_outcomes(passed=16, failed=2)  # the plugin changes no test's result
     data = json.loads((pytester.path / "r.json").read_text())
     found = {(d["code"], d["path"], d["line"], d["evidence"]["entry"]) for d in data}
     model, tests = "zcmodel/model.py", "tests/test_model.py"
@@ -109,12 +109,50 @@ def test_zeroconfig_project_reports_the_hazards_of_functions_only_its_tests_tran
         ("STB101", model, _line_of(model, "    if x > 0:"), at("    assert jax.vmap(relu)(jnp.array([1.0, -1.0])).shape == (2,)")),
         ("STB408", model, _line_of(model, "    return jnp.log(x).sum()"), at("    h = jax.hessian(log_prob)(jnp.array([1.0, 0.0]))")),
         ("STB408", model, _line_of(model, "    return lax.scan(body, 0.0, rewards)[1].sum()"), at("    v, g = jax.value_and_grad(discounted)(jnp.array([1.0, 0.0, 4.0]))")),
+        ("STB406", tests, _line_of(tests, "    assert jax.grad(clipped_loss)(jnp.ones(3), jnp.ones(3)).dtype == jnp.bfloat16"), at("    assert jax.grad(clipped_loss)(jnp.ones(3), jnp.ones(3)).dtype == jnp.bfloat16")),
+        ("STB504", tests, _line_of(tests, "        assert eqx.filter_jit(scale_by)(x, lr).shape == (3,)"), at("        assert eqx.filter_jit(scale_by)(x, lr).shape == (3,)")),
     }
     by_code = {(d["code"], d["line"]): d for d in data}
     nan = by_code[("STB408", _line_of(model, "    return jnp.where(x > 0, jnp.sqrt(x), 0.0).sum()"))]
     assert nan["stage"] == "runtime" and nan["evidence"]["transform"] == "grad" and "`sqrt` made the first NaN" in nan["message"] and "(forward pass)" in nan["message"]  # sqrt(-1), masked by the where
-    near_misses = {"schedule_fixed", "safe_norm_fixed", "loss_fixed", "relu_fixed", "mlp"}
+    assert "static `lr` was 0.3, now 0.4" in next(d["message"] for d in data if d["code"] == "STB504")  # equinox retraced per Python float
+    near_misses = {"schedule_fixed", "safe_norm_fixed", "loss_fixed", "relu_fixed", "mlp", "clipped_loss_ok", "scale_by_array"}
     assert not {d["function"] for d in data} & near_misses
     text = result.stdout.str()
     assert "internal errors" not in text and "Traceback" not in text.split("= stabcheck =")[1]
     assert "other transformed calls" in text
+
+
+def test_transformed_callables_keep_their_types_and_equinox_is_restored() -> None:
+    import types
+
+    import jax
+    import jax.numpy as jnp
+
+    from stabcheck.runtime._hook import Collector
+
+    eqx = pytest.importorskip("equinox")
+    from equinox import _jit
+
+    before = _jit._JitWrapper.__dict__["__call__"]
+    collector = Collector()
+    calls = []
+    collector.listeners.add(calls.append)
+    collector.listeners.add(lambda call: 1 / 0)  # a listener that raises never breaks the call
+    assert collector.install()
+    try:
+        g = jax.grad(_loss)
+        assert isinstance(g, types.FunctionType) and g.__name__ == "_loss" and g.__wrapped__.__wrapped__ is _loss
+        f = eqx.filter_jit(_loss)
+        assert type(f).__name__ == "_JitWrapper" and f.lower(jnp.ones(2), jnp.ones(2)) is not None
+        assert float(f(jnp.ones(2), jnp.ones(2))) == 4.0
+        outer = jax.jit(jax.grad(_loss))
+        p = jnp.arange(3.0)
+        outer(p, jnp.ones(3))
+    finally:
+        collector.uninstall()
+    assert _jit._JitWrapper.__dict__["__call__"] is before
+    assert [c.transform for c in calls] == ["filter_jit", "jit", "grad"]
+    assert calls[-1].args[0] is p  # grad traced inside jit is told the jitted call's real arguments
+    assert collector.listeners.errors and collector.listeners.errors[0].startswith("ZeroDivisionError")
+    assert collector.errors == []

@@ -78,7 +78,11 @@ class Collector:
         self.checker = TransformChecker(self.max_traces, self.selector, self._interceptor.originals, errors=self.errors)
         self.listeners.callbacks.insert(0, self.checker.check)
         self._interceptor.after = self.checker.after
-        self.transforms = self._interceptor.install()
+        try:
+            self.transforms = self._interceptor.install()
+        except Exception as e:  # jit is still observed; the session goes on
+            self._interceptor.uninstall()
+            self.errors.append(f"{type(e).__name__}: {e}")
         return True
 
     def uninstall(self) -> None:

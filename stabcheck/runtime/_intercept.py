@@ -57,6 +57,13 @@ _JAX_TARGETS = (
 outer_call: contextvars.ContextVar[tuple[Any, tuple[Any, ...], dict[str, Any]] | None] = contextvars.ContextVar("stabcheck_outer_call", default=None)
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_user_file(filename: str) -> bool:
+    """Not JAX's, stabcheck's, the standard library's or an installed package's (cached: asked
+    on every transform applied and every equinox call)."""
+    return bool(filename) and not is_internal(filename) and not is_library(filename)
+
+
 def user_function(fun: Any) -> Any:
     """The user's function under partials and `functools.wraps` layers, or None when it is
     defined in JAX, the standard library, an installed package or stabcheck."""
@@ -77,17 +84,12 @@ def user_function(fun: Any) -> Any:
     if code is None:
         call = getattr(type(fun), "__call__", None)
         code = getattr(call, "__code__", None)
-    file = getattr(code, "co_filename", "")
-    if not file or is_internal(file) or is_library(file):
-        return None
-    return fun
+    return fun if _is_user_file(getattr(code, "co_filename", "")) else None
 
 
 def _from_user(depth: int) -> bool:
     """The frame `depth` above the caller is the user's code (not JAX's, a library's, stabcheck's)."""
-    frame = sys._getframe(depth + 1)
-    name = frame.f_code.co_filename
-    return not is_internal(name) and not is_library(name)
+    return _is_user_file(sys._getframe(depth + 1).f_code.co_filename)
 
 
 def _leaf_key(x: Any) -> Any:
@@ -140,8 +142,7 @@ def given_by_user(fun: Any) -> bool:
     if isinstance(fun, types.MethodType):
         fun = fun.__func__
     code = getattr(fun, "__code__", None) or getattr(getattr(type(fun), "__call__", None), "__code__", None)
-    file = getattr(code, "co_filename", "")
-    return bool(file) and not is_internal(file) and not is_library(file)
+    return _is_user_file(getattr(code, "co_filename", ""))
 
 
 def user_site() -> tuple[str, int]:
@@ -149,7 +150,7 @@ def user_site() -> tuple[str, int]:
     frame: Any = sys._getframe(1)
     while frame is not None:
         name = frame.f_code.co_filename
-        if not is_internal(name) and not is_library(name) and "/_pytest/" not in name and "/pluggy/" not in name:
+        if _is_user_file(name) and "/_pytest/" not in name and "/pluggy/" not in name:
             return (os.path.abspath(name), frame.f_lineno)
         frame = frame.f_back
     return ("", 0)
@@ -425,8 +426,7 @@ class Interceptor:
     def _rebind_user_modules(self, replaced: dict[int, Any]) -> None:
         """`from jax import grad` in a conftest or a user module imported before the plugin."""
         for module in list(sys.modules.values()):
-            file = getattr(module, "__file__", None) or ""
-            if not file or is_internal(file) or is_library(file):
+            if not _is_user_file(getattr(module, "__file__", None) or ""):
                 continue
             try:
                 items = list(vars(module).items())

@@ -223,6 +223,11 @@ class TransformChecker:
         if p is None or call.transform not in DIFFERENTIATED or p.concrete is None or not self.selector("STB408"):
             return
         result = out[0] if call.transform == "vjp" and isinstance(out, tuple) else out  # vjp: the primal output
+        # JAX: imported when this runs, never on import
+        import jax
+
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(result)):
+            return  # called inside an outer trace (`jit(grad(f))`): no values yet
         kind = nonfinite(result)
         if not kind or nonfinite(p.concrete):
             return
