@@ -310,7 +310,7 @@ class Interceptor:
         def apply(by_user: bool, a: tuple[Any, ...], kw: dict[str, Any]) -> Any:
             __tracebackhide__ = True  # pytest shows the user's frames, not this one
             fun = a[0] if a else kw.get("fun", fun_missing)
-            if fun is fun_missing:  # `eqx.filter_jit(donate=...)` as a decorator factory
+            if fun is fun_missing:  # a transform used as a decorator factory (`nnx.jit(static_argnums=1)`)
                 made = original(*a, **kw)
                 if not callable(made):
                     return made
