@@ -1,4 +1,4 @@
-"""pytest plugin: `pytest --stabcheck` checks every jitted function the test session traces.
+"""pytest plugin: `pytest --stabcheck` checks every transformed call the test session makes.
 
 A test that fails because JAX raised (TracerBoolConversionError, a cond whose branches differ,
 grad of a non-scalar...) also yields that hazard's finding at the user's line (`runtime._raised`).
@@ -6,8 +6,13 @@ grad of a non-scalar...) also yields that hazard's finding at the user's line (`
 Off unless `--stabcheck` (or ini `stabcheck = true`). The project's `[tool.stabcheck]` `select`,
 `ignore` and `max-traces` apply; the `--stabcheck-*` options override them. While on, each user-defined function that
 JAX traces for `jit` is checked once per signature, as if it carried `@stabcheck.stable` (the
-traced dtype checks and STB504 retraces), without editing user code; findings are collected,
-not warned. At the end: a summary table in the terminal, `--stabcheck-strict` turns findings
+traced dtype checks and STB504 retraces), without editing user code; so is each user function a
+test calls through `grad`, `value_and_grad`, `vmap`, `jacfwd`, `jacrev`, `hessian`, `jvp`, `vjp`,
+`eqx.filter_jit`/`filter_grad`/`filter_value_and_grad` or `nnx.jit` (`runtime._intercept`,
+`runtime._transformed`): the jaxpr checks, and for the differentiated ones STB402/STB406 and
+the first NaN/Inf-producing primitive (STB408) on the arguments the test passed. Each finding's
+evidence says where its entry came from (`entry`: the test line of the call). Findings are
+collected, not warned. At the end: a summary table in the terminal, `--stabcheck-strict` turns findings
 into exit status 1, `--stabcheck-report FILE` writes them as JSON (`.json`) or SARIF (`.sarif`).
 Registered through the `pytest11` entry point `stabcheck`.
 """
@@ -29,7 +34,7 @@ _STRICT_FAILED = pytest.StashKey[int]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("stabcheck", "type stability of jitted JAX code (stabcheck)")
-    group.addoption("--stabcheck", action="store_true", default=False, help="check every function JAX traces for jit, once per signature")
+    group.addoption("--stabcheck", action="store_true", default=False, help="check every user function a test calls through jit, grad, vmap and the other JAX transforms, once per signature")
     group.addoption("--stabcheck-strict", action="store_true", default=False, help="fail the session (exit 1) when stabcheck finds anything; implies --stabcheck")
     group.addoption("--stabcheck-report", metavar="FILE", default=None, help="write the findings to FILE: JSON (.json) or SARIF (.sarif); implies --stabcheck")
     group.addoption("--stabcheck-max-traces", metavar="N", type=int, default=None, help="signatures per function before STB504 (default: max-traces of [tool.stabcheck], 3)")
@@ -112,7 +117,7 @@ def _findings(config: pytest.Config) -> list[Finding]:
     collector = config.stash.get(_COLLECTOR, None)
     if collector is None:
         return []
-    return sorted(collector.findings, key=lambda f: f.sort_key)
+    return sorted(collector.all_findings(), key=lambda f: f.sort_key)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -125,8 +130,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     from stabcheck.runtime._raised import finding_for  # only with --stabcheck (see pytest_configure)
 
     found = finding_for(call.excinfo.value, item.nodeid)
-    if found is not None and collector.selector(found.code):
-        collector.findings.append(found)
+    if found is not None and collector.selector(found.code) and not collector.knows(found.code, found.path, found.span.line):
+        path, line, _ = item.location
+        collector.findings.append(found.refine(evidence={**found.evidence, "entry": f"{path}:{(line or 0) + 1}"}))
 
 
 @pytest.hookimpl(trylast=True)
@@ -182,8 +188,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     collector = config.stash.get(_COLLECTOR, None)
     findings = _findings(config)
     functions = len(collector._monitors) if collector is not None else 0
+    checked = f"{_n(functions, 'jitted function')}, {_n(collector.traces if collector else 0, 'trace')} checked"
+    other = collector.checker if collector is not None else None
+    if other is not None and other.checked:
+        checked += f"; {_n(other.checked, 'other transformed call')} of {_n(len(other.monitors), 'function')}"
     if not findings:
-        tr.write_line(f"stabcheck: no findings ({_n(functions, 'jitted function')}, {_n(collector.traces if collector else 0, 'trace')} checked)")
+        tr.write_line(f"stabcheck: no findings ({checked})")
     else:
         rows = summary_rows(findings)
         header = ("function", "file:line", "code", "message", "count")
@@ -192,11 +202,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         for fn, where, code, msg, n in rows:
             short = msg if len(msg) <= 100 else msg[:97] + "..."
             tr.write_line(f"{fn:<{width[0]}}  {where:<{width[1]}}  {code:<{width[2]}}  {n:>5}  {short}")
-        tr.write_line(f"stabcheck: {_n(len(findings), 'finding')} in {_n(functions, 'jitted function')} ({_n(collector.traces if collector else 0, 'trace')} checked)")
+        tr.write_line(f"stabcheck: {_n(len(findings), 'finding')} ({checked})")
     if config.stash.get(_REPORT_ERROR, None):
         tr.write_line(f"stabcheck: {config.stash[_REPORT_ERROR]}")
-    if collector is not None and collector.errors:
-        tr.write_line(f"stabcheck: {len(collector.errors)} internal errors; first: {collector.errors[0]}")
+    errors = [*collector.errors, *collector.listeners.errors] if collector is not None else []
+    if errors:
+        tr.write_line(f"stabcheck: {len(errors)} internal errors; first: {errors[0]}")
     strict = config.stash.get(_STRICT_FAILED, 0)
     if strict:  # the tests passed: say why the session fails
         tr.write_line(f"stabcheck: --stabcheck-strict: the session fails (exit 1) because of {_n(strict, 'stabcheck finding')} above, although the tests passed", red=True, bold=True)

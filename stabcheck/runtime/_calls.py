@@ -26,6 +26,12 @@ class TransformedCall:
     static_argnames, argnums, in_axes, out_axes, has_aux, ...), only those that were given.
     args/kwargs: the real arguments, before the transform. site: (absolute file, line) of the
     user's call (the test line).
+
+    `fn` is the callable the user gave the transform: their function, a `functools.partial` of
+    it, or, where they nested transforms (`jit(grad(f))`, `jacfwd(grad(f))`), the inner
+    transformed callable, so `transform(fn, **options)(*args, **kwargs)` is the call again. A
+    call made inside another transform's trace (`jax.grad(loss)` in a jitted step) has tracers
+    for args; its outer call carries the real values.
     """
 
     fn: Callable[..., Any]

@@ -1,4 +1,5 @@
-"""Observe every trace JAX makes for `jit`, without editing user code (the pytest plugin).
+"""Observe every trace JAX makes for `jit`, and every other transformed call (`runtime._intercept`),
+without editing user code (the pytest plugin).
 
 JAX 0.10 traces a jitted function in `jax._src.pjit._trace_for_jit(fun, jit_info, mesh,
 debug_info, avals, args, kwargs)`, once per new signature (cache hits never reach Python); it
@@ -6,7 +7,8 @@ returns the `ClosedJaxpr` it built. `Collector.install()` wraps that function, s
 user-defined function traced for `jit` (including inner jits and `.lower()`/`.trace()`) is
 checked once per signature, on the very jaxpr JAX compiles. Functions defined in JAX, the
 standard library or installed packages are skipped. Where the hook point is missing (another
-JAX version) `install()` returns False and nothing is patched.
+JAX version) `install()` returns False and nothing is patched. Each new transformed call (`jit`
+included) goes to `listeners` as a `TransformedCall`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stabcheck.finding import Finding
+from stabcheck.runtime._calls import Listeners, TransformedCall
+from stabcheck.runtime._intercept import Interceptor, given_by_user, outer_call
 from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, busy, caller_site
 from stabcheck.runtime._signature import Signature, short_repr, type_str
+from stabcheck.runtime._transformed import TransformChecker
 from stabcheck.traced.checks import shown_path
 from stabcheck.traced.source import is_internal, is_library
 
@@ -32,6 +37,10 @@ class Collector:
     findings: list[Finding] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     traces: int = 0
+    listeners: Listeners = field(default_factory=Listeners)
+    transforms: list[str] = field(default_factory=list)  # the transforms wrapped besides jit
+    checker: TransformChecker | None = None  # the checks of the transformed calls other than jit
+    _interceptor: Interceptor | None = None
     _monitors: dict[int, tuple[Any, Monitor]] = field(default_factory=dict)
     _original: Callable[..., Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -48,7 +57,14 @@ class Collector:
         self._original = original
 
         def _trace_for_jit(fun: Any, ji: Any, ctx_mesh: Any, dbg: Any, avals: Any, args: Any, kwargs: Any) -> Any:
-            p = original(fun, ji, ctx_mesh, dbg, avals, args, kwargs)
+            if busy.get():
+                return original(fun, ji, ctx_mesh, dbg, avals, args, kwargs)
+            self._jit_call(fun, ji, args, kwargs)
+            token = outer_call.set((fun, tuple(args), dict(kwargs)))  # `jit(grad(f))`: grad is told these arguments
+            try:
+                p = original(fun, ji, ctx_mesh, dbg, avals, args, kwargs)
+            finally:
+                outer_call.reset(token)
             if not busy.get():
                 try:
                     self.observe(fun, ji, dbg, avals, args, kwargs, p)
@@ -58,6 +74,15 @@ class Collector:
 
         _trace_for_jit.__wrapped__ = original  # type: ignore[attr-defined]
         pjit._trace_for_jit = _trace_for_jit
+        self._interceptor = Interceptor(self.listeners.emit, self.errors)
+        self.checker = TransformChecker(self.max_traces, self.selector, self._interceptor.originals, errors=self.errors)
+        self.listeners.callbacks.insert(0, self.checker.check)
+        self._interceptor.after = self.checker.after
+        try:
+            self.transforms = self._interceptor.install()
+        except Exception as e:  # jit is still observed; the session goes on
+            self._interceptor.uninstall()
+            self.errors.append(f"{type(e).__name__}: {e}")
         return True
 
     def uninstall(self) -> None:
@@ -68,10 +93,25 @@ class Collector:
 
         pjit._trace_for_jit = self._original
         self._original = None
+        if self._interceptor is not None:
+            self._interceptor.uninstall()
+            self._interceptor = None
+
+    def _jit_call(self, fun: Any, ji: Any, args: Any, kwargs: Any) -> None:
+        """Tell the listeners of a user function traced for `jit` (once per signature)."""
+        try:
+            if self._interceptor is None or not given_by_user(fun):
+                return
+            self._interceptor.seen(None, fun, "jit", _jit_options(ji), tuple(args), dict(kwargs))
+        except Exception as e:  # never break the user's test
+            self.errors.append(f"{type(e).__name__}: {e}")
 
     def observe(self, fun: Any, ji: Any, dbg: Any, avals: Any, args: Any, kwargs: Any, params: Any) -> None:
         name, file, line = _source(getattr(ji, "fun_sourceinfo", "") or "")
         if not file or is_internal(file) or is_library(file):
+            if self.checker is not None and self.checker.waiting is not None and is_library(file):  # `eqx.filter_jit(f)`'s trace
+                closed = params.params["jaxpr"]
+                self.checker.traced(closed, tuple(getattr(dbg, "arg_names", None) or ()), tuple(getattr(getattr(closed.jaxpr, "debug_info", None), "result_paths", None) or ()))
             return
         with self._lock:
             self.traces += 1
@@ -87,9 +127,22 @@ class Collector:
         in_paths = tuple(getattr(dbg, "arg_names", None) or ())
         out_paths = tuple(getattr(jdbg, "result_paths", None) or ())
         program = Program(closed, in_paths, out_paths)
-        found = monitor.observe(sig, lambda: program, caller_site())
+        site = caller_site()
+        found = monitor.observe(sig, lambda: program, site)
+        entry = f"{site.path}:{site.line}" if site is not None else ""
         with self._lock:
-            self.findings.extend(found)
+            self.findings.extend(f.refine(evidence={**f.evidence, "entry": entry, "transform": "jit"}) for f in found)
+
+    def all_findings(self) -> list[Finding]:
+        """The jit hook's findings and the other transforms', one per (code, place, message)."""
+        out: dict[tuple[str, str, int, int, str], Finding] = {}
+        for f in [*self.findings, *(self.checker.findings if self.checker is not None else ())]:
+            out.setdefault((f.code, f.path, f.span.line, f.span.col, f.message), f)
+        return list(out.values())
+
+    def knows(self, code: str, path: str, line: int) -> bool:
+        """A finding of `code` at path:line was already made (a test's JAX error adds nothing new)."""
+        return any(f.code == code and f.path == path and f.span.line == line for f in self.all_findings())
 
 
 def _source(info: str) -> tuple[str, str, int]:
@@ -99,6 +152,19 @@ def _source(info: str) -> tuple[str, str, int]:
     if not name or not file or not line.isdigit():
         return "", "", 0
     return name, file, int(line)
+
+
+_JIT_DEFAULTS = {"static_argnums": (), "static_argnames": (), "donate_argnums": (), "donate_argnames": (), "keep_unused": False, "inline": False, "device": None, "backend": None}
+
+
+def _jit_options(ji: Any) -> dict[str, Any]:
+    """The options of a `jit` (as JAX normalized them: `static_argnames` implies its argnums)."""
+    out: dict[str, Any] = {}
+    for name, default in _JIT_DEFAULTS.items():
+        value = getattr(ji, name, default)
+        if value != default and value is not None:
+            out[name] = value
+    return out
 
 
 def _signature(ji: Any, dbg: Any, avals: Any, args: Any, kwargs: Any) -> Signature:

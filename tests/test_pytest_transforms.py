@@ -1,0 +1,158 @@
+"""`pytest --stabcheck` sees every transformed call, not only jit traces (issue 17)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+pytest.importorskip("jax")
+
+
+def _loss(p, x):
+    return (p * x).sum() ** 2
+
+
+def test_collector_emits_one_call_per_new_transform_and_signature() -> None:
+    import jax
+    import jax.numpy as jnp
+    from jax._src import pjit
+
+    from stabcheck.runtime._hook import Collector
+
+    originals = (pjit._trace_for_jit, jax.grad, jax.vmap, jax.jvp)
+    collector = Collector()
+    calls = []
+    collector.listeners.add(calls.append)
+    assert collector.install()
+    try:
+        p, x = jnp.ones(3), jnp.ones(3)
+        jax.grad(_loss)(p, x)
+        jax.grad(_loss)(p + 1, x)  # the same signature: not told again
+        jax.grad(_loss, argnums=1)(p, x)  # other options: told
+        jax.vmap(_loss, in_axes=(0, None))(jnp.ones((2, 3)), x)
+        jax.jvp(lambda q: _loss(q, x), (p,), (p,))
+        inner = jax.grad(_loss)
+        jax.jit(inner)(p, x)  # jit of grad: the jit layer (grad of this signature was told above)
+        jnp.where(p > 0, 1.0, 2.0)  # JAX's own jit: not the user's
+    finally:
+        collector.uninstall()
+    assert (pjit._trace_for_jit, jax.grad, jax.vmap, jax.jvp) == originals
+    seen = [(c.transform, dict(c.options)) for c in calls]
+    assert seen[:3] == [("grad", {}), ("grad", {"argnums": 1}), ("vmap", {"in_axes": (0, None)})]
+    assert calls[3].options["tangents"][0] is p and calls[3].args == (p,)
+    assert [c.transform for c in calls] == ["grad", "grad", "vmap", "jvp", "jit"]
+    first = calls[0]
+    assert first.fn is _loss and first.args[0] is p and first.site == (__file__, first.site[1])
+    jit = calls[-1]
+    assert jit.fn is inner and isinstance(jit.args[1], jax.Array) and jit.args[0] is p
+    assert collector.errors == [] and collector.listeners.errors == []
+
+
+def test_names_bound_before_install_are_rebound_and_restored() -> None:
+    import sys
+    import types
+
+    import jax
+
+    from stabcheck.runtime._hook import Collector
+
+    mod = types.ModuleType("zc_user_mod")
+    mod.__file__ = __file__  # a user module (the test's own file)
+    mod.grad = jax.grad
+    sys.modules["zc_user_mod"] = mod
+    collector = Collector()
+    calls = []
+    collector.listeners.add(calls.append)
+    try:
+        assert collector.install()
+        assert mod.grad is not jax._src.api.grad and mod.grad is jax.grad
+        import jax.numpy as jnp
+
+        mod.grad(_loss)(jnp.ones(2), jnp.ones(2))
+    finally:
+        collector.uninstall()
+        del sys.modules["zc_user_mod"]
+    assert mod.grad is jax._src.api.grad and jax.grad is jax._src.api.grad
+    assert [c.transform for c in calls] == ["grad"]
+
+
+ZEROCONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "zeroconfig"
+
+
+def _line_of(relpath: str, text: str) -> int:
+    return (ZEROCONFIG / relpath).read_text().splitlines().index(text) + 1
+
+
+@pytest.mark.slow
+def test_zeroconfig_project_reports_the_hazards_of_functions_only_its_tests_transform(pytester: pytest.Pytester) -> None:
+    shutil.copytree(ZEROCONFIG, pytester.path, dirs_exist_ok=True)
+    plain = pytester.runpytest("-p", "no:cacheprovider")
+    plain.assert_outcomes(passed=16, failed=2)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stabcheck", "--stabcheck-report=r.json")
+    result.assert_outcomes(passed=16, failed=2)  # the plugin changes no test's result
+    data = json.loads((pytester.path / "r.json").read_text())
+    found = {(d["code"], d["path"], d["line"], d["evidence"]["entry"]) for d in data}
+    model, tests = "zcmodel/model.py", "tests/test_model.py"
+
+    def at(text: str) -> str:
+        return f"{tests}:{_line_of(tests, text)}"
+
+    assert found == {
+        ("STB302", model, _line_of(model, "    return x * lr, lr * 2.0"), at("    out, lr = jax.jit(schedule)(0.5, jnp.ones(3))")),
+        ("STB408", model, _line_of(model, "    return jnp.where(x > 0, jnp.sqrt(x), 0.0).sum()"), at("    g = jax.grad(safe_norm)(jnp.array([4.0, 0.0, -1.0]))")),
+        ("STB402", tests, _line_of(tests, "    grad(loss)(params, jnp.ones(3))"), at("    grad(loss)(params, jnp.ones(3))")),
+        ("STB303", model, _line_of(model, '    return jnp.sum(params["w"] * x) + params["step"]'), at("    grad(loss)(params, jnp.ones(3))")),
+        ("STB101", model, _line_of(model, "    if x > 0:"), at("    assert jax.vmap(relu)(jnp.array([1.0, -1.0])).shape == (2,)")),
+        ("STB408", model, _line_of(model, "    return jnp.log(x).sum()"), at("    h = jax.hessian(log_prob)(jnp.array([1.0, 0.0]))")),
+        ("STB408", model, _line_of(model, "    return lax.scan(body, 0.0, rewards)[1].sum()"), at("    v, g = jax.value_and_grad(discounted)(jnp.array([1.0, 0.0, 4.0]))")),
+        ("STB406", tests, _line_of(tests, "    assert jax.grad(clipped_loss)(jnp.ones(3), jnp.ones(3)).dtype == jnp.bfloat16"), at("    assert jax.grad(clipped_loss)(jnp.ones(3), jnp.ones(3)).dtype == jnp.bfloat16")),
+        ("STB504", tests, _line_of(tests, "        assert eqx.filter_jit(scale_by)(x, lr).shape == (3,)"), at("        assert eqx.filter_jit(scale_by)(x, lr).shape == (3,)")),
+    }
+    by_code = {(d["code"], d["line"]): d for d in data}
+    nan = by_code[("STB408", _line_of(model, "    return jnp.where(x > 0, jnp.sqrt(x), 0.0).sum()"))]
+    assert nan["stage"] == "runtime" and nan["evidence"]["transform"] == "grad" and "`sqrt` made the first NaN" in nan["message"] and "(forward pass)" in nan["message"]  # sqrt(-1), masked by the where
+    assert "static `lr` was 0.3, now 0.4" in next(d["message"] for d in data if d["code"] == "STB504")  # equinox retraced per Python float
+    near_misses = {"schedule_fixed", "safe_norm_fixed", "loss_fixed", "relu_fixed", "mlp", "clipped_loss_ok", "scale_by_array"}
+    assert not {d["function"] for d in data} & near_misses
+    text = result.stdout.str()
+    assert "internal errors" not in text and "Traceback" not in text.split("= stabcheck =")[1]
+    assert "other transformed calls" in text
+
+
+def test_transformed_callables_keep_their_types_and_equinox_is_restored() -> None:
+    import types
+
+    import jax
+    import jax.numpy as jnp
+
+    from stabcheck.runtime._hook import Collector
+
+    eqx = pytest.importorskip("equinox")
+    from equinox import _jit
+
+    before = _jit._JitWrapper.__dict__["__call__"]
+    collector = Collector()
+    calls = []
+    collector.listeners.add(calls.append)
+    collector.listeners.add(lambda call: 1 / 0)  # a listener that raises never breaks the call
+    assert collector.install()
+    try:
+        g = jax.grad(_loss)
+        assert isinstance(g, types.FunctionType) and g.__name__ == "_loss" and g.__wrapped__.__wrapped__ is _loss
+        f = eqx.filter_jit(_loss)
+        assert type(f).__name__ == "_JitWrapper" and f.lower(jnp.ones(2), jnp.ones(2)) is not None
+        assert float(f(jnp.ones(2), jnp.ones(2))) == 4.0
+        outer = jax.jit(jax.grad(_loss))
+        p = jnp.arange(3.0)
+        outer(p, jnp.ones(3))
+    finally:
+        collector.uninstall()
+    assert _jit._JitWrapper.__dict__["__call__"] is before
+    assert [c.transform for c in calls] == ["filter_jit", "jit", "grad"]
+    assert calls[-1].args[0] is p  # grad traced inside jit is told the jitted call's real arguments
+    assert collector.listeners.errors and collector.listeners.errors[0].startswith("ZeroDivisionError")
+    assert collector.errors == []
