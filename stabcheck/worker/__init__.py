@@ -453,7 +453,9 @@ def child_main(task: str, payload_path: str, result_path: str, supervisor: int |
                 emit({"event": "recycle", "reason": "a thread started by the import is still running"})
                 return 0
             continue
-        emit({"event": "loaded", "target": target, "entries": list(entries), "notes": _strays(root, f"importing `{target}`")})
+        notes = [*load.NOTES, *_strays(root, f"importing `{target}`")]
+        load.NOTES.clear()
+        emit({"event": "loaded", "target": target, "entries": list(entries), "notes": notes})
         loaded = _State.take()
         for name, entry in entries.items():
             if entry_key(target, name) in skip:
@@ -463,7 +465,7 @@ def child_main(task: str, payload_path: str, result_path: str, supervisor: int |
                 result = fn(name, entry, {**payload, "target": spec})
             except BaseException as e:  # noqa: BLE001
                 result = {"findings": [load.crash_finding(spec, name, entry, e).to_dict()]}
-            result["findings"] = _stamp(result.get("findings", []), jax_version)
+            result["findings"] = _stamp(result.get("findings", []), jax_version, getattr(entry, "origin", ""))
             result["notes"] = [*result.get("notes", ()), *_strays(root, f"entry `{name}`")]
             lingering = _State.threads() - loaded.thread_ids
             loaded.restore()
@@ -487,11 +489,14 @@ def _import_jax() -> str:
     return str(getattr(jax, "__version__", ""))
 
 
-def _stamp(findings: list[dict[str, Any]], jax_version: str) -> list[dict[str, Any]]:
-    """Every finding of the worker names the JAX version that produced it."""
+def _stamp(findings: list[dict[str, Any]], jax_version: str, origin: str = "") -> list[dict[str, Any]]:
+    """Every finding of the worker names the JAX version that produced it (and a recorded entry's
+    findings where the entry came from: `recorded from tests/test_model.py:42 (jit)`)."""
     for d in findings:
         if isinstance(d, dict) and jax_version:
             d["evidence"] = {**(d.get("evidence") or {}), "jax": jax_version}
+        if isinstance(d, dict) and origin:
+            d["evidence"] = {**(d.get("evidence") or {}), "entry": origin}
     return findings
 
 
