@@ -107,18 +107,25 @@ def load_target(spec: dict[str, Any]) -> dict[str, Entry]:
         return recorded_entries(spec)
     found = _load_target(spec)
     for e in found.values():
-        name = recorded.importable_name(inspect.unwrap(e.fn)) if callable(e.fn) else None
-        if name:
-            HANDWRITTEN.add(name)
+        HANDWRITTEN.add(_identity(e.fn))
     return found
+
+
+def _identity(fn: Any) -> str:
+    """A function's source file and qualified name: the same function whichever name its module
+    was imported under (an entries file imports `model`, the recording names `pkg.model`)."""
+    fn = inspect.unwrap(fn) if callable(fn) else fn
+    try:
+        file = inspect.getsourcefile(fn) or ""
+    except TypeError:
+        file = ""
+    return f"{os.path.realpath(file) if file else getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', '')}"
 
 
 def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
     """One entry per recorded signature of one function; none where a hand-written entry checks
     it (that one wins), and a note instead of an error where the function is gone."""
     name = spec["target"]
-    if name in HANDWRITTEN:
-        return {}
     for folder in reversed(spec.get("paths") or []):
         if folder not in sys.path:
             sys.path.insert(0, folder)
@@ -129,6 +136,8 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
         return {}
     if not callable(fn):
         NOTES.append(f"recorded function `{name}` is no longer a function; record again with `pytest --stabcheck-record`")
+        return {}
+    if _identity(fn) in HANDWRITTEN:
         return {}
     out: dict[str, Entry] = {}
     qualname = name.partition(":")[2]
