@@ -4,6 +4,7 @@ and writes them, merged with the earlier runs', to `.stabcheck/recorded.json` (`
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -27,6 +28,46 @@ def _relative(path: str, root: Path) -> str:
     return path if rel.startswith("..") else rel.replace(os.sep, "/")
 
 
+def _no_array(value: Any) -> bool:
+    try:
+        return not recorded.has_array(recorded.describe(value))
+    except recorded.Unrebuildable:
+        return True
+
+
+def _unpartial(fn: Any, options: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[Any, ...], dict[str, Any]]:
+    """`jit(partial(f, cfg))(x)` as `f(cfg, x)`: the bound values join the arguments, static
+    where they hold no array (as they were: constants of the test's program), and the
+    transform's argument numbers move past them."""
+    while isinstance(fn, functools.partial):
+        n, bound = len(fn.args), fn.args
+        static = {i + n for i in _ints(options.get("static_argnums"))} | {i for i, v in enumerate(bound) if _no_array(v)}
+        if static:
+            options["static_argnums"] = sorted(static)
+        names = [*_names(options.get("static_argnames")), *(k for k, v in fn.keywords.items() if k not in kwargs and _no_array(v))]
+        if names:
+            options["static_argnames"] = sorted(set(names))
+        if "argnums" in options:
+            options["argnums"] = [i + n for i in _ints(options["argnums"])] if not isinstance(options["argnums"], int) else options["argnums"] + n
+        if "in_axes" in options:
+            axes = options["in_axes"]
+            options["in_axes"] = [None] * n + (list(axes) if isinstance(axes, (list, tuple)) else [axes] * len(args))
+        args, kwargs, fn = (*bound, *args), {**fn.keywords, **kwargs}, fn.func
+    return fn, options, args, kwargs
+
+
+def _ints(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(value)] if isinstance(value, int) else [int(v) for v in value]
+
+
+def _names(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
 @dataclass(slots=True)
 class Recorder:
     """A `Listeners` callback: one signature per new transformed call, kept in memory until `write`."""
@@ -39,11 +80,14 @@ class Recorder:
         return self.root / recorded.DEFAULT_PATH
 
     def __call__(self, call: TransformedCall) -> None:
+        if hasattr(call.fn, "stabcheck_fn"):  # `jit(grad(f))`: the inner transform's call is told too
+            return
         site = f"{_relative(call.site[0], self.root)}:{call.site[1]}" if call.site[0] else ""
-        fn = inspect.unwrap(call.fn)
+        fn, options, args, kwargs = _unpartial(call.fn, dict(call.options), tuple(call.args), dict(call.kwargs))
+        fn = inspect.unwrap(fn)
         shown = recorded.importable_name(fn) or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
         try:
-            name, sig = recorded.signature(fn, call.transform, call.options, call.args, call.kwargs, site)
+            name, sig = recorded.signature(fn, call.transform, options, args, kwargs, site)
         except recorded.Unrebuildable as e:
             if shown not in self.data["functions"]:
                 recorded.skip(self.data, shown, call.transform, str(e), site)

@@ -151,6 +151,7 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
             continue
         entry = Entry(fn, **parts)
         object.__setattr__(entry, "origin", recorded.origin(sig, parts["transforms"]))
+        object.__setattr__(entry, "recorded_site", recorded.site_of(sig, (spec.get("paths") or [os.getcwd()])[0]))
         out[label] = entry
     return out
 

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stabcheck.traced import specs
+from stabcheck.traced.checks import shown_path
 
 FORMAT = "stabcheck-recorded"
 VERSION = 1
@@ -388,6 +389,8 @@ def entry_parts(fn: Any, sig: Mapping[str, Any]) -> dict[str, Any]:
     argnums: Any = options.get("argnums", 0)
     argnums = tuple(argnums) if isinstance(argnums, list) else argnums
     ad = _AD.get(transform)
+    if ad and transform.startswith("filter_") and not _all_float([arg_specs[i] for i in (_ints(argnums) or (0,)) if i < len(arg_specs)]):
+        ad = None  # eqx differentiates the float leaves only; the traced stage's `grad` takes them all
     transforms = ("jit", "vmap") if transform == "vmap" else ("jit", ad) if ad else ("jit",)
     return {
         "args": tuple(rebuild(s) for s in arg_specs),
@@ -424,10 +427,8 @@ def more_transforms(fn: Any, parts: Mapping[str, Any]) -> tuple[str, ...]:
     if len(leaves) == 0 or not all(hasattr(x, "dtype") for x in leaves):
         return transforms
     first = leaves[0]
-    argnums = parts["argnums"]
-    wanted = _ints(argnums) or (0,)
-    diff = [args[i] for i in wanted if i < len(args) and i not in static]
-    if not diff or not all(jax.numpy.issubdtype(x.dtype, jax.numpy.inexact) for x in jax.tree_util.tree_leaves(diff)):
+    diff = [args[i] for i in (_ints(parts["argnums"]) or (0,)) if i < len(args) and i not in static]
+    if not diff or not all(hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.numpy.inexact) for x in jax.tree_util.tree_leaves(diff)):
         return transforms
     if len(leaves) == 1 and first.shape == () and jax.numpy.issubdtype(first.dtype, jax.numpy.floating):
         size = sum(int(x.size) for x in jax.tree_util.tree_leaves(diff))
@@ -445,3 +446,37 @@ def origin(sig: Mapping[str, Any], ran: Iterable[str]) -> str:
     told = {sig["transform"], "jit"} | ({_AD[sig["transform"]]} if sig["transform"] in _AD else set())
     added = [t for t in ran if t not in told and t != "call"]
     return f"recorded from {sig.get('site') or '?'} ({sig['transform']}{'; ' + ', '.join(added) + ' added' if added else ''})"
+
+
+def _all_float(spec: Any) -> bool:
+    """Every array of SPEC is a float or complex one (and there is one)."""
+    out: list[bool] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, str):
+            out.append(specs.parse(x).dtype.startswith(("float", "bfloat", "complex")))
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+        elif isinstance(x, dict) and "$str" not in x and "$ref" not in x:
+            inner = x.get("$tuple", x.get("$dict", x.get("fields", x)))
+            walk(list(inner.values()) if isinstance(inner, dict) else inner)
+
+    walk(spec)
+    return bool(out) and all(out)
+
+
+def site_of(sig: Mapping[str, Any], root: str) -> tuple[str, int] | None:
+    """The recorded call's (absolute file, line)."""
+    file, _, line = str(sig.get("site") or "").rpartition(":")
+    if not file or not line.isdigit():
+        return None
+    return (file if os.path.isabs(file) else os.path.join(root, file), int(line))
+
+
+def stamp(finding: dict[str, Any], origin: str, site: tuple[str, int] | None) -> None:
+    """A recorded entry's finding (as a dict) says where the entry came from; a non-differentiable
+    leaf (STB402) is the test's call's doing, so it points at that call, as `pytest --stabcheck` does."""
+    finding["evidence"] = {**(finding.get("evidence") or {}), "entry": origin}
+    if site is not None and finding.get("code") == "STB402":
+        finding.update(path=shown_path(site[0]), line=site[1], col=1, end_line=None, end_col=None, snippet="", fix=None)

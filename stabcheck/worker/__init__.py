@@ -88,7 +88,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stabcheck import registry
-from stabcheck.traced import load
+from stabcheck.traced import load, recorded
 from stabcheck.traced.source import function_site
 
 TASKS = ("trace", "confirm", "matrix", "trace+confirm")
@@ -465,7 +465,7 @@ def child_main(task: str, payload_path: str, result_path: str, supervisor: int |
                 result = fn(name, entry, {**payload, "target": spec})
             except BaseException as e:  # noqa: BLE001
                 result = {"findings": [load.crash_finding(spec, name, entry, e).to_dict()]}
-            result["findings"] = _stamp(result.get("findings", []), jax_version, getattr(entry, "origin", ""))
+            result["findings"] = _stamp(result.get("findings", []), jax_version, entry)
             result["notes"] = [*result.get("notes", ()), *_strays(root, f"entry `{name}`")]
             lingering = _State.threads() - loaded.thread_ids
             loaded.restore()
@@ -489,14 +489,15 @@ def _import_jax() -> str:
     return str(getattr(jax, "__version__", ""))
 
 
-def _stamp(findings: list[dict[str, Any]], jax_version: str, origin: str = "") -> list[dict[str, Any]]:
+def _stamp(findings: list[dict[str, Any]], jax_version: str, entry: Any = None) -> list[dict[str, Any]]:
     """Every finding of the worker names the JAX version that produced it (and a recorded entry's
     findings where the entry came from: `recorded from tests/test_model.py:42 (jit)`)."""
+    origin = getattr(entry, "origin", "")
     for d in findings:
         if isinstance(d, dict) and jax_version:
             d["evidence"] = {**(d.get("evidence") or {}), "jax": jax_version}
         if isinstance(d, dict) and origin:
-            d["evidence"] = {**(d.get("evidence") or {}), "entry": origin}
+            recorded.stamp(d, origin, getattr(entry, "recorded_site", None))
     return findings
 
 
