@@ -252,3 +252,29 @@ def test_find_stops_at_the_project_root(tmp_path: Path) -> None:
     (tmp_path / "proj" / ".stabcheck").mkdir()
     (tmp_path / "proj" / ".stabcheck" / "recorded.json").write_text("{}")
     assert recorded.find([str(tmp_path / "proj" / "src")]) == str(tmp_path / "proj" / ".stabcheck" / "recorded.json")
+
+
+def test_recorder_unrolls_partials_and_skips_a_nested_transform(tmp_path: Path) -> None:
+    import functools
+
+    import jax.numpy as jnp
+
+    r = Recorder(tmp_path)
+    site = (str(tmp_path / "t.py"), 3)
+    r(TransformedCall(functools.partial(loss, jnp.ones(3), kind="l1"), "vmap", {"in_axes": 0}, (jnp.ones((5, 3)),), {}, site))
+    r(TransformedCall(functools.partial(loss, jnp.ones(3)), "grad", {"argnums": 0}, (jnp.ones(3),), {}, site))
+
+    class Inner:  # what the plugin passes for `jit(grad(f))`: the inner transformed callable
+        stabcheck_fn = loss
+
+        def __call__(self, *a: Any) -> Any:
+            return loss(*a)
+
+    r(TransformedCall(Inner(), "jit", {}, (jnp.ones(3), jnp.ones(3)), {}, site))
+    sigs = r.data["functions"]["tests.test_recorded:loss"]["signatures"]
+    assert [(s["transform"], s["options"], s["args"], s["kwargs"]) for s in sigs] == [
+        ("vmap", {"in_axes": [None, 0], "static_argnames": ["kind"]}, ["f32[3]", "f32[5,3]"], {"kind": {"$str": "l1"}}),
+        ("grad", {"argnums": 1}, ["f32[3]", "f32[3]"], {}),
+    ]
+    parts = recorded.entry_parts(loss, sigs[0])
+    assert parts["in_axes"] == (None, 0) and parts["args"][1].shape == (3,) and parts["static_argnums"] == (2,)

@@ -64,6 +64,11 @@ SIGS = {
         _sig("jit", [{"$type": "recpkg.model:Params", "fields": {"w": "f32[3,2]", "b": "f32[2]"}}, "f32[4,3]"], "tests/test_model.py:70", options={"static_argnames": ["kind"]}, kwargs={"kind": {"$str": "relu"}}),
         _sig("vmap", [{"$type": "recpkg.model:Params", "fields": {"w": "f32[3,2]", "b": "f32[2]"}}, "f32[5,3]"], "tests/test_model.py:71", options={"in_axes": [None, 0]}),
     ],
+    "recpkg.model:schedule": [_sig("jit", [0.5, "f32[3]"], "tests/test_model.py:80")],
+    "recpkg.model:counted": [
+        _sig("grad", [{"w": "f32[3]", "step": "i32?[]"}, "f32[3]"], "tests/test_model.py:90"),
+        _sig("filter_grad", [{"w": "f32[2]", "step": "i32?[]"}, "f32[2]"], "tests/test_model.py:91"),
+    ],
 }
 
 
@@ -82,6 +87,15 @@ def test_recorded_signatures_find_the_hazards_at_their_lines(replayed: list[dict
     got = _traced(replayed)
     assert ("STB401", _line("jnp.where(x > 0, jnp.sqrt(x)"), "recorded from tests/test_model.py:42 (jit; grad, hessian added)") in got
     assert ("STB101", _line("if x.sum() > 0"), "recorded from tests/test_model.py:60 (jit)") in got
+
+
+def test_a_weak_argument_the_tests_passed_gives_a_weak_output(replayed: list[dict[str, Any]]) -> None:
+    assert ("STB302", _line("return x * lr, lr * 2.0"), "recorded from tests/test_model.py:80 (jit)") in _traced(replayed)
+
+
+def test_an_int_leaf_given_to_grad_is_confirmed_at_the_test_call(replayed: list[dict[str, Any]]) -> None:
+    found = [f for f in replayed if f.get("code") == "STB402"]
+    assert [(f["path"], f["line"], f["status"], f["evidence"]["entry"]) for f in found] == [("tests/test_model.py", 90, "confirmed", "recorded from tests/test_model.py:90 (grad)")]
 
 
 def test_the_near_miss_and_the_clean_signatures_stay_silent(replayed: list[dict[str, Any]]) -> None:

@@ -356,6 +356,12 @@ def entry_parts(fn: Any, sig: Mapping[str, Any]) -> dict[str, Any]:
     transform, options = sig["transform"], sig.get("options", {})
     arg_specs = list(sig.get("args", []))
     kw_specs = dict(sig.get("kwargs", {}))
+    axes: list[Any] = []
+    if transform == "vmap":  # JAX maps positional arguments by in_axes, keyword ones over axis 0
+        given = options.get("in_axes", 0)
+        axes = list(given) if isinstance(given, list) else [given] * len(arg_specs)
+        arg_specs = [_unbatch(s, a) for s, a in zip(arg_specs, axes)]
+        kw_specs = {k: _unbatch(v, 0) for k, v in kw_specs.items()}
     static = set(_ints(options.get("static_argnums")))
     names = options.get("static_argnames") or ()
     names = [names] if isinstance(names, str) else list(names)
@@ -368,10 +374,12 @@ def entry_parts(fn: Any, sig: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if p.name in kw_specs:
             arg_specs.append(kw_specs.pop(p.name))
+            axes.append(0 if has_array(arg_specs[-1]) else None)
             if p.name in names:
                 static.add(i)
         elif p.default is not p.empty and any(q.name in kw_specs for q in params[i + 1 :]):
             arg_specs.append(describe(p.default))
+            axes.append(None)
             static.add(i)
         else:
             break
@@ -380,12 +388,7 @@ def entry_parts(fn: Any, sig: Mapping[str, Any]) -> dict[str, Any]:
             static.add(i)
     if transform in ("filter_jit", "nnx.jit", "filter_grad", "filter_value_and_grad"):
         static |= {i for i, s in enumerate(arg_specs) if not has_array(s)}  # eqx/nnx: no array, no trace
-    in_axes: Any = 0
-    if transform == "vmap":
-        axes = options.get("in_axes", 0)
-        per = axes if isinstance(axes, list) else [axes] * len(arg_specs)
-        arg_specs = [_unbatch(s, a) for s, a in zip(arg_specs, per)]
-        in_axes = tuple(per)
+    in_axes: Any = tuple(a for i, a in enumerate(axes) if i not in static) if transform == "vmap" else 0
     argnums: Any = options.get("argnums", 0)
     argnums = tuple(argnums) if isinstance(argnums, list) else argnums
     ad = _AD.get(transform)
