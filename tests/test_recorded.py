@@ -278,3 +278,22 @@ def test_recorder_unrolls_partials_and_skips_a_nested_transform(tmp_path: Path) 
     ]
     parts = recorded.entry_parts(loss, sigs[0])
     assert parts["in_axes"] == (None, 0) and parts["args"][1].shape == (3,) and parts["static_argnums"] == (2,)
+
+
+def test_recorded_targets_read_json_only_and_summarise_what_was_kept_out(tmp_path: Path) -> None:
+    from stabcheck.config import Config
+    from stabcheck.worker.stage import recorded_targets
+
+    data = recorded.empty()
+    recorded.add(data, "pkg.never_imported:f", "pkg/never_imported.py", _sig(3))
+    for i in range(7):
+        recorded.skip(data, f"t:<locals>.f{i}", "jit", "defined inside a function", f"t.py:{i}")
+    (tmp_path / ".stabcheck").mkdir()
+    path = tmp_path / ".stabcheck" / "recorded.json"
+    path.write_text(recorded.dumps(data))
+    targets, notes = recorded_targets([], Config(), str(path))
+    assert targets == [{"target": "pkg.never_imported:f", "recorded": data["functions"]["pkg.never_imported:f"], "paths": [str(tmp_path), str(tmp_path / "src")]}]
+    assert len(notes) == 6 and notes[-1].startswith("... and 2 more calls not kept")
+    import sys
+
+    assert "pkg.never_imported" not in sys.modules

@@ -112,7 +112,9 @@ def recorded_targets(files: Sequence[Path], config: Config, path: str | None) ->
             raise UsageError(f"invalid value for `--recorded`: {e}") from None
     root = os.path.dirname(os.path.dirname(os.path.abspath(path))) if os.path.basename(os.path.dirname(os.path.abspath(path))) == ".stabcheck" else os.path.dirname(os.path.abspath(path))
     paths = [root, os.path.join(root, "src")]
-    notes = [f"recorded `{name}` was not kept: {s.get('reason', '?')} (at {s.get('site', '?')})" for name, s in data["skipped"].items()]
+    notes = [f"recorded `{name}` was not kept: {s.get('reason', '?')} (at {s.get('site', '?')})" for name, s in list(data["skipped"].items())[:5]]
+    if len(data["skipped"]) > 5:
+        notes.append(f"... and {len(data['skipped']) - 5} more calls not kept (\"skipped\" in {shown_path(path)})")
     return [{"target": name, "recorded": fn, "paths": paths} for name, fn in data["functions"].items()], notes
 
 
