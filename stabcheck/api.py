@@ -60,6 +60,7 @@ class Options:
     timeout: float | None = None
     memory_limit: str | None = None
     transforms: tuple[str, ...] | None = None  # overrides entries' transforms
+    recorded: str | None = None  # signatures recorded by `pytest --stabcheck-record` (default: found under the paths)
     progress: bool = False
 
 

@@ -30,6 +30,8 @@ _COLLECTOR = pytest.StashKey[Any]()
 _FAILED = pytest.StashKey[str]()
 _REPORT_ERROR = pytest.StashKey[str]()
 _STRICT_FAILED = pytest.StashKey[int]()
+_RECORDER = pytest.StashKey[Any]()
+_RECORDED = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,6 +39,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--stabcheck", action="store_true", default=False, help="check every user function a test calls through jit, grad, vmap and the other JAX transforms, once per signature")
     group.addoption("--stabcheck-strict", action="store_true", default=False, help="fail the session (exit 1) when stabcheck finds anything; implies --stabcheck")
     group.addoption("--stabcheck-report", metavar="FILE", default=None, help="write the findings to FILE: JSON (.json) or SARIF (.sarif); implies --stabcheck")
+    group.addoption("--stabcheck-record", action="store_true", default=False, help="also write the abstract signatures of the transformed calls to .stabcheck/recorded.json, for `stabcheck check --trace/--confirm`; implies --stabcheck")
     group.addoption("--stabcheck-max-traces", metavar="N", type=int, default=None, help="signatures per function before STB504 (default: max-traces of [tool.stabcheck], 3)")
     group.addoption("--stabcheck-select", metavar="CODES", default=None, help="comma-separated codes, prefixes or slugs to report")
     group.addoption("--stabcheck-ignore", metavar="CODES", default=None, help="comma-separated codes, prefixes or slugs not to report")
@@ -46,7 +49,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _enabled(config: pytest.Config) -> bool:
     opt = config.option
-    return bool(opt.stabcheck or opt.stabcheck_strict or opt.stabcheck_report or config.getini("stabcheck"))
+    return bool(opt.stabcheck or opt.stabcheck_strict or opt.stabcheck_report or opt.stabcheck_record or config.getini("stabcheck"))
 
 
 def _report_format(path: str) -> str:
@@ -105,6 +108,20 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_FAILED] = f"cannot observe jit tracing in JAX {jax.__version__} (no jax._src.pjit._trace_for_jit); nothing was checked"
         return
     config.stash[_COLLECTOR] = collector
+    if config.option.stabcheck_record:
+        _start_recording(config, collector, project)
+
+
+def _start_recording(config: pytest.Config, collector: Any, project: Any) -> None:
+    from stabcheck.runtime._recorder import Recorder  # only with --stabcheck-record (see above)
+
+    listeners = getattr(collector, "listeners", None)
+    if listeners is None:
+        config.stash[_RECORDED] = "--stabcheck-record: this stabcheck's collector reports no transformed calls; nothing was recorded"
+        return
+    recorder = Recorder(Path(project.root) if project.source else Path(str(config.rootpath)))
+    listeners.add(recorder)
+    config.stash[_RECORDER] = recorder
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -141,6 +158,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not _enabled(config):
         return
     findings = _findings(config)
+    recorder = config.stash.get(_RECORDER, None)
+    if recorder is not None:
+        from stabcheck.config import UsageError  # only with --stabcheck-record
+        from stabcheck.traced.recorded import RecordedError
+
+        try:
+            config.stash[_RECORDED] = recorder.write()
+        except (RecordedError, UsageError, OSError) as e:
+            config.stash[_RECORDED] = f"--stabcheck-record: {e}; nothing was recorded"
     report = config.option.stabcheck_report
     if report:
         # only with --stabcheck-report (see pytest_configure)
@@ -203,6 +229,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             short = msg if len(msg) <= 100 else msg[:97] + "..."
             tr.write_line(f"{fn:<{width[0]}}  {where:<{width[1]}}  {code:<{width[2]}}  {n:>5}  {short}")
         tr.write_line(f"stabcheck: {_n(len(findings), 'finding')} ({checked})")
+    if config.stash.get(_RECORDED, None):
+        tr.write_line(f"stabcheck: {config.stash[_RECORDED]}")
     if config.stash.get(_REPORT_ERROR, None):
         tr.write_line(f"stabcheck: {config.stash[_REPORT_ERROR]}")
     errors = [*collector.errors, *collector.listeners.errors] if collector is not None else []

@@ -164,6 +164,7 @@ def check(
     trace: Annotated[bool, typer.Option("--trace", help="Also trace the entries found under PATHS (runs user code in a worker).")] = False,
     confirm: Annotated[bool, typer.Option("--confirm", help="Also run the entries for real to confirm or refute findings.")] = False,
     entries: Annotated[Optional[list[str]], typer.Option("--entries", help="Entries to trace, path.py:NAME or pkg.module:NAME (comma-separated; implies --trace).")] = None,
+    recorded: Annotated[Optional[str], typer.Option("--recorded", metavar="FILE", help="Signatures recorded by `pytest --stabcheck-record` to replay with --trace/--confirm (default: .stabcheck/recorded.json at the checked project's root).")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Seconds per entry for --trace/--confirm.")] = None,
     memory_limit: Annotated[Optional[str], typer.Option(help="Memory limit of the worker, e.g. 4GiB or 0.5 (share of RAM).")] = None,
     baseline: Annotated[Optional[Path], typer.Option(help="Report only findings not recorded in this baseline file.")] = None,
@@ -235,6 +236,7 @@ def check(
         stages=tuple(stages),
         timeout=timeout,
         memory_limit=memory_limit,
+        recorded=recorded,
         progress=sys.stderr.isatty() and not os.environ.get("CI"),
     )
     result = api.run(paths, settings, options, force_exclude=force_exclude)

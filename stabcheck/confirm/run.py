@@ -285,6 +285,9 @@ def _settle(f: Finding, obs: list[Observation], retr: Any, max_traces: int) -> F
             o, fl = failed[0]
             extra = {} if "jax_message" in f.evidence else {"error": fl.message}
             return _confirm(f, f"`{o.transform}` raised {fl.kind}", **extra)
+        if c == "STB402" and f.stage == "traced" and "requires real- or complex-valued inputs" in str(f.evidence.get("error", "")):
+            # the runs below differentiate the float leaves only: a clean one says nothing of the int leaf
+            return _confirm(f, "`jax.grad` raised TypeError when the entry was traced")
         ran = _ran(obs, RELEVANT.get(c))
         return _refute(f, f"ran clean under {_names(ran)}") if ran else _undecided(f, _why(obs))
     if c in NAN_CODES:

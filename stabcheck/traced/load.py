@@ -22,7 +22,7 @@ from typing import Any
 
 from stabcheck import registry
 from stabcheck.finding import Finding, Span
-from stabcheck.traced import specs
+from stabcheck.traced import recorded, specs
 from stabcheck.traced.checks import shown_path
 from stabcheck.traced.entries import ENTRY_MARK, Entry, normalize
 from stabcheck.traced.source import exception_site, function_site
@@ -96,8 +96,67 @@ def module_file(spec: dict[str, Any]) -> str:
     return os.path.abspath(found.origin) if found is not None and found.origin else where
 
 
+HANDWRITTEN: set[str] = set()  # `module:qualname` of the functions hand-written entries check
+NOTES: list[str] = []  # notes of the last load (a recorded function that is gone), taken by the worker
+
+
 def load_target(spec: dict[str, Any]) -> dict[str, Entry]:
-    """Named entries for one target spec {"target", "args", "static", "dims"}."""
+    """Named entries for one target spec {"target", "args", "static", "dims"}, or {"target",
+    "recorded", "paths"} for the signatures `pytest --stabcheck-record` saw."""
+    if "recorded" in spec:
+        return recorded_entries(spec)
+    found = _load_target(spec)
+    for e in found.values():
+        HANDWRITTEN.add(_identity(e.fn))
+    return found
+
+
+def _identity(fn: Any) -> str:
+    """A function's source file and qualified name: the same function whichever name its module
+    was imported under (an entries file imports `model`, the recording names `pkg.model`)."""
+    fn = inspect.unwrap(fn) if callable(fn) else fn
+    try:
+        file = inspect.getsourcefile(fn) or ""
+    except TypeError:
+        file = ""
+    return f"{os.path.realpath(file) if file else getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', '')}"
+
+
+def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
+    """One entry per recorded signature of one function; none where a hand-written entry checks
+    it (that one wins), and a note instead of an error where the function is gone."""
+    name = spec["target"]
+    for folder in reversed(spec.get("paths") or []):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        fn = inspect.unwrap(recorded.resolve(name))
+    except (ImportError, AttributeError) as e:
+        NOTES.append(f"recorded function `{name}` cannot be found ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); record again with `pytest --stabcheck-record`")
+        return {}
+    if not callable(fn):
+        NOTES.append(f"recorded function `{name}` is no longer a function; record again with `pytest --stabcheck-record`")
+        return {}
+    if _identity(fn) in HANDWRITTEN:
+        return {}
+    out: dict[str, Entry] = {}
+    qualname = name.partition(":")[2]
+    for sig in spec["recorded"].get("signatures", []):
+        label = recorded.entry_name(qualname, sig)
+        try:
+            parts = recorded.entry_parts(fn, sig)
+            parts["transforms"] = recorded.more_transforms(fn, parts)
+        except (recorded.Unrebuildable, specs.SpecError, ImportError, AttributeError, TypeError) as e:
+            NOTES.append(f"recorded signature `{label}` cannot be rebuilt: {e}")
+            continue
+        entry = Entry(fn, **parts)
+        object.__setattr__(entry, "origin", recorded.origin(sig, parts["transforms"]))
+        object.__setattr__(entry, "recorded_site", recorded.site_of(sig, (spec.get("paths") or [os.getcwd()])[0]))
+        out[label] = entry
+    return out
+
+
+def _load_target(spec: dict[str, Any]) -> dict[str, Entry]:
     where, attr = split_target(spec["target"])
     module = import_module(where)
     shown = shown_path(where) if is_file_target(where) else where

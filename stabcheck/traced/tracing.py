@@ -283,7 +283,9 @@ class Tracer:
         function: `f(jnp.float32(2.0))` is strong."""
         jax = self.jax
         leaves = jax.tree_util.tree_leaves(self.dyn)
-        if not any(_weak_value(jax, a) for a in leaves):
+        if not any(_weak_value(jax, a) for a in leaves) or getattr(self.entry, "recorded_site", None):
+            # a recorded signature's weak argument is what the tests passed: its weak outputs are
+            # the program's, as `pytest --stabcheck` reports them
             return set(out_paths)
 
         def strong(a: Any) -> Any:

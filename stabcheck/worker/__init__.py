@@ -88,7 +88,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stabcheck import registry
-from stabcheck.traced import load
+from stabcheck.traced import load, recorded
 from stabcheck.traced.source import function_site
 
 TASKS = ("trace", "confirm", "matrix", "trace+confirm")
@@ -453,7 +453,9 @@ def child_main(task: str, payload_path: str, result_path: str, supervisor: int |
                 emit({"event": "recycle", "reason": "a thread started by the import is still running"})
                 return 0
             continue
-        emit({"event": "loaded", "target": target, "entries": list(entries), "notes": _strays(root, f"importing `{target}`")})
+        notes = [*load.NOTES, *_strays(root, f"importing `{target}`")]
+        load.NOTES.clear()
+        emit({"event": "loaded", "target": target, "entries": list(entries), "notes": notes})
         loaded = _State.take()
         for name, entry in entries.items():
             if entry_key(target, name) in skip:
@@ -463,7 +465,7 @@ def child_main(task: str, payload_path: str, result_path: str, supervisor: int |
                 result = fn(name, entry, {**payload, "target": spec})
             except BaseException as e:  # noqa: BLE001
                 result = {"findings": [load.crash_finding(spec, name, entry, e).to_dict()]}
-            result["findings"] = _stamp(result.get("findings", []), jax_version)
+            result["findings"] = _stamp(result.get("findings", []), jax_version, entry)
             result["notes"] = [*result.get("notes", ()), *_strays(root, f"entry `{name}`")]
             lingering = _State.threads() - loaded.thread_ids
             loaded.restore()
@@ -487,11 +489,15 @@ def _import_jax() -> str:
     return str(getattr(jax, "__version__", ""))
 
 
-def _stamp(findings: list[dict[str, Any]], jax_version: str) -> list[dict[str, Any]]:
-    """Every finding of the worker names the JAX version that produced it."""
+def _stamp(findings: list[dict[str, Any]], jax_version: str, entry: Any = None) -> list[dict[str, Any]]:
+    """Every finding of the worker names the JAX version that produced it (and a recorded entry's
+    findings where the entry came from: `recorded from tests/test_model.py:42 (jit)`)."""
+    origin = getattr(entry, "origin", "")
     for d in findings:
         if isinstance(d, dict) and jax_version:
             d["evidence"] = {**(d.get("evidence") or {}), "jax": jax_version}
+        if isinstance(d, dict) and origin:
+            recorded.stamp(d, origin, getattr(entry, "recorded_site", None))
     return findings
 
 

@@ -16,10 +16,11 @@ from typing import Any
 
 from stabcheck import registry
 from stabcheck._discover import SourceError, read_source
-from stabcheck.config import DEFAULT_MAX_FILE_SIZE, Config, ConfigError
+from stabcheck.config import DEFAULT_MAX_FILE_SIZE, Config, ConfigError, UsageError
 from stabcheck.confirm.device import default_memory_limit, parse_memory_limit
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.checks import shown_path
+from stabcheck.traced import recorded
 from stabcheck.traced.discover import entry_targets
 from stabcheck.worker import Death, Outcome, run_in_worker
 
@@ -65,7 +66,11 @@ def run_targets(
 
 def run_stage(files: list[Path], results: dict[str, Any], config: Config, options: Any, stages: Sequence[str]) -> tuple[list[Finding], list[str], dict[str, Any] | None]:
     """Called by `stabcheck.api.run` for --trace/--confirm: (findings, notes, device)."""
-    targets = [{"target": absolute_target(t)} for t in entry_targets(files, config)]
+    targets: list[dict[str, Any]] = [{"target": absolute_target(t)} for t in entry_targets(files, config)]
+    replayed, notes_before = recorded_targets(files, config, getattr(options, "recorded", None))
+    targets += replayed
+    if not targets and notes_before:
+        return [], notes_before, None
     if not targets:
         return [], ["--trace: no entries found (decorate a factory with @stabcheck.entry, or set `entries` in [tool.stabcheck])"], None
     timeout = float(options.timeout or config.timeout)
@@ -84,7 +89,33 @@ def run_stage(files: list[Path], results: dict[str, Any], config: Config, option
         if progress is not None:
             progress.close()
     device = next((e["device"] for e in outcome.events if e.get("device")), None)
-    return findings, notes, device
+    return findings, [*notes_before, *notes], device
+
+
+def recorded_targets(files: Sequence[Path], config: Config, path: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """One worker target per function that `pytest --stabcheck-record` saw: from PATH, else from
+    `.stabcheck/recorded.json` at the root of the checked project. Reads JSON only: the functions
+    and types it names are imported in the worker. A bad file given by PATH is a usage error."""
+    if path is None:
+        roots = [str(config.root)] if config.source else []
+        path = recorded.find([*roots, *(str(f) for f in files[:1]), os.getcwd()])
+        if path is None:
+            return [], []
+        try:
+            data = recorded.read(path)
+        except recorded.RecordedError as e:
+            return [], [f"{e}; its signatures were not replayed"]
+    else:
+        try:
+            data = recorded.read(path)
+        except recorded.RecordedError as e:
+            raise UsageError(f"invalid value for `--recorded`: {e}") from None
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path))) if os.path.basename(os.path.dirname(os.path.abspath(path))) == ".stabcheck" else os.path.dirname(os.path.abspath(path))
+    paths = [root, os.path.join(root, "src")]
+    notes = [f"recorded `{name}` was not kept: {s.get('reason', '?')} (at {s.get('site', '?')})" for name, s in list(data["skipped"].items())[:5]]
+    if len(data["skipped"]) > 5:
+        notes.append(f"... and {len(data['skipped']) - 5} more calls not kept (\"skipped\" in {shown_path(path)})")
+    return [{"target": name, "recorded": fn, "paths": paths} for name, fn in data["functions"].items()], notes
 
 
 def _confirmable(code: str) -> bool:

@@ -1,0 +1,115 @@
+"""`pytest --stabcheck-record`: the listener that keeps each transformed call's abstract signature
+and writes them, merged with the earlier runs', to `.stabcheck/recorded.json` (`traced.recorded`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stabcheck._files import write_atomic_nofollow
+from stabcheck.runtime._calls import TransformedCall
+from stabcheck.traced import recorded
+
+_PER_FUNCTION_SEEN = 4 * recorded.MAX_PER_FUNCTION  # distinct signatures held per function during a run
+
+
+def _relative(path: str, root: Path) -> str:
+    if not path:
+        return ""
+    try:
+        rel = os.path.relpath(path, root)
+    except ValueError:  # another drive (Windows)
+        return path
+    return path if rel.startswith("..") else rel.replace(os.sep, "/")
+
+
+def _no_array(value: Any) -> bool:
+    try:
+        return not recorded.has_array(recorded.describe(value))
+    except recorded.Unrebuildable:
+        return True
+
+
+def _unpartial(fn: Any, options: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[Any, ...], dict[str, Any]]:
+    """`jit(partial(f, cfg))(x)` as `f(cfg, x)`: the bound values join the arguments, static
+    where they hold no array (as they were: constants of the test's program), and the
+    transform's argument numbers move past them."""
+    while isinstance(fn, functools.partial):
+        n, bound = len(fn.args), fn.args
+        static = {i + n for i in _ints(options.get("static_argnums"))} | {i for i, v in enumerate(bound) if _no_array(v)}
+        if static:
+            options["static_argnums"] = sorted(static)
+        names = [*_names(options.get("static_argnames")), *(k for k, v in fn.keywords.items() if k not in kwargs and _no_array(v))]
+        if names:
+            options["static_argnames"] = sorted(set(names))
+        if "argnums" in options:
+            options["argnums"] = [i + n for i in _ints(options["argnums"])] if not isinstance(options["argnums"], int) else options["argnums"] + n
+        if "in_axes" in options:
+            axes = options["in_axes"]
+            options["in_axes"] = [None] * n + (list(axes) if isinstance(axes, (list, tuple)) else [axes] * len(args))
+        args, kwargs, fn = (*bound, *args), {**fn.keywords, **kwargs}, fn.func
+    return fn, options, args, kwargs
+
+
+def _ints(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(value)] if isinstance(value, int) else [int(v) for v in value]
+
+
+def _names(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+@dataclass(slots=True)
+class Recorder:
+    """A `Listeners` callback: one signature per new transformed call, kept in memory until `write`."""
+
+    root: Path
+    data: dict[str, Any] = field(default_factory=recorded.empty)
+
+    @property
+    def path(self) -> Path:
+        return self.root / recorded.DEFAULT_PATH
+
+    def __call__(self, call: TransformedCall) -> None:
+        if hasattr(call.fn, "stabcheck_fn"):  # `jit(grad(f))`: the inner transform's call is told too
+            return
+        site = f"{_relative(call.site[0], self.root)}:{call.site[1]}" if call.site[0] else ""
+        fn, options, args, kwargs = _unpartial(call.fn, dict(call.options), tuple(call.args), dict(call.kwargs))
+        fn = inspect.unwrap(fn)
+        shown = recorded.importable_name(fn) or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+        try:
+            name, sig = recorded.signature(fn, call.transform, options, args, kwargs, site)
+        except recorded.Unrebuildable as e:
+            if shown not in self.data["functions"]:
+                recorded.skip(self.data, shown, call.transform, str(e), site)
+            return
+        known = self.data["functions"].get(name, {}).get("signatures", [])
+        if len(known) >= _PER_FUNCTION_SEEN:
+            return
+        try:
+            file = _relative(inspect.getsourcefile(fn) or "", self.root)
+        except TypeError:
+            file = ""
+        recorded.add(self.data, name, file, sig)
+        self.data["skipped"].pop(name, None)
+
+    def write(self) -> str:
+        """Merge into the file (the earlier runs' signatures stay, bounded) and say what was written.
+        A file that is not ours, or of a newer version, is left alone: RecordedError."""
+        old: dict[str, Any] = recorded.empty()
+        if self.path.exists():
+            old = recorded.read(str(self.path))
+        merged = recorded.merge(old, self.data)
+        self.path.parent.mkdir(exist_ok=True)
+        write_atomic_nofollow(self.path, recorded.dumps(merged), what="--stabcheck-record")
+        n = sum(len(f["signatures"]) for f in merged["functions"].values())
+        return f"recorded {n} signature{'s' if n != 1 else ''} of {len(merged['functions'])} function{'s' if len(merged['functions']) != 1 else ''} in {_relative(str(self.path), Path.cwd()) or self.path}" + (f" ({len(merged['skipped'])} not kept: see \"skipped\")" if merged["skipped"] else "")

@@ -1,0 +1,102 @@
+"""Issue 17's zero-config path, end to end: a project whose only JAX transforms are in its tests.
+`pytest --stabcheck-record` (in a subprocess) records what the tests called; then, with the tests
+deleted, `stabcheck check --trace --confirm` in a fresh process reports what `pytest --stabcheck`
+reported, at the same lines, each finding naming the test line its entry came from."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import requires_jax
+
+pytestmark = [pytest.mark.slow, requires_jax]
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "fixtures" / "zeroconfig"
+MODEL = FIX / "zcmodel" / "model.py"
+NEAR_MISSES = ("schedule_fixed", "safe_norm_fixed", "loss_fixed", "relu_fixed")
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
+
+
+def _keys(findings: list[dict[str, Any]]) -> set[tuple[str, str, int]]:
+    return {(f["code"], f["path"], f["line"]) for f in findings}
+
+
+def _function_lines(name: str) -> set[int]:
+    lines = MODEL.read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines, 1) if ln.startswith(f"def {name}("))
+    end = next((i for i, ln in enumerate(lines[start:], start + 1) if ln.startswith("def ")), len(lines) + 1)
+    return set(range(start, end))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    proj = tmp_path_factory.mktemp("zeroconfig") / "proj"
+    shutil.copytree(FIX, proj)
+    recorded = _run(["-m", "pytest", "-p", "no:cacheprovider", "--stabcheck-record", "--stabcheck-report", "report.json"], proj)
+    assert "stabcheck: recorded " in recorded.stdout, recorded.stdout[-3000:] + recorded.stderr[-3000:]
+    by_pytest = json.loads((proj / "report.json").read_text())
+    by_pytest = by_pytest["findings"] if isinstance(by_pytest, dict) else by_pytest
+    data = json.loads((proj / ".stabcheck" / "recorded.json").read_text())
+    shutil.rmtree(proj / "tests")  # replayed without the tests
+    (proj / "report.json").unlink()
+    checked = _run(["-m", "stabcheck", "check", "--trace", "--confirm", "--no-cache", "--output-format", "json", "."], proj)
+    assert checked.returncode == 1, checked.stderr[-3000:]
+    out = json.loads(checked.stdout)
+    replayed = [f for f in (out["findings"] if isinstance(out, dict) else out) if f["code"] != "note" and f["stage"] != "static" and f["status"] != "refuted"]
+    return by_pytest, replayed, data
+
+
+def test_replay_reports_every_hazard_pytest_reported(runs) -> None:
+    by_pytest, replayed, _ = runs
+    assert by_pytest, "pytest --stabcheck reported nothing: the fixture lost its hazards"
+    missing = _keys(by_pytest) - _keys(replayed)
+    assert not missing, f"pytest --stabcheck reported {sorted(missing)}, the replay did not; it reported {sorted(_keys(replayed))}"
+
+
+def test_every_replayed_finding_names_the_test_line_it_came_from(runs) -> None:
+    _, replayed, _ = runs
+    for f in replayed:
+        assert f["evidence"].get("entry", "").startswith("recorded from tests/test_model.py:"), f
+
+
+def test_the_near_misses_stay_silent_in_the_replay(runs) -> None:
+    _, replayed, data = runs
+    for name in NEAR_MISSES:
+        assert f"zcmodel.model:{name}" in data["functions"]  # recorded, replayed, and silent
+        lines = _function_lines(name)
+        assert not [f for f in replayed if f["path"] == "zcmodel/model.py" and f["line"] in lines], name
+
+
+def test_the_recording_is_deterministic_and_merges(runs, tmp_path: Path) -> None:
+    _, _, data = runs
+    proj = tmp_path / "proj"
+    shutil.copytree(FIX, proj)
+    for _ in range(2):  # a second run adds nothing new: the same file, byte for byte
+        _run(["-m", "pytest", "-p", "no:cacheprovider", "--stabcheck-record"], proj)
+        first = (proj / ".stabcheck" / "recorded.json").read_text() if _ == 0 else first
+    assert (proj / ".stabcheck" / "recorded.json").read_text() == first
+    assert json.loads(first)["functions"] == data["functions"]
+
+
+def test_a_file_that_is_not_ours_is_left_alone(tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    shutil.copytree(FIX, proj)
+    (proj / ".stabcheck").mkdir()
+    (proj / ".stabcheck" / "recorded.json").write_text('{"mine": 1}')
+    proc = _run(["-m", "pytest", "-p", "no:cacheprovider", "--stabcheck-record", "-k", "schedule"], proj)
+    assert "stabcheck: --stabcheck-record: `" in proc.stdout and "is not a stabcheck recorded-signatures file" in proc.stdout and "nothing was recorded" in proc.stdout
+    assert proc.returncode == 0 and "Traceback" not in proc.stdout
+    assert (proj / ".stabcheck" / "recorded.json").read_text() == '{"mine": 1}'
