@@ -21,7 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 REALBUGS = ROOT / "fixtures" / "realbugs" / "static_structure.py"
 NESTING = ROOT / "fixtures" / "static"
 # fixture stem -> the start of the TypeError message every `run*` of its `_bad` file raises
-STATIC_PAIRS = {"branch_operand_nesting": "switch branch outputs must have the same pytree structure", "non_scalar_gradient": "Gradient only defined for scalar-output"}
+STATIC_PAIRS = {
+    "branch_operand_nesting": "switch branch outputs must have the same pytree structure",
+    "non_scalar_gradient": "Gradient only defined for scalar-output",
+    "jnp_size": "Shapes must be 1D sequences of concrete values",
+}
 MARK = re.compile(r"#\s*(?:bug|expect):\s*(STB\d{3})")
 
 
@@ -77,7 +81,7 @@ def test_hazards_fail_under_jax_and_near_misses_run() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"non_scalar_gradient_bad.run", "non_scalar_gradient_bad.run_aux", "branch_operand_nesting_ok.run", "route"} <= results.keys()
+    assert {"non_scalar_gradient_bad.run", "non_scalar_gradient_bad.run_aux", "jnp_size_bad.run_padded", "jnp_size_ok.run", "route"} <= results.keys()
     for name, (expect, got) in results.items():
         if expect is None:
             assert got is None, (name, got)
