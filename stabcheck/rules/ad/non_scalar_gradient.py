@@ -12,9 +12,11 @@ _GRADS = frozenset({"jax.grad", "jax.value_and_grad", "equinox.filter_grad", "eq
 class NonScalarGradient(Rule):
     """## What it does
     Flags `jax.grad`/`jax.value_and_grad` (and `eqx.filter_grad`, `nnx.grad`) applied to a function
-    that visibly returns a tuple (`return loss, aux`) without `has_aux=True`. The traced and confirm
-    stages report every other non-scalar output they meet (shape `(1,)`, a vector) at the
-    transform, from JAX's own error.
+    that visibly returns a tuple (`return loss, aux`) without `has_aux=True`, or whose every
+    return (its loss, with `has_aux=True`) is an array of rank 1 or more whatever the inputs:
+    an added axis (`loss[None]`), `jnp.ravel`/`stack`/`atleast_1d`/`expand_dims`, `.reshape(1)`,
+    `.flatten()`. The traced and confirm stages report every other non-scalar output they meet
+    (shape `(1,)`, a vector) at the transform, from JAX's own error.
 
     ## Why is this bad?
     `grad` differentiates a scalar. A function that returns `(loss, metrics)` or an array of shape
@@ -63,6 +65,15 @@ class NonScalarGradient(Rule):
         def objective(w):
             return (w ** 2).sum(), {"norm": jnp.linalg.norm(w)}
         """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def loss(w, x):
+            return jnp.mean((x @ w) ** 2)[None]
+
+        grads = jax.grad(loss)(jnp.ones(3), jnp.ones((2, 3)))  # expect: STB409
+        """,
     )
     VALID = (
         """
@@ -85,6 +96,15 @@ class NonScalarGradient(Rule):
 
         grads = jax.grad(loss)(jnp.ones(3))
         """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def loss(w, x):
+            return jnp.mean((x @ w) ** 2)[None].sum()
+
+        grads = jax.grad(loss)(jnp.ones(3), jnp.ones((2, 3)))
+        """,
     )
 
     @only(callees=_GRADS)
@@ -100,19 +120,33 @@ class NonScalarGradient(Rule):
                 self._check(dec, node, dec.keywords, ctx)
 
     def _check(self, at: ast.AST, fn: ast.AST, keywords: list[ast.keyword], ctx: FileContext) -> None:
-        for kw in keywords:
-            if kw.arg == "has_aux" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
-                return  # has_aux given (and not a literal False): a tuple return is declared
+        keywords = [kw for kw in keywords if not (kw.arg == "has_aux" and isinstance(kw.value, ast.Constant) and kw.value.value is False)]
         target = fn if isinstance(fn, (ast.FunctionDef, ast.Lambda)) else None
         if target is None and isinstance(fn, ast.Name):
             info = ctx.analysis.resolve(fn, ctx.function)
             target = info.node if info is not None else None
         if target is None:
             return
+        name = getattr(target, "name", "a lambda")
+        aux = any(kw.arg == "has_aux" for kw in keywords)
+        arrays = _array_returns(target, ctx, aux)
+        if arrays:
+            what = "its loss as " if aux else ""
+            self.report(
+                ctx,
+                at,
+                f"`{ctx.text(at)}` differentiates `{name}`, which returns {what}`{ctx.text(arrays[0])}`: an array of rank 1 or more "
+                "whatever its input; `grad` needs a scalar output and raises `TypeError: Gradient only defined for scalar-output functions`",
+                help="reduce the output to a scalar (`.sum()`, `.reshape(())`, `[0]`), or use `jax.jacobian` for a non-scalar derivative",
+                detail=f"{name}:array",
+                evidence={"function": name},
+            )
+            return
+        if aux:
+            return  # has_aux given (and not a literal False): a tuple return is declared
         tuples = _tuple_returns(target)
         if not tuples:
             return
-        name = getattr(target, "name", "a lambda")
         self.report(
             ctx,
             at,
@@ -122,6 +156,70 @@ class NonScalarGradient(Rule):
             detail=name,
             evidence={"function": name},
         )
+
+
+# jnp functions whose result has rank 1 or more whatever their (valid) arguments
+_RANKED = frozenset(
+    f"jax.numpy.{n}" for n in ("atleast_1d", "atleast_2d", "atleast_3d", "ravel", "stack", "concatenate", "hstack", "vstack", "expand_dims", "column_stack")
+)
+
+
+def _returned(fn: ast.AST) -> list[ast.expr] | None:
+    """Every value the function returns, or None when one return has no value (or none exist)."""
+    if isinstance(fn, ast.Lambda):
+        return [fn.body]
+    found: list[ast.expr] = []
+    stack: list[ast.AST] = list(fn.body)  # type: ignore[attr-defined]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        if isinstance(n, ast.Return):
+            if n.value is None:
+                return None
+            found.append(n.value)
+            continue
+        stack.extend(ast.iter_child_nodes(n))
+    return found or None
+
+
+def _ranked(e: ast.expr, ctx: FileContext) -> bool:
+    """`e` is an array of rank >= 1 whatever its operands: `x[None]`, `jnp.ravel(x)`, `x.reshape(1)`."""
+    if isinstance(e, ast.Subscript):
+        idx = e.slice.elts if isinstance(e.slice, ast.Tuple) else [e.slice]
+        if not any((isinstance(i, ast.Constant) and i.value is None) or ctx.qualname(i) == "jax.numpy.newaxis" for i in idx):
+            return False
+        # a `None` index adds an axis to an array; a plain name might be a dict with a None key,
+        # so the value must visibly be an array: arithmetic, a jnp call, or a slice beside the None
+        sliced = any(isinstance(i, ast.Slice) or (isinstance(i, ast.Constant) and i.value is Ellipsis) for i in idx)
+        arith = isinstance(e.value, ast.BinOp) or (isinstance(e.value, ast.Call) and (ctx.qualname(e.value.func) or "").startswith("jax.numpy."))
+        return sliced or arith
+    if not isinstance(e, ast.Call):
+        return False
+    q = ctx.qualname(e.func) or ""
+    if q in _RANKED:
+        return True
+    if q in ("jax.numpy.array", "jax.numpy.asarray") and e.args and isinstance(e.args[0], (ast.List, ast.Tuple)) and e.args[0].elts:
+        return not any(isinstance(x, ast.Starred) for x in e.args[0].elts)
+    if isinstance(e.func, ast.Attribute) and not q.startswith(("jax.", "numpy.")) and isinstance(e.func.value, (ast.Name, ast.Call, ast.Subscript, ast.Attribute)):
+        if e.func.attr in ("ravel", "flatten") and not e.args and not e.keywords:
+            return True
+        if e.func.attr == "reshape" and e.args and not e.keywords:
+            dims = e.args[0].elts if len(e.args) == 1 and isinstance(e.args[0], ast.Tuple) else e.args
+            return bool(dims) and all(isinstance(d, ast.Constant) and type(d.value) is int for d in dims)
+    return False
+
+
+def _array_returns(fn: ast.AST, ctx: FileContext, aux: bool) -> list[ast.expr]:
+    """The returned values (their loss parts, with `has_aux`) when EVERY one is visibly of rank >= 1."""
+    values = _returned(fn)
+    if not values:
+        return []
+    if aux:
+        if not all(isinstance(v, ast.Tuple) and len(v.elts) == 2 and not isinstance(v.elts[0], ast.Starred) for v in values):
+            return []
+        values = [v.elts[0] for v in values]  # type: ignore[attr-defined]
+    return values if all(_ranked(v, ctx) for v in values) else []
 
 
 def _tuple_returns(fn: ast.AST) -> list[ast.Tuple]:

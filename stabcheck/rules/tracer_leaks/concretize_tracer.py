@@ -21,6 +21,14 @@ _SIZED: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
     "jax.numpy.linspace": ((2,), ("num",)),
     "jax.nn.one_hot": ((1,), ("num_classes",)),
 }
+# jnp functions that, called under jit, return a tracer even on static Python ints
+# (`jnp.add(x.size, 1)`, jax-ml/jax#4449): an array built so is never a concrete size
+_ARRAY_OPS = frozenset(
+    f"jax.numpy.{n}"
+    for n in ("add", "subtract", "multiply", "floor_divide", "power", "maximum", "minimum", "max", "min", "sum", "prod", "array", "asarray")
+)
+_JITS = frozenset({"jax.jit", "equinox.filter_jit", "jax.pmap"})
+_SHAPED = frozenset({"jax.numpy.zeros", "jax.numpy.ones", "jax.numpy.empty", "jax.numpy.full"})
 
 
 class ConcretizeTracer(Rule):
@@ -28,8 +36,9 @@ class ConcretizeTracer(Rule):
     Flags code inside a staged-out transform (`jit`, `vmap`, a `lax` body, ...) that needs the
     concrete value of a traced array: `int()`, `float()`, `complex()`, `.item()`, `.tolist()`,
     `np.asarray()`/`np.array()`, `range()` of a traced value, `jnp.arange`/`zeros`/`ones`/
-    `full`/`eye`/`linspace`/`jax.nn.one_hot` with a traced size, and indexing a Python list or
-    tuple (`x.shape` included) with a traced index.
+    `full`/`eye`/`linspace`/`jax.nn.one_hot` with a traced size (or a `zeros`/`ones`/`empty`/
+    `full` shape computed with a jnp op such as `jnp.add(x.size, 1)` or `jnp.array(n)`, a
+    tracer under `jit` even on static ints), and indexing a Python list or tuple (`x.shape` included) with a traced index.
 
     ## Why is this bad?
     Under `jit` a traced value has a shape and a dtype but no value. Turning it into a Python
@@ -61,6 +70,15 @@ class ConcretizeTracer(Rule):
     name = "concretize-tracer"
     stages = ("static", "traced", "confirmed")
     INVALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+
+        @jax.jit
+        def custom_ones(arr):
+            count = jnp.add(arr.size, 1)
+            return jnp.ones((count,))  # expect: STB102
+        """,
         """
         import jax
         import jax.numpy as jnp
@@ -116,6 +134,15 @@ class ConcretizeTracer(Rule):
         """,
     )
     VALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+
+        @jax.jit
+        def custom_ones(arr):
+            count = arr.size + 1
+            return jnp.ones((count,)) * jnp.add(arr.size, 1)
+        """,
         """
         import jax
         import numpy as np
@@ -223,11 +250,17 @@ class ConcretizeTracer(Rule):
             positions, keywords = _SIZED[q]
             sizes = [node.args[i] for i in positions if i < len(node.args)]
             sizes += [k.value for k in node.keywords if k.arg in keywords]
+            short = q.replace("jax.numpy.", "jnp.")
             for s in sizes:
                 if traced_value(s, ctx):
-                    short = q.replace("jax.numpy.", "jnp.").replace("jax.nn.", "jax.nn.")
                     self._flag(ctx, node, s, f"`{short}` with the traced size `{ctx.text(s)}`")
                     return
+            for s in sizes if q in _SHAPED else ():
+                for part in s.elts if isinstance(s, (ast.Tuple, ast.List)) else [s]:
+                    op = _jnp_op(part, ctx)
+                    if op is not None:
+                        self._jnp_size(ctx, node, part, op, short)
+                        return
         elif isinstance(node.func, ast.Attribute) and node.func.attr in ("item", "tolist") and not node.args:
             if q is None or not q.startswith(("numpy.", "math.")):
                 self._flag(ctx, node, node.func.value, f"`.{node.func.attr}()` of `{ctx.text(node.func.value)}`")
@@ -244,6 +277,20 @@ class ConcretizeTracer(Rule):
                     self._flag(ctx, node, b, f"indexing the Python sequence `{ctx.text(node.value)}` with `{ctx.text(b)}`", exc="TracerIntegerConversionError")
                     return
 
+    def _jnp_size(self, ctx: FileContext, node: ast.AST, part: ast.AST, op: ast.Call, short: str) -> None:
+        # jit stages every jnp op out; under vmap or grad alone a jnp op on Python ints stays
+        # concrete and the size works, so only a function that is itself jitted is proven
+        jitted = ctx.function is not None and any(t.qualname in _JITS for t in ctx.function.transforms)
+        self.report(
+            ctx,
+            node,
+            f"`{short}` with the size `{ctx.text(part)}`, computed with `{ctx.text(op.func)}`, needs a concrete value, but a jnp op "
+            "returns a traced array under `jit` even on static ints; tracing raises TypeError (\"Shapes must be 1D sequences of concrete values\")",
+            help="compute sizes with Python arithmetic on static sizes (`x.size + 1`, `math.prod(x.shape)`), not with jnp",
+            detail=ctx.text(part),
+            confidence="proven" if jitted else "guess",
+        )
+
     def _flag(self, ctx: FileContext, node: ast.AST, value: ast.AST, what: str, exc: str = "ConcretizationTypeError") -> None:
         if not traced_value(value, ctx):
             return
@@ -256,3 +303,18 @@ class ConcretizeTracer(Rule):
             detail=culprit,
             operands=(value,),
         )
+
+
+def _jnp_op(e: ast.expr, ctx: FileContext) -> ast.Call | None:
+    """The jnp call that `e` is, or that the local name `e` is bound to exactly once."""
+    if isinstance(e, ast.Name):
+        fn = ctx.function
+        if fn is None or e.id in fn.params:
+            return None
+        found = [(targets, v) for targets, v in ctx.analysis.bindings(fn) if any(isinstance(t, ast.Name) and t.id == e.id for t in targets)]
+        if len(found) != 1 or not all(isinstance(t, ast.Name) for t in found[0][0]):
+            return None
+        e = found[0][1]  # type: ignore[assignment]
+    if isinstance(e, ast.Call) and ctx.qualname(e.func) in _ARRAY_OPS:
+        return e
+    return None

@@ -21,7 +21,8 @@ class BranchTypeMismatch(Rule):
     """## What it does
     Flags `lax.cond`, `lax.switch` and `lax.select` whose branches visibly produce different
     types: a different structure (a tuple of other length, `None` against a value, other dict
-    keys), an explicit `astype(...)`/`dtype=` on one side only or different explicit dtypes, or
+    keys, the operand returned bare by one branch and inside a tuple or dict by another, which
+    no operand can make equal), an explicit `astype(...)`/`dtype=` on one side only or different explicit dtypes, or
     a Python number of one kind against an array of another (`0` against a float mean).
     Branch functions are followed whether they are lambdas or `def`s of the same module. For
     `lax.select`, whose operands are often variables of a known dtype, a cast on one side only
@@ -93,6 +94,14 @@ class BranchTypeMismatch(Rule):
         """,
         """
         import jax
+        from jax import lax
+
+        @jax.jit
+        def pick(i, x):
+            return lax.switch(i, [lambda v: (v, v), lambda v: v], x)  # expect: STB203
+        """,
+        """
+        import jax
         import jax.numpy as jnp
         from jax import lax
 
@@ -143,6 +152,14 @@ class BranchTypeMismatch(Rule):
         """,
         """
         import jax
+        from jax import lax
+
+        @jax.jit
+        def pick(i, x):
+            return lax.switch(i, [lambda v: (v, v[0]), lambda v: (v, v[1])], x)
+        """,
+        """
+        import jax
         import jax.numpy as jnp
         from jax import lax
 
@@ -187,7 +204,9 @@ class BranchTypeMismatch(Rule):
         for value, scope in branches[1:]:
             if value is None or first is None:
                 continue
-            m = _compare(first, first_scope, value, scope, kinds, ctx, q.startswith("jax.lax.select"))
+            # every branch gets the same operands, except in the old five-argument `cond` form
+            shared = q == "jax.lax.switch" or (q == "jax.lax.cond" and len(node.args) != 5)
+            m = _compare(first, first_scope, value, scope, kinds, ctx, q.startswith("jax.lax.select"), shared)
             if m is None:
                 continue
             prim = q.rsplit(".", 1)[1]
@@ -234,13 +253,22 @@ class BranchTypeMismatch(Rule):
         return ast.Constant(None, lineno=getattr(at, "lineno", 1), col_offset=getattr(at, "col_offset", 0))
 
 
-def _compare(a: ast.expr, sa: FunctionInfo | None, b: ast.expr, sb: FunctionInfo | None, kinds: Kinds, ctx: FileContext, values: bool) -> Mismatch | None:
+def _compare(
+    a: ast.expr, sa: FunctionInfo | None, b: ast.expr, sb: FunctionInfo | None, kinds: Kinds, ctx: FileContext, values: bool, shared_operands: bool = False
+) -> Mismatch | None:
     ka, kb = kinds.of(a, sa), kinds.of(b, sb)
     if kinds_differ(ka, kb):
         return Mismatch(b, f"one returns {kind_text(ka)}, another {kind_text(kb)}")
+    if shared_operands and (_operand_inside_itself(a, sa, b, sb, ctx) or _operand_inside_itself(b, sb, a, sa, ctx)):
+        bare, holder = (a, b) if _operand_index(a, sa) is not None else (b, a)
+        return Mismatch(
+            b,
+            f"one returns the operand `{ctx.text(bare)}`, another `{ctx.text(holder)}`, which holds "
+            "that operand as a part: their pytree structures can never match",
+        )
     if isinstance(a, (ast.Tuple, ast.List)) and isinstance(b, (ast.Tuple, ast.List)) and len(a.elts) == len(b.elts):
         for ea, eb in zip(a.elts, b.elts):
-            m = _compare(ea, sa, eb, sb, kinds, ctx, values)
+            m = _compare(ea, sa, eb, sb, kinds, ctx, values, shared_operands)
             if m is not None:
                 return m
         return None
@@ -248,11 +276,61 @@ def _compare(a: ast.expr, sa: FunctionInfo | None, b: ast.expr, sb: FunctionInfo
         da = {k.value: v for k, v in zip(a.keys, a.values) if isinstance(k, ast.Constant)}
         for k, vb in zip(b.keys, b.values):
             if isinstance(k, ast.Constant) and k.value in da:
-                m = _compare(da[k.value], sa, vb, sb, kinds, ctx, values)
+                m = _compare(da[k.value], sa, vb, sb, kinds, ctx, values, shared_operands)
                 if m is not None:
                     return m
         return None
+    ca, cb = _dict_call(a, ctx), _dict_call(b, ctx)
+    if shared_operands and ca is not None and cb is not None:  # `dict(a=v)` against `dict(a=(v, v))`
+        for key in ca.keys() & cb.keys():
+            m = _compare(ca[key], sa, cb[key], sb, kinds, ctx, values, shared_operands)
+            if m is not None:
+                return m
+        return None
     return _dtype_mismatch(a, b, ctx, values)
+
+
+def _operand_index(e: ast.expr, info: FunctionInfo | None) -> int | None:
+    """The position of the branch parameter that `e` names unchanged, if any. `cond`/`switch`
+    pass the same operands to every branch, so equal positions are equal values."""
+    if info is None or not isinstance(e, ast.Name) or e.id in info.assigned:
+        return None
+    positional = [a.arg for a in (*info.node.args.posonlyargs, *info.node.args.args)]
+    return positional.index(e.id) if e.id in positional else None
+
+
+def _dict_call(e: ast.expr, ctx: FileContext) -> dict[str, ast.expr] | None:
+    """The items of a `dict(key=value, ...)` call made only of keywords, else None."""
+    if not (isinstance(e, ast.Call) and not e.args and ctx.qualname(e.func) == "builtins.dict"):
+        return None
+    if any(k.arg is None for k in e.keywords):  # `dict(**v)`
+        return None
+    return {k.arg: k.value for k in e.keywords if k.arg is not None}
+
+
+def _operand_inside_itself(whole: ast.expr, sw: FunctionInfo | None, outer: ast.expr, so: FunctionInfo | None, ctx: FileContext) -> bool:
+    """`outer` is a tuple/list/dict display that holds, as one of its parts, the very operand
+    that `whole` returns bare (`lambda v: (v, v)` against `lambda v: v`): a pytree never has
+    the same structure as a proper part of itself, whatever the operand is."""
+    i = _operand_index(whole, sw)
+    if i is None or not (isinstance(outer, (ast.Tuple, ast.List, ast.Dict)) or _dict_call(outer, ctx) is not None):
+        return False
+    stack: list[ast.expr] = [outer]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, (ast.Tuple, ast.List)):
+            if any(isinstance(x, ast.Starred) for x in e.elts):
+                return False
+            stack.extend(e.elts)
+        elif isinstance(e, ast.Dict):
+            if any(k is None for k in e.keys):  # `{**v}` spreads the operand
+                return False
+            stack.extend(e.values)
+        elif (items := _dict_call(e, ctx)) is not None:
+            stack.extend(items.values())
+        elif e is not outer and _operand_index(e, so) == i:
+            return True
+    return False
 
 
 def _casts_same_value(cast: ast.expr, other: ast.expr, names: object) -> bool:
