@@ -177,3 +177,31 @@ def test_a_constant_nonzero_gradient_is_not_a_zero_gradient(zero) -> None:
     from stabcheck.traced.tracing import trace_task
 
     assert trace_task("linear", zero.zero_grads()["linear"], {})["findings"] == []
+
+
+TRUNC = Path(__file__).resolve().parents[1] / "fixtures" / "realbugs" / "truncated_dtypes.py"
+TRUNC_EXPECTED = _expected(TRUNC)
+
+
+@pytest.fixture(scope="module")
+def trunc():
+    return _load(TRUNC, "_realbugs_trunc")
+
+
+@pytest.mark.parametrize("name", sorted(TRUNC_EXPECTED))
+def test_a_truncated_dtype_request_is_reported_where_it_is_asked(trunc, name) -> None:
+    """The claim, observed: the hazard asks for float64 and gets float32 (x64 off); the near miss
+    gets what it asks for; the traced stage reports STB301 at the request and nothing for the twin."""
+    import jax
+    import jax.numpy as jnp
+
+    from stabcheck.traced.tracing import trace_task
+
+    assert not jax.config.jax_enable_x64
+    entries = trunc.truncated()
+    bad, ok = entries[name], entries[f"{name}_ok"]
+    with pytest.warns(UserWarning, match="truncated to dtype float32"):
+        assert jax.jit(bad.fn)(*bad.args).dtype == jnp.float32
+    found = {(d["code"], d["line"]) for d in trace_task(name, bad, {})["findings"]}
+    assert found == {TRUNC_EXPECTED[name]}, found
+    assert trace_task(f"{name}_ok", ok, {})["findings"] == []

@@ -427,3 +427,33 @@ def test_warning_and_error_carry_the_finding_and_pickle() -> None:
     assert issubclass(StabilityWarning, UserWarning) and w.code == "STB504" and str(w).startswith("STB504 `test_warning_and_error_carry_the_finding_and_pickle.<locals>.<lambda>` was traced")
     assert pickle.loads(pickle.dumps(w)).finding == w.finding
     assert StabilityWarning("plain text").code == ""  # `warnings.warn("...", StabilityWarning)` still works
+
+
+def test_an_optional_argument_none_then_an_array_is_named_as_such() -> None:
+    @jax.jit
+    def shift(x: Any, bias: Any = None) -> Any:
+        return x if bias is None else x + bias
+
+    step = stabcheck.stable(shift)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        step(jnp.ones(3))
+        step(jnp.ones(3), jnp.ones(3))
+    found = [x.message for x in w if issubclass(x.category, StabilityWarning)]
+    assert [m.code for m in found] == ["STB504"]
+    assert "`bias` was None (or empty), now float32[3]" in str(found[0])
+    assert shift._cache_size() == 2  # JAX really traced twice
+
+
+def test_a_new_key_in_an_existing_dict_argument_is_a_new_leaf_not_a_none() -> None:
+    @jax.jit
+    def total(p: Any) -> Any:
+        return sum(p.values())
+
+    step = stabcheck.stable(total)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        step({"a": jnp.ones(2)})
+        step({"a": jnp.ones(2), "b": jnp.ones(2)})
+    found = [str(x.message) for x in w if issubclass(x.category, StabilityWarning)]
+    assert len(found) == 1 and "new leaves" in found[0] and "None" not in found[0], found

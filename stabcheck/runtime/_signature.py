@@ -9,6 +9,7 @@ hot path of plain functions. JAX is imported lazily, only to describe Python sca
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,6 +177,11 @@ def _positional_names(fn: Callable[..., Any]) -> list[str]:
     return [p.name for p in params if p.kind in kinds]
 
 
+def _root(path: str) -> str:
+    """The argument a leaf path starts at: `params` for `params['w']` and `state.opt[0]`-like paths."""
+    return re.split(r"[\[.]", path, maxsplit=1)[0]
+
+
 def changes(old: Signature, new: Signature, limit: int = 3) -> list[str]:
     """Human phrases for what differs between two signatures, most specific first."""
     out: list[str] = []
@@ -195,7 +201,11 @@ def changes(old: Signature, new: Signature, limit: int = 3) -> list[str]:
     for path, t in old.leaves:
         if path not in after and path in s_new:
             out.append(f"`{path}` was {t}, now static {s_new[path]}")
-    added = [p for p, _ in new.leaves if p not in before and p not in s_old]
+    # an argument that had no leaves at all before (an optional argument given as None, an empty container)
+    roots = {_root(q) for q in [*before, *s_old]}
+    empty = [(p, t) for p, t in new.leaves if _root(p) not in roots]
+    out.extend(f"`{p}` was None (or empty), now {t}" for p, t in empty[:limit])
+    added = [p for p, _ in new.leaves if p not in before and p not in s_old and p not in dict(empty)]
     removed = [p for p, _ in old.leaves if p not in after and p not in s_new]
     if added or removed:
         bits = []

@@ -11,6 +11,7 @@ walks it with `check_jaxpr`, and turns what JAX raises into findings at the user
     trees of other structures combined -> STB206   grad of a non-scalar output -> STB409
     traced/unhashable static argument -> STB502   Python int overflowing its dtype -> STB503
     a non-array (a Module, an object) passed as a traced argument -> STB505
+    a dtype asked for explicitly that JAX narrows (float64 with x64 off; JAX's warning) -> STB301
     anything else -> STB902 (stabcheck's own failure, or an error no rule knows; see traced.errors)
 
 Entries with `state_argnums` are stepped abstractly init -> step -> step and every state leaf's
@@ -24,7 +25,9 @@ import ast
 import contextlib
 import inspect
 import linecache
+import re
 import textwrap
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,11 +36,13 @@ from stabcheck.finding import Finding, Span
 from stabcheck.traced.checks import check_jaxpr, depends, first_cut, is_zero_constant, iter_eqns, shown_path, site_span, source_line, sub_jaxprs
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import code_of
-from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, literal_return_site, with_via
+from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, is_internal, literal_return_site, with_via
 
 FORWARD = frozenset({"jvp", "jacfwd", "hessian", "hvp"})
 REVERSE = frozenset({"grad", "jacrev", "hessian", "hvp"})
 BATCH = 2
+# JAX's warning when a dtype it cannot give (float64/int64 with x64 off) is asked for explicitly
+_TRUNCATED = re.compile(r"Explicitly requested dtype (.+?)(?: requested in (\w+))? is not available, and will be truncated to dtype (\w+)")
 
 # JAX's error said at the user's line, for codes whose message needs nothing but the error:
 # code -> (message, help); {where} "under `grad`" / "when traced", {what} JAX's first line,
@@ -205,11 +210,14 @@ class Tracer:
     def run(self, transforms: tuple[str, ...]) -> None:
         jax = self.jax
         try:
-            self.primal, shape = jax.make_jaxpr(self.call, return_shape=True)(*self.dyn)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.primal, shape = jax.make_jaxpr(self.call, return_shape=True)(*self.dyn)
         except Exception as e:  # noqa: BLE001 - user code
             self.exception(e, "call")
             self.status["call"] = code_of(e)[0]
             return
+        self.truncated_dtypes(caught)
         out_paths = [jax.tree_util.keystr(p) or "output" for p, _ in jax.tree_util.tree_flatten_with_path(shape)[0]]
         self.status["call"] = "ok"
         found = check_jaxpr(self.primal, function="", out_paths=out_paths, literal_site=self.literal_site)
@@ -298,6 +306,23 @@ class Tracer:
         except Exception:  # noqa: BLE001 - user code that only runs on the weak example: keep every finding
             return set(out_paths)
         return {f.detail for f in check_jaxpr(jaxpr, out_paths=out_paths, codes=("STB302",), literal_site=self.literal_site)}
+
+    def truncated_dtypes(self, caught: list[warnings.WarningMessage]) -> None:
+        """STB301 where the user asked for a dtype JAX silently narrows (JAX's warning names the line)."""
+        for w in caught:
+            m = _TRUNCATED.search(str(w.message))
+            if m is None or is_internal(w.filename):
+                continue
+            asked = m.group(1).removeprefix("<class '").removesuffix("'>").rsplit(".", 1)[-1]
+            where = f" in `{m.group(2)}`" if m.group(2) else ""
+            self.report(
+                "STB301",
+                Site(w.filename, w.lineno),
+                f"`{asked}` requested explicitly here{where} is silently truncated to `{m.group(3)}` (`jax_enable_x64` is off): the result is not the dtype the code asks for",
+                help=f"ask for `{m.group(3)}` (or the input's dtype) explicitly, or enable `jax_enable_x64` if `{asked}` is really needed",
+                detail=asked,
+                evidence={"transform": "call", "warning": str(w.message).splitlines()[0][:200]},
+            )
 
     def literal_site(self) -> Site | None:
         site = function_site(self.entry.fn)

@@ -53,7 +53,10 @@ class Float64Leak(Rule):
 
     ## Options
     None. Functions that are never transformed in the checked source are left to the traced
-    stage, which sees the real dtypes.
+    stage, which sees the real dtypes. The traced stage also reports, as proven, each place an
+    entry asks explicitly for a dtype JAX cannot give and silently narrows
+    (`jnp.zeros(n, dtype=jnp.float64)`, `jax.random.uniform(key, dtype=jnp.float64)` with
+    `jax_enable_x64` off: float32 comes back), at the line JAX's warning names (jax-ml/jax#17366).
     """
 
     code = "STB301"
