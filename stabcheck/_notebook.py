@@ -3,7 +3,7 @@
 The code cells are joined into one Python source (each cell's lines kept, so the static stage,
 `# noqa` and merging work on it unchanged), and findings are mapped back to `cell N, line L`
 afterwards. IPython syntax that is not Python is blanked, line for line: line magics (`%time`),
-shell escapes (`!pip`), help (`x?`), and whole cells under a cell magic (`%%bash`).
+shell escapes (`!pip`), help (`x?`) (an indented one becomes `pass`), and whole cells under a cell magic (`%%bash`).
 """
 
 from __future__ import annotations
@@ -51,13 +51,20 @@ def cells(data: bytes) -> Cells:
         if lines and lines[0].lstrip().startswith("%%"):
             lines = [""] * len(lines)  # a cell magic: the cell is not Python
         else:
-            lines = ["" if _MAGIC.match(ln) else ln for ln in lines]
+            lines = [_blank(ln) if _MAGIC.match(ln) else ln for ln in lines]
         if not lines:
             continue
         starts.append((number, line))
         parts.extend(lines)
         line += len(lines)
     return Cells("\n".join(parts) + ("\n" if parts else ""), tuple(starts))
+
+
+def _blank(line: str) -> str:
+    """A line of IPython syntax as Python: nothing, or `pass` where it is indented (the only
+    statement of a block, as `except ImportError:\n    !pip install x`, must stay a statement)."""
+    indent = line[: len(line) - len(line.lstrip())]
+    return f"{indent}pass" if indent else ""
 
 
 def locate(starts: tuple[tuple[int, int], ...], line: int) -> tuple[int, int]:

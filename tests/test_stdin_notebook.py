@@ -73,3 +73,11 @@ def test_notebook_findings_are_located_by_cell(tmp_path: Path, monkeypatch) -> N
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("nb.ipynb:cell 3:4:8: STB101 [branch-on-tracer] `x > 0` is a traced value")
     assert lines[1].startswith("nb.ipynb:cell 6:3:12: STB301 [float64-leak]")
+
+
+def test_an_indented_magic_stays_a_statement() -> None:
+    # the install cell of many documentation notebooks: the shell escape is the except block's body
+    nb = {"cells": [{"cell_type": "code", "source": ["try:\n", "    import netket\n", "except ImportError:\n", "    !pip install netket\n", "    %pip install x\n"]}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    cells = _notebook.cells(json.dumps(nb).encode())
+    compile(cells.source, "nb", "exec")
+    assert cells.source.splitlines()[3:] == ["    pass", "    pass"]
