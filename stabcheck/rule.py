@@ -58,6 +58,16 @@ FAMILIES: dict[str, str] = {
 }
 
 
+_TEST_FILE = re.compile(r"(^test_.*|.*_test|^conftest)\.py$")
+
+
+def is_test_path(path: str) -> bool:
+    """A file of a test suite, by pytest's conventions: `test_*.py`, `*_test.py`, `conftest.py`,
+    or any file under a `tests`/`test` directory."""
+    parts = re.split(r"[\\/]", path)
+    return bool(_TEST_FILE.match(parts[-1])) or any(p in ("tests", "test") for p in parts[:-1])
+
+
 class Rule:
     code: ClassVar[str] = ""
     name: ClassVar[str] = ""  # kebab-case slug naming the pattern
@@ -65,6 +75,9 @@ class Rule:
     stages: ClassVar[tuple[Stage, ...]] = ("static",)
     fixable: ClassVar[str | None] = None  # "safe" | "unsafe" when --fix can repair it
     options: ClassVar[dict[str, Any]] = {}  # per-rule options and their defaults
+    # the hazard costs time (a compile per call), not a wrong result: in test code, where calling
+    # a function in each of its modes and compiling each variant is the point, it is a guess
+    cost_only: ClassVar[bool] = False
     VALID: ClassVar[tuple[str, ...]] = ()
     INVALID: ClassVar[tuple[str, ...]] = ()
 
@@ -132,6 +145,8 @@ class Rule:
             confidence = "guess"
         if confidence == "proven" and operands and ctx.function is not None and id(node) in ctx.analysis.static_guarded(ctx.function):
             confidence = "guess"  # under `if validate:` / `if arg is None:`: a static configuration picks the path
+        if confidence == "proven" and self.cost_only and is_test_path(ctx.path):
+            confidence = "guess"
         ctx.add(
             self.finding(
                 path=ctx.path,

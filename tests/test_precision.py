@@ -162,3 +162,18 @@ def test_a_suppression_of_a_hidden_guess_is_not_unused() -> None:
     assert guesses and all(f.confidence == "guess" for f in guesses)
     assert [f.code for f in check_source(src, "m.py", Config())] == []
     assert [f.code for f in check_source(src, "m.py", Config(preview=True))] == []
+
+
+JIT_IN_LOOP = "import jax\n\n\ndef run(xs, w=None):\n    out = [jax.jit(lambda v: v * 2)(x) for x in xs]\n    return out\n"
+BOTH_MODES = "import jax\nimport jax.numpy as jnp\n\n\n@jax.jit\ndef f(x, w):\n    return x if w is None else x * w\n\n\ndef check():\n    f(jnp.ones(2), None)\n    f(jnp.ones(2), jnp.ones(2))\n"
+
+
+@pytest.mark.parametrize("path", ["tests/test_m.py", "pkg/test_m.py", "m_test.py", "conftest.py", "a/test/m.py"])
+@pytest.mark.parametrize("source, code", [(JIT_IN_LOOP, "STB501"), (BOTH_MODES, "STB503")])
+def test_a_recompile_in_test_code_is_a_guess(path: str, source: str, code: str):
+    # a test compiles each variant on purpose (R3: 17 false alarms in test suites); elsewhere proven
+    where = [(f.code, f.confidence) for f in check_source(source, "pkg/model.py", Config()) if f.code == code]
+    assert where and all(c == "proven" for _, c in where)
+    assert not [f for f in check_source(source, path, Config()) if f.code == code], "a guess is not reported by default"
+    in_test = [(f.code, f.confidence) for f in check_source(source, path, Config(preview=True)) if f.code == code]
+    assert in_test and all(c == "guess" for _, c in in_test)

@@ -18,6 +18,10 @@ class JitInLoop(Rule):
     or defined and used inside another function, when what it wraps is a new object each time
     (a `lambda`, a nested `def`, a `functools.partial`).
 
+    In test files (`test_*.py`, `*_test.py`, `conftest.py`, anything under `tests/`) the finding
+    is a guess, shown only with `--preview`: a test compiles each variant on purpose, and a
+    recompile costs time, not a wrong result.
+
     ## Why is this bad?
     JAX caches compiled programs by the wrapped function's identity. A new lambda, nested
     function or `partial` per iteration or per call is a new key: every iteration (or every call
@@ -45,6 +49,7 @@ class JitInLoop(Rule):
     code = "STB501"
     name = "jit-in-loop"
     fixable = "unsafe"
+    cost_only = True
     INVALID = (
         """
         import jax

@@ -24,6 +24,10 @@ class PythonScalarArg(Rule):
     * `None` at one call site and a value at another, a Python int at one and a Python float
       at another, or a Python number at one and an array at another.
 
+    In test files (`test_*.py`, `*_test.py`, `conftest.py`, anything under `tests/`) the finding
+    is a guess, shown only with `--preview`: a test compiles each variant on purpose, and a
+    recompile costs time, not a wrong result.
+
     A Python scalar whose *value* merely changes does not retrace and is not flagged.
 
     ## Why is this bad?
@@ -55,6 +59,7 @@ class PythonScalarArg(Rule):
     code = "STB503"
     name = "python-scalar-arg"
     severity = "warning"
+    cost_only = True
     INVALID = (
         """
         import jax
