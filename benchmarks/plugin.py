@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _doc import write_section  # benchmarks/_doc.py: the script's own folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 TARGET = 1.5
@@ -117,16 +119,6 @@ def render(results: list[dict[str, Any]], load: str) -> str:
     )
 
 
-def write_section(doc: Path, section: str) -> None:
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -137,7 +129,7 @@ def main() -> None:
     section = render(results, _load())
     print(section)
     if not args.no_write:
-        write_section(Path(args.output), section)
+        write_section(Path(args.output), section, BEGIN, END)
         print(f"wrote {args.output}")
     if not all(r["same"] for r in results):
         sys.exit(1)

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _doc import write_section  # benchmarks/_doc.py: the script's own folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -217,16 +219,6 @@ def render(r: dict[str, Any]) -> str:
     )
 
 
-def write_section(doc: Path, section: str) -> None:
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--changes", type=int, default=40)
@@ -237,7 +229,7 @@ def main() -> None:
     section = render(result)
     print(section)
     if not args.no_write:
-        write_section(Path(args.output), section)
+        write_section(Path(args.output), section, BEGIN, END)
 
 
 if __name__ == "__main__":

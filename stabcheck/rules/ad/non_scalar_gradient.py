@@ -224,18 +224,7 @@ def _array_returns(fn: ast.AST, ctx: FileContext, aux: bool) -> list[ast.expr]:
 
 def _tuple_returns(fn: ast.AST) -> list[ast.Tuple]:
     """The function's returned tuple displays, when EVERY return it makes is one (else [])."""
-    if isinstance(fn, ast.Lambda):
-        return [fn.body] if isinstance(fn.body, ast.Tuple) else []
-    found: list[ast.Tuple] = []
-    stack: list[ast.AST] = list(fn.body)  # type: ignore[attr-defined]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            continue
-        if isinstance(n, ast.Return):
-            if not isinstance(n.value, ast.Tuple) or any(isinstance(e, ast.Starred) for e in n.value.elts):
-                return []
-            found.append(n.value)
-            continue
-        stack.extend(ast.iter_child_nodes(n))
-    return found
+    found = _returned(fn) or []
+    if all(isinstance(v, ast.Tuple) and not any(isinstance(e, ast.Starred) for e in v.elts) for v in found):
+        return found  # type: ignore[return-value]
+    return []
