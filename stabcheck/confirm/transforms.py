@@ -24,8 +24,8 @@ BATCH = 4  # the new leading axis that `vmap` maps over
 
 
 def concrete(entry: Entry, seed: int = 0) -> Entry:
-    """The entry with every `jax.ShapeDtypeStruct` argument (from --arg specs) made concrete by a
-    seeded generator: standard normal floats, integers in [0, 4), random bools."""
+    """The entry with every `jax.ShapeDtypeStruct` argument (from --arg specs or a recording; those
+    of its retrace `calls` too) made concrete by a seeded generator: standard normal floats, integers in [0, 4), random bools."""
     # JAX: imported when this runs, never on import
     import jax
     import jax.numpy as jnp  # JAX: only where user code runs
@@ -45,11 +45,14 @@ def concrete(entry: Entry, seed: int = 0) -> Entry:
             x = jax.random.randint(k, leaf.shape, 0, 4).astype(dt)
         return jnp.asarray(x)  # a weakly typed spec (`f32?[]`) becomes a strong array here
 
-    leaves = jax.tree_util.tree_leaves(entry.args, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    def made(args: Any) -> tuple[Any, ...]:
+        return tuple(jax.tree_util.tree_map(make, tuple(args), is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct)))
+
+    calls = tuple(entry.calls or ())
+    leaves = jax.tree_util.tree_leaves((entry.args, calls), is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
     if not any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):
         return entry
-    args = jax.tree_util.tree_map(make, entry.args, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-    return dataclasses.replace(entry, args=tuple(args))
+    return dataclasses.replace(entry, args=made(entry.args), calls=tuple(made(c) for c in calls) if entry.calls is not None else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -141,6 +141,7 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
         return {}
     out: dict[str, Entry] = {}
     qualname = name.partition(":")[2]
+    built: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     for sig in spec["recorded"].get("signatures", []):
         label = recorded.entry_name(qualname, sig)
         try:
@@ -149,6 +150,19 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
         except (recorded.Unrebuildable, specs.SpecError, ImportError, AttributeError, TypeError) as e:
             NOTES.append(f"recorded signature `{label}` cannot be rebuilt: {e}")
             continue
+        built.append((label, sig, parts))
+    # the signatures the tests compiled one function for, in one program shape, are replayed as
+    # calls of the first: the confirm stage counts JAX's compilations over them (STB504)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, (_, sig, parts) in enumerate(built):
+        if sig["transform"] in recorded.COMPILING:
+            groups.setdefault((sig["transform"], parts["static_argnums"], len(parts["args"]), tuple(sorted(parts["kwargs"]))), []).append(i)
+    for members in groups.values():
+        if len(members) > 1 and not built[members[0]][2]["kwargs"]:
+            built[members[0]][2]["calls"] = tuple(built[i][2]["args"] for i in members[1:])
+    for n, (label, sig, parts) in enumerate(built):
+        if label in out:  # signatures recorded at one test line (a loop): one entry each
+            label = f"{label} #{n + 1}"
         entry = Entry(fn, **parts)
         object.__setattr__(entry, "origin", recorded.origin(sig, parts["transforms"]))
         object.__setattr__(entry, "recorded_site", recorded.site_of(sig, (spec.get("paths") or [os.getcwd()])[0]))

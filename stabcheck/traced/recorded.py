@@ -32,6 +32,7 @@ from stabcheck.traced.checks import shown_path
 FORMAT = "stabcheck-recorded"
 VERSION = 1
 MAX_PER_FUNCTION = 4  # signatures kept per function (the first in a stable order)
+COMPILING = frozenset({"jit", "filter_jit", "nnx.jit"})  # transforms whose signatures are compilations
 MAX_FUNCTIONS = 500
 MAX_SKIPPED = 200
 MAX_DEPTH = 12
