@@ -20,7 +20,9 @@ class CarryTypeDrift(Rule):
     Flags a `lax.scan`, `lax.fori_loop` or `lax.while_loop` body whose returned carry visibly
     differs from the initial carry: another structure or tuple length, an explicit
     `astype(...)`/`dtype=` to a dtype the initial carry does not have, or float arithmetic on a
-    carry initialised as a strongly typed integer (`jnp.int32(0)`, `jnp.zeros(n, int)`).
+    carry initialised as a strongly typed integer (`jnp.int32(0)`, `jnp.zeros(n, int)`), or an
+    initial carry of `None` that the body replaces by an array (`x if c is None else c + x`: the
+    `c is None` branch is the one traced).
 
     ## Why is this bad?
     A loop compiles its body once for one carry type; the output carry must match the input
@@ -83,8 +85,30 @@ class CarryTypeDrift(Rule):
 
             return lax.while_loop(lambda s: s[1] < 20, body, (x0, 0))
         """,
+        """
+        import jax
+        from jax import lax
+
+        @jax.jit
+        def running_sum(xs):
+            def body(total, x):
+                total = x if total is None else total + x  # expect: STB204
+                return total, total
+
+            return lax.scan(body, None, xs)
+        """,
     )
     VALID = (
+        """
+        import jax
+        from jax import lax
+
+        @jax.jit
+        def doubled(xs):
+            def body(carry, x):
+                return carry, x * 2.0  # a None carry handed back: scan as a map
+            return lax.scan(body, None, xs)
+        """,
         """
         import jax.numpy as jnp
         from jax import lax
@@ -158,7 +182,7 @@ class CarryTypeDrift(Rule):
             pos = 1 if q == "jax.lax.fori_loop" else 0
             if isinstance(carry, ast.Name) and len(info.params) > pos and carry.id == info.params[pos] and carry.id not in info.assigned:
                 continue  # the carry handed back unchanged
-            why = _drift(init, ctx.function, carry, info, kinds, ctx)
+            why = _from_none(init, _follow(carry, info, kinds), info, q, node, ctx) or _drift(init, ctx.function, carry, info, kinds, ctx)
             if why is None:
                 continue
             node_at, what = why
@@ -178,6 +202,43 @@ class CarryTypeDrift(Rule):
                 confidence="guess" if static_guard else "proven",
             )
             return
+
+
+def _from_none(init: ast.expr, carry: ast.expr, info: FunctionInfo, q: str | None, call: ast.Call, ctx: FileContext) -> tuple[ast.AST, str] | None:
+    """An initial carry of `None` (an empty pytree) that the body visibly replaces by an array:
+    arithmetic, a JAX call, the scanned slice, or the branch a `c is None` test takes while
+    tracing (`x if c is None else c + x`: the first step's branch, traced once, returns `x`)."""
+    if not (isinstance(init, ast.Constant) and init.value is None) or not info.params:
+        return None
+    pos = 1 if q == "jax.lax.fori_loop" else 0
+    if len(info.params) <= pos:
+        return None
+    c = info.params[pos]
+    xs_given = q == "jax.lax.scan" and len(call.args) > 2 and not (isinstance(call.args[2], ast.Constant) and call.args[2].value is None)
+    x = info.params[1] if xs_given and len(info.params) > 1 else None
+
+    def taken(e: ast.expr) -> ast.expr:
+        while isinstance(e, ast.IfExp) and isinstance(e.test, ast.Compare) and len(e.test.ops) == 1:
+            t = e.test
+            if not (isinstance(t.left, ast.Name) and t.left.id == c and isinstance(t.comparators[0], ast.Constant) and t.comparators[0].value is None):
+                break
+            if isinstance(t.ops[0], ast.Is):
+                e = e.body
+            elif isinstance(t.ops[0], ast.IsNot):
+                e = e.orelse
+            else:
+                break
+        return e
+
+    e = taken(carry)
+    array = (
+        isinstance(e, ast.BinOp)
+        or (isinstance(e, ast.Call) and (ctx.qualname(e.func) or "").startswith("jax."))
+        or (isinstance(e, ast.Name) and x is not None and e.id == x and x not in info.assigned)
+    )
+    if not array:
+        return None
+    return e, f"`{ctx.text(e)}` is an array, but the initial carry is `None` (an empty pytree)"
 
 
 _X64_OFF = {"int64": "int32", "uint64": "uint32", "float64": "float32", "complex128": "complex64"}
