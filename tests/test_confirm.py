@@ -75,6 +75,10 @@ def test_bf16_cotangent_is_accepted_by_jax_and_reported_as_new_finding():
     (f,) = out
     assert f.code == "STB406" and f.stage == "confirmed" and f.evidence["leaf"] == "w"
     assert "`bfloat16`" in f.message and "`float32`" in f.message
+    # at the custom rule that makes the bfloat16 cotangent (JAX records its equations at the
+    # call of `scale`; the line to fix is `_bwd`), not at the entry's def
+    bwd = next(i for i, ln in enumerate((CONFIRM / "bf16_bwd.py").read_text().splitlines(), 1) if ln.startswith("def _bwd"))
+    assert f.line == bwd and f.path.endswith("bf16_bwd.py"), (f.path, f.line)
     assert confirm_entry("entries:loss_ok", entries["entries:loss_ok"], []) == []
 
 

@@ -61,8 +61,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]]
 
 # Known differences between the two paths, each kept visible here (issue 17 stays open on them):
 # STB406 and STB504 are placed by pytest --stabcheck at the test's call (where the arguments
-# come from, as @stable does) and by the replay at the entry function's `def` in the model;
-# neither is the custom rule's line that a STB406 fix changes. Compared by code alone. The replay counts STB504 over the
+# come from, as @stable does) and by the replay in the model (STB406 at the custom VJP rule that
+# makes the cotangent's dtype, STB504 at the compiled function's `def`). Compared by code alone. The replay counts STB504 over the
 # recorded signatures (at most recorded.MAX_PER_FUNCTION of them).
 AT_EITHER_LINE = {"STB406", "STB504"}
 NOT_REPLAYED: set[str] = set()

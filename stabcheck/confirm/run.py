@@ -48,6 +48,7 @@ from stabcheck.confirm.retrace import count_retraces
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import SLUGS, Failure, classify
+from stabcheck.traced.checks import first_cast_site
 from stabcheck.traced.source import function_site, with_via
 from stabcheck.traced.tracing import jax_flags, trace_entry, trace_task
 
@@ -79,6 +80,7 @@ class Observation:
     nonfinite: str | None = None
     origin: Any = None  # nan.Origin
     mismatches: list[tuple[str, str, str]] = field(default_factory=list)  # (leaf, param dtype, grad dtype)
+    cast_sites: dict[str, Any] = field(default_factory=dict)  # grad dtype -> the user line that casts to it (a Site)
     skipped: str = ""
     sites: list[Any] = field(default_factory=list)  # hlo.OpSite of the compiled program
     weak_outputs: list[str] = field(default_factory=list)
@@ -199,6 +201,10 @@ def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: bool, la
             out = jax.block_until_ready(compiled(*inputs))
             if t == "grad":
                 ob.mismatches = [(path, str(a.dtype), str(g.dtype)) for path, a, g in zip(p.paths, p.params, out) if str(a.dtype) != str(g.dtype)]
+                if ob.mismatches:
+                    grads = jax.make_jaxpr(fun)(*inputs).jaxpr
+                    primal = jax.make_jaxpr(p.primal)(*inputs).jaxpr if p.primal is not None else None
+                    ob.cast_sites = {g: site for g in {g for _, _, g in ob.mismatches} if (site := first_cast_site(grads, g, primal)) is not None}
         ob.input_floats = {_short(str(x.dtype)) for x in jax.tree_util.tree_leaves(inputs) if T.is_float(x) and hasattr(x, "dtype")}
         ob.weak_outputs = [jax.tree_util.keystr(kp) or "output" for kp, x in jax.tree_util.tree_flatten_with_path(out)[0] if getattr(jax.typeof(x), "weak_type", False)] if t in ("jit", "call") else []
         ob.nonfinite = _nan(fun, inputs, out, ob, entry.static_argnums if t == "call" else ())
@@ -393,7 +399,9 @@ def _new_findings(name: str, entry: Entry, obs: list[Observation], retr: Any, ma
             else:
                 add("STB408", None, None, f"`{o.transform}` of entry `{name}` returned {o.nonfinite} on {o.inputs}; every update that uses it is poisoned", transform=o.transform, help=_HELP["STB408"])
         for leaf, a, g in o.mismatches:
-            add("STB406", None, None, f"the gradient of `{leaf}` is `{g}` but the parameter is `{a}` in entry `{name}`; JAX accepts it silently, and the update drifts in precision or breaks the optimizer state", leaf=leaf, detail=leaf, help=_HELP["STB406"])
+            cast = o.cast_sites.get(g)  # the user line that makes the gradient's dtype, else the entry's def
+            at = f" (`{g}` is made here)" if cast is not None else ""
+            add("STB406", cast.file if cast else None, cast.line if cast else None, f"the gradient of `{leaf}` is `{g}` but the parameter is `{a}` in entry `{name}`{at}; JAX accepts it silently, and the update drifts in precision or breaks the optimizer state", cast.col if cast else 1, leaf=leaf, detail=leaf, help=_HELP["STB406"])
     if retr is not None and retr.compiles > max_traces:
         why = "; ".join((retr.changes + retr.state_changes)[:3]) or "a change stabcheck cannot name"
         add("STB504", None, None, f"entry `{name}` compiled {retr.compiles} times in {retr.calls} calls (limit {max_traces}); every new compilation costs a full trace and XLA compile. What changed: {why}", compiles=retr.compiles, calls=retr.calls, help=_HELP["STB504"])

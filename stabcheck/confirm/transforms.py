@@ -62,6 +62,7 @@ class Prepared:
     inputs: tuple[Any, ...]
     params: tuple[Any, ...] = ()  # the differentiated leaves, for dtype checks
     paths: tuple[str, ...] = ()  # their pytree paths, e.g. "params['w']"
+    primal: Callable[..., Any] | None = None  # the scalar function differentiated, on the same inputs (grad)
 
 
 def is_array(x: Any) -> bool:
@@ -186,7 +187,7 @@ def prepare(entry: Entry, name: str, split: Split | None = None) -> Prepared:
     if name not in funs:
         raise ValueError(f"unknown transform {name!r}")
     fun, inputs = funs[name]()
-    return Prepared(name, fun, inputs, diff, s.diff_paths)
+    return Prepared(name, fun, inputs, diff, s.diff_paths, sf if name == "grad" else None)
 
 
 def _ones(tree: Any) -> Any:

@@ -13,6 +13,8 @@ Cheap and importable on its own; it imports JAX only through the objects it is g
 
 from __future__ import annotations
 
+import inspect
+
 import linecache
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,7 +22,7 @@ from typing import Any
 
 from stabcheck import registry
 from stabcheck.finding import Finding, Span
-from stabcheck.traced.source import Site, chain, eqn_frames, internal_functions
+from stabcheck.traced.source import Site, chain, eqn_frames, function_site, internal_functions
 
 ALL_CODES = frozenset({"STB301", "STB302", "STB303", "STB304", "STB305"})
 _EXPLICIT_CAST = frozenset({"astype", "_astype", "asarray", "array", "convert_element_type", "__array__", "_convert_and_clip_integer"})
@@ -104,6 +106,31 @@ def iter_eqns(jaxpr: Any) -> Iterator[Any]:
         yield eqn
         for sub in sub_jaxprs(eqn):
             yield from iter_eqns(sub)
+
+
+def first_cast_site(jaxpr: Any, dtype: str, primal: Any = None) -> Site | None:
+    """The user line of the first `convert_element_type` to `dtype` in a gradient's jaxpr (nested
+    ones included): where a gradient of another dtype than its parameter is made, or None when no
+    user line casts to it. JAX records a custom VJP rule's equations at the line that called the
+    custom function; given the `primal` jaxpr, such a cast is placed at the rule's `bwd` instead."""
+    for eqn in iter_eqns(jaxpr):
+        if eqn.primitive.name == "convert_element_type" and str(eqn.params.get("new_dtype")) == dtype:
+            site = eqn_site(eqn)
+            if site is not None:
+                return _custom_bwd_at(primal, site) or site
+    return None
+
+
+def _custom_bwd_at(primal: Any, site: Site) -> Site | None:
+    if primal is None:
+        return None
+    for eqn in iter_eqns(primal):
+        if eqn.primitive.name == "custom_vjp_call" and eqn_site(eqn) == site:
+            bwd = eqn.params.get("bwd")
+            found = function_site(inspect.unwrap(getattr(bwd, "f", bwd)))
+            if found is not None and not found.library:
+                return found
+    return None
 
 
 class _Walker:
