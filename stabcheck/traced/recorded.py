@@ -50,23 +50,18 @@ class Unrebuildable(ValueError):
 
 
 # -- describing real values (in the pytest process) -----------------------------------------------
-def _short_dtype(dtype: Any) -> str | None:
-    name = str(getattr(dtype, "name", dtype))
-    return {v: k for k, v in specs.DTYPES.items()}.get(name)
-
-
 def _is_array(value: Any) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, type)
 
 
 def _array_spec(value: Any) -> str:
-    short = _short_dtype(value.dtype)
-    if short is None:
+    name = str(getattr(value.dtype, "name", value.dtype))
+    if name not in specs.SHORT:
         raise Unrebuildable(f"an array of dtype {value.dtype} has no spec")
     aval = getattr(value, "aval", None)
     weak = bool(getattr(value, "weak_type", getattr(aval, "weak_type", False)))
     shape = tuple(int(d) for d in value.shape)
-    return f"{short}{'?' if weak and not shape else ''}[{','.join(map(str, shape))}]"
+    return str(specs.Spec(name, shape, weak and not shape))  # only scalars are written weak
 
 
 def importable_name(obj: Any) -> str | None:

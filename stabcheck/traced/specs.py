@@ -21,6 +21,7 @@ DTYPES: dict[str, str] = {
     "u8": "uint8", "u16": "uint16", "u32": "uint32", "u64": "uint64",
     "bool": "bool", "c64": "complex64", "c128": "complex128",
 }  # fmt: skip
+SHORT: dict[str, str] = {v: k for k, v in DTYPES.items()}  # "float32" -> "f32"
 _SPEC = re.compile(r"^\s*([a-z0-9]+)(\?)?\s*\[([^\]]*)\]\s*$")
 _DIM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -36,8 +37,7 @@ class Spec:
     weak: bool = False
 
     def __str__(self) -> str:
-        short = {v: k for k, v in DTYPES.items()}[self.dtype]
-        return f"{short}{'?' if self.weak else ''}[{','.join(map(str, self.shape))}]"
+        return f"{SHORT[self.dtype]}{'?' if self.weak else ''}[{','.join(map(str, self.shape))}]"
 
 
 def parse(text: str, dims: dict[str, int] | None = None) -> Spec:

@@ -9,12 +9,12 @@ its walk, with the file's `FileTypes`; both share one typed `Analysis` of the fi
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from stabcheck.finding import Finding, Span
 from stabcheck.rules.union._kinds import exits
-from stabcheck.static.analysis import Analysis
+from stabcheck.static.analysis import Analysis, FunctionInfo
 from stabcheck.static.names import Names
 from stabcheck.static.typed import FileTypes
 
@@ -35,6 +35,13 @@ def _analysis(tree: ast.Module, types: FileTypes) -> Analysis | None:
     return an
 
 
+def _transformed_defs(an: Analysis) -> Iterator[tuple[ast.FunctionDef | ast.AsyncFunctionDef, FunctionInfo]]:
+    """The `def`s (not lambdas) the analysis knows to be transformed, with their facts."""
+    for node, info in an.functions.items():
+        if info.transformed and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node, info
+
+
 def declared_optional(rule: type[Rule], tree: ast.Module, data: bytes, path: str, types: FileTypes, statically_chosen: Callable[..., bool]) -> list[Finding]:
     """STB202: a transformed function whose declared return is `Optional` to mypy (a guess where
     `statically_chosen`, union_annotation's test, says a static fact picks the structure)."""
@@ -43,9 +50,7 @@ def declared_optional(rule: type[Rule], tree: ast.Module, data: bytes, path: str
         return []
     lines = data.decode("utf-8", "replace").splitlines()
     out: list[Finding] = []
-    for node, info in an.functions.items():
-        if not info.transformed or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
+    for node, info in _transformed_defs(an):
         declared, text = types.declared_return(info.qualname)
         # `Optional[...]`, however spelled: one call returns leaves, another None. Other unions
         # mypy sees (`Array | tuple[Array, Array]` picked by a static flag, a pytree alias whose
@@ -76,9 +81,7 @@ def inferred_unions(rule: type[Rule], tree: ast.Module, data: bytes, path: str, 
         return []
     lines = data.decode("utf-8", "replace").splitlines()
     out: list[Finding] = []
-    for node, info in an.functions.items():
-        if not info.transformed or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
+    for node, info in _transformed_defs(an):
         kinds: list[tuple[ast.AST, str]] = []
         proven_guard: set[int] = set()  # exits under a test proven traced: the data picks the kind
         inferred: set[int] = set()  # exits whose kind only mypy knows (a call, a name), under a traced test
