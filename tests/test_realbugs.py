@@ -205,3 +205,13 @@ def test_a_truncated_dtype_request_is_reported_where_it_is_asked(trunc, name) ->
     found = {(d["code"], d["line"]) for d in trace_task(name, bad, {})["findings"]}
     assert found == {TRUNC_EXPECTED[name]}, found
     assert trace_task(f"{name}_ok", ok, {})["findings"] == []
+
+
+def test_a_none_scan_carry_is_found_statically_at_its_line() -> None:
+    # the static STB204 for an initial carry of None (the JAX failure itself is proven by
+    # test_hazard_really_fails_and_near_miss_runs on the same fixture)
+    from stabcheck.api import check_source
+    from stabcheck.config import Config
+
+    found = {(f.code, f.line) for f in check_source(FIX.read_text(), str(FIX), Config()) if f.code == "STB204"}
+    assert found == {EXPECTED["running_sum"]}, found
