@@ -9,14 +9,22 @@ from stabcheck.static.context import FileContext
 _ARRAY_MAKERS = frozenset(
     {"array", "asarray", "zeros", "ones", "full", "empty", "arange", "linspace", "eye", "zeros_like", "ones_like", "full_like", "stack", "concatenate"}
 )
+# jnp/lax functions that always return an array (a jax Array is unhashable, even 0-d): a static
+# argument computed with one raises, e.g. `n=jnp.sum(mask)` instead of `n=int(mask.sum())`
+_ARRAY_OPS = frozenset(
+    {"sum", "prod", "max", "min", "mean", "argmax", "argmin", "count_nonzero", "cumsum", "add", "subtract", "multiply",
+     "floor_divide", "ceil", "floor", "round", "rint", "abs", "maximum", "minimum", "sqrt", "log2", "power", "where",
+     "reshape", "int32", "int64", "float32", "float64", "shape_as_array"}
+)
 _CONTAINERS = {ast.List: "a list", ast.ListComp: "a list", ast.Dict: "a dict", ast.DictComp: "a dict", ast.Set: "a set", ast.SetComp: "a set"}
 
 
 class UnhashableStaticArg(Rule):
     """## What it does
     Flags a call of a `jax.jit`/`jax.pmap` function that passes a list, dict, set or array
-    (a literal, a `list()`/`dict()`/`set()` call, an `np`/`jnp` array, or a local name bound to
-    one) for a parameter declared static with `static_argnums` or `static_argnames`.
+    (a literal, a `list()`/`dict()`/`set()` call, an `np`/`jnp` array, the result of a `jnp`/`lax`
+    operation such as `jnp.sum(mask)` — a jax array, even 0-d — or a local name bound to one)
+    for a parameter declared static with `static_argnums` or `static_argnames`.
 
     ## Why is this bad?
     JAX keys its compilation cache on the static arguments' hashes. An unhashable value raises
@@ -78,6 +86,18 @@ class UnhashableStaticArg(Rule):
         apply_jit = jax.jit(apply, static_argnames="config")
         out = apply_jit(1.0, {"scale": 2.0})  # expect: STB502
         """,
+        """
+        from functools import partial
+        import jax
+        import jax.numpy as jnp
+
+        @partial(jax.jit, static_argnames="n")
+        def first(x, n):
+            return x[:n]
+
+        mask = jnp.array([1, 0, 1])
+        y = first(jnp.ones(3), n=jnp.sum(mask))  # expect: STB502
+        """,
     )
     VALID = (
         """
@@ -111,6 +131,18 @@ class UnhashableStaticArg(Rule):
             return sum(jnp.sum(x) for x in xs)  # not static: a list of arrays is a pytree
 
         t = total([jnp.ones(2), jnp.ones(3)])
+        """,
+        """
+        from functools import partial
+        import jax
+        import jax.numpy as jnp
+
+        @partial(jax.jit, static_argnames="n")
+        def first(x, n):
+            return x[:n]
+
+        mask = jnp.array([1, 0, 1])
+        y = first(jnp.ones(3), n=int(jnp.sum(mask)))  # a Python int: hashable
         """,
     )
 
@@ -150,6 +182,8 @@ class UnhashableStaticArg(Rule):
                 return "a " + q.split(".")[1]
             if q.startswith(("numpy.", "jax.numpy.")) and q.rsplit(".", 1)[1] in _ARRAY_MAKERS:
                 return "an array"
+            if q.startswith(("jax.numpy.", "jax.lax.")) and q.rsplit(".", 1)[1] in _ARRAY_OPS:
+                return "a jax array (what `" + q.replace("jax.numpy.", "jnp.").replace("jax.lax.", "lax.") + "` returns, even 0-d)"
             return None
         if isinstance(value, ast.Name) and depth == 0:
             scope_node: ast.AST = ctx.function.node if ctx.function is not None else ctx.tree
