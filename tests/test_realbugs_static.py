@@ -20,12 +20,14 @@ from tests.conftest import requires_jax
 ROOT = Path(__file__).resolve().parents[1]
 REALBUGS = ROOT / "fixtures" / "realbugs" / "static_structure.py"
 NESTING = ROOT / "fixtures" / "static"
-# fixture stem -> the start of the TypeError message every `run*` of its `_bad` file raises
+# fixture stem -> the text of the TypeError (or of the error named as "ValueError: ...") every
+# `run*` of its `_bad` file raises
 STATIC_PAIRS = {
     "branch_operand_nesting": "switch branch outputs must have the same pytree structure",
     "non_scalar_gradient": "Gradient only defined for scalar-output",
     "jnp_size": "Shapes must be 1D sequences of concrete values",
     "jit_method": "as an abstract array",
+    "static_array_field": "ValueError: static arguments should be comparable",
 }
 MARK = re.compile(r"#\s*(?:bug|expect):\s*(STB\d{3})")
 
@@ -82,9 +84,10 @@ def test_hazards_fail_under_jax_and_near_misses_run() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"non_scalar_gradient_bad.run", "non_scalar_gradient_bad.run_aux", "jnp_size_bad.run_padded", "jnp_size_ok.run", "jit_method_bad.run_checkpoint", "jit_method_ok.run_pytree", "route"} <= results.keys()
+    assert {"non_scalar_gradient_bad.run", "non_scalar_gradient_bad.run_aux", "jnp_size_bad.run_padded", "jnp_size_ok.run", "jit_method_bad.run_checkpoint", "jit_method_ok.run_pytree", "static_array_field_bad.run", "route"} <= results.keys()
     for name, (expect, got) in results.items():
         if expect is None:
             assert got is None, (name, got)
         else:
-            assert got is not None and got[0] == "TypeError" and expect in got[1], (name, got)
+            kind, _, text = expect.rpartition(": ") if expect.startswith("ValueError: ") else ("TypeError", "", expect)
+            assert got is not None and got[0] == kind and text in got[1], (name, got)

@@ -19,12 +19,21 @@ _ARRAY_OPS = frozenset(
 _CONTAINERS = {ast.List: "a list", ast.ListComp: "a list", ast.Dict: "a dict", ast.DictComp: "a dict", ast.Set: "a set", ast.SetComp: "a set"}
 
 
+# annotations that declare exactly an array (not `ArrayLike`, which admits Python scalars): a
+# field declared static with one of these holds an array in the treedef
+_EXACT_ARRAYS = frozenset({"Array", "ndarray", "Tensor"})
+_STATIC_FIELD_MAKERS = frozenset({"equinox.field", "equinox.static_field", "flax.struct.field", "dataclasses.field"})
+
+
 class UnhashableStaticArg(Rule):
     """## What it does
     Flags a call of a `jax.jit`/`jax.pmap` function that passes a list, dict, set or array
     (a literal, a `list()`/`dict()`/`set()` call, an `np`/`jnp` array, the result of a `jnp`/`lax`
     operation such as `jnp.sum(mask)` — a jax array, even 0-d — or a local name bound to one)
-    for a parameter declared static with `static_argnums` or `static_argnames`.
+    for a parameter declared static with `static_argnums` or `static_argnames`. Also flags a
+    pytree field declared static (`eqx.field(static=True)`, flax `struct.field(pytree_node=False)`)
+    whose annotation is an array type (`jax.Array`, `np.ndarray`, `Float[Array, "n"]`): the
+    array becomes part of the treedef, which `jit` hashes and compares with `==`.
 
     ## Why is this bad?
     JAX keys its compilation cache on the static arguments' hashes. An unhashable value raises
@@ -39,6 +48,10 @@ class UnhashableStaticArg(Rule):
 
     y = mlp(params, x, features=[64, 64, 10])
     ```
+
+    For a static array field, equinox warns "A JAX array is being set as static!"; the first
+    jitted call works, and the next call with another instance raises `ValueError: static
+    arguments should be comparable using __eq__` (an array's `==` is elementwise).
 
     ## Use instead
     Pass a hashable value: a tuple for a list, a frozen mapping or tuple of pairs for a dict:
@@ -98,6 +111,15 @@ class UnhashableStaticArg(Rule):
         mask = jnp.array([1, 0, 1])
         y = first(jnp.ones(3), n=jnp.sum(mask))  # expect: STB502
         """,
+        """
+        import equinox as eqx
+        import jax
+        import numpy as np
+
+        class Gather(eqx.Module):
+            w: jax.Array
+            idx: np.ndarray = eqx.field(static=True)  # expect: STB502
+        """,
     )
     VALID = (
         """
@@ -144,6 +166,15 @@ class UnhashableStaticArg(Rule):
         mask = jnp.array([1, 0, 1])
         y = first(jnp.ones(3), n=int(jnp.sum(mask)))  # a Python int: hashable
         """,
+        """
+        import equinox as eqx
+        import jax
+
+        class Gather(eqx.Module):
+            w: jax.Array
+            idx: tuple[int, ...] = eqx.field(static=True)  # a tuple of ints: hashable
+            scale: jax.typing.ArrayLike = eqx.field(static=True)  # may be a Python float
+        """,
     )
 
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
@@ -172,6 +203,23 @@ class UnhashableStaticArg(Rule):
                 evidence={"kind": what},
             )
 
+    def visit_ClassDef(self, node: ast.ClassDef, ctx: FileContext) -> None:
+        for st in node.body:
+            if not (isinstance(st, ast.AnnAssign) and isinstance(st.value, ast.Call) and isinstance(st.target, ast.Name)):
+                continue
+            if ctx.qualname(st.value.func) not in _STATIC_FIELD_MAKERS or not _declared_static(st.value) or not _exact_array(st.annotation):
+                continue
+            self.report(
+                ctx,
+                st,
+                f"`{node.name}.{st.target.id}` is declared static but annotated `{ctx.text(st.annotation)}`: the array becomes part of the "
+                "treedef that `jit` hashes and compares with `==`, so a call with another instance raises ValueError (static arguments should be comparable)",
+                help="make the field a normal (traced) field, or store a hashable value such as a tuple of ints",
+                detail=f"{node.name}.{st.target.id}",
+                evidence={"kind": "static field"},
+                function=node.name,
+            )
+
     def _unhashable(self, value: ast.AST, ctx: FileContext, depth: int = 0) -> str | None:
         for t, what in _CONTAINERS.items():
             if isinstance(value, t):
@@ -196,3 +244,21 @@ class UnhashableStaticArg(Rule):
 def _is_decorated_def(func: ast.Name, ctx: FileContext, j: Jitted) -> bool:
     info = ctx.analysis.resolve(func, ctx.function)
     return info is not None and info.parent is None and any(t.qualname == j.transform.qualname for t in info.transforms)
+
+
+def _declared_static(call: ast.Call) -> bool:
+    for k in call.keywords:
+        if k.arg == "static" and isinstance(k.value, ast.Constant) and k.value.value is True:
+            return True
+        if k.arg == "pytree_node" and isinstance(k.value, ast.Constant) and k.value.value is False:
+            return True
+    return False
+
+
+def _exact_array(ann: ast.AST) -> bool:
+    """`jax.Array`, `np.ndarray`, `jnp.ndarray`, jaxtyping's `Float[Array, "n"]`: exactly an array."""
+    if isinstance(ann, ast.Subscript):
+        first = ann.slice.elts[0] if isinstance(ann.slice, ast.Tuple) and ann.slice.elts else ann.slice
+        return _exact_array(first)
+    last = ann.attr if isinstance(ann, ast.Attribute) else ann.id if isinstance(ann, ast.Name) else ""
+    return last in _EXACT_ARRAYS
