@@ -14,7 +14,7 @@ _ARRAY_MAKERS = frozenset(
 _ARRAY_OPS = frozenset(
     {"sum", "prod", "max", "min", "mean", "argmax", "argmin", "count_nonzero", "cumsum", "add", "subtract", "multiply",
      "floor_divide", "ceil", "floor", "round", "rint", "abs", "maximum", "minimum", "sqrt", "log2", "power", "where",
-     "reshape", "int32", "int64", "float32", "float64", "shape_as_array"}
+     "reshape", "int32", "int64", "float32", "float64"}
 )
 _CONTAINERS = {ast.List: "a list", ast.ListComp: "a list", ast.Dict: "a dict", ast.DictComp: "a dict", ast.Set: "a set", ast.SetComp: "a set"}
 
@@ -22,7 +22,7 @@ _CONTAINERS = {ast.List: "a list", ast.ListComp: "a list", ast.Dict: "a dict", a
 # annotations that declare exactly an array (not `ArrayLike`, which admits Python scalars): a
 # field declared static with one of these holds an array in the treedef
 _EXACT_ARRAYS = frozenset({"Array", "ndarray", "Tensor"})
-_STATIC_FIELD_MAKERS = frozenset({"equinox.field", "equinox.static_field", "flax.struct.field", "dataclasses.field"})
+_STATIC_FIELD_MAKERS = frozenset({"equinox.field", "equinox.static_field", "flax.struct.field"})
 
 
 class UnhashableStaticArg(Rule):
@@ -32,7 +32,8 @@ class UnhashableStaticArg(Rule):
     operation such as `jnp.sum(mask)` — a jax array, even 0-d — or a local name bound to one)
     for a parameter declared static with `static_argnums` or `static_argnames`. Also flags a
     pytree field declared static (`eqx.field(static=True)`, flax `struct.field(pytree_node=False)`)
-    whose annotation is an array type (`jax.Array`, `np.ndarray`, `Float[Array, "n"]`): the
+    whose annotation is an array type, and `jax.vmap(f)(xs, n)` where `vmap` maps `n`, a static
+    argument of the jitted `f` (a batch tracer reaches it), (`jax.Array`, `np.ndarray`, `Float[Array, "n"]`): the
     array becomes part of the treedef, which `jit` hashes and compares with `==`.
 
     ## Why is this bad?
@@ -89,6 +90,17 @@ class UnhashableStaticArg(Rule):
         window = [1, 2, 2, 1]
         y = pool_jit(np.ones((1, 8, 8, 1)), window)  # expect: STB502
         z = jax.jit(pool, static_argnums=(1,))(np.ones((1, 8, 8, 1)), np.array([1, 2, 2, 1]))  # expect: STB502
+        """,
+        """
+        from functools import partial
+        import jax
+        import jax.numpy as jnp
+
+        @partial(jax.jit, static_argnums=1)
+        def scale(x, n):
+            return x * n
+
+        ys = jax.vmap(scale)(jnp.ones(3), jnp.arange(3))  # expect: STB502
         """,
         """
         import jax
@@ -167,6 +179,17 @@ class UnhashableStaticArg(Rule):
         y = first(jnp.ones(3), n=int(jnp.sum(mask)))  # a Python int: hashable
         """,
         """
+        from functools import partial
+        import jax
+        import jax.numpy as jnp
+
+        @partial(jax.jit, static_argnums=1)
+        def scale(x, n):
+            return x * n
+
+        ys = jax.vmap(scale, in_axes=(0, None))(jnp.ones(3), 2)  # the static argument is not mapped
+        """,
+        """
         import equinox as eqx
         import jax
 
@@ -178,6 +201,9 @@ class UnhashableStaticArg(Rule):
     )
 
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
+        if isinstance(node.func, ast.Call) and ctx.qualname(node.func.func) == "jax.vmap":
+            self._vmapped(node, node.func, ctx)
+            return
         j: Jitted | None = None
         if isinstance(node.func, ast.Name):
             j = jitted_functions(ctx.analysis).get(node.func.id)
@@ -202,6 +228,29 @@ class UnhashableStaticArg(Rule):
                 detail=f"{j.name}:{pname}",
                 evidence={"kind": what},
             )
+
+    def _vmapped(self, node: ast.Call, vmap: ast.Call, ctx: FileContext) -> None:
+        """`jax.vmap(f)(xs, n)` with `f` jitted and `n` static: vmap hands `f` a batch tracer (or
+        an array) for every mapped argument, and a tracer cannot be hashed."""
+        if not vmap.args or not isinstance(vmap.args[0], ast.Name):
+            return
+        j = jitted_functions(ctx.analysis).get(vmap.args[0].id)
+        if j is None or not (j.static_pos or j.static_names):
+            return
+        in_axes = vmap.args[1] if len(vmap.args) > 1 else next((k.value for k in vmap.keywords if k.arg == "in_axes"), None)
+        for pos, kw, pname, value in call_args(node, j):
+            if not j.is_static(pos, kw) or not _mapped(in_axes, pos):
+                continue
+            self.report(
+                ctx,
+                vmap,
+                f"`{ctx.text(vmap)}` maps `{pname}`, a static argument of `{j.name}`: vmap passes `{j.name}` a batch tracer for it, "
+                "which cannot be hashed, so the call raises ValueError: Non-hashable static arguments are not supported",
+                help=f"unmap it (`in_axes` with None at its position) so the Python value reaches `{j.name}` unchanged, or make it non-static",
+                detail=f"{j.name}:{pname}",
+                evidence={"kind": "vmapped static argument"},
+            )
+            return
 
     def visit_ClassDef(self, node: ast.ClassDef, ctx: FileContext) -> None:
         for st in node.body:
@@ -244,6 +293,18 @@ class UnhashableStaticArg(Rule):
 def _is_decorated_def(func: ast.Name, ctx: FileContext, j: Jitted) -> bool:
     info = ctx.analysis.resolve(func, ctx.function)
     return info is not None and info.parent is None and any(t.qualname == j.transform.qualname for t in info.transforms)
+
+
+def _mapped(in_axes: ast.AST | None, pos: int | None) -> bool:
+    """Whether `in_axes` maps argument `pos` (keyword arguments are always mapped along 0)."""
+    if in_axes is None or pos is None:
+        return True
+    if isinstance(in_axes, ast.Constant):
+        return in_axes.value is not None
+    if isinstance(in_axes, (ast.Tuple, ast.List)) and pos < len(in_axes.elts) and not any(isinstance(e, ast.Starred) for e in in_axes.elts):
+        e = in_axes.elts[pos]
+        return not (isinstance(e, ast.Constant) and e.value is None)
+    return False
 
 
 def _declared_static(call: ast.Call) -> bool:
