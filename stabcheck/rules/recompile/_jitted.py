@@ -7,7 +7,7 @@ import ast
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from stabcheck.static.analysis import Analysis
+from stabcheck.static.analysis import Analysis, FunctionInfo
 from stabcheck.static.names import Names, Transform, statements
 
 PLAIN_JIT = frozenset({"jax.jit", "jax.pmap"})
@@ -87,6 +87,22 @@ def inline_jit(call: ast.Call, names: Names, analysis: Analysis, name: str = "")
     fn = fns[0]
     info = analysis.resolve(fn, None)
     return _make(name or ast.unparse(fn), t, info.node if info is not None else None)
+
+
+def called_jitted(call: ast.Call, names: Names, analysis: Analysis, scope: FunctionInfo | None) -> Jitted | None:
+    """The jitted function `call` calls: a name bound to `jax.jit(...)` or a `@jax.jit` def (not
+    shadowed by a local def of the same name), or an inline `jax.jit(f, ...)(...)`."""
+    if isinstance(call.func, ast.Name):
+        j = jitted_functions(analysis).get(call.func.id)
+        if j is None:
+            return None
+        info = analysis.resolve(call.func, scope)
+        if info is not None and not (info.parent is None and any(t.qualname == j.transform.qualname for t in info.transforms)):
+            return None  # a local function of the same name shadows the jitted one
+        return j
+    if isinstance(call.func, ast.Call):
+        return inline_jit(call.func, names, analysis)
+    return None
 
 
 def call_args(call: ast.Call, j: Jitted) -> Iterator[tuple[int | None, str | None, str, ast.expr]]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import ast
 
 from stabcheck.rule import Rule
+from stabcheck.rules.recompile._jitted import call_args, called_jitted
 from stabcheck.static.context import FileContext
 from stabcheck.static.names import Transform
 
@@ -27,7 +28,10 @@ class NonArrayArgument(Rule):
     `jax.jit`, `jax.pmap` or `jax.checkpoint`/`remat` whose `self` is not static, in a class that
     is provably not a pytree (no base but `object` or a flax `linen.Module`, no pytree
     registration or flatten method, not subclassed in the module, not abstract). It names the
-    parameter each `static_argnums` index really reaches: the indices count `self` as 0.
+    parameter each `static_argnums` index really reaches: the indices count `self` as 0. And a
+    call of a `jax.jit`/`jax.pmap` function that passes, for a non-static parameter, an instance
+    of such a class or of a flax `linen` layer (`nn.Dense(3)`), built in the call or bound once
+    to a name (jax-ml/jax#15115).
 
     ## Why is this bad?
     `jit` must turn every non-static argument into an abstract array; an arbitrary object cannot
@@ -95,6 +99,18 @@ class NonArrayArgument(Rule):
             @partial(jax.jit, static_argnames="n")  # expect: STB505
             def run(self, x, n):
                 return x * self.scale * n
+        """,
+        """
+        import jax
+        import flax.linen as nn
+
+        @jax.jit
+        def apply(model, params, x):
+            return model.apply(params, x)
+
+        model = nn.Dense(3)
+        params = model.init(jax.random.key(0), jax.numpy.ones(2))
+        y = apply(model, params, jax.numpy.ones(2))  # expect: STB505
         """,
     )
     VALID = (
@@ -171,7 +187,40 @@ class NonArrayArgument(Rule):
             def _step(self, x):
                 return x * self.w
         """,
+        """
+        from functools import partial
+        import jax
+        import flax.linen as nn
+
+        @partial(jax.jit, static_argnums=0)
+        def apply(model, params, x):
+            return model.apply(params, x)
+
+        model = nn.Dense(3)
+        params = model.init(jax.random.key(0), jax.numpy.ones(2))
+        y = apply(model, params, jax.numpy.ones(2))  # the module is static: hashable, built once
+        """,
     )
+
+    def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
+        j = called_jitted(node, ctx.names, ctx.analysis, ctx.function)
+        if j is None:
+            return
+        for pos, kw, pname, value in call_args(node, j):
+            if j.is_static(pos, kw):
+                continue
+            what = _object(value, ctx)
+            if what is None:
+                continue
+            self.report(
+                ctx,
+                value,
+                f"`{ctx.text(value)}` is {what}, passed for `{pname}`, a traced argument of `{j.name}`: jit cannot turn it into an "
+                "abstract array, so the call raises TypeError",
+                help=f"declare `{pname}` static (`static_argnames={pname!r}`; the object must hash stably), close over it, or pass its arrays",
+                detail=f"{j.name}:{pname}",
+                evidence={"kind": what},
+            )
 
     def visit_ClassDef(self, node: ast.ClassDef, ctx: FileContext) -> None:
         if not _plain_class(node, ctx):
@@ -244,3 +293,39 @@ def _plain_class(cls: ast.ClassDef, ctx: FileContext) -> bool:
             if any(r in q for r in _REGISTER):
                 return False
     return True
+
+
+def _object(value: ast.AST, ctx: FileContext, depth: int = 0) -> str | None:
+    """What `value` is when it is provably an object JAX cannot trace: an instance of a plain
+    class of this module, or a flax linen layer; else None."""
+    if isinstance(value, ast.Call):
+        q = ctx.qualname(value.func) or ""
+        if q.startswith("flax.linen.") and q.rsplit(".", 1)[1][:1].isupper() and q not in ("flax.linen.Module", "flax.linen.Variable"):
+            return f"a flax linen `{q.rsplit('.', 1)[1]}` module"
+        if isinstance(value.func, ast.Name) and ctx.analysis.resolve(value.func, ctx.function) is None:
+            cls = ctx.analysis.class_nodes.get(value.func.id)
+            if cls is not None and _plain_class(cls, ctx) and not _shadowed(value.func.id, ctx):
+                return f"an instance of `{cls.name}`, a plain class (not a pytree)"
+        return None
+    if isinstance(value, ast.Name) and depth == 0:
+        scope: ast.AST = ctx.function.node if ctx.function is not None else ctx.tree
+        binds = [n for n in ast.walk(scope) if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.With, ast.NamedExpr)) and _binds(n, value.id)]
+        if len(binds) == 1 and isinstance(binds[0], ast.Assign) and len(binds[0].targets) == 1 and isinstance(binds[0].targets[0], ast.Name):
+            return _object(binds[0].value, ctx, depth + 1)
+    return None
+
+
+def _binds(node: ast.AST, name: str) -> bool:
+    targets: list[ast.AST] = []
+    if isinstance(node, ast.Assign):
+        targets = list(node.targets)
+    elif isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.For, ast.NamedExpr)):
+        targets = [node.target]
+    elif isinstance(node, ast.With):
+        targets = [i.optional_vars for i in node.items if i.optional_vars is not None]
+    return any(isinstance(n, ast.Name) and n.id == name for t in targets for n in ast.walk(t))
+
+
+def _shadowed(name: str, ctx: FileContext) -> bool:
+    """`name` is rebound at module level besides its class statement."""
+    return any(_binds(st, name) for st in ctx.tree.body if not isinstance(st, ast.ClassDef))

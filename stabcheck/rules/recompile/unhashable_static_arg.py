@@ -3,7 +3,7 @@ from __future__ import annotations
 import ast
 
 from stabcheck.rule import Rule
-from stabcheck.rules.recompile._jitted import Jitted, call_args, inline_jit, jitted_functions
+from stabcheck.rules.recompile._jitted import call_args, called_jitted, jitted_functions
 from stabcheck.static.context import FileContext
 
 _ARRAY_MAKERS = frozenset(
@@ -204,13 +204,7 @@ class UnhashableStaticArg(Rule):
         if isinstance(node.func, ast.Call) and ctx.qualname(node.func.func) == "jax.vmap":
             self._vmapped(node, node.func, ctx)
             return
-        j: Jitted | None = None
-        if isinstance(node.func, ast.Name):
-            j = jitted_functions(ctx.analysis).get(node.func.id)
-            if j is not None and ctx.analysis.resolve(node.func, ctx.function) is not None and not _is_decorated_def(node.func, ctx, j):
-                j = None  # a local function of the same name shadows the jitted one
-        elif isinstance(node.func, ast.Call):
-            j = inline_jit(node.func, ctx.names, ctx.analysis)
+        j = called_jitted(node, ctx.names, ctx.analysis, ctx.function)
         if j is None or not (j.static_pos or j.static_names):
             return
         for pos, kw, pname, value in call_args(node, j):
@@ -290,9 +284,6 @@ class UnhashableStaticArg(Rule):
         return None
 
 
-def _is_decorated_def(func: ast.Name, ctx: FileContext, j: Jitted) -> bool:
-    info = ctx.analysis.resolve(func, ctx.function)
-    return info is not None and info.parent is None and any(t.qualname == j.transform.qualname for t in info.transforms)
 
 
 def _mapped(in_axes: ast.AST | None, pos: int | None) -> bool:
