@@ -307,7 +307,7 @@ class Analysis:
             for fn in fns:
                 self._apply(t, fn, scope)
 
-    def _apply(self, t: Transform, fn: ast.AST, scope: FunctionInfo | None, bound: int = 0) -> None:
+    def _apply(self, t: Transform, fn: ast.AST, scope: FunctionInfo | None, bound: int = 0, keywords: frozenset[str] = frozenset()) -> None:
         if isinstance(fn, ast.Call):
             inner = self.names.transform_call(fn)
             if inner is not None:  # jax.jit(jax.grad(f)): f is staged out too
@@ -316,13 +316,16 @@ class Analysis:
                 return
             q = self.names.qualname(fn.func)
             if q in ("functools.partial",) and fn.args:
-                self._apply(t, fn.args[0], scope, bound=len(fn.args) - 1)
+                # `partial(f, n=3)` binds `n` to a Python value; `partial(f, **params)` may bind
+                # any keyword-only parameter ("**")
+                bound_kw = frozenset(k.arg if k.arg is not None else "**" for k in fn.keywords)
+                self._apply(t, fn.args[0], scope, bound=len(fn.args) - 1, keywords=bound_kw)
             return
         info = self.resolve(fn, scope)
         if info is not None:
-            self._mark(info, t, bound)
+            self._mark(info, t, bound, keywords=keywords)
 
-    def _mark(self, info: FunctionInfo, t: Transform, bound: int = 0, decorated: bool = False) -> None:
+    def _mark(self, info: FunctionInfo, t: Transform, bound: int = 0, decorated: bool = False, keywords: frozenset[str] = frozenset()) -> None:
         info.transforms.append(t)
         info.entry = info.entry or t.qualname
         # a decorator wraps the plain function, whose argument 0 is `self` (`static_argnums=0`
@@ -334,6 +337,9 @@ class Analysis:
         params = params[bound:]
         static |= set(t.static_argnames)
         static |= self._static_by_signature(info)
+        static |= keywords & set(params)
+        if "**" in keywords:
+            static |= {a.arg for a in info.node.args.kwonlyargs}
         info.static_params |= static
         traced = {p for p in params if p not in static}
         # a visible transform proves its parameters traced; `eqx.filter_*`/`nnx` keep non-array

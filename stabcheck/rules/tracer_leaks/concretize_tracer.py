@@ -38,7 +38,8 @@ class ConcretizeTracer(Rule):
     `np.asarray()`/`np.array()`, `range()` of a traced value, `jnp.arange`/`zeros`/`ones`/
     `full`/`eye`/`linspace`/`jax.nn.one_hot` with a traced size (or a `zeros`/`ones`/`empty`/
     `full` shape computed with a jnp op such as `jnp.add(x.size, 1)` or `jnp.array(n)`, a
-    tracer under `jit` even on static ints), and indexing a Python list or tuple (`x.shape` included) with a traced index.
+    tracer under `jit` even on static ints), indexing a Python list or tuple (`x.shape` included) with a traced index,
+    and slicing a traced array with a traced bound (`x[:n]`, `x.at[:pos].get()`).
 
     ## Why is this bad?
     Under `jit` a traced value has a shape and a dtype but no value. Turning it into a Python
@@ -132,8 +133,41 @@ class ConcretizeTracer(Rule):
                 return acc
             return lax.fori_loop(0, n, body, x)
         """,
+        """
+        import jax
+
+        @jax.jit
+        def take_prefix(x, pos):
+            head = x[:pos]  # expect: STB102
+            return x.at[pos:].set(0.0), head  # expect: STB102
+        """,
     )
     VALID = (
+        """
+        from functools import partial
+        import jax
+        from jax import lax
+
+        @partial(jax.jit, static_argnames="size")
+        def take_window(x, start, size):
+            head = x[:size]  # a static bound
+            return lax.dynamic_slice(x, (start,), (size,)), head, x[start]  # a traced index is fine
+        """,
+        """
+        from functools import partial
+        import jax
+
+        def unpack(flat, n):
+            return flat[:n], flat[n:]
+
+        def impl(*flat, n, scale):
+            a, b = unpack(flat, n)
+            return sum(a) * scale - sum(b)
+
+        def batched(args, params):
+            # `partial` binds the keyword-only `n` and `scale`: Python values, not traced
+            return jax.vmap(partial(impl, **params))(*args), jax.vmap(partial(unpack, n=2))(args)
+        """,
         """
         import jax
         import jax.numpy as jnp
@@ -268,6 +302,7 @@ class ConcretizeTracer(Rule):
     @only(inside="abstract")
     def visit_Subscript(self, node: ast.Subscript, ctx: FileContext) -> None:
         if not python_sequence(node.value, ctx):
+            self._traced_slice(node, ctx)
             return
         parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
         for p in parts:
@@ -275,6 +310,30 @@ class ConcretizeTracer(Rule):
             for b in bounds:
                 if traced_value(b, ctx):
                     self._flag(ctx, node, b, f"indexing the Python sequence `{ctx.text(node.value)}` with `{ctx.text(b)}`", exc="TracerIntegerConversionError")
+                    return
+
+    def _traced_slice(self, node: ast.Subscript, ctx: FileContext) -> None:
+        """`x[:n]`, `x.at[n:].set(v)` with a traced bound, on a proven traced array `x`: slice
+        bounds must be static ints (jax-ml/jax#1007)."""
+        base = node.value.value if isinstance(node.value, ast.Attribute) and node.value.attr == "at" else node.value
+        if not ctx.proves_traced(base):
+            return
+        parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        for p in parts:
+            if not isinstance(p, ast.Slice):
+                continue
+            for b in (p.lower, p.upper, p.step):
+                if b is not None and traced_value(b, ctx) and ctx.proves_traced(b):
+                    self.report(
+                        ctx,
+                        node,
+                        f"`{ctx.text(node)}` slices with the traced bound `{ctx.text(b)}`: slice bounds must be static Python ints, "
+                        "so tracing raises IndexError (\"Slice entries must be static integers\")",
+                        help="use `lax.dynamic_slice(x, (start,), (size,))` (or `lax.dynamic_update_slice`) with a static size, "
+                        "a mask with `jnp.where`, or make the bound a static argument",
+                        detail=ctx.text(b),
+                        operands=(b,),
+                    )
                     return
 
     def _jnp_size(self, ctx: FileContext, node: ast.AST, part: ast.AST, op: ast.Call, short: str) -> None:
