@@ -24,6 +24,7 @@ from stabcheck import registry
 from stabcheck.finding import Finding, Span
 from stabcheck.traced import recorded, specs
 from stabcheck.traced.checks import shown_path
+from stabcheck.traced.filtered import filter_entry
 from stabcheck.traced.entries import ENTRY_MARK, Entry, normalize
 from stabcheck.traced.source import exception_site, function_site
 
@@ -104,11 +105,11 @@ def load_target(spec: dict[str, Any]) -> dict[str, Entry]:
     """Named entries for one target spec {"target", "args", "static", "dims"}, or {"target",
     "recorded", "paths"} for the signatures `pytest --stabcheck-record` saw."""
     if "recorded" in spec:
-        return recorded_entries(spec)
+        return {n: filter_entry(e) for n, e in recorded_entries(spec).items()}
     found = _load_target(spec)
     for e in found.values():
         HANDWRITTEN.add(_identity(e.fn))
-    return found
+    return {n: filter_entry(e) for n, e in found.items()}
 
 
 def _identity(fn: Any) -> str:
