@@ -237,6 +237,26 @@ def test_entry_parts_bind_keywords_statics_and_vmap_axes() -> None:
     assert parts["static_argnums"] == (2, 3)
 
 
+def _with_aux(w: Any) -> Any:
+    import jax.numpy as jnp
+
+    return jnp.sum(w * w), jnp.sqrt(w)  # the aux's sqrt: NaN on negatives, never differentiated
+
+
+def test_has_aux_replays_the_first_output_only() -> None:
+    import jax
+    import jax.numpy as jnp
+
+    sig = {"transform": "value_and_grad", "options": {"has_aux": True}, "args": ["f32[3]"], "kwargs": {}}
+    fn = recorded.replayed_function(_with_aux, sig)
+    assert fn.__wrapped__ is _with_aux and fn.__name__ == "_with_aux"
+    w = jnp.array([-1.0, 0.0, 2.0])
+    assert bool(jnp.isfinite(jax.grad(fn)(w)).all())  # as `value_and_grad(has_aux=True)` differentiates it
+    assert not bool(jnp.isfinite(jax.grad(lambda v: sum(x.sum() for x in _with_aux(v)))(w)).all())  # summing the aux: a false NaN
+    assert recorded.more_transforms(fn, recorded.entry_parts(_with_aux, sig)) == ("jit", "grad", "hessian")  # a scalar loss
+    assert recorded.replayed_function(_with_aux, {**sig, "options": {}}) is _with_aux
+
+
 def test_origin_names_the_test_line_and_the_added_transforms() -> None:
     sig = {"transform": "jit", "site": "tests/test_model.py:42"}
     assert recorded.origin(sig, ("jit", "grad", "hessian")) == "recorded from tests/test_model.py:42 (jit; grad, hessian added)"

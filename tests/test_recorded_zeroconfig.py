@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, requires_jax]
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "fixtures" / "zeroconfig"
 MODEL = FIX / "zcmodel" / "model.py"
-NEAR_MISSES = ("schedule_fixed", "safe_norm_fixed", "loss_fixed", "relu_fixed")
+NEAR_MISSES = ("schedule_fixed", "safe_norm_fixed", "loss_fixed", "relu_fixed", "aux_loss_fixed")
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -144,12 +144,14 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
     built: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     for sig in spec["recorded"].get("signatures", []):
         label = recorded.entry_name(qualname, sig)
+        target = recorded.replayed_function(fn, sig)  # has_aux: the loss only
         try:
             parts = recorded.entry_parts(fn, sig)
-            parts["transforms"] = recorded.more_transforms(fn, parts)
+            parts["transforms"] = recorded.more_transforms(target, parts)
         except (recorded.Unrebuildable, specs.SpecError, ImportError, AttributeError, TypeError) as e:
             NOTES.append(f"recorded signature `{label}` cannot be rebuilt: {e}")
             continue
+        parts["fn"] = target
         built.append((label, sig, parts))
     # the signatures the tests compiled one function for, in one program shape, are replayed as
     # calls of the first: the confirm stage counts JAX's compilations over them (STB504)
@@ -163,7 +165,7 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
     for n, (label, sig, parts) in enumerate(built):
         if label in out:  # signatures recorded at one test line (a loop): one entry each
             label = f"{label} #{n + 1}"
-        entry = Entry(fn, **parts)
+        entry = Entry(**parts)
         object.__setattr__(entry, "origin", recorded.origin(sig, parts["transforms"]))
         object.__setattr__(entry, "recorded_site", recorded.site_of(sig, (spec.get("paths") or [os.getcwd()])[0]))
         out[label] = entry

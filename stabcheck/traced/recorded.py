@@ -401,6 +401,21 @@ def entry_parts(fn: Any, sig: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def replayed_function(fn: Any, sig: Mapping[str, Any]) -> Any:
+    """The function an entry replays: FN, or for a transform recorded with `has_aux` its first
+    output only (what JAX differentiates; the aux is still computed, its lines still traced).
+    `__wrapped__` is FN, so findings and imports still name FN."""
+    if not sig.get("options", {}).get("has_aux"):
+        return fn
+    import functools
+
+    @functools.wraps(fn)
+    def loss_only(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)[0]
+
+    return loss_only
+
+
 def more_transforms(fn: Any, parts: Mapping[str, Any]) -> tuple[str, ...]:
     """The AD transforms the test did not run but the entry supports: `grad` (and `hessian` when
     the differentiated inputs are small) of a function with a float scalar output."""
