@@ -50,7 +50,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]]
     by_pytest = json.loads((proj / "report.json").read_text())
     by_pytest = by_pytest["findings"] if isinstance(by_pytest, dict) else by_pytest
     data = json.loads((proj / ".stabcheck" / "recorded.json").read_text())
-    shutil.rmtree(proj / "tests")  # replayed without the tests
+    (proj / "tests" / "test_model.py").unlink()  # replayed without the tests; test_local.py defines functions the tests transformed
     (proj / "report.json").unlink()
     checked = _run(["-m", "stabcheck", "check", "--trace", "--confirm", "--no-cache", "--output-format", "json", "."], proj)
     assert checked.returncode == 1, checked.stderr[-3000:]
@@ -78,7 +78,7 @@ def test_replay_reports_every_hazard_pytest_reported(runs) -> None:
 def test_every_replayed_finding_names_the_test_line_it_came_from(runs) -> None:
     _, replayed, _ = runs
     for f in replayed:
-        assert f["evidence"].get("entry", "").startswith("recorded from tests/test_model.py:"), f
+        assert f["evidence"].get("entry", "").startswith(("recorded from tests/test_model.py:", "recorded from tests/test_local.py:")), f
 
 
 def test_the_near_misses_stay_silent_in_the_replay(runs) -> None:
@@ -87,6 +87,16 @@ def test_the_near_misses_stay_silent_in_the_replay(runs) -> None:
         assert f"zcmodel.model:{name}" in data["functions"]  # recorded, replayed, and silent
         lines = _function_lines(name)
         assert not [f for f in replayed if f["path"] == "zcmodel/model.py" and f["line"] in lines], name
+
+
+def test_a_function_defined_in_a_test_module_is_replayed_from_it(runs) -> None:
+    by_pytest, replayed, data = runs
+    local = ROOT / "fixtures" / "zeroconfig" / "tests" / "test_local.py"
+    assert data["functions"]["test_local:log_barrier"]["file"] == "tests/test_local.py"  # as pytest imported it
+    line = local.read_text().splitlines().index("    return jnp.where(x > 0, jnp.log(x), 0.0).sum()") + 1
+    assert ("STB408", "tests/test_local.py", line) in _keys(by_pytest) & _keys(replayed)
+    assert "test_local:log_barrier_fixed" in data["functions"]
+    assert not [f for f in replayed if f.get("function") == "log_barrier_fixed"]
 
 
 def test_the_recording_is_deterministic_and_merges(runs, tmp_path: Path) -> None:
