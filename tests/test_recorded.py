@@ -320,10 +320,10 @@ def test_recorded_targets_read_json_only_and_summarise_what_was_kept_out(tmp_pat
 
 
 def test_a_test_module_is_imported_as_pytest_imports_it(tmp_path: Path) -> None:
-    from stabcheck.traced.load import test_module_path
+    from stabcheck.traced.load import pytest_module_name
 
     (tmp_path / "tests" / "unit").mkdir(parents=True)
-    assert test_module_path(str(tmp_path / "tests" / "unit" / "test_a.py")) == (str(tmp_path / "tests" / "unit"), "test_a")
+    assert pytest_module_name(str(tmp_path / "tests" / "unit" / "test_a.py")) == (str(tmp_path / "tests" / "unit"), "test_a")
     (tmp_path / "tests" / "__init__.py").write_text("")
     (tmp_path / "tests" / "unit" / "__init__.py").write_text("")
-    assert test_module_path(str(tmp_path / "tests" / "unit" / "test_a.py")) == (str(tmp_path), "tests.unit.test_a")
+    assert pytest_module_name(str(tmp_path / "tests" / "unit" / "test_a.py")) == (str(tmp_path), "tests.unit.test_a")

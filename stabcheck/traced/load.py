@@ -172,7 +172,7 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
     return out
 
 
-def test_module_path(file: str) -> tuple[str, str]:
+def pytest_module_name(file: str) -> tuple[str, str]:
     """(the folder pytest puts on `sys.path`, the module name) for a test module, as pytest's
     default `prepend` import mode does (its rootdir/conftest insertion): the first folder above
     FILE without an `__init__.py`, and the dotted path from it (`tests/test_model.py` -> `tests`,
@@ -197,7 +197,7 @@ def _resolve_recorded(name: str, spec: dict[str, Any]) -> Any:
         path = file if os.path.isabs(file) else os.path.join(root, file)
         if not file or not os.path.isfile(path):
             raise
-        folder, module = test_module_path(path)
+        folder, module = pytest_module_name(path)
         if module != name.partition(":")[0]:
             raise
         if folder not in sys.path:
