@@ -327,3 +327,25 @@ def test_a_test_module_is_imported_as_pytest_imports_it(tmp_path: Path) -> None:
     (tmp_path / "tests" / "__init__.py").write_text("")
     (tmp_path / "tests" / "unit" / "__init__.py").write_text("")
     assert pytest_module_name(str(tmp_path / "tests" / "unit" / "test_a.py")) == (str(tmp_path), "tests.unit.test_a")
+
+
+def test_compiled_signatures_are_kept_up_to_max_traces_plus_one() -> None:
+    grads = [{**_sig(n), "transform": "grad"} for n in range(10)]
+    data = _data(*[_sig(n) for n in range(30)], *grads, *[{**_sig(n), "transform": "filter_jit"} for n in range(3)])
+    for max_traces, jit_kept in ((1, 4), (3, 4), (5, 6), (16, 17), (40, 17)):
+        sigs = recorded.merge(recorded.empty(), data, recorded.compiled_limit(max_traces))["functions"]["m:f"]["signatures"]
+        by = {t: sum(1 for s in sigs if s["transform"] == t) for t in ("jit", "grad", "filter_jit")}
+        assert by == {"jit": jit_kept, "grad": recorded.MAX_PER_FUNCTION, "filter_jit": 3}, (max_traces, by)
+    again = recorded.merge(recorded.merge(recorded.empty(), data, 6), data, 6)
+    assert recorded.dumps(again) == recorded.dumps(recorded.merge(recorded.empty(), data, 6))  # deterministic
+
+
+def test_recorder_keeps_max_traces_plus_one_compiled_signatures(tmp_path: Path) -> None:
+    import jax.numpy as jnp
+
+    rec = Recorder(tmp_path, max_traces=5)
+    for n in range(1, 9):
+        rec(TransformedCall(fn=loss, transform="jit", args=(jnp.ones(n), jnp.ones(n)), site=(str(tmp_path / "t.py"), n)))
+    rec.write()
+    data = recorded.read(str(tmp_path / recorded.DEFAULT_PATH))
+    assert len(next(iter(data["functions"].values()))["signatures"]) == 6

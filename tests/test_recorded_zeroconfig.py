@@ -119,3 +119,54 @@ def test_a_file_that_is_not_ours_is_left_alone(tmp_path: Path) -> None:
     assert "stabcheck: --stabcheck-record: `" in proc.stdout and "is not a stabcheck recorded-signatures file" in proc.stdout and "nothing was recorded" in proc.stdout
     assert proc.returncode == 0 and "Traceback" not in proc.stdout
     assert (proj / ".stabcheck" / "recorded.json").read_text() == '{"mine": 1}'
+
+
+STORM_MODEL = '''import jax.numpy as jnp
+
+
+def pad_free(x):
+    return jnp.tanh(x).sum()
+
+
+def pad_free_bounded(x):
+    return jnp.tanh(x).sum()
+'''
+
+STORM_TESTS = '''import jax
+import jax.numpy as jnp
+
+from stormpkg.model import pad_free, pad_free_bounded
+
+
+def test_storm():
+    for n in range(1, 7):  # six shapes: one more than max-traces
+        assert jax.jit(pad_free)(jnp.ones(n)).shape == ()
+
+
+def test_bounded():
+    for n in range(1, 6):  # five shapes: within max-traces
+        assert jax.jit(pad_free_bounded)(jnp.ones(n)).shape == ()
+'''
+
+
+def test_a_max_traces_above_four_is_reached_by_the_replay(tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    (proj / "stormpkg").mkdir(parents=True)
+    (proj / "tests").mkdir()
+    (proj / "stormpkg" / "__init__.py").write_text("")
+    (proj / "stormpkg" / "model.py").write_text(STORM_MODEL)
+    (proj / "tests" / "test_storm.py").write_text(STORM_TESTS)
+    (proj / "pyproject.toml").write_text('[tool.pytest.ini_options]\npythonpath = ["."]\n\n[tool.stabcheck]\nmax-traces = 5\n')
+    _run(["-m", "pytest", "-p", "no:cacheprovider", "--stabcheck-record", "--stabcheck-report", "report.json"], proj)
+    by_pytest = json.loads((proj / "report.json").read_text())
+    by_pytest = by_pytest["findings"] if isinstance(by_pytest, dict) else by_pytest
+    data = json.loads((proj / ".stabcheck" / "recorded.json").read_text())
+    assert len(data["functions"]["stormpkg.model:pad_free"]["signatures"]) == 6  # max-traces + 1 kept
+    shutil.rmtree(proj / "tests")
+    (proj / "report.json").unlink()
+    checked = _run(["-m", "stabcheck", "check", "--trace", "--confirm", "--no-cache", "--output-format", "json", "."], proj)
+    out = json.loads(checked.stdout)
+    replayed = [f for f in (out["findings"] if isinstance(out, dict) else out) if f["code"] == "STB504" and f["status"] != "refuted"]
+    storm = ("STB504", "stormpkg/model.py", STORM_MODEL.splitlines().index("def pad_free(x):") + 1)
+    assert _keys([f for f in by_pytest if f["code"] == "STB504"]) == {storm}
+    assert _keys(replayed) == {storm}, checked.stdout[-3000:] + checked.stderr[-3000:]  # the bounded near miss stays silent
