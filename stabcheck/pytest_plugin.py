@@ -119,7 +119,7 @@ def _start_recording(config: pytest.Config, collector: Any, project: Any) -> Non
     if listeners is None:
         config.stash[_RECORDED] = "--stabcheck-record: this stabcheck's collector reports no transformed calls; nothing was recorded"
         return
-    recorder = Recorder(Path(project.root) if project.source else Path(str(config.rootpath)))
+    recorder = Recorder(Path(project.root) if project.source else Path(str(config.rootpath)), max_traces=getattr(collector, "max_traces", 3))
     listeners.add(recorder)
     config.stash[_RECORDER] = recorder
 

@@ -237,6 +237,26 @@ def test_entry_parts_bind_keywords_statics_and_vmap_axes() -> None:
     assert parts["static_argnums"] == (2, 3)
 
 
+def _with_aux(w: Any) -> Any:
+    import jax.numpy as jnp
+
+    return jnp.sum(w * w), jnp.sqrt(w)  # the aux's sqrt: NaN on negatives, never differentiated
+
+
+def test_has_aux_replays_the_first_output_only() -> None:
+    import jax
+    import jax.numpy as jnp
+
+    sig = {"transform": "value_and_grad", "options": {"has_aux": True}, "args": ["f32[3]"], "kwargs": {}}
+    fn = recorded.replayed_function(_with_aux, sig)
+    assert fn.__wrapped__ is _with_aux and fn.__name__ == "_with_aux"
+    w = jnp.array([-1.0, 0.0, 2.0])
+    assert bool(jnp.isfinite(jax.grad(fn)(w)).all())  # as `value_and_grad(has_aux=True)` differentiates it
+    assert not bool(jnp.isfinite(jax.grad(lambda v: sum(x.sum() for x in _with_aux(v)))(w)).all())  # summing the aux: a false NaN
+    assert recorded.more_transforms(fn, recorded.entry_parts(_with_aux, sig)) == ("jit", "grad", "hessian")  # a scalar loss
+    assert recorded.replayed_function(_with_aux, {**sig, "options": {}}) is _with_aux
+
+
 def test_origin_names_the_test_line_and_the_added_transforms() -> None:
     sig = {"transform": "jit", "site": "tests/test_model.py:42"}
     assert recorded.origin(sig, ("jit", "grad", "hessian")) == "recorded from tests/test_model.py:42 (jit; grad, hessian added)"
@@ -297,3 +317,35 @@ def test_recorded_targets_read_json_only_and_summarise_what_was_kept_out(tmp_pat
     import sys
 
     assert "pkg.never_imported" not in sys.modules
+
+
+def test_a_test_module_is_imported_as_pytest_imports_it(tmp_path: Path) -> None:
+    from stabcheck.traced.load import pytest_module_name
+
+    (tmp_path / "tests" / "unit").mkdir(parents=True)
+    assert pytest_module_name(str(tmp_path / "tests" / "unit" / "test_a.py")) == (str(tmp_path / "tests" / "unit"), "test_a")
+    (tmp_path / "tests" / "__init__.py").write_text("")
+    (tmp_path / "tests" / "unit" / "__init__.py").write_text("")
+    assert pytest_module_name(str(tmp_path / "tests" / "unit" / "test_a.py")) == (str(tmp_path), "tests.unit.test_a")
+
+
+def test_compiled_signatures_are_kept_up_to_max_traces_plus_one() -> None:
+    grads = [{**_sig(n), "transform": "grad"} for n in range(10)]
+    data = _data(*[_sig(n) for n in range(30)], *grads, *[{**_sig(n), "transform": "filter_jit"} for n in range(3)])
+    for max_traces, jit_kept in ((1, 4), (3, 4), (5, 6), (16, 17), (40, 17)):
+        sigs = recorded.merge(recorded.empty(), data, recorded.compiled_limit(max_traces))["functions"]["m:f"]["signatures"]
+        by = {t: sum(1 for s in sigs if s["transform"] == t) for t in ("jit", "grad", "filter_jit")}
+        assert by == {"jit": jit_kept, "grad": recorded.MAX_PER_FUNCTION, "filter_jit": 3}, (max_traces, by)
+    again = recorded.merge(recorded.merge(recorded.empty(), data, 6), data, 6)
+    assert recorded.dumps(again) == recorded.dumps(recorded.merge(recorded.empty(), data, 6))  # deterministic
+
+
+def test_recorder_keeps_max_traces_plus_one_compiled_signatures(tmp_path: Path) -> None:
+    import jax.numpy as jnp
+
+    rec = Recorder(tmp_path, max_traces=5)
+    for n in range(1, 9):
+        rec(TransformedCall(fn=loss, transform="jit", args=(jnp.ones(n), jnp.ones(n)), site=(str(tmp_path / "t.py"), n)))
+    rec.write()
+    data = recorded.read(str(tmp_path / recorded.DEFAULT_PATH))
+    assert len(next(iter(data["functions"].values()))["signatures"]) == 6

@@ -118,7 +118,7 @@ class Collector:
             entry = self._monitors.get(id(fun))
             if entry is None or entry[0] is not fun:
                 defined = Site(shown_path(file), line)
-                entry = (fun, Monitor(getattr(fun, "__qualname__", name) or name, max_traces=self.max_traces, selector=self.selector, defined=defined))
+                entry = (fun, Monitor(getattr(fun, "__qualname__", name) or name, max_traces=self.max_traces, selector=self.selector, defined=defined, retrace_at_def=True))
                 self._monitors[id(fun)] = entry
             monitor = entry[1]
         sig = _signature(ji, dbg, avals, args, kwargs)

@@ -15,7 +15,7 @@ from typing import Any
 from stabcheck import registry
 from stabcheck.finding import Finding, Span
 from stabcheck.runtime._signature import Signature, changes, type_str
-from stabcheck.traced.checks import ALL_CODES, check_jaxpr, shown_path
+from stabcheck.traced.checks import ALL_CODES, check_jaxpr, first_cast_site, shown_path
 from stabcheck.traced.source import is_internal, is_library, literal_return_site, with_via
 
 _SLUGS = {
@@ -127,12 +127,14 @@ class Monitor:
         selector: Selector = Selector(),
         grad_params: Sequence[str] = (),
         defined: Site | None = None,
+        retrace_at_def: bool = False,
     ) -> None:
         self.function = function
         self.max_traces = max_traces
         self.selector = selector
         self.grad_params = tuple(grad_params)
         self.defined = defined
+        self.retrace_at_def = retrace_at_def  # STB504 at the compiled function's def, not the call (jit hook, filter_jit)
         self.records: dict[Signature, _Record] = {}
         self.keys: set[Any] = set()  # raw keys already checked (plain-function hot path)
         self.primed = False
@@ -203,8 +205,8 @@ class Monitor:
         )
         return make_finding(
             "STB504",
-            site=site,
-            message=f"`{self.function}` was traced for a new signature: {'; '.join(what) if what else first}. Each new signature traces and compiles `{self.function}` again ({n} signatures so far, max_traces={self.max_traces})",
+            site=self.defined if self.retrace_at_def and self.defined is not None else site,
+            message=f"`{self.function}` was traced for a new signature: {'; '.join(what) if what else first}. Each new signature traces and compiles `{self.function}` again ({n} signatures so far, max_traces={self.max_traces}){f'; this one came from the call at {site.path}:{site.line}' if self.retrace_at_def and self.defined is not None else ''}",
             help=help,
             function=self.function,
             detail=culprit or self.function,
@@ -275,19 +277,22 @@ class Monitor:
 
         token = busy.set(True)
         try:
-            grads = jax.eval_shape(run, *[jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type) for a in avals])
+            traced = jax.make_jaxpr(run)(*[jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type) for a in avals])
         except Exception as e:
             return [self._analysis_error(e, site)]
         finally:
             busy.reset(token)
+        grads = traced.out_avals
         for k, g in zip(floats, grads):
             a = avals[k]
             if g.dtype != a.dtype:
+                # at the line that makes the gradient's dtype, as the confirm stage places it; else the call
+                cast = first_cast_site(traced.jaxpr, str(g.dtype), closed.jaxpr)
                 out.append(
                     make_finding(
                         "STB406",
-                        site=site,
-                        message=f"the gradient of `{prog.in_paths[k]}` is `{g.dtype}` although the leaf is `{a.dtype}`; optimizer updates then promote or silently cast the parameter",
+                        site=Site(shown_path(cast.file), cast.line, cast.col) if cast is not None else site,
+                        message=f"the gradient of `{prog.in_paths[k]}` is `{g.dtype}` although the leaf is `{a.dtype}`{' (it is made here)' if cast is not None else ''}; optimizer updates then promote or silently cast the parameter",
                         help="compute in the parameter's dtype, and make custom VJP rules return cotangents of the primal's dtype",
                         function=self.function,
                         detail=prog.in_paths[k],

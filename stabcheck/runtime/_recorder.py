@@ -15,7 +15,7 @@ from stabcheck._files import write_atomic_nofollow
 from stabcheck.runtime._calls import TransformedCall
 from stabcheck.traced import recorded
 
-_PER_FUNCTION_SEEN = 4 * recorded.MAX_PER_FUNCTION  # distinct signatures held per function during a run
+_PER_FUNCTION_SEEN = 4 * recorded.MAX_COMPILED  # distinct signatures held per function during a run
 
 
 def _relative(path: str, root: Path) -> str:
@@ -74,6 +74,7 @@ class Recorder:
 
     root: Path
     data: dict[str, Any] = field(default_factory=recorded.empty)
+    max_traces: int = 3  # the plugin's: one more compiled signature per function is kept (recorded.compiled_limit)
 
     @property
     def path(self) -> Path:
@@ -108,7 +109,7 @@ class Recorder:
         old: dict[str, Any] = recorded.empty()
         if self.path.exists():
             old = recorded.read(str(self.path))
-        merged = recorded.merge(old, self.data)
+        merged = recorded.merge(old, self.data, recorded.compiled_limit(self.max_traces))
         self.path.parent.mkdir(exist_ok=True)
         write_atomic_nofollow(self.path, recorded.dumps(merged), what="--stabcheck-record")
         n = sum(len(f["signatures"]) for f in merged["functions"].values())

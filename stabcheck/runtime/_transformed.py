@@ -172,7 +172,7 @@ class TransformChecker:
         key = (fn_key(call.fn), call.transform)
         held = self.monitors.get(key)
         if held is None:
-            held = (call.fn, Monitor(name, max_traces=self.max_traces if call.transform in JIT_LIKE else _NEVER, selector=self.selector, grad_params=p.grad_params, defined=defined))
+            held = (call.fn, Monitor(name, max_traces=self.max_traces if call.transform in JIT_LIKE else _NEVER, selector=self.selector, grad_params=p.grad_params, defined=defined, retrace_at_def=call.transform in JIT_LIKE))
             self.monitors[key] = held
         monitor = held[1]
         monitor.grad_params = p.grad_params

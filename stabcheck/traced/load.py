@@ -131,7 +131,7 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
         if folder not in sys.path:
             sys.path.insert(0, folder)
     try:
-        fn = inspect.unwrap(recorded.resolve(name))
+        fn = inspect.unwrap(_resolve_recorded(name, spec))
     except (ImportError, AttributeError) as e:
         NOTES.append(f"recorded function `{name}` cannot be found ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); record again with `pytest --stabcheck-record`")
         return {}
@@ -145,12 +145,14 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
     built: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     for sig in spec["recorded"].get("signatures", []):
         label = recorded.entry_name(qualname, sig)
+        target = recorded.replayed_function(fn, sig)  # has_aux: the loss only
         try:
             parts = recorded.entry_parts(fn, sig)
-            parts["transforms"] = recorded.more_transforms(fn, parts)
+            parts["transforms"] = recorded.more_transforms(target, parts)
         except (recorded.Unrebuildable, specs.SpecError, ImportError, AttributeError, TypeError) as e:
             NOTES.append(f"recorded signature `{label}` cannot be rebuilt: {e}")
             continue
+        parts["fn"] = target
         built.append((label, sig, parts))
     # the signatures the tests compiled one function for, in one program shape, are replayed as
     # calls of the first: the confirm stage counts JAX's compilations over them (STB504)
@@ -164,11 +166,44 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
     for n, (label, sig, parts) in enumerate(built):
         if label in out:  # signatures recorded at one test line (a loop): one entry each
             label = f"{label} #{n + 1}"
-        entry = Entry(fn, **parts)
+        entry = Entry(**parts)
         object.__setattr__(entry, "origin", recorded.origin(sig, parts["transforms"]))
         object.__setattr__(entry, "recorded_site", recorded.site_of(sig, (spec.get("paths") or [os.getcwd()])[0]))
         out[label] = entry
     return out
+
+
+def pytest_module_name(file: str) -> tuple[str, str]:
+    """(the folder pytest puts on `sys.path`, the module name) for a test module, as pytest's
+    default `prepend` import mode does (its rootdir/conftest insertion): the first folder above
+    FILE without an `__init__.py`, and the dotted path from it (`tests/test_model.py` -> `tests`,
+    `test_model`; with `tests/__init__.py` -> the root, `tests.test_model`)."""
+    folder = os.path.dirname(os.path.abspath(file))
+    parts = [os.path.splitext(os.path.basename(file))[0]]
+    while os.path.isfile(os.path.join(folder, "__init__.py")) and os.path.dirname(folder) != folder:
+        parts.insert(0, os.path.basename(folder))
+        folder = os.path.dirname(folder)
+    return folder, ".".join(parts)
+
+
+def _resolve_recorded(name: str, spec: dict[str, Any]) -> Any:
+    """A recorded `module:qualname`, imported from the project root or `src/`; a module pytest
+    imported from its test folder (a function defined in a test module) is imported the same way,
+    from the recorded file's folder."""
+    try:
+        return recorded.resolve(name)
+    except ImportError:
+        file = str((spec.get("recorded") or {}).get("file") or "")
+        root = (spec.get("paths") or [os.getcwd()])[0]
+        path = file if os.path.isabs(file) else os.path.join(root, file)
+        if not file or not os.path.isfile(path):
+            raise
+        folder, module = pytest_module_name(path)
+        if module != name.partition(":")[0]:
+            raise
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        return recorded.resolve(name)
 
 
 def _load_target(spec: dict[str, Any]) -> dict[str, Entry]:

@@ -33,6 +33,7 @@ FORMAT = "stabcheck-recorded"
 VERSION = 1
 MAX_PER_FUNCTION = 4  # signatures kept per function (the first in a stable order)
 COMPILING = frozenset({"jit", "filter_jit", "nnx.jit"})  # transforms whose signatures are compilations
+MAX_COMPILED = 17  # compiled signatures kept per function and transform at most: a max-traces up to 16 can be shown exceeded
 MAX_FUNCTIONS = 500
 MAX_SKIPPED = 200
 MAX_DEPTH = 12
@@ -168,8 +169,15 @@ def skip(data: dict[str, Any], name: str, transform: str, reason: str, site: str
     data["skipped"][name] = {"transform": transform, "reason": reason, "site": site}
 
 
-def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """OLD's signatures with NEW's added (NEW's site wins for the same signature), then bounded."""
+def compiled_limit(max_traces: int) -> int:
+    """Compiled signatures kept per function and transform: one more than `max-traces`, so the
+    replay can show a retrace storm (STB504), at least MAX_PER_FUNCTION, at most MAX_COMPILED."""
+    return max(MAX_PER_FUNCTION, min(max_traces + 1, MAX_COMPILED))
+
+
+def merge(old: Mapping[str, Any], new: Mapping[str, Any], compiled: int = MAX_PER_FUNCTION) -> dict[str, Any]:
+    """OLD's signatures with NEW's added (NEW's site wins for the same signature), then bounded
+    (COMPILED signatures per compiling transform: `compiled_limit`)."""
     out = empty()
     for data in (old, new):
         for name, fn in data.get("functions", {}).items():
@@ -179,16 +187,21 @@ def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
             out["skipped"][name] = s
     for name in out["functions"]:
         out["skipped"].pop(name, None)
-    return bounded(out)
+    return bounded(out, compiled)
 
 
-def bounded(data: dict[str, Any]) -> dict[str, Any]:
-    """Stable order (functions by name, signatures by content) and at most the bounds."""
+def bounded(data: dict[str, Any], compiled: int = MAX_PER_FUNCTION) -> dict[str, Any]:
+    """Stable order (functions by name, signatures by content) and at most the bounds: per
+    function MAX_PER_FUNCTION signatures of the other transforms, and COMPILED of each compiling one."""
+    compiled = max(MAX_PER_FUNCTION, min(compiled, MAX_COMPILED))
     functions = {}
     for name in sorted(data["functions"])[:MAX_FUNCTIONS]:
         fn = data["functions"][name]
-        sigs = sorted(fn["signatures"], key=_key)[:MAX_PER_FUNCTION]
-        functions[name] = {"file": fn.get("file", ""), "signatures": sigs}
+        sigs = sorted(fn["signatures"], key=_key)
+        kept = [s for s in sigs if s.get("transform") not in COMPILING][:MAX_PER_FUNCTION]
+        for t in sorted({str(s.get("transform")) for s in sigs} & COMPILING):
+            kept += [s for s in sigs if s.get("transform") == t][:compiled]
+        functions[name] = {"file": fn.get("file", ""), "signatures": sorted(kept, key=_key)}
     skipped = {k: data["skipped"][k] for k in sorted(data["skipped"])[:MAX_SKIPPED]}
     return {"format": FORMAT, "version": VERSION, "functions": functions, "skipped": skipped}
 
@@ -399,6 +412,21 @@ def entry_parts(fn: Any, sig: Mapping[str, Any]) -> dict[str, Any]:
         "in_axes": in_axes,
         "transforms": transforms,
     }
+
+
+def replayed_function(fn: Any, sig: Mapping[str, Any]) -> Any:
+    """The function an entry replays: FN, or for a transform recorded with `has_aux` its first
+    output only (what JAX differentiates; the aux is still computed, its lines still traced).
+    `__wrapped__` is FN, so findings and imports still name FN."""
+    if not sig.get("options", {}).get("has_aux"):
+        return fn
+    import functools
+
+    @functools.wraps(fn)
+    def loss_only(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)[0]
+
+    return loss_only
 
 
 def more_transforms(fn: Any, parts: Mapping[str, Any]) -> tuple[str, ...]:
