@@ -189,3 +189,14 @@ def test_stable_warns_once_per_jax_trace_naming_the_leaf(entries, name) -> None:
         assert len(got) == max(traces - 1, 0), (key, traces, got)
         if key == name:
             assert got and all(f"`{leaf}" in m for m in got), got
+
+
+def test_a_loops_retraces_are_counted_after_the_traced_stage_ran(entries) -> None:
+    """`check --trace --confirm` traces the entry first (filling JAX's trace cache for the step's
+    signatures); the real run still compiles once per batch length, and is still counted."""
+    from stabcheck.confirm.run import confirm_entry
+    from stabcheck.traced.tracing import trace_task
+
+    assert trace_task("train", entries["train"], {})["findings"] == []
+    (f,) = confirm_entry("train", entries["train"], [])
+    assert (f.code, f.span.line, f.detail) == ("STB504", _marked("def sgd_step")[1], "batch")

@@ -80,7 +80,7 @@ class Owner:
 
 
 def is_static_field(f: dataclasses.Field[Any]) -> bool:
-    meta = f.metadata or {}
+    meta: Mapping[str, Any] = f.metadata or {}
     return bool(meta.get("static", False)) or meta.get("pytree_node", True) is False
 
 
@@ -232,7 +232,7 @@ def by_identity(x: Any) -> bool:
 
 def renewed(k: str, what: str, text: str) -> str:
     """The phrase for a static value that is a new object JAX keys by identity."""
-    return f"static `{k}` is a new {what} object ({text}), and JAX keys it by identity: every new one compiles again"
+    return f"static `{k}` is a new {what + ' ' if what else ''}object ({text}), and JAX keys it by identity: every new one compiles again"
 
 
 def describe_static(k: str, a: tuple[Any, ...], b: tuple[Any, ...]) -> str:
@@ -252,7 +252,8 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         if a is None or b is None:
             # a leaf under an argument that was None (or is now), else a change of structure
             gone = b is None
-            key, spec = (k, a) if gone else (k, b)
+            key, spec = (k, a if gone else b)
+            assert spec is not None
             parent = next((p for p in _prefixes(key) if (new if gone else old).get(p) == NONE), None)
             if parent is not None:
                 if gone:
@@ -498,9 +499,12 @@ class _Trace:
 
 
 class TraceLog:
-    """While open, records each trace JAX makes for `jit` of a function defined in the user's
-    files (`jax._src.pjit._trace_for_jit`, called once per new signature; cache hits never
-    reach Python). Where that hook point is missing, nothing is recorded."""
+    """While open, records each signature a jitted function defined in the user's files is
+    called with outside any trace and missing JAX's compile cache: JAX 0.10 looks such a call
+    up in `jax._src.pjit._infer_params` (its trace cache, then a new trace), then compiles it.
+    A second miss of the same function object with the same argument types is not recorded
+    (a NumPy and a JAX scalar are two C++ cache entries for one program). Where that hook point
+    is missing, nothing is recorded."""
 
     def __init__(self) -> None:
         self.traces: dict[Any, list[_Trace]] = {}
@@ -509,22 +513,24 @@ class TraceLog:
     def __enter__(self) -> TraceLog:
         try:
             # JAX: imported when this runs, never on import
-            from jax._src import pjit
+            from jax._src import core, pjit
         except ImportError:
             return self
-        original = getattr(pjit, "_trace_for_jit", None)
-        if original is None:
+        original = getattr(pjit, "_infer_params", None)
+        clean = getattr(core, "trace_state_clean", None)
+        if original is None or clean is None:
             return self
         self._original = original
 
-        def _trace_for_jit(fun: Any, ji: Any, *rest: Any) -> Any:
-            try:
-                self._record(fun, ji, rest[-2], rest[-1])
-            except Exception:  # never break the user's run
-                pass
-            return original(fun, ji, *rest)
+        def _infer_params(fun: Any, ji: Any, args: Any, kwargs: Any) -> Any:
+            if clean():
+                try:
+                    self._record(fun, ji, args, kwargs)
+                except Exception:  # never break the user's run
+                    pass
+            return original(fun, ji, args, kwargs)
 
-        pjit._trace_for_jit = _trace_for_jit
+        setattr(pjit, "_infer_params", _infer_params)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -532,7 +538,7 @@ class TraceLog:
             # JAX: imported when this runs, never on import
             from jax._src import pjit
 
-            pjit._trace_for_jit = self._original
+            setattr(pjit, "_infer_params", self._original)
             self._original = None
 
     def _record(self, fun: Any, ji: Any, args: Any, kwargs: Any) -> None:
@@ -548,7 +554,10 @@ class TraceLog:
         static = tuple(getattr(ji, "static_argnums", ()) or ())
         static_names = tuple(getattr(ji, "static_argnames", ()) or ())
         sig = call_signature(tuple(args), names, static, dict(kwargs), static_names)
-        self.traces.setdefault(code, []).append(_Trace(fun, sig))
+        seen = self.traces.setdefault(code, [])
+        if any(_same_fun(t.fun, fun) and not changed_paths(t.sig.specs, sig.specs) for t in seen):
+            return
+        seen.append(_Trace(fun, sig))
 
     def retraced(self) -> tuple[Inner, ...]:
         out = []
@@ -571,6 +580,13 @@ class TraceLog:
             if where is not None:
                 out.append(Inner(name, Where(os.path.realpath(where.file), where.line, name), len(traces), tuple(_dedup(changes))))
         return tuple(out)
+
+
+def _same_fun(a: Any, b: Any) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:
+        return False
 
 
 def _rebuilt(fun: Any) -> str:
