@@ -41,6 +41,7 @@ HAZARDS: dict[str, tuple[tuple[str, int], str]] = {
     "train_step": (_marked("def train_step"), "optimizer"),
     "shifted": (_marked("def shifted(x, alpha=None)"), "alpha"),
     "train": (_marked("def sgd_step"), "batch"),
+    "rescale": (_marked("self.apply = jax.jit(self._apply)"), "Scaler._apply"),
 }
 
 
@@ -107,7 +108,7 @@ def _run(entry, fn=None) -> None:  # type: ignore[no-untyped-def]
             args = tuple(new)
 
 
-@pytest.mark.parametrize("name", ["advance", "predict", "train_step", "shifted", "train", "plateau_step"])
+@pytest.mark.parametrize("name", ["advance", "predict", "train_step", "shifted", "train", "plateau_step", "rescale"])
 def test_the_hazard_really_compiles_again_and_its_near_miss_once(entries, name) -> None:
     bad, ok = entries[name], entries[f"{name}_ok"]
     with Compiles() as c:
@@ -138,6 +139,8 @@ def test_confirm_reports_the_hazard_at_the_line_to_fix_naming_what_changed(entri
     found = confirm_entry(name, entries[name], [])
     assert [(f.code, f.span.line, f.path.endswith("recompile.py")) for f in found] == [(code, line, True)], [(f.code, f.span.line, f.message) for f in found]
     assert found[0].detail == leaf and f"`{leaf}" in found[0].message, found[0].message
+    if name == "rescale":
+        assert "a bound method jitted once per `Scaler` object" in found[0].message
     assert confirm_entry(f"{name}_ok", entries[f"{name}_ok"], []) == []
 
 
