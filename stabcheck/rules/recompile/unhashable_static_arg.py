@@ -21,11 +21,7 @@ class UnhashableStaticArg(Rule):
     ## Why is this bad?
     JAX keys its compilation cache on the static arguments' hashes. An unhashable value raises
     `ValueError: Non-hashable static arguments are not supported` at the call. (A mutable
-    *default* is never hashed, since JAX only sees the arguments actually passed.) An array in a
-    field declared static (`eqx.field(static=True)`, flax's `pytree_node=False`, a
-    `register_dataclass` meta field) is compared with `==` against the cached keys: the call
-    with a new array raises `ValueError` (jax-ml/jax#28659); the confirm stage reports that at
-    the field's declaration.
+    *default* is never hashed, since JAX only sees the arguments actually passed.)
 
     ## Example
     ```python
