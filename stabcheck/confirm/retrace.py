@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stabcheck.traced.entries import Entry
+from stabcheck.traced.entries import Entry, is_filter_jit, is_jitted
 from stabcheck.traced.source import is_internal, is_library
 
 FEEDBACK_STEPS = 3
@@ -56,17 +56,6 @@ def compilations() -> int:
         jax.monitoring.register_event_duration_secs_listener(listen)
         _LISTENING[0] = True
     return _COUNT[0]
-
-
-# -- what a function is ----------------------------------------------------------------------
-def is_jitted(f: Any) -> bool:
-    """A `jax.jit` function (it has its own compile cache)."""
-    return type(f).__name__ == "PjitFunction" and hasattr(f, "_cache_size") and hasattr(f, "trace")
-
-
-def is_filter_jit(f: Any) -> bool:
-    """An `eqx.filter_jit` function: every non-array leaf, Python numbers included, is static."""
-    return type(f).__module__.startswith("equinox") and type(f).__name__ == "_JitWrapper"
 
 
 # -- signatures --------------------------------------------------------------------------------
