@@ -89,7 +89,7 @@ def test_retrace_counts_compilations_and_names_the_argument():
     out = confirm_entry("step_entry", entries["step_entry"], [], max_traces=3)
     (f,) = [f for f in out if f.code == "STB504"]
     assert f.evidence["compiles"] == 4 and f.evidence["calls"] == 5  # np.float32 and jnp.float32 share one program
-    assert "`lr`: Python int -> Python float" in f.message and "bfloat16" in f.message
+    assert "`lr` was Python int, now Python float" in f.message and "bfloat16" in f.message
     assert [f for f in confirm_entry("stable_entry", entries["stable_entry"], [], max_traces=1) if f.code == "STB504"] == []
     suspected = _suspect("STB504", CONFIRM / "retrace_step.py", 10, "traced")
     (settled,) = [f for f in confirm_entry("stable_entry", entries["stable_entry"], [suspected], max_traces=1) if f.code == "STB504"]

@@ -44,7 +44,7 @@ from stabcheck.confirm import hlo
 from stabcheck.confirm import transforms as T
 from stabcheck.confirm.device import default_memory_limit, device_info, format_bytes
 from stabcheck.confirm.nan import nan_origin, nonfinite
-from stabcheck.confirm.retrace import count_retraces
+from stabcheck.confirm.retrace import Inner, TraceLog, count_retraces
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import SLUGS, Failure, classify
@@ -86,6 +86,7 @@ class Observation:
     weak_outputs: list[str] = field(default_factory=list)
     input_floats: set[str] = field(default_factory=set)
     inputs: str = "the example arguments"
+    retraced: tuple[Inner, ...] = ()  # `call`: jitted user functions JAX traced more than once
 
 
 def confirm_entry(
@@ -182,7 +183,9 @@ def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: bool, la
     try:
         if t == "call":
             fun, inputs = (lambda *a: entry.fn(*a, **dict(entry.kwargs))), entry.args
-            out = jax.block_until_ready(fun(*inputs))
+            with TraceLog() as log:
+                out = jax.block_until_ready(fun(*inputs))
+            ob.retraced = log.retraced()
             try:
                 ob.sites = _sites(jax.jit(fun, static_argnums=entry.static_argnums).lower(*inputs))
             except Exception:
@@ -402,14 +405,28 @@ def _new_findings(name: str, entry: Entry, obs: list[Observation], retr: Any, ma
             cast = o.cast_sites.get(g)  # the user line that makes the gradient's dtype, else the entry's def
             at = f" (`{g}` is made here)" if cast is not None else ""
             add("STB406", cast.file if cast else None, cast.line if cast else None, f"the gradient of `{leaf}` is `{g}` but the parameter is `{a}` in entry `{name}`{at}; JAX accepts it silently, and the update drifts in precision or breaks the optimizer state", cast.col if cast else 1, leaf=leaf, detail=leaf, help=_HELP["STB406"])
-    if retr is not None and retr.compiles > max_traces:
-        why = "; ".join((retr.changes + retr.state_changes)[:3]) or "a change stabcheck cannot name"
-        add("STB504", None, None, f"entry `{name}` compiled {retr.compiles} times in {retr.calls} calls (limit {max_traces}); every new compilation costs a full trace and XLA compile. What changed: {why}", compiles=retr.compiles, calls=retr.calls, help=_HELP["STB504"])
+    if retr is not None and retr.counted and retr.compiles > max_traces:
+        why = "; ".join(list(dict.fromkeys(retr.changes + retr.state_changes))[:3]) or "a change stabcheck cannot name"
+        at = retr.where
+        add("STB504", at.file if at else None, at.line if at else None, f"entry `{name}` compiled {retr.compiles} times in {retr.calls} calls (limit {max_traces}); every new compilation costs a full trace and XLA compile. What changed: {why}", compiles=retr.compiles, calls=retr.calls, detail=_culprit(why, name), help=_HELP["STB504"])
+    if retr is not None and retr.error:
+        for path, at in retr.static_arrays[:1]:
+            add("STB502", at.file if at else None, at.line if at else None, f"`{path}` is an array in a static field (entry `{name}`): JAX keys static fields by hash and `==`, and comparing it with the array of an earlier call raised `{retr.error}`; it fails on the first call with a new array", detail=path, help="make the field a pytree leaf (not static), or store a hashable value such as a tuple")
+    inner = {i.where: i for i in [*(retr.inner if retr is not None else ()), *(i for o in obs for i in o.retraced)]}
+    for i in inner.values():
+        if i.traces > max_traces:
+            why = "; ".join(list(dict.fromkeys(i.changes))[:3])
+            add("STB504", i.where.file, i.where.line, f"`{i.function}` was traced and compiled {i.traces} times while entry `{name}` ran (limit {max_traces}). What changed: {why}", traces=i.traces, detail=_culprit(why, i.function), help=_HELP["STB504"])
     notes = [o.skipped for o in obs if o.skipped]
     if notes:
         for f in out:
             f.evidence.setdefault("skipped", "; ".join(notes))
     return out
+
+
+def _culprit(why: str, default: str) -> str:
+    """The leaf or field a retrace explanation names first."""
+    return why.split("`")[1] if why.count("`") >= 2 else default
 
 
 def _display(file: str) -> str:

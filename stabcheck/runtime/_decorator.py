@@ -24,6 +24,7 @@ from stabcheck.runtime._modes import Mode, check_mode, emit, resolve
 from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, caller_site
 from stabcheck.runtime._signature import is_array_leaf, leaf_key, named_leaves, signature_of, static_scalar_key
 from stabcheck.traced.checks import shown_path
+from stabcheck.traced.entries import is_filter_jit, is_jitted
 
 F = TypeVar("F", bound=Callable[..., Any])
 _MONITOR_ATTR = "__stabcheck_monitor__"
@@ -74,7 +75,7 @@ def stable(
         if not callable(f):
             raise TypeError(f"@stable expects a function, got {type(f).__name__}")
         monitor = Monitor(_name(f), max_traces=max_traces, selector=selector, grad_params=_grad_params(f, argnums), defined=_defined(f))
-        wrapper = _jitted(f, monitor, mode) if _is_jitted(f) else _generic(f, monitor, mode)
+        wrapper = _jitted(f, monitor, mode) if is_jitted(f) else _generic(f, monitor, mode)
         return _finish(wrapper, f, monitor)
 
     return decorate if fn is None else decorate(fn)
@@ -100,15 +101,6 @@ def _grad_params(f: Callable[..., Any], argnums: tuple[int, ...]) -> tuple[str, 
     except (TypeError, ValueError):
         params = []
     return tuple(params[i] if i < len(params) else f"args[{i}]" for i in argnums)
-
-
-def _is_jitted(f: Any) -> bool:
-    return type(f).__name__ == "PjitFunction" and hasattr(f, "_cache_size") and hasattr(f, "trace")
-
-
-def _is_filter_jit(f: Any) -> bool:
-    """An `eqx.filter_jit` function: every non-array leaf, Python numbers included, is static."""
-    return type(f).__module__.startswith("equinox") and type(f).__name__ == "_JitWrapper"
 
 
 def _name(f: Any) -> str:
@@ -190,7 +182,7 @@ def _generic(f: Any, monitor: Monitor, mode: Mode | None) -> Callable[..., Any]:
     import jax
 
     flatten = jax.tree_util.tree_flatten
-    static_scalars = _is_filter_jit(f)
+    static_scalars = is_filter_jit(f)
     key_of = static_scalar_key if static_scalars else leaf_key
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from stabcheck.confirm.retrace import identity_key, is_static_field, renewed
+
 _PY_SCALARS = (bool, int, float, complex)
 
 
@@ -109,8 +111,23 @@ def type_str(dtype: Any, shape: Sequence[int], weak: bool) -> str:
 
 
 def short_repr(x: Any) -> str:
-    r = repr(x)
-    return r if len(r) <= 40 else r[:37] + "..."
+    """`repr` cut to 40 characters; for a value JAX keys by identity (a function, a `jax.jit`
+    function, an optax transformation, a plain object) with ` #<id>` after it, so two such
+    objects with one repr are two signatures, as they are two cache keys to JAX."""
+    try:
+        r = repr(x)
+    except Exception:
+        r = f"<{type(x).__name__}>"
+    r = r if len(r) <= 40 else r[:37] + "..."
+    ident = identity_key(x)
+    return r if ident is None else f"{r}{_ID}{ident}"
+
+
+_ID = " #"
+
+
+def _shown(text: str) -> str:
+    return text.rsplit(_ID, 1)[0]
 
 
 def named_leaves(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -165,7 +182,42 @@ def signature_of(
                 origins.append((path, f"Python {type(leaf).__name__}"))
         else:
             statics.append((path, short_repr(leaf)))
+    # what the leaves do not show: an argument given as None, a field declared static
+    parts = [(names[i] if i < len(names) else f"args[{i}]", a) for i, a in enumerate(dyn_args)] + sorted(dyn_kwargs.items())
+    statics += [(n, "None") for n, a in parts if a is None]
+    statics += _static_fields(parts)
     return Signature(tuple(leaves), tuple(statics), tuple(origins))
+
+
+def _static_fields(parts: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """(path, value) of every dataclass field declared static (`eqx.field(static=True)`, flax's
+    `pytree_node=False`) under the arguments: part of the pytree structure JAX keys on."""
+    import dataclasses
+
+    out: list[tuple[str, str]] = []
+
+    def visit(x: Any, path: str, depth: int) -> None:
+        if depth > 20:
+            return
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            for f in dataclasses.fields(x):
+                if not hasattr(x, f.name):
+                    continue
+                v = getattr(x, f.name)
+                if is_static_field(f):
+                    out.append((f"{path}.{f.name}", short_repr(v)))
+                else:
+                    visit(v, f"{path}.{f.name}", depth + 1)
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                visit(v, f"{path}.{x._fields[i]}" if hasattr(x, "_fields") else f"{path}[{i}]", depth + 1)
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                visit(v, f"{path}[{k!r}]", depth + 1)
+
+    for name, a in parts:
+        visit(a, name, 0)
+    return out
 
 
 def _positional_names(fn: Callable[..., Any]) -> list[str]:
@@ -197,14 +249,16 @@ def changes(old: Signature, new: Signature, limit: int = 3) -> list[str]:
     s_old, s_new = dict(old.statics), dict(new.statics)
     for path, t in new.leaves:
         if path not in before and path in s_old:
-            out.append(f"`{path}` was static {s_old[path]}, now {t}")
+            was = "None" if s_old[path] == "None" else f"static {_shown(s_old[path])}"
+            out.append(f"`{path}` was {was}, now {t}{_o(o_new, path)}")
     for path, t in old.leaves:
         if path not in after and path in s_new:
-            out.append(f"`{path}` was {t}, now static {s_new[path]}")
+            now = "None" if s_new[path] == "None" else f"static {_shown(s_new[path])}"
+            out.append(f"`{path}` was {t}{_o(o_old, path)}, now {now}")
     # an argument that had no leaves at all before (an optional argument given as None, an empty container)
-    roots = {_root(q) for q in [*before, *s_old]}
-    empty = [(p, t) for p, t in new.leaves if _root(p) not in roots]
-    out.extend(f"`{p}` was None (or empty), now {t}" for p, t in empty[:limit])
+    roots = {_root(q) for q in [*before, *s_old] if s_old.get(q) != "None"}
+    empty = [(p, t) for p, t in new.leaves if _root(p) not in roots and p not in s_old]
+    out.extend(f"`{p}` was {'None' if s_old.get(_root(p)) == 'None' else 'None (or empty)'}, now {t}" for p, t in empty[:limit])
     added = [p for p, _ in new.leaves if p not in before and p not in s_old and p not in dict(empty)]
     removed = [p for p, _ in old.leaves if p not in after and p not in s_new]
     if added or removed:
@@ -217,5 +271,8 @@ def changes(old: Signature, new: Signature, limit: int = 3) -> list[str]:
     s_before = dict(old.statics)
     for name, v in new.statics:
         if name in s_before and s_before[name] != v:
-            out.append(f"static `{name}` was {s_before[name]}, now {v}")
+            if _shown(s_before[name]) == _shown(v):
+                out.append(renewed(name, "", _shown(v)))
+            else:
+                out.append(f"static `{name}` was {_shown(s_before[name])}, now {_shown(v)}")
     return out[:limit]

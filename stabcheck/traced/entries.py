@@ -52,6 +52,22 @@ class Entry:
             raise ValueError(f"unknown transform {bad[0] if bad else self.transforms!r}; expected a tuple drawn from {', '.join(TRANSFORMS)}")
 
 
+def is_jitted(f: Any) -> bool:
+    """A `jax.jit` function (it has its own compile cache)."""
+    return type(f).__name__ == "PjitFunction" and hasattr(f, "_cache_size") and hasattr(f, "trace")
+
+
+def is_filter_jit(f: Any) -> bool:
+    """An `eqx.filter_jit` function: every non-array leaf, Python numbers included, is static."""
+    return type(f).__module__.startswith("equinox") and type(f).__name__ == "_JitWrapper"
+
+
+def holds_objects(e: Entry) -> bool:
+    """The entry's function takes non-array leaves as they are (an `eqx.filter_jit` function, or
+    a `call` entry that applies its own transforms): the stages hold them fixed, not traced."""
+    return is_filter_jit(e.fn) or tuple(e.transforms) == ("call",)
+
+
 def entry(factory: Callable[[], Any]) -> Callable[[], Any]:
     """Mark a zero-argument factory returning `(fn, args)`, an `Entry`, or a mapping of them."""
     setattr(factory, ENTRY_MARK, True)

@@ -63,6 +63,7 @@ class UnhashableStaticArg(Rule):
 
     code = "STB502"
     name = "unhashable-static-arg"
+    stages = ("static", "traced", "confirmed")
     fixable = "safe"
     INVALID = (
         """
