@@ -361,7 +361,12 @@ def _origin_evidence(o: Observation) -> dict[str, Any]:
     og = o.origin
     if og is None:
         return {}
-    return {"first_nonfinite": f"`{og.primitive}` ({og.phase} pass) made the first {og.kind}", "equation": og.equation}
+    ev = {"first_nonfinite": f"{og.describe} ({og.phase} pass) made the first {og.kind}", "equation": og.equation}
+    if og.line:
+        ev["unsafe_at"] = f"{_display(og.path)}:{og.line}" if og.path else str(og.line)
+    if og.masked_by is not None:
+        ev["masked_by"] = f"{_display(og.masked_by.file)}:{og.masked_by.line}"
+    return ev
 
 
 # -- new findings -------------------------------------------------------------------------------
@@ -398,7 +403,13 @@ def _new_findings(name: str, entry: Entry, obs: list[Observation], retr: Any, ma
             if og is not None and og.line:
                 what = "outputs" if o.transform in ("jit", "call") else "gradients"
                 msg = f"{og.describe} made the first {og.kind} here when `{o.transform}` ran on entry `{name}` with {o.inputs} ({og.phase} pass); it reaches the {what} and poisons every update that uses them"
-                add("STB408", og.path, og.line, msg, og.col, first_nonfinite=og.describe.replace("`", ""), equation=og.equation, transform=o.transform, inputs=o.inputs, detail=og.primitive, help=_HELP["STB408"], chains=og.chains)
+                masked: dict[str, Any] = {}
+                if og.masked_by is not None:
+                    at = _display(og.masked_by.file)
+                    where = f"line {og.masked_by.line}" if og.path and os.path.realpath(og.masked_by.file) == os.path.realpath(og.path) else f"{at}:{og.masked_by.line}"
+                    msg += f"; the `where` at {where} selects the other branch there, which hides the value but not its derivative (`0 * inf = NaN`)"
+                    masked = {"masked_by": f"{at}:{og.masked_by.line}"}
+                add("STB408", og.path, og.line, msg, og.col, first_nonfinite=og.describe.replace("`", ""), equation=og.equation, transform=o.transform, inputs=o.inputs, detail=og.primitive, help=_HELP["STB408"], chains=og.chains, **masked)
             else:
                 add("STB408", None, None, f"`{o.transform}` of entry `{name}` returned {o.nonfinite} on {o.inputs}; every update that uses it is poisoned", transform=o.transform, help=_HELP["STB408"])
         for leaf, a, g in o.mismatches:

@@ -13,8 +13,8 @@ Cheap and importable on its own; it imports JAX only through the objects it is g
 
 from __future__ import annotations
 
+import ast
 import inspect
-
 import linecache
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -131,6 +131,86 @@ def _custom_bwd_at(primal: Any, site: Site) -> Site | None:
             if found is not None and not found.library:
                 return found
     return None
+
+
+# -- custom derivative rules: where their code is ---------------------------------------------
+def custom_rule_def(eqn: Any) -> Site | None:
+    """The `def` of the custom rule an equation calls: a `custom_vjp_call`'s bwd, or a
+    `custom_jvp_call`'s jvp rule (JAX keeps that one only behind memoized thunks; its debug info
+    names it, "f_jvp at FILE:LINE"). None for other equations or a rule in a library."""
+    name = eqn.primitive.name
+    if name == "custom_vjp_call":
+        bwd = eqn.params.get("bwd")
+        found = function_site(inspect.unwrap(getattr(bwd, "f", bwd)))
+    elif name == "custom_jvp_call":
+        fun = eqn.params.get("jvp_jaxpr_fun") or eqn.params.get("jvp_jaxpr_thunk")
+        src = str(getattr(getattr(fun, "debug_info", None), "func_src_info", "") or "")
+        head, sep, where = src.rpartition(" at ")
+        file, _, line = where.rpartition(":")
+        found = Site(file, int(line), 1, head) if sep and file and line.isdigit() else None
+    else:
+        return None
+    return found if found is not None and not found.library and not found.file.startswith("<") else None
+
+
+def custom_rule_defs(jaxpr: Any) -> list[Site]:
+    """The `def` of every custom rule a program calls, nested programs included, in order."""
+    out: list[Site] = []
+    for eqn in iter_eqns(getattr(jaxpr, "jaxpr", jaxpr)):
+        found = custom_rule_def(eqn)
+        if found is not None and found not in out:
+            out.append(found)
+    return out
+
+
+def rule_return_site(rule: Site) -> Site | None:
+    """The first `return` of the function defined at `rule` (decorators included): the line that
+    hands JAX a rule's outputs, where a wrong shape or dtype is fixed."""
+    text = "".join(linecache.getlines(rule.file))
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if not min([node.lineno, *(d.lineno for d in node.decorator_list)]) <= rule.line <= node.lineno:
+            continue
+        stack: list[ast.AST] = list(node.body)
+        while stack:
+            n = stack.pop(0)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                continue
+            if isinstance(n, ast.Return):
+                return Site(rule.file, n.lineno, n.col_offset + 1, node.name)
+            stack.extend(ast.iter_child_nodes(n))
+    return None
+
+
+def in_custom_rule(site: Site | None, rules: Sequence[Site]) -> Site | None:
+    """The frame of `site`'s call chain (itself or a caller) that runs inside one of the custom
+    `rules`: where a rule reaches something autodiff cannot take (a host callback in a helper
+    called from the rule is fixed in the rule)."""
+    if site is None:
+        return None
+    spans = [(os.path.realpath(r.file), *_def_span(r)) for r in rules]
+    for frame in (site, *site.outer):
+        at = os.path.realpath(frame.file)
+        if any(at == file and first <= frame.line <= last for file, first, last in spans):
+            return frame
+    return None
+
+
+def _def_span(rule: Site) -> tuple[int, int]:
+    text = "".join(linecache.getlines(rule.file))
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return (0, -1)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and min([node.lineno, *(d.lineno for d in node.decorator_list)]) <= rule.line <= node.lineno:
+            return (rule.line, node.end_lineno or node.lineno)
+    return (0, -1)
 
 
 class _Walker:

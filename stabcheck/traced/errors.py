@@ -33,6 +33,7 @@ TABLE: tuple[tuple[str, str, str, str], ...] = (
     ("", "Custom JVP rule", "STB405", "custom_jvp rule output mismatch"),
     ("", "custom_jvp rule", "STB405", "custom_jvp rule mismatch"),
     ("", "callbacks do not support JVP", "STB407", "callback under AD"),
+    ("", "callbacks do not support transpose", "STB407", "callback transposed by reverse-mode AD"),
     ("", "pure_callback", "STB407", "callback under AD"),
     ("", "branches must have equal output types", "STB203", "branches of different types"),
     ("", "branches must have equal types", "STB203", "branches of different types"),

@@ -33,7 +33,7 @@ from typing import Any
 
 from stabcheck import registry
 from stabcheck.finding import Finding, Span
-from stabcheck.traced.checks import check_jaxpr, depends, first_cut, is_zero_constant, iter_eqns, shown_path, site_span, source_line, sub_jaxprs
+from stabcheck.traced.checks import check_jaxpr, custom_rule_def, custom_rule_defs, depends, first_cut, in_custom_rule, is_zero_constant, iter_eqns, rule_return_site, shown_path, site_span, source_line, sub_jaxprs
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import code_of
 from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, is_internal, literal_return_site, with_via
@@ -410,6 +410,8 @@ class Tracer:
             }
             self.report(code, site, f"{what}; JAX raises `{type(e).__name__}`, so the function cannot be jitted or differentiated under `jit`", help=helps[code], detail=text or transform, evidence=ev)
         elif code in _RAISED:
+            if code == "STB407" and self.primal is not None:
+                site = in_custom_rule(site, custom_rule_defs(self.primal)) or site  # the rule's line, not its helper's
             message, help = _RAISED[code]
             by = "this `grad`" if transform == "call" else f"`{transform}`"
             self.report(code, site, message.format(where=where, what=first_line(e)[:160], by=by, transform=transform), help=help, detail=transform, evidence=ev)
@@ -461,14 +463,9 @@ class Tracer:
         if self.primal is None:
             return None
         for eqn in iter_eqns(self.primal.jaxpr):
-            if eqn.primitive.name == "custom_vjp_call":
-                rule = _unwrap(eqn.params.get("bwd"))
-            elif eqn.primitive.name == "custom_jvp_call":
-                rule = _unwrap(eqn.params.get("jvp_jaxpr_fun") or eqn.params.get("jvp_jaxpr_thunk"))
-            else:
-                continue
-            site = return_site(rule) if rule is not None else None
-            return site or eqn_site(eqn)
+            if eqn.primitive.name in ("custom_vjp_call", "custom_jvp_call"):
+                rule = custom_rule_def(eqn)
+                return (rule_return_site(rule) if rule is not None else None) or eqn_site(eqn)
         return None
 
     def custom_lin(self, jaxpr: Any, transform: str) -> None:
@@ -630,17 +627,6 @@ def _source_line(site: Site | None) -> str:
         return ""
     text = linecache.getline(site.file, site.line).split("  #", 1)[0].strip()
     return text if len(text) <= 100 else text[:97] + "..."
-
-
-def _unwrap(wrapped: Any) -> Any:
-    """The user's function inside JAX's `WrappedFun` (its `.f`), following `__wrapped__`."""
-    fn = wrapped
-    for _ in range(8):
-        inner = getattr(fn, "f", None)
-        if inner is None or not callable(inner):
-            break
-        fn = inner
-    return fn
 
 
 def return_site(fn: Any) -> Site | None:
