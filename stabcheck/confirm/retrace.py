@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stabcheck.traced.entries import Entry, is_filter_jit, is_jitted
+from stabcheck.traced.filtered import Filtered
 from stabcheck.traced.source import is_internal, is_library
 
 FEEDBACK_STEPS = 3
@@ -408,7 +409,7 @@ def count_retraces(entry: Entry, names: list[str]) -> Retraces:
     fn = entry.fn
     own_jit = "call" in entry.transforms or is_jitted(fn) or is_filter_jit(fn)
     jitted = fn if own_jit else jax.jit(fn, static_argnums=entry.static_argnums)
-    numbers_static = is_filter_jit(fn)
+    numbers_static = is_filter_jit(fn) or any(isinstance(a, Filtered) for a in entry.args)
     counted = is_jitted(fn) or is_filter_jit(fn) or "call" not in entry.transforms
     kwargs = dict(entry.kwargs)
     static, static_names = tuple(entry.static_argnums), ()
@@ -429,7 +430,9 @@ def count_retraces(entry: Entry, names: list[str]) -> Retraces:
     def call(args: tuple[Any, ...], into: list[str]) -> Any:
         nonlocal ncalls
         before = compilations()
-        sig = call_signature(args, names, static, kwargs, static_names, numbers_static=numbers_static)
+        # an argument split as eqx.filter_jit splits it (traced.filtered) is described whole
+        shown = tuple(a.rebuild() if isinstance(a, Filtered) else a for a in args)
+        sig = call_signature(shown, names, static, kwargs, static_names, numbers_static=numbers_static)
         arrays.update((p, field_site(sig.owners[p])) for p, sp in sig.specs.items() if sp[0] == "static" and p in sig.owners and _is_array(sp[2]))
         out = jax.block_until_ready(jitted(*args, **kwargs))
         ncalls += 1
