@@ -16,7 +16,9 @@ class JitInLoop(Rule):
     Flags a compiling transform (`jax.jit`, `jax.pmap`, `eqx.filter_jit`, `nnx.jit`) that is
     built afresh each time it runs: inside a loop, or called inline (`jax.jit(lambda v: ...)(x)`)
     or defined and used inside another function, when what it wraps is a new object each time
-    (a `lambda`, a nested `def`, a `functools.partial`).
+    (a `lambda`, a nested `def`, a `functools.partial`), and a `jax.jit` of a bound method, lambda
+    or partial stored on the object in `__init__` when the module builds such objects in a loop (a
+    compile per object; a guess when the objects are built once).
 
     In test files (`test_*.py`, `*_test.py`, `conftest.py`, anything under `tests/`) the finding
     is a guess, shown only with `--preview`: a test compiles each variant on purpose, and a
@@ -84,8 +86,41 @@ class JitInLoop(Rule):
             for x in requests:
                 yield predict(w, x)
         """,
+        """
+        import jax
+
+        class Scaler:
+            def __init__(self, factor):
+                self.factor = factor
+                self.apply = jax.jit(self._apply)  # expect: STB501
+
+            def _apply(self, x):
+                return x * self.factor
+
+        def rescale(x):
+            for _ in range(4):
+                x = Scaler(0.5).apply(x)
+            return x
+        """,
     )
     VALID = (
+        """
+        import jax
+
+        class Scaler:
+            def __init__(self, factor):
+                self.factor = factor
+                self.apply = jax.jit(self._apply)  # one object per run: a guess (--preview)
+
+            def _apply(self, x):
+                return x * self.factor
+
+        def rescale(x):
+            scaler = Scaler(0.5)
+            for _ in range(4):
+                x = scaler.apply(x)
+            return x
+        """,
         """
         import jax
 
@@ -157,6 +192,7 @@ class JitInLoop(Rule):
         fn = tc[1][0]
         fresh = self._fresh(fn, ctx)
         if fresh is None:
+            self._per_instance(node, fn, ctx)
             return
         what, per_iteration = fresh
         parent = ctx.parent
@@ -208,6 +244,34 @@ class JitInLoop(Rule):
                 confidence=confidence,
             )
             return
+
+    def _per_instance(self, node: ast.Call, fn: ast.AST, ctx: FileContext) -> None:
+        """`self.step = jax.jit(self._apply)` in `__init__`: the bound method (or lambda, partial) is
+        a new function per object, so every object compiles again (jax-ml/jax#9672). Proven when
+        this module builds objects of the class in a loop; a guess otherwise (one object per run)."""
+        info = ctx.function
+        if info is None or info.name != "__init__" or info.cls is None or not info.params:
+            return
+        me = info.params[0]
+        parent = ctx.parent
+        if not (isinstance(parent, ast.Assign) and any(isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == me for t in parent.targets)):
+            return
+        bound = isinstance(fn, ast.Attribute) and isinstance(fn.value, ast.Name) and fn.value.id == me
+        if not (bound or isinstance(fn, ast.Lambda) or (isinstance(fn, ast.Call) and ctx.qualname(fn.func) == "functools.partial")):
+            return
+        cls = info.cls.name
+        built_in_loop = any(isinstance(c.func, ast.Name) and c.func.id == cls and _in_loop(c, ctx) for _s, c in ctx.analysis.calls)
+        what = f"the bound method `{ctx.text(fn)}`" if bound else f"`{ctx.text(fn)}`"
+        self.report(
+            ctx,
+            node,
+            f"`{ctx.text(node.func)}` of {what} is built in `{cls}.__init__`: it is a new function for every `{cls}` object, so each "
+            f"object traces and compiles again{' (this module builds them in a loop)' if built_in_loop else ''}",
+            help="jit a module-level function (or decorate the method with `partial(jax.jit, static_argnums=0)` on a hashable class) "
+            "and pass the object's arrays as arguments, or build the object once",
+            detail=f"{cls}.__init__",
+            confidence="proven" if built_in_loop else "guess",
+        )
 
     @staticmethod
     def _fresh(fn: ast.AST, ctx: FileContext) -> tuple[str, bool] | None:
