@@ -19,6 +19,10 @@ from stabcheck.traced.source import chain, eqn_site
 
 # primitives whose inner jaxpr takes exactly the equation's inputs: step into them
 _CALLS = frozenset({"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call", "custom_lin"})
+# control flow whose bodies run many times or one of several: run whole, stepped into only when
+# it made the NaN/Inf, so the origin is the line inside the body (`_control_flow`)
+_LOOPS = frozenset({"scan", "while", "cond"})
+_MAX_STEPS = 10_000  # loop iterations replayed one primitive at a time at most; past that, the loop's line
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,7 @@ class _Stop(Exception):
     pass
 
 
-def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], labels: list[str]) -> list[Any]:
+def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], labels: list[str], stack: str = "") -> list[Any]:
     # JAX: imported when this runs, never on import
     from jax._src import core
 
@@ -102,7 +106,7 @@ def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], l
         if name in _CALLS and sub is not None:
             inner, inner_consts = (sub.jaxpr, list(sub.consts)) if hasattr(sub, "consts") else (sub, [])
             if len(inner.invars) == len(invals):
-                outs = _eval(inner, inner_consts, invals, found, from_)
+                outs = _eval(inner, inner_consts, invals, found, from_, stack)
                 for v, x in zip(eqn.outvars, outs):
                     env[v] = x
                     made_by[v] = label
@@ -115,14 +119,48 @@ def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], l
             made_by[v] = label
         bad = nonfinite(outs)
         if bad and not nonfinite(invals):
-            found.append(_origin(eqn, bad, tuple(f for f in from_ if f)))
+            if name in _LOOPS:
+                _control_flow(eqn, invals, found, from_, stack)  # raises _Stop at the body's line
+            found.append(_origin(eqn, bad, tuple(f for f in from_ if f), stack))
             raise _Stop
     return [read(v) for v in jaxpr.outvars]
 
 
-def _origin(eqn: Any, kind: str, inputs_from: tuple[str, ...]) -> Origin:
+def _control_flow(eqn: Any, invals: list[Any], found: list[Origin], labels: list[str], stack: str) -> None:
+    """Replay a scan, while_loop or cond that made a NaN/Inf from finite inputs, its body one
+    primitive at a time, iteration by iteration: `_eval` raises _Stop at the first equation
+    inside that made it. Returns when none did (or the loop is too long to step through)."""
+    name, p = eqn.primitive.name, eqn.params
+    inner = f"{stack}/{eqn.source_info.name_stack}".strip("/")  # a body's name stack is relative to its equation
+    labels = list(labels) + [""] * (len(invals) - len(labels))
+
+    def run(closed: Any, args: list[Any], labs: list[str]) -> list[Any]:
+        return _eval(closed.jaxpr, list(closed.consts), args, found, labs, inner)
+
+    if name == "cond":
+        branches = p["branches"]
+        index = int(np.clip(int(np.asarray(invals[0])), 0, len(branches) - 1))
+        run(branches[index], invals[1:], labels[1:])
+    elif name == "scan":
+        nc, nk, n = p["num_consts"], p["num_carry"], int(p["length"])
+        if n > _MAX_STEPS:
+            return
+        consts, carry, xs = invals[:nc], invals[nc : nc + nk], invals[nc + nk :]
+        for i in reversed(range(n)) if p["reverse"] else range(n):
+            outs = run(p["jaxpr"], [*consts, *carry, *(x[i] for x in xs)], labels)
+            carry = outs[:nk]
+    elif name == "while":
+        cn, bn = p["cond_nconsts"], p["body_nconsts"]
+        cconsts, bconsts, carry = invals[:cn], invals[cn : cn + bn], invals[cn + bn :]
+        for _ in range(_MAX_STEPS):
+            if not bool(np.asarray(run(p["cond_jaxpr"], [*cconsts, *carry], labels[:cn] + labels[cn + bn :])[0])):
+                return
+            carry = run(p["body_jaxpr"], [*bconsts, *carry], labels[cn:])
+
+
+def _origin(eqn: Any, kind: str, inputs_from: tuple[str, ...], outer: str = "") -> Origin:
     site = eqn_site(eqn)
-    stack = str(eqn.source_info.name_stack)
+    stack = f"{outer}/{eqn.source_info.name_stack}".strip("/")
     text = str(eqn).strip().splitlines()[0][:200]
     phase = "backward" if "transpose" in stack else "forward"
     return Origin(eqn.primitive.name, site.file if site else None, site.line if site else None, phase, kind, text, stack, inputs_from, site.col if site else 1, chain(site, str))
