@@ -120,7 +120,12 @@ def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], l
         bad = nonfinite(outs)
         if bad and not nonfinite(invals):
             if name in _LOOPS:
-                _control_flow(eqn, invals, found, from_, stack)  # raises _Stop at the body's line
+                try:
+                    _control_flow(eqn, invals, found, from_, stack)  # raises _Stop at the body's line
+                except _Stop:
+                    raise
+                except Exception:  # a body stabcheck cannot replay: the loop's own line, as before
+                    del found[:]
             found.append(_origin(eqn, bad, tuple(f for f in from_ if f), stack))
             raise _Stop
     return [read(v) for v in jaxpr.outvars]
