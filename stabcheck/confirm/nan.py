@@ -5,7 +5,8 @@ one primitive at a time on the concrete `args`. The origin is the first equation
 NaN from inputs without one (`0 * inf`, `0 / 0`) or an Inf from finite inputs (`log(0)`); its
 user line comes from the equation's source info (or, inside a library's jitted function such
 as `jnp.linalg.norm`, from the user's call of it), and its name stack tells the backward pass
-(`transpose(...)`) from the forward one. When a `where` selects around the unsafe operation
+(`transpose(...)`) from the forward one. A `scan`, `while_loop` or `cond` that made the NaN is
+replayed body by body, so the origin is the line inside it. When a `where` selects around the unsafe operation
 (it masks the value, not its derivative), `Origin.masked_by` names that `where`'s line. Runs in
 the worker (imports JAX).
 """
@@ -28,6 +29,10 @@ _SINGULAR = frozenset({"sqrt", "rsqrt", "cbrt", "log", "log1p", "pow", "atan2", 
 _ARITH = frozenset({"div", "mul", "integer_pow", "pow", "rsqrt", "neg", "add", "sub", "add_any"})
 # what `jnp.where` and `lax.select` become: the predicate first, then the cases
 _SELECTS = frozenset({"select_n", "_where", "where"})
+# control flow whose bodies run many times or one of several: run whole, stepped into only when
+# it made the NaN/Inf, so the origin is the line inside the body (`_control_flow`)
+_LOOPS = frozenset({"scan", "while", "cond"})
+_MAX_STEPS = 10_000  # loop iterations replayed one primitive at a time at most; past that, the loop's line
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +101,10 @@ class _Stop(Exception):
         self.start = start
 
 
-def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], labels: list[str], outer: Any = None) -> list[Any]:
+def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], labels: list[str], outer: Any = None, stack: str = "") -> list[Any]:
     """Evaluate one jaxpr; `outer` is the user site of the call that holds it (for equations
-    of a library's jitted function, which have no user line of their own)."""
+    of a library's jitted function, which have no user line of their own), `stack` the name
+    stack of the loop body it is (a body's own name stacks are relative to its equation)."""
     # JAX: imported when this runs, never on import
     from jax._src import core
 
@@ -124,7 +130,7 @@ def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], l
             inner, inner_consts = (sub.jaxpr, list(sub.consts)) if hasattr(sub, "consts") else (sub, [])
             if len(inner.invars) == len(invals):
                 try:
-                    outs = _eval(inner, inner_consts, invals, found, from_, eqn_site(eqn) or outer)
+                    outs = _eval(inner, inner_consts, invals, found, from_, eqn_site(eqn) or outer, stack)
                 except _Stop as stop:
                     stop.levels.append((jaxpr, i))
                     raise
@@ -143,17 +149,58 @@ def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], l
         bad = nonfinite(outs)
         had = nonfinite(invals)
         if bad and (had is None or (bad == "NaN" and had == "Inf")):
-            og, unsafe = _origin(jaxpr.eqns[:i], eqn, bad, tuple(f for f in from_ if f), producer, outer)
+            if name in _LOOPS:
+                try:
+                    _control_flow(eqn, invals, found, from_, outer, stack)  # raises _Stop at the body's line
+                except _Stop as stop:
+                    stop.levels.append((jaxpr, i))
+                    raise
+                except Exception:  # a body stabcheck cannot replay: the loop's own line, as before
+                    del found[:]
+            og, unsafe = _origin(jaxpr.eqns[:i], eqn, bad, tuple(f for f in from_ if f), producer, outer, stack)
             found.append(og)
             raise _Stop([(jaxpr, next(j for j, e in enumerate(jaxpr.eqns) if e is unsafe))], set(unsafe.outvars))
     return [read(v) for v in jaxpr.outvars]
 
 
-def _origin(before: list[Any], eqn: Any, kind: str, inputs_from: tuple[str, ...], producer: dict[Any, Any], outer: Any) -> tuple[Origin, Any]:
+def _control_flow(eqn: Any, invals: list[Any], found: list[Origin], labels: list[str], outer: Any, stack: str) -> None:
+    """Replay a scan, while_loop or cond that made a NaN/Inf from finite inputs, its body one
+    primitive at a time, iteration by iteration: `_eval` raises _Stop at the first equation
+    inside that made it. Returns when none did (or the loop is too long to step through)."""
+    name, p = eqn.primitive.name, eqn.params
+    inner = f"{stack}/{eqn.source_info.name_stack}".strip("/")  # a body's name stack is relative to its equation
+    labels = list(labels) + [""] * (len(invals) - len(labels))
+    at = eqn_site(eqn) or outer
+
+    def run(closed: Any, args: list[Any], labs: list[str]) -> list[Any]:
+        return _eval(closed.jaxpr, list(closed.consts), args, found, labs, at, inner)
+
+    if name == "cond":
+        branches = p["branches"]
+        index = int(np.clip(int(np.asarray(invals[0])), 0, len(branches) - 1))
+        run(branches[index], invals[1:], labels[1:])
+    elif name == "scan":
+        nc, nk, n = p["num_consts"], p["num_carry"], int(p["length"])
+        if n > _MAX_STEPS:
+            return
+        consts, carry, xs = invals[:nc], invals[nc : nc + nk], invals[nc + nk :]
+        for i in reversed(range(n)) if p["reverse"] else range(n):
+            outs = run(p["jaxpr"], [*consts, *carry, *(x[i] for x in xs)], labels)
+            carry = outs[:nk]
+    elif name == "while":
+        cn, bn = p["cond_nconsts"], p["body_nconsts"]
+        cconsts, bconsts, carry = invals[:cn], invals[cn : cn + bn], invals[cn + bn :]
+        for _ in range(_MAX_STEPS):
+            if not bool(np.asarray(run(p["cond_jaxpr"], [*cconsts, *carry], labels[:cn] + labels[cn + bn :])[0])):
+                return
+            carry = run(p["body_jaxpr"], [*bconsts, *carry], labels[cn:])
+
+
+def _origin(before: list[Any], eqn: Any, kind: str, inputs_from: tuple[str, ...], producer: dict[Any, Any], outer: Any, prefix: str = "") -> tuple[Origin, Any]:
     """The Origin of `eqn`, and the unsafe equation a `where` may mask: the primitive whose
     derivative `eqn` computes (`sqrt` for the `div` of its derivative), else `eqn` itself."""
     site = eqn_site(eqn) or outer
-    stack = str(eqn.source_info.name_stack)
+    stack = f"{prefix}/{eqn.source_info.name_stack}".strip("/")
     text = str(eqn).strip().splitlines()[0][:200]
     phase = "backward" if "transpose" in stack else "forward"
     unsafe = eqn
