@@ -683,3 +683,142 @@ def test_a_files_typed_findings_do_not_depend_on_what_else_is_in_the_run(type_ca
     assert findings["core.py"] == {frozenset()}  # no seed from library b's caller
     assert findings["ops.py"] == {frozenset({(12, "STB101", "guess")})}  # `alpha` unresolved, alone or not: `count(x)` unproven
     assert findings["model.py"] == {frozenset()}  # `count` declared `-> int` in its sibling module, checked or not
+
+
+# -- one mypy process per import root: a root mypy cannot take costs only its own types ------------
+GOOD_ROOTS = {
+    "typed": sorted(FIXTURE.glob("*.py")),  # five findings only types make
+    "liba": sorted((RUNS / "liba").rglob("*.py")),
+    "libb": sorted((RUNS / "libb").rglob("*.py")),
+}
+BAD_ROOT = [RUNS / "libc" / "gamma" / "__init__.py", RUNS / "libc" / "gamma" / "step.py"]  # imports odd.py: mypy stops
+
+
+def _by_root(paths: list[Path], cache: Path, config: Config | None = None) -> tuple[dict[str, frozenset[tuple[str, int, str, str, str | None]]], list[str], dict[str, str]]:
+    """One `--types` run: each root's findings (file, line, code, confidence, stage), the notes,
+    and each typed file's oracle digest."""
+    cfg = config or Config(types=True, preview=True)
+    res = api.run([str(p) for p in paths], cfg, api.Options(jobs=1, cache_dir=str(cache)))
+    roots = {**{k: v for k, v in GOOD_ROOTS.items()}, "libc": BAD_ROOT}
+    out = {}
+    for name, files in roots.items():
+        if files[0] in paths:
+            mine = {str(f.resolve()) for f in files}
+            out[name] = frozenset((Path(f.path).name, f.line, f.code, f.confidence, f.evidence.get("stage")) for f in res.findings if str(Path(f.path).resolve()) in mine)
+    bounds = typed.Bounds(timeout=cfg.types_timeout, memory=typed.memory_bytes(cfg.types_memory_limit), memory_text=cfg.types_memory_limit)
+    digests = {p: t.digest() for p, t in typed.prepare(paths, cache / "typed", bounds=bounds).files.items()}  # the cached facts of the run above
+    return out, list(res.notes), digests
+
+
+def test_import_root_is_mypys_base_directory(tmp_path: Path) -> None:
+    """The checking process groups files by import root without importing mypy; the grouping is
+    mypy's own (`SourceFinder.crawl_up`, stabcheck's options) on every layout, and a directory
+    mypy refuses (an `__init__.py` in a directory that is no package name) is a root of its own."""
+    pytest.importorskip("mypy")
+    from mypy.find_sources import InvalidSourceList, SourceFinder
+    from mypy.fscache import FileSystemCache
+
+    from stabcheck.static._mypy_extract import options
+
+    layout = [
+        "loose.py",
+        "app/run.py",  # a directory of scripts: its own root
+        "app/sub/x.py",
+        "lib/pkg/__init__.py",
+        "lib/pkg/mod.py",
+        "lib/pkg/sub/__init__.py",
+        "lib/pkg/sub/deep.py",
+        "lib/pkg/nsdir/inner.py",  # a namespace directory inside a package
+        "lib/pkg/bad-name/tool.py",  # not an identifier, no __init__: the crawl stops below it
+        "stubs/thing-stubs/__init__.pyi",
+        "stubs/thing-stubs/api.pyi",
+        "odd/bad-pkg/__init__.py",  # an __init__.py where no package name can be: mypy refuses
+        "odd/bad-pkg/m.py",
+    ]
+    for rel in layout:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n", encoding="utf-8")
+    finder = SourceFinder(FileSystemCache(), options(tmp_path / "cache", preserve_asts=False))
+    memo: dict[str, str | None] = {}
+    for rel in layout:
+        path = str(tmp_path / rel)
+        try:
+            _, base = finder.crawl_up(path)
+        except InvalidSourceList:
+            assert typed.import_root(path, memo) == str(tmp_path / "odd" / "bad-pkg"), rel
+            continue
+        assert typed.import_root(path, memo) == base == typed.import_root(path), rel
+    assert {r for r, _ in typed.groups({str(tmp_path / rel): None for rel in layout})} == {
+        str(tmp_path), str(tmp_path / "app"), str(tmp_path / "app" / "sub"), str(tmp_path / "lib"), str(tmp_path / "lib" / "pkg" / "bad-name"), str(tmp_path / "stubs"), str(tmp_path / "odd" / "bad-pkg")
+    }
+
+
+@pytest.mark.slow
+def test_a_root_mypy_stops_on_costs_only_that_roots_types(type_cache: Path) -> None:
+    """`libc` makes mypy stop (a blocking error in a module it imports). Checked beside the good
+    roots it gets one note naming it and its untyped findings; every good root keeps exactly the
+    findings (typed ones included) and the types it has when checked alone: roots A and B alone,
+    then all together, a root's findings identical in each run (issue 16)."""
+    alone = {name: _by_root(files, type_cache) for name, files in GOOD_ROOTS.items()}
+    for name, (found_, notes, _) in alone.items():
+        assert not notes, (name, notes)
+    assert {(f, n, c) for f, n, c, *_ in alone["typed"][0]["typed"]} >= markers()["typed"]  # the typed tier was on (and --preview adds guesses)
+    assert any(stage == "typed" for *_, stage in alone["typed"][0]["typed"])
+    bad, bad_notes, bad_digests = _by_root(BAD_ROOT, type_cache)
+    assert bad["libc"] == {("step.py", 11, "STB101", "proven", None)} and bad_digests == {}
+    assert len(bad_notes) == 1 and bad_notes[0].startswith("typed tier off for this run: mypy stopped") and "odd.py" in bad_notes[0], bad_notes
+    everything = [p for files in GOOD_ROOTS.values() for p in files] + BAD_ROOT
+    together, notes, digests = _by_root(everything, type_cache)
+    assert len(notes) == 1 and "typed tier off for the import root `" in notes[0] and "libc` (2 files): mypy stopped" in notes[0] and "odd.py" in notes[0], notes
+    assert together["libc"] == bad["libc"]
+    for name, (found_, _, typed_digests) in alone.items():
+        assert together[name] == found_[name], name
+        assert {p: d for p, d in digests.items() if p in typed_digests} == typed_digests, name
+    assert set(digests) == {p for _, _, d in alone.values() for p in d}  # libc alone has no types
+    pair, pair_notes, _ = _by_root(GOOD_ROOTS["typed"] + GOOD_ROOTS["liba"], type_cache)  # A + B, no bad root
+    assert not pair_notes and pair == {"typed": alone["typed"][0]["typed"], "liba": alone["liba"][0]["liba"]}
+
+
+@pytest.mark.slow
+def test_a_root_over_the_memory_bound_costs_only_that_roots_types(type_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory bound holds per root: each root's mypy runs in a process of its own under it.
+    A 40,000-line root needs more than 300 MiB; the typed fixture (mypy's cache warm) needs less
+    than 200: with that bound, only the large root loses its types, with one note naming it, and
+    the small root's findings are those it has alone and unbounded."""
+    big = tmp_path / "big" / "heavy"
+    big.mkdir(parents=True)
+    (big / "__init__.py").write_text("", encoding="utf-8")
+    (big / "gen.py").write_text("import jax.numpy as jnp\n\n" + "".join(f"x{i} = jnp.zeros(3) + {i}\n" for i in range(40_000)), encoding="utf-8")
+    reference, notes, _ = _by_root(GOOD_ROOTS["typed"], type_cache)  # warms mypy's cache for these files
+    assert not notes
+    starts: list[int] = []
+    real = typed._child
+    monkeypatch.setattr(typed, "_child", lambda *a: starts.append(1) or real(*a))
+    small = Config(types=True, preview=True, types_memory_limit="300MiB")
+    res = api.run([str(p) for p in [*GOOD_ROOTS["typed"], big / "__init__.py", big / "gen.py"]], small, api.Options(jobs=1, cache_dir=str(type_cache)))
+    assert len(starts) == 2  # a run of its own (another project's facts): both roots' mypy ran, under the bound
+    mine = {str(p) for p in GOOD_ROOTS["typed"]}
+    assert frozenset((Path(f.path).name, f.line, f.code, f.confidence, f.evidence.get("stage")) for f in res.findings if f.path in mine or str(Path(f.path).resolve()) in mine) == reference["typed"]
+    assert len(res.notes) == 1 and "typed tier off for the import root `" in res.notes[0] and "big` (2 files): mypy ran out of its memory bound (300MiB" in res.notes[0], res.notes
+    again = api.run([str(p) for p in [*GOOD_ROOTS["typed"], big / "__init__.py", big / "gen.py"]], small, api.Options(jobs=1, cache_dir=str(type_cache)))
+    assert len(starts) == 2 and "earlier run" in again.notes[0] and len(again.notes) == 1  # remembered per root: neither mypy starts
+
+
+@pytest.mark.slow
+def test_mypy_runs_in_the_roots_directory_whatever_the_working_directory(type_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mypy puts its working directory on its search path. Started above a directory of scripts
+    (`app/run.py` importing `app.util`), it found `app/util.py` both as `util` (its root's module)
+    and as `app.util` (through the working directory) and stopped (jax-fem's applications). Each
+    root's mypy runs in the root's directory: the same types wherever stabcheck is started."""
+    app = tmp_path / "x" / "app"
+    app.mkdir(parents=True)
+    (app / "util.py").write_text("def scale(v):\n    return v * 2\n", encoding="utf-8")
+    (app / "run.py").write_text("import jax\nfrom app import util\n\n\n@jax.jit\ndef step(x):\n    if x > 0:\n        return util.scale(x)\n    return -x\n", encoding="utf-8")
+    digests = set()
+    for cwd in (tmp_path / "x", app, tmp_path):
+        monkeypatch.chdir(cwd)
+        (app / "run.py").write_text((app / "run.py").read_text(encoding="utf-8") + f"# from {cwd.name}\n", encoding="utf-8")  # mypy has work to do
+        prepared = typed.prepare([app / "run.py", app / "util.py"], type_cache / "typed")
+        assert not prepared.notes and set(prepared.files) == {str(app / "run.py"), str(app / "util.py")}, (cwd, prepared.notes)
+        digests.add(tuple(sorted((p, t.digest()) for p, t in prepared.files.items())))
+    assert len(digests) == 1

@@ -3,15 +3,16 @@
 Opt-in (`--types`, `types = true`, `STABCHECK_TYPES=1`): its first run in an environment analyses
 jax's own sources (tens of seconds), which the default check must not pay (issue 15).
 
-`prepare(files, cache_root)` runs mypy once over the checked files, incrementally, in a
-subprocess bounded in time and memory (`stabcheck.static._mypy_child`; mypy never imports user
-code, and runs with stabcheck's own options: no config file, no plugins), and turns its type map
-into per-file `FileTypes`: the kind of each expression ("array", "static", "optional",
+`prepare(files, cache_root)` runs mypy over the checked files, incrementally, in one subprocess
+per import root (`import_root`), one after the other, each bounded in time and memory
+(`stabcheck.static._mypy_child`; mypy never imports user code, and runs with stabcheck's own
+options: no config file, no plugins), and turns its type map into per-file `FileTypes`: the kind of each expression ("array", "static", "optional",
 "tuple:2", ...), the def each call runs (through `jit`, `partial`, bound methods, `__call__`),
 declared parameter/return kinds. A file's `FileTypes` depends only on the file and what it
-imports: mypy runs once per import root (`_mypy_extract.roots`), and no fact crosses from one
+imports: mypy runs once per import root, in that root's own process, and no fact crosses from one
 checked file to another, so a file's typed findings are the same whether it is checked alone, with
-its package, or beside other libraries (issue 16). The traced-value analysis
+its package, or beside other libraries (issue 16), and a root mypy cannot take (a crash, a
+blocking error, a bound) costs only that root's files their types. The traced-value analysis
 (`Analysis(tree, names, types)`) asks a `FileTypes`:
 
 * a call whose declared and inferred result is `int`/`bool`/`str`/`None` is static;
@@ -26,9 +27,10 @@ declared/inferred union checks (STB202/STB201) that need mypy's view are added.
 
 The cache (`<cache>/typed/env-<key>/`: mypy's own cache and one facts file per project) is keyed
 by the versions of stabcheck, mypy, Python and every installed distribution, and shared by all
-projects checked in that environment; an unchanged tree costs a JSON read, without starting
-mypy. A mypy crash, a timeout or the memory bound degrades to the untyped analysis with one
-note; a file mypy stops on (a relative import outside a package) is left out of its run alone.
+projects checked in that environment; an unchanged root costs a JSON read, without starting
+mypy. A mypy crash, a timeout or the memory bound degrades that root to the untyped analysis with
+one note naming it; a file mypy stops on (a relative import outside a package) is left out of its
+run alone.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ if TYPE_CHECKING:
     from stabcheck.config import Config
     from stabcheck.rule import Rule
 
-FACTS_VERSION = "8"
+FACTS_VERSION = "9"
 STATIC_KINDS = frozenset({"static", "none"})
 
 
@@ -145,7 +147,7 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     rechecked: int = 0  # checked files whose facts were extracted afresh
-    stopped: tuple[str, str] | None = None  # ("timeout" | "memory", what happened): a bound stopped mypy
+    stopped: tuple[str, str] | None = None  # ("timeout" | "memory", what happened): a bound stopped mypy on a root (the first)
     analysed: int = 0  # modules mypy analysed without its cache (jax's own on a first run)
 
 
@@ -217,11 +219,15 @@ def prepare(
     bounds: Bounds | None = None,
     on_run: Callable[[int, bool], None] | None = None,
 ) -> Prepared:
-    """Run mypy over `files` (incrementally, in a bounded subprocess) and compute the per-file
-    types. `cache_root` is the typed tier's cache (`<cache>/typed`), shared by every
+    """Run mypy over `files` (incrementally, one bounded subprocess per import root) and compute
+    the per-file types. `cache_root` is the typed tier's cache (`<cache>/typed`), shared by every
     project checked with the same versions; None: a temporary one, removed. `on_run(n, first)`
     is called just before mypy starts (not when the cached facts answer): n files, and whether
-    mypy's cache for this environment is empty (a first run: jax's sources are analysed)."""
+    mypy's cache for this environment is empty (a first run: jax's sources are analysed).
+
+    Each import root (`import_root`) is its own unit: its own mypy process, bounds, cached facts
+    and notes. A root mypy cannot take (a crash, a blocking error, a bound) is checked untyped,
+    with one note naming it; the other roots keep their types (issue 16)."""
     start = time.perf_counter()
     out = Prepared()
     py = [Path(os.path.abspath(f)) for f in files if str(f).endswith((".py", ".pyi"))]
@@ -233,35 +239,127 @@ def prepare(
         cache_root = Path(tmp)
     try:
         hashes = {str(p): _hash(p) for p in py}
-        env = cache_root / f"env-{_env_key()}"
+        env = Path(os.path.abspath(cache_root)) / f"env-{_env_key()}"  # absolute: mypy runs in each root's directory
         facts_file = env / f"facts-{_project_key(hashes)}.json"
         secret = _secret() if tmp is None else b"temporary"  # a private temporary directory
         saved = _read_facts(facts_file, secret)
-        tree = _tree_key(hashes)
-        if saved.get("tree") == tree and isinstance(saved.get("files"), dict):  # unchanged: mypy has nothing to do
-            same = _facts_of(saved)
-            raw = {p: same[p] for p in hashes if p in same}
-            out.files = _post(raw)
-            out.notes.extend(n for n in saved.get("notes", ()) if isinstance(n, str))  # files mypy left out, as when they were
-        else:
-            b = bounds or Bounds()
-            stopped = saved.get("stopped")
-            if isinstance(stopped, dict) and stopped.get("tree") == tree and _within(b, stopped):
+        old = _facts_of(saved)
+        done = _roots_of(saved, "roots")  # root key -> {"notes": [...]}: facts of these roots are current
+        was_stopped = _roots_of(saved, "stopped")  # root key -> the bound that stopped mypy there
+        b = bounds or Bounds()
+        units = [_Unit(root, paths, _tree_key({p: hashes[p] for p in paths})) for root, paths in groups(hashes)]
+        todo: list[_Unit] = []
+        for u in units:
+            if u.key in done and all(old[p].get("hash") == hashes[p] for p in u.paths if p in old):  # unchanged: mypy has nothing to do
+                u.files = {p: old[p] for p in u.paths if p in old}
+                u.notes = [n for n in done[u.key].get("notes", ()) if isinstance(n, str)]  # files mypy left out, as when they were
+                u.ok = True
+            elif u.key in was_stopped and _within(b, was_stopped[u.key]):
                 # the same files stopped mypy at this bound before: paying the bound again on
                 # every run (5 minutes, by default) would buy the same note
-                out.notes.append(f"typed tier off for this run: {stopped.get('what')} on these same files in an earlier run, and is not retried until they, the bound or the installed packages change; the untyped analysis was used")
-                return _finish(out, start, tmp, cache_root, env)
-            raw_or_none = _run_mypy(py, hashes, env, saved, out, b, on_run)
-            if raw_or_none is not None:
-                out.files = _post(raw_or_none)
-                _save_facts(facts_file, secret, {"tree": tree, "files": {**_facts_of(saved), **raw_or_none}, "notes": out.notes})
-            elif out.stopped is not None:
-                _save_facts(facts_file, secret, {**saved, "stopped": {"tree": tree, "kind": out.stopped[0], "what": out.stopped[1], "timeout": b.timeout, "memory": b.memory}})
+                u.stopped = was_stopped[u.key]
+                u.notes = [_off(u, len(units), f"{u.stopped.get('what')} on these same files in an earlier run, and is not retried until they, the bound or the installed packages change")]
+            else:
+                todo.append(u)
+        if todo:
+            _run_mypy(todo, len(units), hashes, env, old, out, b, on_run)
+        for u in units:
+            out.notes.extend(u.notes)
+            if u.ok:
+                out.files.update(_post(u.files))
+        if todo:
+            _save_facts(
+                facts_file,
+                secret,
+                {
+                    "files": {**old, **{p: v for u in todo for p, v in u.files.items()}},
+                    "roots": {u.key: {"notes": u.notes} for u in units if u.ok},
+                    "stopped": {u.key: u.stopped for u in units if u.stopped is not None},
+                },
+            )
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     return _finish(out, start, tmp, cache_root, env)
+
+
+@dataclass(slots=True)
+class _Unit:
+    """One import root of a run: its checked files, what mypy made of them, and its notes."""
+
+    root: str
+    paths: list[str]
+    key: str  # the root's files and their contents (`_tree_key`)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> facts
+    notes: list[str] = field(default_factory=list)
+    ok: bool = False  # mypy ran (or its cached facts answer): these files have types
+    stopped: dict[str, Any] | None = None  # a time or memory bound stopped mypy here
+
+
+def import_root(path: str, _memo: dict[str, str | None] | None = None) -> str:
+    """The directory mypy takes as a checked file's base (`mypy.find_sources.SourceFinder.
+    crawl_up` with stabcheck's options: namespace packages, no explicit package bases): above
+    the outermost package holding it, or its own directory. A function of the file's path and
+    the `__init__.py` files above it alone, so a root's unit never depends on the rest of the
+    run. Computed here without importing mypy (the checking process never does); a directory
+    with an `__init__.py` but no valid package name (mypy refuses the whole source list) is a
+    root of its own, so mypy's refusal costs only its files their types."""
+    memo: dict[str, str | None] = {} if _memo is None else _memo
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        return _crawl(d, memo) or d
+    except _NotAPackage as e:
+        return e.where
+
+
+class _NotAPackage(Exception):
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+
+def _crawl(d: str, memo: dict[str, str | None]) -> str | None:
+    """`SourceFinder._crawl_up_helper`'s base directory for directory `d`, or None."""
+    if d in memo:
+        return memo[d]
+    parent, name = os.path.split(d)
+    name = name.removesuffix("-stubs")  # a PEP 561 stub-only directory
+    base: str | None
+    if any(os.path.isfile(os.path.join(d, "__init__" + ext)) for ext in (".pyi", ".py")):
+        if not name.isidentifier():
+            raise _NotAPackage(d)
+        base = _crawl(parent, memo) or parent
+    elif not name or not parent or parent == d or not name.isidentifier():
+        base = None
+    else:
+        base = _crawl(parent, memo)  # a namespace package only if something above is a package
+    memo[d] = base
+    return base
+
+
+def groups(hashes: dict[str, str | None]) -> list[tuple[str, list[str]]]:
+    """The checked files by import root (`import_root`), in a fixed order."""
+    memo: dict[str, str | None] = {}
+    by: dict[str, list[str]] = {}
+    for p in hashes:
+        by.setdefault(import_root(p, memo), []).append(p)
+    return [(r, sorted(by[r])) for r in sorted(by)]
+
+
+def _roots_of(data: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, dict)}
+
+
+def _off(u: _Unit, n_units: int, what: str) -> str:
+    """The one note of a root the typed tier could not serve."""
+    if n_units == 1:
+        return f"typed tier off for this run: {what}; the untyped analysis was used"
+    n = len(u.paths)
+    return f"typed tier off for the import root `{_rel(u.root)}` ({n} file{'s' if n != 1 else ''}): {what}; its files were checked untyped"
 
 
 def _finish(out: Prepared, start: float, tmp: str | None, cache_root: Path, env: Path) -> Prepared:
@@ -283,54 +381,61 @@ def _within(b: Bounds, stopped: dict[str, Any]) -> bool:
 
 
 def _run_mypy(
-    py: list[Path],
+    todo: list[_Unit],
+    n_units: int,
     hashes: dict[str, str | None],
     env: Path,
-    saved: dict[str, Any],
+    old: dict[str, dict[str, Any]],
     out: Prepared,
     bounds: Bounds,
     on_run: Callable[[int, bool], None] | None,
-) -> dict[str, dict[str, Any]] | None:
-    """The facts of `py`, from mypy in a subprocess; None (and one note) when it cannot run."""
+) -> None:
+    """Fill in each unit's facts from mypy, one bounded subprocess per unit, one after the other
+    (mypy is single-threaded; a second one at once would only compete for the same cores and
+    double the peak memory); a unit mypy cannot take gets one note and no types."""
     try:
         found = importlib.util.find_spec("mypy") is not None
     except (ImportError, ValueError):
         found = False
     if not found:
         out.notes.append("typed tier off: mypy is not installed (`pip install mypy`); the untyped analysis was used")
-        return None
+        return
     # a file `ast` cannot parse gets its STB901 from the static stage; mypy would stop on it
-    parsed = [p for p in py if _parses(p)]
-    if not parsed:
-        return None
-    old = _facts_of(saved)
-    if on_run is not None:
-        on_run(len(parsed), not (env / "mypy").is_dir())
-    answer = _child(parsed, env, {p: {"hash": v.get("hash"), "module": v.get("module")} for p, v in old.items()}, bounds, out)
-    if answer is None:
-        return None
-    fresh: dict[str, dict[str, Any]] = answer.get("fresh", {})
-    analysed: list[str] = answer.get("paths", [])
-    dropped: dict[str, str] = answer.get("dropped", {})
-    out.rechecked = len(fresh)
-    out.analysed = int(answer.get("analysed", 0))
-    if dropped:
-        shown = "; ".join(f"`{_rel(p)}`: {why}" for p, why in sorted(dropped.items())[:3])
-        more = f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
-        n = len(dropped)
-        out.notes.append(f"typed tier: {n} file{'s' if n != 1 else ''} left out of mypy's run and checked without types ({shown}{more}); the other files have types")
-    raw: dict[str, dict[str, Any]] = {}
-    for p in analysed:
-        if p in fresh:
-            raw[p] = {**fresh[p], "hash": hashes.get(p)}
-        elif p in old:
-            raw[p] = old[p]
-    return raw
+    parsed = {id(u): [Path(p) for p in u.paths if _parses(Path(p))] for u in todo}
+    if on_run is not None and any(parsed.values()):
+        on_run(sum(len(v) for v in parsed.values()), not (env / "mypy").is_dir())
+    for u in todo:
+        if not parsed[id(u)]:
+            u.ok = True  # nothing mypy could read: the static stage reports each file's STB901
+            continue
+        answer = _child(parsed[id(u)], env, {p: {"hash": old[p].get("hash"), "module": old[p].get("module")} for p in u.paths if p in old}, bounds, u)
+        if answer is None:
+            u.notes = [_off(u, n_units, u.notes[0])] if u.notes else []
+            continue
+        fresh: dict[str, dict[str, Any]] = answer.get("fresh", {})
+        dropped: dict[str, str] = answer.get("dropped", {})
+        out.rechecked += len(fresh)
+        out.analysed += int(answer.get("analysed", 0))
+        if dropped:
+            shown = "; ".join(f"`{_rel(p)}`: {why}" for p, why in sorted(dropped.items())[:3])
+            more = f" and {len(dropped) - 3} more" if len(dropped) > 3 else ""
+            n = len(dropped)
+            u.notes.append(f"typed tier: {n} file{'s' if n != 1 else ''} left out of mypy's run and checked without types ({shown}{more}); the other files have types")
+        for p in answer.get("paths", []):
+            if p in fresh:
+                u.files[p] = {**fresh[p], "hash": hashes.get(p)}
+            elif p in old:
+                u.files[p] = old[p]
+        u.ok = True
+    stops = [u.stopped for u in todo if u.stopped is not None]
+    if stops:
+        out.stopped = (str(stops[0].get("kind")), str(stops[0].get("what")))
 
 
-def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, out: Prepared) -> dict[str, Any] | None:
-    """Run `stabcheck.static._mypy_child` with the time and memory bounds; its answer, or None
-    and one note (crash, timeout, memory). Its request and result files are removed."""
+def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, unit: _Unit) -> dict[str, Any] | None:
+    """Run `stabcheck.static._mypy_child` over one unit's files with the time and memory bounds;
+    its answer, or None with what went wrong as `unit.notes[0]` (crash, timeout, memory; a bound
+    also in `unit.stopped`). Its request and result files are removed."""
     work = tempfile.mkdtemp(prefix="stabcheck-mypy-")
     try:
         request, result, errors = (os.path.join(work, n) for n in ("request.json", "result.json", "stderr.txt"))
@@ -345,15 +450,17 @@ def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, ou
         if home not in _site_dirs():  # a checkout run in place: put it first (site-packages never, it would precede the stdlib)
             child_env["PYTHONPATH"] = os.pathsep.join([home, *filter(None, [os.environ.get("PYTHONPATH")])])
         with open(errors, "wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "stabcheck.static._mypy_child", request, result], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=child_env)
+            # in the root's directory: mypy puts its working directory on its search path, and a
+            # root's types must not depend on where stabcheck was started either
+            proc = subprocess.Popen([sys.executable, "-m", "stabcheck.static._mypy_child", request, result], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=child_env, cwd=unit.root)
             try:
                 rc = proc.wait(timeout=bounds.timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
                 what = f"mypy ran past its time bound ({bounds.timeout:g} s, `types-timeout`)"
-                out.stopped = ("timeout", what)
-                out.notes.append(f"typed tier off for this run: {what} and was stopped; the untyped analysis was used")
+                unit.stopped = {"kind": "timeout", "what": what, "timeout": bounds.timeout, "memory": bounds.memory}
+                unit.notes = [f"{what} and was stopped"]
                 return None
             finally:
                 if proc.poll() is None:  # interrupted (Ctrl-C): never leave mypy running
@@ -368,7 +475,7 @@ def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, ou
         out_of_memory |= rc == -signal.SIGABRT  # under a memory bound: an allocation the interpreter could not survive ("Fatal Python error", or C++ "skipping backtrace printing")
         if why == "memory" or rc == 3 or (bounds.memory is not None and out_of_memory):  # 3: `_mypy_child.MEMORY_EXIT`
             what = f"mypy ran out of its memory bound ({bounds.memory_text}, `types-memory-limit`)"
-            out.stopped = ("memory", what)
+            unit.stopped = {"kind": "memory", "what": what, "timeout": bounds.timeout, "memory": bounds.memory}
         elif why in ("mypy", "import"):
             what = str(answer.get("message", ""))
         elif why == "crash":
@@ -382,7 +489,7 @@ def _child(files: list[Path], env: Path, old: dict[str, Any], bounds: Bounds, ou
             what = f"mypy crashed ({name}{', a file too deeply nested for it' if name == 'SIGSEGV' else ''}{': ' + last[:160] if last else ''})"
         else:
             what = f"mypy's process exited with status {rc}"
-        out.notes.append(f"typed tier off for this run: {what}; the untyped analysis was used")
+        unit.notes = [what]
         return None
     finally:
         shutil.rmtree(work, ignore_errors=True)
