@@ -30,6 +30,7 @@ STATIC_PAIRS = {
     "static_array_field": "ValueError: static arguments should be comparable",
     "vmapped_static": "ValueError: Non-hashable static arguments are not supported",
     "traced_slice": "IndexError: Slice entries must be static integers",
+    "grad_int_leaf": "grad requires real- or complex-valued inputs",
 }
 MARK = re.compile(r"#\s*(?:bug|expect):\s*(STB\d{3})")
 
@@ -86,7 +87,7 @@ def test_hazards_fail_under_jax_and_near_misses_run() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"non_scalar_gradient_bad.run", "non_scalar_gradient_bad.run_aux", "jnp_size_bad.run_padded", "jnp_size_ok.run", "jit_method_bad.run_checkpoint", "jit_method_bad.run_object", "jit_method_ok.run_pytree", "jit_method_ok.run_object", "static_array_field_bad.run", "vmapped_static_bad.run_jnp_count", "vmapped_static_ok.run", "traced_slice_bad.run_cache", "traced_slice_ok.run_masked", "route"} <= results.keys()
+    assert {"non_scalar_gradient_bad.run", "non_scalar_gradient_bad.run_aux", "jnp_size_bad.run_padded", "jnp_size_ok.run", "jit_method_bad.run_checkpoint", "jit_method_bad.run_object", "jit_method_ok.run_pytree", "jit_method_ok.run_object", "static_array_field_bad.run", "vmapped_static_bad.run_jnp_count", "vmapped_static_ok.run", "traced_slice_bad.run_cache", "traced_slice_ok.run_masked", "grad_int_leaf_bad.run", "grad_int_leaf_ok.run", "route"} <= results.keys()
     for name, (expect, got) in results.items():
         if expect is None:
             assert got is None, (name, got)
