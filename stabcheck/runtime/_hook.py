@@ -63,6 +63,9 @@ class Collector:
             token = outer_call.set((fun, tuple(args), dict(kwargs)))  # `jit(grad(f))`: grad is told these arguments
             try:
                 p = original(fun, ji, ctx_mesh, dbg, avals, args, kwargs)
+            except Exception as e:
+                self._failed(fun, e)
+                raise
             finally:
                 outer_call.reset(token)
             if not busy.get():
@@ -105,6 +108,18 @@ class Collector:
             self._interceptor.seen(None, fun, "jit", _jit_options(ji), tuple(args), dict(kwargs))
         except Exception as e:  # never break the user's test
             self.errors.append(f"{type(e).__name__}: {e}")
+
+    def _failed(self, fun: Any, e: Exception) -> None:
+        """The trace of a user function for `jit` raised: its hazard, even under `pytest.raises`."""
+        if busy.get() or self.checker is None or not given_by_user(fun):
+            return
+        token = busy.set(True)
+        try:
+            self.checker.jit_failed(e, fun)
+        except Exception as err:  # never break the user's test
+            self.errors.append(f"{type(err).__name__}: {err}")
+        finally:
+            busy.reset(token)
 
     def observe(self, fun: Any, ji: Any, dbg: Any, avals: Any, args: Any, kwargs: Any, params: Any) -> None:
         name, file, line = _source(getattr(ji, "fun_sourceinfo", "") or "")

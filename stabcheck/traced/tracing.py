@@ -33,7 +33,7 @@ from typing import Any
 
 from stabcheck import registry
 from stabcheck.finding import Finding, Span
-from stabcheck.traced.checks import check_jaxpr, depends, first_cut, is_zero_constant, iter_eqns, shown_path, site_span, source_line, sub_jaxprs
+from stabcheck.traced.checks import ZERO_GRADIENT_HELP, check_jaxpr, iter_eqns, shown_path, site_span, source_line, sub_jaxprs, zero_gradient_cut, zero_gradient_message
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import code_of
 from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, is_internal, literal_return_site, with_via
@@ -261,27 +261,19 @@ class Tracer:
                 out = next(outs, None)
                 if out is None or not jax.numpy.issubdtype(jax.numpy.result_type(leaf), jax.numpy.inexact):
                     continue
-                if not is_zero_constant(grad_jaxpr.jaxpr, out):
-                    continue
-                var = primal.invars[start + k]
-                reached = depends(primal, {var})
-                if not any(v in reached for v in primal.outvars if not hasattr(v, "val")):  # Literals have `val`
-                    continue  # the output does not use this leaf at all: no silent cut to report
-                chain = first_cut(primal, {var})
+                chain = zero_gradient_cut(primal, grad_jaxpr.jaxpr, out, primal.invars[start + k])
                 site = next((st for st in map(eqn_site, reversed(chain)) if st is not None), None)
                 if site is None:
                     continue
                 cut = chain[-1]
                 name = f"{self.params[self.dyn_pos[pos]] if self.dyn_pos[pos] < len(self.params) else f'argument {pos}'}{jax.tree_util.keystr(path)}"
-                prim = cut.primitive.name
-                what = "a comparison" if prim in ("lt", "gt", "le", "ge", "eq", "ne") else "a cast to an integer type" if prim == "convert_element_type" else f"`{prim}`"
                 self.report(
                     "STB410",
                     site,
-                    f"`{name}` reaches the output only through {what} here, which has no derivative; `grad` returns exactly zero for it, silently, and training never moves it",
-                    help="keep a differentiable path (a smooth surrogate such as `jax.nn.sigmoid(k * (a - b))` for a comparison, a straight-through estimator `x + lax.stop_gradient(round(x) - x)`), or differentiate the solution with `jax.custom_jvp`/implicit differentiation instead of through the bisection",
+                    zero_gradient_message(name, cut),
+                    help=ZERO_GRADIENT_HELP,
                     detail=name,
-                    evidence={"transform": "grad", "leaf": name, "primitive": prim},
+                    evidence={"transform": "grad", "leaf": name, "primitive": cut.primitive.name},
                 )
 
     def code_weak_leaves(self, out_paths: list[str]) -> set[str]:
