@@ -317,7 +317,11 @@ def _settle(f: Finding, obs: list[Observation], retr: Any, max_traces: int) -> F
         here = [s for o in ran for s in hlo.at(o.sites, f.path, f.line)]
         floats = {s.dtype for s in here if s.dtype in _FLOATS}
         widest_in = max((_FLOATS.get(d, 0) for o in ran for d in o.input_floats), default=0)
-        if c == "STB301":
+        if c == "STB301" and "warning" in f.evidence:  # float64 asked for, truncated (JAX warned when tracing)
+            if not here:
+                return _undecided(f, "the compiled program has no operation at this line")
+            ok = "f64" not in floats
+        elif c == "STB301":
             ok = "f64" in floats and widest_in < 64
         elif c == "STB303":
             ok = any(_FLOATS.get(d, 0) > widest_in for d in floats) or any(s.op == "convert" and s.dtype in _FLOATS for s in here)

@@ -429,6 +429,17 @@ def depends(jaxpr: Any, start: set[Any]) -> set[Any]:
     return dep
 
 
+def truncated_dtype_text(asked: str, got: str, where: str = "") -> tuple[str, str]:
+    """STB301's message and help where the code asks for `asked` (in the JAX function `where`)
+    and JAX silently narrows it to `got` (`jax_enable_x64` off): the entries' trace (from JAX's
+    warning) and `pytest --stabcheck` (from the request itself) say the same."""
+    in_fn = f" in `{where}`" if where else ""
+    return (
+        f"`{asked}` requested explicitly here{in_fn} is silently truncated to `{got}` (`jax_enable_x64` is off): the result is not the dtype the code asks for",
+        f"ask for `{got}` (or the input's dtype) explicitly, or enable `jax_enable_x64` if `{asked}` is really needed",
+    )
+
+
 ZERO_GRADIENT_HELP = "keep a differentiable path (a smooth surrogate such as `jax.nn.sigmoid(k * (a - b))` for a comparison, a straight-through estimator `x + lax.stop_gradient(round(x) - x)`), or differentiate the solution with `jax.custom_jvp`/implicit differentiation instead of through the bisection"
 
 

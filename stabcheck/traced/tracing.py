@@ -33,7 +33,7 @@ from typing import Any
 
 from stabcheck import registry
 from stabcheck.finding import Finding, Span
-from stabcheck.traced.checks import ZERO_GRADIENT_HELP, check_jaxpr, iter_eqns, shown_path, site_span, source_line, sub_jaxprs, zero_gradient_cut, zero_gradient_message
+from stabcheck.traced.checks import ZERO_GRADIENT_HELP, check_jaxpr, iter_eqns, shown_path, site_span, source_line, sub_jaxprs, truncated_dtype_text, zero_gradient_cut, zero_gradient_message
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import code_of
 from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, is_internal, literal_return_site, with_via
@@ -306,12 +306,12 @@ class Tracer:
             if m is None or is_internal(w.filename):
                 continue
             asked = m.group(1).removeprefix("<class '").removesuffix("'>").rsplit(".", 1)[-1]
-            where = f" in `{m.group(2)}`" if m.group(2) else ""
+            message, help = truncated_dtype_text(asked, m.group(3), m.group(2) or "")
             self.report(
                 "STB301",
                 Site(w.filename, w.lineno),
-                f"`{asked}` requested explicitly here{where} is silently truncated to `{m.group(3)}` (`jax_enable_x64` is off): the result is not the dtype the code asks for",
-                help=f"ask for `{m.group(3)}` (or the input's dtype) explicitly, or enable `jax_enable_x64` if `{asked}` is really needed",
+                message,
+                help=help,
                 detail=asked,
                 evidence={"transform": "call", "warning": str(w.message).splitlines()[0][:200]},
             )
