@@ -12,8 +12,9 @@
 
 Each hazard line carries `# bug: STBnnn` (or `# loud: STBnnn`). A hazard is found when a finding
 with its code sits at its line (a finding the confirm stage refuted does not count). A finding
-inside a function (or class) with no marker is a false alarm (near misses, helpers); one inside
-a hazard's function but not the hazard (another code, another line) is "other".
+inside a near miss (a function named `*_ok`, one that says `near miss`, every unmarked function
+of near_misses.py) is a false alarm; any other finding that is not a hazard found (another code
+or line in a hazard's function, a helper the hazard calls, an entry factory) is "other".
 
     .venv/bin/python benchmarks/realbugs.py            # print the table
     .venv/bin/python benchmarks/realbugs.py --write    # and write it into docs/precision.md
@@ -62,6 +63,20 @@ def _owners(path: Path) -> dict[int, str]:
     return out
 
 
+def near_misses(path: Path) -> set[str]:
+    """The functions of `path` that must stay silent (see the module docstring)."""
+    lines = path.read_text().splitlines()
+    marked = set(expected(path).values())
+    spans: dict[str, list[int]] = {}
+    for line, name in _owners(path).items():
+        spans.setdefault(name, []).append(line)
+    return {
+        name
+        for name, at in spans.items()
+        if name not in marked and (name.endswith("_ok") or path.name == "near_misses.py" or any("near miss" in lines[i - 1] for i in at))
+    }
+
+
 @dataclass
 class Score:
     """One file under one path."""
@@ -80,11 +95,11 @@ def score(path: Path, got: set[tuple[str, int]]) -> Score:
     """`got`: (code, line) of the findings in `path`."""
     want = expected(path)
     owners = _owners(path)
-    hazards = set(want.values())
+    quiet = near_misses(path)
     s = Score(found=set(want) & got, missed={k: v for k, v in want.items() if k not in got})
     for code, line in sorted(got - set(want)):
         owner = owners.get(line, "<module>")
-        (s.other if owner in hazards else s.false_alarms).append((code, line, owner))
+        (s.false_alarms if owner in quiet else s.other).append((code, line, owner))
     return s
 
 

@@ -372,9 +372,14 @@ def _new_findings(name: str, entry: Entry, obs: list[Observation], retr: Any, ma
     out: list[Finding] = []
     seen: set[tuple[str, str, int]] = set()
 
+    # an error with no frame of the user's: at the line that applied the recorded transform (as
+    # `pytest --stabcheck` and the traced stage put it), else at the entry's function
+    called = getattr(entry, "recorded_site", None)
+    fallback = called if called is not None and os.path.isfile(called[0]) else ((os.path.abspath(path) if path else None), def_line)
+
     def add(code: str, file: str | None, line: int | None, message: str, col: int = 1, **evidence: Any) -> None:
         if not (file and line):
-            file, line = (os.path.abspath(path) if path else None), def_line
+            file, line = fallback
         shown = _display(file) if file else path
         key = (code, shown, line or 1)
         if key in seen or (code in covered and code != "STB902"):

@@ -25,6 +25,7 @@ import ast
 import contextlib
 import inspect
 import linecache
+import os
 import re
 import textwrap
 import warnings
@@ -374,7 +375,7 @@ class Tracer:
         jax_msg = "\n".join(str(e).strip().splitlines()[:6])[:1200]
         ev = {"transform": transform, "error": first_line(e), "jax_message": jax_msg}
         where = f"under `{transform}`" if transform != "call" else "when traced"
-        site = exception_site(e)
+        site = exception_site(e) or self.recorded_call()
         if code == "STB402":
             self.non_diff_leaf(e, transform, site, ev)
         elif code == "STB403":
@@ -407,6 +408,13 @@ class Tracer:
             self.report(code, site, message.format(where=where, what=first_line(e)[:160], by=by, transform=transform), help=help, detail=transform, evidence=ev)
         else:
             self.report("STB902", site, f"tracing entry `{self.name}` {where} raised `{first_line(e)[:200]}`; its remaining checks under `{transform}` did not run", help="run the entry by hand to reproduce the error; fix it or the entry's example arguments", detail=f"{self.name}:{transform}", evidence=ev)
+
+    def recorded_call(self) -> Site | None:
+        """The user's line that applied the transform, for a recorded entry whose error has no
+        frame of the user's (`vmap` of a jitted function rejecting a batched static argument):
+        where `pytest --stabcheck` puts it. None for a hand-written entry, or a deleted file."""
+        at = getattr(self.entry, "recorded_site", None)
+        return Site(at[0], at[1]) if at is not None and os.path.isfile(at[0]) else None
 
     def non_diff_leaf(self, e: BaseException, transform: str, site: Site | None, ev: dict[str, Any]) -> None:
         jax = self.jax
