@@ -8,7 +8,9 @@ user-defined function traced for `jit` (including inner jits and `.lower()`/`.tr
 checked once per signature, on the very jaxpr JAX compiles. Functions defined in JAX, the
 standard library or installed packages are skipped. Where the hook point is missing (another
 JAX version) `install()` returns False and nothing is patched. Each new transformed call (`jit`
-included) goes to `listeners` as a `TransformedCall`.
+included) goes to `listeners` as a `TransformedCall`. A trace that raises is told to the
+transform checker (its hazard at the user's line), and while a user function is traced for
+`jit`, JAX's narrowing of an explicitly requested dtype is STB301 at the user's request.
 """
 
 from __future__ import annotations

@@ -10,8 +10,11 @@ differentiated transforms (`grad`, `value_and_grad`, `jacfwd`, `jacrev`, `hessia
 `nnx.jit`. Arguments the transform does not trace (the non-differentiated arguments of `grad`,
 equinox's non-array leaves, `vmap`'s Python numbers) are closed over with their real values,
 as the transform does. Differentiated calls also get STB402 (a non-float leaf in a
-differentiated argument) and STB406 (a gradient dtype other than its parameter's). A trace that
-raises is classified by the traced stage's error table (STB101 at the `if`...).
+differentiated argument) and STB406 (a gradient dtype other than its parameter's), and `grad`/
+`value_and_grad` STB410 (a leaf whose gradient is the constant zero: the test shared with the
+entries, `traced.checks.zero_gradient_cut`). A trace that raises is classified by the traced
+stage's error table (STB101 at the `if`...); so is a `jit` trace that raises (`jit_failed`,
+told by the jit hook), even when the test expects the error.
 
 `TransformChecker.after` sees the call's result: when a differentiated call returned a NaN or
 Inf from finite arguments, `confirm.nan.nan_origin` replays it one primitive at a time and
