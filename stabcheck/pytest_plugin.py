@@ -9,8 +9,10 @@ JAX traces for `jit` is checked once per signature, as if it carried `@stabcheck
 traced dtype checks and STB504 retraces), without editing user code; so is each user function a
 test calls through `grad`, `value_and_grad`, `vmap`, `jacfwd`, `jacrev`, `hessian`, `jvp`, `vjp`,
 `eqx.filter_jit`/`filter_grad`/`filter_value_and_grad` or `nnx.jit` (`runtime._intercept`,
-`runtime._transformed`): the jaxpr checks, and for the differentiated ones STB402/STB406 and
-the first NaN/Inf-producing primitive (STB408) on the arguments the test passed. Each finding's
+`runtime._transformed`): the jaxpr checks, and for the differentiated ones STB402/STB406, STB410
+(a gradient that is zero by construction) and the first NaN/Inf-producing primitive (STB408) on
+the arguments the test passed. A `jit` trace that JAX raises on is reported even under
+`pytest.raises`, and a `float64` request JAX narrows while tracing is STB301. Each finding's
 evidence says where its entry came from (`entry`: the test line of the call). Findings are
 collected, not warned. At the end: a summary table in the terminal, `--stabcheck-strict` turns findings
 into exit status 1, `--stabcheck-report FILE` writes them as JSON (`.json`) or SARIF (`.sarif`).

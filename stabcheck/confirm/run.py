@@ -320,7 +320,11 @@ def _settle(f: Finding, obs: list[Observation], retr: Any, max_traces: int) -> F
         here = [s for o in ran for s in hlo.at(o.sites, f.path, f.line)]
         floats = {s.dtype for s in here if s.dtype in _FLOATS}
         widest_in = max((_FLOATS.get(d, 0) for o in ran for d in o.input_floats), default=0)
-        if c == "STB301":
+        if c == "STB301" and "warning" in f.evidence:  # float64 asked for, truncated (JAX warned when tracing)
+            if not here:
+                return _undecided(f, "the compiled program has no operation at this line")
+            ok = "f64" not in floats
+        elif c == "STB301":
             ok = "f64" in floats and widest_in < 64
         elif c == "STB303":
             ok = any(_FLOATS.get(d, 0) > widest_in for d in floats) or any(s.op == "convert" and s.dtype in _FLOATS for s in here)
@@ -376,9 +380,14 @@ def _new_findings(name: str, entry: Entry, obs: list[Observation], retr: Any, ma
     out: list[Finding] = []
     seen: set[tuple[str, str, int]] = set()
 
+    # an error with no frame of the user's: at the line that applied the recorded transform (as
+    # `pytest --stabcheck` and the traced stage put it), else at the entry's function
+    called = getattr(entry, "recorded_site", None)
+    fallback = called if called is not None and os.path.isfile(called[0]) else ((os.path.abspath(path) if path else None), def_line)
+
     def add(code: str, file: str | None, line: int | None, message: str, col: int = 1, **evidence: Any) -> None:
         if not (file and line):
-            file, line = (os.path.abspath(path) if path else None), def_line
+            file, line = fallback
         shown = _display(file) if file else path
         key = (code, shown, line or 1)
         if key in seen or (code in covered and code != "STB902"):

@@ -8,11 +8,14 @@ user-defined function traced for `jit` (including inner jits and `.lower()`/`.tr
 checked once per signature, on the very jaxpr JAX compiles. Functions defined in JAX, the
 standard library or installed packages are skipped. Where the hook point is missing (another
 JAX version) `install()` returns False and nothing is patched. Each new transformed call (`jit`
-included) goes to `listeners` as a `TransformedCall`.
+included) goes to `listeners` as a `TransformedCall`. A trace that raises is told to the
+transform checker (its hazard at the user's line), and while a user function is traced for
+`jit`, JAX's narrowing of an explicitly requested dtype is STB301 at the user's request.
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,12 +23,16 @@ from typing import Any
 
 from stabcheck.finding import Finding
 from stabcheck.runtime._calls import Listeners, TransformedCall
-from stabcheck.runtime._intercept import Interceptor, given_by_user, outer_call
-from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, busy, caller_site
+from stabcheck.runtime._intercept import Interceptor, given_by_user, outer_call, user_site
+from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, busy, caller_site, make_finding
 from stabcheck.runtime._signature import Signature, short_repr, type_str
 from stabcheck.runtime._transformed import TransformChecker
-from stabcheck.traced.checks import shown_path
-from stabcheck.traced.source import is_internal, is_library
+from stabcheck.traced.checks import shown_path, source_line, truncated_dtype_text
+from stabcheck.traced.source import Site as SourceSite, is_internal, is_library
+
+
+# the user function whose trace for `jit` is running (a dtype narrowed in it is its STB301)
+_tracing: contextvars.ContextVar[Any] = contextvars.ContextVar("stabcheck_tracing_jit", default=None)
 
 
 @dataclass(slots=True)
@@ -43,6 +50,7 @@ class Collector:
     _interceptor: Interceptor | None = None
     _monitors: dict[int, tuple[Any, Monitor]] = field(default_factory=dict)
     _original: Callable[..., Any] | None = None
+    _narrowing: Callable[..., Any] | None = None  # JAX's dtype narrowing, while wrapped
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def install(self) -> bool:
@@ -61,9 +69,14 @@ class Collector:
                 return original(fun, ji, ctx_mesh, dbg, avals, args, kwargs)
             self._jit_call(fun, ji, args, kwargs)
             token = outer_call.set((fun, tuple(args), dict(kwargs)))  # `jit(grad(f))`: grad is told these arguments
+            tracing = _tracing.set(fun)
             try:
                 p = original(fun, ji, ctx_mesh, dbg, avals, args, kwargs)
+            except Exception as e:
+                self._failed(fun, e)
+                raise
             finally:
+                _tracing.reset(tracing)
                 outer_call.reset(token)
             if not busy.get():
                 try:
@@ -74,6 +87,7 @@ class Collector:
 
         _trace_for_jit.__wrapped__ = original  # type: ignore[attr-defined]
         pjit._trace_for_jit = _trace_for_jit
+        self._watch_truncation()
         self._interceptor = Interceptor(self.listeners.emit, self.errors)
         self.checker = TransformChecker(self.max_traces, self.selector, self._interceptor.originals, errors=self.errors)
         self.listeners.callbacks.insert(0, self.checker.check)
@@ -93,6 +107,11 @@ class Collector:
 
         pjit._trace_for_jit = self._original
         self._original = None
+        if self._narrowing is not None:
+            from jax._src import dtypes  # JAX: imported when this runs, never on import
+
+            dtypes._maybe_canonicalize_explicit_dtype = self._narrowing
+            self._narrowing = None
         if self._interceptor is not None:
             self._interceptor.uninstall()
             self._interceptor = None
@@ -105,6 +124,58 @@ class Collector:
             self._interceptor.seen(None, fun, "jit", _jit_options(ji), tuple(args), dict(kwargs))
         except Exception as e:  # never break the user's test
             self.errors.append(f"{type(e).__name__}: {e}")
+
+    def _watch_truncation(self) -> None:
+        """STB301 where a user function traced for `jit` asks for a dtype JAX silently narrows
+        (`jnp.zeros(n, dtype=jnp.float64)` with `jax_enable_x64` off): JAX's
+        `dtypes._maybe_canonicalize_explicit_dtype` is wrapped, so the user's warnings are left
+        as they are. Where that function is missing (another JAX version) nothing is wrapped."""
+        # JAX: imported when this runs, never on import
+        from jax._src import dtypes
+
+        original = getattr(dtypes, "_maybe_canonicalize_explicit_dtype", None)
+        if original is None:
+            return
+        self._narrowing = original
+
+        def _maybe_canonicalize_explicit_dtype(dtype: Any, *rest: Any, **kw: Any) -> Any:
+            out = original(dtype, *rest, **kw)
+            fun = _tracing.get()
+            if fun is not None and not busy.get():
+                try:
+                    if out != dtype:
+                        self._truncated(fun, dtype, out, rest[0] if rest else kw.get("fun_name", ""))
+                except Exception as e:  # never break the user's test
+                    self.errors.append(f"{type(e).__name__}: {e}")
+            return out
+
+        _maybe_canonicalize_explicit_dtype.__wrapped__ = original  # type: ignore[attr-defined]
+        dtypes._maybe_canonicalize_explicit_dtype = _maybe_canonicalize_explicit_dtype
+
+    def _truncated(self, fun: Any, asked: Any, got: Any, where: str) -> None:
+        file, line = user_site()
+        if not file:
+            return
+        asked_name, got_name = getattr(asked, "name", str(asked)), getattr(got, "name", str(got))
+        message, help = truncated_dtype_text(asked_name, got_name, where)
+        name = getattr(fun, "__qualname__", None) or getattr(fun, "__name__", "") or repr(fun)
+        if not self.selector("STB301"):
+            return
+        f = make_finding("STB301", site=Site(shown_path(file), line), message=message, help=help, function=name, detail=asked_name, evidence={"asked": asked_name, "got": got_name, "transform": "jit"})
+        with self._lock:
+            self.findings.append(f.refine(snippet=source_line(SourceSite(file, line))))
+
+    def _failed(self, fun: Any, e: Exception) -> None:
+        """The trace of a user function for `jit` raised: its hazard, even under `pytest.raises`."""
+        if busy.get() or self.checker is None or not given_by_user(fun):
+            return
+        token = busy.set(True)
+        try:
+            self.checker.jit_failed(e, fun)
+        except Exception as err:  # never break the user's test
+            self.errors.append(f"{type(err).__name__}: {err}")
+        finally:
+            busy.reset(token)
 
     def observe(self, fun: Any, ji: Any, dbg: Any, avals: Any, args: Any, kwargs: Any, params: Any) -> None:
         name, file, line = _source(getattr(ji, "fun_sourceinfo", "") or "")

@@ -243,7 +243,7 @@ class Monitor:
 
         closed = prog.jaxpr
         avals = list(closed.in_avals)
-        chosen = [i for i, p in enumerate(prog.in_paths) if _base(p) in self.grad_params]
+        chosen = [i for i, p in enumerate(prog.in_paths) if leaf_base(p) in self.grad_params]
         out: list[Finding] = []
         for i in chosen:
             a = avals[i]
@@ -252,7 +252,7 @@ class Monitor:
                     make_finding(
                         "STB402",
                         site=site,
-                        message=f"`{prog.in_paths[i]}` is a `{a.dtype}` leaf of the differentiated argument `{_base(prog.in_paths[i])}`; `jax.grad` raises TypeError on it (only float and complex leaves can be differentiated)",
+                        message=f"`{prog.in_paths[i]}` is a `{a.dtype}` leaf of the differentiated argument `{leaf_base(prog.in_paths[i])}`; `jax.grad` raises TypeError on it (only float and complex leaves can be differentiated)",
                         help="keep masks, counters and flags out of the differentiated tree: close over them, mark them static, or use `eqx.filter_grad`",
                         function=self.function,
                         detail=prog.in_paths[i],
@@ -314,7 +314,8 @@ class Monitor:
         )
 
 
-def _base(path: str) -> str:
+def leaf_base(path: str) -> str:
+    """The argument a leaf path belongs to: `params['w']` -> `params`."""
     return re.split(r"[\[.]", path, maxsplit=1)[0]
 
 
@@ -335,4 +336,4 @@ def _sig_text(m: Monitor) -> str:
     return last.describe() if last is not None else ""
 
 
-__all__ = ["Monitor", "Program", "RUNTIME_CODES", "Selector", "Site", "busy", "caller_site", "make_finding"]
+__all__ = ["Monitor", "Program", "RUNTIME_CODES", "Selector", "Site", "busy", "caller_site", "leaf_base", "make_finding"]

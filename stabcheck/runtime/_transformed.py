@@ -10,8 +10,11 @@ differentiated transforms (`grad`, `value_and_grad`, `jacfwd`, `jacrev`, `hessia
 `nnx.jit`. Arguments the transform does not trace (the non-differentiated arguments of `grad`,
 equinox's non-array leaves, `vmap`'s Python numbers) are closed over with their real values,
 as the transform does. Differentiated calls also get STB402 (a non-float leaf in a
-differentiated argument) and STB406 (a gradient dtype other than its parameter's). A trace that
-raises is classified by the traced stage's error table (STB101 at the `if`...).
+differentiated argument) and STB406 (a gradient dtype other than its parameter's), and `grad`/
+`value_and_grad` STB410 (a leaf whose gradient is the constant zero: the test shared with the
+entries, `traced.checks.zero_gradient_cut`). A trace that raises is classified by the traced
+stage's error table (STB101 at the `if`...); so is a `jit` trace that raises (`jit_failed`,
+told by the jit hook), even when the test expects the error.
 
 `TransformChecker.after` sees the call's result: when a differentiated call returned a NaN or
 Inf from finite arguments, `confirm.nan.nan_origin` replays it one primitive at a time and
@@ -29,10 +32,10 @@ from typing import Any
 from stabcheck.confirm.nan import nan_origin, nonfinite
 from stabcheck.finding import Finding
 from stabcheck.runtime._calls import TransformedCall
-from stabcheck.runtime._intercept import fn_key, user_function
-from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, busy, make_finding
+from stabcheck.runtime._intercept import fn_key, user_function, user_site
+from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, busy, leaf_base, make_finding
 from stabcheck.runtime._signature import Signature, short_repr, type_str
-from stabcheck.traced.checks import shown_path, source_line
+from stabcheck.traced.checks import ZERO_GRADIENT_HELP, eqn_site, shown_path, source_line, zero_gradient_cut, zero_gradient_message
 from stabcheck.traced.errors import classify
 from stabcheck.traced.source import Site as SourceSite
 
@@ -195,6 +198,8 @@ class TransformChecker:
             out_paths = tuple(getattr(jdbg, "result_paths", None) or ())
             program = Program(closed, p.in_paths, out_paths)
             found = raised + monitor.observe(p.signature, lambda: program, site)
+            if not raised and call.transform in ("grad", "value_and_grad") and not call.options.get("has_aux") and self.selector("STB410"):
+                found += self._zero_gradients(closed, p, name)
         finally:
             busy.reset(token)
         self.findings.extend(f.refine(evidence={**f.evidence, "entry": entry, "transform": call.transform}) for f in found)
@@ -280,6 +285,45 @@ class TransformChecker:
 
         return run
 
+    def _zero_gradients(self, closed: Any, p: Plan, name: str) -> list[Finding]:
+        """STB410: a differentiated float leaf that the output uses only through primitives with
+        no derivative (a comparison, rounding): its gradient is the constant zero, silently.
+        Reported at the primitive that cuts it, as the traced stage does for an entry."""
+        # JAX: imported when this runs, never on import
+        import jax
+        import jax.extend.core  # JAX: only where user code runs
+        import jax.numpy as jnp  # JAX: only where user code runs
+
+        floats = [k for k, (path, a) in enumerate(zip(p.in_paths, p.abstract)) if leaf_base(path) in p.grad_params and jnp.issubdtype(a.dtype, jnp.inexact)]
+        if not floats:
+            return []
+        fun = jax.extend.core.jaxpr_as_fun(closed)
+
+        def gradients(*xs: Any) -> Any:
+            def f(*d: Any) -> Any:
+                full = list(xs)
+                for k, v in zip(floats, d):
+                    full[k] = v
+                outs = [o for o in fun(*full) if jnp.issubdtype(o.dtype, jnp.inexact)]
+                return sum((jnp.sum(o) for o in outs), jnp.zeros((), outs[0].dtype if outs else jnp.float32))
+
+            return jax.vjp(f, *[xs[k] for k in floats])[1](jnp.ones((), jnp.result_type(f(*[xs[k] for k in floats]))))
+
+        try:
+            grad = jax.make_jaxpr(gradients)(*p.abstract).jaxpr
+        except Exception:  # the transform's own run reports what raises
+            return []
+        out: list[Finding] = []
+        primal = closed.jaxpr
+        for g, k in zip(grad.outvars, floats):
+            chain = zero_gradient_cut(primal, grad, g, primal.invars[k])
+            at = next((st for st in map(eqn_site, reversed(chain)) if st is not None), None)
+            if at is None:
+                continue
+            f = make_finding("STB410", site=Site(shown_path(at.file), at.line, at.col), message=zero_gradient_message(p.in_paths[k], chain[-1]), help=ZERO_GRADIENT_HELP, function=name, detail=p.in_paths[k], evidence={"leaf": p.in_paths[k], "primitive": chain[-1].primitive.name})
+            out.append(f.refine(snippet=source_line(SourceSite(at.file, at.line))))
+        return out
+
     def _transform_raises(self, call: TransformedCall, p: Plan, name: str, site: Site | None) -> list[Finding]:
         """The transform traced abstractly, as the test's call will run it: a hazard JAX raises
         on under the transform only (a callback without a JVP rule...) at the user's line."""
@@ -296,17 +340,35 @@ class TransformChecker:
                 return self._failure(e, call, name, site)
         return []
 
+    def jit_failed(self, e: Exception, fn: Any) -> None:
+        """JAX raised while tracing the user's function for `jit` (the jit hook): the hazard at the
+        user's line, even when the test expects the error (`pytest.raises`). An error the table
+        does not know gives nothing here (it is the user's own, or the test's failure report)."""
+        failure = classify(e)
+        if failure.code == "STB902" or failure.path is None:
+            return
+        name, defined = _describe(fn)
+        call = TransformedCall(fn=fn, transform="jit", options={}, args=(), kwargs={}, site=user_site())
+        site = Site(shown_path(call.site[0]), call.site[1]) if call.site[0] else defined
+        entry = f"{site.path}:{site.line}" if site is not None else ""
+        for f in self._failure(e, call, name, site):  # an inner jit's error reaches every outer jit's trace: once
+            if not any(g.code == f.code and g.path == f.path and g.span.line == f.span.line for g in self.findings):
+                self.findings.append(f.refine(evidence={**f.evidence, "entry": entry, "transform": "jit"}))
+
     def _failure(self, e: Exception, call: TransformedCall, name: str, site: Site | None) -> list[Finding]:
-        """The trace raised: the hazard JAX raises on (STB101...), at the user's line."""
+        """The trace raised: the hazard JAX raises on (STB101...), at the user's line; where no
+        frame of the user's is in the traceback (`vmap` of a jitted function that rejects a
+        batched static argument), at the user's line that applied the transform."""
         failure = classify(e)
         at = site or Site("<unknown>", 1)
-        if failure.code == "STB902" or failure.path is None or failure.line is None:
+        if failure.code == "STB902" or (failure.path is None and site is None) or (failure.path is not None and failure.line is None):
             return [self._analysis_error(e, name, at)] if self.selector("STB902") else []
         if not self.selector(failure.code):
             return []
+        where = Site(shown_path(failure.path), failure.line) if failure.path is not None and failure.line is not None else at
         f = make_finding(
             failure.code,
-            site=Site(shown_path(failure.path), failure.line),
+            site=where,
             message=f"JAX raises `{failure.kind}` here when the test calls `{call.transform}` of `{name}` ({failure.reason}): {failure.message[:200]}",
             help=f"`stabcheck explain {failure.code}` shows the pattern and its fix",
             function=name,
@@ -314,7 +376,7 @@ class TransformChecker:
             evidence={"error": f"{failure.kind}: {failure.message[:300]}"},
         )
         chains = tuple(tuple(replace(fr, path=shown_path(fr.path)) for fr in c) for c in failure.chains)
-        return [f.refine(severity="error", chains=chains, snippet=source_line(SourceSite(failure.path, failure.line)))]
+        return [f.refine(severity="error", chains=chains, snippet=source_line(SourceSite(failure.path or call.site[0], failure.line or call.site[1])))]
 
     def _analysis_error(self, e: Exception, name: str, site: Site) -> Finding:
         text = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

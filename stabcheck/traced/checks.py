@@ -509,6 +509,40 @@ def depends(jaxpr: Any, start: set[Any]) -> set[Any]:
     return dep
 
 
+def truncated_dtype_text(asked: str, got: str, where: str = "") -> tuple[str, str]:
+    """STB301's message and help where the code asks for `asked` (in the JAX function `where`)
+    and JAX silently narrows it to `got` (`jax_enable_x64` off): the entries' trace (from JAX's
+    warning) and `pytest --stabcheck` (from the request itself) say the same."""
+    in_fn = f" in `{where}`" if where else ""
+    return (
+        f"`{asked}` requested explicitly here{in_fn} is silently truncated to `{got}` (`jax_enable_x64` is off): the result is not the dtype the code asks for",
+        f"ask for `{got}` (or the input's dtype) explicitly, or enable `jax_enable_x64` if `{asked}` is really needed",
+    )
+
+
+ZERO_GRADIENT_HELP = "keep a differentiable path (a smooth surrogate such as `jax.nn.sigmoid(k * (a - b))` for a comparison, a straight-through estimator `x + lax.stop_gradient(round(x) - x)`), or differentiate the solution with `jax.custom_jvp`/implicit differentiation instead of through the bisection"
+
+
+def zero_gradient_cut(primal: Any, grad: Any, grad_out: Any, invar: Any) -> list[Any]:
+    """STB410's test, shared by entries and `pytest --stabcheck`: the gradient `grad_out` (an
+    output of the open jaxpr `grad`) is the constant zero although an output of the open jaxpr
+    `primal` uses its input `invar`; the equations down to the primitive that cuts the derivative
+    (see `first_cut`), [] when there is no silent cut to report."""
+    if not is_zero_constant(grad, grad_out):
+        return []
+    reached = depends(primal, {invar})
+    if not any(v in reached for v in primal.outvars if not hasattr(v, "val")):  # Literals have `val`
+        return []  # the output does not use this leaf at all: no silent cut to report
+    return first_cut(primal, {invar})
+
+
+def zero_gradient_message(leaf: str, cut: Any, transform: str = "grad") -> str:
+    """STB410's message for the leaf `leaf` whose derivative the equation `cut` drops."""
+    prim = cut.primitive.name
+    what = "a comparison" if prim in ("lt", "gt", "le", "ge", "eq", "ne") else "a cast to an integer type" if prim == "convert_element_type" else f"`{prim}`"
+    return f"`{leaf}` reaches the output only through {what} here, which has no derivative; `{transform}` returns exactly zero for it, silently, and training never moves it"
+
+
 def first_cut(jaxpr: Any, start: set[Any]) -> list[Any]:
     """The first equation, nested programs included, that consumes a value depending on `start`
     through a primitive with no derivative (a comparison, rounding, a cast to an integer), with

@@ -131,7 +131,8 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
         if folder not in sys.path:
             sys.path.insert(0, folder)
     try:
-        fn = inspect.unwrap(_resolve_recorded(name, spec))
+        given = _resolve_recorded(name, spec)
+        fn = inspect.unwrap(given)
     except (ImportError, AttributeError) as e:
         NOTES.append(f"recorded function `{name}` cannot be found ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); record again with `pytest --stabcheck-record`")
         return {}
@@ -142,31 +143,33 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
         return {}
     out: dict[str, Entry] = {}
     qualname = name.partition(":")[2]
-    built: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    built: list[tuple[str, dict[str, Any], dict[str, Any], Any]] = []
     for sig in spec["recorded"].get("signatures", []):
         label = recorded.entry_name(qualname, sig)
-        target = recorded.replayed_function(fn, sig)  # has_aux: the loss only
+        # a jitted function the test mapped or differentiated is replayed jitted (its static
+        # arguments are part of the call: `vmap` over one raises); a jit trace is of the function
+        base = given if sig["transform"] not in recorded.COMPILING and given is not fn and hasattr(given, "lower") else fn
+        target = recorded.replayed_function(base, sig)  # has_aux: the loss only
         try:
-            parts = recorded.entry_parts(fn, sig)
+            parts = recorded.entry_parts(base, sig)
             parts["transforms"] = recorded.more_transforms(target, parts)
         except (recorded.Unrebuildable, specs.SpecError, ImportError, AttributeError, TypeError) as e:
             NOTES.append(f"recorded signature `{label}` cannot be rebuilt: {e}")
             continue
-        parts["fn"] = target
-        built.append((label, sig, parts))
+        built.append((label, sig, parts, target))
     # the signatures the tests compiled one function for, in one program shape, are replayed as
     # calls of the first: the confirm stage counts JAX's compilations over them (STB504)
     groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, (_, sig, parts) in enumerate(built):
+    for i, (_, sig, parts, _target) in enumerate(built):
         if sig["transform"] in recorded.COMPILING:
             groups.setdefault((sig["transform"], parts["static_argnums"], len(parts["args"]), tuple(sorted(parts["kwargs"]))), []).append(i)
     for members in groups.values():
         if len(members) > 1 and not built[members[0]][2]["kwargs"]:
             built[members[0]][2]["calls"] = tuple(built[i][2]["args"] for i in members[1:])
-    for n, (label, sig, parts) in enumerate(built):
+    for n, (label, sig, parts, target) in enumerate(built):
         if label in out:  # signatures recorded at one test line (a loop): one entry each
             label = f"{label} #{n + 1}"
-        entry = Entry(**parts)
+        entry = Entry(target, **parts)
         object.__setattr__(entry, "origin", recorded.origin(sig, parts["transforms"]))
         object.__setattr__(entry, "recorded_site", recorded.site_of(sig, (spec.get("paths") or [os.getcwd()])[0]))
         out[label] = entry

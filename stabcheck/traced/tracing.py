@@ -25,6 +25,7 @@ import ast
 import contextlib
 import inspect
 import linecache
+import os
 import re
 import textwrap
 import warnings
@@ -33,7 +34,7 @@ from typing import Any
 
 from stabcheck import registry
 from stabcheck.finding import Finding, Span
-from stabcheck.traced.checks import check_jaxpr, custom_rule_def, custom_rule_defs, depends, first_cut, in_custom_rule, is_zero_constant, iter_eqns, rule_return_site, shown_path, site_span, source_line, sub_jaxprs
+from stabcheck.traced.checks import ZERO_GRADIENT_HELP, check_jaxpr, custom_rule_def, custom_rule_defs, depends, in_custom_rule, iter_eqns, rule_return_site, shown_path, site_span, source_line, sub_jaxprs, truncated_dtype_text, zero_gradient_cut, zero_gradient_message
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import code_of
 from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, is_internal, literal_return_site, with_via
@@ -261,27 +262,19 @@ class Tracer:
                 out = next(outs, None)
                 if out is None or not jax.numpy.issubdtype(jax.numpy.result_type(leaf), jax.numpy.inexact):
                     continue
-                if not is_zero_constant(grad_jaxpr.jaxpr, out):
-                    continue
-                var = primal.invars[start + k]
-                reached = depends(primal, {var})
-                if not any(v in reached for v in primal.outvars if not hasattr(v, "val")):  # Literals have `val`
-                    continue  # the output does not use this leaf at all: no silent cut to report
-                chain = first_cut(primal, {var})
+                chain = zero_gradient_cut(primal, grad_jaxpr.jaxpr, out, primal.invars[start + k])
                 site = next((st for st in map(eqn_site, reversed(chain)) if st is not None), None)
                 if site is None:
                     continue
                 cut = chain[-1]
                 name = f"{self.params[self.dyn_pos[pos]] if self.dyn_pos[pos] < len(self.params) else f'argument {pos}'}{jax.tree_util.keystr(path)}"
-                prim = cut.primitive.name
-                what = "a comparison" if prim in ("lt", "gt", "le", "ge", "eq", "ne") else "a cast to an integer type" if prim == "convert_element_type" else f"`{prim}`"
                 self.report(
                     "STB410",
                     site,
-                    f"`{name}` reaches the output only through {what} here, which has no derivative; `grad` returns exactly zero for it, silently, and training never moves it",
-                    help="keep a differentiable path (a smooth surrogate such as `jax.nn.sigmoid(k * (a - b))` for a comparison, a straight-through estimator `x + lax.stop_gradient(round(x) - x)`), or differentiate the solution with `jax.custom_jvp`/implicit differentiation instead of through the bisection",
+                    zero_gradient_message(name, cut),
+                    help=ZERO_GRADIENT_HELP,
                     detail=name,
-                    evidence={"transform": "grad", "leaf": name, "primitive": prim},
+                    evidence={"transform": "grad", "leaf": name, "primitive": cut.primitive.name},
                 )
 
     def code_weak_leaves(self, out_paths: list[str]) -> set[str]:
@@ -314,12 +307,12 @@ class Tracer:
             if m is None or is_internal(w.filename):
                 continue
             asked = m.group(1).removeprefix("<class '").removesuffix("'>").rsplit(".", 1)[-1]
-            where = f" in `{m.group(2)}`" if m.group(2) else ""
+            message, help = truncated_dtype_text(asked, m.group(3), m.group(2) or "")
             self.report(
                 "STB301",
                 Site(w.filename, w.lineno),
-                f"`{asked}` requested explicitly here{where} is silently truncated to `{m.group(3)}` (`jax_enable_x64` is off): the result is not the dtype the code asks for",
-                help=f"ask for `{m.group(3)}` (or the input's dtype) explicitly, or enable `jax_enable_x64` if `{asked}` is really needed",
+                message,
+                help=help,
                 detail=asked,
                 evidence={"transform": "call", "warning": str(w.message).splitlines()[0][:200]},
             )
@@ -382,7 +375,7 @@ class Tracer:
         jax_msg = "\n".join(str(e).strip().splitlines()[:6])[:1200]
         ev = {"transform": transform, "error": first_line(e), "jax_message": jax_msg}
         where = f"under `{transform}`" if transform != "call" else "when traced"
-        site = exception_site(e)
+        site = exception_site(e) or self.recorded_call()
         if code == "STB402":
             self.non_diff_leaf(e, transform, site, ev)
         elif code == "STB403":
@@ -417,6 +410,13 @@ class Tracer:
             self.report(code, site, message.format(where=where, what=first_line(e)[:160], by=by, transform=transform), help=help, detail=transform, evidence=ev)
         else:
             self.report("STB902", site, f"tracing entry `{self.name}` {where} raised `{first_line(e)[:200]}`; its remaining checks under `{transform}` did not run", help="run the entry by hand to reproduce the error; fix it or the entry's example arguments", detail=f"{self.name}:{transform}", evidence=ev)
+
+    def recorded_call(self) -> Site | None:
+        """The user's line that applied the transform, for a recorded entry whose error has no
+        frame of the user's (`vmap` of a jitted function rejecting a batched static argument):
+        where `pytest --stabcheck` puts it. None for a hand-written entry, or a deleted file."""
+        at = getattr(self.entry, "recorded_site", None)
+        return Site(at[0], at[1]) if at is not None and os.path.isfile(at[0]) else None
 
     def non_diff_leaf(self, e: BaseException, transform: str, site: Site | None, ev: dict[str, Any]) -> None:
         jax = self.jax
