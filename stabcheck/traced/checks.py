@@ -22,7 +22,7 @@ from typing import Any
 
 from stabcheck import registry
 from stabcheck.finding import Finding, Span
-from stabcheck.traced.source import Site, chain, eqn_frames, function_site, internal_functions
+from stabcheck.traced.source import Site, chain, eqn_frames, function_site, internal_functions, return_site
 
 ALL_CODES = frozenset({"STB301", "STB302", "STB303", "STB304", "STB305"})
 _EXPLICIT_CAST = frozenset({"astype", "_astype", "asarray", "array", "convert_element_type", "__array__", "_convert_and_clip_integer"})
@@ -166,11 +166,7 @@ def custom_rule_defs(jaxpr: Any) -> list[Site]:
 def rule_return_site(rule: Site) -> Site | None:
     """The first `return` of the function defined at `rule` (decorators included): the line that
     hands JAX a rule's outputs, where a wrong shape or dtype is fixed."""
-    text = "".join(linecache.getlines(rule.file))
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return None
+    return return_site(rule.file, rule.line)
     for node in ast.walk(tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue

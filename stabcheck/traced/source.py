@@ -173,13 +173,39 @@ def function_site(fn: Any) -> Site | None:
 
 def literal_return_site(file: str, def_line: int, function: str = "") -> Site | None:
     """The first `return <number literal>` of the function defined at FILE:DEF_LINE (decorators
-    included), found with `ast`: where a jitted function hands back a weakly typed Python scalar,
-    which no jaxpr equation produces."""
+    included): where a jitted function hands back a weakly typed Python scalar, which no jaxpr
+    equation produces."""
+    return return_site(file, def_line, function, literal_only=True)
+
+
+def return_site(file: str, def_line: int, function: str = "", *, literal_only: bool = False) -> Site | None:
+    """The first `return` (with `literal_only`, the first that returns a Python number) of the
+    function defined at FILE:DEF_LINE (decorators included), found with `ast`, nested functions
+    and classes skipped: the line that hands JAX the function's outputs."""
     text = "".join(linecache.getlines(file))
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
         return None
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+        if not first <= def_line <= node.lineno:
+            continue
+        stack: list[ast.AST] = list(node.body)
+        while stack:
+            n = stack.pop(0)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                continue
+            if isinstance(n, ast.Return) and (not literal_only or _is_number(n.value)):
+                return Site(file, n.lineno, n.col_offset + 1, function or node.name, is_library(file))
+            stack.extend(ast.iter_child_nodes(n))
+    return None
+
+
+def _is_number(node: ast.expr | None) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, (int, float, complex)) and not isinstance(node.value, bool)
     for node in ast.walk(tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
