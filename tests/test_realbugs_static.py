@@ -31,6 +31,7 @@ STATIC_PAIRS = {
     "vmapped_static": "ValueError: Non-hashable static arguments are not supported",
     "traced_slice": "IndexError: Slice entries must be static integers",
     "grad_int_leaf": "grad requires real- or complex-valued inputs",
+    "unmapped_branch": "TracerBoolConversionError: Attempted boolean conversion",
 }
 MARK = re.compile(r"#\s*(?:bug|expect):\s*(STB\d{3})")
 

@@ -292,6 +292,9 @@ class Analysis:
             for dec in node.decorator_list:
                 t = self.names.transform(dec)
                 if t is not None:
+                    if t.family == "vmap" and isinstance(dec, ast.Call):
+                        # `@partial(jax.vmap, in_axes=(0, None))`, `@jax.vmap(in_axes=...)`
+                        t = _unbatched_static(t, dec)
                     self._mark(info, t, decorated=True)
                 elif self._is_compact(dec) and info.cls is not None:
                     self._mark_module_method(info)
@@ -931,8 +934,9 @@ def _pairs(target: ast.AST, value: ast.AST) -> list[tuple[str, ast.AST | None]]:
 
 
 def _unbatched_static(t: Transform, call: ast.Call) -> Transform:
-    """`jax.vmap(f, (0, None))(x, n)`: an argument with `in_axes` None is passed through as it is
-    (a Python int stays one), so it is not traced by this transform."""
+    """`jax.vmap(f, (0, None))(x, n)`, `@partial(jax.vmap, (0, None))`, `@jax.vmap(in_axes=...)`:
+    an argument with `in_axes` None is passed through as it is (a Python int stays one), so it is
+    not traced by this transform."""
     axes = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "in_axes"), None)
     if not isinstance(axes, (ast.Tuple, ast.List)):
         return t
