@@ -3,11 +3,16 @@
 The code cells are joined into one Python source (each cell's lines kept, so the static stage,
 `# noqa` and merging work on it unchanged), and findings are mapped back to `cell N, line L`
 afterwards. IPython syntax that is not Python is blanked, line for line: line magics (`%time`),
-shell escapes (`!pip`), help (`x?`) (an indented one becomes `pass`), and whole cells under a cell magic (`%%bash`).
+shell escapes (`!pip`), help (`x?`) (an indented one becomes `pass`), automagics (`run x.py`,
+`cd dir`: a magic's name without `%`, on a line that is not Python), and whole cells under a cell
+magic (`%%bash`). Jupyter runs each cell on its own, so each is parsed on its own: a cell that
+still does not parse is blanked too and named in `Cells.broken` (one STB901 each, the other cells
+are checked).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from dataclasses import dataclass
@@ -16,6 +21,11 @@ from stabcheck.finding import Finding, Span
 
 SUFFIX = ".ipynb"
 _MAGIC = re.compile(r"^\s*(?:[%!]|\?\?|\?)|^[^#'\"]*\?\s*$")
+# IPython's automagics (line magics callable without `%`) and its default shell aliases
+_AUTOMAGIC = re.compile(
+    r"^\s*(?:run|cd|ls|pwd|pip|conda|mamba|env|load_ext|reload_ext|unload_ext|matplotlib|pylab|time|timeit|who|whos|"
+    r"history|autoreload|load|save|store|reset|cat|cp|mv|rm|rmdir|mkdir|alias|bookmark|pushd|popd|dhist|sx|sc|system)(?:\s|$)"
+)
 
 
 class NotebookError(ValueError):
@@ -26,6 +36,7 @@ class NotebookError(ValueError):
 class Cells:
     source: str  # the code cells joined
     starts: tuple[tuple[int, int], ...]  # (cell number, 1-based, counting every cell; first joined line)
+    broken: tuple[tuple[int, int, str], ...] = ()  # cells that do not parse: (joined line of the error, column, message)
 
 
 def cells(data: bytes) -> Cells:
@@ -39,6 +50,7 @@ def cells(data: bytes) -> Cells:
         raise NotebookError("it has no `cells` list (nbformat 4 is read)")
     parts: list[str] = []
     starts: list[tuple[int, int]] = []
+    broken: list[tuple[int, int, str]] = []
     line = 1
     for number, cell in enumerate(raw, start=1):
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
@@ -54,10 +66,29 @@ def cells(data: bytes) -> Cells:
             lines = [_blank(ln) if _MAGIC.match(ln) else ln for ln in lines]
         if not lines:
             continue
+        error = _parse_error(lines)
+        if error is not None:
+            lines = [_blank(ln) if _AUTOMAGIC.match(ln) and _parse_error([ln.strip()]) is not None else ln for ln in lines]
+            error = _parse_error(lines)
+            if error is not None:
+                at, col, message = error
+                broken.append((line + min(max(at, 1), len(lines)) - 1, col, message))
+                lines = [""] * len(lines)
         starts.append((number, line))
         parts.extend(lines)
         line += len(lines)
-    return Cells("\n".join(parts) + ("\n" if parts else ""), tuple(starts))
+    return Cells("\n".join(parts) + ("\n" if parts else ""), tuple(starts), tuple(broken))
+
+
+def _parse_error(lines: list[str]) -> tuple[int, int, str] | None:
+    """Where one cell's source does not parse as Python (line in the cell, column, message)."""
+    try:
+        ast.parse("\n".join(lines))
+    except SyntaxError as e:
+        return e.lineno or 1, max(e.offset or 1, 1), e.msg
+    except ValueError as e:  # NUL bytes
+        return 1, 1, str(e)
+    return None
 
 
 def _blank(line: str) -> str:

@@ -371,10 +371,15 @@ def _check_one_seeded(real: str, shown: str, config: Config, dispatcher: Dispatc
     if real.endswith(".ipynb"):
 
         try:
-            data = _notebook.cells(data).source.encode("utf-8")
+            cells = _notebook.cells(data)
         except _notebook.NotebookError as e:
             return FileResult([SyntaxErrorRule.finding(path=shown, span=Span(1, 1), message=f"`{shown}` cannot be checked: {e}", help="save it with Jupyter (nbformat 4)")], [])
-        return check_bytes(data, shown, config, dispatcher)  # the typed tier does not read notebooks
+        res = check_bytes(cells.source.encode("utf-8"), shown, config, dispatcher)  # the typed tier does not read notebooks
+        res.findings.extend(
+            SyntaxErrorRule.finding(path=shown, span=Span(line, col), message=f"a cell of `{shown}` does not parse: {message}; the other cells were checked", detail=message)
+            for line, col, message in cells.broken
+        )
+        return res
     res = check_bytes(data, shown, config, dispatcher)
     if config.types:
         types = typed.lookup(real)

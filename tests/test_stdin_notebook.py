@@ -81,3 +81,25 @@ def test_an_indented_magic_stays_a_statement() -> None:
     cells = _notebook.cells(json.dumps(nb).encode())
     compile(cells.source, "nb", "exec")
     assert cells.source.splitlines()[3:] == ["    pass", "    pass"]
+
+
+def test_each_cell_is_parsed_alone_automagics_blanked_a_broken_cell_named(tmp_path: Path) -> None:
+    # DMFF's example notebook runs `run tests/x.py` (an automagic: no `%`); trax's licence cell
+    # has an indented URL line, which Jupyter rejects too: that cell alone is STB901
+    nb = {
+        "cells": [
+            {"cell_type": "code", "source": ["run DMFF/tests/test_qeq.py\n", "cd DMFF\n", "import jax\n", "import numpy as np\n"]},
+            {"cell_type": "code", "source": ["# Licensed under the Apache License\n", " https://www.apache.org/licenses/LICENSE-2.0\n"]},
+            {"cell_type": "code", "source": ["@jax.jit\n", "def h(x):\n", "    return x * np.float64(2.0)\n"]},
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    cells = _notebook.cells(json.dumps(nb).encode())
+    compile(cells.source, "nb", "exec")
+    assert cells.broken == ((6, 1, "unexpected indent"),)
+    (tmp_path / "nb.ipynb").write_text(json.dumps(nb), encoding="utf-8")
+    result = run([str(tmp_path / "nb.ipynb")], Config(), Options(cache=False))
+    where = sorted((f.evidence.get("cell"), f.span.line, f.code) for f in result.findings)
+    assert where == [(2, 2, "STB901"), (3, 3, "STB301")]

@@ -176,6 +176,18 @@ class JitInLoop(Rule):
                 return inner(x)
         """,
         """
+        from functools import partial
+        import jax
+
+        @partial(jax.jit, static_argnums=1)
+        def transform(x, n):
+            for i in range(2):
+                def step(v):
+                    return v * i
+                x = jax.pmap(step)(x)  # built in a loop, but traced once per compile of `transform`
+            return x
+        """,
+        """
         import jax
         from functools import partial
 
@@ -197,6 +209,8 @@ class JitInLoop(Rule):
         what, per_iteration = fresh
         parent = ctx.parent
         confidence = "proven"
+        if _inside_trace(ctx):
+            return  # traced once per compile of the enclosing jitted function, then cached with it
         if ctx.loops:
             if not per_iteration:
                 return  # the same function object every iteration: one compile, reused
@@ -228,6 +242,8 @@ class JitInLoop(Rule):
             if t is None or t.family not in _COMPILING:
                 continue
             confidence = "proven"
+            if _inside_trace(ctx):
+                return
             if ctx.loops:
                 where = "inside a loop: each iteration defines a new function"
             elif outer is not None and _per_call_outer(ctx) and _called(outer.node, node.name) and not _escapes(outer.node, node.name):
@@ -299,6 +315,13 @@ class JitInLoop(Rule):
         name = parent.targets[0].id
         fn = ctx.function.node if ctx.function is not None else None
         return fn is not None and _called(fn, name) and not _escapes(fn, name)
+
+
+def _inside_trace(ctx: FileContext) -> bool:
+    """Inside a function that a compiling transform traces (nested defs included): an inner `jit`
+    or `pmap` there, even one built in a loop, is traced into the outer program when that is
+    compiled, and later calls reuse the outer compile."""
+    return ctx.function is not None and ctx.function.abstract
 
 
 def _per_call_outer(ctx: FileContext) -> bool:
