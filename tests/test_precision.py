@@ -177,3 +177,15 @@ def test_a_recompile_in_test_code_is_a_guess(path: str, source: str, code: str):
     assert not [f for f in check_source(source, path, Config()) if f.code == code], "a guess is not reported by default"
     in_test = [(f.code, f.confidence) for f in check_source(source, path, Config(preview=True)) if f.code == code]
     assert in_test and all(c == "guess" for _, c in in_test)
+
+
+SAFE_DIV = "import jax.numpy as jnp\n\n\ndef relative_error(a, b):\n    return jnp.where(b == 0, a, a / b)\n"
+
+
+def test_a_masked_division_in_test_code_is_a_guess_unless_the_test_differentiates_it() -> None:
+    # jax_verify's tests: a `_safe_div` helper computing an error to assert on (no gradient)
+    assert [(f.code, f.confidence) for f in check_source(SAFE_DIV, "pkg/metrics.py", Config())] == [("STB401", "proven")]
+    assert check_source(SAFE_DIV, "tests/test_metrics.py", Config()) == []
+    assert [(f.code, f.confidence) for f in check_source(SAFE_DIV, "tests/test_metrics.py", Config(preview=True))] == [("STB401", "guess")]
+    graded = SAFE_DIV + "\n\ndef test_grad():\n    import jax\n    jax.grad(relative_error)(1.0, 2.0)\n"
+    assert [(f.code, f.confidence) for f in check_source(graded, "tests/test_metrics.py", Config())] == [("STB401", "proven")]

@@ -16,7 +16,8 @@ class JitInLoop(Rule):
     Flags a compiling transform (`jax.jit`, `jax.pmap`, `eqx.filter_jit`, `nnx.jit`) that is
     built afresh each time it runs: inside a loop, or called inline (`jax.jit(lambda v: ...)(x)`)
     or defined and used inside another function, when what it wraps is a new object each time
-    (a `lambda`, a nested `def`, a `functools.partial`), and a `jax.jit` of a bound method, lambda
+    (a `lambda`, a nested `def`, a `functools.partial`) — a build under an `if` in the loop
+    (`if need_compile:`) is only a guess, as it runs on the iterations the condition picks —, and a `jax.jit` of a bound method, lambda
     or partial stored on the object in `__init__` when the module builds such objects in a loop (a
     compile per object; a guess when the objects are built once).
 
@@ -179,6 +180,21 @@ class JitInLoop(Rule):
         from functools import partial
         import jax
 
+        def fit(update, state, batches, schedule):
+            need_compile, n = True, 1
+            for step, batch in enumerate(batches):
+                if step in schedule:
+                    n, need_compile = n + 1, True
+                if need_compile:  # rebuilt when the configuration changed: a guess (--preview)
+                    update_jit = jax.jit(partial(update, num_cats=n))
+                    need_compile = False
+                state = update_jit(state, batch)
+            return state
+        """,
+        """
+        from functools import partial
+        import jax
+
         @partial(jax.jit, static_argnums=1)
         def transform(x, n):
             for i in range(2):
@@ -217,6 +233,8 @@ class JitInLoop(Rule):
             where = "inside a loop"
             if _binds_loop_target(fn, ctx.loops[-1]):
                 confidence = "guess"  # one compile per distinct configuration may be needed anyway
+            elif _conditional_in_loop(ctx):
+                confidence = "guess"  # `if need_compile:`: rebuilt only when something changed
         elif _per_call_outer(ctx) and isinstance(parent, ast.Call) and parent.func is node:
             where = f"and called inline inside `{ctx.function.qualname}`"  # type: ignore[union-attr]
             confidence = _repeated(ctx)
@@ -315,6 +333,16 @@ class JitInLoop(Rule):
         name = parent.targets[0].id
         fn = ctx.function.node if ctx.function is not None else None
         return fn is not None and _called(fn, name) and not _escapes(fn, name)
+
+
+def _conditional_in_loop(ctx: FileContext) -> bool:
+    """The build sits under an `if` (or `try`'s handler) inside the innermost loop: it runs only
+    on the iterations the condition picks (`if need_compile:` after the configuration changed),
+    not provably on every one."""
+    loop = ctx.loops[-1]
+    chain = ctx.ancestors
+    inner = chain[next(i for i, n in enumerate(chain) if n is loop) + 1 :] if any(n is loop for n in chain) else []
+    return any(isinstance(n, (ast.If, ast.IfExp, ast.ExceptHandler, ast.Match)) for n in inner)
 
 
 def _inside_trace(ctx: FileContext) -> bool:
