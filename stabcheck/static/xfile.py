@@ -297,7 +297,7 @@ def _int(v: object) -> bool:
 
 
 # -- a project-level fact: x64 ---------------------------------------------------------------------
-_FALSY = (False, 0, "0", "false", "False", "FALSE", "")
+_FALSY: tuple[object, ...] = (False, 0, "0", "false", "False", "FALSE", "")
 
 
 def _falsy(e: ast.AST) -> bool:

@@ -81,6 +81,7 @@ class ADGraph:
         self._find_defvjp()
         self._reach: dict[ast.AST, dict[str, ast.AST]] = {}
         self._reach_ad: dict[ast.AST, dict[str, ast.AST]] = {}
+        self._custom_wrapped: set[int] | None = None  # ids of defs wrapped by `jax.custom_jvp(f)`
 
     @classmethod
     def of(cls, analysis: Analysis) -> ADGraph:
@@ -185,7 +186,7 @@ class ADGraph:
             q = self.names.qualname(d)
             if q in CUSTOM_AD or (q in PARTIAL and isinstance(dec, ast.Call) and dec.args and self.names.qualname(dec.args[0]) in CUSTOM_AD):
                 return True
-        wrapped = getattr(self, "_custom_wrapped", None)
+        wrapped = self._custom_wrapped
         if wrapped is None:
             wrapped = self._custom_wrapped = set()
             for _, call in self.analysis.calls:

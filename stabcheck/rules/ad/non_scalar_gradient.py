@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+from typing import Literal
 
 from stabcheck.rule import Rule, only
 from stabcheck.static.context import FileContext
@@ -148,7 +149,7 @@ class NonScalarGradient(Rule):
     def _check(self, at: ast.AST, fn: ast.AST, keywords: list[ast.keyword], ctx: FileContext) -> None:
         keywords = [kw for kw in keywords if not (kw.arg == "has_aux" and isinstance(kw.value, ast.Constant) and kw.value.value is False)]
         target = fn if isinstance(fn, (ast.FunctionDef, ast.Lambda)) else None
-        confidence = "proven"
+        confidence: Literal["proven", "guess"] = "proven"
         if target is None and isinstance(fn, ast.Name):
             info = ctx.analysis.resolve(fn, ctx.function)
             target = info.node if info is not None else None

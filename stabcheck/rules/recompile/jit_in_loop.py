@@ -419,6 +419,7 @@ def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:
         changed = False
         for a in assigns:
             v = a.value
+            assert v is not None
             if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id in jitted:
                 continue
             if not _reads_any(v, derived):
@@ -430,6 +431,7 @@ def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:
                         changed = True
     computed = derived - targets
     # the jitted function closes over a value of this iteration
+    closure: list[ast.AST]
     if isinstance(fn, ast.Lambda):
         closure = [fn.body]
     elif isinstance(fn, ast.Call):
