@@ -393,7 +393,7 @@ def _binds_loop_target(fn: ast.AST, loop: ast.AST) -> bool:
 
 def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:
     """Does each iteration of the innermost loop jit a different program: the jitted function
-    reads a value the iteration derives from the loop variable (`ma = Model(size)`, then
+    reads a value the iteration computes from the loop variable (`ma = Model(size)`, then
     `jax.jit(lambda x: ma.apply(p, x))`), or its call gets an argument derived from it
     (`x = jnp.ones((n, n))`, then `f(x)`: a new shape)? Then the loop may walk problem sizes or
     configurations, each needing its own compile whichever way it is spelled. The loop variable
@@ -420,8 +420,8 @@ def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:
         for a in assigns:
             v = a.value
             assert v is not None
-            if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id in jitted:
-                continue
+            if a is parent or (isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id in jitted):
+                continue  # the jitted function itself, and what it returns
             if not _reads_any(v, derived):
                 continue
             for t in a.targets if isinstance(a, ast.Assign) else [a.target]:
@@ -440,7 +440,9 @@ def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:
         closure = list(fn.body)
     else:
         closure = []
-    if any(_reads_any(c, derived) for c in closure):
+    # (the loop variable itself closed over, `partial(scale, factor=f)`, is a value that belongs
+    # in an argument: one compile would do, as `_binds_loop_target` says for numbers)
+    if any(_reads_any(c, computed) for c in closure):
         return True
     # an argument of its calls computed from the loop variable (a new shape or value kind)
     calls = [n for n in body if isinstance(n, ast.Call) and ((isinstance(n.func, ast.Name) and n.func.id in jitted) or n.func is node)]
