@@ -335,10 +335,10 @@ def _sups_for(path: str, max_size: int = DEFAULT_MAX_FILE_SIZE) -> list[suppress
 _WORKER: tuple[Config, Dispatcher] | None = None
 
 
-def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] | None = None, parent: int | None = None, modules: frozenset[str] = frozenset()) -> None:
+def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] | None = None, parent: int | None = None, modules: frozenset[str] = frozenset(), x64: bool = False) -> None:
     global _WORKER
     _die_with_parent(parent)
-    xfile.install(modules)
+    xfile.install(modules, x64)
     if types:
         typed.install(types)
     rules = [r for r in registry.all_rules() if r.code in codes]
@@ -465,7 +465,8 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
     contents: dict[str, bytes] = {}
     jobs = min(options.jobs or cpu_count(), cpu_count())  # more processes than cores only cost memory
     modules = xfile.ModuleMap(display(f) for f in files)
-    xfile.install(modules.names())
+    x64 = _project_x64(files, config)
+    xfile.install(modules.names(), x64)
     real_of = {display(f): str(f) for f in files}
     for f in files:
         shown = display(f)
@@ -476,6 +477,8 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
                 todo.append((str(f), shown))
                 continue
             h = digest(data)
+            if x64:  # a project-level fact the file's findings depend on
+                h = digest(f"{h}|x64".encode())
             if config.types:
                 t = typed.lookup(f)
                 h = digest(f"{h}|{t.digest() if t is not None else ''}".encode())
@@ -505,6 +508,20 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
     return results
 
 
+def _project_x64(files: list[Path], config: Config) -> bool:
+    """Does any checked file turn `jax_enable_x64` on (`static.xfile.enables_x64`)? A project-level
+    fact: the static stage never imports code, so it reads the files (only those that spell the
+    flag are parsed)."""
+    for f in files:
+        try:
+            data = read_source(f, config.max_file_size)
+        except SourceError:
+            continue
+        if xfile.source_enables_x64(data, notebook=str(f).endswith(".ipynb")):
+            return True
+    return False
+
+
 def _settle(results: dict[str, FileResult], real_of: dict[str, str], modules: Any, config: Config, dispatcher: Dispatcher) -> set[str]:
     """Calls across files (`static.xfile`): check again, with their seeds, the files whose defs
     other files' transformed code calls with traced arguments, until the seeds no longer change
@@ -526,7 +543,7 @@ def _check_parallel(todo: list[tuple[str, str]], jobs: int, config: Config, rule
     files it did not return are checked again one by one in a fresh single worker, so the file that
     kills it is found and reported (STB902) and no other file is lost."""
     ctx = multiprocessing.get_context(_start_method())
-    initargs = (config, tuple(r.code for r in rules), _types_registry(config), os.getpid(), xfile.installed())
+    initargs = (config, tuple(r.code for r in rules), _types_registry(config), os.getpid(), xfile.installed(), xfile.project_x64())
 
     def collect(batches: list[list[tuple[str, str]]], workers: int) -> bool:
         try:

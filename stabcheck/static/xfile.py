@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from stabcheck import _notebook
 from stabcheck.finding import MAX_CHAINS, Frame
 
 if TYPE_CHECKING:
@@ -35,17 +36,26 @@ Seeds = dict[str, list[dict[str, Any]]]
 
 _SEEDS: contextvars.ContextVar[Seeds | None] = contextvars.ContextVar("stabcheck_xfile_seeds", default=None)
 _MODULES: frozenset[str] = frozenset()  # top-level names of the checked modules; empty: no exports
+_X64 = False  # a checked file turns `jax_enable_x64` on (`project_x64`)
 MAX_FRAMES = 12
 
 
-def install(modules: Iterable[str]) -> None:
-    """The dotted module names of the checked files (in this process and in static workers)."""
-    global _MODULES
+def install(modules: Iterable[str], x64: bool = False) -> None:
+    """The dotted module names of the checked files, and whether one of them turns x64 on (in
+    this process and in static workers)."""
+    global _MODULES, _X64
     _MODULES = frozenset(modules)
+    _X64 = x64
 
 
 def installed() -> frozenset[str]:
     return _MODULES
+
+
+def project_x64() -> bool:
+    """Does a file of the checked project turn `jax_enable_x64` on (`enables_x64`)? Then its
+    explicit float64 is intended (STB301)."""
+    return _X64
 
 
 def current() -> Seeds | None:
@@ -285,6 +295,55 @@ def valid(extra: object) -> bool:
 
 def _int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+# -- a project-level fact: x64 ---------------------------------------------------------------------
+_FALSY: tuple[object, ...] = (False, 0, "0", "false", "False", "FALSE", "")
+
+
+def _falsy(e: ast.AST) -> bool:
+    return isinstance(e, ast.Constant) and e.value in _FALSY and not isinstance(e.value, float)
+
+
+def _const(e: ast.AST) -> object:
+    return e.value if isinstance(e, ast.Constant) else None
+
+
+def enables_x64(tree: ast.AST) -> bool:
+    """Does this code turn x64 on: `jax.config.update("jax_enable_x64", v)` (any alias of the
+    config; `v` anything but a literal False), `jax.experimental.enable_x64()` /
+    `numpyro.enable_x64()` (any `enable_x64(...)` call not given False), or the environment
+    variable set in code (`os.environ["JAX_ENABLE_X64"] = "1"`, `os.environ.setdefault(...)`,
+    `os.putenv(...)`)? Reading the flag (`jax.config.jax_enable_x64`) does not count."""
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call):
+            f = n.func
+            attr = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+            args = n.args
+            if attr == "update" and len(args) >= 2 and _const(args[0]) == "jax_enable_x64" and not _falsy(args[1]):
+                return True
+            if attr == "enable_x64" and not any(_falsy(a) for a in args[:1]) and not any(k.arg in ("new_val", "use_x64") and _falsy(k.value) for k in n.keywords):
+                return True
+            if attr in ("setdefault", "putenv") and len(args) >= 2 and _const(args[0]) == "JAX_ENABLE_X64" and not _falsy(args[1]):
+                return True
+        elif isinstance(n, ast.Assign) and not _falsy(n.value):
+            if any(isinstance(t, ast.Subscript) and _const(t.slice) == "JAX_ENABLE_X64" for t in n.targets):
+                return True
+    return False
+
+
+def source_enables_x64(data: bytes, notebook: bool = False) -> bool:
+    """`enables_x64` of a file's bytes; cheap: only a file that spells the flag is parsed."""
+    if b"x64" not in data and b"X64" not in data:
+        return False
+    try:
+        if notebook:
+            text = _notebook.cells(data).source
+        else:
+            text = data.decode("utf-8")
+        return enables_x64(ast.parse(text))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # a file that cannot be read is reported by its own check
+        return False
 
 
 # -- precision: what a seed alone may claim ------------------------------------------------------------

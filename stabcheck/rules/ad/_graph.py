@@ -14,6 +14,7 @@ from stabcheck.static.analysis import Analysis, FunctionInfo
 from stabcheck.static.names import PARTIAL, Names, statements
 
 CUSTOM_VJP = frozenset({"jax.custom_vjp", "equinox.filter_custom_vjp"})
+CUSTOM_AD = frozenset({*CUSTOM_VJP, "jax.custom_jvp", "equinox.filter_custom_jvp"})
 FORWARD = frozenset({"jvp", "jacfwd", "linearize"})
 REVERSE = frozenset({"grad", "vjp", "jacrev", "hessian"})
 
@@ -79,6 +80,8 @@ class ADGraph:
         self._find_custom()
         self._find_defvjp()
         self._reach: dict[ast.AST, dict[str, ast.AST]] = {}
+        self._reach_ad: dict[ast.AST, dict[str, ast.AST]] = {}
+        self._custom_wrapped: set[int] | None = None  # ids of defs wrapped by `jax.custom_jvp(f)`
 
     @classmethod
     def of(cls, analysis: Analysis) -> ADGraph:
@@ -170,6 +173,58 @@ class ADGraph:
         if isinstance(fn, ast.Name) and fn.id in self.custom and self.analysis.resolve(fn, scope) in (None, self.custom[fn.id].primal):
             return self.custom[fn.id].primal, fn.id
         return self.analysis.resolve(fn, scope), None
+
+    # -- custom derivative rules ------------------------------------------------------------------
+    def has_custom_rule(self, info: FunctionInfo) -> bool:
+        """`info` is a `custom_jvp`/`custom_vjp` primal (decorated, through `partial` too, or bound
+        by `f = jax.custom_jvp(g)`): its derivative is the rule's, AD never goes through its body."""
+        node = info.node
+        if isinstance(node, ast.Lambda):
+            return False
+        for dec in node.decorator_list:
+            d = dec.func if isinstance(dec, ast.Call) else dec
+            q = self.names.qualname(d)
+            if q in CUSTOM_AD or (q in PARTIAL and isinstance(dec, ast.Call) and dec.args and self.names.qualname(dec.args[0]) in CUSTOM_AD):
+                return True
+        wrapped = self._custom_wrapped
+        if wrapped is None:
+            wrapped = self._custom_wrapped = set()
+            for _, call in self.analysis.calls:
+                q = self.names.qualname(call.func)
+                if isinstance(call.func, ast.Call):
+                    inner = call.func
+                    iq = self.names.qualname(inner.func)
+                    if iq in CUSTOM_AD or (iq in PARTIAL and inner.args and self.names.qualname(inner.args[0]) in CUSTOM_AD):
+                        q = "custom"
+                if (q in CUSTOM_AD or q == "custom") and call.args:
+                    target = self.analysis.resolve(call.args[0], None)
+                    if target is not None:
+                        wrapped.add(id(target.node))
+        return id(node) in wrapped
+
+    def reach_ad(self, info: FunctionInfo) -> dict[str, ast.AST]:
+        """`reach`, but not into functions with a custom derivative rule (what differentiation
+        itself goes through)."""
+        cached = self._reach_ad.get(info.node)
+        if cached is not None:
+            return cached
+        out: dict[str, ast.AST] = {}
+        self._reach_ad[info.node] = out
+        if self.has_custom_rule(info):
+            return out
+        for call, scope in self._calls(info):
+            key = self.names.qualname(call.func)
+            if isinstance(call.func, ast.Name) and call.func.id in self.custom:
+                key = call.func.id
+            if key is not None:
+                out.setdefault(key, call)
+            inner = [self.analysis.resolve(call.func, scope)]
+            inner += [self.analysis.resolve(a, scope) if isinstance(a, (ast.Name, ast.Lambda)) else None for a in call.args]
+            for callee in inner:
+                if callee is not None and callee is not info and callee.node is not call:
+                    for k, v in self.reach_ad(callee).items():
+                        out.setdefault(k, v)
+        return out
 
     # -- reachability ------------------------------------------------------------------------
     def reach(self, info: FunctionInfo) -> dict[str, ast.AST]:

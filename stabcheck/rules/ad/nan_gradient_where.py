@@ -44,8 +44,10 @@ class NanGradientWhere(Rule):
     Any function counts: `grad` may be applied in another module. Not flagged: an operand no
     gradient reaches (an integer count, an `int` parameter, a constant), a condition that tests
     other values than the operand; and where both branches are formulas of one function (the
-    `where` picks the numerically stable one, as in `log1mexp`) the finding is only a guess; so
-    is one in a test file (`test_*.py`, `*_test.py`, under `tests/`) in a function that no visible
+    `where` picks the numerically stable one, as in `log1mexp`) the finding is only a guess.
+    So is one in a notebook that names no derivative (`grad`, `jvp`, `vjp`, `jacrev`, `hessian`,
+    `value_and_grad`...): nothing imports a notebook, so no gradient reaches its code; and one in
+    a test file (`test_*.py`, `*_test.py`, under `tests/`) in a function that no visible
     transform reaches (a helper computing a value to assert on).
 
     ## Why is this bad?
@@ -174,6 +176,10 @@ class NanGradientWhere(Rule):
                 # numerically stable one, and neither need be singular where it is ruled out; or
                 # both are singular, and the where masks nothing
                 confidence = "guess"
+            elif not _may_be_differentiated(ctx):
+                # a notebook is never imported, so `grad` cannot be applied in another module;
+                # one that differentiates nothing never takes this gradient
+                confidence = "guess"
             where = ctx.text(node.func)
             what = (
                 f"where `{ctx.text(cond)}` rules it out its derivative is NaN (its input leaves the domain)"
@@ -241,6 +247,22 @@ class NanGradientWhere(Rule):
                     if isinstance(n.value, ast.Call) and ctx.qualname(n.value.func) in _GUARDS:
                         return True
         return False
+
+
+_AD_WORDS = re.compile(r"grad|jvp|vjp|jac|hessian|lineari[sz]e", re.I)
+
+
+def _may_be_differentiated(ctx: FileContext) -> bool:
+    """Can a gradient reach this file's code? Yes for any module (`grad` may be applied where it
+    is imported); a notebook (never imported) only if it names a derivative anywhere (`grad`,
+    `value_and_grad`, `jvp`, `vjp`, `jacrev`, `hessian`, an optimiser's `.grad`...)."""
+    if not ctx.path.endswith(".ipynb"):
+        return True
+    cached = getattr(ctx.analysis, "_stabcheck_ad_named", None)
+    if cached is None:
+        cached = any(_AD_WORDS.search(n.id if isinstance(n, ast.Name) else n.attr) for n in ast.walk(ctx.tree) if isinstance(n, (ast.Name, ast.Attribute)))
+        ctx.analysis._stabcheck_ad_named = cached  # type: ignore[attr-defined]
+    return bool(cached)
 
 
 _REGION = frozenset({"jax.numpy.sqrt", "jax.lax.sqrt", "jax.lax.rsqrt", "jax.numpy.arcsin", "jax.numpy.arccos", "jax.lax.asin", "jax.lax.acos"})

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+from typing import Literal
 
 from stabcheck.rule import Rule, only
 from stabcheck.static.context import FileContext
@@ -15,7 +16,8 @@ class NonScalarGradient(Rule):
     that visibly returns a tuple (`return loss, aux`) without `has_aux=True`, or whose every
     return (its loss, with `has_aux=True`) is an array of rank 1 or more whatever the inputs:
     an added axis (`loss[None]`), `jnp.ravel`/`stack`/`atleast_1d`/`expand_dims`, `.reshape(1)`,
-    `.flatten()`. The traced and confirm stages report every other non-scalar output they meet
+    `.flatten()`. A name bound more than once in its scope (a tuple-returning def in one branch,
+    a scalar lambda in the other) is not one function: a guess (`--preview`). The traced and confirm stages report every other non-scalar output they meet
     (shape `(1,)`, a vector) at the transform, from JAX's own error.
 
     ## Why is this bad?
@@ -57,6 +59,17 @@ class NonScalarGradient(Rule):
         grads = jax.grad(loss)(jnp.ones(3), jnp.ones((2, 3)))  # expect: STB409
         """,
         """
+        import jax
+        import jax.numpy as jnp
+
+        def value_and_grad_real(fun, x, has_aux):
+            def real_fun(w):  # bound once: it is the function `grad` gets
+                val, aux = fun(w)
+                return val.real, aux
+
+            return jax.value_and_grad(real_fun)(x)  # expect: STB409
+        """,
+        """
         from functools import partial
         import jax
         import jax.numpy as jnp
@@ -85,6 +98,20 @@ class NonScalarGradient(Rule):
             return jnp.mean(pred ** 2), pred
 
         (value, pred), grads = jax.value_and_grad(loss, has_aux=True)(jnp.ones(3), jnp.ones((2, 3)))
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def value_and_grad_real(fun, x, has_aux):
+            if has_aux:
+                def real_fun(w):
+                    val, aux = fun(w)
+                    return val.real, aux
+            else:
+                real_fun = lambda w: fun(w).real
+            # which `real_fun` runs is chosen at run time, with `has_aux` to match
+            return jax.value_and_grad(real_fun, has_aux=False)(x) if not has_aux else jax.value_and_grad(real_fun, has_aux=True)(x)
         """,
         """
         import jax
@@ -122,9 +149,14 @@ class NonScalarGradient(Rule):
     def _check(self, at: ast.AST, fn: ast.AST, keywords: list[ast.keyword], ctx: FileContext) -> None:
         keywords = [kw for kw in keywords if not (kw.arg == "has_aux" and isinstance(kw.value, ast.Constant) and kw.value.value is False)]
         target = fn if isinstance(fn, (ast.FunctionDef, ast.Lambda)) else None
+        confidence: Literal["proven", "guess"] = "proven"
         if target is None and isinstance(fn, ast.Name):
             info = ctx.analysis.resolve(fn, ctx.function)
             target = info.node if info is not None else None
+            if target is not None and _bound_more_than_once(fn.id, ctx):
+                # `real_fun` is a tuple-returning def in one branch and a scalar lambda in the
+                # other: which one `grad` gets is decided at run time
+                confidence = "guess"
         if target is None:
             return
         name = getattr(target, "name", "a lambda")
@@ -140,6 +172,7 @@ class NonScalarGradient(Rule):
                 help="reduce the output to a scalar (`.sum()`, `.reshape(())`, `[0]`), or use `jax.jacobian` for a non-scalar derivative",
                 detail=f"{name}:array",
                 evidence={"function": name},
+                confidence=confidence,
             )
             return
         if aux:
@@ -155,7 +188,33 @@ class NonScalarGradient(Rule):
             help="pass `has_aux=True` and return `(loss, aux)`, or return only the scalar loss",
             detail=name,
             evidence={"function": name},
+            confidence=confidence,
         )
+
+
+def _bound_more_than_once(name: str, ctx: FileContext) -> bool:
+    """`name` is bound more than once in the scope that defines it (a def in one branch, a
+    lambda or another def in the other; a rebinding): the function it names is not one."""
+    s = ctx.function
+    while s is not None and name not in s.defs:
+        s = s.parent
+    scope: ast.AST = s.node if s is not None else ctx.tree
+    count = 0
+    stack = list(scope.body) if isinstance(scope.body, list) else [scope.body]  # type: ignore[attr-defined]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            count += n.name == name
+            stack.extend(n.decorator_list)
+            continue
+        if isinstance(n, ast.Lambda):
+            continue
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and n.id == name:
+            count += 1
+        elif isinstance(n, ast.alias) and (n.asname or n.name.split(".")[0]) == name:
+            count += 1
+        stack.extend(ast.iter_child_nodes(n))
+    return count > 1
 
 
 # jnp functions whose result has rank 1 or more whatever their (valid) arguments

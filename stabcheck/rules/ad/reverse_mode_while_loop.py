@@ -15,7 +15,9 @@ class ReverseModeWhileLoop(Rule):
     Flags reverse-mode AD (`jax.grad`, `jax.value_and_grad`, `jax.vjp`, `jax.jacrev`,
     `jax.hessian`, `eqx.filter_grad`, `nnx.grad`) applied to a function that runs, itself or
     through a same-module call, a `lax.while_loop`, or a `lax.fori_loop` whose bounds are traced
-    under `jit`.
+    under `jit`. A function with a custom derivative (`jax.custom_jvp`, `jax.custom_vjp`,
+    `eqx.filter_custom_jvp`/`_vjp`) is not looked into: its rule is the derivative, and reverse
+    mode never goes through its loop.
 
     ## Why is this bad?
     A `while_loop` has no fixed trip count, so JAX cannot store what reverse mode needs:
@@ -71,6 +73,26 @@ class ReverseModeWhileLoop(Rule):
         import jax.numpy as jnp
         from jax import lax
 
+        @jax.custom_jvp
+        def newton_sqrt(a):
+            return lax.while_loop(lambda y: jnp.abs(y * y - a) > 1e-6, lambda y: 0.5 * (y + a / y), a)
+
+        @newton_sqrt.defjvp
+        def newton_sqrt_jvp(primals, tangents):
+            (a,), (da,) = primals, tangents
+            y = newton_sqrt(a)
+            return y, da / (2 * y)
+
+        def refine(a):  # differentiated through its own loop, around the custom one
+            return lax.while_loop(lambda y: y < a, lambda y: y * 2.0, newton_sqrt(a))
+
+        g = jax.grad(refine)  # expect: STB404
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
         def rollout(params, x0, n_steps):
             def step(i, x):
                 return jnp.tanh(params @ x)
@@ -83,6 +105,23 @@ class ReverseModeWhileLoop(Rule):
         """,
     )
     VALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        @jax.custom_jvp
+        def newton_sqrt(a):  # the custom rule is the derivative: AD never enters the loop
+            return lax.while_loop(lambda y: jnp.abs(y * y - a) > 1e-6, lambda y: 0.5 * (y + a / y), a)
+
+        @newton_sqrt.defjvp
+        def newton_sqrt_jvp(primals, tangents):
+            (a,), (da,) = primals, tangents
+            y = newton_sqrt(a)
+            return y, da / (2 * y)
+
+        g = jax.grad(newton_sqrt)
+        """,
         """
         import jax
         import jax.numpy as jnp
@@ -135,7 +174,7 @@ class ReverseModeWhileLoop(Rule):
         info, _ = graph.target(fn, ctx.function)
         if info is None:
             return
-        reached = graph.reach(info)
+        reached = graph.reach_ad(info)  # not into a custom_jvp/custom_vjp: its rule is the derivative
         loop = reached.get("jax.lax.while_loop")
         kind = "lax.while_loop"
         if loop is None:

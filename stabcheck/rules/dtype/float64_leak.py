@@ -4,6 +4,7 @@ import ast
 
 from stabcheck.rule import Rule, only
 from stabcheck.rules.dtype._dtypes import WIDE, dtype_arg, float_dtype, is_mask, numpy_float64
+from stabcheck.static import xfile
 from stabcheck.static.context import FileContext
 
 _COST = "Everything downstream then runs in float64 too (2-64x slower on accelerators, twice the memory), and the output dtype depends on a global flag"
@@ -24,8 +25,12 @@ class Float64Leak(Rule):
 
     ## Why is this bad?
     `dtype=float`/`.astype(float)` ask for the default float (float32 unless x64 is on, and then
-    float64 on purpose): those are guesses, shown with `--preview`, unless the file itself turns
-    `jax_enable_x64` on.
+    float64 on purpose): those are guesses, shown with `--preview`. Where the project turns x64
+    on itself (any checked file: `jax.config.update("jax_enable_x64", v)` through any alias of the
+    config and with any `v` but a literal False, an `enable_x64()` call, `JAX_ENABLE_X64` set in
+    `os.environ`), float64 asked for by name (`jnp.float64`, `dtype=float`) is intended there and
+    is a guess too; a NumPy float64 constant that promotes float32 data is reported either way
+    (with x64 on it is real).
 
     Python's `float` and NumPy's default float are 64-bit. With `jax_enable_x64` off they are
     silently truncated to float32; with it on, the operation and everything downstream runs in
@@ -92,6 +97,28 @@ class Float64Leak(Rule):
         """
         import jax
         import jax.numpy as jnp
+
+        # reading the flag is not turning it on
+        ACC = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+        @jax.jit
+        def count(mask):
+            return jnp.sum(mask).astype(jnp.float64)  # expect: STB301
+        """,
+        """
+        import jax
+        import numpy as np
+
+        jax.config.update("jax_enable_x64", True)
+        MASK64 = np.array([1.0, 0.0])[:, None]
+
+        @jax.jit
+        def couple(x):  # x64 on: float32 data promoted to float64 by a NumPy constant
+            return MASK64 * x  # expect: STB301
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
         import numpy as np
 
         def loss(w, x, y):
@@ -136,6 +163,18 @@ class Float64Leak(Rule):
             x = x.astype(jnp.float32)
             idx = np.arange(3)
             return x * np.pi + x[idx].sum() + x.shape[0] * 2.0
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        # the project turns x64 on (here, or in any checked file: its package `__init__`, a
+        # config default): float64 asked for by name is intended (a guess, --preview)
+        jax.config.update("jax_enable_x64", True)
+
+        @jax.jit
+        def count(mask):
+            return jnp.sum(mask).astype(jnp.float64)
         """,
         """
         import numpy as np
@@ -200,9 +239,10 @@ class Float64Leak(Rule):
             f"`{ctx.text(node)}` asks for float64 in a transformed function ({what}), which `jax_enable_x64` makes real. {_COST}",
             help="use the data's dtype (`x.dtype`) or an explicit `jnp.float32`",
             detail=spelled,
-            # Python's `float` is the default float: float32 unless the program turns x64 on, and
-            # then float64 is what it asked for; a guess (`--preview`) unless this file turns it on
-            confidence="guess" if dt == "float" and "jax_enable_x64" not in ctx.source else "proven",
+            # where the project turns x64 on (this file or any checked file), float64 asked for by
+            # name is intended; Python's `float` is the default float (float32 with x64 off): both
+            # guesses (`--preview`)
+            confidence="guess" if dt == "float" or _x64_on(ctx) else "proven",
         )
 
     def _combined(self, ctx: FileContext, node: ast.AST, const: ast.AST, data: ast.AST) -> None:
@@ -216,3 +256,13 @@ class Float64Leak(Rule):
             else "build it as bool (and select with `jnp.where`), or with the data's dtype",
             detail=name,
         )
+
+
+def _x64_on(ctx: FileContext) -> bool:
+    """This file, or any file of the checked project, turns `jax_enable_x64` on."""
+    if xfile.project_x64():
+        return True
+    cached = getattr(ctx.analysis, "_stabcheck_x64", None)
+    if cached is None:
+        cached = ctx.analysis._stabcheck_x64 = xfile.enables_x64(ctx.tree)  # type: ignore[attr-defined]
+    return bool(cached)

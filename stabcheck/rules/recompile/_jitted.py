@@ -61,14 +61,24 @@ def jitted_functions(analysis: Analysis) -> dict[str, Jitted]:
         return cached  # type: ignore[no-any-return]
     names = analysis.names
     out: dict[str, Jitted] = {}
+    defined: dict[str, int] = {}
+    for info in analysis.functions.values():
+        if not isinstance(info.node, ast.Lambda) and info.cls is None:
+            defined[info.node.name] = defined.get(info.node.name, 0) + 1
     for info in analysis.functions.values():
         node = info.node
         if isinstance(node, ast.Lambda) or info.cls is not None:
             continue
-        for dec in node.decorator_list:
+        if defined[node.name] > 1:
+            continue  # several defs of one name (multiple dispatch, `typing.overload`): which one a call runs is not known
+        # the jit must be the outermost decorator: an unknown one above it (plum's `@dispatch`)
+        # makes the name something else, whose calls are not calls of the jitted function
+        for i, dec in enumerate(node.decorator_list):
             t = names.transform(dec)
             if t is not None and t.qualname in PLAIN_JIT:
-                out[node.name] = _make(node.name, t, node)
+                if all(_keeps_jit(d, names) for d in node.decorator_list[:i]):
+                    out[node.name] = _make(node.name, t, node)
+                break
     for stmt in analysis.names.statements:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name) and isinstance(stmt.value, ast.Call):
             j = inline_jit(stmt.value, names, analysis, stmt.targets[0].id)
@@ -76,6 +86,12 @@ def jitted_functions(analysis: Analysis) -> dict[str, Jitted]:
                 out[j.name] = j
     analysis._stabcheck_jitted = out  # type: ignore[attr-defined]
     return out
+
+
+def _keeps_jit(dec: ast.AST, names: Names) -> bool:
+    """A decorator above `jax.jit` that returns a function calling it with the same arguments:
+    `functools.wraps(...)` only."""
+    return isinstance(dec, ast.Call) and names.qualname(dec.func) == "functools.wraps"
 
 
 def inline_jit(call: ast.Call, names: Names, analysis: Analysis, name: str = "") -> Jitted | None:

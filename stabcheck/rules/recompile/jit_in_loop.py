@@ -21,6 +21,13 @@ class JitInLoop(Rule):
     or partial stored on the object in `__init__` when the module builds such objects in a loop (a
     compile per object; a guess when the objects are built once).
 
+    In a loop, the finding is a guess (`--preview`) when the iterations may need different
+    programs anyway: the jitted function reads a value the iteration derives from the loop
+    variable (`ma = Model(size)`, then `jax.jit(lambda x: ma.apply(p, x))`), or its call gets an
+    argument computed from it (`x = jnp.ones((n, n))`: a new shape each size), or the loop walks a
+    display of static configurations. The loop variable itself passed as an argument
+    (`step(params, batch)`) is data of one kind: still a finding.
+
     In test files (`test_*.py`, `*_test.py`, `conftest.py`, anything under `tests/`) the finding
     is a guess, shown only with `--preview`: a test compiles each variant on purpose, and a
     recompile costs time, not a wrong result.
@@ -62,6 +69,15 @@ class JitInLoop(Rule):
                 step = jax.jit(lambda p, b: update(p, b, lr))  # expect: STB501
                 params = step(params, batch)
             return params
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def serve(requests, w):
+            for x in requests:  # the loop variable itself as the argument: one kind of input
+                f = jax.jit(lambda v: jnp.tanh(v @ w))  # expect: STB501
+                yield f(x)
         """,
         """
         import jax
@@ -211,6 +227,20 @@ class JitInLoop(Rule):
             # one compile per distinct static configuration is needed whichever way it is spelled
             return [jax.jit(partial(f, method=m))(x) for m in ("lu", "qr", "cholesky")]
         """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def benchmark(sizes, make_layer, key):
+            # a benchmark over problem sizes: each iteration's layer, parameters and input have
+            # their own shapes, so each needs its own compile anyway (a guess, --preview)
+            for n in sizes:
+                x = jnp.ones((n, n))
+                layer = make_layer(n)
+                params = layer.init(key, x)
+                apply = jax.jit(lambda v: layer.apply(params, v))
+                apply(x).block_until_ready()
+        """,
     )
 
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
@@ -231,7 +261,7 @@ class JitInLoop(Rule):
             if not per_iteration:
                 return  # the same function object every iteration: one compile, reused
             where = "inside a loop"
-            if _binds_loop_target(fn, ctx.loops[-1]):
+            if _binds_loop_target(fn, ctx.loops[-1]) or _varies_with_loop(node, fn, ctx):
                 confidence = "guess"  # one compile per distinct configuration may be needed anyway
             elif _conditional_in_loop(ctx):
                 confidence = "guess"  # `if need_compile:`: rebuilt only when something changed
@@ -264,6 +294,8 @@ class JitInLoop(Rule):
                 return
             if ctx.loops:
                 where = "inside a loop: each iteration defines a new function"
+                if _varies_with_loop(node, node, ctx):
+                    confidence = "guess"  # a function of the iteration's sizes or configuration
             elif outer is not None and _per_call_outer(ctx) and _called(outer.node, node.name) and not _escapes(outer.node, node.name):
                 where = f"inside `{outer.qualname}` and called there: each call of `{outer.qualname}` defines a new function"
                 confidence = _repeated(ctx)
@@ -408,6 +440,82 @@ def _binds_loop_target(fn: ast.AST, loop: ast.AST) -> bool:
         return False
     parts = [*fn.args[1:], *(k.value for k in fn.keywords)] if isinstance(fn, ast.Call) else [fn.body] if isinstance(fn, ast.Lambda) else []
     return any(isinstance(m, ast.Name) and m.id in targets for p in parts for m in ast.walk(p))
+
+
+def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:
+    """Does each iteration of the innermost loop jit a different program: the jitted function
+    reads a value the iteration computes from the loop variable (`ma = Model(size)`, then
+    `jax.jit(lambda x: ma.apply(p, x))`), or its call gets an argument derived from it
+    (`x = jnp.ones((n, n))`, then `f(x)`: a new shape)? Then the loop may walk problem sizes or
+    configurations, each needing its own compile whichever way it is spelled. The loop variable
+    itself passed as an argument (`step(params, batch)`) is data of one kind: not a new program."""
+    loop = ctx.loops[-1]
+    gens = [loop.target] if isinstance(loop, (ast.For, ast.AsyncFor)) else [g.target for g in getattr(loop, "generators", ())]
+    targets = {n.id for t in gens for n in ast.walk(t) if isinstance(n, ast.Name)}
+    if not targets:
+        return False
+    body = [n for st in (loop.body if isinstance(loop, (ast.For, ast.AsyncFor, ast.While)) else [loop]) for n in _own_walk(st)]
+    jitted: set[str] = set()
+    parent = ctx.parent
+    if isinstance(parent, ast.Assign):
+        jitted = {t.id for t in parent.targets if isinstance(t, ast.Name)}
+    if isinstance(node, ast.FunctionDef):
+        jitted.add(node.name)
+    # names the iteration derives from the loop variable (not by calling the jitted function:
+    # `params = step(params, batch)` is the carry, of one shape every iteration)
+    derived = set(targets)
+    assigns = [n for n in body if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and n.value is not None]
+    changed = True
+    while changed:
+        changed = False
+        for a in assigns:
+            v = a.value
+            assert v is not None
+            if a is parent or (isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id in jitted):
+                continue  # the jitted function itself, and what it returns
+            if not _reads_any(v, derived):
+                continue
+            for t in a.targets if isinstance(a, ast.Assign) else [a.target]:
+                for m in ast.walk(t):
+                    if isinstance(m, ast.Name) and m.ctx.__class__ is ast.Store and m.id not in derived:
+                        derived.add(m.id)
+                        changed = True
+    computed = derived - targets
+    # the jitted function closes over a value of this iteration
+    closure: list[ast.AST]
+    if isinstance(fn, ast.Lambda):
+        closure = [fn.body]
+    elif isinstance(fn, ast.Call):
+        closure = [*fn.args, *(k.value for k in fn.keywords)]
+    elif isinstance(fn, ast.FunctionDef):
+        closure = list(fn.body)
+    else:
+        closure = []
+    # (the loop variable itself closed over, `partial(scale, factor=f)`, is a value that belongs
+    # in an argument: one compile would do, as `_binds_loop_target` says for numbers)
+    if any(_reads_any(c, computed) for c in closure):
+        return True
+    # an argument of its calls computed from the loop variable (a new shape or value kind)
+    calls = [n for n in body if isinstance(n, ast.Call) and ((isinstance(n.func, ast.Name) and n.func.id in jitted) or n.func is node)]
+    if isinstance(ctx.parent, ast.Call) and ctx.parent.func is node:
+        calls.append(ctx.parent)
+    return any(_reads_any(a, computed) for c in calls for a in [*c.args, *(k.value for k in c.keywords)])
+
+
+def _reads_any(expr: ast.AST, names: set[str]) -> bool:
+    return any(isinstance(m, ast.Name) and m.id in names for m in ast.walk(expr))
+
+
+def _own_walk(node: ast.AST) -> list[ast.AST]:
+    """`node` and what it holds, not descending into function bodies defined there."""
+    out: list[ast.AST] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)) or n is node:
+            stack.extend(ast.iter_child_nodes(n))
+    return out
 
 
 def _config_display(it: ast.AST) -> bool:

@@ -28,7 +28,10 @@ class PythonScalarArg(Rule):
     is a guess, shown only with `--preview`: a test compiles each variant on purpose, and a
     recompile costs time, not a wrong result.
 
-    A Python scalar whose *value* merely changes does not retrace and is not flagged.
+    A Python scalar whose *value* merely changes does not retrace and is not flagged. Only a
+    name that is the jitted function itself counts: the jit must be its outermost decorator
+    (or under `functools.wraps`) and the name defined once; a def under another decorator
+    (multiple dispatch, plum's `@dispatch`) or one of several defs of one name is not.
 
     ## Why is this bad?
     A jitted function is compiled once per distinct input signature. A Python `1.0` is a
@@ -98,8 +101,47 @@ class PythonScalarArg(Rule):
         p = step(jnp.ones(3), 1)
         p = step(p, 0.5)  # expect: STB503
         """,
+        """
+        import functools
+        import jax
+        import jax.numpy as jnp
+
+        def apply(params, x, mask):
+            h = x @ params
+            return h if mask is None else h * mask
+
+        @functools.wraps(apply)
+        @jax.jit
+        def apply_jit(params, x, mask):
+            h = x @ params
+            return h if mask is None else h * mask
+
+        train_out = apply_jit(jnp.ones((2, 2)), jnp.ones(2), None)
+        eval_out = apply_jit(jnp.ones((2, 2)), jnp.ones(2), jnp.ones(2))  # expect: STB503
+        """,
     )
     VALID = (
+        """
+        from functools import partial
+        import jax
+        from plum import dispatch
+
+        # multiple dispatch: `random_state` is the dispatcher, which picks one of the defs by
+        # the argument types; its calls are not calls of one jitted function
+        @dispatch
+        def random_state(hilb: object, key, batches: int):
+            return random_state(hilb, hilb.constraint, key, batches)
+
+        @dispatch
+        @partial(jax.jit, static_argnames=("hilb", "batches"))
+        def random_state(hilb: object, constraint: None, key, batches: int):
+            return jax.random.bernoulli(key, 0.5, (batches, hilb.size))
+
+        @dispatch
+        @partial(jax.jit, static_argnames=("hilb", "batches"))
+        def random_state(hilb: object, constraint: object, key, batches: int):
+            return random_state(hilb, None, key, batches)
+        """,
         """
         import jax
         import jax.numpy as jnp
