@@ -30,7 +30,9 @@ class Float64Leak(Rule):
     config and with any `v` but a literal False, an `enable_x64()` call, `JAX_ENABLE_X64` set in
     `os.environ`), float64 asked for by name (`jnp.float64`, `dtype=float`) is intended there and
     is a guess too; a NumPy float64 constant that promotes float32 data is reported either way
-    (with x64 on it is real).
+    (with x64 on it is real), except where x64 is on and the file never names a narrower float
+    (`float32`, `bfloat16`, `float16`): that program computes in float64 by design, and the
+    finding is a guess.
 
     Python's `float` and NumPy's default float are 64-bit. With `jax_enable_x64` off they are
     silently truncated to float32; with it on, the operation and everything downstream runs in
@@ -107,6 +109,7 @@ class Float64Leak(Rule):
         """,
         """
         import jax
+        import jax.numpy as jnp
         import numpy as np
 
         jax.config.update("jax_enable_x64", True)
@@ -114,6 +117,7 @@ class Float64Leak(Rule):
 
         @jax.jit
         def couple(x):  # x64 on: float32 data promoted to float64 by a NumPy constant
+            x = x.astype(jnp.float32)
             return MASK64 * x  # expect: STB301
         """,
         """
@@ -175,6 +179,19 @@ class Float64Leak(Rule):
         @jax.jit
         def count(mask):
             return jnp.sum(mask).astype(jnp.float64)
+        """,
+        """
+        import jax
+        import numpy as np
+
+        # a double-precision code (deepmodeling/DMFF turns x64 on in its settings module): a
+        # NumPy float64 table matches the program's precision (a guess, --preview)
+        jax.config.update("jax_enable_x64", True)
+        TABLE = np.zeros((245, 16))
+
+        @jax.jit
+        def energy(fmat):
+            return (fmat.T * TABLE).sum()
         """,
         """
         import numpy as np
@@ -255,7 +272,24 @@ class Float64Leak(Rule):
             if len(ctx.text(data)) < 30
             else "build it as bool (and select with `jnp.where`), or with the data's dtype",
             detail=name,
+            # with x64 on in the project, a file that never asks for a narrower float computes in
+            # float64 by design: the constant matches it (a guess, `--preview`)
+            confidence="guess" if _x64_on(ctx) and not _names_narrow_float(ctx) else "proven",
         )
+
+
+_NARROW = frozenset({"float32", "bfloat16", "float16"})
+
+
+def _names_narrow_float(ctx: FileContext) -> bool:
+    """The file names float32, bfloat16 or float16 somewhere (a dtype, a cast, a string)."""
+    cached = getattr(ctx.analysis, "_stabcheck_narrow", None)
+    if cached is None:
+        cached = ctx.analysis._stabcheck_narrow = any(  # type: ignore[attr-defined]
+            (isinstance(n, ast.Attribute) and n.attr in _NARROW) or (isinstance(n, ast.Name) and n.id in _NARROW) or (isinstance(n, ast.Constant) and n.value in _NARROW)
+            for n in ast.walk(ctx.tree)
+        )
+    return bool(cached)
 
 
 def _x64_on(ctx: FileContext) -> bool:
