@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -135,6 +136,9 @@ def describe_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def signature(fn: Any, transform: str, options: Mapping[str, Any], args: Iterable[Any], kwargs: Mapping[str, Any], site: str) -> tuple[str, dict[str, Any]]:
     """(`module:qualname`, the signature record) for one transformed call; raises Unrebuildable."""
+    owner = getattr(fn, "__self__", None)
+    if inspect.ismethod(fn) and not isinstance(owner, type):
+        raise Unrebuildable(f"`{fn.__qualname__}` is a method bound to a `{type(owner).__qualname__}` object (`jax.jit(self.{fn.__name__})`); the recording does not hold the object")
     name = importable_name(fn)
     if name is None:
         where = getattr(fn, "__qualname__", repr(fn))
