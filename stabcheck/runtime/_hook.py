@@ -194,7 +194,7 @@ class Collector:
             entry = self._monitors.get(id(key))
             if entry is None or entry[0] is not key:
                 defined = Site(shown_path(file), def_line(file, line))  # the `def`, not its first decorator
-                entry = (key, Monitor(getattr(fun, "__qualname__", name) or name, max_traces=self.max_traces, selector=self.selector, defined=defined, retrace_at_def=True))
+                entry = (key, Monitor(getattr(fun, "__qualname__", name) or name, max_traces=self.max_traces, selector=self.selector, defined=defined, retrace_at_def=True, carry_drift=True))
                 self._monitors[id(key)] = entry
             monitor = entry[1]
         sig = _signature(ji, dbg, avals, args, kwargs)

@@ -131,6 +131,7 @@ class Monitor:
         grad_params: Sequence[str] = (),
         defined: Site | None = None,
         retrace_at_def: bool = False,
+        carry_drift: bool = False,
     ) -> None:
         self.function = function
         self.max_traces = max_traces
@@ -138,6 +139,7 @@ class Monitor:
         self.grad_params = tuple(grad_params)
         self.defined = defined
         self.retrace_at_def = retrace_at_def  # STB504 at the compiled function's def, not the call (jit hook, filter_jit)
+        self.carry_drift = carry_drift  # STB204 where the previous call returned the new signature's state (jit hook)
         self.records: dict[Signature, _Record] = {}
         self.keys: set[Any] = set()  # raw keys already checked (plain-function hot path)
         self.primed = False
@@ -177,9 +179,9 @@ class Monitor:
             busy.reset(token)
         if prog is not None:
             record.outputs = _outputs(prog)
-            if previous is not None and self.last is not None:
+            if self.carry_drift and previous is not None and self.last is not None:
                 found += self._carry_drift(previous, self.last, sig)
-            self.last = prog
+            self.last = prog if self.carry_drift else None
             found += self._jaxpr_checks(prog, site)
             found += self._static_union(record, site)
             if self.grad_params:
