@@ -8,7 +8,7 @@ Off unless `--stabcheck` (or ini `stabcheck = true`). The project's `[tool.stabc
 JAX traces for `jit` is checked once per signature, as if it carried `@stabcheck.stable` (the
 traced dtype checks and STB504 retraces), without editing user code; so is each user function a
 test calls through `grad`, `value_and_grad`, `vmap`, `jacfwd`, `jacrev`, `hessian`, `jvp`, `vjp`,
-`eqx.filter_jit`/`filter_grad`/`filter_value_and_grad` or `nnx.jit` (`runtime._intercept`,
+`eqx.filter_jit`/`filter_grad`/`filter_value_and_grad`, `nnx.jit` or `nnx.grad` (`runtime._intercept`,
 `runtime._transformed`): the jaxpr checks, and for the differentiated ones STB402/STB406, STB410
 (a gradient that is zero by construction) and the first NaN/Inf-producing primitive (STB408) on
 the arguments the test passed. A `jit` trace that JAX raises on is reported even under

@@ -28,7 +28,7 @@ from stabcheck.runtime._calls import Listeners, TransformedCall
 from stabcheck.runtime._intercept import Interceptor, given_by_user, outer_call, user_site
 from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, busy, caller_site, make_finding
 from stabcheck.runtime._signature import Signature, short_repr, type_str
-from stabcheck.runtime._transformed import TransformChecker
+from stabcheck.runtime._transformed import TransformChecker, nnx_output_path
 from stabcheck.traced.checks import shown_path, source_line, truncated_dtype_text
 from stabcheck.traced.source import Site as SourceSite, def_line, is_internal, is_library
 
@@ -207,6 +207,8 @@ class Collector:
         jdbg = getattr(closed.jaxpr, "debug_info", None)
         in_paths = tuple(getattr(dbg, "arg_names", None) or ())
         out_paths = tuple(getattr(jdbg, "result_paths", None) or ())
+        if type(fun).__module__.startswith("flax.nnx"):  # nnx.jit's JitFn: the user's output is result[2]
+            out_paths = tuple(map(nnx_output_path, out_paths))
         program = Program(closed, in_paths, out_paths)
         site = caller_site()
         found = monitor.observe(sig, lambda: program, site, lambda: _call_signature(ji, args, kwargs))

@@ -6,7 +6,7 @@ runs once per new signature). The other transforms have no such single choke poi
 and their arguments are gone by the time anything below them runs, so `Interceptor.install()`
 wraps the public functions themselves: `jax.grad`, `jax.value_and_grad`, `jax.vmap`,
 `jax.jacfwd`, `jax.jacrev`, `jax.hessian`, `jax.jvp`, `jax.vjp` and, where installed,
-`flax.nnx.jit`; equinox's `filter_jit`/`filter_grad`/`filter_value_and_grad` return Modules, so
+`flax.nnx.jit` and `flax.nnx.grad`; equinox's `filter_jit`/`filter_grad`/`filter_value_and_grad` return Modules, so
 the `__call__` of their classes is wrapped instead (a filtered function keeps its type, fields
 and `.lower`). The plugin
 configures before pytest imports the test modules, so `import jax; jax.grad(...)` and
@@ -51,6 +51,7 @@ _JAX_TARGETS = (
     ("jax", "jvp", "jvp", "calls"),
     ("jax", "vjp", "vjp", "calls"),
     ("flax.nnx", "jit", "nnx.jit", "returns"),
+    ("flax.nnx", "grad", "nnx.grad", "returns"),
 )
 
 # the jitted callable whose trace is running, with its real arguments (`jit(grad(f))`)

@@ -41,7 +41,7 @@ from stabcheck.traced.errors import classify
 from stabcheck.traced.source import Site as SourceSite, def_line, exception_site
 
 GRAD_FAMILY = ("grad", "value_and_grad", "jacfwd", "jacrev", "hessian")
-FILTER_GRAD = ("filter_grad", "filter_value_and_grad")
+FILTER_GRAD = ("filter_grad", "filter_value_and_grad", "nnx.grad")  # the float leaves of the differentiated arguments
 DIFFERENTIATED = (*GRAD_FAMILY, *FILTER_GRAD, "jvp", "vjp")
 JIT_LIKE = ("filter_jit", "nnx.jit")
 _NEVER = 10**9  # `grad` traces on every call by design: retraces are STB504 only for jit-likes
@@ -74,7 +74,7 @@ def plan(call: TransformedCall, names: list[str]) -> Plan:
     t = call.transform
     args, kwargs = tuple(call.args), dict(call.kwargs)
     flat, tree = jax.tree_util.tree_flatten_with_path((args, kwargs))
-    diff = _argnums(call.options, len(args)) if t in GRAD_FAMILY else set(range(len(args))) if t in ("jvp", "vjp") else {0} if t in FILTER_GRAD else set()
+    diff = _argnums(call.options, len(args)) if t in (*GRAD_FAMILY, "nnx.grad") else set(range(len(args))) if t in ("jvp", "vjp") else {0} if t in FILTER_GRAD else set()
     traced: list[int] = []
     paths: list[str] = []
     leaves: list[tuple[str, str]] = []
@@ -214,6 +214,8 @@ class TransformChecker:
         self.waiting = None
         name, defined = _describe(call.fn)
         site = Site(shown_path(call.site[0]), call.site[1]) if call.site[0] else defined
+        if call.transform == "nnx.jit":
+            out_paths = tuple(map(nnx_output_path, out_paths))
         monitor = self.monitors[(fn_key(call.fn), call.transform)][1]
         found = monitor.observe(p.signature, lambda: Program(closed, in_paths, out_paths), site, lambda: call_signature(tuple(call.args), _names(call.fn, len(call.args)), kwargs=dict(call.kwargs), numbers_static=True))
         entry = f"{site.path}:{site.line}" if site is not None else ""
@@ -396,6 +398,16 @@ class TransformChecker:
         )
 
 
+def nnx_output_path(path: str) -> str:
+    """A result path of the function `nnx.jit` traces, named after the user function's own: flax
+    returns `(args_out, kwargs_out, out)` (the graph states written back, then the output), so
+    `result[2][1]` is the user's `result[1]` and `result[0][0]...` the first argument's state."""
+    for prefix, name in (("result[2]", "result"), ("result[0]", "args"), ("result[1]", "kwargs")):
+        if path.startswith(prefix):
+            return name + path[len(prefix):]
+    return path
+
+
 def _rules_program(call: TransformedCall, p: Plan, closed: Any) -> Any:
     """The program whose custom rules a failure is placed in: the traced function's own, or, for
     a transform of a transformed function (`jvp(grad(f))`, whose program has the rules applied
@@ -425,4 +437,4 @@ def _absolute(shown: str, origin: Any) -> str:
     return origin.path if origin is not None and origin.path else shown
 
 
-__all__ = ["DIFFERENTIATED", "JIT_LIKE", "Plan", "TransformChecker", "plan"]
+__all__ = ["DIFFERENTIATED", "JIT_LIKE", "Plan", "TransformChecker", "nnx_output_path", "plan"]
