@@ -160,3 +160,35 @@ def test_transformed_callables_keep_their_types_and_equinox_is_restored() -> Non
     assert calls[-1].args[0] is p  # grad traced inside jit is told the jitted call's real arguments
     assert collector.listeners.errors and collector.listeners.errors[0].startswith("ZeroDivisionError")
     assert collector.errors == []
+
+
+def _rolled_weak(x):
+    import jax.numpy as jnp
+
+    return jnp_roll(x) * 2.0, jnp.asarray(1.0) + 1.0  # a jnp function jitted inside (its trace finishes first); a weak output
+
+
+def jnp_roll(x):
+    import jax.numpy as jnp
+
+    return jnp.roll(jnp.sin(x), 1)
+
+
+def test_filter_jit_is_checked_on_equinox_s_own_trace_naming_the_users_output() -> None:
+    """Inside `eqx.filter_jit(f)` the jnp functions JAX jits (`roll`, `sin`) finish their traces
+    before equinox's own: the checks run on equinox's, whose `(marker, out, static)` layout is
+    named as the user's output (`result[1]`, not equinox's `result[1][1]`)."""
+    import jax.numpy as jnp
+
+    from stabcheck.runtime._hook import Collector
+
+    eqx = pytest.importorskip("equinox")
+    collector = Collector()
+    assert collector.install()
+    try:
+        eqx.filter_jit(_rolled_weak)(jnp.ones(3))
+    finally:
+        collector.uninstall()
+    weak = [f for f in collector.all_findings() if f.code == "STB302"]
+    assert [(f.function, f.evidence.get("transform")) for f in weak] == [("_rolled_weak", "filter_jit")], [(f.code, f.message) for f in collector.all_findings()]
+    assert weak[0].message.startswith("`result[1]` is weakly typed"), weak[0].message

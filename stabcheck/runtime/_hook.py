@@ -16,6 +16,7 @@ transform checker (its hazard at the user's line), and while a user function is 
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
 import types
 from collections.abc import Callable
@@ -182,7 +183,8 @@ class Collector:
     def observe(self, fun: Any, ji: Any, dbg: Any, avals: Any, args: Any, kwargs: Any, params: Any) -> None:
         name, file, line = _source(getattr(ji, "fun_sourceinfo", "") or "")
         if not file or is_internal(file) or is_library(file):
-            if self.checker is not None and self.checker.waiting is not None and is_library(file):  # `eqx.filter_jit(f)`'s trace
+            # `eqx.filter_jit(f)`'s own trace, not a jnp function jitted inside it (those finish first)
+            if self.checker is not None and self.checker.waiting is not None and file.endswith(_EQX_JIT):
                 closed = params.params["jaxpr"]
                 self.checker.traced(closed, tuple(getattr(dbg, "arg_names", None) or ()), tuple(getattr(getattr(closed.jaxpr, "debug_info", None), "result_paths", None) or ()))
             return
@@ -234,6 +236,9 @@ class Collector:
     def knows(self, code: str, path: str, line: int) -> bool:
         """A finding of `code` at path:line was already made (a test's JAX error adds nothing new)."""
         return any(f.code == code and f.path == path and f.span.line == line for f in self.all_findings())
+
+
+_EQX_JIT = os.path.join("equinox", "_jit.py")  # where `eqx.filter_jit` jits the user's function
 
 
 def _source(info: str) -> tuple[str, str, int]:

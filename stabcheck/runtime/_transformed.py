@@ -180,8 +180,10 @@ class TransformChecker:
             self.monitors[key] = held
         monitor = held[1]
         monitor.grad_params = p.grad_params
-        if call.transform in JIT_LIKE:  # checked on the jaxpr equinox's own jit traces (`traced`)
+        if call.transform == "filter_jit":  # checked on the jaxpr equinox's own jit traces (`traced`)
             self.waiting = (call, p)
+            return
+        if call.transform == "nnx.jit":  # the jit hook checks nnx's JitFn as the user's function
             return
         # JAX: imported when this runs, never on import
         import jax
@@ -214,8 +216,8 @@ class TransformChecker:
         self.waiting = None
         name, defined = _describe(call.fn)
         site = Site(shown_path(call.site[0]), call.site[1]) if call.site[0] else defined
-        if call.transform == "nnx.jit":
-            out_paths = tuple(map(nnx_output_path, out_paths))
+        # equinox returns `(marker, dynamic_out, Static(static_out))`: the user's arrays are result[1]
+        out_paths = tuple("result" + o[len("result[1]"):] if o.startswith("result[1]") else o for o in out_paths)
         monitor = self.monitors[(fn_key(call.fn), call.transform)][1]
         found = monitor.observe(p.signature, lambda: Program(closed, in_paths, out_paths), site, lambda: call_signature(tuple(call.args), _names(call.fn, len(call.args)), kwargs=dict(call.kwargs), numbers_static=True))
         entry = f"{site.path}:{site.line}" if site is not None else ""
