@@ -12,7 +12,9 @@ and `.lower`). The plugin
 configures before pytest imports the test modules, so `import jax; jax.grad(...)` and
 `from jax import grad` in a test module both get the wrapper; names a user module bound before
 that (a conftest's `from jax import grad`) are rebound too, and everything is put back by
-`uninstall()`.
+`uninstall()`. flax and equinox are wrapped when the session imports them (`_AfterImport`, a
+post-import hook), never imported by the plugin: a session that does not use them does not pay
+for their import.
 
 Only transforms applied from the user's code to a user function are seen: the ones JAX,
 equinox or flax apply internally (`filter_grad` calls `jax.grad`) are not, so a nested call is
