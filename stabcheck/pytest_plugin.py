@@ -8,7 +8,7 @@ Off unless `--stabcheck` (or ini `stabcheck = true`). The project's `[tool.stabc
 JAX traces for `jit` is checked once per signature, as if it carried `@stabcheck.stable` (the
 traced dtype checks and STB504 retraces), without editing user code; so is each user function a
 test calls through `grad`, `value_and_grad`, `vmap`, `jacfwd`, `jacrev`, `hessian`, `jvp`, `vjp`,
-`eqx.filter_jit`/`filter_grad`/`filter_value_and_grad` or `nnx.jit` (`runtime._intercept`,
+`eqx.filter_jit`/`filter_grad`/`filter_value_and_grad`, `nnx.jit` or `nnx.grad` (`runtime._intercept`,
 `runtime._transformed`): the jaxpr checks, and for the differentiated ones STB402/STB406, STB410
 (a gradient that is zero by construction) and the first NaN/Inf-producing primitive (STB408) on
 the arguments the test passed. A `jit` trace that JAX raises on is reported even under
@@ -34,6 +34,7 @@ _REPORT_ERROR = pytest.StashKey[str]()
 _STRICT_FAILED = pytest.StashKey[int]()
 _RECORDER = pytest.StashKey[Any]()
 _RECORDED = pytest.StashKey[str]()
+_BEFORE = pytest.StashKey[tuple[int, int]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -140,8 +141,18 @@ def _findings(config: pytest.Config) -> list[Finding]:
 
 
 @pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    collector = item.config.stash.get(_COLLECTOR, None)
+    if collector is not None:  # what was found before the test ran (see pytest_runtest_makereport)
+        item.stash[_BEFORE] = collector.count()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """A test that fails because JAX raised yields the hazard's finding at the user's line."""
+    """A test that fails because JAX raised yields the hazard's finding at the user's line, unless
+    a transformed call of the test already reported that hazard (placed where it is fixed: a
+    custom rule's `return`, not the frame JAX raised in)."""
     yield
     collector = item.config.stash.get(_COLLECTOR, None)
     if collector is None or call.when != "call" or call.excinfo is None:
@@ -149,6 +160,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     from stabcheck.runtime._raised import finding_for  # only with --stabcheck (see pytest_configure)
 
     found = finding_for(call.excinfo.value, item.nodeid)
+    if found is not None and any(f.code == found.code for f in collector.since(item.stash.get(_BEFORE, (0, 0)))):
+        return
     if found is not None and collector.selector(found.code) and not collector.knows(found.code, found.path, found.span.line):
         path, line, _ = item.location
         collector.findings.append(found.refine(evidence={**found.evidence, "entry": f"{path}:{(line or 0) + 1}"}))

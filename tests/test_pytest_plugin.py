@@ -98,8 +98,8 @@ def test_summary_names_the_storm_and_the_weak_output(project: pytest.Pytester) -
     rows = _rows(result.outlines)
     assert rows[0].split()[:5] == ["function", "file:line", "code", "count", "message"]
     storm = [r for r in rows if r.startswith("scale ")]
-    # at the jitted function's def (its decorator: co_firstlineno), where `check --trace --confirm` places a replayed storm
-    assert len(storm) == 1 and "STB504" in storm[0] and f"test_storm.py:{_line('def scale(x, lr):') - 1}" in storm[0]
+    # at the jitted function's `def` (not its decorator's line, co_firstlineno), where `check --trace --confirm` places a replayed storm
+    assert len(storm) == 1 and "STB504" in storm[0] and f"test_storm.py:{_line('def scale(x, lr):')}" in storm[0]
     assert storm[0].split()[3] == "3"  # signatures 4, 5 and 6 exceed the default max-traces of 3
     assert "`x` was float32[3], now float32[4]" in storm[0]
     weak = [r for r in rows if r.startswith("schedule ")]

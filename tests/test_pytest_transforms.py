@@ -160,3 +160,62 @@ def test_transformed_callables_keep_their_types_and_equinox_is_restored() -> Non
     assert calls[-1].args[0] is p  # grad traced inside jit is told the jitted call's real arguments
     assert collector.listeners.errors and collector.listeners.errors[0].startswith("ZeroDivisionError")
     assert collector.errors == []
+
+
+def _rolled_weak(x):
+    import jax.numpy as jnp
+
+    return jnp_roll(x) * 2.0, jnp.asarray(1.0) + 1.0  # a jnp function jitted inside (its trace finishes first); a weak output
+
+
+def jnp_roll(x):
+    import jax.numpy as jnp
+
+    return jnp.roll(jnp.sin(x), 1)
+
+
+def test_filter_jit_is_checked_on_equinox_s_own_trace_naming_the_users_output() -> None:
+    """Inside `eqx.filter_jit(f)` the jnp functions JAX jits (`roll`, `sin`) finish their traces
+    before equinox's own: the checks run on equinox's, whose `(marker, out, static)` layout is
+    named as the user's output (`result[1]`, not equinox's `result[1][1]`)."""
+    import jax.numpy as jnp
+
+    from stabcheck.runtime._hook import Collector
+
+    eqx = pytest.importorskip("equinox")
+    collector = Collector()
+    assert collector.install()
+    try:
+        eqx.filter_jit(_rolled_weak)(jnp.ones(3))
+    finally:
+        collector.uninstall()
+    weak = [f for f in collector.all_findings() if f.code == "STB302"]
+    assert [(f.function, f.evidence.get("transform")) for f in weak] == [("_rolled_weak", "filter_jit")], [(f.code, f.message) for f in collector.all_findings()]
+    assert weak[0].message.startswith("`result[1]` is weakly typed"), weak[0].message
+
+
+def test_flax_is_wrapped_when_the_session_imports_it_not_imported_by_the_plugin() -> None:
+    """`pytest --stabcheck` configures before the test modules import anything: a library the
+    session has not imported (flax) is wrapped when it is imported (a post-import hook), so a
+    session that never uses it does not pay for importing it; uninstalling puts it back."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("flax")
+    code = """
+import sys
+from stabcheck.runtime._hook import Collector
+c = Collector()
+assert c.install()
+assert "flax" not in sys.modules and "flax.nnx" not in sys.modules, "the plugin imported flax"
+from flax import nnx
+from flax.nnx import jit as bound
+assert getattr(nnx.jit, "stabcheck_original", None) is not None and bound is nnx.jit, "flax.nnx.jit not wrapped after its import"
+c.uninstall()
+from flax import nnx as again
+assert getattr(again.jit, "stabcheck_original", None) is None, "not restored"
+assert not any(type(f).__name__ == "_AfterImport" for f in sys.meta_path)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "ok", out.stdout + out.stderr[-2000:]

@@ -203,3 +203,19 @@ def test_a_loops_retraces_are_counted_after_the_traced_stage_ran(entries) -> Non
     assert trace_task("train", entries["train"], {})["findings"] == []
     (f,) = confirm_entry("train", entries["train"], [])
     assert (f.code, f.span.line, f.detail) == ("STB504", _marked("def sgd_step")[1], "batch")
+
+
+@pytest.mark.parametrize("name", ["advance", "predict"])
+def test_entries_loaded_as_the_cli_loads_them_still_count_the_modules_retraces(name) -> None:
+    """`check --trace --confirm` loads entries through `traced.load`, which splits a Module
+    argument as `eqx.filter_jit` does (`traced.filtered`); the retraces of the entry's own
+    `filter_jit` function are still counted and placed at the field."""
+    from stabcheck.confirm.run import trace_confirm_task
+    from stabcheck.traced import load
+
+    entries = load.load_target({"target": f"{FIX}:recompile"})
+    (code, line), leaf = HAZARDS[name]
+    found = trace_confirm_task(f"recompile:{name}", entries[f"recompile:{name}"], {})["findings"]
+    assert [(d["code"], d["line"]) for d in found if d["code"] == code] == [(code, line)], [(d["code"], d["line"], d["message"][:80]) for d in found]
+    ok = trace_confirm_task(f"recompile:{name}_ok", entries[f"recompile:{name}_ok"], {})["findings"]
+    assert [d for d in ok if d["code"] == code] == []

@@ -124,6 +124,24 @@ def test_signature_of_a_local_function_is_kept_out_with_a_reason() -> None:
         recorded.signature(inner, "jit", {}, (1,), {}, "t.py:1")
 
 
+class _Scaler:
+    def apply(self, x: Any) -> Any:
+        return x
+
+    @classmethod
+    def make(cls, x: Any) -> Any:
+        return x
+
+
+def test_signature_of_a_method_bound_to_an_object_is_kept_out_with_a_reason() -> None:
+    """`jax.jit(self._apply)` (jax-ml/jax#9672): the worker could import `_Scaler.apply` by name,
+    but not the object it was bound to; replaying it unbound would fail for a missing `self`."""
+    with pytest.raises(recorded.Unrebuildable, match="bound to a `_Scaler` object"):
+        recorded.signature(_Scaler().apply, "jit", {}, (1,), {}, "t.py:1")
+    name, _ = recorded.signature(_Scaler.make, "jit", {}, (1,), {}, "t.py:1")  # bound to the class: importable
+    assert name.endswith(":_Scaler.make")
+
+
 def _sig(n: int, site: str = "tests/t.py:1") -> dict[str, Any]:
     return {"transform": "jit", "options": {}, "args": [f"f32[{n}]"], "kwargs": {}, "site": site}
 

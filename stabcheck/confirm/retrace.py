@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stabcheck.traced.entries import Entry, is_filter_jit, is_jitted
-from stabcheck.traced.filtered import Filtered
-from stabcheck.traced.source import is_internal, is_library
+from stabcheck.traced.filtered import Filtered, unfiltered
+from stabcheck.traced.source import def_line, is_internal, is_library
 
 FEEDBACK_STEPS = 3
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -346,17 +346,7 @@ def def_site(fn: Any) -> Where | None:
     code = getattr(fn, "__code__", None)
     if code is None:
         return None
-    file, first = code.co_filename, code.co_firstlineno
-    line = first
-    try:
-        tree = ast.parse("".join(linecache.getlines(file)))
-    except (SyntaxError, ValueError):
-        tree = None
-    for node in ast.walk(tree) if tree is not None else ():
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and min([node.lineno, *(d.lineno for d in node.decorator_list)]) <= first <= node.lineno:
-            line = node.lineno
-            break
-    return Where(file, line, getattr(fn, "__qualname__", ""))
+    return Where(code.co_filename, def_line(code.co_filename, code.co_firstlineno), getattr(fn, "__qualname__", ""))
 
 
 def site_for(changes_at: Sequence[str], sig: CallSig) -> Where | None:
@@ -407,17 +397,18 @@ def count_retraces(entry: Entry, names: list[str]) -> Retraces:
     import jax
 
     fn = entry.fn
-    own_jit = "call" in entry.transforms or is_jitted(fn) or is_filter_jit(fn)
+    own = unfiltered(fn)  # the entry's function under the wrapper that rebuilds filtered arguments
+    own_jit = "call" in entry.transforms or is_jitted(own) or is_filter_jit(own)
     jitted = fn if own_jit else jax.jit(fn, static_argnums=entry.static_argnums)
-    numbers_static = is_filter_jit(fn) or any(isinstance(a, Filtered) for a in entry.args)
-    counted = is_jitted(fn) or is_filter_jit(fn) or "call" not in entry.transforms
+    numbers_static = is_filter_jit(own) or any(isinstance(a, Filtered) for a in entry.args)
+    counted = is_jitted(own) or is_filter_jit(own) or "call" not in entry.transforms
     kwargs = dict(entry.kwargs)
     static, static_names = tuple(entry.static_argnums), ()
-    if is_jitted(fn):
-        info = getattr(fn, "_jit_info", None)
+    if is_jitted(own):
+        info = getattr(own, "_jit_info", None)
         static = tuple(sorted({*static, *(getattr(info, "static_argnums", ()) or ())}))
         static_names = tuple(getattr(info, "static_argnames", ()) or ())
-        pos = positional_names(fn)
+        pos = positional_names(own)
         static = tuple(sorted({*static, *(i for i, n in enumerate(pos) if n in static_names)}))
     base = compilations()
     seqs: list[tuple[Any, ...]] = [entry.args, *[tuple(c) for c in (entry.calls or ())]]
@@ -466,8 +457,8 @@ def count_retraces(entry: Entry, names: list[str]) -> Retraces:
                 out = call(args, state_changes)
     compiles = compilations() - base
     inner = log.retraced() if not counted else ()
-    if changes and not where and own_jit and counted:
-        at = def_site(fn)
+    if changes and not where and counted:
+        at = def_site(own)
         where = [at] if at is not None else []
     return Retraces(ncalls, compiles, tuple(changes), tuple(state_changes), bool(entry.state_argnums), where=where[0] if where else None, inner=inner, counted=counted)
 

@@ -16,19 +16,22 @@ transform checker (its hazard at the user's line), and while a user function is 
 from __future__ import annotations
 
 import contextvars
+import os
 import threading
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stabcheck.confirm.retrace import CallSig, call_signature, jit_build_site
 from stabcheck.finding import Finding
 from stabcheck.runtime._calls import Listeners, TransformedCall
 from stabcheck.runtime._intercept import Interceptor, given_by_user, outer_call, user_site
 from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, busy, caller_site, make_finding
 from stabcheck.runtime._signature import Signature, short_repr, type_str
-from stabcheck.runtime._transformed import TransformChecker
+from stabcheck.runtime._transformed import TransformChecker, nnx_output_path
 from stabcheck.traced.checks import shown_path, source_line, truncated_dtype_text
-from stabcheck.traced.source import Site as SourceSite, is_internal, is_library
+from stabcheck.traced.source import Site as SourceSite, def_line, is_internal, is_library
 
 
 # the user function whose trace for `jit` is running (a dtype narrowed in it is its STB301)
@@ -180,26 +183,37 @@ class Collector:
     def observe(self, fun: Any, ji: Any, dbg: Any, avals: Any, args: Any, kwargs: Any, params: Any) -> None:
         name, file, line = _source(getattr(ji, "fun_sourceinfo", "") or "")
         if not file or is_internal(file) or is_library(file):
-            if self.checker is not None and self.checker.waiting is not None and is_library(file):  # `eqx.filter_jit(f)`'s trace
+            # `eqx.filter_jit(f)`'s own trace, not a jnp function jitted inside it (those finish first)
+            if self.checker is not None and self.checker.waiting is not None and file.endswith(_EQX_JIT):
                 closed = params.params["jaxpr"]
                 self.checker.traced(closed, tuple(getattr(dbg, "arg_names", None) or ()), tuple(getattr(getattr(closed.jaxpr, "debug_info", None), "result_paths", None) or ()))
             return
+        # a bound method (`jax.jit(self._apply)`) is one function for every object it is bound to
+        owner = fun.__self__ if isinstance(fun, types.MethodType) else None
+        key = fun.__func__ if owner is not None else fun
         with self._lock:
             self.traces += 1
-            entry = self._monitors.get(id(fun))
-            if entry is None or entry[0] is not fun:
-                defined = Site(shown_path(file), line)
-                entry = (fun, Monitor(getattr(fun, "__qualname__", name) or name, max_traces=self.max_traces, selector=self.selector, defined=defined, retrace_at_def=True))
-                self._monitors[id(fun)] = entry
+            entry = self._monitors.get(id(key))
+            if entry is None or entry[0] is not key:
+                defined = Site(shown_path(file), def_line(file, line))  # the `def`, not its first decorator
+                entry = (key, Monitor(getattr(fun, "__qualname__", name) or name, max_traces=self.max_traces, selector=self.selector, defined=defined, retrace_at_def=True, carry_drift=True))
+                self._monitors[id(key)] = entry
             monitor = entry[1]
         sig = _signature(ji, dbg, avals, args, kwargs)
+        if owner is not None and sig in monitor.records:  # the same types, a new jitted object
+            found = monitor.traced_again(sig, _jit_built(owner, key, monitor), _per_object(owner, key))
+            with self._lock:
+                self.findings.extend(f.refine(evidence={**f.evidence, "transform": "jit"}) for f in found)
+            return
         closed = params.params["jaxpr"]
         jdbg = getattr(closed.jaxpr, "debug_info", None)
         in_paths = tuple(getattr(dbg, "arg_names", None) or ())
         out_paths = tuple(getattr(jdbg, "result_paths", None) or ())
+        if type(fun).__module__.startswith("flax.nnx"):  # nnx.jit's JitFn: the user's output is result[2]
+            out_paths = tuple(map(nnx_output_path, out_paths))
         program = Program(closed, in_paths, out_paths)
         site = caller_site()
-        found = monitor.observe(sig, lambda: program, site)
+        found = monitor.observe(sig, lambda: program, site, lambda: _call_signature(ji, args, kwargs))
         entry = f"{site.path}:{site.line}" if site is not None else ""
         with self._lock:
             self.findings.extend(f.refine(evidence={**f.evidence, "entry": entry, "transform": "jit"}) for f in found)
@@ -211,9 +225,20 @@ class Collector:
             out.setdefault((f.code, f.path, f.span.line, f.span.col, f.message), f)
         return list(out.values())
 
+    def count(self) -> tuple[int, int]:
+        """How many findings the jit hook and the other transforms have made so far."""
+        return len(self.findings), len(self.checker.findings) if self.checker is not None else 0
+
+    def since(self, count: tuple[int, int]) -> list[Finding]:
+        """The findings made after `count()` returned `count`."""
+        return [*self.findings[count[0]:], *(self.checker.findings[count[1]:] if self.checker is not None else ())]
+
     def knows(self, code: str, path: str, line: int) -> bool:
         """A finding of `code` at path:line was already made (a test's JAX error adds nothing new)."""
         return any(f.code == code and f.path == path and f.span.line == line for f in self.all_findings())
+
+
+_EQX_JIT = os.path.join("equinox", "_jit.py")  # where `eqx.filter_jit` jits the user's function
 
 
 def _source(info: str) -> tuple[str, str, int]:
@@ -236,6 +261,26 @@ def _jit_options(ji: Any) -> dict[str, Any]:
         if value != default and value is not None:
             out[name] = value
     return out
+
+
+def _jit_built(owner: Any, method: Any, monitor: Monitor) -> Site:
+    """The `jax.jit(self.<method>)` call in the object's class, else the method's `def`."""
+    where = jit_build_site(type(owner), method.__name__)
+    if where is not None:
+        return Site(shown_path(where.file), where.line)
+    return monitor.defined or Site("<unknown>", 1)
+
+
+def _per_object(owner: Any, method: Any) -> str:
+    cls = type(owner).__qualname__
+    return f"`{method.__qualname__}` is a bound method jitted once per `{cls}` object (`jax.jit(self.{method.__name__})`), so every new `{cls}` traces and compiles it again"
+
+
+def _call_signature(ji: Any, args: Any, kwargs: Any) -> CallSig:
+    """The real arguments of a jit trace by path, with the dataclass field each lies in."""
+    sig = getattr(ji, "fun_signature", None)
+    pos = [p.name for p in sig.parameters.values()] if sig is not None else []
+    return call_signature(tuple(args), pos, tuple(getattr(ji, "static_argnums", ()) or ()), dict(kwargs), tuple(getattr(ji, "static_argnames", ()) or ()))
 
 
 def _signature(ji: Any, dbg: Any, avals: Any, args: Any, kwargs: Any) -> Signature:

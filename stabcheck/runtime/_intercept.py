@@ -6,13 +6,15 @@ runs once per new signature). The other transforms have no such single choke poi
 and their arguments are gone by the time anything below them runs, so `Interceptor.install()`
 wraps the public functions themselves: `jax.grad`, `jax.value_and_grad`, `jax.vmap`,
 `jax.jacfwd`, `jax.jacrev`, `jax.hessian`, `jax.jvp`, `jax.vjp` and, where installed,
-`flax.nnx.jit`; equinox's `filter_jit`/`filter_grad`/`filter_value_and_grad` return Modules, so
+`flax.nnx.jit` and `flax.nnx.grad`; equinox's `filter_jit`/`filter_grad`/`filter_value_and_grad` return Modules, so
 the `__call__` of their classes is wrapped instead (a filtered function keeps its type, fields
 and `.lower`). The plugin
 configures before pytest imports the test modules, so `import jax; jax.grad(...)` and
 `from jax import grad` in a test module both get the wrapper; names a user module bound before
 that (a conftest's `from jax import grad`) are rebound too, and everything is put back by
-`uninstall()`.
+`uninstall()`. flax and equinox are wrapped when the session imports them (`_AfterImport`, a
+post-import hook), never imported by the plugin: a session that does not use them does not pay
+for their import.
 
 Only transforms applied from the user's code to a user function are seen: the ones JAX,
 equinox or flax apply internally (`filter_grad` calls `jax.grad`) are not, so a nested call is
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import importlib.abc
+import importlib.util
 import inspect
 import os
 import sys
@@ -51,6 +55,7 @@ _JAX_TARGETS = (
     ("jax", "jvp", "jvp", "calls"),
     ("jax", "vjp", "vjp", "calls"),
     ("flax.nnx", "jit", "nnx.jit", "returns"),
+    ("flax.nnx", "grad", "nnx.grad", "returns"),
 )
 
 # the jitted callable whose trace is running, with its real arguments (`jit(grad(f))`)
@@ -261,6 +266,40 @@ def _equinox_targets() -> list[tuple[Any, str, Callable[[Any], tuple[Any, dict[s
     return found
 
 
+def _installed(name: str) -> bool:
+    """The module can be imported (found without importing it; its parent package is imported)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls `then(name)` right after the session imports one of `names` (a post-import hook):
+    finds the module's spec with the other finders and runs `then` after its loader executes it."""
+
+    def __init__(self, names: set[str], then: Callable[[str], None]) -> None:
+        self.names = set(names)
+        self.then = then
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname not in self.names:
+            return None
+        self.names.discard(fullname)  # once, and not for the look-up below
+        spec = importlib.util.find_spec(fullname)
+        loader = getattr(spec, "loader", None)
+        if spec is None or not hasattr(loader, "exec_module"):
+            return spec
+        run, then = loader.exec_module, self.then
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            then(fullname)
+
+        loader.exec_module = exec_module
+        return spec
+
+
 @dataclass(slots=True)
 class Interceptor:
     """Wraps the public transforms while installed; `emit` is told of each new transformed call."""
@@ -272,6 +311,7 @@ class Interceptor:
     _keys: set[Any] = field(default_factory=set)
     _alive: list[Any] = field(default_factory=list)
     _patched: list[tuple[Any, str, Any]] = field(default_factory=list)
+    _finder: _AfterImport | None = None  # wraps flax/equinox when the session imports them
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- seeing calls --------------------------------------------------------------------------
@@ -359,18 +399,37 @@ class Interceptor:
         return wrapper
 
     def install(self) -> list[str]:
-        """Wrap every transform that is installed; the names wrapped."""
+        """Wrap every transform that is installed; the names wrapped. A library the session has
+        not imported yet (flax, equinox) is wrapped when it is imported (`_AfterImport`), not
+        imported here: a session that never uses it does not pay for its import."""
+        done = self._wrap("jax")
+        later = set()
+        for name in ("equinox", "flax.nnx"):
+            if name in sys.modules:
+                done += self._wrap(name)
+            elif _installed(name.split(".")[0]):  # the top package only: finding `flax.nnx` would import `flax`
+                later.add(name)
+                done += [t for m, _, t, _ in _JAX_TARGETS if m == name] + (["filter_jit", "filter_grad", "filter_value_and_grad"] if name == "equinox" else [])
+        if later:
+            self._finder = _AfterImport(later, self._imported)
+            sys.meta_path.insert(0, self._finder)
+        return done
+
+    def _imported(self, name: str) -> None:
+        """`name` was just imported by the session: wrap its transforms (never raises)."""
+        try:
+            self._wrap(name)
+        except Exception as e:  # never break the user's import
+            self.errors.append(f"{type(e).__name__}: {e}")
+
+    def _wrap(self, name: str) -> list[str]:
+        """Wrap the transforms of the imported module `name` (`jax`, `flax.nnx`, `equinox`)."""
         done: list[str] = []
         replaced: dict[int, Any] = {}
         for module_name, attr, transform, kind in _JAX_TARGETS:
             module = sys.modules.get(module_name)
-            if module is None:
-                if module_name == "jax":
-                    continue
-                try:
-                    module = __import__(module_name, fromlist=["_"])  # equinox, flax: only when installed
-                except Exception:
-                    continue
+            if module_name != name or module is None:
+                continue
             original = getattr(module, attr, None)
             if original is None:  # an outer session's wrapper (pytester inside `pytest --stabcheck`) is wrapped again
                 continue
@@ -388,10 +447,11 @@ class Interceptor:
             self.originals[transform] = original
             replaced[id(original)] = wrapped
             done.append(transform)
-        for cls, transform, info in _equinox_targets():
-            self._patch(cls, "__call__", cls.__dict__["__call__"], self._equinox_call(cls.__dict__["__call__"], transform, info))
-            self.originals[transform] = getattr(sys.modules["equinox"], transform, None)
-            done.append(transform)
+        if name == "equinox":
+            for cls, transform, info in _equinox_targets():
+                self._patch(cls, "__call__", cls.__dict__["__call__"], self._equinox_call(cls.__dict__["__call__"], transform, info))
+                self.originals[transform] = getattr(sys.modules["equinox"], transform, None)
+                done.append(transform)
         self._rebind_user_modules(replaced)
         return done
 
@@ -438,6 +498,10 @@ class Interceptor:
                     self._patch(module, name, value, wrapped)
 
     def uninstall(self) -> None:
+        if self._finder is not None:
+            if self._finder in sys.meta_path:
+                sys.meta_path.remove(self._finder)
+            self._finder = None
         for owner, attr, original in reversed(self._patched):
             setattr(owner, attr, original)
         self._patched.clear()

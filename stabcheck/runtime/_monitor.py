@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from stabcheck import registry
+from stabcheck.confirm.retrace import CallSig, changed_paths, field_site, site_for
 from stabcheck.finding import Finding, Span
 from stabcheck.runtime._signature import Signature, changes, type_str
 from stabcheck.traced.checks import ALL_CODES, check_jaxpr, first_cast_site, shown_path
 from stabcheck.traced.source import is_internal, is_library, literal_return_site, with_via
+from stabcheck.traced.tracing import producer_site
 
 _SLUGS = {
     "STB205": "static-arg-union",
@@ -90,6 +92,7 @@ class _Record:
     signature: Signature
     outputs: tuple[tuple[str, str], ...] = ()
     findings: tuple[Finding, ...] = ()
+    call: CallSig | None = None  # the call's leaves by path, with the dataclass field of each
 
 
 def make_finding(code: str, *, site: Site, message: str, help: str, function: str, detail: str = "", evidence: dict[str, Any] | None = None) -> Finding:
@@ -128,6 +131,7 @@ class Monitor:
         grad_params: Sequence[str] = (),
         defined: Site | None = None,
         retrace_at_def: bool = False,
+        carry_drift: bool = False,
     ) -> None:
         self.function = function
         self.max_traces = max_traces
@@ -135,16 +139,22 @@ class Monitor:
         self.grad_params = tuple(grad_params)
         self.defined = defined
         self.retrace_at_def = retrace_at_def  # STB504 at the compiled function's def, not the call (jit hook, filter_jit)
+        self.carry_drift = carry_drift  # STB204 where the previous call returned the new signature's state (jit hook)
         self.records: dict[Signature, _Record] = {}
         self.keys: set[Any] = set()  # raw keys already checked (plain-function hot path)
         self.primed = False
+        self.again = 0  # traces of a signature already seen (a new jitted object for the same function)
+        self.last: Program | None = None  # the latest signature's program (its outputs feed the next call)
+        self.static_arrays: set[tuple[type, str]] = set()  # static fields already reported holding an array
 
     @property
     def signatures(self) -> list[Signature]:
         return list(self.records)
 
-    def observe(self, sig: Signature, program: Callable[[], Program], site: Site | None) -> list[Finding]:
-        """Findings for a call with a signature not seen before ([] for a known one)."""
+    def observe(self, sig: Signature, program: Callable[[], Program], site: Site | None, call: Callable[[], CallSig] | None = None) -> list[Finding]:
+        """Findings for a call with a signature not seen before ([] for a known one). `call`
+        describes the call's real arguments (`confirm.retrace.call_signature`): a retrace caused
+        by a field of a Module or dataclass is reported where that field is declared or built."""
         self.primed = True
         if sig in self.records:
             return []
@@ -153,6 +163,12 @@ class Monitor:
         record = _Record(sig)
         self.records[sig] = record
         found: list[Finding] = []
+        if call is not None:
+            try:
+                record.call = call()
+            except Exception:  # the retrace is then reported at the def, as without it
+                record.call = None
+            found += self._static_arrays(record)
         token = busy.set(True)
         try:
             prog = program()
@@ -163,16 +179,99 @@ class Monitor:
             busy.reset(token)
         if prog is not None:
             record.outputs = _outputs(prog)
+            if self.carry_drift and previous is not None and self.last is not None:
+                found += self._carry_drift(previous, self.last, sig)
+            self.last = prog if self.carry_drift else None
             found += self._jaxpr_checks(prog, site)
             found += self._static_union(record, site)
             if self.grad_params:
                 found += self._grad_checks(prog, site)
         if previous is not None and len(self.records) > self.max_traces:
-            found.append(self._retrace(previous.signature, sig, site))
+            found.append(self._retrace(previous.signature, sig, site, _field_site(previous, record)))
         record.findings = tuple(f for f in found if f.code == "STB902" or self.selector(f.code))
         return list(record.findings)
 
+    def traced_again(self, sig: Signature, site: Site, why: str) -> list[Finding]:
+        """JAX traced a signature already seen, for a new jitted object of the same function (a
+        bound method jitted per instance): STB504 once the traces pass `max_traces`, at `site`."""
+        self.again += 1
+        n = len(self.records) + self.again
+        if n <= self.max_traces or not self.selector("STB504"):
+            return []
+        return [
+            make_finding(
+                "STB504",
+                site=site,
+                message=f"`{self.function}` was traced again with the same argument types ({sig.describe()}): {why}. Each trace compiles `{self.function}` again ({n} traces so far, max_traces={self.max_traces})",
+                help="build the jitted function once (at module level, or jit the unbound function and pass the object's arrays as arguments), not once per object",
+                function=self.function,
+                detail=self.function,
+                evidence={"traces": n, "max_traces": self.max_traces},
+            )
+        ]
+
     # -- the checks ----------------------------------------------------------------------
+    def _carry_drift(self, previous: _Record, prog: Program, sig: Signature) -> list[Finding]:
+        """STB204: the new signature differs from the previous one in the dtype or weak type of a
+        state leaf that the previous call returned with the new type (`state.avg_value` in,
+        `result[1].avg_value` out): the state drifts after one step, so the step compiles twice
+        and a `scan` over steps would reject it. Reported at the line that computes that output."""
+        if not self.selector("STB204"):
+            return []
+        old, new = dict(previous.signature.leaves), dict(sig.leaves)
+        outputs = dict(previous.outputs)
+        out: list[Finding] = []
+        for path, now in new.items():
+            before = old.get(path)
+            suffix = path[len(leaf_base(path)):]
+            if before is None or before == now or not suffix or _shape(before) != _shape(now):
+                continue
+            k = next((i for i, name in enumerate(prog.out_paths) if name.startswith("result") and name.endswith(suffix) and outputs.get(name) == now), None)
+            at = producer_site(prog.jaxpr.jaxpr, k) if k is not None else None
+            if at is None or is_internal(at.file) or is_library(at.file):
+                continue
+            out.append(
+                make_finding(
+                    "STB204",
+                    site=Site(shown_path(at.file), at.line, at.col),
+                    message=f"state leaf `{path}` was `{before}` and the call returned it as `{now}` (`{prog.out_paths[k]}`); every call with the new state traces `{self.function}` again, and a `scan` over steps rejects the carry",
+                    help="create the leaf with its final dtype (`jnp.asarray(v, jnp.float32)`, `jnp.zeros((), jnp.int32)`), not from a Python scalar",
+                    function=self.function,
+                    detail=path,
+                    evidence={"leaf": path, "before": before, "after": now, "output": prog.out_paths[k]},
+                )
+            )
+        return out
+
+    def _static_arrays(self, record: _Record) -> list[Finding]:
+        """STB502: an array in a field declared static (jax-ml/jax#28659). JAX keys a static
+        field by hash and `==`; the call that compares it with another array raises, so it is
+        reported at the field from the first call, once per field."""
+        if record.call is None or not self.selector("STB502"):
+            return []
+        out = []
+        for path, spec in record.call.specs.items():
+            own = record.call.owners.get(path)
+            value = spec[2] if spec[0] == "static" and len(spec) > 2 else None
+            if own is None or not own.static or not (hasattr(value, "shape") and hasattr(value, "dtype")) or (own.cls, own.name) in self.static_arrays:
+                continue
+            self.static_arrays.add((own.cls, own.name))
+            where = field_site(own)
+            if where is None:
+                continue
+            out.append(
+                make_finding(
+                    "STB502",
+                    site=Site(shown_path(where.file), where.line),
+                    message=f"`{path}` is a `{type(value).__name__}` in the static field `{own.cls.__qualname__}.{own.name}` of an argument of `{self.function}`: JAX keys static fields by hash and `==`, so the next call with another array raises ValueError",
+                    help="make the field a normal (traced) field, or store a hashable value such as a tuple",
+                    function=self.function,
+                    detail=path,
+                    evidence={"field": f"{own.cls.__qualname__}.{own.name}"},
+                )
+            )
+        return out
+
     def _jaxpr_checks(self, prog: Program, site: Site) -> list[Finding]:
         codes = {c for c in ALL_CODES if self.selector(c)}
         if not codes:
@@ -189,7 +288,7 @@ class Monitor:
     def _literal_site(self) -> Any:
         return literal_return_site(self.defined.path, self.defined.line, self.function) if self.defined is not None else None
 
-    def _retrace(self, old: Signature, new: Signature, site: Site) -> Finding:
+    def _retrace(self, old: Signature, new: Signature, site: Site, field: Site | None = None) -> Finding:
         n = len(self.records)
         what = changes(old, new)
         if what:
@@ -205,7 +304,7 @@ class Monitor:
         )
         return make_finding(
             "STB504",
-            site=self.defined if self.retrace_at_def and self.defined is not None else site,
+            site=field or (self.defined if self.retrace_at_def and self.defined is not None else site),
             message=f"`{self.function}` was traced for a new signature: {'; '.join(what) if what else first}. Each new signature traces and compiles `{self.function}` again ({n} signatures so far, max_traces={self.max_traces}){f'; this one came from the call at {site.path}:{site.line}' if self.retrace_at_def and self.defined is not None else ''}",
             help=help,
             function=self.function,
@@ -312,6 +411,22 @@ class Monitor:
             detail=type(e).__name__,
             evidence={"error": text},
         )
+
+
+def _field_site(old: _Record, new: _Record) -> Site | None:
+    """The line that declares (or, for a `jax.jit` object built per instance, builds) the first
+    dataclass field whose value changed between two calls; None when no field changed."""
+    if old.call is None or new.call is None:
+        return None
+    # a field of the same class in both calls (an argument of another type is not the field's doing)
+    same_class = [p for p in changed_paths(old.call.specs, new.call.specs) if p in old.call.owners and p in new.call.owners and old.call.owners[p].cls is new.call.owners[p].cls]
+    where = site_for(same_class, new.call)
+    return Site(shown_path(where.file), where.line) if where is not None else None
+
+
+def _shape(type_text: str) -> str:
+    """`weak float32[3]` -> `[3]`."""
+    return type_text[type_text.find("["):]
 
 
 def leaf_base(path: str) -> str:

@@ -30,17 +30,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stabcheck.confirm.nan import nan_origin, nonfinite
+from stabcheck.confirm.retrace import call_signature
 from stabcheck.finding import Finding
 from stabcheck.runtime._calls import TransformedCall
-from stabcheck.runtime._intercept import fn_key, user_function, user_site
+from stabcheck.runtime._intercept import fn_key, is_transformed, user_function, user_site
 from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, busy, leaf_base, make_finding
 from stabcheck.runtime._signature import Signature, short_repr, type_str
-from stabcheck.traced.checks import ZERO_GRADIENT_HELP, eqn_site, shown_path, source_line, zero_gradient_cut, zero_gradient_message
+from stabcheck.traced.checks import ZERO_GRADIENT_HELP, custom_rule_def, custom_rule_defs, eqn_site, in_custom_rule, iter_eqns, rule_return_site, shown_path, source_line, zero_gradient_cut, zero_gradient_message
 from stabcheck.traced.errors import classify
-from stabcheck.traced.source import Site as SourceSite
+from stabcheck.traced.source import Site as SourceSite, def_line, exception_site
 
 GRAD_FAMILY = ("grad", "value_and_grad", "jacfwd", "jacrev", "hessian")
-FILTER_GRAD = ("filter_grad", "filter_value_and_grad")
+FILTER_GRAD = ("filter_grad", "filter_value_and_grad", "nnx.grad")  # the float leaves of the differentiated arguments
 DIFFERENTIATED = (*GRAD_FAMILY, *FILTER_GRAD, "jvp", "vjp")
 JIT_LIKE = ("filter_jit", "nnx.jit")
 _NEVER = 10**9  # `grad` traces on every call by design: retraces are STB504 only for jit-likes
@@ -73,7 +74,7 @@ def plan(call: TransformedCall, names: list[str]) -> Plan:
     t = call.transform
     args, kwargs = tuple(call.args), dict(call.kwargs)
     flat, tree = jax.tree_util.tree_flatten_with_path((args, kwargs))
-    diff = _argnums(call.options, len(args)) if t in GRAD_FAMILY else set(range(len(args))) if t in ("jvp", "vjp") else {0} if t in FILTER_GRAD else set()
+    diff = _argnums(call.options, len(args)) if t in (*GRAD_FAMILY, "nnx.grad") else set(range(len(args))) if t in ("jvp", "vjp") else {0} if t in FILTER_GRAD else set()
     traced: list[int] = []
     paths: list[str] = []
     leaves: list[tuple[str, str]] = []
@@ -145,7 +146,7 @@ def _describe(fn: Any) -> tuple[str, Site | None]:
     user = user_function(fn)
     name = getattr(user, "__qualname__", None) or getattr(user, "__name__", None) or repr(fn)
     code = getattr(user, "__code__", None)
-    defined = Site(shown_path(code.co_filename), code.co_firstlineno) if code is not None else None
+    defined = Site(shown_path(code.co_filename), def_line(code.co_filename, code.co_firstlineno)) if code is not None else None
     return name, defined
 
 
@@ -179,8 +180,10 @@ class TransformChecker:
             self.monitors[key] = held
         monitor = held[1]
         monitor.grad_params = p.grad_params
-        if call.transform in JIT_LIKE:  # checked on the jaxpr equinox's own jit traces (`traced`)
+        if call.transform == "filter_jit":  # checked on the jaxpr equinox's own jit traces (`traced`)
             self.waiting = (call, p)
+            return
+        if call.transform == "nnx.jit":  # the jit hook checks nnx's JitFn as the user's function
             return
         # JAX: imported when this runs, never on import
         import jax
@@ -191,7 +194,7 @@ class TransformChecker:
         except Exception as e:
             found = self._failure(e, call, name, site)
         else:
-            raised = self._transform_raises(call, p, name, site) if call.transform in DIFFERENTIATED else []
+            raised = self._transform_raises(call, p, name, site, _rules_program(call, p, closed)) if call.transform in DIFFERENTIATED else []
             if raised:  # the transform itself raises: that is the finding, not its symptoms
                 monitor.grad_params = ()
             jdbg = getattr(closed.jaxpr, "debug_info", None)
@@ -213,8 +216,10 @@ class TransformChecker:
         self.waiting = None
         name, defined = _describe(call.fn)
         site = Site(shown_path(call.site[0]), call.site[1]) if call.site[0] else defined
+        # equinox returns `(marker, dynamic_out, Static(static_out))`: the user's arrays are result[1]
+        out_paths = tuple("result" + o[len("result[1]"):] if o.startswith("result[1]") else o for o in out_paths)
         monitor = self.monitors[(fn_key(call.fn), call.transform)][1]
-        found = monitor.observe(p.signature, lambda: Program(closed, in_paths, out_paths), site)
+        found = monitor.observe(p.signature, lambda: Program(closed, in_paths, out_paths), site, lambda: call_signature(tuple(call.args), _names(call.fn, len(call.args)), kwargs=dict(call.kwargs), numbers_static=True))
         entry = f"{site.path}:{site.line}" if site is not None else ""
         self.findings.extend(f.refine(evidence={**f.evidence, "entry": entry, "transform": call.transform}) for f in found)
         return True
@@ -324,7 +329,7 @@ class TransformChecker:
             out.append(f.refine(snippet=source_line(SourceSite(at.file, at.line))))
         return out
 
-    def _transform_raises(self, call: TransformedCall, p: Plan, name: str, site: Site | None) -> list[Finding]:
+    def _transform_raises(self, call: TransformedCall, p: Plan, name: str, site: Site | None, primal: Any = None) -> list[Finding]:
         """The transform traced abstractly, as the test's call will run it: a hazard JAX raises
         on under the transform only (a callback without a JVP rule...) at the user's line."""
         # JAX: imported when this runs, never on import
@@ -337,7 +342,7 @@ class TransformChecker:
         except Exception as e:
             failure = classify(e)
             if failure.code != "STB902" and failure.path is not None:
-                return self._failure(e, call, name, site)
+                return self._failure(e, call, name, site, primal)
         return []
 
     def jit_failed(self, e: Exception, fn: Any) -> None:
@@ -355,11 +360,15 @@ class TransformChecker:
             if not any(g.code == f.code and g.path == f.path and g.span.line == f.span.line for g in self.findings):
                 self.findings.append(f.refine(evidence={**f.evidence, "entry": entry, "transform": "jit"}))
 
-    def _failure(self, e: Exception, call: TransformedCall, name: str, site: Site | None) -> list[Finding]:
+    def _failure(self, e: Exception, call: TransformedCall, name: str, site: Site | None, primal: Any = None) -> list[Finding]:
         """The trace raised: the hazard JAX raises on (STB101...), at the user's line; where no
         frame of the user's is in the traceback (`vmap` of a jitted function that rejects a
-        batched static argument), at the user's line that applied the transform."""
+        batched static argument), at the user's line that applied the transform. With the
+        function's `primal` program, a custom rule's mistake is placed as the traced stage places
+        it: STB405 at the rule's `return`, STB407 at the rule's line that reaches the callback."""
         failure = classify(e)
+        if primal is not None and failure.code in ("STB405", "STB407"):
+            failure = _in_rule(failure, e, primal)
         at = site or Site("<unknown>", 1)
         if failure.code == "STB902" or (failure.path is None and site is None) or (failure.path is not None and failure.line is None):
             return [self._analysis_error(e, name, at)] if self.selector("STB902") else []
@@ -391,8 +400,43 @@ class TransformChecker:
         )
 
 
+def nnx_output_path(path: str) -> str:
+    """A result path of the function `nnx.jit` traces, named after the user function's own: flax
+    returns `(args_out, kwargs_out, out)` (the graph states written back, then the output), so
+    `result[2][1]` is the user's `result[1]` and `result[0][0]...` the first argument's state."""
+    for prefix, name in (("result[2]", "result"), ("result[0]", "args"), ("result[1]", "kwargs")):
+        if path.startswith(prefix):
+            return name + path[len(prefix):]
+    return path
+
+
+def _rules_program(call: TransformedCall, p: Plan, closed: Any) -> Any:
+    """The program whose custom rules a failure is placed in: the traced function's own, or, for
+    a transform of a transformed function (`jvp(grad(f))`, whose program has the rules applied
+    already), the user function's under it."""
+    if not is_transformed(call.fn) or custom_rule_defs(closed):
+        return closed
+    # JAX: imported when this runs, never on import
+    import jax
+
+    try:
+        return jax.make_jaxpr(user_function(call.fn))(*p.abstract)
+    except Exception:  # the failure then stays at the frame that raised
+        return closed
+
+
+def _in_rule(failure: Any, e: Exception, primal: Any) -> Any:
+    """`failure` moved into the custom rule the primal program calls (see `_failure`)."""
+    if failure.code == "STB405":
+        rule = next((r for r in map(custom_rule_def, iter_eqns(primal.jaxpr)) if r is not None), None)
+        at = rule_return_site(rule) if rule is not None else None
+    else:
+        at = in_custom_rule(exception_site(e), custom_rule_defs(primal))
+    return replace(failure, path=at.file, line=at.line) if at is not None else failure
+
+
 def _absolute(shown: str, origin: Any) -> str:
     return origin.path if origin is not None and origin.path else shown
 
 
-__all__ = ["DIFFERENTIATED", "JIT_LIKE", "Plan", "TransformChecker", "plan"]
+__all__ = ["DIFFERENTIATED", "JIT_LIKE", "Plan", "TransformChecker", "nnx_output_path", "plan"]

@@ -129,7 +129,8 @@ def split(arg: Any) -> Filtered:
 
 def filter_entry(entry: Entry) -> Entry:
     """`entry` with each argument that needs it (`needs_filter`) split into a `Filtered`, and a
-    function that rebuilds them (its returned states split the same way); else `entry` itself."""
+    function that rebuilds them (its returned states split the same way); else `entry` itself. The
+    entry's own function stays reachable (`unfiltered`)."""
     positions = [i for i, a in enumerate(entry.args) if i not in entry.static_argnums and needs_filter(a)]
     if not positions:
         return entry
@@ -146,5 +147,12 @@ def filter_entry(entry: Entry) -> Entry:
     def apply(args: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(split(a) if i in positions else a for i, a in enumerate(args))
 
+    rebuilt.stabcheck_unfiltered = fn  # type: ignore[attr-defined]
     calls = tuple(apply(tuple(c)) for c in entry.calls) if entry.calls is not None else None
     return dataclasses.replace(entry, fn=rebuilt, args=apply(entry.args), calls=calls)
+
+
+def unfiltered(fn: Any) -> Any:
+    """The entry's own function under the wrapper `filter_entry` made (a `jax.jit` or
+    `eqx.filter_jit` function keeps its compile cache, which the confirm stage counts)."""
+    return getattr(fn, "stabcheck_unfiltered", fn)

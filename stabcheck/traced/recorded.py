@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -135,6 +136,9 @@ def describe_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def signature(fn: Any, transform: str, options: Mapping[str, Any], args: Iterable[Any], kwargs: Mapping[str, Any], site: str) -> tuple[str, dict[str, Any]]:
     """(`module:qualname`, the signature record) for one transformed call; raises Unrebuildable."""
+    owner = getattr(fn, "__self__", None)
+    if inspect.ismethod(fn) and not isinstance(owner, type):
+        raise Unrebuildable(f"`{fn.__qualname__}` is a method bound to a `{type(owner).__qualname__}` object (`jax.jit(self.{fn.__name__})`); the recording does not hold the object")
     name = importable_name(fn)
     if name is None:
         where = getattr(fn, "__qualname__", repr(fn))
@@ -320,7 +324,7 @@ def has_array(spec: Any) -> bool:
     return False
 
 
-_AD = {"grad": "grad", "value_and_grad": "grad", "filter_grad": "grad", "filter_value_and_grad": "grad", "jacfwd": "jacfwd", "jacrev": "jacrev", "hessian": "hessian", "jvp": "jvp", "vjp": "grad"}
+_AD = {"grad": "grad", "value_and_grad": "grad", "filter_grad": "grad", "filter_value_and_grad": "grad", "nnx.grad": "grad", "jacfwd": "jacfwd", "jacrev": "jacrev", "hessian": "hessian", "jvp": "jvp", "vjp": "grad"}
 
 
 def _ints(value: Any) -> tuple[int, ...]:
@@ -395,13 +399,13 @@ def entry_parts(fn: Any, sig: Mapping[str, Any]) -> dict[str, Any]:
     for i, p in enumerate(params[: len(arg_specs)]):
         if p.name in names:
             static.add(i)
-    if transform in ("filter_jit", "nnx.jit", "filter_grad", "filter_value_and_grad"):
+    if transform in ("filter_jit", "nnx.jit", "filter_grad", "filter_value_and_grad", "nnx.grad"):
         static |= {i for i, s in enumerate(arg_specs) if not has_array(s)}  # eqx/nnx: no array, no trace
     in_axes: Any = tuple(a for i, a in enumerate(axes) if i not in static) if transform == "vmap" else 0
     argnums: Any = options.get("argnums", 0)
     argnums = tuple(argnums) if isinstance(argnums, list) else argnums
     ad = _AD.get(transform)
-    if ad and transform.startswith("filter_") and not _all_float([arg_specs[i] for i in (_ints(argnums) or (0,)) if i < len(arg_specs)]):
+    if ad and (transform.startswith("filter_") or transform == "nnx.grad") and not _all_float([arg_specs[i] for i in (_ints(argnums) or (0,)) if i < len(arg_specs)]):
         ad = None  # eqx differentiates the float leaves only; the traced stage's `grad` takes them all
     transforms = ("jit", "vmap") if transform == "vmap" else ("jit", ad) if ad else ("jit",)
     return {

@@ -11,6 +11,7 @@ Importing this module does not import JAX; the helpers take JAX objects duck-typ
 from __future__ import annotations
 
 import ast
+import functools
 import linecache
 import os
 import sysconfig
@@ -169,6 +170,22 @@ def function_site(fn: Any) -> Site | None:
     if code is None:
         return None
     return Site(code.co_filename, code.co_firstlineno, 1, getattr(fn, "__qualname__", ""), is_library(code.co_filename))
+
+
+def def_line(file: str, first: int) -> int:
+    """The `def` line of the function whose code starts at FILE:FIRST (`co_firstlineno`, which is
+    its first decorator's line when it has decorators): the line a retrace finding names."""
+    return _def_lines(file).get(first, first)
+
+
+@functools.lru_cache(maxsize=256)
+def _def_lines(file: str) -> dict[int, int]:
+    """First decorator line -> `def` line, for every decorated function of FILE."""
+    try:
+        tree = ast.parse("".join(linecache.getlines(file)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return {}
+    return {min(d.lineno for d in node.decorator_list): node.lineno for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.decorator_list}
 
 
 def literal_return_site(file: str, def_line: int, function: str = "") -> Site | None:

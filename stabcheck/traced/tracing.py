@@ -553,7 +553,7 @@ class Tracer:
                 continue
             if path is not None and tuple(p[1:]) != tuple(path):
                 continue
-            return _producer_site(self.primal.jaxpr, idx)
+            return producer_site(self.primal.jaxpr, idx)
         return None
 
     # -- static values (STB205) ---------------------------------------------------------------
@@ -650,7 +650,7 @@ def return_site(fn: Any) -> Site | None:
     return None
 
 
-def _producer_site(jaxpr: Any, idx: int) -> Site | None:
+def producer_site(jaxpr: Any, idx: int) -> Site | None:
     """The user line of the equation computing output `idx`, looking through call primitives."""
     v = jaxpr.outvars[idx]
     for _ in range(16):

@@ -22,7 +22,7 @@ _CONTAINERS = {ast.List: "a list", ast.ListComp: "a list", ast.Dict: "a dict", a
 # annotations that declare exactly an array (not `ArrayLike`, which admits Python scalars): a
 # field declared static with one of these holds an array in the treedef
 _EXACT_ARRAYS = frozenset({"Array", "ndarray", "Tensor"})
-_STATIC_FIELD_MAKERS = frozenset({"equinox.field", "equinox.static_field", "flax.struct.field"})
+_STATIC_FIELD_MAKERS = frozenset({"equinox.field", "equinox.static_field", "flax.struct.field", "dataclasses.field"})
 
 
 class UnhashableStaticArg(Rule):
@@ -31,7 +31,8 @@ class UnhashableStaticArg(Rule):
     (a literal, a `list()`/`dict()`/`set()` call, an `np`/`jnp` array, the result of a `jnp`/`lax`
     operation such as `jnp.sum(mask)` — a jax array, even 0-d — or a local name bound to one)
     for a parameter declared static with `static_argnums` or `static_argnames`. Also flags a
-    pytree field declared static (`eqx.field(static=True)`, flax `struct.field(pytree_node=False)`)
+    pytree field declared static (`eqx.field(static=True)`, flax `struct.field(pytree_node=False)`,
+    `dataclasses.field(metadata={"static": True})` of a `jax.tree_util.register_dataclass` class)
     whose annotation is an array type, and `jax.vmap(f)(xs, n)` where `vmap` maps `n`, a static
     argument of the jitted `f` (a batch tracer reaches it), (`jax.Array`, `np.ndarray`, `Float[Array, "n"]`): the
     array becomes part of the treedef, which `jit` hashes and compares with `==`.
@@ -133,6 +134,17 @@ class UnhashableStaticArg(Rule):
             w: jax.Array
             idx: np.ndarray = eqx.field(static=True)  # expect: STB502
         """,
+        """
+        import dataclasses
+        import jax
+        import numpy as np
+
+        @jax.tree_util.register_dataclass
+        @dataclasses.dataclass
+        class Grid:
+            values: jax.Array
+            nodes: np.ndarray = dataclasses.field(metadata={"static": True})  # expect: STB502
+        """,
     )
     VALID = (
         """
@@ -198,6 +210,18 @@ class UnhashableStaticArg(Rule):
             w: jax.Array
             idx: tuple[int, ...] = eqx.field(static=True)  # a tuple of ints: hashable
             scale: jax.typing.ArrayLike = eqx.field(static=True)  # may be a Python float
+        """,
+        """
+        import dataclasses
+        import jax
+        import numpy as np
+
+        @jax.tree_util.register_dataclass
+        @dataclasses.dataclass
+        class Grid:
+            values: np.ndarray  # a traced field
+            nodes: tuple = dataclasses.field(metadata={"static": True})  # hashable: compared by value
+            scale: np.ndarray = dataclasses.field(default=None, metadata={"static": False})
         """,
     )
 
@@ -303,6 +327,9 @@ def _declared_static(call: ast.Call) -> bool:
     for k in call.keywords:
         if k.arg == "static" and isinstance(k.value, ast.Constant) and k.value.value is True:
             return True
+        if k.arg == "metadata" and isinstance(k.value, ast.Dict):  # `jax.tree_util.register_dataclass`
+            if any(isinstance(key, ast.Constant) and key.value == "static" and isinstance(v, ast.Constant) and v.value is True for key, v in zip(k.value.keys, k.value.values)):
+                return True
         if k.arg == "pytree_node" and isinstance(k.value, ast.Constant) and k.value.value is False:
             return True
     return False
