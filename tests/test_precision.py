@@ -179,7 +179,9 @@ def test_a_recompile_in_test_code_is_a_guess(path: str, source: str, code: str):
     assert in_test and all(c == "guess" for _, c in in_test)
 
 
-SAFE_DIV = "import jax.numpy as jnp\n\n\ndef relative_error(a, b):\n    return jnp.where(b == 0, a, a / b)\n"
+SAFE_DIV = "import jax.numpy as jnp\n\n\ndef test_relative_error(a, b):\n    return jnp.where(b == 0, a, a / b)\n"
+# jax-fem's tests define the problem the library solves (and differentiates): not a test function
+PROBLEM = "import jax.numpy as np\n\n\nclass Plasticity:\n    def get_maps(self):\n        def safe_sqrt(x):\n            return np.where(x > 0.0, np.sqrt(x), 0.0)\n        return safe_sqrt\n"
 
 
 def test_a_masked_division_in_test_code_is_a_guess_unless_the_test_differentiates_it() -> None:
@@ -187,5 +189,6 @@ def test_a_masked_division_in_test_code_is_a_guess_unless_the_test_differentiate
     assert [(f.code, f.confidence) for f in check_source(SAFE_DIV, "pkg/metrics.py", Config())] == [("STB401", "proven")]
     assert check_source(SAFE_DIV, "tests/test_metrics.py", Config()) == []
     assert [(f.code, f.confidence) for f in check_source(SAFE_DIV, "tests/test_metrics.py", Config(preview=True))] == [("STB401", "guess")]
-    graded = SAFE_DIV + "\n\ndef test_grad():\n    import jax\n    jax.grad(relative_error)(1.0, 2.0)\n"
+    graded = SAFE_DIV + "\n\ndef test_grad():\n    import jax\n    jax.grad(test_relative_error)(1.0, 2.0)\n"
     assert [(f.code, f.confidence) for f in check_source(graded, "tests/test_metrics.py", Config())] == [("STB401", "proven")]
+    assert [(f.code, f.confidence) for f in check_source(PROBLEM, "tests/test_plasticity.py", Config())] == [("STB401", "proven")]

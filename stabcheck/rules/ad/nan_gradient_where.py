@@ -47,8 +47,8 @@ class NanGradientWhere(Rule):
     `where` picks the numerically stable one, as in `log1mexp`) the finding is only a guess.
     So is one in a notebook that names no derivative (`grad`, `jvp`, `vjp`, `jacrev`, `hessian`,
     `value_and_grad`...): nothing imports a notebook, so no gradient reaches its code; and one in
-    a test file (`test_*.py`, `*_test.py`, under `tests/`) in a function that no visible
-    transform reaches (a helper computing a value to assert on).
+    a test of a test file (`test*` functions and `Test*` classes of `test_*.py`, `*_test.py`,
+    files under `tests/`) that no visible transform reaches (a value computed to assert on).
 
     ## Why is this bad?
     `where` selects outputs, but both branches are computed and differentiated everywhere. In
@@ -168,8 +168,8 @@ class NanGradientWhere(Rule):
                 continue
             other = branches[1 - i]
             confidence = "proven"
-            if is_test_path(ctx.path) and not (ctx.function is not None and ctx.function.transformed):
-                # test code computes values to assert on; no gradient of this function is visible
+            if _in_test_function(ctx) and not (ctx.function is not None and ctx.function.transformed):
+                # a test computes values to assert on; no gradient of this function is visible
                 confidence = "guess"
             if _same_function(other, arg, ctx) or self._hazard(other, cond_names, ctx) is not None:
                 # both branches are formulas of one function (`log1mexp`): the where picks the
@@ -268,6 +268,20 @@ def _may_be_differentiated(ctx: FileContext) -> bool:
 _REGION = frozenset({"jax.numpy.sqrt", "jax.lax.sqrt", "jax.lax.rsqrt", "jax.numpy.arcsin", "jax.numpy.arccos", "jax.lax.asin", "jax.lax.acos"})
 _INT_CALLS = frozenset({"builtins.len", "builtins.int", "jax.numpy.count_nonzero", "jax.numpy.size", "jax.numpy.ndim", "numpy.count_nonzero"})
 _INT_DTYPES = frozenset({"builtins.int", "jax.numpy.int32", "jax.numpy.int64", "jax.numpy.int8", "jax.numpy.int16", "jax.numpy.uint32", "numpy.int32", "numpy.int64"})
+
+
+def _in_test_function(ctx: FileContext) -> bool:
+    """Inside a test of a test file: a function (or one enclosing it) named `test*`/`_test*`, or
+    a method of a `Test*` class. A problem class a test file defines for a library to solve (and
+    differentiate) is not one."""
+    if not is_test_path(ctx.path):
+        return False
+    s = ctx.function
+    while s is not None:
+        if s.name.lstrip("_").startswith("test") or (s.cls is not None and "Test" in s.cls.name):
+            return True
+        s = s.parent
+    return False
 
 
 def _no_gradient(arg: ast.AST, ctx: FileContext) -> bool:
