@@ -26,7 +26,7 @@ class JitInLoop(Rule):
     variable (`ma = Model(size)`, then `jax.jit(lambda x: ma.apply(p, x))`), or its call gets an
     argument computed from it (`x = jnp.ones((n, n))`: a new shape each size), or the loop walks a
     display of static configurations. The loop variable itself passed as an argument
-    (`step(params, batch)`) is data of one kind: still a finding.
+    (`step(params, batch)`, also taken apart: `x, y = batch`) is data of one kind: still a finding.
 
     In test files (`test_*.py`, `*_test.py`, `conftest.py`, anything under `tests/`) the finding
     is a guess, shown only with `--preview`: a test compiles each variant on purpose, and a
@@ -78,6 +78,17 @@ class JitInLoop(Rule):
             for x in requests:  # the loop variable itself as the argument: one kind of input
                 f = jax.jit(lambda v: jnp.tanh(v @ w))  # expect: STB501
                 yield f(x)
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def train(params, batches, lr):
+            for batch in batches:
+                x, y = batch["x"], batch["y"]  # parts of the loop variable: one kind of input
+                step = jax.jit(lambda p, a, b: p - lr * jnp.mean((a @ p - b) ** 2))  # expect: STB501
+                params = step(params, x, y)
+            return params
         """,
         """
         import jax
@@ -464,6 +475,7 @@ def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:
     # names the iteration derives from the loop variable (not by calling the jitted function:
     # `params = step(params, batch)` is the carry, of one shape every iteration)
     derived = set(targets)
+    same_kind = set(targets)  # the loop variable, and parts of it taken apart (`x, y = batch`)
     assigns = [n for n in body if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and n.value is not None]
     changed = True
     while changed:
@@ -475,12 +487,15 @@ def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:
                 continue  # the jitted function itself, and what it returns
             if not _reads_any(v, derived):
                 continue
+            part = isinstance(a, ast.Assign) and _takes_apart(v) and not _reads_any(v, derived - same_kind)
             for t in a.targets if isinstance(a, ast.Assign) else [a.target]:
                 for m in ast.walk(t):
                     if isinstance(m, ast.Name) and m.ctx.__class__ is ast.Store and m.id not in derived:
                         derived.add(m.id)
+                        if part:
+                            same_kind.add(m.id)
                         changed = True
-    computed = derived - targets
+    computed = derived - same_kind
     # the jitted function closes over a value of this iteration
     closure: list[ast.AST]
     if isinstance(fn, ast.Lambda):
@@ -500,6 +515,17 @@ def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:
     if isinstance(ctx.parent, ast.Call) and ctx.parent.func is node:
         calls.append(ctx.parent)
     return any(_reads_any(a, computed) for c in calls for a in [*c.args, *(k.value for k in c.keywords)])
+
+
+def _takes_apart(v: ast.AST) -> bool:
+    """`batch`, `batch["x"]`, `batch.x`, `(x, y)`: parts of a value, nothing computed from it."""
+    if isinstance(v, (ast.Tuple, ast.List)):
+        return all(_takes_apart(e) for e in v.elts)
+    if isinstance(v, ast.Subscript):
+        return _takes_apart(v.value) and isinstance(v.slice, (ast.Constant, ast.Name))
+    if isinstance(v, ast.Attribute):
+        return _takes_apart(v.value)
+    return isinstance(v, ast.Name)
 
 
 def _reads_any(expr: ast.AST, names: set[str]) -> bool:
