@@ -467,6 +467,9 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
     modules = xfile.ModuleMap(display(f) for f in files)
     x64 = _project_x64(files, config)
     xfile.install(modules.names(), x64)
+    # a file's calls into other checked modules (its exports) depend on which modules are checked
+    # with it: a result cached in a run of other files (one file alone) would miss them
+    linked = digest("\n".join(sorted(modules.names())).encode())
     real_of = {display(f): str(f) for f in files}
     for f in files:
         shown = display(f)
@@ -476,7 +479,7 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
             except SourceError:  # reported by _check_one, never cached
                 todo.append((str(f), shown))
                 continue
-            h = digest(data)
+            h = digest(f"{digest(data)}|{linked}".encode())
             if x64:  # a project-level fact the file's findings depend on
                 h = digest(f"{h}|x64".encode())
             if config.types:

@@ -435,6 +435,16 @@ def test_a_jax_error_in_a_test_names_the_calls_down_to_the_culprit(tmp_path: Pat
     assert [(Path(fr.path).name, fr.line, fr.function) for fr in f.chains[0][:2]] == [("raised_chain_mod.py", 2, "helper"), ("raised_chain_mod.py", 8, "outer")]
 
 
+def test_a_result_cached_in_a_run_of_other_files_does_not_hide_a_cross_file_finding(tmp_path: Path) -> None:
+    # the caller checked alone first (its call into helpers is no export: helpers is not checked),
+    # then the project: the caller's cached result must not stand for the project run
+    src = tmp_path / "src"
+    _write(src, {"helpers.py": HELPERS, "main.py": MAIN})
+    cache = tmp_path / "cache"
+    assert not [f for f in _run(src / "main.py", cache=True, cache_dir=str(cache)) if f.code == "STB101"]
+    assert [Path(f.path).name for f in _run(src, cache=True, cache_dir=str(cache)) if f.code == "STB101"] == ["helpers.py"]
+
+
 @pytest.mark.parametrize(
     "extra",
     [
