@@ -43,7 +43,7 @@ from stabcheck.rules.meta.analysis_error import AnalysisError
 from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
 from stabcheck.rules.meta.unused_suppression import UnusedSuppression
 from stabcheck.static import typed, xfile
-from stabcheck.static.engine import Dispatcher, FileResult, check_bytes
+from stabcheck.static.engine import NEWER_SYNTAX, Dispatcher, FileResult, check_bytes
 from stabcheck.static.engine import decode as decode_source  # noqa: F401 - public: source bytes as Python reads them (`check -` with --fix)
 
 __version__ = "0.1.0"
@@ -165,6 +165,9 @@ def run(paths: Sequence[str], config: Config | Settings | None = None, options: 
         owner.update((shown, cfg) for shown in part)
     result.rules = tuple(sorted(all_rules.values(), key=lambda r: r.code))
     result.notes.extend(type_notes)
+    newer = _newer_syntax_files(results)
+    if newer:
+        result.notes.append(_newer_syntax_note(newer))
     if "static" not in stages:
         results = {k: FileResult([f for f in v.findings if f.code in ("STB901",)], v.suppressions) for k, v in results.items()}
     later: list[Finding] = []
@@ -269,6 +272,26 @@ def _read_text(path: str) -> str | None:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def _newer_syntax_files(results: dict[str, FileResult]) -> list[str]:
+    """The files only a newer Python parses (`engine.NEWER_SYNTAX`): their STB901 is no finding
+    (nothing is wrong with them) but one note for the run; they are not checked."""
+    newer = sorted(k for k, r in results.items() if any(f.code == "STB901" and NEWER_SYNTAX in f.evidence for f in r.findings))
+    for k in newer:
+        r = results[k]
+        results[k] = replace(r, findings=[f for f in r.findings if not (f.code == "STB901" and NEWER_SYNTAX in f.evidence)])
+    return newer
+
+
+def _newer_syntax_note(newer: list[str]) -> str:
+    shown = ", ".join(f"`{clean(s)}`" for s in newer[:3]) + (f" and {len(newer) - 3} more" if len(newer) > 3 else "")
+    n = len(newer)
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return (
+        f"{n} file{'s' * (n != 1)} not checked: valid Python for a newer interpreter that Python {here}, which runs stabcheck, "
+        f"cannot parse (type parameters, `type` aliases, nested f-string quotes...): {shown}; run stabcheck with the project's Python"
+    )
 
 
 def _skipped_note(skipped: list[str]) -> str:

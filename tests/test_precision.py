@@ -192,3 +192,20 @@ def test_a_masked_division_in_test_code_is_a_guess_unless_the_test_differentiate
     graded = SAFE_DIV + "\n\ndef test_grad():\n    import jax\n    jax.grad(test_relative_error)(1.0, 2.0)\n"
     assert [(f.code, f.confidence) for f in check_source(graded, "tests/test_metrics.py", Config())] == [("STB401", "proven")]
     assert [(f.code, f.confidence) for f in check_source(PROBLEM, "tests/test_plasticity.py", Config())] == [("STB401", "proven")]
+
+
+def test_newer_python_syntax_is_a_note_not_a_syntax_error(tmp_path: Path) -> None:
+    # efax (R4) is Python 3.12 code: 12 STB901 telling the user to fix syntax errors that are not there
+    import sys
+
+    from stabcheck.api import Options, run
+
+    (tmp_path / "new.py").write_text("import jax.numpy as jnp\ntype Axis = int | tuple[int, ...]\n\n\ndef mean[T](x: T) -> T:\n    return jnp.mean(x)\n", encoding="utf-8")
+    (tmp_path / "broken.py").write_text("def f(:\n    pass\n", encoding="utf-8")
+    result = run([str(tmp_path)], Config(), Options(cache=False))
+    if sys.version_info >= (3, 12):
+        assert [Path(f.path).name for f in result.findings] == ["broken.py"]
+        return
+    assert [(Path(f.path).name, f.code) for f in result.findings] == [("broken.py", "STB901")]
+    (note,) = [n for n in result.notes if "newer interpreter" in n]
+    assert "new.py" in note and "broken.py" not in note

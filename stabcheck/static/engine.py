@@ -160,7 +160,20 @@ def check_source(source: str, path: str, config: Config, dispatcher: Dispatcher,
     except SyntaxError as e:
         line = e.lineno or 1
         msg = e.msg or "invalid syntax"
-        return FileResult([SyntaxErrorRule.finding(path=path, span=Span(line, max(1, e.offset or 1)), message=f"`{path}` does not parse: {msg}; no other rule ran on this file", help="fix the syntax error", snippet=(e.text or "").rstrip("\n"))], [])
+        newer = _newer_syntax(source, msg)
+        return FileResult(
+            [
+                SyntaxErrorRule.finding(
+                    path=path,
+                    span=Span(line, max(1, e.offset or 1)),
+                    message=f"`{path}` does not parse: {msg}; no other rule ran on this file",
+                    help="fix the syntax error",
+                    snippet=(e.text or "").rstrip("\n"),
+                    evidence={NEWER_SYNTAX: f"{sys.version_info.major}.{sys.version_info.minor}"} if newer else None,
+                )
+            ],
+            [],
+        )
     except (ValueError, RecursionError, MemoryError) as e:  # NUL bytes, pathological nesting
         if isinstance(e, (RecursionError, MemoryError)):
             reason = f"it is nested too deeply for Python's parser ({type(e).__name__})"
@@ -174,6 +187,28 @@ def check_source(source: str, path: str, config: Config, dispatcher: Dispatcher,
     except (tokenize.TokenError, SyntaxError, RecursionError):  # pragma: no cover - parse succeeded above
         sups = []
     return FileResult(findings, sups, exports, xfile.current() or {})
+
+
+NEWER_SYNTAX = "newer_syntax"  # evidence of an STB901 on a file only a newer Python parses (api makes it a note)
+
+
+_NEWER = re.compile(r"^[ \t]*(?:type[ \t]+\w+[ \t]*[\[=]|(?:async[ \t]+)?def[ \t]+\w+[ \t]*\[|class[ \t]+\w+[ \t]*\[)", re.M)
+
+
+def _newer_syntax(source: str, message: str) -> bool:
+    """Is a file this interpreter's `ast` rejects valid Python for a newer one (PEP 695 `type X =
+    ...`, `def f[T]`, `class C[T]`; PEP 701 f-strings on Python 3.11)? Only a file that spells such
+    a construct is read with libcst, which parses every version's grammar (it is imported here
+    only: a file that does not parse is rare, and libcst can crash on pathological input)."""
+    if not (_NEWER.search(source) or message.startswith("f-string")) or len(source) > 1_000_000:
+        return False
+    try:
+        import libcst
+
+        libcst.parse_module(source)
+    except Exception:  # libcst's ParserSyntaxError, or anything else: a real syntax error
+        return False
+    return True
 
 
 def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatcher: Dispatcher, types: TypeOracle | None = None, exports: list[dict[str, Any]] | None = None) -> list[Finding]:

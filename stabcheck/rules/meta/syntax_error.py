@@ -6,7 +6,9 @@ from stabcheck.rule import Rule
 class SyntaxErrorRule(Rule):
     """## What it does
     Reports a file that cannot be read as Python: a syntax error, bytes that are not valid
-    UTF-8 (or the declared encoding), NUL bytes, or an unreadable file.
+    UTF-8 (or the declared encoding), NUL bytes, or an unreadable file. A file that is valid
+    Python for a newer interpreter than the one running stabcheck (`type X = ...`, `def f[T]`
+    on Python 3.11) is no finding: the run names it in one note, unchecked.
 
     ## Why is this bad?
     No other rule can check a file that does not parse, so its hazards stay hidden. The other
