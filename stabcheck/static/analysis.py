@@ -61,6 +61,7 @@ STATIC_JAX = frozenset(
         "jax.numpy.isrealobj",
         "jax.numpy.issctype",
         "jax.eval_shape",
+        "equinox.filter_eval_shape",
         "jax.ShapeDtypeStruct",
         "jax.tree_util.tree_structure",
         "jax.tree.structure",

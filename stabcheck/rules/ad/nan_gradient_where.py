@@ -110,6 +110,15 @@ class NanGradientWhere(Rule):
         """
         import jax.numpy as jnp
 
+        def project(field):
+            k = jnp.fft.rfftfreq(field.shape[-1])  # a mesh built from sizes: no gradient reaches it
+            lap = -(2 * jnp.pi * k) ** 2
+            inv = jnp.where(lap == 0, 0.0, 1.0 / lap)
+            return jnp.fft.irfft(jnp.fft.rfft(field) * inv, n=field.shape[-1])
+        """,
+        """
+        import jax.numpy as jnp
+
         def safe_norm(x):
             sq = jnp.sum(x ** 2, axis=-1)
             safe_sq = jnp.where(sq > 0, sq, 1.0)
@@ -286,7 +295,9 @@ def _in_test_function(ctx: FileContext) -> bool:
 
 def _no_gradient(arg: ast.AST, ctx: FileContext) -> bool:
     """Every value `arg` reads is one no gradient can reach: an integer (a count, a length, a
-    shape, an `int`-annotated parameter, an integer cast) or a module constant."""
+    shape, an `int`-annotated parameter, an integer cast), a mesh built from sizes alone (a
+    frequency grid `jnp.fft.rfftfreq(n)`, `jnp.arange(n)`, and arithmetic on them) or a module
+    constant."""
     names = _names(arg)
     if not names:
         return False
@@ -343,6 +354,64 @@ def _int_value(v: ast.AST, ctx: FileContext) -> bool:
             return True
         if q in ("jax.numpy.sum", "jax.numpy.count_nonzero") and v.args and isinstance(v.args[0], ast.Compare):
             return True  # `jnp.sum(mask_expr)`: an integer count
+    return _grid_value(v, ctx, 0)
+
+
+# arrays built from sizes alone: a mesh, a frequency grid, an index range
+_GRID_BUILDERS = frozenset(
+    {
+        "jax.numpy.fft.fftfreq",
+        "jax.numpy.fft.rfftfreq",
+        "jax.numpy.arange",
+        "jax.numpy.linspace",
+        "jax.numpy.eye",
+        "jax.numpy.ones",
+        "jax.numpy.zeros",
+        "jax.numpy.meshgrid",
+        "numpy.fft.fftfreq",
+        "numpy.fft.rfftfreq",
+        "numpy.arange",
+        "numpy.linspace",
+    }
+)
+
+
+def _grid_value(v: ast.AST, ctx: FileContext, depth: int) -> bool:
+    """A value computed from sizes and numbers alone (`jnp.fft.rfftfreq(x.shape[-1])`, then
+    `-(2 * jnp.pi * k) ** 2`): a mesh constant, which no gradient reaches."""
+    if depth > 6:
+        return False
+    if isinstance(v, ast.Constant):
+        return isinstance(v.value, (int, float)) and not isinstance(v.value, bool)
+    if isinstance(v, ast.Attribute):
+        if v.attr in ("size", "ndim", "shape"):
+            return True
+        return isinstance(v.value, ast.Name) and v.value.id in ctx.names.aliases  # `jnp.pi`
+    if isinstance(v, ast.Subscript):
+        return isinstance(v.value, ast.Attribute) and v.value.attr == "shape"
+    if isinstance(v, ast.UnaryOp):
+        return _grid_value(v.operand, ctx, depth + 1)
+    if isinstance(v, ast.BinOp):
+        return _grid_value(v.left, ctx, depth + 1) and _grid_value(v.right, ctx, depth + 1)
+    if isinstance(v, (ast.Tuple, ast.List)):
+        return all(_grid_value(e, ctx, depth + 1) for e in v.elts)
+    if isinstance(v, ast.Call):
+        q = ctx.qualname(v.func)
+        if q in _INT_CALLS:
+            return True
+        args = [*v.args, *(k.value for k in v.keywords if k.arg not in ("dtype", "endpoint", "indexing"))]
+        return q in _GRID_BUILDERS and all(_grid_value(a, ctx, depth + 1) for a in args)
+    if isinstance(v, ast.Name) and ctx.function is not None:
+        owner = ctx.function
+        while owner is not None:
+            ctx.analysis.bindings(owner)  # fills `assigned`
+            if v.id in owner.assigned or v.id in owner.params:
+                break
+            owner = owner.parent
+        if owner is None or v.id in owner.params:
+            return False
+        values = [b for targets, b in ctx.analysis.bindings(owner) if any(isinstance(t, ast.Name) and t.id == v.id for t in targets)]
+        return bool(values) and all(_grid_value(b, ctx, depth + 1) for b in values)
     return False
 
 
