@@ -63,7 +63,7 @@ def cells(data: bytes) -> Cells:
         if lines and lines[0].lstrip().startswith("%%"):
             lines = [""] * len(lines)  # a cell magic: the cell is not Python
         else:
-            lines = [_blank(ln) if _MAGIC.match(ln) else ln for ln in lines]
+            lines = _blank_magics(lines)
         if not lines:
             continue
         error = _parse_error(lines)
@@ -89,6 +89,20 @@ def _parse_error(lines: list[str]) -> tuple[int, int, str] | None:
     except ValueError as e:  # NUL bytes
         return 1, 1, str(e)
     return None
+
+
+def _blank_magics(lines: list[str]) -> list[str]:
+    """Magic and shell lines blanked, with the lines a trailing backslash continues them onto
+    (`!git clone \\` then the URL on the next line)."""
+    out: list[str] = []
+    continued = False
+    for ln in lines:
+        if continued or _MAGIC.match(ln):
+            out.append("" if continued else _blank(ln))
+            continued = ln.rstrip().endswith("\\")
+        else:
+            out.append(ln)
+    return out
 
 
 def _blank(line: str) -> str:

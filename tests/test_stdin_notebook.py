@@ -103,3 +103,12 @@ def test_each_cell_is_parsed_alone_automagics_blanked_a_broken_cell_named(tmp_pa
     result = run([str(tmp_path / "nb.ipynb")], Config(), Options(cache=False))
     where = sorted((f.evidence.get("cell"), f.span.line, f.code) for f in result.findings)
     assert where == [(2, 2, "STB901"), (3, 3, "STB301")]
+
+
+def test_a_shell_line_continued_by_a_backslash_is_blanked_whole() -> None:
+    # big_vision's colab: the clone's URL is on the line the backslash continues onto
+    src = ["import os\n", "if not os.path.exists('repo'):\n", "  !git clone --depth=1 \\\n", "     https://github.com/google-research/big_vision repo\n", "x = 1\n"]
+    nb = {"cells": [{"cell_type": "code", "source": src}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    cells = _notebook.cells(json.dumps(nb).encode())
+    compile(cells.source, "nb", "exec")
+    assert cells.broken == () and cells.source.splitlines() == ["import os", "if not os.path.exists('repo'):", "  pass", "", "x = 1"]
