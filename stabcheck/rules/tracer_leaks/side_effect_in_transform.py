@@ -14,7 +14,8 @@ _MUTATORS = frozenset({"append", "extend", "insert", "add", "update", "setdefaul
 class SideEffectInTransform(Rule):
     """## What it does
     Flags Python side effects inside a staged-out transform (`jit`, `vmap`, a `lax` body, ...):
-    `print()` of a traced value, assignments to `global` names or to `nonlocal` names of an
+    `print()` of a traced value (in a Module method that no visible transform reaches, which
+    `init`/`apply` may run eagerly, only a guess), assignments to `global` names or to `nonlocal` names of an
     enclosing function that is not itself transformed, and storing a
     traced value outside the function: `SOME_LIST.append(x)`, `CACHE[key] = x` on a module or
     closure container, or `self.attr = x` in a class that is not a flax/equinox Module.
@@ -109,6 +110,16 @@ class SideEffectInTransform(Rule):
         """,
     )
     VALID = (
+        """
+        import flax.linen as nn
+
+        class Net(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                x = nn.Dense(4)(x)
+                print("after dense", x[0, :4])  # init/apply run it eagerly; no jit in sight: a guess
+                return x
+        """,
         """
         import equinox as eqx
         import jax
@@ -238,6 +249,9 @@ class SideEffectInTransform(Rule):
                     "later calls print nothing",
                     help="use `jax.debug.print(\"... {}\", value)`, which prints on every call",
                     detail=f"print:{culprit}",
+                    # a Module method is assumed traced, but `init`/`apply` run it eagerly, printing
+                    # values, until something jits it: without a visible transform, a guess
+                    confidence="guess" if _module_method_only(ctx.function) else "proven",
                 )
             return
         func = node.func
@@ -315,6 +329,19 @@ class SideEffectInTransform(Rule):
 
 
 _BUILDERS = frozenset({"__init__", "__post_init__", "__new__", "__setstate__", "tree_unflatten", "__check_init__"})
+
+
+def _module_method_only(info: FunctionInfo | None) -> bool:
+    """Traced only by the assumption that a flax/equinox Module method runs under a transform:
+    no transform is visible on it or on the functions it is nested in."""
+    s = info
+    while s is not None:
+        if s.transforms:
+            return False
+        if s.entry.endswith("(a Module method)"):
+            return True
+        s = s.parent
+    return False
 
 
 def _method(info: FunctionInfo) -> FunctionInfo | None:
