@@ -358,7 +358,7 @@ def _sups_for(path: str, max_size: int = DEFAULT_MAX_FILE_SIZE) -> list[suppress
 _WORKER: tuple[Config, Dispatcher] | None = None
 
 
-def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] | None = None, parent: int | None = None, modules: frozenset[str] = frozenset(), x64: bool = False) -> None:
+def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] | None = None, parent: int | None = None, modules: frozenset[str] = frozenset(), x64: frozenset[str] = frozenset()) -> None:
     global _WORKER
     _die_with_parent(parent)
     xfile.install(modules, x64)
@@ -503,7 +503,7 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
                 todo.append((str(f), shown))
                 continue
             h = digest(f"{digest(data)}|{linked}".encode())
-            if x64:  # a project-level fact the file's findings depend on
+            if xfile.project_x64(str(f)):  # a project-level fact the file's findings depend on
                 h = digest(f"{h}|x64".encode())
             if config.types:
                 t = typed.lookup(f)
@@ -534,18 +534,22 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
     return results
 
 
-def _project_x64(files: list[Path], config: Config) -> bool:
-    """Does any checked file turn `jax_enable_x64` on (`static.xfile.enables_x64`)? A project-level
-    fact: the static stage never imports code, so it reads the files (only those that spell the
-    flag are parsed)."""
+def _project_x64(files: list[Path], config: Config) -> set[str]:
+    """The projects (`static.xfile.project_root`) where a checked file turns `jax_enable_x64` on
+    (`static.xfile.enables_x64`). A project-level fact: the static stage never imports code, so it
+    reads the files (only those that spell the flag are parsed)."""
+    roots: set[str] = set()
     for f in files:
+        root = xfile.project_root(str(f))
+        if root in roots:
+            continue
         try:
             data = read_source(f, config.max_file_size)
         except SourceError:
             continue
         if xfile.source_enables_x64(data, notebook=str(f).endswith(".ipynb")):
-            return True
-    return False
+            roots.add(root)
+    return roots
 
 
 def _settle(results: dict[str, FileResult], real_of: dict[str, str], modules: Any, config: Config, dispatcher: Dispatcher) -> set[str]:
@@ -569,7 +573,7 @@ def _check_parallel(todo: list[tuple[str, str]], jobs: int, config: Config, rule
     files it did not return are checked again one by one in a fresh single worker, so the file that
     kills it is found and reported (STB902) and no other file is lost."""
     ctx = multiprocessing.get_context(_start_method())
-    initargs = (config, tuple(r.code for r in rules), _types_registry(config), os.getpid(), xfile.installed(), xfile.project_x64())
+    initargs = (config, tuple(r.code for r in rules), _types_registry(config), os.getpid(), xfile.installed(), xfile.installed_x64())
 
     def collect(batches: list[list[tuple[str, str]]], workers: int) -> bool:
         try:

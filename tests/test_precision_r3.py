@@ -91,6 +91,18 @@ def test_x64_turned_on_by_another_file_of_the_project_makes_float64_intended(tmp
     assert sorted((d["code"], d["line"], d["confidence"]) for d in guesses) == [("STB301", 8, "guess"), ("STB301", 13, "guess")]
 
 
+def test_x64_of_one_project_does_not_reach_another_checked_in_the_same_run(tmp_path: Path) -> None:
+    # R5: jax-galsim's x64 silenced scenic's STB301 when both were checked in one run
+    for name, init in (("double", 'import jax\njax.config.update("jax_enable_x64", True)\n'), ("single", "")):
+        (tmp_path / name / "pkg").mkdir(parents=True)
+        (tmp_path / name / "pyproject.toml").write_text(f'[project]\nname = "{name}"\n', encoding="utf-8")
+        (tmp_path / name / "pkg" / "__init__.py").write_text(init, encoding="utf-8")
+        (tmp_path / name / "pkg" / "model.py").write_text(_MODEL, encoding="utf-8")
+    together = sorted((Path(d["path"]).parts[-3], d["code"], d["line"]) for d in _cli(tmp_path))
+    assert together == [("single", "STB301", 8)]
+    assert [(d["code"], d["line"]) for d in _cli(tmp_path / "single")] == [("STB301", 8)]
+
+
 @pytest.mark.parametrize(
     "init",
     ['import jax\njax.config.update("jax_enable_x64", False)\n', "import jax\nDOUBLE = jax.config.jax_enable_x64\n", 'import os\nos.environ["JAX_ENABLE_X64"] = "0"\n'],

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ast
 import contextvars
+import functools
+import os
 import posixpath
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -36,26 +38,57 @@ Seeds = dict[str, list[dict[str, Any]]]
 
 _SEEDS: contextvars.ContextVar[Seeds | None] = contextvars.ContextVar("stabcheck_xfile_seeds", default=None)
 _MODULES: frozenset[str] = frozenset()  # top-level names of the checked modules; empty: no exports
-_X64 = False  # a checked file turns `jax_enable_x64` on (`project_x64`)
+_X64: frozenset[str] = frozenset()  # project roots where a checked file turns `jax_enable_x64` on (`project_x64`)
 MAX_FRAMES = 12
 
 
-def install(modules: Iterable[str], x64: bool = False) -> None:
-    """The dotted module names of the checked files, and whether one of them turns x64 on (in
-    this process and in static workers)."""
+def install(modules: Iterable[str], x64: Iterable[str] = ()) -> None:
+    """The dotted module names of the checked files, and the project roots (`project_root`) where
+    one of them turns x64 on (in this process and in static workers)."""
     global _MODULES, _X64
     _MODULES = frozenset(modules)
-    _X64 = x64
+    _X64 = frozenset(x64)
 
 
 def installed() -> frozenset[str]:
     return _MODULES
 
 
-def project_x64() -> bool:
-    """Does a file of the checked project turn `jax_enable_x64` on (`enables_x64`)? Then its
-    explicit float64 is intended (STB301)."""
+def installed_x64() -> frozenset[str]:
     return _X64
+
+
+def project_x64(path: str) -> bool:
+    """Does a checked file of `path`'s project turn `jax_enable_x64` on (`enables_x64`)? Then its
+    explicit float64 is intended (STB301). Per project, so that checking two projects in one run
+    gives each the findings it has alone."""
+    return bool(_X64) and project_root(path) in _X64
+
+
+_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
+
+
+def project_root(path: str) -> str:
+    """The project a file belongs to: the nearest directory above it holding `pyproject.toml`,
+    `setup.py`, `setup.cfg` or `.git`; without one, its import root (the first directory above
+    it that is not a package: an unpacked wheel's top)."""
+    return _root_of_dir(os.path.dirname(os.path.abspath(path)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _root_of_dir(start: str) -> str:
+    d = start
+    while True:
+        if any(os.path.exists(os.path.join(d, m)) for m in _MARKERS):
+            return d
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    d = start
+    while os.path.exists(os.path.join(d, "__init__.py")) and os.path.dirname(d) != d:
+        d = os.path.dirname(d)
+    return d
 
 
 def current() -> Seeds | None:

@@ -293,8 +293,8 @@ def _names_narrow_float(ctx: FileContext) -> bool:
 
 
 def _x64_on(ctx: FileContext) -> bool:
-    """This file, or any file of the checked project, turns `jax_enable_x64` on."""
-    if xfile.project_x64():
+    """This file, or any checked file of its project, turns `jax_enable_x64` on."""
+    if xfile.project_x64(ctx.path):
         return True
     cached = getattr(ctx.analysis, "_stabcheck_x64", None)
     if cached is None:
