@@ -26,7 +26,8 @@ class Float64Leak(Rule):
     ## Why is this bad?
     `dtype=float`/`.astype(float)` ask for the default float (float32 unless x64 is on, and then
     float64 on purpose): those are guesses, shown with `--preview`. Where the project turns x64
-    on itself (any checked file: `jax.config.update("jax_enable_x64", v)` through any alias of the
+    on itself (any checked file of the project — the nearest directory holding `pyproject.toml`,
+    `setup.py`, `setup.cfg` or `.git` —: `jax.config.update("jax_enable_x64", v)` through any alias of the
     config and with any `v` but a literal False, an `enable_x64()` call, `JAX_ENABLE_X64` set in
     `os.environ`), float64 asked for by name (`jnp.float64`, `dtype=float`) is intended there and
     is a guess too; a NumPy float64 constant that promotes float32 data is reported either way
