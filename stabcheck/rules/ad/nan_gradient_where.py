@@ -43,7 +43,8 @@ class NanGradientWhere(Rule):
     condition tests `x`, and `x` is not itself guarded by an inner `where` (the "double where").
     Any function counts: `grad` may be applied in another module. Not flagged: an operand no
     gradient reaches (an integer count, an `int` parameter, a constant), a condition that tests
-    other values than the operand; and where both branches are formulas of one function (the
+    other values than the operand, an operand singular only outside the region the condition
+    masks (`where(a > 1e-4, 1 / (1 + sqrt(1 - a)), series)`); and where both branches are formulas of one function (the
     `where` picks the numerically stable one, as in `log1mexp`) the finding is only a guess.
     So is one in a notebook that names no derivative (`grad`, `jvp`, `vjp`, `jacrev`, `hessian`,
     `value_and_grad`...): nothing imports a notebook, so no gradient reaches its code; and one in
@@ -110,6 +111,14 @@ class NanGradientWhere(Rule):
         """
         import jax.numpy as jnp
 
+        def e2g(a):
+            # the masked region (a <= 1e-4) lies inside sqrt(1 - a)'s domain, and 1 + sqrt(...) is
+            # never 0: the series branch is only the accurate formula near 0 (JAX-GalSim's Shear)
+            return jnp.where(a > 1e-4, 1 / (1 + jnp.sqrt(1 - a)), 0.5 + a / 8)
+        """,
+        """
+        import jax.numpy as jnp
+
         def project(field):
             k = jnp.fft.rfftfreq(field.shape[-1])  # a mesh built from sizes: no gradient reaches it
             lap = -(2 * jnp.pi * k) ** 2
@@ -162,7 +171,7 @@ class NanGradientWhere(Rule):
             return
         sides = _tested_sides(cond, ctx)
         for i, branch in enumerate(branches):
-            hit = self._hazard(branch, cond_names, ctx)
+            hit = self._hazard(branch, cond_names, ctx, cond, i)
             if hit is None:
                 continue
             op, arg, region, op_node = hit
@@ -180,7 +189,7 @@ class NanGradientWhere(Rule):
             if _in_test_function(ctx) and not (ctx.function is not None and ctx.function.transformed):
                 # a test computes values to assert on; no gradient of this function is visible
                 confidence = "guess"
-            if _same_function(other, arg, ctx) or self._hazard(other, cond_names, ctx) is not None:
+            if _same_function(other, arg, ctx) or self._hazard(other, cond_names, ctx, cond, 1 - i) is not None:
                 # both branches are formulas of one function (`log1mexp`): the where picks the
                 # numerically stable one, and neither need be singular where it is ruled out; or
                 # both are singular, and the where masks nothing
@@ -207,9 +216,10 @@ class NanGradientWhere(Rule):
             )
             return
 
-    def _hazard(self, branch: ast.AST, cond_names: set[str], ctx: FileContext) -> tuple[str, ast.AST, bool, ast.AST] | None:
-        """The first unsafe op in `branch` whose input the condition tests, unguarded; and whether
-        its derivative is NaN over a region (`sqrt` of negatives) rather than inf at a point."""
+    def _hazard(self, branch: ast.AST, cond_names: set[str], ctx: FileContext, cond: ast.AST | None = None, index: int = 0) -> tuple[str, ast.AST, bool, ast.AST] | None:
+        """The first unsafe op in `branch` whose input the condition tests, unguarded, and singular
+        somewhere in the region the condition masks (`cond`, the branch's position `index`); and
+        whether its derivative is NaN over a region (`sqrt` of negatives) rather than inf at a point."""
         stack: list[ast.AST] = [branch]
         while stack:
             n = stack.pop()
@@ -228,7 +238,8 @@ class NanGradientWhere(Rule):
                 arg = n.left
                 region = not isinstance(n.right, ast.UnaryOp)
             if arg is not None and not isinstance(arg, ast.Constant) and _names(arg) & cond_names and not self._guarded(arg, ctx):
-                return ctx.text(n), arg, region, n
+                if not (_never_zero(arg, ctx) or (cond is not None and _regular_where_masked(cond, arg, index, ctx))):
+                    return ctx.text(n), arg, region, n
             if isinstance(n, (ast.Lambda, ast.FunctionDef)):
                 continue
             stack.extend(reversed(list(ast.iter_child_nodes(n))))
@@ -432,6 +443,80 @@ def _selected_at_singularity(cond: ast.AST, arg: ast.AST, branch: int, ctx: File
     else:
         return False
     return holds == (branch == 0)
+
+
+_NONNEG = frozenset({"jax.numpy.sqrt", "jax.numpy.abs", "jax.numpy.exp", "jax.numpy.square", "jax.lax.sqrt", "jax.lax.abs", "jax.lax.exp", "jax.numpy.cosh"})
+
+
+def _never_zero(arg: ast.AST, ctx: FileContext) -> bool:
+    """`1 + jnp.sqrt(1 - a)`, `jnp.exp(x)`: positive by construction, so no division by it is
+    singular anywhere (its own inner ops are checked on their own)."""
+    if isinstance(arg, ast.Call):
+        return ctx.qualname(arg.func) in ("jax.numpy.exp", "jax.lax.exp", "jax.numpy.cosh")
+    if isinstance(arg, ast.BinOp) and isinstance(arg.op, ast.Add):
+        for c, other in ((arg.left, arg.right), (arg.right, arg.left)):
+            if _number(c) and _value(c) > 0 and _nonneg(other, ctx):
+                return True
+    return False
+
+
+def _nonneg(e: ast.AST, ctx: FileContext) -> bool:
+    if isinstance(e, ast.Call):
+        return ctx.qualname(e.func) in _NONNEG
+    if isinstance(e, ast.BinOp) and isinstance(e.op, ast.Pow) and isinstance(e.right, ast.Constant) and e.right.value == 2:
+        return True
+    return False
+
+
+def _affine(e: ast.AST, name: str, ctx: FileContext) -> tuple[float, float] | None:
+    """(a, b) with `e` = a * name + b, for `name`, `-name`, `name +/- c`, `c +/- name`."""
+    if ctx.text(e) == name:
+        return 1.0, 0.0
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub):
+        inner = _affine(e.operand, name, ctx)
+        return (-inner[0], -inner[1]) if inner else None
+    if isinstance(e, ast.BinOp) and isinstance(e.op, (ast.Add, ast.Sub)):
+        sign = 1.0 if isinstance(e.op, ast.Add) else -1.0
+        if _number(e.right):
+            inner = _affine(e.left, name, ctx)
+            return (inner[0], inner[1] + sign * _value(e.right)) if inner else None
+        if _number(e.left):
+            inner = _affine(e.right, name, ctx)
+            return (sign * inner[0], _value(e.left) + sign * inner[1]) if inner else None
+    return None
+
+
+def _regular_where_masked(cond: ast.AST, arg: ast.AST, branch: int, ctx: FileContext) -> bool:
+    """`where(a > 1e-4, 1 / (1 + sqrt(1 - a)), series(a))`: the region the condition masks (a <=
+    1e-4) lies inside the domain of `sqrt(1 - a)` (a < 1), so the masked branch is finite and
+    differentiable there: nothing to hide. The condition compares one name with a number, and the
+    operand is affine in that name."""
+    if not (isinstance(cond, ast.Compare) and len(cond.ops) == 1 and type(cond.ops[0]) in _OPS):
+        return False
+    left, right, op = cond.left, cond.comparators[0], type(cond.ops[0])
+    if _number(right):
+        name, t = ctx.text(left), _value(right)
+    elif _number(left):
+        name, t = ctx.text(right), _value(left)
+        op = {ast.Gt: ast.Lt, ast.GtE: ast.LtE, ast.Lt: ast.Gt, ast.LtE: ast.GtE}.get(op, op)  # type: ignore[assignment]
+    else:
+        return False
+    if op in (ast.Eq, ast.NotEq):
+        return False
+    form = _affine(arg, name, ctx)
+    if form is None or form[0] == 0:
+        return False
+    a, b = form
+    zero = -b / a  # the operand is 0 (singular) here, and <= 0 (outside sqrt/log's domain) on one side
+    # the masked region: where the condition is false for branch 0, true for branch 1
+    true_above = op in (ast.Gt, ast.GtE)  # `name > t` holds above t
+    masked_above = true_above != (branch == 0)
+    # bad values of the name: the operand <= 0, i.e. name >= zero when a < 0, name <= zero when a > 0
+    bad_above = a < 0
+    if masked_above == bad_above:
+        return False  # both regions are unbounded on the same side: they meet
+    # masked below t and bad above zero (or the reverse): disjoint when t < zero (resp. t > zero)
+    return t < zero if not masked_above else t > zero
 
 
 def _value(e: ast.AST) -> float:
