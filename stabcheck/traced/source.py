@@ -223,18 +223,3 @@ def return_site(file: str, def_line: int, function: str = "", *, literal_only: b
 
 def _is_number(node: ast.expr | None) -> bool:
     return isinstance(node, ast.Constant) and isinstance(node.value, (int, float, complex)) and not isinstance(node.value, bool)
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-        if not first <= def_line <= node.lineno:
-            continue
-        stack: list[ast.AST] = list(node.body)
-        while stack:
-            n = stack.pop(0)
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-                continue
-            if isinstance(n, ast.Return) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, (int, float, complex)) and not isinstance(n.value.value, bool):
-                return Site(file, n.lineno, n.col_offset + 1, function or node.name, is_library(file))
-            stack.extend(ast.iter_child_nodes(n))
-    return None
