@@ -205,12 +205,22 @@ class ADGraph:
     def reach_ad(self, info: FunctionInfo) -> dict[str, ast.AST]:
         """`reach`, but not into functions with a custom derivative rule (what differentiation
         itself goes through)."""
-        cached = self._reach_ad.get(info.node)
+        return self._walk(info, self._reach_ad, through_custom=False)
+
+    # -- reachability ------------------------------------------------------------------------
+    def reach(self, info: FunctionInfo) -> dict[str, ast.AST]:
+        """Every call made by `info` or the same-module functions it calls (transitively),
+        keyed by callee text: `{"jax.lax.while_loop": <Call>, "softclip": <Call>, ...}`.
+        custom_vjp names are keyed by their own name; the first call found wins."""
+        return self._walk(info, self._reach, through_custom=True)
+
+    def _walk(self, info: FunctionInfo, memo: dict[ast.AST, dict[str, ast.AST]], *, through_custom: bool) -> dict[str, ast.AST]:
+        cached = memo.get(info.node)
         if cached is not None:
             return cached
         out: dict[str, ast.AST] = {}
-        self._reach_ad[info.node] = out
-        if self.has_custom_rule(info):
+        memo[info.node] = out  # recursion guard
+        if not through_custom and self.has_custom_rule(info):
             return out
         for call, scope in self._calls(info):
             key = self.names.qualname(call.func)
@@ -218,39 +228,13 @@ class ADGraph:
                 key = call.func.id
             if key is not None:
                 out.setdefault(key, call)
+            # the callee, and functions passed as arguments (lax bodies, vmap targets), which run
+            # as part of this one
             inner = [self.analysis.resolve(call.func, scope)]
             inner += [self.analysis.resolve(a, scope) if isinstance(a, (ast.Name, ast.Lambda)) else None for a in call.args]
             for callee in inner:
                 if callee is not None and callee is not info and callee.node is not call:
-                    for k, v in self.reach_ad(callee).items():
-                        out.setdefault(k, v)
-        return out
-
-    # -- reachability ------------------------------------------------------------------------
-    def reach(self, info: FunctionInfo) -> dict[str, ast.AST]:
-        """Every call made by `info` or the same-module functions it calls (transitively),
-        keyed by callee text: `{"jax.lax.while_loop": <Call>, "softclip": <Call>, ...}`.
-        custom_vjp names are keyed by their own name; the first call found wins."""
-        cached = self._reach.get(info.node)
-        if cached is not None:
-            return cached
-        out: dict[str, ast.AST] = {}
-        self._reach[info.node] = out  # recursion guard
-        for call, scope in self._calls(info):
-            key = self.names.qualname(call.func)
-            if isinstance(call.func, ast.Name) and call.func.id in self.custom:
-                key = call.func.id
-            if key is not None:
-                out.setdefault(key, call)
-            callee = self.analysis.resolve(call.func, scope)
-            if callee is not None and callee is not info:
-                for k, v in self.reach(callee).items():
-                    out.setdefault(k, v)
-            # functions passed as arguments (lax bodies, vmap targets) run as part of this one
-            for a in call.args:
-                inner = self.analysis.resolve(a, scope) if isinstance(a, (ast.Name, ast.Lambda)) else None
-                if inner is not None and inner is not info and inner.node is not call:
-                    for k, v in self.reach(inner).items():
+                    for k, v in self._walk(callee, memo, through_custom=through_custom).items():
                         out.setdefault(k, v)
         return out
 
