@@ -115,10 +115,11 @@ def confirm_entry(
     with jax_flags(entry.jax_config):
         made = T.concrete(entry)
         label = "the example arguments" if made is entry else "seeded random arguments"
-        return _confirm_entry(name, made, suspected, transforms, memory_limit or default_memory_limit(), max_traces, (path, function or name, line), label)
+        recorded = getattr(entry, "recorded_site", None) is not None
+        return _confirm_entry(name, made, suspected, transforms, memory_limit or default_memory_limit(), max_traces, (path, function or name, line), label, recorded=recorded)
 
 
-def _confirm_entry(name: str, entry: Entry, suspected: list[Finding], transforms: Sequence[str] | None, limit: int, max_traces: int, where: tuple[str, str, int], label: str) -> list[Finding]:
+def _confirm_entry(name: str, entry: Entry, suspected: list[Finding], transforms: Sequence[str] | None, limit: int, max_traces: int, where: tuple[str, str, int], label: str, *, recorded: bool = False) -> list[Finding]:
     if any(f.stage == "static" for f in suspected):
         # static findings come per file: settle only those on lines this entry's program runs
         lines = _program_lines(entry)
@@ -145,7 +146,11 @@ def _confirm_entry(name: str, entry: Entry, suspected: list[Finding], transforms
         except Exception as e:
             obs.append(Observation(t, ok=False, failure=classify(e, entry_files(entry))))
             break
-        obs.extend(_run(t, entry, split, limit, boundary="STB401" in codes, label=label))
+        # boundary values (zeros, negatives) for the gradient: where a static STB401 suspects a
+        # masked singularity, and for a recorded call, whose drawn data would miss it (only where
+        # the function itself is finite there: an input its domain excludes is not one to pass)
+        boundary = "suspected" if "STB401" in codes else "recorded" if recorded else ""
+        obs.extend(_run(t, entry, split, limit, boundary=boundary, label=label))
     out = [_settle(f, obs, retr, max_traces) for f in suspected]
     out += _new_findings(name, entry, obs, retr, max_traces, out, where)
     return out
@@ -174,7 +179,7 @@ def entry_files(entry: Entry) -> tuple[str, ...]:
 
 
 # -- running ---------------------------------------------------------------------------------
-def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: bool, label: str) -> list[Observation]:
+def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: str, label: str) -> list[Observation]:
     # JAX: imported when this runs, never on import
     import jax
 
@@ -224,6 +229,8 @@ def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: bool, la
             d = tuple(make(x) for x in p.inputs[0])
             b = Observation(t, inputs=label)
             try:
+                if boundary == "recorded" and (p.primal is None or nonfinite(jax.block_until_ready(jax.jit(p.primal)(d, p.inputs[1])))):
+                    continue  # the function's own value is not finite there: not an input it takes
                 out = jax.block_until_ready(jax.jit(p.fun)(d, p.inputs[1]))
                 b.nonfinite = _nan(p.fun, (d, p.inputs[1]), out, b)
             except Exception as e:
