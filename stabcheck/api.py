@@ -165,7 +165,7 @@ def run(paths: Sequence[str], config: Config | Settings | None = None, options: 
         owner.update((shown, cfg) for shown in part)
     result.rules = tuple(sorted(all_rules.values(), key=lambda r: r.code))
     result.notes.extend(type_notes)
-    newer = _newer_syntax_files(results)
+    newer = _take_newer_syntax(results)
     if newer:
         result.notes.append(_newer_syntax_note(newer))
     if "static" not in stages:
@@ -274,9 +274,9 @@ def _read_text(path: str) -> str | None:
         return None
 
 
-def _newer_syntax_files(results: dict[str, FileResult]) -> list[str]:
-    """The files only a newer Python parses (`engine.NEWER_SYNTAX`): their STB901 is no finding
-    (nothing is wrong with them) but one note for the run; they are not checked."""
+def _take_newer_syntax(results: dict[str, FileResult]) -> list[str]:
+    """The files only a newer Python parses (`engine.NEWER_SYNTAX`), their STB901 taken out of
+    `results`: nothing is wrong with them, so it is one note for the run; they are not checked."""
     newer = sorted(k for k, r in results.items() if any(f.code == "STB901" and NEWER_SYNTAX in f.evidence for f in r.findings))
     for k in newer:
         r = results[k]
@@ -488,7 +488,25 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
     contents: dict[str, bytes] = {}
     jobs = min(options.jobs or cpu_count(), cpu_count())  # more processes than cores only cost memory
     modules = xfile.ModuleMap(display(f) for f in files)
-    x64 = _project_x64(files, config)
+    # one read of each file: its content hash (for the cache) and the projects that turn x64 on,
+    # a project-level fact (`static.xfile.enables_x64`: only files that spell the flag are parsed)
+    sums: dict[str, str] = {}
+    x64: set[str] = set()
+    for f in files:
+        shown = display(f)
+        root = xfile.project_root(str(f))
+        if cache is None and root in x64:
+            continue
+        try:
+            data = read_source(f, config.max_file_size)
+        except SourceError:  # reported by _check_one, never cached
+            continue
+        if cache is not None:
+            sums[shown] = digest(data)
+            if jobs == 1:
+                contents[shown] = data  # read once
+        if root not in x64 and xfile.source_enables_x64(data, notebook=str(f).endswith(".ipynb")):
+            x64.add(root)
     xfile.install(modules.names(), x64)
     # a file's calls into other checked modules (its exports) depend on which modules are checked
     # with it: a result cached in a run of other files (one file alone) would miss them
@@ -496,13 +514,8 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
     real_of = {display(f): str(f) for f in files}
     for f in files:
         shown = display(f)
-        if cache is not None:
-            try:
-                data = read_source(f, config.max_file_size)
-            except SourceError:  # reported by _check_one, never cached
-                todo.append((str(f), shown))
-                continue
-            h = digest(f"{digest(data)}|{linked}".encode())
+        if cache is not None and shown in sums:
+            h = digest(f"{sums[shown]}|{linked}".encode())
             if xfile.project_x64(str(f)):  # a project-level fact the file's findings depend on
                 h = digest(f"{h}|x64".encode())
             if config.types:
@@ -513,9 +526,8 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
             extra = cache.extra(shown) if hit is not None else None
             if hit is not None and xfile.valid(extra):
                 results[shown] = FileResult(*hit, extra["exports"], extra["seeds"])  # type: ignore[index]
+                contents.pop(shown, None)
                 continue
-            if jobs == 1:
-                contents[shown] = data  # read once
         todo.append((str(f), shown))
     with gc_tuned():
         if jobs > 1 and len(todo) >= 8:
@@ -532,24 +544,6 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
                 cache.put(shown, hashes[shown], r.findings, r.suppressions, {"exports": r.exports, "seeds": r.seeds})
         cache.save()
     return results
-
-
-def _project_x64(files: list[Path], config: Config) -> set[str]:
-    """The projects (`static.xfile.project_root`) where a checked file turns `jax_enable_x64` on
-    (`static.xfile.enables_x64`). A project-level fact: the static stage never imports code, so it
-    reads the files (only those that spell the flag are parsed)."""
-    roots: set[str] = set()
-    for f in files:
-        root = xfile.project_root(str(f))
-        if root in roots:
-            continue
-        try:
-            data = read_source(f, config.max_file_size)
-        except SourceError:
-            continue
-        if xfile.source_enables_x64(data, notebook=str(f).endswith(".ipynb")):
-            roots.add(root)
-    return roots
 
 
 def _settle(results: dict[str, FileResult], real_of: dict[str, str], modules: Any, config: Config, dispatcher: Dispatcher) -> set[str]:
