@@ -4,6 +4,7 @@ import ast
 import re
 
 from stabcheck.rule import Rule, is_test_path, only
+from stabcheck.static.analysis import FunctionInfo
 from stabcheck.static.context import FileContext
 
 _EPS = re.compile(r"(^|[._])(eps|epsilon|tiny)")
@@ -316,12 +317,7 @@ def _no_gradient(arg: ast.AST, ctx: FileContext) -> bool:
     for name in names - set(ctx.names.aliases):  # `jnp` in `jnp.arange(n)` is a module
         if fn is None:
             return False
-        owner = fn
-        while owner is not None:
-            ctx.analysis.bindings(owner)  # fills `assigned`
-            if name in owner.params or name in owner.assigned:
-                break
-            owner = owner.parent
+        owner = _binding_scope(name, ctx)
         if owner is None:
             if not any(isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in st.targets) for st in ctx.tree.body):
                 return False
@@ -330,7 +326,7 @@ def _no_gradient(arg: ast.AST, ctx: FileContext) -> bool:
             if not _int_param(owner.node, name):
                 return False
             continue
-        values = [v for targets, v in ctx.analysis.bindings(owner) if any(isinstance(t, ast.Name) and t.id == name for t in targets)]
+        values = _bound_values(owner, name, ctx)
         if not values or not all(_int_value(v, ctx) for v in values):
             return False
     return True
@@ -412,18 +408,30 @@ def _grid_value(v: ast.AST, ctx: FileContext, depth: int) -> bool:
             return True
         args = [*v.args, *(k.value for k in v.keywords if k.arg not in ("dtype", "endpoint", "indexing"))]
         return q in _GRID_BUILDERS and all(_grid_value(a, ctx, depth + 1) for a in args)
-    if isinstance(v, ast.Name) and ctx.function is not None:
-        owner = ctx.function
-        while owner is not None:
-            ctx.analysis.bindings(owner)  # fills `assigned`
-            if v.id in owner.assigned or v.id in owner.params:
-                break
-            owner = owner.parent
+    if isinstance(v, ast.Name):
+        owner = _binding_scope(v.id, ctx)
         if owner is None or v.id in owner.params:
             return False
-        values = [b for targets, b in ctx.analysis.bindings(owner) if any(isinstance(t, ast.Name) and t.id == v.id for t in targets)]
+        values = _bound_values(owner, v.id, ctx)
         return bool(values) and all(_grid_value(b, ctx, depth + 1) for b in values)
     return False
+
+
+def _binding_scope(name: str, ctx: FileContext) -> FunctionInfo | None:
+    """The function (the current one or one enclosing it) whose parameter or assignment binds
+    `name`; None for a module-level name."""
+    owner = ctx.function
+    while owner is not None:
+        ctx.analysis.bindings(owner)  # fills `assigned`
+        if name in owner.params or name in owner.assigned:
+            return owner
+        owner = owner.parent
+    return None
+
+
+def _bound_values(owner: FunctionInfo, name: str, ctx: FileContext) -> list[ast.AST]:
+    """Every value `owner` assigns to `name`."""
+    return [v for targets, v in ctx.analysis.bindings(owner) if any(isinstance(t, ast.Name) and t.id == name for t in targets)]
 
 
 _OPS = {ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b, ast.Lt: lambda a, b: a < b, ast.LtE: lambda a, b: a <= b, ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b}
@@ -433,16 +441,11 @@ def _selected_at_singularity(cond: ast.AST, arg: ast.AST, branch: int, ctx: File
     """`where(norm < 0.17, 0.17 / norm, 1.0)`: the condition, a comparison of the operand itself
     with a number, holds at the operand's singular point 0, so the unsafe branch is the one
     selected there (its forward value is inf too); only a branch ruled out there is masked."""
-    if not (isinstance(cond, ast.Compare) and len(cond.ops) == 1 and type(cond.ops[0]) in _OPS):
+    compared = _compared(cond, ctx)
+    if compared is None or compared[0] != ctx.text(arg):
         return False
-    left, right, op = cond.left, cond.comparators[0], _OPS[type(cond.ops[0])]
-    if _number(right) and ctx.text(left) == ctx.text(arg):
-        holds = op(0.0, _value(right))
-    elif _number(left) and ctx.text(right) == ctx.text(arg):
-        holds = op(_value(left), 0.0)
-    else:
-        return False
-    return holds == (branch == 0)
+    _name, op, t = compared
+    return _OPS[op](0.0, t) == (branch == 0)
 
 
 _NONNEG = frozenset({"jax.numpy.sqrt", "jax.numpy.abs", "jax.numpy.exp", "jax.numpy.square", "jax.lax.sqrt", "jax.lax.abs", "jax.lax.exp", "jax.numpy.cosh"})
@@ -491,18 +494,10 @@ def _regular_where_masked(cond: ast.AST, arg: ast.AST, branch: int, ctx: FileCon
     1e-4) lies inside the domain of `sqrt(1 - a)` (a < 1), so the masked branch is finite and
     differentiable there: nothing to hide. The condition compares one name with a number, and the
     operand is affine in that name."""
-    if not (isinstance(cond, ast.Compare) and len(cond.ops) == 1 and type(cond.ops[0]) in _OPS):
+    compared = _compared(cond, ctx)
+    if compared is None or compared[1] in (ast.Eq, ast.NotEq):
         return False
-    left, right, op = cond.left, cond.comparators[0], type(cond.ops[0])
-    if _number(right):
-        name, t = ctx.text(left), _value(right)
-    elif _number(left):
-        name, t = ctx.text(right), _value(left)
-        op = {ast.Gt: ast.Lt, ast.GtE: ast.LtE, ast.Lt: ast.Gt, ast.LtE: ast.GtE}.get(op, op)  # type: ignore[assignment]
-    else:
-        return False
-    if op in (ast.Eq, ast.NotEq):
-        return False
+    name, op, t = compared
     form = _affine(arg, name, ctx)
     if form is None or form[0] == 0:
         return False
@@ -517,6 +512,22 @@ def _regular_where_masked(cond: ast.AST, arg: ast.AST, branch: int, ctx: FileCon
         return False  # both regions are unbounded on the same side: they meet
     # masked below t and bad above zero (or the reverse): disjoint when t < zero (resp. t > zero)
     return t < zero if not masked_above else t > zero
+
+
+_FLIPPED: dict[type, type] = {ast.Gt: ast.Lt, ast.GtE: ast.LtE, ast.Lt: ast.Gt, ast.LtE: ast.GtE, ast.Eq: ast.Eq, ast.NotEq: ast.NotEq}
+
+
+def _compared(cond: ast.AST, ctx: FileContext) -> tuple[str, type, float] | None:
+    """`x > 0.5` or `0.5 < x`: (the text of `x`, the comparison with `x` on its left, 0.5); None
+    for a condition that is not one comparison of an expression with a number."""
+    if not (isinstance(cond, ast.Compare) and len(cond.ops) == 1 and type(cond.ops[0]) in _OPS):
+        return None
+    left, right, op = cond.left, cond.comparators[0], type(cond.ops[0])
+    if _number(right):
+        return ctx.text(left), op, _value(right)
+    if _number(left):
+        return ctx.text(right), _FLIPPED[op], _value(left)
+    return None
 
 
 def _value(e: ast.AST) -> float:

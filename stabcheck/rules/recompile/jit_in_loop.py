@@ -384,8 +384,10 @@ def _conditional_in_loop(ctx: FileContext) -> bool:
     not provably on every one."""
     loop = ctx.loops[-1]
     chain = ctx.ancestors
-    inner = chain[next(i for i, n in enumerate(chain) if n is loop) + 1 :] if any(n is loop for n in chain) else []
-    return any(isinstance(n, (ast.If, ast.IfExp, ast.ExceptHandler, ast.Match)) for n in inner)
+    for i, n in enumerate(chain):
+        if n is loop:
+            return any(isinstance(m, (ast.If, ast.IfExp, ast.ExceptHandler, ast.Match)) for m in chain[i + 1 :])
+    return False
 
 
 def _inside_trace(ctx: FileContext) -> bool:
