@@ -1,0 +1,48 @@
+"""Issue 16: the false-alarm classes of R4, R5 and the development set D1, as near misses that the
+static stage keeps silent by default and that run cleanly under JAX
+(fixtures/static/precision_later_near_misses.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stabcheck.api import check_source
+from stabcheck.config import Config
+from tests.conftest import requires_jax
+
+OK = Path(__file__).resolve().parents[1] / "fixtures" / "static" / "precision_later_near_misses.py"
+
+
+def test_near_misses_are_silent() -> None:
+    assert [(f.line, f.code, f.message) for f in check_source(OK.read_text(encoding="utf-8"), str(OK), Config())] == []
+
+
+_RUNNER = r"""
+import importlib.util, json, sys, warnings
+warnings.simplefilter("ignore")
+spec = importlib.util.spec_from_file_location("precision_later_near_misses", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+print(json.dumps(mod.run()))
+"""
+
+
+@pytest.mark.slow
+@requires_jax
+def test_near_misses_run_cleanly_under_jax() -> None:
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, str(OK)], capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["grad_e2g"] == 0.0  # finite at 0 (a NaN would show the masked singularity)
+    assert out["grad_project_finite"] is True
+    assert out["eval_shape_cached"] == [2.0, 2.0, 2.0]
+    assert out["printed_values"] is True  # init ran the Module eagerly: values, not tracers
+    assert all(abs(v - 2 * math.exp(-1)) < 1e-6 for v in out["damping"])  # order 8 unmapped: the Python `if` took its branch
+    assert out["traces"] == {"update": 2, "transform": 1}  # compiled per configuration; the inner pmap inside one compile
