@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from typing import Literal
 
 from stabcheck.rule import Rule
@@ -467,7 +468,7 @@ def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:
     targets = {n.id for t in gens for n in ast.walk(t) if isinstance(n, ast.Name)}
     if not targets:
         return False
-    body = [n for st in (loop.body if isinstance(loop, (ast.For, ast.AsyncFor, ast.While)) else [loop]) for n in _own_walk(st)]
+    body = _own_nodes(loop.body if isinstance(loop, (ast.For, ast.AsyncFor, ast.While)) else [loop], enter_roots=True)
     jitted: set[str] = set()
     parent = ctx.parent
     if isinstance(parent, ast.Assign):
@@ -534,15 +535,17 @@ def _reads_any(expr: ast.AST, names: set[str]) -> bool:
     return any(isinstance(m, ast.Name) and m.id in names for m in ast.walk(expr))
 
 
-def _own_walk(node: ast.AST) -> list[ast.AST]:
-    """`node` and what it holds, not descending into function bodies defined there."""
+def _own_nodes(roots: Iterable[ast.AST], enter_roots: bool) -> list[ast.AST]:
+    """`roots` and what they hold, not descending into the functions, lambdas and classes defined
+    inside them (their bodies run later, if ever); a root that is itself a def is entered when
+    `enter_roots` (the jitted def in a loop body: what it reads is what the iteration jits)."""
     out: list[ast.AST] = []
-    stack = [node]
+    stack = [(n, True) for n in reversed(list(roots))]  # in source order, each root depth-first
     while stack:
-        n = stack.pop()
+        n, root = stack.pop()
         out.append(n)
-        if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)) or n is node:
-            stack.extend(ast.iter_child_nodes(n))
+        if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)) or (root and enter_roots):
+            stack.extend((c, False) for c in ast.iter_child_nodes(n))
     return out
 
 
@@ -557,14 +560,7 @@ def _config_display(it: ast.AST) -> bool:
 
 def _own_body(fn: ast.AST) -> list[ast.AST]:
     """Nodes of `fn`'s body, not descending into nested functions (their calls run later, if ever)."""
-    out: list[ast.AST] = []
-    stack = list(getattr(fn, "body", []))
-    while stack:
-        n = stack.pop()
-        out.append(n)
-        if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            stack.extend(ast.iter_child_nodes(n))
-    return out
+    return _own_nodes(getattr(fn, "body", []), enter_roots=False)
 
 
 _LOOP_NODES = (ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
