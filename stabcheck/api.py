@@ -36,6 +36,7 @@ from stabcheck.config import (
     rel_to_root,
     trust_note,
 )
+from stabcheck.errors import UsageError
 from stabcheck.finding import Finding, Span, merge
 from stabcheck.reporters import clean
 from stabcheck.rule import Rule
@@ -106,9 +107,13 @@ def check_stdin(data: bytes, path: str, config: Config | None = None) -> Result:
     its name selects per-file-ignores; a `.ipynb` name reads a notebook)."""
     config = _ready(config or Config())
     rules = enabled_rules(config)
-    res = _check_one(path, path, replace(config, types=False), Dispatcher(rules), data)
+    install_project_facts(project_facts(path, config))
+    results = {path: _check_one(path, path, replace(config, types=False), Dispatcher(rules), data)}
     result = Result(findings=[], files=1, rules=rules, checked=[path])
-    result.findings = finalize({path: res}, rules, config, ("static",), result.suppressed)
+    newer = take_newer_syntax(results)
+    if newer:
+        result.notes.append(_newer_syntax_note(newer))
+    result.findings = finalize(results, rules, config, ("static",), result.suppressed)
     if path.endswith(".ipynb"):
 
         try:
@@ -165,7 +170,7 @@ def run(paths: Sequence[str], config: Config | Settings | None = None, options: 
         owner.update((shown, cfg) for shown in part)
     result.rules = tuple(sorted(all_rules.values(), key=lambda r: r.code))
     result.notes.extend(type_notes)
-    newer = _take_newer_syntax(results)
+    newer = take_newer_syntax(results)
     if newer:
         result.notes.append(_newer_syntax_note(newer))
     if "static" not in stages:
@@ -274,7 +279,7 @@ def _read_text(path: str) -> str | None:
         return None
 
 
-def _take_newer_syntax(results: dict[str, FileResult]) -> list[str]:
+def take_newer_syntax(results: dict[str, FileResult]) -> list[str]:
     """The files only a newer Python parses (`engine.NEWER_SYNTAX`), their STB901 taken out of
     `results`: nothing is wrong with them, so it is one note for the run; they are not checked."""
     newer = sorted(k for k, r in results.items() if any(f.code == "STB901" and NEWER_SYNTAX in f.evidence for f in r.findings))
@@ -507,6 +512,7 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
                 contents[shown] = data  # read once
         if root not in x64 and xfile.source_enables_x64(data, notebook=str(f).endswith(".ipynb")):
             x64.add(root)
+    x64 |= _x64_elsewhere(files, x64, config)
     xfile.install(modules.names(), x64)
     # a file's calls into other checked modules (its exports) depend on which modules are checked
     # with it: a result cached in a run of other files (one file alone) would miss them
@@ -544,6 +550,49 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
                 cache.put(shown, hashes[shown], r.findings, r.suppressions, {"exports": r.exports, "seeds": r.seeds})
         cache.save()
     return results
+
+
+# files of a partly checked project read for its x64 fact (each only for the flag's bytes)
+X64_SCAN_LIMIT = 5000
+
+
+def _x64_elsewhere(files: Sequence[Path], known: set[str], config: Config) -> set[str]:
+    """The projects of `files` (not in `known`) where a file this run does not check turns x64
+    on. The x64 fact is the project's, so it must not depend on which of its files a run names:
+    a pre-commit run on the staged files, `check -` on an editor's buffer or `check src/model.py`
+    gives what `check .` gives. Only a real project (`xfile.is_project`) is read, its files as
+    `check ROOT` would find them (the config's excludes), at most X64_SCAN_LIMIT of them."""
+    checked = {os.path.realpath(f) for f in files}
+    found: set[str] = set()
+    for root in sorted({xfile.project_root(str(f)) for f in files} - known):
+        if not xfile.is_project(root):
+            continue
+        try:
+            for n, other in enumerate(discover([root], config)):
+                if n >= X64_SCAN_LIMIT:
+                    break
+                if os.path.realpath(other) in checked:
+                    continue
+                try:
+                    data = read_source(other, config.max_file_size)
+                except SourceError:
+                    continue
+                if xfile.source_enables_x64(data, notebook=other.suffix == ".ipynb"):
+                    found.add(root)
+                    break
+        except (UsageError, OSError):  # the tree changed under us: the checked files' fact stands
+            continue
+    return found
+
+
+def project_facts(path: str, config: Config) -> frozenset[str]:
+    """For a file checked alone (`check -`, the language server): the project-level facts that
+    `check .` takes from the project's other files (`_x64_elsewhere`): the roots turning x64 on."""
+    return frozenset(_x64_elsewhere([Path(path)], set(), config) if os.path.isfile(path) else ())
+
+
+def install_project_facts(facts: frozenset[str]) -> None:
+    xfile.install(xfile.installed(), facts)
 
 
 def _settle(results: dict[str, FileResult], real_of: dict[str, str], modules: Any, config: Config, dispatcher: Dispatcher) -> set[str]:

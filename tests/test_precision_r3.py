@@ -183,3 +183,51 @@ def test_near_misses_run_and_hazards_fail_or_retrace_under_jax() -> None:
     assert bad["case_non_scalar"]["error"] == "TypeError" and "scalar-output" in bad["case_non_scalar"]["message"]
     assert bad["case_while_loop"]["error"] == "ValueError" and "Reverse-mode differentiation" in bad["case_while_loop"]["message"]
     assert bad["case_retrace"] == {"result": 2}  # traced again for None then an array
+
+
+def _x64_project(tmp_path: Path) -> Path:
+    proj = tmp_path / "proj"
+    (proj / "pkg").mkdir(parents=True)
+    (proj / "pyproject.toml").write_text('[project]\nname = "proj"\n', encoding="utf-8")
+    (proj / "pkg" / "__init__.py").write_text('import jax\njax.config.update("jax_enable_x64", True)\n', encoding="utf-8")
+    (proj / "pkg" / "model.py").write_text(_MODEL, encoding="utf-8")
+    return proj
+
+
+def test_x64_fact_is_the_projects_whichever_of_its_files_a_run_names(tmp_path: Path) -> None:
+    # a pre-commit run names only the staged files, an editor sends one buffer: the x64 fact they
+    # see must be the one `check .` sees, or the hook and the editor flag what CI does not
+    proj = _x64_project(tmp_path)
+    assert _cli(proj) == []
+    assert _cli(proj / "pkg" / "model.py") == []
+    cmd = [sys.executable, "-m", "stabcheck", "check", "-", "--stdin-filename", str(proj / "pkg" / "model.py"), "--exit-zero", "--output-format", "json"]
+    out = subprocess.run(cmd, input=_MODEL, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0 and json.loads(out.stdout) == [], out.stderr[-2000:]
+    # loose files (no pyproject, setup.py or .git above them) are not a project: nothing else is read
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "flags.py").write_text('import jax\njax.config.update("jax_enable_x64", True)\n', encoding="utf-8")
+    (loose / "model.py").write_text(_MODEL, encoding="utf-8")
+    assert [(d["code"], d["line"]) for d in _cli(loose / "model.py")] == [("STB301", 8)]
+    assert _cli(loose) == []
+
+
+def test_project_facts_read_the_projects_other_files_and_follow_its_excludes(tmp_path: Path) -> None:
+    from stabcheck.api import project_facts
+    from stabcheck.static.xfile import project_root
+
+    proj = _x64_project(tmp_path)
+    model = str(proj / "pkg" / "model.py")
+    assert project_facts(model, Config()) == frozenset({project_root(model)})
+    assert project_facts(model, Config(exclude=("pkg/__init__.py",), root=str(proj))) == frozenset()
+    assert project_facts(str(proj / "pkg" / "gone.py"), Config()) == frozenset()  # an unsaved buffer: its own text only
+
+
+def test_stdin_reports_newer_python_syntax_as_a_note(tmp_path: Path) -> None:
+    from stabcheck.api import check_stdin
+
+    result = check_stdin(b"type Axis = int | tuple[int, ...]\n", str(tmp_path / "new.py"))
+    if sys.version_info >= (3, 12):
+        assert result.findings == []
+        return
+    assert result.findings == [] and any("newer interpreter" in n for n in result.notes)

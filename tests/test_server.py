@@ -622,3 +622,24 @@ def test_a_helper_reached_from_jit_shows_its_chain(tmp_path: Path, client_at) ->
     hover = client.request("textDocument/hover", {"textDocument": {"uri": uri}, "position": diag["range"]["start"]})
     assert "`helper` (m.py:5) <- `step` (m.py:12, under `jax.jit`)" in hover["contents"]["value"]
     assert client.close() == 0
+
+
+def test_project_facts_as_check_sees_them(tmp_path: Path, client_at) -> None:  # type: ignore[no-untyped-def]
+    # x64 turned on by another file of the project makes an explicit float64 intended in the
+    # editor as in `stabcheck check .`; a file only a newer Python parses is not a syntax error
+    proj = tmp_path / "proj"
+    (proj / "pkg").mkdir(parents=True)
+    (proj / "pyproject.toml").write_text('[project]\nname = "proj"\n', encoding="utf-8")
+    (proj / "pkg" / "__init__.py").write_text('import jax\njax.config.update("jax_enable_x64", True)\n', encoding="utf-8")
+    wide = "import jax\nimport jax.numpy as jnp\n\n\n@jax.jit\ndef count(mask):\n    return jnp.sum(mask).astype(jnp.float64)\n"
+    (proj / "pkg" / "model.py").write_text(wide, encoding="utf-8")
+    (tmp_path / "alone.py").write_text(wide, encoding="utf-8")
+    client = client_at()
+    client.initialize(tmp_path)
+    assert client.diagnostics(client.open(proj / "pkg" / "model.py", wide), 1) == []
+    assert [d["code"] for d in client.diagnostics(client.open(tmp_path / "alone.py", wide), 1)] == ["STB301"]
+    if sys.version_info < (3, 12):
+        newer = "type Axis = int | tuple[int, ...]\n"
+        (tmp_path / "new.py").write_text(newer, encoding="utf-8")
+        assert client.diagnostics(client.open(tmp_path / "new.py", newer), 1) == []
+    assert client.close() == 0

@@ -47,6 +47,7 @@ class StabcheckServer(LanguageServer):
         self._reported: set[str] = set()
         self._typed: dict[str, tuple[str, Any]] = {}  # path -> (sha256 of the saved bytes, FileTypes or None)
         self._typing: set[tuple[str, str]] = set()  # (path, sha256) being typed now
+        self._facts: dict[str, frozenset[str]] = {}  # path -> its project's facts (`api.project_facts`)
         self.shutdown_requested = False
         # fixes (libcst) and the typed tier (mypy) take seconds: their own threads, so that they
         # never hold up pygls's pool, which also reads the client's messages
@@ -132,6 +133,11 @@ class StabcheckServer(LanguageServer):
         config = self.config_for(path)
         shown = _shown_path(path, config, uri)
         types = self.types_for(uri, path, text, config) if config.types and path is not None else None
+        if path is not None:  # the project's x64 fact, as `check .` takes it (kept until a save)
+            key = str(path)
+            if key not in self._facts:
+                self._facts[key] = api.project_facts(key, config)
+            api.install_project_facts(self._facts[key])
         with api.gc_tuned():  # as `check` runs: big short-lived trees, few collections
             findings = findings_for(text, shown, path, config, self.dispatcher(api.enabled_rules(config)), types)
         lines = _text.split_lines(text)
@@ -260,6 +266,9 @@ def findings_for(text: str, shown: str, path: Path | None, config: Config, dispa
     rules = api.enabled_rules(config)
     data = text.encode("utf-8", "surrogatepass")
     result = check_bytes(data, shown, config, dispatcher)
+    if api.take_newer_syntax({shown: result}):  # valid Python of a newer interpreter: not checked, as `check` says
+        log.info("%s needs a newer Python than %d.%d to parse: not checked", shown, *sys.version_info[:2])
+        return []
     stages: tuple[str, ...] = ("static",)
     if types is not None:
         from stabcheck.static import typed  # the typed tier's machinery: only when types are on
@@ -340,7 +349,11 @@ def build() -> StabcheckServer:
     @server.feature(lsp.TEXT_DOCUMENT_DID_SAVE)
     def did_save(ls: StabcheckServer, params: lsp.DidSaveTextDocumentParams) -> None:
         uri = params.text_document.uri
-        if uri.endswith((".toml",)):
+        doc = ls.document(uri)
+        if doc is not None and "x64" in doc.source.lower():  # it may turn x64 on or off for its project
+            ls._facts.clear()
+            ls.recheck_all()
+        elif uri.endswith((".toml",)):
             ls._configs.clear()
             ls.recheck_all()
         elif ls.document(uri) is not None:
@@ -358,6 +371,7 @@ def build() -> StabcheckServer:
     @server.feature(lsp.WORKSPACE_DID_CHANGE_WATCHED_FILES)
     def did_change_watched(ls: StabcheckServer, params: lsp.DidChangeWatchedFilesParams) -> None:
         ls._configs.clear()
+        ls._facts.clear()
         ls.recheck_all()
 
     @server.feature(lsp.TEXT_DOCUMENT_HOVER)

@@ -75,11 +75,17 @@ def project_root(path: str) -> str:
     return _root_of_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def is_project(root: str) -> bool:
+    """Is `root` (a `project_root`) a project's own directory, marked by `pyproject.toml`,
+    `setup.py`, `setup.cfg` or `.git`, rather than the import root of loose files?"""
+    return any(os.path.exists(os.path.join(root, m)) for m in _MARKERS)
+
+
 @functools.lru_cache(maxsize=4096)
 def _root_of_dir(start: str) -> str:
     d = start
     while True:
-        if any(os.path.exists(os.path.join(d, m)) for m in _MARKERS):
+        if is_project(d):
             return d
         parent = os.path.dirname(d)
         if parent == d:

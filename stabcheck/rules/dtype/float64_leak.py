@@ -26,8 +26,10 @@ class Float64Leak(Rule):
     ## Why is this bad?
     `dtype=float`/`.astype(float)` ask for the default float (float32 unless x64 is on, and then
     float64 on purpose): those are guesses, shown with `--preview`. Where the project turns x64
-    on itself (any checked file of the project — the nearest directory holding `pyproject.toml`,
-    `setup.py`, `setup.cfg` or `.git` —: `jax.config.update("jax_enable_x64", v)` through any alias of the
+    on itself (any file of the project — the nearest directory holding `pyproject.toml`,
+    `setup.py`, `setup.cfg` or `.git` —, whichever of its files a run names: a pre-commit run on
+    staged files, `check -` and the editor see what `check .` sees; without such a directory,
+    the checked files: `jax.config.update("jax_enable_x64", v)` through any alias of the
     config and with any `v` but a literal False, an `enable_x64()` call, `JAX_ENABLE_X64` set in
     `os.environ`), float64 asked for by name (`jnp.float64`, `dtype=float`) is intended there and
     is a guess too; a NumPy float64 constant that promotes float32 data is reported either way
@@ -173,7 +175,7 @@ class Float64Leak(Rule):
         import jax
         import jax.numpy as jnp
 
-        # the project turns x64 on (here, or in any checked file: its package `__init__`, a
+        # the project turns x64 on (here, or in any file of the project: its package `__init__`, a
         # config default): float64 asked for by name is intended (a guess, --preview)
         jax.config.update("jax_enable_x64", True)
 
@@ -294,7 +296,7 @@ def _names_narrow_float(ctx: FileContext) -> bool:
 
 
 def _x64_on(ctx: FileContext) -> bool:
-    """This file, or any checked file of its project, turns `jax_enable_x64` on."""
+    """This file, or any file of its project (`api._x64_elsewhere`), turns `jax_enable_x64` on."""
     if xfile.project_x64(ctx.path):
         return True
     cached = getattr(ctx.analysis, "_stabcheck_x64", None)
