@@ -3,7 +3,8 @@
 The code cells are joined into one Python source (each cell's lines kept, so the static stage,
 `# noqa` and merging work on it unchanged), and findings are mapped back to `cell N, line L`
 afterwards. IPython syntax that is not Python is blanked, line for line: line magics (`%time`),
-shell escapes (`!pip`), help (`x?`) (an indented one becomes `pass`), automagics (`run x.py`,
+shell escapes (`!pip`), help (`x?`) (an indented one becomes `pass`), their outputs assigned
+(`files = !ls`: the value becomes `None`), automagics (`run x.py`,
 `cd dir`: a magic's name without `%`, on a line that is not Python), and whole cells under a cell
 magic (`%%bash`). Jupyter runs each cell on its own, so each is parsed on its own: a cell that
 still does not parse is blanked too and named in `Cells.broken` (one STB901 each, the other cells
@@ -26,6 +27,11 @@ _AUTOMAGIC = re.compile(
     r"^\s*(?:run|cd|ls|pwd|pip|conda|mamba|env|load_ext|reload_ext|unload_ext|matplotlib|pylab|time|timeit|who|whos|"
     r"history|autoreload|load|save|store|reset|cat|cp|mv|rm|rmdir|mkdir|alias|bookmark|pushd|popd|dhist|sx|sc|system)(?:\s|$)"
 )
+
+
+# a shell or magic output assigned (`files = !ls`, `t = %timeit -o f()`): IPython's
+# `get_ipython().getoutput(...)`, a Python value; its right-hand side becomes `None`
+_ASSIGNED = re.compile(r"^(\s*[A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*\s*=\s*)[!%]")
 
 
 class NotebookError(ValueError):
@@ -97,8 +103,9 @@ def _blank_magics(lines: list[str]) -> list[str]:
     out: list[str] = []
     continued = False
     for ln in lines:
-        if continued or _MAGIC.match(ln):
-            out.append("" if continued else _blank(ln))
+        assigned = None if continued else _ASSIGNED.match(ln)
+        if continued or assigned or _MAGIC.match(ln):
+            out.append("" if continued else f"{assigned.group(1)}None" if assigned else _blank(ln))
             continued = ln.rstrip().endswith("\\")
         else:
             out.append(ln)
