@@ -1,4 +1,4 @@
-"""Issue 16: the false-alarm classes of R4, R5 and the development set D1, as near misses that the
+"""Issue 16: the false-alarm classes of R4, R5, R6 and the development set D1, as near misses that the
 static stage keeps silent by default and that run cleanly under JAX
 (fixtures/static/precision_later_near_misses.py)."""
 
@@ -45,4 +45,7 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     assert out["eval_shape_cached"] == [2.0, 2.0, 2.0]
     assert out["printed_values"] is True  # init ran the Module eagerly: values, not tracers
     assert all(abs(v - 2 * math.exp(-1)) < 1e-6 for v in out["damping"])  # order 8 unmapped: the Python `if` took its branch
-    assert out["traces"] == {"update": 2, "transform": 1}  # compiled per configuration; the inner pmap inside one compile
+    # compiled per configuration; the inner pmap inside one compile; the weak counter and each
+    # trainer's loss compiled once
+    assert out["traces"] == {"update": 2, "transform": 1, "rollout": 1, "l2_loss": 1, "l1_loss": 1}
+    assert out["global_step"] == 5 * 4 * 8

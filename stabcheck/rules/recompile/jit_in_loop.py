@@ -26,7 +26,8 @@ class JitInLoop(Rule):
     programs anyway: the jitted function reads a value the iteration derives from the loop
     variable (`ma = Model(size)`, then `jax.jit(lambda x: ma.apply(p, x))`), or its call gets an
     argument computed from it (`x = jnp.ones((n, n))`: a new shape each size), or the loop walks a
-    display of static configurations. The loop variable itself passed as an argument
+    display of static configurations, or the function jitted is the iteration's own item
+    (`for t in trainers: jax.jit(partial(t.loss_fn, cfg))`: one program per item). The loop variable itself passed as an argument
     (`step(params, batch)`, also taken apart: `x, y = batch`) is data of one kind: still a finding.
 
     In test files (`test_*.py`, `*_test.py`, `conftest.py`, anything under `tests/`) the finding
@@ -253,6 +254,15 @@ class JitInLoop(Rule):
                 apply = jax.jit(lambda v: layer.apply(params, v))
                 apply(x).block_until_ready()
         """,
+        """
+        import functools
+        import jax
+
+        def purify(trainers, scale):
+            # each trainer's loss is its own program: compiled once on first use, reused every
+            # step; built outside the loop it would compile as often (a guess, --preview)
+            return tuple(jax.jit(functools.partial(t.loss_fn, scale)) for t in trainers)
+        """,
     )
 
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
@@ -273,7 +283,7 @@ class JitInLoop(Rule):
             if not per_iteration:
                 return  # the same function object every iteration: one compile, reused
             where = "inside a loop"
-            if _binds_loop_target(fn, ctx.loops[-1]) or _varies_with_loop(node, fn, ctx):
+            if _binds_loop_target(fn, ctx.loops[-1]) or _jits_loop_item(fn, ctx.loops[-1], ctx) or _varies_with_loop(node, fn, ctx):
                 confidence = "guess"  # one compile per distinct configuration may be needed anyway
             elif _conditional_in_loop(ctx):
                 confidence = "guess"  # `if need_compile:`: rebuilt only when something changed
@@ -454,6 +464,17 @@ def _binds_loop_target(fn: ast.AST, loop: ast.AST) -> bool:
         return False
     parts = [*fn.args[1:], *(k.value for k in fn.keywords)] if isinstance(fn, ast.Call) else [fn.body] if isinstance(fn, ast.Lambda) else []
     return any(isinstance(m, ast.Name) and m.id in targets for p in parts for m in ast.walk(p))
+
+
+def _jits_loop_item(fn: ast.AST, loop: ast.AST, ctx: FileContext) -> bool:
+    """`for t in trainers: jax.jit(partial(t.loss_fn, cfg))`: the function jitted (not a value
+    bound to it) is the iteration's own item, a different program each time, which needs its own
+    compile wherever it is built."""
+    gens = [loop.target] if isinstance(loop, (ast.For, ast.AsyncFor)) else [g.target for g in getattr(loop, "generators", ())]
+    targets = {n.id for t in gens for n in ast.walk(t) if isinstance(n, ast.Name)}
+    if isinstance(fn, ast.Call) and ctx.qualname(fn.func) in ("functools.partial", "partial") and fn.args:
+        fn = fn.args[0]
+    return isinstance(fn, (ast.Name, ast.Attribute, ast.Subscript)) and _reads_any(fn, targets)
 
 
 def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:

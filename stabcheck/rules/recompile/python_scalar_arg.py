@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+import typing
 from collections import defaultdict
 
 from stabcheck.rule import Rule
@@ -20,7 +21,8 @@ class PythonScalarArg(Rule):
 
     * a loop-carried value that starts as a Python number (`loss = 0.0`) and is then fed back
       as the jitted function's own output, an array: weak-typed scalar first, strong array
-      afterwards;
+      afterwards (a guess, `--preview`, where the function hands that parameter back having
+      only added numbers that are not visibly arrays, `step += args.num_envs`: weak stays weak);
     * `None` at one call site and a value at another, a Python int at one and a Python float
       at another, or a Python number at one and an array at another.
 
@@ -171,6 +173,25 @@ class PythonScalarArg(Rule):
             return params
         """,
         """
+        import jax
+        import jax.numpy as jnp
+
+        NUM_ENVS = 8
+
+        @jax.jit
+        def rollout(x, global_step):
+            for _ in range(4):
+                global_step += NUM_ENVS  # a weak int plus Python ints: still weak, one compile
+                x = x + 1.0
+            return x, global_step
+
+        def train(x, n):
+            global_step = 0
+            for _ in range(n):
+                x, global_step = rollout(x, global_step)
+            return x
+        """,
+        """
         from functools import partial
         import jax
         import jax.numpy as jnp
@@ -193,12 +214,18 @@ class PythonScalarArg(Rule):
         if j is None or not isinstance(parent, ast.Assign) or parent.value is not node:
             return
         targets = {n.id for t in parent.targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        info = ctx.analysis.resolve(node.func, ctx.function)
         for pos, kw, pname, value in call_args(node, j):
             if j.is_static(pos, kw) or not isinstance(value, ast.Name) or value.id not in targets:
                 continue
             init = self._initial(value.id, ctx)
             if init is None:
                 continue
+            index = _output_index(parent, value.id)
+            # the function hands the parameter back having only added numbers that are not
+            # visibly arrays to it (`step += args.num_envs`): the output stays weak, one compile,
+            # unless those numbers are arrays after all
+            weak = info is not None and index is not False and _hands_back_weak(info.node, pname, index, ctx.tree)
             self.report(
                 ctx,
                 value,
@@ -207,6 +234,7 @@ class PythonScalarArg(Rule):
                 help=f"start it as a typed array: `{value.id} = jnp.asarray({ctx.text(init)}, dtype=jnp.float32)` (or the dtype it carries)",
                 detail=f"{j.name}:{pname}",
                 evidence={"initial": ctx.text(init), "initial_line": init.lineno},
+                confidence="guess" if weak else "proven",
             )
 
     def _initial(self, name: str, ctx: FileContext) -> ast.expr | None:
@@ -271,6 +299,68 @@ def _own(scope: ast.AST):  # type: ignore[no-untyped-def]
         yield n
         if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
             stack.extend(ast.iter_child_nodes(n))
+
+
+def _output_index(assign: ast.Assign, name: str) -> int | None | typing.Literal[False]:
+    """Where `name` takes the call's output: None (the whole output), a tuple position, or False."""
+    for t in assign.targets:
+        if isinstance(t, ast.Name) and t.id == name:
+            return None
+        if isinstance(t, ast.Tuple) and not any(isinstance(e, ast.Starred) for e in t.elts):
+            for i, e in enumerate(t.elts):
+                if isinstance(e, ast.Name) and e.id == name:
+                    return i
+    return False
+
+
+def _hands_back_weak(fn: ast.AST, pname: str, index: int | None, module: ast.Module) -> bool:
+    """Does every `return` of `fn` hand back its parameter `pname` (at `index` of a returned
+    tuple), changed only by arithmetic with numbers that are not visibly arrays: literals, names
+    that are not its parameters and that the module binds to numbers if at all (`num_envs`),
+    attributes of such names (`args.num_envs`)? Weak stays weak then."""
+    if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    a = fn.args
+    params = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)} - {pname}
+    returns = [n for n in _own(fn) if isinstance(n, ast.Return)]
+    if not returns:
+        return False
+    for r in returns:
+        v = r.value
+        if index is not None:
+            v = v.elts[index] if isinstance(v, ast.Tuple) and len(v.elts) > index else None
+        if not (isinstance(v, ast.Name) and v.id == pname):
+            return False
+
+    local = {m.id for n in _own(fn) if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign)) for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) for m in ast.walk(t) if isinstance(m, ast.Name)}
+
+    def plain(e: ast.AST) -> bool:
+        if _number(e) is not None or (isinstance(e, ast.Name) and e.id == pname):
+            return True
+        if isinstance(e, ast.Name):  # a global or closure number (`num_envs`), not one computed here
+            return e.id not in params and e.id not in local and all(_number(v) is not None for v in _module_values(module, e.id))
+        if isinstance(e, ast.BinOp) and isinstance(e.op, (ast.Add, ast.Sub, ast.Mult)):
+            return plain(e.left) and plain(e.right)
+        base = e
+        while isinstance(base, ast.Attribute):
+            base = base.value
+        return base is not e and isinstance(base, ast.Name) and base.id not in params and base.id != pname
+
+    for n in _own(fn):
+        if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name) and n.target.id == pname:
+            if not isinstance(n.op, (ast.Add, ast.Sub, ast.Mult)) or not plain(n.value):
+                return False
+        elif isinstance(n, (ast.Assign, ast.AnnAssign)) and any(isinstance(m, ast.Name) and m.id == pname for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) for m in ast.walk(t)):
+            if not (isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name) and n.value is not None and plain(n.value)):
+                return False
+        elif isinstance(n, (ast.For, ast.AsyncFor, ast.NamedExpr)) and any(isinstance(m, ast.Name) and m.id == pname for m in ast.walk(n.target)):
+            return False  # bound some other way
+    return True
+
+
+def _module_values(module: ast.Module, name: str) -> list[ast.expr]:
+    """The values the module's top level assigns to `name`."""
+    return [st.value for st in module.body if isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in st.targets)]
 
 
 def _number(e: ast.AST) -> int | float | None:
