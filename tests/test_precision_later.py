@@ -49,3 +49,6 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     # trainer's loss compiled once
     assert out["traces"] == {"update": 2, "transform": 1, "rollout": 1, "l2_loss": 1, "l1_loss": 1}
     assert out["global_step"] == 5 * 4 * 8
+    assert out["grad_normalize"] == [1.0, 1.0]  # the bwd rule's gradient, finite at 0
+    assert out["quantized_zero_rows"] == [[0.0] * 3] * 2  # the kernel's masked 1 / 0 ran, no NaN
+    assert out["attend"] == [1.0] * 4  # cp_size reached the body as the Python int 1

@@ -293,7 +293,7 @@ class Analysis:
             for dec in node.decorator_list:
                 t = self.names.transform(dec)
                 if t is not None:
-                    if t.family == "vmap" and isinstance(dec, ast.Call):
+                    if isinstance(dec, ast.Call):
                         # `@partial(jax.vmap, in_axes=(0, None))`, `@jax.vmap(in_axes=...)`
                         t = _unbatched_static(t, dec)
                     self._mark(info, t, decorated=True)
@@ -306,8 +306,7 @@ class Analysis:
             if tc is None:
                 continue
             t, fns = tc
-            if t.family == "vmap":
-                t = _unbatched_static(t, call)
+            t = _unbatched_static(t, call)
             for fn in fns:
                 self._apply(t, fn, scope)
 
@@ -934,11 +933,17 @@ def _pairs(target: ast.AST, value: ast.AST) -> list[tuple[str, ast.AST | None]]:
     return [(n, None) for n in _bound_names(target, containers=True)]
 
 
+_PASS_THROUGH = {"vmap": (1, "in_axes"), "shard_map": (2, "in_specs")}  # where None means "as it is"
+
+
 def _unbatched_static(t: Transform, call: ast.Call) -> Transform:
     """`jax.vmap(f, (0, None))(x, n)`, `@partial(jax.vmap, (0, None))`, `@jax.vmap(in_axes=...)`:
     an argument with `in_axes` None is passed through as it is (a Python int stays one), so it is
-    not traced by this transform."""
-    axes = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "in_axes"), None)
+    not traced by this transform; so is one whose `jax.shard_map` `in_specs` entry is None."""
+    if t.family not in _PASS_THROUGH:
+        return t
+    at, kw = _PASS_THROUGH[t.family]
+    axes = call.args[at] if len(call.args) > at else next((k.value for k in call.keywords if k.arg == kw), None)
     if not isinstance(axes, (ast.Tuple, ast.List)):
         return t
     nones = {i for i, e in enumerate(axes.elts) if isinstance(e, ast.Constant) and e.value is None}

@@ -82,6 +82,7 @@ class ADGraph:
         self._reach: dict[ast.AST, dict[str, ast.AST]] = {}
         self._reach_ad: dict[ast.AST, dict[str, ast.AST]] = {}
         self._custom_wrapped: set[int] | None = None  # ids of defs wrapped by `jax.custom_jvp(f)`
+        self._kernels: set[int] | None = None  # ids of custom_vjp fwd rules and Pallas kernels
 
     @classmethod
     def of(cls, analysis: Analysis) -> ADGraph:
@@ -201,6 +202,51 @@ class ADGraph:
                     if target is not None:
                         wrapped.add(id(target.node))
         return id(node) in wrapped
+
+    def ad_opaque(self, info: FunctionInfo | None) -> str | None:
+        """Does JAX's autodiff never differentiate `info`'s body? "body": a `custom_jvp`/
+        `custom_vjp` primal (the rule gives its derivative), a `custom_vjp` fwd rule, a Pallas
+        kernel (`pallas_call`/`emit_pipeline` run it on Refs), or a function nested in one;
+        "helper": a module-level function that only such functions call, never referenced
+        otherwise (a guess: another module may import it); None otherwise."""
+        s = info
+        while s is not None:
+            if self._opaque_body(s):
+                return "body"
+            s = s.parent
+        if info is None or info.parent is not None or isinstance(info.node, ast.Lambda):
+            return None
+        uses = [n for n in ast.walk(self.analysis.tree) if isinstance(n, ast.Name) and n.id == info.name and isinstance(n.ctx, ast.Load)]
+        if not uses:
+            return None
+        callers = {id(call.func): scope for scope, call in self.analysis.calls}
+        for use in uses:
+            if id(use) not in callers:
+                return None  # passed on or stored: it may be differentiated wherever it goes
+            scope = callers[id(use)]
+            while scope is not None and not self._opaque_body(scope):
+                scope = scope.parent
+            if scope is None:
+                return None
+        return "helper"
+
+    def _opaque_body(self, info: FunctionInfo) -> bool:
+        kernels = self._kernels
+        if kernels is None:
+            kernels = self._kernels = set()
+            for cv in self.custom.values():
+                if cv.fwd_info is not None:
+                    kernels.add(id(cv.fwd_info.node))
+            for scope, call in self.analysis.calls:
+                q = self.names.qualname(call.func) or ""
+                if q.rsplit(".", 1)[-1] in ("pallas_call", "emit_pipeline") and call.args:
+                    fn = call.args[0]
+                    if isinstance(fn, ast.Call) and self.names.qualname(fn.func) in PARTIAL and fn.args:
+                        fn = fn.args[0]
+                    target = self.analysis.resolve(fn, scope)
+                    if target is not None:
+                        kernels.add(id(target.node))
+        return id(info.node) in kernels or self.has_custom_rule(info)
 
     def reach_ad(self, info: FunctionInfo) -> dict[str, ast.AST]:
         """`reach`, but not into functions with a custom derivative rule (what differentiation

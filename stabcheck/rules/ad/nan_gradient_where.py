@@ -4,6 +4,7 @@ import ast
 import re
 
 from stabcheck.rule import Rule, is_test_path, only
+from stabcheck.rules.ad._graph import ADGraph
 from stabcheck.static.analysis import FunctionInfo
 from stabcheck.static.context import FileContext
 
@@ -51,6 +52,10 @@ class NanGradientWhere(Rule):
     `value_and_grad`...): nothing imports a notebook, so no gradient reaches its code; and one in
     a test of a test file (`test*` functions and `Test*` classes of `test_*.py`, `*_test.py`,
     files under `tests/`) that no visible transform reaches (a value computed to assert on).
+    Code autodiff never enters is not flagged: the body of a `custom_jvp`/`custom_vjp` function
+    (its rule gives the derivative), a `custom_vjp` fwd rule, a Pallas kernel (`pallas_call`,
+    `emit_pipeline`); a module-level helper that only such code calls is a guess (another module
+    may still differentiate it).
 
     ## Why is this bad?
     `where` selects outputs, but both branches are computed and differentiated everywhere. In
@@ -109,6 +114,26 @@ class NanGradientWhere(Rule):
         """,
     )
     VALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+        from jax.experimental import pallas as pl
+
+        # reverse mode uses the bwd rule: the primal's body is never differentiated
+        @jax.custom_vjp
+        def normalize(l):
+            return l * jnp.where(l == 0.0, 0.0, 1.0 / l)
+
+        normalize.defvjp(lambda l: (normalize(l), None), lambda res, g: (g,))
+
+        # a Pallas kernel reads and writes Refs; autodiff never enters it
+        def quant_kernel(x_ref, o_ref):
+            scale = jnp.max(jnp.abs(x_ref[...]), axis=1, keepdims=True) / 127.0
+            o_ref[...] = jnp.round(x_ref[...] * jnp.where(scale == 0, 0, 1 / scale)) * scale
+
+        def quantize(x):
+            return pl.pallas_call(quant_kernel, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype), interpret=True)(x)
+        """,
         """
         import jax.numpy as jnp
 
@@ -185,8 +210,11 @@ class NanGradientWhere(Rule):
                 # an integer count, an `int` parameter, a constant: no gradient reaches it (for
                 # `a / n` the numerator's derivative `1 / n` is inf too, so `a` must be one as well)
                 continue
+            opaque = ADGraph.of(ctx.analysis).ad_opaque(ctx.function)
+            if opaque == "body":
+                return  # a custom rule's primal or fwd, a Pallas kernel: autodiff never enters it
             other = branches[1 - i]
-            confidence = "proven"
+            confidence = "proven" if opaque is None else "guess"  # a helper only those call
             if _in_test_function(ctx) and not (ctx.function is not None and ctx.function.transformed):
                 # a test computes values to assert on; no gradient of this function is visible
                 confidence = "guess"

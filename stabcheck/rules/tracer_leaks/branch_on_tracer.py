@@ -45,8 +45,10 @@ class BranchOnTracer(Rule):
     transform are not: static pytree fields and aux data (`eqx.Module` non-array fields, also
     after `eqx.tree_at`; `register_pytree_node_class` aux data; `register_dataclass` meta fields;
     `flax.struct.field(pytree_node=False)`), items of containers of literals, sentinel tests,
-    guard helpers (`eqx.is_array(x)`, `isinstance` wrappers), `eval_shape` results. An operand
-    of unknown kind is a guess, shown with `--preview`.
+    guard helpers (`eqx.is_array(x)`, `isinstance` wrappers), `eval_shape` results, arguments
+    a `vmap` does not map (`in_axes` None) or a `shard_map` does not shard (`in_specs` None):
+    both pass the Python value through. An operand of unknown kind is a guess, shown with
+    `--preview`.
     """
 
     code = "STB101"
@@ -114,6 +116,20 @@ class BranchOnTracer(Rule):
         """,
     )
     VALID = (
+        """
+        import functools
+        import jax
+        from jax.sharding import PartitionSpec as P
+
+        mesh = jax.make_mesh((1,), ("x",))
+
+        # `None` in `in_specs`: the mesh's Python int reaches the body as it is
+        @functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), None), out_specs=P())
+        def attend(q, cp_size):
+            if cp_size > 1:
+                return q * 2
+            return q
+        """,
         """
         import equinox as eqx
         import jax
