@@ -2,8 +2,8 @@
 
 Nothing a file contains can stop the run: undecodable bytes, syntax errors, NUL bytes and
 pathological nesting become STB901; a crash of the analysis or of one rule becomes STB902 for that
-file (the other rules still run); a file whose analysis runs past `FILE_TIME_LIMIT` seconds is
-reported and skipped. There is one walk per file: `Analysis` records, as it collects scopes and
+file (the other rules still run); a file whose analysis runs past `FILE_TIME_LIMIT` seconds of CPU time is
+reported and skipped (CPU time: the same files whatever the machine's load). There is one walk per file: `Analysis` records, as it collects scopes and
 calls, every node of a type some rule visits (with its function, loops and parent), and `replay`
 calls the handlers on that record instead of walking the tree again (`static.walk` says which
 fields are read).
@@ -40,7 +40,7 @@ _COOKIE = re.compile(rb"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")
 _UNVISITED = (ast.expr_context, ast.operator, ast.cmpop, ast.unaryop, ast.boolop)  # see static.walk
 
 ANALYSIS_RECURSION_LIMIT = 12_000
-FILE_TIME_LIMIT = 60.0  # seconds of static analysis per file before it is skipped (main thread only)
+FILE_TIME_LIMIT = 60.0  # CPU seconds of static analysis per file before it is skipped (main thread only)
 
 Handler = Callable[[ast.AST, FileContext], None]
 
@@ -229,7 +229,7 @@ def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatche
         except RecursionError:
             return [*(ctx.findings if ctx else ()), AnalysisError.finding(path=path, span=Span(1, 1), message=f"`{path}` is nested too deeply to analyse; it was skipped, so hazards in it stay hidden", help="split the deeply nested expression")]
         except _TimeUp:
-            return [*(ctx.findings if ctx else ()), AnalysisError.finding(path=path, span=Span(1, 1), message=f"the analysis of `{path}` ran past {FILE_TIME_LIMIT:g} s and was stopped; hazards in the rest of it stay hidden", help="report this file to the stabcheck maintainers; split it meanwhile")]
+            return [*(ctx.findings if ctx else ()), AnalysisError.finding(path=path, span=Span(1, 1), message=f"the analysis of `{path}` ran past {FILE_TIME_LIMIT:g} s of CPU time and was stopped; hazards in the rest of it stay hidden", help="report this file to the stabcheck maintainers; split it meanwhile")]
         except Exception as e:  # a bug in the shared analysis: this file only
             return [AnalysisError.finding(path=path, span=Span(1, 1), message=f"stabcheck's analysis crashed on `{path}`: {type(e).__name__}: {e}"[:300] + "; no rule checked this file", help="report this file to the stabcheck maintainers")]
         finally:
@@ -238,10 +238,12 @@ def _analyse(tree: ast.Module, source: str, path: str, config: Config, dispatche
 
 
 class _time_limit:
-    """SIGALRM after `seconds` in the main thread (POSIX); a no-op elsewhere.
-
-    An alarm already pending (pytest-timeout, the embedding program) is respected: when it is due
-    first, no limit is set; otherwise it is re-armed with its remaining time on exit."""
+    """A signal after `seconds` of this process's CPU time (`ITIMER_VIRTUAL`: the file's own
+    analysis, not the machine's load, so a busy CI runner stops the same files as an idle one),
+    in the main thread (POSIX); a no-op elsewhere. A wall-clock alarm of someone else's
+    (pytest-timeout, the embedding program) is another timer and left alone; a CPU-time one
+    already pending is respected: when it is due first, no limit is set; otherwise it is
+    re-armed with its remaining time on exit."""
 
     __slots__ = ("seconds", "active", "previous", "pending", "start")
 
@@ -253,26 +255,26 @@ class _time_limit:
         self.start = 0.0
 
     def __enter__(self) -> None:
-        if self.seconds <= 0 or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        if self.seconds <= 0 or not hasattr(signal, "ITIMER_VIRTUAL") or threading.current_thread() is not threading.main_thread():
             return
-        pending, _interval = signal.getitimer(signal.ITIMER_REAL)
+        pending, _interval = signal.getitimer(signal.ITIMER_VIRTUAL)
         if pending and pending <= self.seconds:
-            return  # someone else's alarm comes first: leave it alone
+            return  # someone else's timer comes first: leave it alone
         try:
-            self.previous = signal.signal(signal.SIGALRM, _raise_time_up)
+            self.previous = signal.signal(signal.SIGVTALRM, _raise_time_up)
         except ValueError:  # pragma: no cover - not the main interpreter
             return
-        self.pending, self.start = pending, time.monotonic()
-        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        self.pending, self.start = pending, time.process_time()
+        signal.setitimer(signal.ITIMER_VIRTUAL, self.seconds)
         self.active = True
 
     def __exit__(self, *exc: object) -> None:
         if not self.active:
             return
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, self.previous)  # type: ignore[arg-type]
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        signal.signal(signal.SIGVTALRM, self.previous)  # type: ignore[arg-type]
         if self.pending:
-            signal.setitimer(signal.ITIMER_REAL, max(self.pending - (time.monotonic() - self.start), 1e-3))
+            signal.setitimer(signal.ITIMER_VIRTUAL, max(self.pending - (time.process_time() - self.start), 1e-3))
 
 
 def _raise_time_up(signum: int, frame: object) -> None:
