@@ -52,3 +52,18 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     assert out["grad_normalize"] == [1.0, 1.0]  # the bwd rule's gradient, finite at 0
     assert out["quantized_zero_rows"] == [[0.0] * 3] * 2  # the kernel's masked 1 / 0 ran, no NaN
     assert out["attend"] == [1.0] * 4  # cp_size reached the body as the Python int 1
+
+
+def test_a_module_level_alias_names_what_it_is_bound_to() -> None:
+    # maxtext binds `partial = functools.partial` once at the top, then `@partial(jax.custom_vjp,
+    # ...)`: the primal is a custom_vjp (no STB401 in what only it and its fwd call), and
+    # `jit = jax.jit` makes a jitted function (a tracer branch in it is a finding)
+    source = (
+        "import functools\nimport jax\nimport jax.numpy as jnp\n\npartial = functools.partial\njit = jax.jit\n\n\n"
+        "@partial(jax.custom_vjp, nondiff_argnums=(1,))\ndef normalize(l, eps):\n    return l * jnp.where(l == 0.0, 0.0, 1.0 / l)\n\n\n"
+        "normalize.defvjp(lambda l, eps: (normalize(l, eps), None), lambda eps, res, g: (g,))\n\n\n"
+        "@jit\ndef relu(x):\n    if x > 0:\n        return x\n    return -x\n"
+    )
+    assert [(f.code, f.line) for f in check_source(source, "m.py", Config())] == [("STB101", 19)]
+    rebound = source.replace("jit = jax.jit\n", "jit = jax.jit\njit = None\n")
+    assert [f.code for f in check_source(rebound, "m.py", Config())] == []  # bound twice: not an alias
