@@ -64,14 +64,10 @@ KNOWN_MISSES = {
         ("recompile.py", "plateau_step"),  # the test fed the returned state back; the recording holds each call alone
     },
 }
-# The near miss `power_loop` is called with a Python float (`jax.jit(power_loop)(2.0)`): its output
-# is weak because the argument is. The entries path stays silent on it (the weak type is the
-# example's, tracing.Tracer.code_weak_leaves); both zero-config paths report the weak output of
-# the call the test really made (by design: tests/test_pytest_plugin.py, test_recorded_replay.py).
-KNOWN_FALSE_ALARMS = {
-    "pytest --stabcheck": {("near_misses.py", "STB302", "power_loop")},
-    "record + replay": {("near_misses.py", "STB302", "power_loop")},
-}
+# No path may raise an alarm on a near miss. `power_loop` is called with a Python float
+# (`jax.jit(power_loop)(2.0)`): its output is weak only because the argument is, and every path
+# judges that as the entries do (`tracing.code_weak_outputs`: traced again with strong inputs).
+KNOWN_FALSE_ALARMS: dict[str, set[tuple[str, str, str]]] = {"pytest --stabcheck": set(), "record + replay": set()}
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,8 @@ SIGS = {
         _sig("jit", [{"$type": "recpkg.model:Params", "fields": {"w": "f32[3,2]", "b": "f32[2]"}}, "f32[4,3]"], "tests/test_model.py:70", options={"static_argnames": ["kind"]}, kwargs={"kind": {"$str": "relu"}}),
         _sig("vmap", [{"$type": "recpkg.model:Params", "fields": {"w": "f32[3,2]", "b": "f32[2]"}}, "f32[5,3]"], "tests/test_model.py:71", options={"in_axes": [None, 0]}),
     ],
-    "recpkg.model:schedule": [_sig("jit", [0.5, "f32[3]"], "tests/test_model.py:80")],
+    "recpkg.model:schedule": [_sig("jit", ["i32[]", "f32[3]"], "tests/test_model.py:80")],
+    "recpkg.model:doubled": [_sig("jit", [0.5, "f32[3]"], "tests/test_model.py:84")],
     "recpkg.model:counted": [
         _sig("grad", [{"w": "f32[3]", "step": "i32?[]"}, "f32[3]"], "tests/test_model.py:90"),
         _sig("filter_grad", [{"w": "f32[2]", "step": "i32?[]"}, "f32[2]"], "tests/test_model.py:91"),
@@ -89,8 +90,11 @@ def test_recorded_signatures_find_the_hazards_at_their_lines(replayed: list[dict
     assert ("STB101", _line("if x.sum() > 0"), "recorded from tests/test_model.py:60 (jit)") in got
 
 
-def test_a_weak_argument_the_tests_passed_gives_a_weak_output(replayed: list[dict[str, Any]]) -> None:
-    assert ("STB302", _line("return x * lr, lr * 2.0"), "recorded from tests/test_model.py:80 (jit)") in _traced(replayed)
+def test_a_weak_output_the_code_makes_is_reported_and_one_of_a_weak_argument_is_not(replayed: list[dict[str, Any]]) -> None:
+    got = _traced(replayed)
+    assert ("STB302", _line("return x * 0.5, step * 0.1"), "recorded from tests/test_model.py:80 (jit)") in got
+    # `doubled(0.5, x)`: weak only because the test passed a Python float, as the entries judge it
+    assert not [f for f in got if f[1] == _line("return x * lr, lr * 2.0  # weak only when the caller passes a weak `lr`")]
 
 
 def test_an_int_leaf_given_to_grad_is_confirmed_at_the_test_call(replayed: list[dict[str, Any]]) -> None:
