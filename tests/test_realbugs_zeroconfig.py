@@ -52,11 +52,6 @@ KNOWN_MISSES = {
         ("misfiled_errors.py", "input_saliency"),  # grad of a lambda closing over `w`: not importable by name, not recorded
         ("misfiled_errors.py", "eval_step"),  # jit rejects the model argument before any trace: nothing to record
         ("misfiled_errors.py", "keyed"),  # jit of jax.random.PRNGKey (JAX's function), overflow on the argument: not recorded
-        # the NaN needs a mask of exactly 1.0 (`0 * -inf`); the replay's gradients also run on zeros
-        # and negatives, but only where the function itself is finite there, and `inf_mask`'s
-        # forward value is NaN at zeros (the x = 0 NaNs of sinc_taylor, angle_masked and
-        # squared_norm are found that way)
-        ("ad_line.py", "inf_mask"),
         # the Module's `jax.jit` field is recorded as the function it wraps (`$ref`): the five
         # Modules' five jit objects, each a new cache key to JAX, are one signature in the recording
         ("recompile.py", "Trajectory"),

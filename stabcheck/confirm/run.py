@@ -220,25 +220,58 @@ def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: str, lab
         ob.ok, ob.failure = False, classify(e, within)
         return [ob]
     obs = [ob]
-    if boundary and t == "grad" and ob.nonfinite is None:
+    if boundary and t == "grad" and (ob.nonfinite is None or _from_constant_inf(ob)):
+        # the drawn data gave no NaN, or one made only from an Inf the code holds (a mask drawn
+        # from normal floats times `-jnp.inf`): the boundary values may make it where it starts
         # JAX: imported when this runs, never on import
         import jax.numpy as jnp
 
-        for label, make in (("zeros", jnp.zeros_like), ("negative values", lambda x: -jnp.abs(x) - 1)):
+        def ones(xs: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(jnp.ones_like(x) if T.is_float(x) else x for x in xs)
+
+        # zeros and negatives for the differentiated leaves; ones for every float leaf (a mask or
+        # a weight all on, as `1 - mask` needs to be exactly 0)
+        for label, diff, rest in (
+            ("zeros", lambda xs: tuple(jnp.zeros_like(x) for x in xs), lambda xs: xs),
+            ("negative values", lambda xs: tuple(-jnp.abs(x) - 1 for x in xs), lambda xs: xs),
+            ("ones", ones, ones),
+        ):
             p = T.prepare(entry, t, split)
-            d = tuple(make(x) for x in p.inputs[0])
+            d, r = diff(p.inputs[0]), rest(p.inputs[1])
             b = Observation(t, inputs=label)
             try:
-                if boundary == "recorded" and (p.primal is None or nonfinite(jax.block_until_ready(jax.jit(p.primal)(d, p.inputs[1])))):
+                if boundary == "recorded" and (p.primal is None or not _takes(p.primal, (d, r))):
                     continue  # the function's own value is not finite there: not an input it takes
-                out = jax.block_until_ready(jax.jit(p.fun)(d, p.inputs[1]))
-                b.nonfinite = _nan(p.fun, (d, p.inputs[1]), out, b)
+                out = jax.block_until_ready(jax.jit(p.fun)(d, r))
+                b.nonfinite = _nan(p.fun, (d, r), out, b)
             except Exception as e:
                 b.ok, b.failure = False, classify(e, within)
             obs.append(b)
-            if b.nonfinite:
+            if b.nonfinite and not _from_constant_inf(b):
                 break
     return obs
+
+
+def _from_constant_inf(ob: Observation) -> bool:
+    """The run's first non-finite value is a NaN made from an Inf the program holds as a constant."""
+    return ob.nonfinite == "NaN" and ob.origin is not None and ob.origin.operands == "Inf"
+
+
+def _takes(primal: Any, inputs: tuple[Any, ...]) -> bool:
+    """Whether a boundary value is one the function takes: its value is finite there, or its
+    first non-finite value is a NaN made from an Inf the program holds as a constant (`0 *
+    -jnp.inf` where a mask is exactly 1: the code's own Inf, not a singularity such as `log(0)`,
+    which makes an Inf from finite values and marks an input outside the function's domain)."""
+    # JAX: imported when this runs, never on import
+    import jax
+
+    if not nonfinite(jax.block_until_ready(jax.jit(primal)(*inputs))):
+        return True
+    try:
+        origin = nan_origin(primal, inputs)
+    except Exception:
+        return False
+    return origin is not None and origin.kind == "NaN" and origin.operands == "Inf"
 
 
 def _nan(fun: Any, inputs: tuple[Any, ...], out: Any, ob: Observation, static: tuple[int, ...] = ()) -> str | None:
