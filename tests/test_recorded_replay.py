@@ -66,6 +66,15 @@ SIGS = {
     ],
     "recpkg.model:schedule": [_sig("jit", ["i32[]", "f32[3]"], "tests/test_model.py:80")],
     "recpkg.model:doubled": [_sig("jit", [0.5, "f32[3]"], "tests/test_model.py:84")],
+    "recpkg.model:avg_step": [
+        _sig("jit", ["f32[3]", {"$type": "recpkg.model:Avg", "fields": {"value": "f32?[]"}}, "f32[]"], "tests/test_model.py:100"),
+        _sig("jit", ["f32[3]", {"$type": "recpkg.model:Avg", "fields": {"value": "f32[]"}}, "f32[]"], "tests/test_model.py:100"),
+    ],
+    "recpkg.model:scaled_step": [
+        _sig("jit", ["f32[3]", {"$type": "recpkg.model:Avg", "fields": {"value": "f32[]"}}, "f32[]"], "tests/test_model.py:104"),
+        _sig("jit", ["f32[5]", {"$type": "recpkg.model:Avg", "fields": {"value": "f32[]"}}, "f32[]"], "tests/test_model.py:105"),
+    ],
+    "recpkg.model:to_half": [_sig("jit", ["f32[3]"], "tests/test_model.py:108"), _sig("jit", ["f32[4]"], "tests/test_model.py:109")],
     "recpkg.model:counted": [
         _sig("grad", [{"w": "f32[3]", "step": "i32?[]"}, "f32[3]"], "tests/test_model.py:90"),
         _sig("filter_grad", [{"w": "f32[2]", "step": "i32?[]"}, "f32[2]"], "tests/test_model.py:91"),
@@ -95,6 +104,28 @@ def test_a_weak_output_the_code_makes_is_reported_and_one_of_a_weak_argument_is_
     assert ("STB302", _line("return x * 0.5, step * 0.1"), "recorded from tests/test_model.py:80 (jit)") in got
     # `doubled(0.5, x)`: weak only because the test passed a Python float, as the entries judge it
     assert not [f for f in got if f[1] == _line("return x * lr, lr * 2.0  # weak only when the caller passes a weak `lr`")]
+
+
+def test_a_step_whose_returned_state_was_given_back_is_replayed_as_a_step(replayed: list[dict[str, Any]]) -> None:
+    """The recording holds `avg_step` called with a weak `value` and with the strong one it
+    returns: the tests fed the state back. Under JAX that compiles the step twice."""
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(FIX / "src"))
+    try:
+        from recpkg import model
+    finally:
+        sys.path.remove(str(FIX / "src"))
+    step = jax.jit(model.avg_step)
+    params, state = jnp.ones(3), model.avg_init()
+    for _ in range(3):
+        params, state = step(params, state, jnp.float32(1.0))
+    assert step._cache_size() == 2
+    got = {(f["code"], f["line"], f.get("status")) for f in replayed if f.get("code") == "STB204"}
+    assert got == {("STB204", _line("value = state.value + (loss - state.value) / 10.0"), "confirmed")}, got
+    # near misses: a state that keeps its type, an output shaped like the argument never given back
+    assert not [f for f in replayed if f.get("function") in ("scaled_step", "to_half")]
 
 
 def test_an_int_leaf_given_to_grad_is_confirmed_at_the_test_call(replayed: list[dict[str, Any]]) -> None:

@@ -166,6 +166,13 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
     for members in groups.values():
         if len(members) > 1 and not built[members[0]][2]["kwargs"]:
             built[members[0]][2]["calls"] = tuple(built[i][2]["args"] for i in members[1:])
+        # a step whose returned state another recorded call was given back: replayed as a step
+        # (init -> step -> step, every state leaf's type compared: STB204 where it drifts)
+        for i in members if len(members) > 1 else ():
+            label, sig, parts, target = built[i]
+            state = recorded.fed_back_state(target, parts, [built[j][2] for j in members if j != i])
+            if state:
+                parts["state_argnums"] = state
     for n, (label, sig, parts, target) in enumerate(built):
         if label in out:  # signatures recorded at one test line (a loop): one entry each
             label = f"{label} #{n + 1}"

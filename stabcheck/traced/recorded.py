@@ -468,6 +468,56 @@ def more_transforms(fn: Any, parts: Mapping[str, Any]) -> tuple[str, ...]:
     return transforms
 
 
+def fed_back_state(fn: Any, parts: Mapping[str, Any], others: Iterable[Mapping[str, Any]]) -> tuple[int, ...]:
+    """The state arguments of a step the tests fed its own output back into: the positions `p`
+    (in order, matched with the outputs `0, 1, ...`: `Entry.state_argnums`) where output `k` has
+    argument `p`'s tree structure and shapes, when one of the `others` (the entry parts of the
+    same function's other recorded signatures) was called with output `k` exactly, leaf types
+    included, where this signature had another type. That other call is the evidence that the
+    test passed the returned state back (`state = step(params, state)`); without it, an output
+    shaped like an argument is no state. () when there is none."""
+    import jax  # JAX: this runs in the worker
+
+    args, static, kwargs = parts["args"], set(parts["static_argnums"]), parts["kwargs"]
+    dyn = [i for i in range(len(args)) if i not in static]
+
+    def call(*d: Any) -> Any:
+        full = list(args)
+        for i, v in zip(dyn, d):
+            full[i] = v
+        return fn(*full, **kwargs)
+
+    def types(tree: Any) -> tuple[Any, tuple[tuple[str, tuple[int, ...], bool], ...]] | None:
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        if not all(hasattr(x, "dtype") and hasattr(x, "shape") for x in leaves):
+            return None
+        return treedef, tuple((str(jax.numpy.dtype(x.dtype)), tuple(x.shape), bool(getattr(x, "weak_type", False))) for x in leaves)
+
+    try:
+        out = jax.eval_shape(call, *[args[i] for i in dyn])
+    except Exception:  # noqa: BLE001 - user code: the tracer reports it
+        return ()
+    outs = out if isinstance(out, tuple) else (out,)
+    pairs: list[tuple[int, int]] = []  # (output k, argument p)
+    start = 0
+    for k, o in enumerate(outs):
+        got = types(o)
+        p = next((p for p in dyn if p >= start and got is not None and (t := types(args[p])) is not None and t[0] == got[0] and [x[1] for x in t[1]] == [x[1] for x in got[1]]), None)
+        if p is None:
+            break
+        pairs.append((k, p))
+        start = p + 1
+    fed = any(
+        len(other["args"]) == len(args)
+        and (now := types(other["args"][p])) is not None
+        and now == types(outs[k])
+        and now != types(args[p])
+        for other in others
+        for k, p in pairs
+    )
+    return tuple(p for _, p in pairs) if fed else ()
+
+
 def entry_name(qualname: str, sig: Mapping[str, Any]) -> str:
     return f"{qualname} [{sig['transform']} from {sig.get('site') or '?'}]"
 
