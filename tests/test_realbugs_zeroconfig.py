@@ -52,9 +52,6 @@ KNOWN_MISSES = {
         ("misfiled_errors.py", "input_saliency"),  # grad of a lambda closing over `w`: not importable by name, not recorded
         ("misfiled_errors.py", "eval_step"),  # jit rejects the model argument before any trace: nothing to record
         ("misfiled_errors.py", "keyed"),  # jit of jax.random.PRNGKey (JAX's function), overflow on the argument: not recorded
-        # the Module's `jax.jit` field is recorded as the function it wraps (`$ref`): the five
-        # Modules' five jit objects, each a new cache key to JAX, are one signature in the recording
-        ("recompile.py", "Trajectory"),
         ("recompile.py", "train_step"),  # the optax optimizer is a tuple of closures (`chain.<locals>.init_fn`): not recorded
     },
 }

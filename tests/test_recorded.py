@@ -367,3 +367,36 @@ def test_recorder_keeps_max_traces_plus_one_compiled_signatures(tmp_path: Path) 
     rec.write()
     data = recorded.read(str(tmp_path / recorded.DEFAULT_PATH))
     assert len(next(iter(data["functions"].values()))["signatures"]) == 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    scale: Any
+    forward: Any  # a `jax.jit` object: a pytree leaf here (static to equinox)
+
+
+def test_jit_objects_are_recorded_with_how_many_distinct_ones_a_signature_was_called_with(tmp_path: Path) -> None:
+    """A `jax.jit(fk)` built per object: one signature, as many jit objects (each its own
+    compile cache) as the tests built; the same object again is not counted twice. Rebuilding
+    gives a new `jax.jit` object each time, as the tests had."""
+    import jax
+    import jax.numpy as jnp
+
+    try:
+        jax.tree_util.register_dataclass(Holder, data_fields=["scale", "forward"], meta_fields=[])
+    except ValueError:
+        pass
+    rec = Recorder(tmp_path)
+    site = (str(tmp_path / "t.py"), 1)
+    shared = jax.jit(act)
+    for _ in range(3):
+        rec(TransformedCall(fn=loss, transform="filter_jit", args=(Holder(jnp.ones(3), jax.jit(act)), jnp.ones(3)), site=site))
+    for _ in range(3):
+        rec(TransformedCall(fn=loss, transform="filter_jit", args=(Holder(jnp.ones(2), shared), jnp.ones(2)), site=site))
+    rec.write()
+    sigs = recorded.read(str(tmp_path / recorded.DEFAULT_PATH))["functions"]["tests.test_recorded:loss"]["signatures"]
+    per = {s["args"][1]: s.get("objects", 1) for s in sigs}
+    assert per == {"f32[3]": 3, "f32[2]": 1}, sigs
+    assert sigs[0]["args"][0]["fields"]["forward"] == {"$jit": "tests.test_recorded:act"}
+    a, b = (recorded.rebuild(sigs[0]["args"][0]) for _ in range(2))
+    assert recorded.is_jit_object(a.forward) and a.forward is not b.forward and a.forward.__wrapped__ is act

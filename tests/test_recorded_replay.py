@@ -30,7 +30,7 @@ def _line(needle: str) -> int:
 
 
 def _sig(transform: str, args: list[Any], site: str, **extra: Any) -> dict[str, Any]:
-    return {"transform": transform, "options": extra.pop("options", {}), "args": args, "kwargs": extra.pop("kwargs", {}), "site": site}
+    return {"transform": transform, "options": extra.pop("options", {}), "args": args, "kwargs": extra.pop("kwargs", {}), "site": site, **extra}
 
 
 def _project(tmp_path: Path, functions: dict[str, list[dict[str, Any]]], skipped: dict[str, Any] | None = None) -> Path:
@@ -75,6 +75,8 @@ SIGS = {
         _sig("jit", ["f32[5]", {"$type": "recpkg.model:Avg", "fields": {"value": "f32[]"}}, "f32[]"], "tests/test_model.py:105"),
     ],
     "recpkg.model:to_half": [_sig("jit", ["f32[3]"], "tests/test_model.py:108"), _sig("jit", ["f32[4]"], "tests/test_model.py:109")],
+    "recpkg.model:reach": [_sig("filter_jit", [{"$type": "recpkg.model:Arm", "fields": {"scale": "f32[3]", "forward": {"$jit": "recpkg.model:kinematics"}}}, "f32[3]"], "tests/test_model.py:112", objects=5)],
+    "recpkg.model:reach_ok": [_sig("filter_jit", [{"$type": "recpkg.model:Arm", "fields": {"scale": "f32[3]", "forward": {"$jit": "recpkg.model:kinematics"}}}, "f32[3]"], "tests/test_model.py:116")],
     "recpkg.model:counted": [
         _sig("grad", [{"w": "f32[3]", "step": "i32?[]"}, "f32[3]"], "tests/test_model.py:90"),
         _sig("filter_grad", [{"w": "f32[2]", "step": "i32?[]"}, "f32[2]"], "tests/test_model.py:91"),
@@ -126,6 +128,27 @@ def test_a_step_whose_returned_state_was_given_back_is_replayed_as_a_step(replay
     assert got == {("STB204", _line("value = state.value + (loss - state.value) / 10.0"), "confirmed")}, got
     # near misses: a state that keeps its type, an output shaped like the argument never given back
     assert not [f for f in replayed if f.get("function") in ("scaled_step", "to_half")]
+
+
+def test_a_jit_built_per_module_is_replayed_with_as_many_jit_objects(replayed: list[dict[str, Any]]) -> None:
+    """`reach` was recorded called with 5 `Arm`s, each with its own `jax.jit(kinematics)`: the
+    replay rebuilds 5 jit objects, and JAX compiles `reach` for each (under JAX too)."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(FIX / "src"))
+    try:
+        from recpkg import model
+    finally:
+        sys.path.remove(str(FIX / "src"))
+    f = eqx.filter_jit(model.reach)
+    for _ in range(5):
+        f(model.Arm(model.kinematics), jnp.ones(3))
+    assert f._cached._cache_size() == 5
+    (found,) = [f for f in replayed if f.get("code") == "STB504" and f.get("function") == "reach"]
+    assert found["line"] == _line("self.forward = jax.jit(fk)") and found["status"] == "confirmed", found
+    assert "compiled 5 times in 5 calls" in found["message"] and found["evidence"]["entry"] == "recorded from tests/test_model.py:112 (filter_jit)"
+    assert not [f for f in replayed if f.get("function") == "reach_ok"]
 
 
 def test_an_int_leaf_given_to_grad_is_confirmed_at_the_test_call(replayed: list[dict[str, Any]]) -> None:

@@ -75,6 +75,9 @@ class Recorder:
     root: Path
     data: dict[str, Any] = field(default_factory=recorded.empty)
     max_traces: int = 3  # the plugin's: one more compiled signature per function is kept (recorded.compiled_limit)
+    # (function, signature) -> the distinct sets of `jax.jit` objects its calls held (kept alive,
+    # so that an id is never another object's; at most `compiled_limit` sets)
+    objects: dict[tuple[str, str], list[tuple[Any, ...]]] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -100,6 +103,15 @@ class Recorder:
             file = _relative(inspect.getsourcefile(fn) or "", self.root)
         except TypeError:
             file = ""
+        jits = recorded.jit_objects((args, kwargs)) if '"$jit"' in recorded.dumps(sig) else ()
+        if jits:
+            # a `jax.jit` built per object (a Module's field): one signature, as many compiled
+            # programs as distinct jit objects, each a new cache key; the replay calls that many
+            held = self.objects.setdefault((name, recorded.signature_key(sig)), [])
+            if not any(len(h) == len(jits) and all(a is b for a, b in zip(h, jits)) for h in held) and len(held) < recorded.compiled_limit(self.max_traces):
+                held.append(jits)
+            if len(held) > 1:
+                sig["objects"] = len(held)
         recorded.add(self.data, name, file, sig)
         self.data["skipped"].pop(name, None)
 

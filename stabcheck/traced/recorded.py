@@ -12,7 +12,10 @@ A value's spec (`describe`) extends `traced.specs`: a string is an array spec (`
 weak), a number, bool or null is that Python literal, a list is a list, an object a dict; tagged
 objects hold the rest: `{"$str": s}`, `{"$tuple": [...]}`, `{"$dict": {...}}` (a dict whose keys
 start with `$`), `{"$type": "mod:Qual", "fields": {...}}` (a NamedTuple, a registered dataclass
-pytree, an `eqx.Module`), `{"$ref": "mod:qual"}` (an importable function, a static field).
+pytree, an `eqx.Module`), `{"$ref": "mod:qual"}` (an importable function, a static field),
+`{"$jit": "mod:qual"}` (a `jax.jit` object of an importable function: rebuilt as a new
+`jax.jit` object each time). A signature seen with more than one set of `jax.jit` objects (a
+`jax.jit(fk)` built per Module) says how many in `"objects"`; the replay calls it with that many.
 No pickle and no eval: `rebuild` imports a type by its name and fills its fields, so it runs user
 code and is called only in the worker. Describing, merging, reading and writing import no JAX.
 """
@@ -75,6 +78,18 @@ def importable_name(obj: Any) -> str | None:
     return f"{module}:{qualname}"
 
 
+def is_jit_object(value: Any) -> bool:
+    """A callable `jax.jit` made (its own compile cache, hashed by identity)."""
+    return callable(value) and not isinstance(value, type) and hasattr(value, "lower") and hasattr(value, "_cache_size") and hasattr(value, "__wrapped__")
+
+
+def jit_objects(tree: Any) -> tuple[Any, ...]:
+    """The `jax.jit` objects among the leaves of `tree` (a Module's field, a static argument)."""
+    import jax  # JAX: the recorder and the worker run with it
+
+    return tuple(x for x in jax.tree_util.tree_leaves(tree) if is_jit_object(x))
+
+
 def describe(value: Any, _depth: int = 0, _count: list[int] | None = None) -> Any:
     """A real argument (array, Python scalar, pytree of them) -> its JSON spec; raises Unrebuildable."""
     count = _count if _count is not None else [0]
@@ -113,6 +128,11 @@ def describe(value: Any, _depth: int = 0, _count: list[int] | None = None) -> An
         if name is None:
             raise Unrebuildable(f"`{type(value).__qualname__}` is not importable by name")
         return {"$type": name, "fields": {f.name: sub(getattr(value, f.name)) for f in dataclasses.fields(value) if hasattr(value, f.name)}}
+    if is_jit_object(value):
+        name = importable_name(inspect.unwrap(value))
+        if name is None:
+            raise Unrebuildable(f"a `jax.jit` of `{getattr(value, '__qualname__', value)!s}`, not importable by name")
+        return {"$jit": name}
     if callable(value):
         name = importable_name(value)
         if name is None:
@@ -155,6 +175,11 @@ def signature(fn: Any, transform: str, options: Mapping[str, Any], args: Iterabl
 # -- the file ------------------------------------------------------------------------------------
 def empty() -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION, "functions": {}, "skipped": {}}
+
+
+def signature_key(sig: Mapping[str, Any]) -> str:
+    """What makes two recorded signatures the same (the site and the object count do not)."""
+    return _key(sig)
 
 
 def _key(sig: Mapping[str, Any]) -> str:
@@ -297,6 +322,10 @@ def rebuild(spec: Any) -> Any:
         return {k: rebuild(v) for k, v in spec["$dict"].items()}
     if "$ref" in spec:
         return resolve(spec["$ref"])
+    if "$jit" in spec:
+        import jax  # JAX: this runs in the worker
+
+        return jax.jit(resolve(spec["$jit"]))  # a new object, as each one the tests built
     if "$type" in spec:
         cls = resolve(spec["$type"])
         fields = {k: rebuild(v) for k, v in spec.get("fields", {}).items()}
@@ -317,7 +346,7 @@ def has_array(spec: Any) -> bool:
     if isinstance(spec, list):
         return any(has_array(v) for v in spec)
     if isinstance(spec, dict):
-        if "$str" in spec or "$ref" in spec:
+        if "$str" in spec or "$ref" in spec or "$jit" in spec:
             return False
         inner = spec.get("$tuple", spec.get("$dict", spec.get("fields", spec)))
         return has_array(list(inner.values()) if isinstance(inner, dict) else inner)
@@ -353,7 +382,7 @@ def _unbatch(spec: Any, axis: Any) -> Any:
             return {**spec, "fields": {k: _unbatch(v, axis) for k, v in spec["fields"].items()}}
         if "$dict" in spec:
             return {"$dict": {k: _unbatch(v, axis) for k, v in spec["$dict"].items()}}
-        if "$str" in spec or "$ref" in spec:
+        if "$str" in spec or "$ref" in spec or "$jit" in spec:
             return spec
         return {k: _unbatch(v, axis) for k, v in spec.items()}
     return spec
@@ -539,7 +568,7 @@ def _all_float(spec: Any) -> bool:
         elif isinstance(x, list):
             for v in x:
                 walk(v)
-        elif isinstance(x, dict) and "$str" not in x and "$ref" not in x:
+        elif isinstance(x, dict) and "$str" not in x and "$ref" not in x and "$jit" not in x:
             inner = x.get("$tuple", x.get("$dict", x.get("fields", x)))
             walk(list(inner.values()) if isinstance(inner, dict) else inner)
 
