@@ -52,7 +52,6 @@ KNOWN_MISSES = {
         ("misfiled_errors.py", "input_saliency"),  # grad of a lambda closing over `w`: not importable by name, not recorded
         ("misfiled_errors.py", "eval_step"),  # jit rejects the model argument before any trace: nothing to record
         ("misfiled_errors.py", "keyed"),  # jit of jax.random.PRNGKey (JAX's function), overflow on the argument: not recorded
-        ("recompile.py", "train_step"),  # the optax optimizer is a tuple of closures (`chain.<locals>.init_fn`): not recorded
     },
 }
 # No path may raise an alarm on a near miss. `power_loop` is called with a Python float

@@ -77,6 +77,8 @@ SIGS = {
     "recpkg.model:to_half": [_sig("jit", ["f32[3]"], "tests/test_model.py:108"), _sig("jit", ["f32[4]"], "tests/test_model.py:109")],
     "recpkg.model:reach": [_sig("filter_jit", [{"$type": "recpkg.model:Arm", "fields": {"scale": "f32[3]", "forward": {"$jit": "recpkg.model:kinematics"}}}, "f32[3]"], "tests/test_model.py:112", objects=5)],
     "recpkg.model:reach_ok": [_sig("filter_jit", [{"$type": "recpkg.model:Arm", "fields": {"scale": "f32[3]", "forward": {"$jit": "recpkg.model:kinematics"}}}, "f32[3]"], "tests/test_model.py:116")],
+    "recpkg.model:fit_step": [_sig("jit", ["f32[3]", {"$opaque": "recpkg.model:Sgd"}], "tests/test_model.py:120", options={"static_argnums": [1]}, objects=5)],
+    "recpkg.model:fit_step_ok": [_sig("jit", ["f32[3]", {"$opaque": "recpkg.model:Sgd"}], "tests/test_model.py:124", options={"static_argnums": [1]})],
     "recpkg.model:counted": [
         _sig("grad", [{"w": "f32[3]", "step": "i32?[]"}, "f32[3]"], "tests/test_model.py:90"),
         _sig("filter_grad", [{"w": "f32[2]", "step": "i32?[]"}, "f32[2]"], "tests/test_model.py:91"),
@@ -149,6 +151,29 @@ def test_a_jit_built_per_module_is_replayed_with_as_many_jit_objects(replayed: l
     assert found["line"] == _line("self.forward = jax.jit(fk)") and found["status"] == "confirmed", found
     assert "compiled 5 times in 5 calls" in found["message"] and found["evidence"]["entry"] == "recorded from tests/test_model.py:112 (filter_jit)"
     assert not [f for f in replayed if f.get("function") == "reach_ok"]
+
+
+def test_a_static_argument_made_anew_per_call_is_replayed_as_a_recorded_pattern(replayed: list[dict[str, Any]]) -> None:
+    """`fit_step` was recorded jitted with 5 unequal optimizers (closures: kept as their type):
+    the replay passes 5 unequal stand-ins and counts JAX's traces; the finding says so. Under
+    JAX, the real optimizers compile it 5 times; one optimizer passed every time, once."""
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(FIX / "src"))
+    try:
+        from recpkg import model
+    finally:
+        sys.path.remove(str(FIX / "src"))
+    step = jax.jit(model.fit_step, static_argnums=1)
+    for _ in range(5):
+        step(jnp.ones(3), model.sgd(0.1))
+    assert step._cache_size() == 5
+    (found,) = [f for f in replayed if f.get("code") == "STB504" and f.get("function") == "fit_step"]
+    assert found["line"] == _line("def fit_step(params, optimizer):") and found["status"] == "confirmed", found
+    assert found["message"].startswith("replaying a recorded call pattern:") and "JAX traced `fit_step` 5 times" in found["message"], found["message"]
+    assert found["evidence"]["entry"] == "recorded from tests/test_model.py:120 (jit)"
+    assert not [f for f in replayed if f.get("function") == "fit_step_ok"]
 
 
 def test_an_int_leaf_given_to_grad_is_confirmed_at_the_test_call(replayed: list[dict[str, Any]]) -> None:

@@ -56,6 +56,16 @@ def _unpartial(fn: Any, options: dict[str, Any], args: tuple[Any, ...], kwargs: 
     return fn, options, args, kwargs
 
 
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Two calls' objects are the same cache key to JAX (identical, or equal as it compares them)."""
+    if len(a) != len(b):
+        return False
+    try:
+        return all(x is y or bool(x == y) for x, y in zip(a, b))
+    except Exception:  # an `==` that raises or is not a bool: not the same key
+        return False
+
+
 def _ints(value: Any) -> list[int]:
     if value is None:
         return []
@@ -90,6 +100,7 @@ class Recorder:
         fn, options, args, kwargs = _unpartial(call.fn, dict(call.options), tuple(call.args), dict(call.kwargs))
         fn = inspect.unwrap(fn)
         shown = recorded.importable_name(fn) or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+        args, kwargs = recorded.opaque_statics(fn, options, args, kwargs) if call.transform == "jit" else (args, kwargs)
         try:
             name, sig = recorded.signature(fn, call.transform, options, args, kwargs, site)
         except recorded.Unrebuildable as e:
@@ -103,13 +114,15 @@ class Recorder:
             file = _relative(inspect.getsourcefile(fn) or "", self.root)
         except TypeError:
             file = ""
-        jits = recorded.jit_objects((args, kwargs)) if '"$jit"' in recorded.dumps(sig) else ()
-        if jits:
-            # a `jax.jit` built per object (a Module's field): one signature, as many compiled
-            # programs as distinct jit objects, each a new cache key; the replay calls that many
+        text = recorded.dumps(sig)
+        held_now = (*(recorded.jit_objects((args, kwargs)) if '"$jit"' in text else ()), *recorded.opaque_values(args, kwargs))
+        if held_now:
+            # a `jax.jit` built per object (a Module's field), a static argument made anew for
+            # each call (an optimizer): one signature, as many compiled programs as distinct
+            # objects, each a new cache key to JAX; the replay calls it that many times
             held = self.objects.setdefault((name, recorded.signature_key(sig)), [])
-            if not any(len(h) == len(jits) and all(a is b for a, b in zip(h, jits)) for h in held) and len(held) < recorded.compiled_limit(self.max_traces):
-                held.append(jits)
+            if not any(_same(h, held_now) for h in held) and len(held) < recorded.compiled_limit(self.max_traces):
+                held.append(held_now)
             if len(held) > 1:
                 sig["objects"] = len(held)
         recorded.add(self.data, name, file, sig)

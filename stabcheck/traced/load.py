@@ -190,6 +190,9 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
         entry = Entry(target, **parts)
         object.__setattr__(entry, "origin", recorded.origin(sig, parts["transforms"]))
         object.__setattr__(entry, "recorded_site", recorded.site_of(sig, (spec.get("paths") or [os.getcwd()])[0]))
+        if '"$opaque"' in recorded.dumps(sig["args"]) + recorded.dumps(sig["kwargs"]):
+            # a static argument held as its type only: the entry replays the call pattern alone
+            object.__setattr__(entry, "stand_ins", recorded.dumps(sig["args"]).count('"$opaque"') + recorded.dumps(sig["kwargs"]).count('"$opaque"'))
         out[label] = entry
     return out
 

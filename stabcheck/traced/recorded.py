@@ -14,7 +14,10 @@ objects hold the rest: `{"$str": s}`, `{"$tuple": [...]}`, `{"$dict": {...}}` (a
 start with `$`), `{"$type": "mod:Qual", "fields": {...}}` (a NamedTuple, a registered dataclass
 pytree, an `eqx.Module`), `{"$ref": "mod:qual"}` (an importable function, a static field),
 `{"$jit": "mod:qual"}` (a `jax.jit` object of an importable function: rebuilt as a new
-`jax.jit` object each time). A signature seen with more than one set of `jax.jit` objects (a
+`jax.jit` object each time), `{"$opaque": "mod:Qual"}` (a static argument of `jit` that cannot
+be rebuilt, such as an optax optimizer made of closures: only its type and how many unequal ones
+the tests passed are kept; the replay passes stand-ins that JAX hashes and compares as unequal,
+and shows the retraces of that recorded pattern, nothing else). A signature seen with more than one set of `jax.jit` objects (a
 `jax.jit(fk)` built per Module) says how many in `"objects"`; the replay calls it with that many.
 No pickle and no eval: `rebuild` imports a type by its name and fills its fields, so it runs user
 code and is called only in the worker. Describing, merging, reading and writing import no JAX.
@@ -83,6 +86,57 @@ def is_jit_object(value: Any) -> bool:
     return callable(value) and not isinstance(value, type) and hasattr(value, "lower") and hasattr(value, "_cache_size") and hasattr(value, "__wrapped__")
 
 
+class Opaque:
+    """A static argument the recording cannot rebuild, kept as its type (`{"$opaque": ...}`)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class StandIn:
+    """What the replay passes for an `{"$opaque": type}` static argument: hashed by identity and
+    equal only to itself, as the unequal objects the tests passed were to JAX's cache. It has no
+    other behaviour: an entry holding one only replays its call pattern (`stand_ins`)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"<a stand-in for a `{self.kind.partition(':')[2] or self.kind}` the tests passed>"
+
+
+def opaque_statics(fn: Any, options: Mapping[str, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments with each static one (`static_argnums`/`static_argnames`) that cannot be
+    described but is hashable wrapped in `Opaque`: the call pattern is kept, not the value."""
+
+    def wrap(v: Any) -> Any:
+        try:
+            describe(v)
+            return v
+        except Unrebuildable:
+            pass
+        try:
+            hash(v)
+        except TypeError:
+            return v
+        return Opaque(v)
+
+    nums, names = set(_ints(options.get("static_argnums"))), options.get("static_argnames") or ()
+    names = {names} if isinstance(names, str) else set(names)
+    if not nums and not names:
+        return tuple(args), dict(kwargs)
+    try:
+        pos = [p.name for p in inspect.signature(fn).parameters.values()]
+    except (TypeError, ValueError):
+        pos = []
+    out = tuple(wrap(a) if i in nums or (i < len(pos) and pos[i] in names) else a for i, a in enumerate(args))
+    return out, {k: wrap(v) if k in names else v for k, v in kwargs.items()}
+
+
+def opaque_values(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(a.value for a in (*args, *kwargs.values()) if isinstance(a, Opaque))
+
+
 def jit_objects(tree: Any) -> tuple[Any, ...]:
     """The `jax.jit` objects among the leaves of `tree` (a Module's field, a static argument)."""
     import jax  # JAX: the recorder and the worker run with it
@@ -128,6 +182,9 @@ def describe(value: Any, _depth: int = 0, _count: list[int] | None = None) -> An
         if name is None:
             raise Unrebuildable(f"`{type(value).__qualname__}` is not importable by name")
         return {"$type": name, "fields": {f.name: sub(getattr(value, f.name)) for f in dataclasses.fields(value) if hasattr(value, f.name)}}
+    if isinstance(value, Opaque):
+        kind = type(value.value)
+        return {"$opaque": importable_name(kind) or f"{kind.__module__}:{kind.__qualname__}"}
     if is_jit_object(value):
         name = importable_name(inspect.unwrap(value))
         if name is None:
@@ -322,6 +379,8 @@ def rebuild(spec: Any) -> Any:
         return {k: rebuild(v) for k, v in spec["$dict"].items()}
     if "$ref" in spec:
         return resolve(spec["$ref"])
+    if "$opaque" in spec:
+        return StandIn(str(spec["$opaque"]))
     if "$jit" in spec:
         import jax  # JAX: this runs in the worker
 
@@ -346,7 +405,7 @@ def has_array(spec: Any) -> bool:
     if isinstance(spec, list):
         return any(has_array(v) for v in spec)
     if isinstance(spec, dict):
-        if "$str" in spec or "$ref" in spec or "$jit" in spec:
+        if "$str" in spec or "$ref" in spec or "$jit" in spec or "$opaque" in spec:
             return False
         inner = spec.get("$tuple", spec.get("$dict", spec.get("fields", spec)))
         return has_array(list(inner.values()) if isinstance(inner, dict) else inner)
@@ -382,7 +441,7 @@ def _unbatch(spec: Any, axis: Any) -> Any:
             return {**spec, "fields": {k: _unbatch(v, axis) for k, v in spec["fields"].items()}}
         if "$dict" in spec:
             return {"$dict": {k: _unbatch(v, axis) for k, v in spec["$dict"].items()}}
-        if "$str" in spec or "$ref" in spec or "$jit" in spec:
+        if "$str" in spec or "$ref" in spec or "$jit" in spec or "$opaque" in spec:
             return spec
         return {k: _unbatch(v, axis) for k, v in spec.items()}
     return spec
@@ -568,7 +627,7 @@ def _all_float(spec: Any) -> bool:
         elif isinstance(x, list):
             for v in x:
                 walk(v)
-        elif isinstance(x, dict) and "$str" not in x and "$ref" not in x and "$jit" not in x:
+        elif isinstance(x, dict) and "$str" not in x and "$ref" not in x and "$jit" not in x and "$opaque" not in x:
             inner = x.get("$tuple", x.get("$dict", x.get("fields", x)))
             walk(list(inner.values()) if isinstance(inner, dict) else inner)
 
