@@ -44,14 +44,13 @@ def _mirrored() -> list[Path]:
 
 # What a path still misses that the entries find, by (file, function), each with the reason (issue
 # 17 stays open on them). The replay can only rebuild what the recording holds: dtype[shape] specs
-# (no values), importable functions and types (no objects), one call at a time (not which output a
-# test fed back as the next call's argument).
+# (no values), importable functions and types (no objects other than stand-ins for a static one).
 KNOWN_MISSES = {
     "pytest --stabcheck": set(),
     "record + replay": {
-        ("misfiled_errors.py", "input_saliency"),  # grad of a lambda closing over `w`: not importable by name, not recorded
-        ("misfiled_errors.py", "eval_step"),  # jit rejects the model argument before any trace: nothing to record
-        ("misfiled_errors.py", "keyed"),  # jit of jax.random.PRNGKey (JAX's function), overflow on the argument: not recorded
+        # jit rejects the model argument before any trace; the test's failure names `eval_step`,
+        # but its argument (a plain `Scale` object) cannot be recorded
+        ("misfiled_errors.py", "eval_step"),
     },
 }
 # No path may raise an alarm on a near miss. `power_loop` is called with a Python float

@@ -487,15 +487,17 @@ def entry_parts(fn: Any, sig: Mapping[str, Any]) -> dict[str, Any]:
     for i, p in enumerate(params[: len(arg_specs)]):
         if p.name in names:
             static.add(i)
-    if transform in ("filter_jit", "nnx.jit", "filter_grad", "filter_value_and_grad", "nnx.grad"):
-        static |= {i for i, s in enumerate(arg_specs) if not has_array(s)}  # eqx/nnx: no array, no trace
+    if transform in ("filter_jit", "nnx.jit", "filter_grad", "filter_value_and_grad", "nnx.grad", "call"):
+        # eqx/nnx: no array, no trace; a called function gets its Python values as they were
+        static |= {i for i, s in enumerate(arg_specs) if not has_array(s)}
     in_axes: Any = tuple(a for i, a in enumerate(axes) if i not in static) if transform == "vmap" else 0
     argnums: Any = options.get("argnums", 0)
     argnums = tuple(argnums) if isinstance(argnums, list) else argnums
     ad = _AD.get(transform)
     if ad and (transform.startswith("filter_") or transform == "nnx.grad") and not _all_float([arg_specs[i] for i in (_ints(argnums) or (0,)) if i < len(arg_specs)]):
         ad = None  # eqx differentiates the float leaves only; the traced stage's `grad` takes them all
-    transforms = ("jit", "vmap") if transform == "vmap" else ("jit", ad) if ad else ("jit",)
+    # "call": a function that applies its own transform, recorded as the test called it
+    transforms = ("call",) if transform == "call" else ("jit", "vmap") if transform == "vmap" else ("jit", ad) if ad else ("jit",)
     return {
         "args": tuple(rebuild(s) for s in arg_specs),
         "kwargs": {k: rebuild(v) for k, v in kw_specs.items()},
@@ -528,7 +530,7 @@ def more_transforms(fn: Any, parts: Mapping[str, Any]) -> tuple[str, ...]:
 
     transforms = tuple(parts["transforms"])
     args, static, kwargs = parts["args"], set(parts["static_argnums"]), parts["kwargs"]
-    if "vmap" in transforms or "jacfwd" in transforms or "jacrev" in transforms:
+    if "call" in transforms or "vmap" in transforms or "jacfwd" in transforms or "jacrev" in transforms:
         return transforms
     dyn = [i for i in range(len(args)) if i not in static]
 
