@@ -42,21 +42,11 @@ NOT_MIRRORED: set[str] = set()
 def _mirrored() -> list[Path]:
     return [p for p in sorted(bench.FIX.glob("*.py")) if p.name not in NOT_MIRRORED]
 
-# What a path still misses that the entries find, by (file, function), each with the reason (issue
-# 17 stays open on them). The replay can only rebuild what the recording holds: dtype[shape] specs
-# (no values), importable functions and types (no objects other than stand-ins for a static one).
-KNOWN_MISSES = {
-    "pytest --stabcheck": set(),
-    "record + replay": {
-        # jit rejects the model argument before any trace; the test's failure names `eval_step`,
-        # but its argument (a plain `Scale` object) cannot be recorded
-        ("misfiled_errors.py", "eval_step"),
-    },
-}
-# No path may raise an alarm on a near miss. `power_loop` is called with a Python float
-# (`jax.jit(power_loop)(2.0)`): its output is weak only because the argument is, and every path
-# judges that as the entries do (`tracing.code_weak_outputs`: traced again with strong inputs).
-KNOWN_FALSE_ALARMS: dict[str, set[tuple[str, str, str]]] = {"pytest --stabcheck": set(), "record + replay": set()}
+# What a path still misses that the entries find, by (file, function), each with the reason (none
+# now). The replay can only rebuild what the recording holds: dtype[shape] specs (no values but
+# Python literals), importable functions and types, plain objects of the user's classes, and
+# stand-ins for a static object it cannot rebuild (the call pattern only).
+KNOWN_MISSES: dict[str, set[tuple[str, str]]] = {"pytest --stabcheck": set(), "record + replay": set()}
 
 
 @pytest.fixture(scope="module")

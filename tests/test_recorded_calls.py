@@ -38,7 +38,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], list
     proj = tmp_path_factory.mktemp("calls") / "proj"
     shutil.copytree(FIX, proj)
     ran = _run(["-m", "pytest", "-p", "no:cacheprovider", "--stabcheck-record"], proj)
-    assert "2 failed, 2 passed" in ran.stdout, ran.stdout[-3000:]  # the hazards fail as they do under JAX
+    assert "3 failed, 3 passed" in ran.stdout, ran.stdout[-3000:]  # the hazards fail as they do under JAX
     data = json.loads((proj / ".stabcheck" / "recorded.json").read_text())
     shutil.rmtree(proj / "tests")
     checked = _run(["-m", "stabcheck", "check", "--trace", "--confirm", "--no-cache", "--output-format", "json", "."], proj)
@@ -50,7 +50,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], list
 def test_the_functions_are_recorded_as_called_at_the_test_line(runs) -> None:
     data, _ = runs
     calls = {name: s for name, fn in data["functions"].items() for s in fn["signatures"] if s["transform"] == "call"}
-    assert set(calls) == {"callpkg.inner:saliency", "callpkg.inner:saliency_ok", "callpkg.inner:seeded"}, sorted(calls)
+    assert set(calls) == {"callpkg.inner:saliency", "callpkg.inner:saliency_ok", "callpkg.inner:seeded", "callpkg.inner:evaluate"}, sorted(calls)
+    # a plain object of the user's class: its type and attributes
+    assert calls["callpkg.inner:evaluate"]["args"] == [{"$object": "callpkg.inner:Scale", "fields": {"factor": 2.0}}, "f32[2]"]
     assert calls["callpkg.inner:saliency"]["args"] == ["f32[2,1]", "f32[2]"] and calls["callpkg.inner:saliency"]["site"] == "tests/test_inner.py:10"
     assert calls["callpkg.inner:seeded"]["args"] == [2**40 + 7]
     # the lambdas themselves are not importable: nothing about them is kept
@@ -63,4 +65,5 @@ def test_the_replay_runs_them_as_called(runs) -> None:
     assert got == {
         ("STB409", _line("def saliency(w, x):") + 1, "recorded from tests/test_inner.py:10 (call)"),
         ("STB503", _line("def seeded(seed):") + 1, "recorded from tests/test_inner.py:18 (call)"),
+        ("STB505", _line("def evaluate(model, x):") + 1, "recorded from tests/test_inner.py:26 (call)"),
     }, got

@@ -13,7 +13,8 @@ weak), a number, bool or null is that Python literal, a list is a list, an objec
 objects hold the rest: `{"$str": s}`, `{"$tuple": [...]}`, `{"$dict": {...}}` (a dict whose keys
 start with `$`), `{"$type": "mod:Qual", "fields": {...}}` (a NamedTuple, a registered dataclass
 pytree, an `eqx.Module`), `{"$ref": "mod:qual"}` (an importable function, a static field),
-`{"$jit": "mod:qual"}` (a `jax.jit` object of an importable function: rebuilt as a new
+`{"$object": "mod:Qual", "fields": {...}}` (an instance of a plain class of the user's, no
+pytree: rebuilt without `__init__`), `{"$jit": "mod:qual"}` (a `jax.jit` object of an importable function: rebuilt as a new
 `jax.jit` object each time), `{"$opaque": "mod:Qual"}` (a static argument of `jit` that cannot
 be rebuilt, such as an optax optimizer made of closures: only its type and how many unequal ones
 the tests passed are kept; the replay passes stand-ins that JAX hashes and compares as unequal,
@@ -79,6 +80,26 @@ def importable_name(obj: Any) -> str | None:
     if not module or not qualname or "<" in qualname or module == "__main__":
         return None
     return f"{module}:{qualname}"
+
+
+def _plain_object(value: Any) -> bool:
+    """An instance of a class of the user's own (not an installed package's), importable by name,
+    with plain attributes, that JAX does not treat as a pytree."""
+    from stabcheck.traced.source import is_internal, is_library
+
+    cls = type(value)
+    if isinstance(value, type) or not hasattr(value, "__dict__") or hasattr(cls, "__slots__") or importable_name(cls) is None:
+        return False
+    try:
+        file = inspect.getsourcefile(cls) or ""
+    except TypeError:
+        return False
+    if not file or is_library(file) or is_internal(file):
+        return False
+    import jax  # JAX: the recorder and the worker run with it
+
+    leaves = jax.tree_util.tree_leaves(value)
+    return len(leaves) == 1 and leaves[0] is value
 
 
 def is_jit_object(value: Any) -> bool:
@@ -185,6 +206,10 @@ def describe(value: Any, _depth: int = 0, _count: list[int] | None = None) -> An
     if isinstance(value, Opaque):
         kind = type(value.value)
         return {"$opaque": importable_name(kind) or f"{kind.__module__}:{kind.__qualname__}"}
+    if _plain_object(value):
+        # an instance of one of the user's plain classes (no pytree, no dataclass): its type and
+        # its attributes, rebuilt without `__init__` (`jax.jit(apply)(model, x)` with a model object)
+        return {"$object": importable_name(type(value)), "fields": {k: sub(v) for k, v in sorted(vars(value).items())}}
     if is_jit_object(value):
         name = importable_name(inspect.unwrap(value))
         if name is None:
@@ -385,6 +410,11 @@ def rebuild(spec: Any) -> Any:
         import jax  # JAX: this runs in the worker
 
         return jax.jit(resolve(spec["$jit"]))  # a new object, as each one the tests built
+    if "$object" in spec:
+        obj = object.__new__(resolve(spec["$object"]))  # not __init__: the attributes as recorded
+        for k, v in spec.get("fields", {}).items():
+            object.__setattr__(obj, k, rebuild(v))
+        return obj
     if "$type" in spec:
         cls = resolve(spec["$type"])
         fields = {k: rebuild(v) for k, v in spec.get("fields", {}).items()}
