@@ -47,6 +47,10 @@ def _mirrored() -> list[Path]:
 # Python literals), importable functions and types, plain objects of the user's classes, and
 # stand-ins for a static object it cannot rebuild (the call pattern only).
 KNOWN_MISSES: dict[str, set[tuple[str, str]]] = {"pytest --stabcheck": set(), "record + replay": set()}
+# No path may raise an alarm on a near miss. `power_loop` is called with a Python float
+# (`jax.jit(power_loop)(2.0)`): its output is weak only because the argument is, and every path
+# judges that as the entries do (`tracing.code_weak_outputs`: traced again with strong inputs).
+KNOWN_FALSE_ALARMS: dict[str, set[tuple[str, str, str]]] = {"pytest --stabcheck": set(), "record + replay": set()}
 
 
 @pytest.fixture(scope="module")
