@@ -160,6 +160,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     from stabcheck.runtime._raised import finding_for  # only with --stabcheck (see pytest_configure)
 
     found = finding_for(call.excinfo.value, item.nodeid)
+    recorder = item.config.stash.get(_RECORDER, None)
+    if found is not None and recorder is not None:
+        try:
+            recorder.raised(call.excinfo.value)
+        except Exception:  # noqa: BLE001 - never break the session for the recording
+            pass
     if found is not None and any(f.code == found.code for f in collector.since(item.stash.get(_BEFORE, (0, 0)))):
         return
     if found is not None and collector.selector(found.code) and not collector.knows(found.code, found.path, found.span.line):

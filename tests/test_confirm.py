@@ -221,3 +221,45 @@ def test_suspected_error_is_refuted_when_the_transform_runs_clean():
     suspected = _suspect("STB404", Path(__file__), 1, "traced")
     (f,) = confirm_entry("cube", Entry(cube, (jnp.arange(3.0),), transforms=("jit",)), [suspected])
     assert f.status == "refuted" and "`grad`" in f.evidence["refuted"]
+
+
+def _load_module(path: Path):
+    spec = importlib.util.spec_from_file_location(f"_confirm_fixture_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def _recorded(fn, *specs):
+    """`fn` as the replay builds a recorded `grad` signature: abstract args, a recorded site."""
+    import jax
+
+    from stabcheck.traced.entries import Entry
+
+    entry = Entry(fn, tuple(jax.ShapeDtypeStruct(s, jax.numpy.float32) for s in specs), transforms=("grad",))
+    object.__setattr__(entry, "recorded_site", ("tests/test_model.py", 1))
+    return entry
+
+
+def test_a_recorded_gradient_also_runs_on_ones_where_the_codes_inf_meets_a_mask():
+    import jax.numpy as jnp
+
+    from stabcheck.confirm.run import confirm_entry
+
+    mod = _load_module(CONFIRM / "recorded_masks.py")
+    # under JAX: a mask of ones makes the NaN at `0 * -inf`, the idiomatic mask does not
+    assert bool(jnp.isnan(mod.inf_mask(jnp.ones(3), jnp.ones(3)))) and bool(jnp.isfinite(mod.inf_mask_ok(jnp.ones(3), jnp.ones(3))))
+    line = _line_of(CONFIRM / "recorded_masks.py", "# loud: STB408")
+    found = confirm_entry("inf_mask", _recorded(mod.inf_mask, (3,), (3,)), [])
+    at = {(f.code, f.line): f for f in found}
+    assert ("STB408", line) in at, [(f.code, f.line, f.message) for f in found]
+    assert at[("STB408", line)].evidence["inputs"] == "ones" and "`mul` made the first NaN" in at[("STB408", line)].message
+    assert confirm_entry("inf_mask_ok", _recorded(mod.inf_mask_ok, (3,), (3,)), []) == []
+    # ones are outside `log_gap`'s domain (log(0) = -inf from finite values): not passed, silent
+    assert bool(jnp.isinf(mod.log_gap(jnp.ones(3), jnp.ones(3))))
+    assert confirm_entry("log_gap", _recorded(mod.log_gap, (3,), (3,)), []) == []

@@ -102,7 +102,7 @@ def test_zeroconfig_project_reports_the_hazards_of_functions_only_its_tests_tran
         return f"{tests}:{_line_of(tests, text)}"
 
     assert found == {
-        ("STB302", model, _line_of(model, "    return x * lr, lr * 2.0"), at("    out, lr = jax.jit(schedule)(0.5, jnp.ones(3))")),
+        ("STB302", model, _line_of(model, "    return x * 0.5, step * 0.1"), at("    out, lr = jax.jit(schedule)(jnp.int32(3), jnp.ones(3))")),
         ("STB408", model, _line_of(model, "    return jnp.where(x > 0, jnp.sqrt(x), 0.0).sum()"), at("    g = jax.grad(safe_norm)(jnp.array([4.0, 0.0, -1.0]))")),
         ("STB402", tests, _line_of(tests, "    grad(loss)(params, jnp.ones(3))"), at("    grad(loss)(params, jnp.ones(3))")),
         ("STB303", model, _line_of(model, '    return jnp.sum(params["w"] * x) + params["step"]'), at("    grad(loss)(params, jnp.ones(3))")),

@@ -42,36 +42,15 @@ NOT_MIRRORED: set[str] = set()
 def _mirrored() -> list[Path]:
     return [p for p in sorted(bench.FIX.glob("*.py")) if p.name not in NOT_MIRRORED]
 
-# What a path still misses that the entries find, by (file, function), each with the reason (issue
-# 17 stays open on them). The replay can only rebuild what the recording holds: dtype[shape] specs
-# (no values), importable functions and types (no objects), one call at a time (not which output a
-# test fed back as the next call's argument).
-KNOWN_MISSES = {
-    "pytest --stabcheck": set(),
-    "record + replay": {
-        ("misfiled_errors.py", "input_saliency"),  # grad of a lambda closing over `w`: not importable by name, not recorded
-        ("misfiled_errors.py", "eval_step"),  # jit rejects the model argument before any trace: nothing to record
-        ("misfiled_errors.py", "keyed"),  # jit of jax.random.PRNGKey (JAX's function), overflow on the argument: not recorded
-        # the NaN needs a mask of exactly 1.0 (`0 * -inf`); the replay's gradients also run on zeros
-        # and negatives, but only where the function itself is finite there, and `inf_mask`'s
-        # forward value is NaN at zeros (the x = 0 NaNs of sinc_taylor, angle_masked and
-        # squared_norm are found that way)
-        ("ad_line.py", "inf_mask"),
-        # the Module's `jax.jit` field is recorded as the function it wraps (`$ref`): the five
-        # Modules' five jit objects, each a new cache key to JAX, are one signature in the recording
-        ("recompile.py", "Trajectory"),
-        ("recompile.py", "train_step"),  # the optax optimizer is a tuple of closures (`chain.<locals>.init_fn`): not recorded
-        ("recompile.py", "plateau_step"),  # the test fed the returned state back; the recording holds each call alone
-    },
-}
-# The near miss `power_loop` is called with a Python float (`jax.jit(power_loop)(2.0)`): its output
-# is weak because the argument is. The entries path stays silent on it (the weak type is the
-# example's, tracing.Tracer.code_weak_leaves); both zero-config paths report the weak output of
-# the call the test really made (by design: tests/test_pytest_plugin.py, test_recorded_replay.py).
-KNOWN_FALSE_ALARMS = {
-    "pytest --stabcheck": {("near_misses.py", "STB302", "power_loop")},
-    "record + replay": {("near_misses.py", "STB302", "power_loop")},
-}
+# What a path still misses that the entries find, by (file, function), each with the reason (none
+# now). The replay can only rebuild what the recording holds: dtype[shape] specs (no values but
+# Python literals), importable functions and types, plain objects of the user's classes, and
+# stand-ins for a static object it cannot rebuild (the call pattern only).
+KNOWN_MISSES: dict[str, set[tuple[str, str]]] = {"pytest --stabcheck": set(), "record + replay": set()}
+# No path may raise an alarm on a near miss. `power_loop` is called with a Python float
+# (`jax.jit(power_loop)(2.0)`): its output is weak only because the argument is, and every path
+# judges that as the entries do (`tracing.code_weak_outputs`: traced again with strong inputs).
+KNOWN_FALSE_ALARMS: dict[str, set[tuple[str, str, str]]] = {"pytest --stabcheck": set(), "record + replay": set()}
 
 
 @pytest.fixture(scope="module")

@@ -367,3 +367,75 @@ def test_recorder_keeps_max_traces_plus_one_compiled_signatures(tmp_path: Path) 
     rec.write()
     data = recorded.read(str(tmp_path / recorded.DEFAULT_PATH))
     assert len(next(iter(data["functions"].values()))["signatures"]) == 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    scale: Any
+    forward: Any  # a `jax.jit` object: a pytree leaf here (static to equinox)
+
+
+def test_jit_objects_are_recorded_with_how_many_distinct_ones_a_signature_was_called_with(tmp_path: Path) -> None:
+    """A `jax.jit(fk)` built per object: one signature, as many jit objects (each its own
+    compile cache) as the tests built; the same object again is not counted twice. Rebuilding
+    gives a new `jax.jit` object each time, as the tests had."""
+    import jax
+    import jax.numpy as jnp
+
+    try:
+        jax.tree_util.register_dataclass(Holder, data_fields=["scale", "forward"], meta_fields=[])
+    except ValueError:
+        pass
+    rec = Recorder(tmp_path)
+    site = (str(tmp_path / "t.py"), 1)
+    shared = jax.jit(act)
+    for _ in range(3):
+        rec(TransformedCall(fn=loss, transform="filter_jit", args=(Holder(jnp.ones(3), jax.jit(act)), jnp.ones(3)), site=site))
+    for _ in range(3):
+        rec(TransformedCall(fn=loss, transform="filter_jit", args=(Holder(jnp.ones(2), shared), jnp.ones(2)), site=site))
+    rec.write()
+    sigs = recorded.read(str(tmp_path / recorded.DEFAULT_PATH))["functions"]["tests.test_recorded:loss"]["signatures"]
+    per = {s["args"][1]: s.get("objects", 1) for s in sigs}
+    assert per == {"f32[3]": 3, "f32[2]": 1}, sigs
+    assert sigs[0]["args"][0]["fields"]["forward"] == {"$jit": "tests.test_recorded:act"}
+    a, b = (recorded.rebuild(sigs[0]["args"][0]) for _ in range(2))
+    assert recorded.is_jit_object(a.forward) and a.forward is not b.forward and a.forward.__wrapped__ is act
+
+
+class Sgd(NamedTuple):
+    update: Any
+
+
+def sgd(lr: float) -> Sgd:
+    def update(g: Any) -> Any:  # a closure: not importable
+        return -lr * g
+
+    return Sgd(update)
+
+
+def fit_step(params: Any, optimizer: Any) -> Any:
+    return params + optimizer.update(params)
+
+
+def test_a_static_argument_that_cannot_be_rebuilt_is_kept_as_its_type_and_its_call_pattern(tmp_path: Path) -> None:
+    """A static optimizer made of closures: the signature holds `{"$opaque": type}` and how many
+    unequal ones the tests passed; the same one passed again is not counted; the same value as
+    a traced argument is still kept out. Rebuilt, it is a stand-in equal only to itself."""
+    import jax.numpy as jnp
+
+    rec = Recorder(tmp_path)
+    site = (str(tmp_path / "t.py"), 1)
+    for _ in range(3):
+        rec(TransformedCall(fn=fit_step, transform="jit", options={"static_argnums": (1,)}, args=(jnp.ones(3), sgd(0.1)), site=site))
+    one = sgd(0.1)
+    for _ in range(3):
+        rec(TransformedCall(fn=fit_step, transform="jit", options={"static_argnums": (1,)}, args=(jnp.ones(2), one), site=site))
+    rec(TransformedCall(fn=loss, transform="jit", args=(jnp.ones(3), sgd(0.1)), site=site))
+    rec.write()
+    data = recorded.read(str(tmp_path / recorded.DEFAULT_PATH))
+    sigs = data["functions"]["tests.test_recorded:fit_step"]["signatures"]
+    assert {s["args"][0]: s.get("objects", 1) for s in sigs} == {"f32[3]": 3, "f32[2]": 1}, sigs
+    assert sigs[0]["args"][1] == {"$opaque": "tests.test_recorded:Sgd"}
+    assert "tests.test_recorded:loss" in data["skipped"] and "tests.test_recorded:loss" not in data["functions"]
+    a, b = recorded.rebuild(sigs[0]["args"][1]), recorded.rebuild(sigs[0]["args"][1])
+    assert isinstance(a, recorded.StandIn) and a != b and a == a and hash(a) != hash(b)

@@ -30,7 +30,7 @@ def _line(needle: str) -> int:
 
 
 def _sig(transform: str, args: list[Any], site: str, **extra: Any) -> dict[str, Any]:
-    return {"transform": transform, "options": extra.pop("options", {}), "args": args, "kwargs": extra.pop("kwargs", {}), "site": site}
+    return {"transform": transform, "options": extra.pop("options", {}), "args": args, "kwargs": extra.pop("kwargs", {}), "site": site, **extra}
 
 
 def _project(tmp_path: Path, functions: dict[str, list[dict[str, Any]]], skipped: dict[str, Any] | None = None) -> Path:
@@ -64,7 +64,21 @@ SIGS = {
         _sig("jit", [{"$type": "recpkg.model:Params", "fields": {"w": "f32[3,2]", "b": "f32[2]"}}, "f32[4,3]"], "tests/test_model.py:70", options={"static_argnames": ["kind"]}, kwargs={"kind": {"$str": "relu"}}),
         _sig("vmap", [{"$type": "recpkg.model:Params", "fields": {"w": "f32[3,2]", "b": "f32[2]"}}, "f32[5,3]"], "tests/test_model.py:71", options={"in_axes": [None, 0]}),
     ],
-    "recpkg.model:schedule": [_sig("jit", [0.5, "f32[3]"], "tests/test_model.py:80")],
+    "recpkg.model:schedule": [_sig("jit", ["i32[]", "f32[3]"], "tests/test_model.py:80")],
+    "recpkg.model:doubled": [_sig("jit", [0.5, "f32[3]"], "tests/test_model.py:84")],
+    "recpkg.model:avg_step": [
+        _sig("jit", ["f32[3]", {"$type": "recpkg.model:Avg", "fields": {"value": "f32?[]"}}, "f32[]"], "tests/test_model.py:100"),
+        _sig("jit", ["f32[3]", {"$type": "recpkg.model:Avg", "fields": {"value": "f32[]"}}, "f32[]"], "tests/test_model.py:100"),
+    ],
+    "recpkg.model:scaled_step": [
+        _sig("jit", ["f32[3]", {"$type": "recpkg.model:Avg", "fields": {"value": "f32[]"}}, "f32[]"], "tests/test_model.py:104"),
+        _sig("jit", ["f32[5]", {"$type": "recpkg.model:Avg", "fields": {"value": "f32[]"}}, "f32[]"], "tests/test_model.py:105"),
+    ],
+    "recpkg.model:to_half": [_sig("jit", ["f32[3]"], "tests/test_model.py:108"), _sig("jit", ["f32[4]"], "tests/test_model.py:109")],
+    "recpkg.model:reach": [_sig("filter_jit", [{"$type": "recpkg.model:Arm", "fields": {"scale": "f32[3]", "forward": {"$jit": "recpkg.model:kinematics"}}}, "f32[3]"], "tests/test_model.py:112", objects=5)],
+    "recpkg.model:reach_ok": [_sig("filter_jit", [{"$type": "recpkg.model:Arm", "fields": {"scale": "f32[3]", "forward": {"$jit": "recpkg.model:kinematics"}}}, "f32[3]"], "tests/test_model.py:116")],
+    "recpkg.model:fit_step": [_sig("jit", ["f32[3]", {"$opaque": "recpkg.model:Sgd"}], "tests/test_model.py:120", options={"static_argnums": [1]}, objects=5)],
+    "recpkg.model:fit_step_ok": [_sig("jit", ["f32[3]", {"$opaque": "recpkg.model:Sgd"}], "tests/test_model.py:124", options={"static_argnums": [1]})],
     "recpkg.model:counted": [
         _sig("grad", [{"w": "f32[3]", "step": "i32?[]"}, "f32[3]"], "tests/test_model.py:90"),
         _sig("filter_grad", [{"w": "f32[2]", "step": "i32?[]"}, "f32[2]"], "tests/test_model.py:91"),
@@ -89,8 +103,77 @@ def test_recorded_signatures_find_the_hazards_at_their_lines(replayed: list[dict
     assert ("STB101", _line("if x.sum() > 0"), "recorded from tests/test_model.py:60 (jit)") in got
 
 
-def test_a_weak_argument_the_tests_passed_gives_a_weak_output(replayed: list[dict[str, Any]]) -> None:
-    assert ("STB302", _line("return x * lr, lr * 2.0"), "recorded from tests/test_model.py:80 (jit)") in _traced(replayed)
+def test_a_weak_output_the_code_makes_is_reported_and_one_of_a_weak_argument_is_not(replayed: list[dict[str, Any]]) -> None:
+    got = _traced(replayed)
+    assert ("STB302", _line("return x * 0.5, step * 0.1"), "recorded from tests/test_model.py:80 (jit)") in got
+    # `doubled(0.5, x)`: weak only because the test passed a Python float, as the entries judge it
+    assert not [f for f in got if f[1] == _line("return x * lr, lr * 2.0  # weak only when the caller passes a weak `lr`")]
+
+
+def test_a_step_whose_returned_state_was_given_back_is_replayed_as_a_step(replayed: list[dict[str, Any]]) -> None:
+    """The recording holds `avg_step` called with a weak `value` and with the strong one it
+    returns: the tests fed the state back. Under JAX that compiles the step twice."""
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(FIX / "src"))
+    try:
+        from recpkg import model
+    finally:
+        sys.path.remove(str(FIX / "src"))
+    step = jax.jit(model.avg_step)
+    params, state = jnp.ones(3), model.avg_init()
+    for _ in range(3):
+        params, state = step(params, state, jnp.float32(1.0))
+    assert step._cache_size() == 2
+    got = {(f["code"], f["line"], f.get("status")) for f in replayed if f.get("code") == "STB204"}
+    assert got == {("STB204", _line("value = state.value + (loss - state.value) / 10.0"), "confirmed")}, got
+    # near misses: a state that keeps its type, an output shaped like the argument never given back
+    assert not [f for f in replayed if f.get("function") in ("scaled_step", "to_half")]
+
+
+def test_a_jit_built_per_module_is_replayed_with_as_many_jit_objects(replayed: list[dict[str, Any]]) -> None:
+    """`reach` was recorded called with 5 `Arm`s, each with its own `jax.jit(kinematics)`: the
+    replay rebuilds 5 jit objects, and JAX compiles `reach` for each (under JAX too)."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(FIX / "src"))
+    try:
+        from recpkg import model
+    finally:
+        sys.path.remove(str(FIX / "src"))
+    f = eqx.filter_jit(model.reach)
+    for _ in range(5):
+        f(model.Arm(model.kinematics), jnp.ones(3))
+    assert f._cached._cache_size() == 5
+    (found,) = [f for f in replayed if f.get("code") == "STB504" and f.get("function") == "reach"]
+    assert found["line"] == _line("self.forward = jax.jit(fk)") and found["status"] == "confirmed", found
+    assert "compiled 5 times in 5 calls" in found["message"] and found["evidence"]["entry"] == "recorded from tests/test_model.py:112 (filter_jit)"
+    assert not [f for f in replayed if f.get("function") == "reach_ok"]
+
+
+def test_a_static_argument_made_anew_per_call_is_replayed_as_a_recorded_pattern(replayed: list[dict[str, Any]]) -> None:
+    """`fit_step` was recorded jitted with 5 unequal optimizers (closures: kept as their type):
+    the replay passes 5 unequal stand-ins and counts JAX's traces; the finding says so. Under
+    JAX, the real optimizers compile it 5 times; one optimizer passed every time, once."""
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(FIX / "src"))
+    try:
+        from recpkg import model
+    finally:
+        sys.path.remove(str(FIX / "src"))
+    step = jax.jit(model.fit_step, static_argnums=1)
+    for _ in range(5):
+        step(jnp.ones(3), model.sgd(0.1))
+    assert step._cache_size() == 5
+    (found,) = [f for f in replayed if f.get("code") == "STB504" and f.get("function") == "fit_step"]
+    assert found["line"] == _line("def fit_step(params, optimizer):") and found["status"] == "confirmed", found
+    assert found["message"].startswith("replaying a recorded call pattern:") and "JAX traced `fit_step` 5 times" in found["message"], found["message"]
+    assert found["evidence"]["entry"] == "recorded from tests/test_model.py:120 (jit)"
+    assert not [f for f in replayed if f.get("function") == "fit_step_ok"]
 
 
 def test_an_int_leaf_given_to_grad_is_confirmed_at_the_test_call(replayed: list[dict[str, Any]]) -> None:

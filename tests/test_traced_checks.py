@@ -108,6 +108,25 @@ def test_weak_output(jax, small) -> None:
     assert check_jaxpr(jax.make_jaxpr(mod.weak)(jax.ShapeDtypeStruct((), jax.numpy.float32))) == []
 
 
+def test_a_weak_output_of_a_weak_argument_is_told_from_one_the_code_makes(jax) -> None:
+    """`code_weak_outputs`, the one test the entries, `pytest --stabcheck` and the replay share:
+    traced again with strong inputs, an output weak only through a weak argument is strong."""
+    from stabcheck.traced.tracing import code_weak_outputs
+
+    jnp = jax.numpy
+
+    def f(lr, step):
+        return lr * 2.0, step * 0.1, jax.lax.fori_loop(0, 3, lambda i, c: c * lr, 1.0)
+
+    weak = (2.0, jnp.int32(3))
+    outs = jax.eval_shape(f, *weak)
+    assert [o.weak_type for o in outs] == [True, True, True]  # JAX: every output weak for this call
+    assert [o.weak_type for o in jax.eval_shape(f, jnp.float32(2.0), jnp.int32(3))] == [False, True, False]
+    assert code_weak_outputs(jax, f, weak, ["a", "b", "c"]) == {"b"}
+    assert code_weak_outputs(jax, f, (jnp.float32(2.0), jnp.int32(3)), ["a", "b", "c"]) is None  # no weak input: keep all
+    assert code_weak_outputs(jax, f, weak, ["a"]) is None  # another output structure: keep all
+
+
 def test_codes_filter(jax, small) -> None:
     from stabcheck.traced.checks import check_jaxpr
 

@@ -49,6 +49,10 @@ class Origin:
     chains: tuple[Any, ...] = ()  # the user frames from the entry down to it (`traced.source.chain`)
     derivative_of: str = ""  # the primitive whose derivative this equation computes ("sqrt")
     masked_by: Any = None  # the `where` (a `traced.source.Site`) that selects around the unsafe value
+    # "Inf" when the equation's operands held an Inf already (a NaN made from it: `0 * inf`,
+    # `inf - inf`). Every Inf made from finite values is an origin itself, so such an Inf is a
+    # constant of the program (`-jnp.inf` in the code), not a value the inputs produced
+    operands: str | None = None
 
     @property
     def describe(self) -> str:
@@ -158,7 +162,7 @@ def _eval(jaxpr: Any, consts: list[Any], args: list[Any], found: list[Origin], l
                 except Exception:  # a body stabcheck cannot replay: the loop's own line, as before
                     del found[:]
             og, unsafe = _origin(jaxpr.eqns[:i], eqn, bad, tuple(f for f in from_ if f), producer, outer, stack)
-            found.append(og)
+            found.append(replace(og, operands=had))
             raise _Stop([(jaxpr, next(j for j, e in enumerate(jaxpr.eqns) if e is unsafe))], set(unsafe.outvars))
     return [read(v) for v in jaxpr.outvars]
 

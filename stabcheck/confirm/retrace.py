@@ -439,22 +439,24 @@ def count_retraces(entry: Entry, names: list[str]) -> Retraces:
     arrays: dict[str, Where | None] = {}
     with TraceLog() as log:
         try:
+            if entry.state_argnums:
+                # the state fed back first: a later call given that state (a recorded one) would
+                # otherwise have compiled it already
+                args = entry.args
+                out = call(args, [])
+                for _ in range(FEEDBACK_STEPS):
+                    outs = out if isinstance(out, (tuple, list)) else (out,)
+                    new = list(args)
+                    for k, i in enumerate(entry.state_argnums):
+                        new[i] = outs[k]
+                    args = tuple(new)
+                    out = call(args, state_changes)
             for args in seqs:
                 call(args, changes)
         except ValueError as e:  # JAX compared a static array with `==` (jax-ml/jax#28659)
             if not arrays:
                 raise
             return Retraces(ncalls, compilations() - base, tuple(changes), static_arrays=tuple(arrays.items()), error=f"{type(e).__name__}: {str(e).splitlines()[0]}")
-        if entry.state_argnums:
-            args = entry.args
-            out = call(args, [])
-            for _ in range(FEEDBACK_STEPS):
-                outs = out if isinstance(out, (tuple, list)) else (out,)
-                new = list(args)
-                for k, i in enumerate(entry.state_argnums):
-                    new[i] = outs[k]
-                args = tuple(new)
-                out = call(args, state_changes)
     compiles = compilations() - base
     inner = log.retraced() if not counted else ()
     if changes and not where and counted:

@@ -44,7 +44,8 @@ from stabcheck.confirm import hlo
 from stabcheck.confirm import transforms as T
 from stabcheck.confirm.device import default_memory_limit, device_info, format_bytes
 from stabcheck.confirm.nan import nan_origin, nonfinite
-from stabcheck.confirm.retrace import Inner, TraceLog, count_retraces
+from stabcheck.confirm.retrace import Inner, TraceLog, count_retraces, def_site
+from stabcheck.traced.recorded import StandIn
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import SLUGS, Failure, classify
@@ -220,25 +221,58 @@ def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: str, lab
         ob.ok, ob.failure = False, classify(e, within)
         return [ob]
     obs = [ob]
-    if boundary and t == "grad" and ob.nonfinite is None:
+    if boundary and t == "grad" and (ob.nonfinite is None or _from_constant_inf(ob)):
+        # the drawn data gave no NaN, or one made only from an Inf the code holds (a mask drawn
+        # from normal floats times `-jnp.inf`): the boundary values may make it where it starts
         # JAX: imported when this runs, never on import
         import jax.numpy as jnp
 
-        for label, make in (("zeros", jnp.zeros_like), ("negative values", lambda x: -jnp.abs(x) - 1)):
+        def ones(xs: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(jnp.ones_like(x) if T.is_float(x) else x for x in xs)
+
+        # zeros and negatives for the differentiated leaves; ones for every float leaf (a mask or
+        # a weight all on, as `1 - mask` needs to be exactly 0)
+        for label, diff, rest in (
+            ("zeros", lambda xs: tuple(jnp.zeros_like(x) for x in xs), lambda xs: xs),
+            ("negative values", lambda xs: tuple(-jnp.abs(x) - 1 for x in xs), lambda xs: xs),
+            ("ones", ones, ones),
+        ):
             p = T.prepare(entry, t, split)
-            d = tuple(make(x) for x in p.inputs[0])
+            d, r = diff(p.inputs[0]), rest(p.inputs[1])
             b = Observation(t, inputs=label)
             try:
-                if boundary == "recorded" and (p.primal is None or nonfinite(jax.block_until_ready(jax.jit(p.primal)(d, p.inputs[1])))):
+                if boundary == "recorded" and (p.primal is None or not _takes(p.primal, (d, r))):
                     continue  # the function's own value is not finite there: not an input it takes
-                out = jax.block_until_ready(jax.jit(p.fun)(d, p.inputs[1]))
-                b.nonfinite = _nan(p.fun, (d, p.inputs[1]), out, b)
+                out = jax.block_until_ready(jax.jit(p.fun)(d, r))
+                b.nonfinite = _nan(p.fun, (d, r), out, b)
             except Exception as e:
                 b.ok, b.failure = False, classify(e, within)
             obs.append(b)
-            if b.nonfinite:
+            if b.nonfinite and not _from_constant_inf(b):
                 break
     return obs
+
+
+def _from_constant_inf(ob: Observation) -> bool:
+    """The run's first non-finite value is a NaN made from an Inf the program holds as a constant."""
+    return ob.nonfinite == "NaN" and ob.origin is not None and ob.origin.operands == "Inf"
+
+
+def _takes(primal: Any, inputs: tuple[Any, ...]) -> bool:
+    """Whether a boundary value is one the function takes: its value is finite there, or its
+    first non-finite value is a NaN made from an Inf the program holds as a constant (`0 *
+    -jnp.inf` where a mask is exactly 1: the code's own Inf, not a singularity such as `log(0)`,
+    which makes an Inf from finite values and marks an input outside the function's domain)."""
+    # JAX: imported when this runs, never on import
+    import jax
+
+    if not nonfinite(jax.block_until_ready(jax.jit(primal)(*inputs))):
+        return True
+    try:
+        origin = nan_origin(primal, inputs)
+    except Exception:
+        return False
+    return origin is not None and origin.kind == "NaN" and origin.operands == "Inf"
 
 
 def _nan(fun: Any, inputs: tuple[Any, ...], out: Any, ob: Observation, static: tuple[int, ...] = ()) -> str | None:
@@ -513,9 +547,66 @@ def trace_confirm_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict
     traced findings, refined (confirmed / refuted) and followed by the run's own, replace the
     traced ones. Payload: as for "trace", plus "suspected", "memory_limit", "max_traces"."""
     with jax_flags(entry.jax_config):
+        if getattr(entry, "stand_ins", 0):
+            where = _entry_origin(entry, name, payload.get("target") or {})
+            return {"findings": [f.to_dict() for f in replay_pattern(name, entry, int(payload.get("max_traces", 3)), where)], "transforms": {}, "notes": [], "device": device_info()}
         t = trace_entry(name, entry, payload)
         refined = confirm_entry(name, entry, findings=t.findings(), payload=payload)
         return {"findings": [f.to_dict() for f in refined], "transforms": t.status, "notes": t.notes, "device": device_info()}
+
+
+def replay_pattern(name: str, entry: Entry, max_traces: int, where: tuple[str, str, int]) -> list[Finding]:
+    """A recorded entry with stand-ins (`traced.recorded.StandIn`) for static arguments the
+    recording could not rebuild (an optax optimizer: closures) replays only the recorded call
+    pattern: its calls, each with a new stand-in where the tests passed a new unequal object,
+    under `jax.jit`, counting the traces JAX starts (`TraceLog`; the stand-in has none of the
+    object's behaviour, so the function body may raise after JAX began tracing it: that says
+    nothing about the code and is not reported). More traces than `max_traces` is STB504 at the
+    function's `def`, saying that it replays a recorded pattern."""
+    # JAX: imported when this runs, never on import
+    import jax
+
+    made = T.concrete(entry)
+    jitted = jax.jit(made.fn, static_argnums=made.static_argnums)
+    calls = [made.args, *(tuple(c) for c in (made.calls or ()))]
+    with TraceLog() as log:
+        for args in calls:
+            try:
+                jax.block_until_ready(jitted(*args, **dict(made.kwargs)))
+            except Exception:  # noqa: BLE001 - the stand-in's missing behaviour, after the trace began
+                pass
+    traces = max((len(t) for t in log.traces.values()), default=0)
+    if traces <= max_traces:
+        return []
+    path, function, line = where
+    at = def_site(entry.fn)  # the `def`, where every retrace of the function is reported
+    if at is not None:
+        path, line = _display(at.file), at.line
+    names = T.param_names(entry.fn, len(entry.args))
+    stood = [names[i] for i, a in enumerate(entry.args) if isinstance(a, StandIn)] + [k for k, v in entry.kwargs.items() if isinstance(v, StandIn)]
+    kinds = sorted({a.kind.partition(":")[2] or a.kind for a in (*entry.args, *dict(entry.kwargs).values()) if isinstance(a, StandIn)})
+    what = ", ".join(f"`{n}`" for n in stood) or "a static argument"
+    message = (
+        f"replaying a recorded call pattern: the tests called `{function}` under `jit` {len(calls)} times with a new {what} (a `{'`/`'.join(kinds)}`) unequal to the earlier ones; "
+        f"those objects cannot be rebuilt, so stand-ins that JAX hashes and compares as unequal took their place, and JAX traced `{function}` {traces} times (limit {max_traces}). "
+        "JAX keys a static argument by hash and `==`: each new object compiles the function again"
+    )
+    rule = registry.get("STB504")
+    assert rule is not None
+    return [
+        rule.finding(
+            path=path,
+            span=Span(line, 1),
+            message=message,
+            help="build the static object once, outside the loop, and pass the same one to every call (or pass its arrays as traced arguments)",
+            function=function,
+            detail=stood[0] if stood else function,
+            evidence={"traces": traces, "calls": len(calls), "max_traces": max_traces, "replayed": "a recorded call pattern (stand-ins for objects the recording cannot rebuild)"},
+            stage="confirmed",
+            status="confirmed",
+            snippet=_line(at.file if at is not None else None, line),
+        )
+    ]
 
 
 def _entry_origin(entry: Entry, name: str, spec: dict[str, Any]) -> tuple[str, str, int]:

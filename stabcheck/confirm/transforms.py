@@ -25,7 +25,8 @@ BATCH = 4  # the new leading axis that `vmap` maps over
 
 def concrete(entry: Entry, seed: int = 0) -> Entry:
     """The entry with every `jax.ShapeDtypeStruct` argument (from --arg specs or a recording; those
-    of its retrace `calls` too) made concrete by a seeded generator: standard normal floats, integers in [0, 4), random bools."""
+    of its retrace `calls` too) made concrete by a seeded generator: standard normal floats, integers in [0, 4), random bools
+    (a weakly typed scalar spec stays weakly typed)."""
     # JAX: imported when this runs, never on import
     import jax
     import jax.numpy as jnp  # JAX: only where user code runs
@@ -43,7 +44,11 @@ def concrete(entry: Entry, seed: int = 0) -> Entry:
             x = jax.random.bernoulli(k, 0.5, leaf.shape)
         else:
             x = jax.random.randint(k, leaf.shape, 0, 4).astype(dt)
-        return jnp.asarray(x)  # a weakly typed spec (`f32?[]`) becomes a strong array here
+        if getattr(leaf, "weak_type", False) and leaf.shape == ():
+            # a weakly typed scalar spec (`f32?[]`: a Python number the test passed, a state leaf
+            # made by `jnp.asarray(0.0)`) stays weak, as JAX keys and promotes it
+            return jnp.asarray(x.item())
+        return jnp.asarray(x)
 
     def made(args: Any) -> tuple[Any, ...]:
         return tuple(jax.tree_util.tree_map(make, tuple(args), is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct)))

@@ -227,7 +227,7 @@ def _trace_plain(f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     closed, shape = jax.make_jaxpr(flat, return_shape=True)(*specs)
     out_paths = tuple("result" + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(shape)[0])
     in_paths = tuple(names[i] if i < len(names) else f"args[{i}]" for i in dyn)
-    return Program(closed, in_paths, out_paths)
+    return Program(closed, in_paths, out_paths, flat, tuple(specs))
 
 
 def _spec(x: Any) -> Any:

@@ -211,7 +211,7 @@ class Collector:
         out_paths = tuple(getattr(jdbg, "result_paths", None) or ())
         if type(fun).__module__.startswith("flax.nnx"):  # nnx.jit's JitFn: the user's output is result[2]
             out_paths = tuple(map(nnx_output_path, out_paths))
-        program = Program(closed, in_paths, out_paths)
+        program = Program(closed, in_paths, out_paths, *_dynamic(fun, ji, args, kwargs))
         site = caller_site()
         found = monitor.observe(sig, lambda: program, site, lambda: _call_signature(ji, args, kwargs))
         entry = f"{site.path}:{site.line}" if site is not None else ""
@@ -281,6 +281,22 @@ def _call_signature(ji: Any, args: Any, kwargs: Any) -> CallSig:
     sig = getattr(ji, "fun_signature", None)
     pos = [p.name for p in sig.parameters.values()] if sig is not None else []
     return call_signature(tuple(args), pos, tuple(getattr(ji, "static_argnums", ()) or ()), dict(kwargs), tuple(getattr(ji, "static_argnames", ()) or ()))
+
+
+def _dynamic(fun: Any, ji: Any, args: Any, kwargs: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """`fun` as a function of the arguments `jit` traces (the static ones held at their values),
+    and those arguments: (call, (dynamic positional args, dynamic keyword args))."""
+    static = set(getattr(ji, "static_argnums", ()) or ())
+    names = set(getattr(ji, "static_argnames", ()) or ())
+    pos = [i for i in range(len(args)) if i not in static]
+
+    def call(dyn_args: tuple[Any, ...], dyn_kwargs: dict[str, Any]) -> Any:
+        full = list(args)
+        for i, v in zip(pos, dyn_args):
+            full[i] = v
+        return fun(*full, **{**kwargs, **dyn_kwargs})
+
+    return call, (tuple(args[i] for i in pos), {k: v for k, v in kwargs.items() if k not in names})
 
 
 def _signature(ji: Any, dbg: Any, avals: Any, args: Any, kwargs: Any) -> Signature:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from stabcheck._files import write_atomic_nofollow
 from stabcheck.runtime._calls import TransformedCall
 from stabcheck.traced import recorded
+from stabcheck.traced.source import is_internal, is_library
 
 _PER_FUNCTION_SEEN = 4 * recorded.MAX_COMPILED  # distinct signatures held per function during a run
 
@@ -56,6 +58,21 @@ def _unpartial(fn: Any, options: dict[str, Any], args: tuple[Any, ...], kwargs: 
     return fn, options, args, kwargs
 
 
+def _is_test_file(path: str) -> bool:
+    base = os.path.basename(path)
+    return base.startswith("test_") or base.endswith("_test.py") or base == "conftest.py"
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Two calls' objects are the same cache key to JAX (identical, or equal as it compares them)."""
+    if len(a) != len(b):
+        return False
+    try:
+        return all(x is y or bool(x == y) for x, y in zip(a, b))
+    except Exception:  # an `==` that raises or is not a bool: not the same key
+        return False
+
+
 def _ints(value: Any) -> list[int]:
     if value is None:
         return []
@@ -75,6 +92,9 @@ class Recorder:
     root: Path
     data: dict[str, Any] = field(default_factory=recorded.empty)
     max_traces: int = 3  # the plugin's: one more compiled signature per function is kept (recorded.compiled_limit)
+    # (function, signature) -> the distinct sets of `jax.jit` objects its calls held (kept alive,
+    # so that an id is never another object's; at most `compiled_limit` sets)
+    objects: dict[tuple[str, str], list[tuple[Any, ...]]] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -87,9 +107,12 @@ class Recorder:
         fn, options, args, kwargs = _unpartial(call.fn, dict(call.options), tuple(call.args), dict(call.kwargs))
         fn = inspect.unwrap(fn)
         shown = recorded.importable_name(fn) or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+        args, kwargs = recorded.opaque_statics(fn, options, args, kwargs) if call.transform == "jit" else (args, kwargs)
         try:
             name, sig = recorded.signature(fn, call.transform, options, args, kwargs, site)
         except recorded.Unrebuildable as e:
+            if recorded.importable_name(fn) is None and self._enclosing(call):
+                return  # the user's function that applied the transform is recorded as called
             if shown not in self.data["functions"]:
                 recorded.skip(self.data, shown, call.transform, str(e), site)
             return
@@ -100,8 +123,100 @@ class Recorder:
             file = _relative(inspect.getsourcefile(fn) or "", self.root)
         except TypeError:
             file = ""
+        text = recorded.dumps(sig)
+        held_now = (*(recorded.jit_objects((args, kwargs)) if '"$jit"' in text else ()), *recorded.opaque_values(args, kwargs))
+        if held_now:
+            # a `jax.jit` built per object (a Module's field), a static argument made anew for
+            # each call (an optimizer): one signature, as many compiled programs as distinct
+            # objects, each a new cache key to JAX; the replay calls it that many times
+            held = self.objects.setdefault((name, recorded.signature_key(sig)), [])
+            if not any(_same(h, held_now) for h in held) and len(held) < recorded.compiled_limit(self.max_traces):
+                held.append(held_now)
+            if len(held) > 1:
+                sig["objects"] = len(held)
         recorded.add(self.data, name, file, sig)
         self.data["skipped"].pop(name, None)
+
+    def _enclosing(self, call: TransformedCall) -> bool:
+        """A transform applied inside one of the user's functions to something the recording
+        cannot name (a lambda or a function defined inside, closing over the arguments:
+        `jax.grad(lambda v: mlp(w, v))(x)`): that function, called with its arguments as they
+        are when it applies the transform, is recorded as a `call` signature (the replay runs it
+        as the test did, its own transform included), at the line that called it. Not a test
+        module's function (a test is not replayed), nor a method. True when recorded."""
+        frame: Any = sys._getframe(1)
+        while frame is not None and not (os.path.abspath(frame.f_code.co_filename) == call.site[0] and frame.f_lineno == call.site[1]):
+            frame = frame.f_back
+        return self._record_frame(frame)
+
+    def raised(self, exc: BaseException) -> bool:
+        """A test failed because JAX raised a known hazard (`runtime._raised`) inside one of the
+        user's functions, before any trace the recorder was told of (`jax.jit(apply)(model, x)`
+        rejected while JAX reads the arguments, a seed too large for `jax.jit(PRNGKey)`): the
+        innermost such function on the traceback is recorded as called, with the arguments its
+        frame held. True when recorded."""
+        tb = exc.__traceback__
+        frame = None
+        while tb is not None:
+            name = tb.tb_frame.f_code.co_filename
+            if not (is_internal(name) or is_library(name) or _is_test_file(name)):
+                frame = tb.tb_frame
+            tb = tb.tb_next
+        return self._record_frame(frame, untraced=True)
+
+    def _record_frame(self, frame: Any, untraced: bool = False) -> bool:
+        """The function running in `frame` as a `call` signature (see `_enclosing`); with
+        `untraced`, not one JAX was tracing (its arguments are tracers: its transformed call was
+        recorded already)."""
+        if frame is None or _is_test_file(frame.f_code.co_filename):
+            return False
+        code = frame.f_code
+        module = frame.f_globals.get("__name__", "")
+        name = f"{module}:{code.co_qualname}"
+        try:
+            fn = recorded.resolve(name)
+        except (ImportError, AttributeError):
+            return False
+        if getattr(inspect.unwrap(fn), "__code__", None) is not code:
+            return False
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):
+            return False
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for p in params:
+            if p.name not in frame.f_locals:
+                return False
+            value = frame.f_locals[p.name]
+            if p.kind is p.VAR_POSITIONAL:
+                args.extend(value)
+            elif p.kind is p.VAR_KEYWORD:
+                kwargs.update(value)
+            elif p.kind is p.KEYWORD_ONLY:
+                kwargs[p.name] = value
+            else:
+                args.append(value)
+        if untraced:
+            import jax  # JAX: the recorder runs with it
+
+            if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((args, kwargs))):
+                return False
+        caller = frame.f_back
+        while caller is not None and (is_internal(caller.f_code.co_filename) or is_library(caller.f_code.co_filename)):
+            caller = caller.f_back
+        site = f"{_relative(os.path.abspath(caller.f_code.co_filename), self.root)}:{caller.f_lineno}" if caller is not None else ""
+        try:
+            name, sig = recorded.signature(fn, "call", {}, tuple(args), kwargs, site)
+        except recorded.Unrebuildable:
+            return False
+        try:
+            file = _relative(inspect.getsourcefile(fn) or "", self.root)
+        except TypeError:
+            file = ""
+        recorded.add(self.data, name, file, sig)
+        self.data["skipped"].pop(name, None)
+        return True
 
     def write(self) -> str:
         """Merge into the file (the earlier runs' signatures stay, bounded) and say what was written.

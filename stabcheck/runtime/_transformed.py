@@ -199,7 +199,7 @@ class TransformChecker:
                 monitor.grad_params = ()
             jdbg = getattr(closed.jaxpr, "debug_info", None)
             out_paths = tuple(getattr(jdbg, "result_paths", None) or ())
-            program = Program(closed, p.in_paths, out_paths)
+            program = Program(closed, p.in_paths, out_paths, p.fun, p.abstract)
             found = raised + monitor.observe(p.signature, lambda: program, site)
             if not raised and call.transform in ("grad", "value_and_grad") and not call.options.get("has_aux") and self.selector("STB410"):
                 found += self._zero_gradients(closed, p, name)

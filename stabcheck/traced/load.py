@@ -105,11 +105,19 @@ def load_target(spec: dict[str, Any]) -> dict[str, Entry]:
     """Named entries for one target spec {"target", "args", "static", "dims"}, or {"target",
     "recorded", "paths"} for the signatures `pytest --stabcheck-record` saw."""
     if "recorded" in spec:
-        return {n: filter_entry(e) for n, e in recorded_entries(spec).items()}
+        return {n: _same_origin(e, filter_entry(e)) for n, e in recorded_entries(spec).items()}
     found = _load_target(spec)
     for e in found.values():
         HANDWRITTEN.add(_identity(e.fn))
     return {n: filter_entry(e) for n, e in found.items()}
+
+
+def _same_origin(entry: Entry, made: Entry) -> Entry:
+    """`made` (the entry with its Modules split for tracing) still says where `entry` came from."""
+    for attr in ("origin", "recorded_site"):
+        if hasattr(entry, attr) and not hasattr(made, attr):
+            object.__setattr__(made, attr, getattr(entry, attr))
+    return made
 
 
 def _identity(fn: Any) -> str:
@@ -164,14 +172,27 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
         if sig["transform"] in recorded.COMPILING:
             groups.setdefault((sig["transform"], parts["static_argnums"], len(parts["args"]), tuple(sorted(parts["kwargs"]))), []).append(i)
     for members in groups.values():
-        if len(members) > 1 and not built[members[0]][2]["kwargs"]:
-            built[members[0]][2]["calls"] = tuple(built[i][2]["args"] for i in members[1:])
+        # a signature the tests called with several `jax.jit` objects (`"objects"`) is called
+        # again with as many, each rebuilt as a new `jax.jit` object
+        calls = [a for k, i in enumerate(members) for a in ([built[i][2]["args"]] if k else []) + [recorded.entry_parts(built[i][3], built[i][1])["args"] for _ in range(int(built[i][1].get("objects", 1)) - 1)]]
+        if calls and not built[members[0]][2]["kwargs"]:
+            built[members[0]][2]["calls"] = tuple(calls)
+        # a step whose returned state another recorded call was given back: replayed as a step
+        # (init -> step -> step, every state leaf's type compared: STB204 where it drifts)
+        for i in members if len(members) > 1 else ():
+            label, sig, parts, target = built[i]
+            state = recorded.fed_back_state(target, parts, [built[j][2] for j in members if j != i])
+            if state:
+                parts["state_argnums"] = state
     for n, (label, sig, parts, target) in enumerate(built):
         if label in out:  # signatures recorded at one test line (a loop): one entry each
             label = f"{label} #{n + 1}"
         entry = Entry(target, **parts)
         object.__setattr__(entry, "origin", recorded.origin(sig, parts["transforms"]))
         object.__setattr__(entry, "recorded_site", recorded.site_of(sig, (spec.get("paths") or [os.getcwd()])[0]))
+        if '"$opaque"' in recorded.dumps(sig["args"]) + recorded.dumps(sig["kwargs"]):
+            # a static argument held as its type only: the entry replays the call pattern alone
+            object.__setattr__(entry, "stand_ins", recorded.dumps(sig["args"]).count('"$opaque"') + recorded.dumps(sig["kwargs"]).count('"$opaque"'))
         out[label] = entry
     return out
 

@@ -12,7 +12,14 @@ A value's spec (`describe`) extends `traced.specs`: a string is an array spec (`
 weak), a number, bool or null is that Python literal, a list is a list, an object a dict; tagged
 objects hold the rest: `{"$str": s}`, `{"$tuple": [...]}`, `{"$dict": {...}}` (a dict whose keys
 start with `$`), `{"$type": "mod:Qual", "fields": {...}}` (a NamedTuple, a registered dataclass
-pytree, an `eqx.Module`), `{"$ref": "mod:qual"}` (an importable function, a static field).
+pytree, an `eqx.Module`), `{"$ref": "mod:qual"}` (an importable function, a static field),
+`{"$object": "mod:Qual", "fields": {...}}` (an instance of a plain class of the user's, no
+pytree: rebuilt without `__init__`), `{"$jit": "mod:qual"}` (a `jax.jit` object of an importable function: rebuilt as a new
+`jax.jit` object each time), `{"$opaque": "mod:Qual"}` (a static argument of `jit` that cannot
+be rebuilt, such as an optax optimizer made of closures: only its type and how many unequal ones
+the tests passed are kept; the replay passes stand-ins that JAX hashes and compares as unequal,
+and shows the retraces of that recorded pattern, nothing else). A signature seen with more than one set of `jax.jit` objects (a
+`jax.jit(fk)` built per Module) says how many in `"objects"`; the replay calls it with that many.
 No pickle and no eval: `rebuild` imports a type by its name and fills its fields, so it runs user
 code and is called only in the worker. Describing, merging, reading and writing import no JAX.
 """
@@ -75,6 +82,89 @@ def importable_name(obj: Any) -> str | None:
     return f"{module}:{qualname}"
 
 
+def _plain_object(value: Any) -> bool:
+    """An instance of a class of the user's own (not an installed package's), importable by name,
+    with plain attributes, that JAX does not treat as a pytree."""
+    from stabcheck.traced.source import is_internal, is_library
+
+    cls = type(value)
+    if isinstance(value, type) or not hasattr(value, "__dict__") or hasattr(cls, "__slots__") or importable_name(cls) is None:
+        return False
+    try:
+        file = inspect.getsourcefile(cls) or ""
+    except TypeError:
+        return False
+    if not file or is_library(file) or is_internal(file):
+        return False
+    import jax  # JAX: the recorder and the worker run with it
+
+    leaves = jax.tree_util.tree_leaves(value)
+    return len(leaves) == 1 and leaves[0] is value
+
+
+def is_jit_object(value: Any) -> bool:
+    """A callable `jax.jit` made (its own compile cache, hashed by identity)."""
+    return callable(value) and not isinstance(value, type) and hasattr(value, "lower") and hasattr(value, "_cache_size") and hasattr(value, "__wrapped__")
+
+
+class Opaque:
+    """A static argument the recording cannot rebuild, kept as its type (`{"$opaque": ...}`)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class StandIn:
+    """What the replay passes for an `{"$opaque": type}` static argument: hashed by identity and
+    equal only to itself, as the unequal objects the tests passed were to JAX's cache. It has no
+    other behaviour: an entry holding one only replays its call pattern (`stand_ins`)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"<a stand-in for a `{self.kind.partition(':')[2] or self.kind}` the tests passed>"
+
+
+def opaque_statics(fn: Any, options: Mapping[str, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments with each static one (`static_argnums`/`static_argnames`) that cannot be
+    described but is hashable wrapped in `Opaque`: the call pattern is kept, not the value."""
+
+    def wrap(v: Any) -> Any:
+        try:
+            describe(v)
+            return v
+        except Unrebuildable:
+            pass
+        try:
+            hash(v)
+        except TypeError:
+            return v
+        return Opaque(v)
+
+    nums, names = set(_ints(options.get("static_argnums"))), options.get("static_argnames") or ()
+    names = {names} if isinstance(names, str) else set(names)
+    if not nums and not names:
+        return tuple(args), dict(kwargs)
+    try:
+        pos = [p.name for p in inspect.signature(fn).parameters.values()]
+    except (TypeError, ValueError):
+        pos = []
+    out = tuple(wrap(a) if i in nums or (i < len(pos) and pos[i] in names) else a for i, a in enumerate(args))
+    return out, {k: wrap(v) if k in names else v for k, v in kwargs.items()}
+
+
+def opaque_values(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(a.value for a in (*args, *kwargs.values()) if isinstance(a, Opaque))
+
+
+def jit_objects(tree: Any) -> tuple[Any, ...]:
+    """The `jax.jit` objects among the leaves of `tree` (a Module's field, a static argument)."""
+    import jax  # JAX: the recorder and the worker run with it
+
+    return tuple(x for x in jax.tree_util.tree_leaves(tree) if is_jit_object(x))
+
+
 def describe(value: Any, _depth: int = 0, _count: list[int] | None = None) -> Any:
     """A real argument (array, Python scalar, pytree of them) -> its JSON spec; raises Unrebuildable."""
     count = _count if _count is not None else [0]
@@ -113,6 +203,18 @@ def describe(value: Any, _depth: int = 0, _count: list[int] | None = None) -> An
         if name is None:
             raise Unrebuildable(f"`{type(value).__qualname__}` is not importable by name")
         return {"$type": name, "fields": {f.name: sub(getattr(value, f.name)) for f in dataclasses.fields(value) if hasattr(value, f.name)}}
+    if isinstance(value, Opaque):
+        kind = type(value.value)
+        return {"$opaque": importable_name(kind) or f"{kind.__module__}:{kind.__qualname__}"}
+    if _plain_object(value):
+        # an instance of one of the user's plain classes (no pytree, no dataclass): its type and
+        # its attributes, rebuilt without `__init__` (`jax.jit(apply)(model, x)` with a model object)
+        return {"$object": importable_name(type(value)), "fields": {k: sub(v) for k, v in sorted(vars(value).items())}}
+    if is_jit_object(value):
+        name = importable_name(inspect.unwrap(value))
+        if name is None:
+            raise Unrebuildable(f"a `jax.jit` of `{getattr(value, '__qualname__', value)!s}`, not importable by name")
+        return {"$jit": name}
     if callable(value):
         name = importable_name(value)
         if name is None:
@@ -155,6 +257,11 @@ def signature(fn: Any, transform: str, options: Mapping[str, Any], args: Iterabl
 # -- the file ------------------------------------------------------------------------------------
 def empty() -> dict[str, Any]:
     return {"format": FORMAT, "version": VERSION, "functions": {}, "skipped": {}}
+
+
+def signature_key(sig: Mapping[str, Any]) -> str:
+    """What makes two recorded signatures the same (the site and the object count do not)."""
+    return _key(sig)
 
 
 def _key(sig: Mapping[str, Any]) -> str:
@@ -297,6 +404,17 @@ def rebuild(spec: Any) -> Any:
         return {k: rebuild(v) for k, v in spec["$dict"].items()}
     if "$ref" in spec:
         return resolve(spec["$ref"])
+    if "$opaque" in spec:
+        return StandIn(str(spec["$opaque"]))
+    if "$jit" in spec:
+        import jax  # JAX: this runs in the worker
+
+        return jax.jit(resolve(spec["$jit"]))  # a new object, as each one the tests built
+    if "$object" in spec:
+        obj = object.__new__(resolve(spec["$object"]))  # not __init__: the attributes as recorded
+        for k, v in spec.get("fields", {}).items():
+            object.__setattr__(obj, k, rebuild(v))
+        return obj
     if "$type" in spec:
         cls = resolve(spec["$type"])
         fields = {k: rebuild(v) for k, v in spec.get("fields", {}).items()}
@@ -317,7 +435,7 @@ def has_array(spec: Any) -> bool:
     if isinstance(spec, list):
         return any(has_array(v) for v in spec)
     if isinstance(spec, dict):
-        if "$str" in spec or "$ref" in spec:
+        if "$str" in spec or "$ref" in spec or "$jit" in spec or "$opaque" in spec:
             return False
         inner = spec.get("$tuple", spec.get("$dict", spec.get("fields", spec)))
         return has_array(list(inner.values()) if isinstance(inner, dict) else inner)
@@ -353,7 +471,7 @@ def _unbatch(spec: Any, axis: Any) -> Any:
             return {**spec, "fields": {k: _unbatch(v, axis) for k, v in spec["fields"].items()}}
         if "$dict" in spec:
             return {"$dict": {k: _unbatch(v, axis) for k, v in spec["$dict"].items()}}
-        if "$str" in spec or "$ref" in spec:
+        if "$str" in spec or "$ref" in spec or "$jit" in spec or "$opaque" in spec:
             return spec
         return {k: _unbatch(v, axis) for k, v in spec.items()}
     return spec
@@ -399,15 +517,17 @@ def entry_parts(fn: Any, sig: Mapping[str, Any]) -> dict[str, Any]:
     for i, p in enumerate(params[: len(arg_specs)]):
         if p.name in names:
             static.add(i)
-    if transform in ("filter_jit", "nnx.jit", "filter_grad", "filter_value_and_grad", "nnx.grad"):
-        static |= {i for i, s in enumerate(arg_specs) if not has_array(s)}  # eqx/nnx: no array, no trace
+    if transform in ("filter_jit", "nnx.jit", "filter_grad", "filter_value_and_grad", "nnx.grad", "call"):
+        # eqx/nnx: no array, no trace; a called function gets its Python values as they were
+        static |= {i for i, s in enumerate(arg_specs) if not has_array(s)}
     in_axes: Any = tuple(a for i, a in enumerate(axes) if i not in static) if transform == "vmap" else 0
     argnums: Any = options.get("argnums", 0)
     argnums = tuple(argnums) if isinstance(argnums, list) else argnums
     ad = _AD.get(transform)
     if ad and (transform.startswith("filter_") or transform == "nnx.grad") and not _all_float([arg_specs[i] for i in (_ints(argnums) or (0,)) if i < len(arg_specs)]):
         ad = None  # eqx differentiates the float leaves only; the traced stage's `grad` takes them all
-    transforms = ("jit", "vmap") if transform == "vmap" else ("jit", ad) if ad else ("jit",)
+    # "call": a function that applies its own transform, recorded as the test called it
+    transforms = ("call",) if transform == "call" else ("jit", "vmap") if transform == "vmap" else ("jit", ad) if ad else ("jit",)
     return {
         "args": tuple(rebuild(s) for s in arg_specs),
         "kwargs": {k: rebuild(v) for k, v in kw_specs.items()},
@@ -440,7 +560,7 @@ def more_transforms(fn: Any, parts: Mapping[str, Any]) -> tuple[str, ...]:
 
     transforms = tuple(parts["transforms"])
     args, static, kwargs = parts["args"], set(parts["static_argnums"]), parts["kwargs"]
-    if "vmap" in transforms or "jacfwd" in transforms or "jacrev" in transforms:
+    if "call" in transforms or "vmap" in transforms or "jacfwd" in transforms or "jacrev" in transforms:
         return transforms
     dyn = [i for i in range(len(args)) if i not in static]
 
@@ -468,6 +588,56 @@ def more_transforms(fn: Any, parts: Mapping[str, Any]) -> tuple[str, ...]:
     return transforms
 
 
+def fed_back_state(fn: Any, parts: Mapping[str, Any], others: Iterable[Mapping[str, Any]]) -> tuple[int, ...]:
+    """The state arguments of a step the tests fed its own output back into: the positions `p`
+    (in order, matched with the outputs `0, 1, ...`: `Entry.state_argnums`) where output `k` has
+    argument `p`'s tree structure and shapes, when one of the `others` (the entry parts of the
+    same function's other recorded signatures) was called with output `k` exactly, leaf types
+    included, where this signature had another type. That other call is the evidence that the
+    test passed the returned state back (`state = step(params, state)`); without it, an output
+    shaped like an argument is no state. () when there is none."""
+    import jax  # JAX: this runs in the worker
+
+    args, static, kwargs = parts["args"], set(parts["static_argnums"]), parts["kwargs"]
+    dyn = [i for i in range(len(args)) if i not in static]
+
+    def call(*d: Any) -> Any:
+        full = list(args)
+        for i, v in zip(dyn, d):
+            full[i] = v
+        return fn(*full, **kwargs)
+
+    def types(tree: Any) -> tuple[Any, tuple[tuple[str, tuple[int, ...], bool], ...]] | None:
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        if not all(hasattr(x, "dtype") and hasattr(x, "shape") for x in leaves):
+            return None
+        return treedef, tuple((str(jax.numpy.dtype(x.dtype)), tuple(x.shape), bool(getattr(x, "weak_type", False))) for x in leaves)
+
+    try:
+        out = jax.eval_shape(call, *[args[i] for i in dyn])
+    except Exception:  # noqa: BLE001 - user code: the tracer reports it
+        return ()
+    outs = out if isinstance(out, tuple) else (out,)
+    pairs: list[tuple[int, int]] = []  # (output k, argument p)
+    start = 0
+    for k, o in enumerate(outs):
+        got = types(o)
+        p = next((p for p in dyn if p >= start and got is not None and (t := types(args[p])) is not None and t[0] == got[0] and [x[1] for x in t[1]] == [x[1] for x in got[1]]), None)
+        if p is None:
+            break
+        pairs.append((k, p))
+        start = p + 1
+    fed = any(
+        len(other["args"]) == len(args)
+        and (now := types(other["args"][p])) is not None
+        and now == types(outs[k])
+        and now != types(args[p])
+        for other in others
+        for k, p in pairs
+    )
+    return tuple(p for _, p in pairs) if fed else ()
+
+
 def entry_name(qualname: str, sig: Mapping[str, Any]) -> str:
     return f"{qualname} [{sig['transform']} from {sig.get('site') or '?'}]"
 
@@ -489,7 +659,7 @@ def _all_float(spec: Any) -> bool:
         elif isinstance(x, list):
             for v in x:
                 walk(v)
-        elif isinstance(x, dict) and "$str" not in x and "$ref" not in x:
+        elif isinstance(x, dict) and "$str" not in x and "$ref" not in x and "$jit" not in x and "$opaque" not in x:
             inner = x.get("$tuple", x.get("$dict", x.get("fields", x)))
             walk(list(inner.values()) if isinstance(inner, dict) else inner)
 

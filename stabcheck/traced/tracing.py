@@ -95,6 +95,37 @@ def _weak_value(jax: Any, value: Any) -> bool:
         return False
 
 
+def strongly_typed(jax: Any, tree: Any) -> Any:
+    """`tree` with every array and scalar leaf as an abstract value of the same shape and dtype,
+    strongly typed (`2.0` -> `float32[]`, a weak array -> its strong twin)."""
+
+    def strong(a: Any) -> Any:
+        if not (hasattr(a, "shape") and hasattr(a, "dtype")) and not isinstance(a, (bool, int, float, complex)):
+            return a
+        return jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.dtypes.canonicalize_dtype(jax.numpy.result_type(a)))
+
+    return jax.tree_util.tree_map(strong, tree)
+
+
+def code_weak_outputs(jax: Any, fn: Callable[..., Any], dyn: tuple[Any, ...], out_paths: list[str] | tuple[str, ...], literal_site: Callable[[], Site | None] | None = None) -> set[str] | None:
+    """STB302's one test of whose weak output it is, shared by the entries, `pytest --stabcheck`
+    and the replay: the output leaves (named as in `out_paths`) that stay weakly typed when
+    `fn(*dyn)` is traced again with every input strongly typed. Those are made weak by a Python
+    scalar in the code; a weak output inherited from a weak argument (a Python float the entry
+    or the test passed) is how JAX treats that argument, not a hazard of the function:
+    `f(jnp.float32(2.0))` is strong. None when that cannot be told (no input is weak, the
+    function only traces with the weak value, another output structure): keep every STB302."""
+    if not any(_weak_value(jax, a) for a in jax.tree_util.tree_leaves(dyn)):
+        return None
+    try:
+        jaxpr = jax.make_jaxpr(fn)(*strongly_typed(jax, dyn))
+    except Exception:  # noqa: BLE001 - user code that only runs on the weak value
+        return None
+    if len(jaxpr.out_avals) != len(out_paths):
+        return None
+    return {f.detail for f in check_jaxpr(jaxpr, out_paths=list(out_paths), codes=("STB302",), literal_site=literal_site)}
+
+
 def first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
@@ -126,6 +157,8 @@ def trace_entry(name: str, entry: Entry, payload: dict[str, Any]) -> Tracer:
 
 def trace_task(name: str, entry: Entry, payload: dict[str, Any]) -> dict[str, Any]:
     """The worker task "trace": findings (as dicts) for one entry."""
+    if getattr(entry, "stand_ins", 0):  # a recorded call pattern: replayed by the confirm stage only
+        return {"findings": [], "transforms": {}, "notes": []}
     with jax_flags(entry.jax_config):
         t = trace_entry(name, entry, payload)
         return {"findings": [f.to_dict() for f in t.findings()], "transforms": t.status, "notes": t.notes}
@@ -278,27 +311,11 @@ class Tracer:
                 )
 
     def code_weak_leaves(self, out_paths: list[str]) -> set[str]:
-        """Output leaves that stay weakly typed when every input is strongly typed: the weak type
-        comes from a Python scalar in the code. A weak output inherited from a weak example
-        argument (the entry passed `2.0`) is how JAX treats that argument, not a hazard of the
-        function: `f(jnp.float32(2.0))` is strong."""
-        jax = self.jax
-        leaves = jax.tree_util.tree_leaves(self.dyn)
-        if not any(_weak_value(jax, a) for a in leaves) or getattr(self.entry, "recorded_site", None):
-            # a recorded signature's weak argument is what the tests passed: its weak outputs are
-            # the program's, as `pytest --stabcheck` reports them
-            return set(out_paths)
-
-        def strong(a: Any) -> Any:
-            if not _weak_value(jax, a):
-                return a
-            return jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.dtypes.canonicalize_dtype(jax.numpy.result_type(a)))
-
-        try:
-            jaxpr = jax.make_jaxpr(self.call)(*jax.tree_util.tree_map(strong, self.dyn))
-        except Exception:  # noqa: BLE001 - user code that only runs on the weak example: keep every finding
-            return set(out_paths)
-        return {f.detail for f in check_jaxpr(jaxpr, out_paths=out_paths, codes=("STB302",), literal_site=self.literal_site)}
+        """Output leaves that stay weakly typed when every input is strongly typed
+        (`code_weak_outputs`), for a recorded signature too: a weak Python float the test passed
+        is how JAX treats that argument, as it is for a hand-written entry's example."""
+        own = code_weak_outputs(self.jax, self.call, self.dyn, out_paths, self.literal_site)
+        return set(out_paths) if own is None else own
 
     def truncated_dtypes(self, caught: list[warnings.WarningMessage]) -> None:
         """STB301 where the user asked for a dtype JAX silently narrows (JAX's warning names the line)."""
