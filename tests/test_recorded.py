@@ -184,7 +184,7 @@ def test_a_function_recorded_later_leaves_the_skipped_list() -> None:
     [
         ("{not json", "is not valid JSON"),
         ('{"version": 1, "functions": {}}', "is not a stabcheck recorded-signatures file"),
-        ('{"format": "stabcheck-recorded", "version": 99, "functions": {}}', "has version 99; this stabcheck reads version 1"),
+        ('{"format": "stabcheck-recorded", "version": 99, "functions": {}}', "has version 99; this stabcheck reads version 2"),
         ('{"format": "stabcheck-recorded", "version": 1, "functions": []}', "must be objects"),
         ('{"format": "stabcheck-recorded", "version": 1, "functions": {"m:f": {"signatures": [{"args": []}]}}}', "the record of `m:f` is malformed"),
         ('{"format": "stabcheck-recorded", "version": 1, "functions": {"nocolon": {"signatures": []}}}', "malformed"),
@@ -439,3 +439,10 @@ def test_a_static_argument_that_cannot_be_rebuilt_is_kept_as_its_type_and_its_ca
     assert "tests.test_recorded:loss" in data["skipped"] and "tests.test_recorded:loss" not in data["functions"]
     a, b = recorded.rebuild(sigs[0]["args"][1]), recorded.rebuild(sigs[0]["args"][1])
     assert isinstance(a, recorded.StandIn) and a != b and a == a and hash(a) != hash(b)
+
+
+def test_a_version_1_file_is_read_and_written_back_as_the_current_version() -> None:
+    old = '{"format": "stabcheck-recorded", "version": 1, "functions": {"m:f": {"file": "m.py", "signatures": [{"transform": "jit", "options": {}, "args": ["f32[2]"], "kwargs": {}, "site": "t.py:3"}]}}, "skipped": {}}'
+    data = recorded.loads(old, "old/recorded.json")
+    assert data["version"] == recorded.VERSION == 2
+    assert list(data["functions"]) == ["m:f"]

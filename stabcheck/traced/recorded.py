@@ -1,7 +1,7 @@
 """Signatures recorded by `pytest --stabcheck-record`, replayed by `stabcheck check --trace/--confirm`.
 
     .stabcheck/recorded.json
-    {"format": "stabcheck-recorded", "version": 1,
+    {"format": "stabcheck-recorded", "version": 2,
      "functions": {"pkg.model:loss": {"file": "src/pkg/model.py", "signatures": [
          {"transform": "jit", "options": {"static_argnums": [1]},
           "args": ["f32[8,2]", {"$tuple": ["f32?[]", 3]}], "kwargs": {},
@@ -20,7 +20,8 @@ be rebuilt, such as an optax optimizer made of closures: only its type and how m
 the tests passed are kept; the replay passes stand-ins that JAX hashes and compares as unequal,
 and shows the retraces of that recorded pattern, nothing else). A signature seen with more than one set of `jax.jit` objects (a
 `jax.jit(fk)` built per Module) says how many in `"objects"`; the replay calls it with that many.
-No pickle and no eval: `rebuild` imports a type by its name and fills its fields, so it runs user
+An older stabcheck refuses a newer version with a message (record again, or upgrade); this one
+reads every version up to its own. No pickle and no eval: `rebuild` imports a type by its name and fills its fields, so it runs user
 code and is called only in the worker. Describing, merging, reading and writing import no JAX.
 """
 
@@ -38,7 +39,7 @@ from stabcheck.traced import specs
 from stabcheck.traced.checks import shown_path
 
 FORMAT = "stabcheck-recorded"
-VERSION = 1
+VERSION = 2  # 2: `$object`, `$jit`, `$opaque`, "objects" and `call` signatures; a version 1 file is read as it is
 MAX_PER_FUNCTION = 4  # signatures kept per function (the first in a stable order)
 COMPILING = frozenset({"jit", "filter_jit", "nnx.jit"})  # transforms whose signatures are compilations
 MAX_COMPILED = 17  # compiled signatures kept per function and transform at most: a max-traces up to 16 can be shown exceeded
