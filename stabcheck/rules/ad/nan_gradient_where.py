@@ -44,7 +44,8 @@ class NanGradientWhere(Rule):
     `arcsin`, `arccos`, `arctanh`, `rsqrt`, `linalg.norm`, division by `x`, `x ** 0.5`), the
     condition tests `x`, and `x` is not itself guarded by an inner `where` (the "double where").
     Any function counts: `grad` may be applied in another module. Not flagged: an operand no
-    gradient reaches (an integer count, an `int` parameter, a constant), a condition that tests
+    gradient reaches (an integer count, an `int` parameter, a constant, a count of thresholded
+    booleans `jnp.asarray(a > 0, jnp.float32)`), a condition that tests
     other values than the operand, an operand singular only outside the region the condition
     masks (`where(a > 1e-4, 1 / (1 + sqrt(1 - a)), series)`); and where both branches are formulas of one function (the
     `where` picks the numerically stable one, as in `log1mexp`) the finding is only a guess.
@@ -55,7 +56,9 @@ class NanGradientWhere(Rule):
     Code autodiff never enters is not flagged: the body of a `custom_jvp`/`custom_vjp` function
     (its rule gives the derivative), a `custom_vjp` fwd rule, a Pallas kernel (`pallas_call`,
     `emit_pipeline`); a module-level helper that only such code calls is a guess (another module
-    may still differentiate it).
+    may still differentiate it). An operand whose tested names are all clamped before the `where`
+    (`s = jnp.maximum(eps, r2)`, then `z / (2 * sqrt(s) - s)`) is a guess: the clamp may or may
+    not keep the formula off its singular point.
 
     ## Why is this bad?
     `where` selects outputs, but both branches are computed and differentiated everywhere. In
@@ -215,7 +218,12 @@ class NanGradientWhere(Rule):
                 return  # a custom rule's primal or fwd, a Pallas kernel: autodiff never enters it
             other = branches[1 - i]
             confidence = "proven" if opaque is None else "guess"  # a helper only those call
-            if _in_test_function(ctx) and not (ctx.function is not None and ctx.function.transformed):
+            tested = _names(arg) & cond_names
+            if tested and all(self._guarded(ast.Name(id=n, ctx=ast.Load()), ctx) for n in tested):
+                # `s = jnp.maximum(eps, r2)`, then `z / (2 * sqrt(s) - s)`: the names it reads are
+                # clamped; whether the formula still meets its singular point there is not known
+                confidence = "guess"
+            elif _in_test_function(ctx) and not (ctx.function is not None and ctx.function.transformed):
                 # a test computes values to assert on; no gradient of this function is visible
                 confidence = "guess"
             if _same_function(other, arg, ctx) or self._hazard(other, cond_names, ctx, cond, 1 - i) is not None:
@@ -412,8 +420,9 @@ _GRID_BUILDERS = frozenset(
 
 
 def _grid_value(v: ast.AST, ctx: FileContext, depth: int) -> bool:
-    """A value computed from sizes and numbers alone (`jnp.fft.rfftfreq(x.shape[-1])`, then
-    `-(2 * jnp.pi * k) ** 2`): a mesh constant, which no gradient reaches."""
+    """A value computed from sizes, numbers and comparisons alone (`jnp.fft.rfftfreq(x.shape[-1])`,
+    then `-(2 * jnp.pi * k) ** 2`; a thresholded mask `jnp.asarray(a > 0, jnp.float32)` and
+    its counts): a mesh constant or a boolean, which no gradient reaches."""
     if depth > 6:
         return False
     if isinstance(v, ast.Constant):
@@ -430,19 +439,37 @@ def _grid_value(v: ast.AST, ctx: FileContext, depth: int) -> bool:
         return _grid_value(v.left, ctx, depth + 1) and _grid_value(v.right, ctx, depth + 1)
     if isinstance(v, (ast.Tuple, ast.List)):
         return all(_grid_value(e, ctx, depth + 1) for e in v.elts)
+    if isinstance(v, ast.Compare):
+        return True  # a boolean: no gradient flows through a comparison
     if isinstance(v, ast.Call):
         q = ctx.qualname(v.func)
         if q in _INT_CALLS:
             return True
-        args = [*v.args, *(k.value for k in v.keywords if k.arg not in ("dtype", "endpoint", "indexing"))]
-        return q in _GRID_BUILDERS and all(_grid_value(a, ctx, depth + 1) for a in args)
+        if isinstance(v.func, ast.Attribute) and v.func.attr == "astype":
+            return _grid_value(v.func.value, ctx, depth + 1)
+        args = [*v.args, *(k.value for k in v.keywords if k.arg not in ("dtype", "endpoint", "indexing", "axis", "keepdims"))]
+        return (q in _GRID_BUILDERS or q in _GRID_KEEPING) and all(_grid_value(a, ctx, depth + 1) for a in args)
     if isinstance(v, ast.Name):
         owner = _binding_scope(v.id, ctx)
-        if owner is None or v.id in owner.params:
+        if owner is None or (v.id in owner.params and not _rebound_first(owner, v.id, v)):
             return False
         values = _bound_values(owner, v.id, ctx)
         return bool(values) and all(_grid_value(b, ctx, depth + 1) for b in values)
     return False
+
+
+# what keeps a value of sizes, numbers and booleans one (a mask's count, its cast)
+_GRID_KEEPING = frozenset(
+    {"jax.numpy.sum", "jax.numpy.mean", "jax.numpy.prod", "jax.numpy.asarray", "jax.numpy.array", "jax.numpy.logical_and", "jax.numpy.logical_or", "jax.numpy.logical_not", "jax.numpy.cumsum"}
+)
+
+
+def _rebound_first(owner: FunctionInfo, name: str, use: ast.AST) -> bool:
+    """Parameter `name` is assigned by a statement of `owner`'s own body (not under an `if` or a
+    loop) before `use`: the parameter's value no longer reaches it (`a = jnp.asarray(a > 0)`)."""
+    body = getattr(owner.node, "body", [])
+    line = getattr(use, "lineno", 0)
+    return any(isinstance(st, ast.Assign) and st.lineno < line and any(isinstance(t, ast.Name) and t.id == name for t in st.targets) for st in body)
 
 
 def _binding_scope(name: str, ctx: FileContext) -> FunctionInfo | None:

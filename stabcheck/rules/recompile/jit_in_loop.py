@@ -27,7 +27,9 @@ class JitInLoop(Rule):
     variable (`ma = Model(size)`, then `jax.jit(lambda x: ma.apply(p, x))`), or its call gets an
     argument computed from it (`x = jnp.ones((n, n))`: a new shape each size), or the loop walks a
     display of static configurations, or the function jitted is the iteration's own item
-    (`for t in trainers: jax.jit(partial(t.loss_fn, cfg))`: one program per item). The loop variable itself passed as an argument
+    (`for t in trainers: jax.jit(partial(t.loss_fn, cfg))`: one program per item); likewise a
+    function that jits inside itself code taken from its argument (`estimator.scan(...)`) counts
+    as called per step only where a loop passes it the same object, not each iteration's own. The loop variable itself passed as an argument
     (`step(params, batch)`, also taken apart: `x, y = batch`) is data of one kind: still a finding.
 
     In test files (`test_*.py`, `*_test.py`, `conftest.py`, anything under `tests/`) the finding
@@ -289,10 +291,10 @@ class JitInLoop(Rule):
                 confidence = "guess"  # `if need_compile:`: rebuilt only when something changed
         elif _per_call_outer(ctx) and isinstance(parent, ast.Call) and parent.func is node:
             where = f"and called inline inside `{ctx.function.qualname}`"  # type: ignore[union-attr]
-            confidence = _repeated(ctx)
+            confidence = _repeated(ctx, fn)
         elif _per_call_outer(ctx) and self._used_locally(node, ctx):
             where = f"inside `{ctx.function.qualname}` and used there"  # type: ignore[union-attr]
-            confidence = _repeated(ctx)
+            confidence = _repeated(ctx, fn)
         else:
             return
         name = ctx.qualname(node.func) or ctx.text(node.func)
@@ -320,7 +322,7 @@ class JitInLoop(Rule):
                     confidence = "guess"  # a function of the iteration's sizes or configuration
             elif outer is not None and _per_call_outer(ctx) and _called(outer.node, node.name) and not _escapes(outer.node, node.name):
                 where = f"inside `{outer.qualname}` and called there: each call of `{outer.qualname}` defines a new function"
-                confidence = _repeated(ctx)
+                confidence = _repeated(ctx, node)
             else:
                 return
             self.report(
@@ -424,20 +426,66 @@ def _per_call_outer(ctx: FileContext) -> bool:
     return not any(ctx.qualname(d.func if isinstance(d, ast.Call) else d) in _CACHES for d in fn.node.decorator_list)
 
 
-def _repeated(ctx: FileContext) -> Literal["proven", "guess"]:
+def _repeated(ctx: FileContext, fn: ast.AST) -> Literal["proven", "guess"]:
     """A compile per call of the enclosing function costs only if that function runs many times:
     proven when this module calls it from a loop; otherwise it may be a one-shot driver (a fit, an
-    adaptation, a diagnostic), and the finding is a guess."""
-    fn = ctx.function
-    if fn is None:
+    adaptation, a diagnostic), and the finding is a guess. A loop that passes each iteration's
+    own object as an argument the jitted `fn` takes its code from (`estimator.scan(...)` of the
+    enclosing function's `estimator`, once per agent) compiles a different program per call
+    wherever the jit is built: that call does not count."""
+    outer = ctx.function
+    if outer is None:
         return "guess"
-    name = fn.name
+    name = outer.name
+    if isinstance(fn, ast.Name):  # `jax.jit(evalf)` of a nested def
+        info = ctx.analysis.resolve(fn, outer)
+        fn = info.node if info is not None else fn
+    code = _code_params(fn, outer)
     for _scope, call in ctx.analysis.calls:
         callee = call.func
         called = callee.id if isinstance(callee, ast.Name) else callee.attr if isinstance(callee, ast.Attribute) else None
-        if called == name and _in_loop(call, ctx):
+        if called == name and _in_loop(call, ctx) and not (code and _passes_loop_item(call, outer, code, ctx)):
             return "proven"
     return "guess"
+
+
+# array methods: calling one on an argument computes on data, it does not take code from it
+_ARRAY_METHODS = frozenset(
+    "sum mean max min prod std var any all argmax argmin cumsum cumprod reshape astype transpose swapaxes squeeze ravel flatten "
+    "dot clip round conj copy item tolist at get set add multiply T real imag sort argsort take repeat".split()
+)
+
+
+def _code_params(fn: ast.AST, outer: FunctionInfo) -> set[str]:
+    """The parameters of `outer` that `fn` (built inside it) takes code from: called
+    (`step(x)`) or whose methods it calls (`estimator.scan(x)`), array methods aside."""
+    params = set(outer.params)
+    out: set[str] = set()
+    for n in ast.walk(fn):
+        if isinstance(n, ast.Call):
+            f = n.func
+            if isinstance(f, ast.Name) and f.id in params:
+                out.add(f.id)
+            elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in params and f.attr not in _ARRAY_METHODS:
+                out.add(f.value.id)
+    return out
+
+
+def _passes_loop_item(call: ast.Call, outer: FunctionInfo, code: set[str], ctx: FileContext) -> bool:
+    """Does `call` (of `outer`, in a loop) give one of the `code` parameters a value read from
+    the target of a loop around it?"""
+    targets: set[str] = set()
+    for info in ctx.analysis.functions.values():
+        nodes = _own_body(info.node) if not isinstance(info.node, ast.Lambda) else []
+        for n in nodes:
+            if isinstance(n, (ast.For, ast.AsyncFor)) and any(m is call for m in ast.walk(n)):
+                targets |= {m.id for m in ast.walk(n.target) if isinstance(m, ast.Name)}
+    for st in ctx.tree.body:
+        if isinstance(st, (ast.For, ast.AsyncFor)) and any(m is call for m in ast.walk(st)):
+            targets |= {m.id for m in ast.walk(st.target) if isinstance(m, ast.Name)}
+    given = [(outer.params[i], a) for i, a in enumerate(call.args) if i < len(outer.params)]
+    given += [(k.arg, k.value) for k in call.keywords if k.arg]
+    return any(p in code and _reads_any(a, targets) for p, a in given)
 
 
 def _in_loop(node: ast.AST, ctx: FileContext) -> bool:
