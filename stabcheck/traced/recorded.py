@@ -554,15 +554,10 @@ def replayed_function(fn: Any, sig: Mapping[str, Any]) -> Any:
     return loss_only
 
 
-def more_transforms(fn: Any, parts: Mapping[str, Any]) -> tuple[str, ...]:
-    """The AD transforms the test did not run but the entry supports: `grad` (and `hessian` when
-    the differentiated inputs are small) of a function with a float scalar output."""
-    import jax  # JAX: this runs in the worker
-
-    transforms = tuple(parts["transforms"])
+def _of_dynamic(fn: Any, parts: Mapping[str, Any]) -> tuple[Any, list[int]]:
+    """`fn` as a function of an entry's dynamic positional arguments (its static ones and its
+    keywords held at their values), and the positions of those arguments."""
     args, static, kwargs = parts["args"], set(parts["static_argnums"]), parts["kwargs"]
-    if "call" in transforms or "vmap" in transforms or "jacfwd" in transforms or "jacrev" in transforms:
-        return transforms
     dyn = [i for i in range(len(args)) if i not in static]
 
     def call(*d: Any) -> Any:
@@ -571,6 +566,19 @@ def more_transforms(fn: Any, parts: Mapping[str, Any]) -> tuple[str, ...]:
             full[i] = v
         return fn(*full, **kwargs)
 
+    return call, dyn
+
+
+def more_transforms(fn: Any, parts: Mapping[str, Any]) -> tuple[str, ...]:
+    """The AD transforms the test did not run but the entry supports: `grad` (and `hessian` when
+    the differentiated inputs are small) of a function with a float scalar output."""
+    import jax  # JAX: this runs in the worker
+
+    transforms = tuple(parts["transforms"])
+    if "call" in transforms or "vmap" in transforms or "jacfwd" in transforms or "jacrev" in transforms:
+        return transforms
+    args, static = parts["args"], set(parts["static_argnums"])
+    call, dyn = _of_dynamic(fn, parts)
     try:
         out = jax.eval_shape(call, *[args[i] for i in dyn])
     except Exception:  # noqa: BLE001 - user code: the tracer reports it
@@ -599,14 +607,8 @@ def fed_back_state(fn: Any, parts: Mapping[str, Any], others: Iterable[Mapping[s
     shaped like an argument is no state. () when there is none."""
     import jax  # JAX: this runs in the worker
 
-    args, static, kwargs = parts["args"], set(parts["static_argnums"]), parts["kwargs"]
-    dyn = [i for i in range(len(args)) if i not in static]
-
-    def call(*d: Any) -> Any:
-        full = list(args)
-        for i, v in zip(dyn, d):
-            full[i] = v
-        return fn(*full, **kwargs)
+    args = parts["args"]
+    call, dyn = _of_dynamic(fn, parts)
 
     def types(tree: Any) -> tuple[Any, tuple[tuple[str, tuple[int, ...], bool], ...]] | None:
         leaves, treedef = jax.tree_util.tree_flatten(tree)
