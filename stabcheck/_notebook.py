@@ -29,9 +29,10 @@ _AUTOMAGIC = re.compile(
 )
 
 
-# a shell or magic output assigned (`files = !ls`, `t = %timeit -o f()`): IPython's
+# a shell or magic output assigned (`files = !ls`, `t[c] = %timeit -o f()`): IPython's
 # `get_ipython().getoutput(...)`, a Python value; its right-hand side becomes `None`
-_ASSIGNED = re.compile(r"^(\s*[A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*\s*=\s*)[!%]")
+_TARGET = r"[A-Za-z_][\w.]*(?:\[[^\]=]*\])*"  # a name, an attribute, a subscript (`t[c]`)
+_ASSIGNED = re.compile(rf"^(\s*{_TARGET}(?:\s*,\s*{_TARGET})*\s*=\s*)[!%]")
 
 
 class NotebookError(ValueError):

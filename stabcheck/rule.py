@@ -68,6 +68,20 @@ def is_test_path(path: str) -> bool:
     return bool(_TEST_FILE.match(parts[-1])) or any(p in ("tests", "test") for p in parts[:-1])
 
 
+def in_test_function(ctx: FileContext) -> bool:
+    """Inside a test of a test file (`is_test_path`): a function (or one enclosing it) named
+    `test*`/`_test*`, or a method of a `Test*` class. A problem class a test file defines for a
+    library to solve (and differentiate) is not one."""
+    if not is_test_path(ctx.path):
+        return False
+    s = ctx.function
+    while s is not None:
+        if s.name.lstrip("_").startswith("test") or (s.cls is not None and "Test" in s.cls.name):
+            return True
+        s = s.parent
+    return False
+
+
 class Rule:
     code: ClassVar[str] = ""
     name: ClassVar[str] = ""  # kebab-case slug naming the pattern

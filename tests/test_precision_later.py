@@ -70,3 +70,38 @@ def test_a_module_level_alias_names_what_it_is_bound_to() -> None:
     assert [(f.code, f.line) for f in check_source(source, "m.py", Config())] == [("STB101", 19)]
     rebound = source.replace("jit = jax.jit\n", "jit = jax.jit\njit = None\n")
     assert [f.code for f in check_source(rebound, "m.py", Config())] == []  # bound twice: not an alias
+
+
+_COUNTER = """import jax
+import jax.numpy as jnp
+
+
+def test_jit_traces_once():
+    n = 0
+
+    @jax.jit
+    def f(x):
+        nonlocal n
+        n += 1
+        return x * 2
+
+    f(jnp.ones(3))
+    f(jnp.ones(3))
+    assert n == 1
+"""
+
+
+def test_a_test_counting_its_traces_is_a_guess(tmp_path: Path) -> None:
+    # treex's tests (R8) count traces on purpose; the same counter in library code still fires
+    assert [(f.code, f.confidence) for f in check_source(_COUNTER, "tests/test_jit.py", Config(preview=True))] == [("STB104", "guess")]
+    assert check_source(_COUNTER, "tests/test_jit.py", Config()) == []
+    assert [(f.code, f.confidence) for f in check_source(_COUNTER, "pkg/model.py", Config())] == [("STB104", "proven")]
+
+
+@pytest.mark.slow
+@requires_jax
+def test_the_counted_test_really_traces_once(tmp_path: Path) -> None:
+    test = tmp_path / "test_jit.py"
+    test.write_text(_COUNTER + "\n\ntest_jit_traces_once()\nprint('ok')\n", encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(test)], capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -115,9 +115,10 @@ def test_a_shell_line_continued_by_a_backslash_is_blanked_whole() -> None:
 
 
 def test_a_shell_or_magic_output_assigned_keeps_the_name_bound() -> None:
-    # learned_optimization's demo: `gpu_info = !nvidia-smi` (IPython's getoutput), then used
-    src = ["gpu_info = !nvidia-smi\n", "gpu_info = '\\n'.join(gpu_info)\n", "t = %timeit -o sum(range(3))\n", "a, b = !ls \\\n", "   -la\n", "ok = 1 != 2\n", "r = 5 % 3\n"]
+    # learned_optimization's demo: `gpu_info = !nvidia-smi` (IPython's getoutput), then used;
+    # pytreeclass's benchmark: `t_tc[c] = %timeit -o ...` (R8)
+    src = ["gpu_info = !nvidia-smi\n", "gpu_info = '\\n'.join(gpu_info)\n", "t = %timeit -o sum(range(3))\n", "a, b = !ls \\\n", "   -la\n", "ok = 1 != 2\n", "r = 5 % 3\n", "t_tc[c] = %timeit -o f()\n", "x[a == b] = 3\n"]
     nb = {"cells": [{"cell_type": "code", "source": src}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
     cells = _notebook.cells(json.dumps(nb).encode())
     assert cells.broken == ()
-    assert cells.source.splitlines() == ["gpu_info = None", "gpu_info = '\\n'.join(gpu_info)", "t = None", "a, b = None", "", "ok = 1 != 2", "r = 5 % 3"]
+    assert cells.source.splitlines() == ["gpu_info = None", "gpu_info = '\\n'.join(gpu_info)", "t = None", "a, b = None", "", "ok = 1 != 2", "r = 5 % 3", "t_tc[c] = None", "x[a == b] = 3"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import ast
 import re
 
-from stabcheck.rule import Rule, is_test_path, only
+from stabcheck.rule import Rule, in_test_function, only
 from stabcheck.rules.ad._graph import ADGraph
 from stabcheck.static.analysis import FunctionInfo
 from stabcheck.static.context import FileContext
@@ -223,7 +223,7 @@ class NanGradientWhere(Rule):
                 # `s = jnp.maximum(eps, r2)`, then `z / (2 * sqrt(s) - s)`: the names it reads are
                 # clamped; whether the formula still meets its singular point there is not known
                 confidence = "guess"
-            elif _in_test_function(ctx) and not (ctx.function is not None and ctx.function.transformed):
+            elif in_test_function(ctx) and not (ctx.function is not None and ctx.function.transformed):
                 # a test computes values to assert on; no gradient of this function is visible
                 confidence = "guess"
             if _same_function(other, arg, ctx) or self._hazard(other, cond_names, ctx, cond, 1 - i) is not None:
@@ -325,20 +325,6 @@ def _may_be_differentiated(ctx: FileContext) -> bool:
 _REGION = frozenset({"jax.numpy.sqrt", "jax.lax.sqrt", "jax.lax.rsqrt", "jax.numpy.arcsin", "jax.numpy.arccos", "jax.lax.asin", "jax.lax.acos"})
 _INT_CALLS = frozenset({"builtins.len", "builtins.int", "jax.numpy.count_nonzero", "jax.numpy.size", "jax.numpy.ndim", "numpy.count_nonzero"})
 _INT_DTYPES = frozenset({"builtins.int", "jax.numpy.int32", "jax.numpy.int64", "jax.numpy.int8", "jax.numpy.int16", "jax.numpy.uint32", "numpy.int32", "numpy.int64"})
-
-
-def _in_test_function(ctx: FileContext) -> bool:
-    """Inside a test of a test file: a function (or one enclosing it) named `test*`/`_test*`, or
-    a method of a `Test*` class. A problem class a test file defines for a library to solve (and
-    differentiate) is not one."""
-    if not is_test_path(ctx.path):
-        return False
-    s = ctx.function
-    while s is not None:
-        if s.name.lstrip("_").startswith("test") or (s.cls is not None and "Test" in s.cls.name):
-            return True
-        s = s.parent
-    return False
 
 
 def _no_gradient(arg: ast.AST, ctx: FileContext) -> bool:
