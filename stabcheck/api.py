@@ -556,13 +556,14 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
 X64_SCAN_LIMIT = 5000
 
 
-def _x64_elsewhere(files: Sequence[Path], known: set[str], config: Config) -> set[str]:
+def _x64_elsewhere(files: Sequence[Path], known: set[str], config: Config, skip: Sequence[Path] | None = None) -> set[str]:
     """The projects of `files` (not in `known`) where a file this run does not check turns x64
     on. The x64 fact is the project's, so it must not depend on which of its files a run names:
     a pre-commit run on the staged files, `check -` on an editor's buffer or `check src/model.py`
     gives what `check .` gives. Only a real project (`xfile.is_project`) is read, its files as
-    `check ROOT` would find them (the config's excludes), at most X64_SCAN_LIMIT of them."""
-    checked = {os.path.realpath(f) for f in files}
+    `check ROOT` would find them (the config's excludes), at most X64_SCAN_LIMIT of them; `skip`:
+    the files not to read (default: `files`, whose fact the run takes from them)."""
+    checked = {os.path.realpath(f) for f in (files if skip is None else skip)}
     found: set[str] = set()
     for root in sorted({xfile.project_root(str(f)) for f in files} - known):
         if not xfile.is_project(root):
@@ -585,10 +586,14 @@ def _x64_elsewhere(files: Sequence[Path], known: set[str], config: Config) -> se
     return found
 
 
-def project_facts(path: str, config: Config) -> frozenset[str]:
+def project_facts(path: str, config: Config, *, with_itself: bool = False) -> frozenset[str]:
     """For a file checked alone (`check -`, the language server): the project-level facts that
-    `check .` takes from the project's other files (`_x64_elsewhere`): the roots turning x64 on."""
-    return frozenset(_x64_elsewhere([Path(path)], set(), config) if os.path.isfile(path) else ())
+    `check .` takes from the project's other files (`_x64_elsewhere`): the roots turning x64 on.
+    `with_itself`: the file's saved text counts too (facts shared by every open file of the
+    project); otherwise its text is the one being checked, which the rules read themselves."""
+    if not os.path.isfile(path):
+        return frozenset()
+    return frozenset(_x64_elsewhere([Path(path)], set(), config, skip=() if with_itself else (Path(path),)))
 
 
 def install_project_facts(facts: frozenset[str]) -> None:

@@ -221,6 +221,9 @@ def test_project_facts_read_the_projects_other_files_and_follow_its_excludes(tmp
     assert project_facts(model, Config()) == frozenset({project_root(model)})
     assert project_facts(model, Config(exclude=("pkg/__init__.py",), root=str(proj))) == frozenset()
     assert project_facts(str(proj / "pkg" / "gone.py"), Config()) == frozenset()  # an unsaved buffer: its own text only
+    init = str(proj / "pkg" / "__init__.py")
+    assert project_facts(init, Config()) == frozenset()  # its own text is the one being checked
+    assert project_facts(init, Config(), with_itself=True) == frozenset({project_root(model)})  # the server's per-project facts
 
 
 def test_stdin_reports_newer_python_syntax_as_a_note(tmp_path: Path) -> None:

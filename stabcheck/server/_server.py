@@ -30,6 +30,7 @@ from stabcheck.finding import Finding
 from stabcheck.rule import Rule
 from stabcheck.server import _features, _settings, _text
 from stabcheck.server._features import Snapshot
+from stabcheck.static import xfile
 from stabcheck.static.engine import Dispatcher, check_bytes
 
 DEBOUNCE = 0.15  # seconds of quiet after the last keystroke before a buffer is checked
@@ -47,7 +48,7 @@ class StabcheckServer(LanguageServer):
         self._reported: set[str] = set()
         self._typed: dict[str, tuple[str, Any]] = {}  # path -> (sha256 of the saved bytes, FileTypes or None)
         self._typing: set[tuple[str, str]] = set()  # (path, sha256) being typed now
-        self._facts: dict[str, frozenset[str]] = {}  # path -> its project's facts (`api.project_facts`)
+        self._facts: dict[str, frozenset[str]] = {}  # project root -> its facts (`api.project_facts`)
         self.shutdown_requested = False
         # fixes (libcst) and the typed tier (mypy) take seconds: their own threads, so that they
         # never hold up pygls's pool, which also reads the client's messages
@@ -133,10 +134,10 @@ class StabcheckServer(LanguageServer):
         config = self.config_for(path)
         shown = _shown_path(path, config, uri)
         types = self.types_for(uri, path, text, config) if config.types and path is not None else None
-        if path is not None:  # the project's x64 fact, as `check .` takes it (kept until a save)
-            key = str(path)
+        if path is not None:  # the project's x64 fact, as `check .` takes it (one scan per project, kept until a save)
+            key = xfile.project_root(str(path))
             if key not in self._facts:
-                self._facts[key] = api.project_facts(key, config)
+                self._facts[key] = api.project_facts(str(path), config, with_itself=True)
             api.install_project_facts(self._facts[key])
         with api.gc_tuned():  # as `check` runs: big short-lived trees, few collections
             findings = findings_for(text, shown, path, config, self.dispatcher(api.enabled_rules(config)), types)
@@ -356,7 +357,7 @@ def build() -> StabcheckServer:
         elif uri.endswith((".toml",)):
             ls._configs.clear()
             ls.recheck_all()
-        elif ls.document(uri) is not None:
+        elif doc is not None:
             ls.schedule(uri, 0)  # a saved file may now match the last traced run's record
 
     @server.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)

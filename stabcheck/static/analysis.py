@@ -295,7 +295,7 @@ class Analysis:
                 if t is not None:
                     if isinstance(dec, ast.Call):
                         # `@partial(jax.vmap, in_axes=(0, None))`, `@jax.vmap(in_axes=...)`
-                        t = _unbatched_static(t, dec)
+                        t = _passed_through(t, dec)
                     self._mark(info, t, decorated=True)
                 elif self._is_compact(dec) and info.cls is not None:
                     self._mark_module_method(info)
@@ -306,7 +306,7 @@ class Analysis:
             if tc is None:
                 continue
             t, fns = tc
-            t = _unbatched_static(t, call)
+            t = _passed_through(t, call)
             for fn in fns:
                 self._apply(t, fn, scope)
 
@@ -936,7 +936,7 @@ def _pairs(target: ast.AST, value: ast.AST) -> list[tuple[str, ast.AST | None]]:
 _PASS_THROUGH = {"vmap": (1, "in_axes"), "shard_map": (2, "in_specs")}  # where None means "as it is"
 
 
-def _unbatched_static(t: Transform, call: ast.Call) -> Transform:
+def _passed_through(t: Transform, call: ast.Call) -> Transform:
     """`jax.vmap(f, (0, None))(x, n)`, `@partial(jax.vmap, (0, None))`, `@jax.vmap(in_axes=...)`:
     an argument with `in_axes` None is passed through as it is (a Python int stays one), so it is
     not traced by this transform; so is one whose `jax.shard_map` `in_specs` entry is None."""

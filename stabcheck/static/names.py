@@ -149,22 +149,24 @@ class Names:
                     if a.name == "*":
                         continue
                     self.aliases[a.asname or a.name] = canonical(f"{node.module}.{a.name}")
-        bound: dict[str, int] = {}
+        assigned: dict[str, int] = {}  # how many module-level assignments bind each name
+        defs: set[str] = set()
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 self.defined.add(node.name)
-                bound[node.name] = bound.get(node.name, 0) + 2
+                defs.add(node.name)
             elif isinstance(node, ast.Assign):
                 for t in node.targets:
                     if isinstance(t, ast.Name):
                         self.defined.add(t.id)
-                        bound[t.id] = bound.get(t.id, 0) + 1
+                        assigned[t.id] = assigned.get(t.id, 0) + 1
         # a module-level alias bound once (`partial = functools.partial`, `jit = jax.jit`) names
         # what it is bound to, as an import alias does
         for node in tree.body:
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) and isinstance(node.value, (ast.Name, ast.Attribute)):
                 name = node.targets[0].id
-                q = self._qualname(node.value) if bound.get(name) == 1 and name not in self.aliases else None
+                once = assigned.get(name) == 1 and name not in defs and name not in self.aliases
+                q = self._qualname(node.value) if once else None
                 if q is not None:
                     self.aliases[name] = q
 

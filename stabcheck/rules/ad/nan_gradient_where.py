@@ -219,7 +219,7 @@ class NanGradientWhere(Rule):
             other = branches[1 - i]
             confidence = "proven" if opaque is None else "guess"  # a helper only those call
             tested = _names(arg) & cond_names
-            if tested and all(self._guarded(ast.Name(id=n, ctx=ast.Load()), ctx) for n in tested):
+            if tested and all(_bound_to_guard(n, ctx) for n in tested):
                 # `s = jnp.maximum(eps, r2)`, then `z / (2 * sqrt(s) - s)`: the names it reads are
                 # clamped; whether the formula still meets its singular point there is not known
                 confidence = "guess"
@@ -298,12 +298,7 @@ class NanGradientWhere(Rule):
                 rets = [n.value for n in ctx.analysis.own_nodes(helper) if isinstance(n, ast.Return)]
                 if rets and all(isinstance(r, ast.Call) and ctx.qualname(r.func) in _GUARDS for r in rets):
                     return True
-        if isinstance(arg, ast.Name) and ctx.function is not None:
-            for n in ast.walk(ctx.function.node):
-                if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == arg.id for t in n.targets):
-                    if isinstance(n.value, ast.Call) and ctx.qualname(n.value.func) in _GUARDS:
-                        return True
-        return False
+        return isinstance(arg, ast.Name) and _bound_to_guard(arg.id, ctx)
 
 
 _AD_WORDS = re.compile(r"grad|jvp|vjp|jac|hessian|lineari[sz]e", re.I)
@@ -325,6 +320,17 @@ def _may_be_differentiated(ctx: FileContext) -> bool:
 _REGION = frozenset({"jax.numpy.sqrt", "jax.lax.sqrt", "jax.lax.rsqrt", "jax.numpy.arcsin", "jax.numpy.arccos", "jax.lax.asin", "jax.lax.acos"})
 _INT_CALLS = frozenset({"builtins.len", "builtins.int", "jax.numpy.count_nonzero", "jax.numpy.size", "jax.numpy.ndim", "numpy.count_nonzero"})
 _INT_DTYPES = frozenset({"builtins.int", "jax.numpy.int32", "jax.numpy.int64", "jax.numpy.int8", "jax.numpy.int16", "jax.numpy.uint32", "numpy.int32", "numpy.int64"})
+
+
+def _bound_to_guard(name: str, ctx: FileContext) -> bool:
+    """The current function assigns `name` a guard's result (`s = jnp.maximum(eps, r2)`)."""
+    if ctx.function is None:
+        return False
+    for n in ast.walk(ctx.function.node):
+        if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in n.targets):
+            if isinstance(n.value, ast.Call) and ctx.qualname(n.value.func) in _GUARDS:
+                return True
+    return False
 
 
 def _no_gradient(arg: ast.AST, ctx: FileContext) -> bool:

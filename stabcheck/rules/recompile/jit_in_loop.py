@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 from stabcheck.rule import Rule
 from stabcheck.static.analysis import FunctionInfo
 from stabcheck.static.context import FileContext
+from stabcheck.static.names import PARTIAL
 
 _COMPILING = frozenset({"jit"})
 _CACHES = frozenset({"functools.cache", "functools.lru_cache", "functools.cached_property"})
@@ -474,40 +475,48 @@ def _code_params(fn: ast.AST, outer: FunctionInfo) -> set[str]:
 def _passes_loop_item(call: ast.Call, outer: FunctionInfo, code: set[str], ctx: FileContext) -> bool:
     """Does `call` (of `outer`, in a loop) give one of the `code` parameters a value read from
     the target of a loop around it?"""
-    targets: set[str] = set()
-    for info in ctx.analysis.functions.values():
-        nodes = _own_body(info.node) if not isinstance(info.node, ast.Lambda) else []
-        for n in nodes:
-            if isinstance(n, (ast.For, ast.AsyncFor)) and any(m is call for m in ast.walk(n)):
-                targets |= {m.id for m in ast.walk(n.target) if isinstance(m, ast.Name)}
-    for st in ctx.tree.body:
-        if isinstance(st, (ast.For, ast.AsyncFor)) and any(m is call for m in ast.walk(st)):
-            targets |= {m.id for m in ast.walk(st.target) if isinstance(m, ast.Name)}
+    targets = {n for loop in _loops_around(call, ctx) if isinstance(loop, (ast.For, ast.AsyncFor)) for n in _loop_names(loop)}
     given = [(outer.params[i], a) for i, a in enumerate(call.args) if i < len(outer.params)]
     given += [(k.arg, k.value) for k in call.keywords if k.arg]
     return any(p in code and _reads_any(a, targets) for p, a in given)
 
 
 def _in_loop(node: ast.AST, ctx: FileContext) -> bool:
+    return next(_loops_around(node, ctx), None) is not None
+
+
+def _loops_around(node: ast.AST, ctx: FileContext) -> Iterator[ast.AST]:
+    """The loops and comprehensions holding `node`, in a function's own body or at the module's
+    top level."""
     for info in ctx.analysis.functions.values():
         if isinstance(info.node, ast.Lambda):
             continue
         for n in _own_body(info.node):
             if isinstance(n, _LOOP_NODES) and any(m is node for m in ast.walk(n)):
-                return True
+                yield n
     for st in ctx.tree.body:
         if isinstance(st, _LOOP_NODES) and any(m is node for m in ast.walk(st)):
-            return True
-    return False
+            yield st
+
+
+def _generators(loop: ast.AST) -> list[tuple[ast.AST, ast.AST]]:
+    """(target, iterable) of a `for` loop or of each generator of a comprehension."""
+    if isinstance(loop, (ast.For, ast.AsyncFor)):
+        return [(loop.target, loop.iter)]
+    return [(g.target, g.iter) for g in getattr(loop, "generators", ())]
+
+
+def _loop_names(loop: ast.AST) -> set[str]:
+    """The names a loop (or comprehension) binds each iteration."""
+    return {n.id for t, _ in _generators(loop) for n in ast.walk(t) if isinstance(n, ast.Name)}
 
 
 def _binds_loop_target(fn: ast.AST, loop: ast.AST) -> bool:
     """`jax.jit(partial(f, cfg=cfg))` in `for cfg in configs`: the loop walks distinct static
     configurations, each of which needs its own compile whichever way it is spelled."""
-    gens = [(loop.target, loop.iter)] if isinstance(loop, (ast.For, ast.AsyncFor)) else [(g.target, g.iter) for g in getattr(loop, "generators", ())]
     # only a loop over a display of non-numeric literals (`("lu", "qr")`, `(True, False)`) is known
     # to walk static configurations; numbers may as well be data that belong in a traced argument
-    targets = {n.id for t, it in gens if _config_display(it) for n in ast.walk(t) if isinstance(n, ast.Name)}
+    targets = {n.id for t, it in _generators(loop) if _config_display(it) for n in ast.walk(t) if isinstance(n, ast.Name)}
     if not targets:
         return False
     parts = [*fn.args[1:], *(k.value for k in fn.keywords)] if isinstance(fn, ast.Call) else [fn.body] if isinstance(fn, ast.Lambda) else []
@@ -518,11 +527,9 @@ def _jits_loop_item(fn: ast.AST, loop: ast.AST, ctx: FileContext) -> bool:
     """`for t in trainers: jax.jit(partial(t.loss_fn, cfg))`: the function jitted (not a value
     bound to it) is the iteration's own item, a different program each time, which needs its own
     compile wherever it is built."""
-    gens = [loop.target] if isinstance(loop, (ast.For, ast.AsyncFor)) else [g.target for g in getattr(loop, "generators", ())]
-    targets = {n.id for t in gens for n in ast.walk(t) if isinstance(n, ast.Name)}
-    if isinstance(fn, ast.Call) and ctx.qualname(fn.func) in ("functools.partial", "partial") and fn.args:
+    if isinstance(fn, ast.Call) and ctx.qualname(fn.func) in PARTIAL and fn.args:
         fn = fn.args[0]
-    return isinstance(fn, (ast.Name, ast.Attribute, ast.Subscript)) and _reads_any(fn, targets)
+    return isinstance(fn, (ast.Name, ast.Attribute, ast.Subscript)) and _reads_any(fn, _loop_names(loop))
 
 
 def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:
@@ -533,8 +540,7 @@ def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:
     configurations, each needing its own compile whichever way it is spelled. The loop variable
     itself passed as an argument (`step(params, batch)`) is data of one kind: not a new program."""
     loop = ctx.loops[-1]
-    gens = [loop.target] if isinstance(loop, (ast.For, ast.AsyncFor)) else [g.target for g in getattr(loop, "generators", ())]
-    targets = {n.id for t in gens for n in ast.walk(t) if isinstance(n, ast.Name)}
+    targets = _loop_names(loop)
     if not targets:
         return False
     body = _own_nodes(loop.body if isinstance(loop, (ast.For, ast.AsyncFor, ast.While)) else [loop], enter_roots=True)
