@@ -15,7 +15,7 @@ from typing import Any
 from stabcheck._files import write_atomic_nofollow
 from stabcheck.runtime._calls import TransformedCall
 from stabcheck.traced import recorded
-from stabcheck.traced.source import is_internal, is_library
+from stabcheck.traced.source import is_internal, is_library, leaf_origin, module_namespace
 
 _PER_FUNCTION_SEEN = 4 * recorded.MAX_COMPILED  # distinct signatures held per function during a run
 
@@ -134,8 +134,45 @@ class Recorder:
                 held.append(held_now)
             if len(held) > 1:
                 sig["objects"] = len(held)
+        if call.transform in ("grad", "value_and_grad", "jacrev", "jacfwd", "hessian"):
+            made = self._leaf_sites(fn, options, args, call.site)
+            if made:
+                sig["made"] = made
         recorded.add(self.data, name, file, sig)
         self.data["skipped"].pop(name, None)
+
+    def _leaf_sites(self, fn: Any, options: dict[str, Any], args: tuple[Any, ...], site: tuple[str, int]) -> dict[str, str]:
+        """Where the test's code made each bool/int leaf of the differentiated arguments
+        (`{"d": 1}` in the helper the test called), as `file:line`: the replay reports STB402
+        there, the test itself being gone by then (`traced.source.leaf_origin`)."""
+        import jax  # JAX: the recorder runs with it
+        import numpy as np  # NumPy: beside JAX
+
+        if not site[0]:
+            return {}
+        try:
+            names = list(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            return {}
+        nums = options.get("argnums", 0)
+        out: dict[str, str] = {}
+        for i in (nums,) if isinstance(nums, int) else tuple(nums):
+            if not 0 <= i < len(args):
+                continue
+            for path, leaf in jax.tree_util.tree_flatten_with_path(args[i])[0]:
+                dtype = getattr(leaf, "dtype", None)
+                if dtype is None:
+                    try:
+                        dtype = np.result_type(leaf)  # a Python number
+                    except TypeError:
+                        continue  # not an array or a number
+                if np.issubdtype(dtype, np.inexact):
+                    continue
+                leaf_name = f"{names[i] if i < len(names) else f'args[{i}]'}{jax.tree_util.keystr(path)}"
+                made = leaf_origin(leaf_name, str(dtype), site[0], site[1], module_namespace(site[0]))
+                if made is not None:
+                    out[leaf_name] = f"{_relative(made.file, self.root)}:{made.line}"
+        return out
 
     def _enclosing(self, call: TransformedCall) -> bool:
         """A transform applied inside one of the user's functions to something the recording

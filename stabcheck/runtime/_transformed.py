@@ -38,7 +38,7 @@ from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, busy, l
 from stabcheck.runtime._signature import Signature, short_repr, type_str
 from stabcheck.traced.checks import ZERO_GRADIENT_HELP, custom_rule_def, custom_rule_defs, eqn_site, in_custom_rule, iter_eqns, rule_return_site, shown_path, source_line, zero_gradient_cut, zero_gradient_message
 from stabcheck.traced.errors import classify
-from stabcheck.traced.source import Site as SourceSite, def_line, exception_site
+from stabcheck.traced.source import Site as SourceSite, def_line, exception_site, leaf_origin, module_namespace
 
 GRAD_FAMILY = ("grad", "value_and_grad", "jacfwd", "jacrev", "hessian")
 FILTER_GRAD = ("filter_grad", "filter_value_and_grad", "nnx.grad")  # the float leaves of the differentiated arguments
@@ -341,9 +341,37 @@ class TransformChecker:
             jax.eval_shape(self._runner(call, p), *p.abstract)
         except Exception as e:
             failure = classify(e)
+            if failure.code == "STB402" and self.selector("STB402"):
+                made = self._leaf_made(call, p, name, failure.kind)
+                if made is not None:
+                    return [made]
             if failure.code != "STB902" and failure.path is not None:
                 return self._failure(e, call, name, site, primal)
         return []
+
+    def _leaf_made(self, call: TransformedCall, p: Plan, name: str, kind: str) -> Finding | None:
+        """`grad` rejected a bool/int leaf of the differentiated arguments: STB402 where the
+        user's code makes that leaf (`{"d": 1}` in the helper the test called), found from the
+        test's line (`traced.source.leaf_origin`); None where no one place makes it."""
+        # JAX: imported when this runs, never on import
+        import jax.numpy as jnp
+
+        for path, a in zip(p.in_paths, p.abstract):
+            if leaf_base(path) not in p.grad_params or jnp.issubdtype(a.dtype, jnp.inexact):
+                continue
+            made = leaf_origin(path, str(a.dtype), call.site[0], call.site[1], module_namespace(call.site[0])) if call.site[0] else None
+            if made is None:
+                return None
+            return make_finding(
+                "STB402",
+                site=Site(shown_path(made.file), made.line, made.col),
+                message=f"the {a.dtype} leaf `{path}` is made here and the test's `{call.transform}` of `{name}` differentiates it; JAX raises `{kind}` (grad requires real- or complex-valued inputs)",
+                help="keep masks, counters and flags out of the differentiated tree: close over them, pass them as another argument, or use `eqx.filter_grad`",
+                function=made.function,
+                detail=path,
+                evidence={"dtype": str(a.dtype), "leaf": path},
+            ).refine(severity="error")
+        return None
 
     def jit_failed(self, e: Exception, fn: Any) -> None:
         """JAX raised while tracing the user's function for `jit` (the jit hook): the hazard at the

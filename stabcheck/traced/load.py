@@ -43,9 +43,12 @@ def _call_factory(factory: Any, name: str) -> dict[str, Entry]:
     except Exception as e:  # noqa: BLE001 - user code
         raise TargetError(f"entry factory `{name}` raised {_describe(e)}") from e
     try:
-        return normalize(value, name)
+        made = normalize(value, name)
     except (TypeError, ValueError) as e:
         raise TargetError(str(e), function_site(factory)) from None
+    for e in made.values():
+        object.__setattr__(e, "factory", factory)  # where its arguments are made (STB402's line)
+    return made
 
 
 def split_target(target: str) -> tuple[str, str | None]:
@@ -109,12 +112,12 @@ def load_target(spec: dict[str, Any]) -> dict[str, Entry]:
     found = _load_target(spec)
     for e in found.values():
         HANDWRITTEN.add(_identity(e.fn))
-    return {n: filter_entry(e) for n, e in found.items()}
+    return {n: _same_origin(e, filter_entry(e)) for n, e in found.items()}
 
 
 def _same_origin(entry: Entry, made: Entry) -> Entry:
     """`made` (the entry with its Modules split for tracing) still says where `entry` came from."""
-    for attr in ("origin", "recorded_site"):
+    for attr in ("origin", "recorded_site", "made_sites", "factory"):
         if hasattr(entry, attr) and not hasattr(made, attr):
             object.__setattr__(made, attr, getattr(entry, attr))
     return made
@@ -189,7 +192,9 @@ def recorded_entries(spec: dict[str, Any]) -> dict[str, Entry]:
             label = f"{label} #{n + 1}"
         entry = Entry(target, **parts)
         object.__setattr__(entry, "origin", recorded.origin(sig, parts["transforms"]))
-        object.__setattr__(entry, "recorded_site", recorded.site_of(sig, (spec.get("paths") or [os.getcwd()])[0]))
+        root = (spec.get("paths") or [os.getcwd()])[0]
+        object.__setattr__(entry, "recorded_site", recorded.site_of(sig, root))
+        object.__setattr__(entry, "made_sites", {leaf: recorded.site_of({"site": at}, root) for leaf, at in (sig.get("made") or {}).items()})
         if '"$opaque"' in recorded.dumps(sig["args"]) + recorded.dumps(sig["kwargs"]):
             # a static argument held as its type only: the entry replays the call pattern alone
             object.__setattr__(entry, "stand_ins", recorded.dumps(sig["args"]).count('"$opaque"') + recorded.dumps(sig["kwargs"]).count('"$opaque"'))

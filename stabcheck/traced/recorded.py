@@ -678,9 +678,16 @@ def site_of(sig: Mapping[str, Any], root: str) -> tuple[str, int] | None:
     return (file if os.path.isabs(file) else os.path.join(root, file), int(line))
 
 
-def stamp(finding: dict[str, Any], origin: str, site: tuple[str, int] | None) -> None:
+def stamp(finding: dict[str, Any], origin: str, site: tuple[str, int] | None, made: Mapping[str, tuple[str, int] | None] | None = None) -> None:
     """A recorded entry's finding (as a dict) says where the entry came from; a non-differentiable
-    leaf (STB402) is the test's call's doing, so it points at that call, as `pytest --stabcheck` does."""
+    leaf (STB402) is the test's call's doing: it points where the recording saw the test's code
+    make the leaf (`made`, leaf -> file and line), else at the test's call, as `pytest
+    --stabcheck` does."""
     finding["evidence"] = {**(finding.get("evidence") or {}), "entry": origin}
-    if site is not None and finding.get("code") == "STB402":
+    leaves = (finding.get("evidence") or {}).get("leaves") or []
+    at = (made or {}).get(leaves[0]) if leaves and finding.get("code") == "STB402" else None
+    if at is not None:
+        finding.update(path=shown_path(at[0]), line=at[1], col=1, end_line=None, end_col=None, snippet="", fix=None)
+        finding["message"] = f"the leaf `{leaves[0]}` is made here (the recording saw the test's code make it): {finding.get('message', '')}"
+    elif site is not None and finding.get("code") == "STB402":
         finding.update(path=shown_path(site[0]), line=site[1], col=1, end_line=None, end_col=None, snippet="", fix=None)

@@ -14,9 +14,11 @@ import ast
 import functools
 import linecache
 import os
+import re
+import sys
 import sysconfig
 import traceback as _tb
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
@@ -223,3 +225,151 @@ def return_site(file: str, def_line: int, function: str = "", *, literal_only: b
 
 def _is_number(node: ast.expr | None) -> bool:
     return isinstance(node, ast.Constant) and isinstance(node.value, (int, float, complex)) and not isinstance(node.value, bool)
+
+
+# -- where a non-float leaf is made -----------------------------------------------------------
+_LAST_KEY = re.compile(r"""(?:\[(['"])(?P<key>[^'"]+)\1\]|\.(?P<attr>[A-Za-z_]\w*))$""")
+
+
+def leaf_origin(leaf: str, dtype: str, file: str, line: int, namespace: Mapping[str, Any] | None = None, *, depth: int = 2) -> Site | None:
+    """Where the user's code makes the leaf `leaf` (`params['d']`, `state.count`) of an argument:
+    an int or bool leaf given to `grad` is reported there, not at the `grad` (issue 18).
+
+    The search starts in the function of FILE that holds LINE (the entry's factory, the test that
+    applied `grad`) and follows the calls it makes to the user's own functions, `depth` calls
+    deep, resolving their names in `namespace` (the start's module globals) and then in each
+    callee's globals. It looks for the value given to the leaf's last key: an entry of a dict
+    display (`{"d": 1}`), a keyword (`dict(d=1)`, `Params(d=1)`) or a keyed store
+    (`p["d"] = 1`); where that value is a name, the line of the function that assigns the name
+    (`mask = jnp.array([True, False])`). A value that is plainly not of the leaf's `dtype` kind
+    (a float literal, `jnp.float32(1.0)`, `jnp.ones(3)`) is not the place; of the others, the one
+    plainly of that kind (an int literal, `jnp.array([True, False])`), else the one left. None
+    unless exactly one place is found."""
+    m = _LAST_KEY.search(leaf)
+    if m is None:
+        return None
+    key = m.group("key") or m.group("attr")
+    kind = "bool" if dtype.startswith("bool") else "int" if "int" in dtype else ""
+    node = _enclosing_def(file, line)
+    todo: list[tuple[str, ast.AST | None, Mapping[str, Any], int]] = [(file, node, namespace or {}, 0)]
+    seen: set[tuple[str, int]] = set()
+    found: dict[str | None, dict[tuple[str, int], Site]] = {}
+    while todo:
+        f, fn, ns, d = todo.pop(0)
+        if fn is None or (f, fn.lineno) in seen or is_internal(f) or is_library(f):
+            continue
+        seen.add((f, fn.lineno))
+        for n in ast.walk(fn):
+            values: list[ast.AST] = []
+            if isinstance(n, ast.Dict):
+                values = [v for k, v in zip(n.keys, n.values) if isinstance(k, ast.Constant) and k.value == key]
+            elif isinstance(n, ast.Call):
+                values = [kw.value for kw in n.keywords if kw.arg == key]
+                callee = _resolve_function(n.func, ns) if d < depth else None
+                if callee is not None:
+                    code = callee.__code__
+                    todo.append((code.co_filename, _enclosing_def(code.co_filename, code.co_firstlineno), callee.__globals__, d + 1))
+            elif isinstance(n, ast.Assign) and len(n.targets) == 1:
+                t = n.targets[0]
+                if isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant) and t.slice.value == key:
+                    values = [n.value]
+            for v in values:
+                at = _assigned(v, fn) if isinstance(v, ast.Name) else v
+                got = _value_kind(at)
+                if got is None or got == kind:
+                    found.setdefault(got, {})[(f, at.lineno)] = Site(f, at.lineno, at.col_offset + 1, getattr(fn, "name", ""), is_library(f))
+    sure, maybe = found.get(kind or "?", {}), found.get(None, {})
+    one = sure if sure else maybe
+    return next(iter(one.values())) if len(one) == 1 else None
+
+
+_FLOATS = re.compile(r"float|bfloat|complex")
+_DEFAULT_FLOAT = frozenset({"ones", "zeros", "full", "empty", "linspace", "eye", "normal", "uniform", "ones_like", "zeros_like"})
+
+
+def _value_kind(v: ast.AST) -> str | None:
+    """"int", "bool" or "float" when the expression plainly makes one (a literal, a comparison,
+    a cast, an array of literals, a `dtype=`), else None."""
+    if isinstance(v, ast.Constant):
+        return "bool" if isinstance(v.value, bool) else "int" if isinstance(v.value, int) else "float" if isinstance(v.value, (float, complex)) else None
+    if isinstance(v, (ast.Compare, ast.BoolOp)) or (isinstance(v, ast.UnaryOp) and isinstance(v.op, ast.Not)):
+        return "bool"
+    if isinstance(v, (ast.List, ast.Tuple)) and v.elts:
+        kinds = {_value_kind(e) for e in v.elts}
+        return kinds.pop() if len(kinds) == 1 else None
+    if isinstance(v, ast.Call):
+        name = v.func.attr if isinstance(v.func, ast.Attribute) else v.func.id if isinstance(v.func, ast.Name) else ""
+        dtypes = [kw.value for kw in v.keywords if kw.arg == "dtype"] + [a for a in v.args[1:2] if name in ("array", "asarray")]
+        for d in dtypes:
+            text = ast.unparse(d)
+            return "float" if _FLOATS.search(text) else "bool" if "bool" in text else "int" if "int" in text else None
+        if _FLOATS.search(name):
+            return "float"
+        if name in ("bool", "bool_"):
+            return "bool"
+        if re.fullmatch(r"u?int\d*", name):
+            return "int"
+        if name in _DEFAULT_FLOAT:
+            return "float"
+        if name in ("array", "asarray") and v.args:
+            return _value_kind(v.args[0])
+    return None
+
+
+def module_namespace(file: str) -> Mapping[str, Any] | None:
+    """The globals of the imported module whose source is FILE (a test module pytest imported),
+    else None."""
+    real = os.path.realpath(file)
+    for module in list(sys.modules.values()):
+        f = getattr(module, "__file__", None)
+        if f and os.path.realpath(f) == real:
+            return vars(module)
+    return None
+
+
+def _enclosing_def(file: str, line: int) -> ast.AST | None:
+    """The innermost function of FILE whose lines (decorators included) hold LINE."""
+    best: ast.AST | None = None
+    for first, last, node in _def_spans(file):
+        if first <= line <= last and (best is None or first >= min([best.lineno, *(d.lineno for d in best.decorator_list)])):  # type: ignore[attr-defined]
+            best = node
+    return best
+
+
+@functools.lru_cache(maxsize=64)
+def _def_spans(file: str) -> tuple[tuple[int, int, ast.AST], ...]:
+    try:
+        tree = ast.parse("".join(linecache.getlines(file)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return ()
+    return tuple(
+        (min([n.lineno, *(d.lineno for d in n.decorator_list)]), n.end_lineno or n.lineno, n)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+    )
+
+
+def _resolve_function(func: ast.AST, ns: Mapping[str, Any]) -> Any:
+    """The plain Python function a call's `f` or `mod.f` names in `ns`, else None."""
+    parts: list[str] = []
+    while isinstance(func, ast.Attribute):
+        parts.append(func.attr)
+        func = func.value
+    if not isinstance(func, ast.Name) or func.id not in ns:
+        return None
+    obj = ns[func.id]
+    for p in reversed(parts):
+        obj = getattr(obj, p, None)
+    obj = getattr(obj, "__wrapped__", obj)
+    return obj if hasattr(obj, "__code__") and hasattr(obj, "__globals__") else None
+
+
+def _assigned(name: ast.Name, fn: ast.AST) -> ast.AST:
+    """The value last assigned to `name` in `fn` before it is used (else the name itself)."""
+    best: ast.Assign | ast.AnnAssign | None = None
+    for n in ast.walk(fn):
+        if isinstance(n, (ast.Assign, ast.AnnAssign)) and n.value is not None and n.lineno <= name.lineno:
+            targets = n.targets if isinstance(n, ast.Assign) else [n.target]
+            if any(isinstance(t, ast.Name) and t.id == name.id for t in targets) and (best is None or n.lineno > best.lineno):
+                best = n
+    return best.value if best is not None and best.value is not None else name

@@ -37,7 +37,7 @@ from stabcheck.finding import Finding, Span
 from stabcheck.traced.checks import ZERO_GRADIENT_HELP, check_jaxpr, custom_rule_def, custom_rule_defs, depends, in_custom_rule, iter_eqns, rule_return_site, shown_path, site_span, source_line, sub_jaxprs, truncated_dtype_text, zero_gradient_cut, zero_gradient_message
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import code_of
-from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, is_internal, literal_return_site, with_via
+from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, is_internal, leaf_origin, literal_return_site, with_via
 
 FORWARD = frozenset({"jvp", "jacfwd", "hessian", "hvp"})
 REVERSE = frozenset({"grad", "jacrev", "hessian", "hvp"})
@@ -444,6 +444,7 @@ class Tracer:
         else:
             positions = list(self.diff_argnums() or (0,))
         leaves: list[str] = []
+        dtypes: list[str] = []
         for pos in positions:
             flat = jax.tree_util.tree_flatten_with_path(self.dyn[pos])[0]
             for path, leaf in flat:
@@ -453,13 +454,20 @@ class Tracer:
                 if not got and jax.numpy.issubdtype(dt, jax.numpy.inexact):
                     continue
                 leaves.append(f"{self.params[self.dyn_pos[pos]]}{jax.tree_util.keystr(path)}")
+                dtypes.append(dt)
             if leaves and transform == "call":
                 break  # the step differentiates its first argument with such leaves (params before state)
         names = ", ".join(f"`{n}`" for n in leaves[:4]) or "a bool/int leaf"
+        factory = getattr(self.entry, "factory", None)
+        code = getattr(factory, "__code__", None)
+        made = leaf_origin(leaves[0], dtypes[0], code.co_filename, code.co_firstlineno, factory.__globals__) if leaves and code is not None else None
+        what = f"`grad` is asked to differentiate {names} ({got or 'non-float'})"
+        if made is not None:  # where the entry's factory makes the leaf: the line to fix
+            site, what = made, f"the {got or 'non-float'} leaf {names} is made here and `grad` is asked to differentiate it"
         self.report(
             "STB402",
             site,
-            f"`grad` is asked to differentiate {names} ({got or 'non-float'}); JAX raises `grad requires real- or complex-valued inputs` and the whole step fails",
+            f"{what}; JAX raises `grad requires real- or complex-valued inputs` and the whole step fails",
             help="keep masks and counters out of the differentiated tree (close over them, pass them as another argument, or use `eqx.filter_grad`)",
             detail=",".join(leaves) or "leaf",
             evidence={**ev, "leaves": leaves, "dtype": got},

@@ -497,7 +497,7 @@ def _stamp(findings: list[dict[str, Any]], jax_version: str, entry: Any = None) 
         if isinstance(d, dict) and jax_version:
             d["evidence"] = {**(d.get("evidence") or {}), "jax": jax_version}
         if isinstance(d, dict) and origin:
-            recorded.stamp(d, origin, getattr(entry, "recorded_site", None))
+            recorded.stamp(d, origin, getattr(entry, "recorded_site", None), getattr(entry, "made_sites", None))
     return findings
 
 

@@ -13,7 +13,11 @@ _MAKERS = frozenset({"array", "asarray", "zeros", "ones", "full", "zeros_like", 
 class NonDifferentiableLeaf(Rule):
     """## What it does
     Reports (traced stage) a bool or integer leaf in the arguments that `grad` differentiates,
-    naming the leaf's path in the pytree (for example `params['mask']`).
+    naming the leaf's path in the pytree (for example `params['mask']`), at the line that makes
+    the leaf where one place does: the value given to its key (`"d": 1`, `dict(d=1)`,
+    `p["d"] = 1`, or the assignment of the name given there) in the entry's factory, the test
+    that called `grad` (`pytest --stabcheck`, and the replay of its recording) or the functions
+    they call, two calls deep. Elsewhere it is reported where `grad` is applied.
 
     The static stage reports the case it sees whole: `jax.grad(f)(params, ...)` (or
     `value_and_grad`, or a name bound to one) where a differentiated argument is a dict, list or
