@@ -55,6 +55,41 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     assert out["grad_normalize"] == [1.0, 1.0]  # the bwd rule's gradient, finite at 0
     assert out["quantized_zero_rows"] == [[0.0] * 3] * 2  # the kernel's masked 1 / 0 ran, no NaN
     assert out["attend"] == [1.0] * 4  # cp_size reached the body as the Python int 1
+    assert out["grad_mean_logits"] == [1.0, 0.5, 0.0]  # finite where the count was 0: clamped to 1
+    assert out["host_calls"] == 6  # the host callback ran at every step of both calls
+    assert out["grad_coverage"] == [0.0] * 8  # no gradient reaches a count of a mask: zeros, no NaN
+
+
+def test_a_divisor_clamped_in_another_branch_or_by_zero_still_fires() -> None:
+    # a slice of the divisor: silent only where the clamp binds it on the use's path, to a
+    # positive constant
+    base = "import jax.numpy as jnp\n\n\ndef f(s, n, c):\n{clamp}    return jnp.where(n[:2] > 0, s[:2] / n[:2], 0.0)\n"
+    fired = lambda clamp: [(f.code, f.line) for f in check_source(base.format(clamp=clamp), "m.py", Config(preview=True))]  # noqa: E731
+    assert fired("    n = jnp.maximum(n, 1e-6)\n") == []
+    assert fired("    n = jnp.clip(n, min=1)\n") == []
+    assert fired("    if c:\n        n = jnp.maximum(n, 1.0)\n") == [("STB401", 7)]  # not on every path
+    assert fired("    n = jnp.maximum(n, 0.0)\n") == [("STB401", 6)]  # may still be 0
+
+
+def test_a_host_callback_is_not_traced_but_a_function_called_in_the_trace_is() -> None:
+    # the callback JAX runs on the host keeps its counter; the same counter in a function the
+    # traced code calls itself is the hazard
+    source = (
+        "import jax\n\n\ndef make():\n    def run(x):\n        n = 0\n\n        def step(c, _):\n            def log(v):\n"
+        "                nonlocal n\n                n += 1\n\n            {call}\n            return c + 1, None\n\n"
+        "        return jax.lax.scan(step, x, None, 3)[0]\n\n    return run\n\n\nstep = jax.jit(make())\n"
+    )
+    found = lambda call: [(f.code, f.line) for f in check_source(source.format(call=call), "m.py", Config())]  # noqa: E731
+    assert found("jax.debug.callback(log, c)") == []
+    assert found("log(c)") == [("STB104", 11)]
+
+
+def test_a_divisor_from_a_parameter_used_as_a_weight_still_fires() -> None:
+    # a mask-like use of the parameter makes the division a guess; a weight is still differentiated
+    source = "import jax.numpy as jnp\n\n\ndef f(s, t, b):\n    c = {use}\n    p = jnp.mean(b)\n    return jnp.where(p > 0, jnp.mean(c) / p, 0.0)\n"
+    found = lambda use: [(f.code, f.line) for f in check_source(source.format(use=use), "m.py", Config())]  # noqa: E731
+    assert found("(s <= t) * b") == []
+    assert found("s * b") == [("STB401", 7)]
 
 
 def test_a_module_level_alias_names_what_it_is_bound_to() -> None:

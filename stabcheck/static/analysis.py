@@ -78,6 +78,8 @@ STATIC_ANNOTATION_WORDS = frozenset(
     {"int", "bool", "str", "float", "None", "Callable", "Literal", "Optional", "Union", "Sequence", "tuple", "Tuple", "list", "List",
      "dict", "Dict", "Mapping", "type", "Type", "Iterable", "bytes", "Any", "typing", "collections", "abc", "PrecisionLike", "Axis", "Shape", "Dtype", "DType", "DTypeLike"}
 )
+# host callbacks: the function given first runs outside the trace, on concrete values
+HOST_CALLBACKS = frozenset({"jax.debug.callback", "jax.pure_callback", "jax.experimental.io_callback", "jax.experimental.host_callback.id_tap", "jax.experimental.host_callback.call"})
 MODULE_BASES = ("flax.linen.Module", "flax.nnx.Module", "equinox.Module", "flax.linen.module.Module")
 
 
@@ -147,6 +149,9 @@ class Analysis:
         # the nodes of the `record`ed types in source order, each with where it stands: the
         # engine's dispatcher replays these instead of walking the tree a second time
         self.events: list[Event] = []
+        # ids of the defs handed to a host callback (`jax.debug.callback(f, x)`): JAX calls them
+        # on the host with concrete values, so a transformed parent's tracers never reach them
+        self.host_functions: set[int] = set()
         self._collect(tree, record)
         self._find_applications()
         if types is not None:
@@ -302,6 +307,10 @@ class Analysis:
             if info.cls is not None and info.name == "__call__" and self._is_module_class(info.cls):
                 self._mark_module_method(info)
         for scope, call in self.calls:
+            if call.args and self.names.qualname(call.func) in HOST_CALLBACKS:
+                host = self.resolve(call.args[0], scope)
+                if host is not None:
+                    self.host_functions.add(id(host.node))
             tc = self.names.transform_call(call)
             if tc is None:
                 continue
@@ -401,7 +410,7 @@ class Analysis:
             for node in self.own_nodes(info):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and node is not info.node:
                     child = self.functions.get(node)
-                    if child is not None:  # nested defs see the parent's tracers
+                    if child is not None and id(node) not in self.host_functions:  # nested defs see the parent's tracers
                         self._set(child, set(), info.abstract)
                         work.append(child)
                 elif isinstance(node, ast.Call):

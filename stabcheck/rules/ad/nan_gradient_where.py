@@ -58,7 +58,11 @@ class NanGradientWhere(Rule):
     `emit_pipeline`); a module-level helper that only such code calls is a guess (another module
     may still differentiate it). An operand whose tested names are all clamped before the `where`
     (`s = jnp.maximum(eps, r2)`, then `z / (2 * sqrt(s) - s)`) is a guess: the clamp may or may
-    not keep the formula off its singular point.
+    not keep the formula off its singular point; a divisor (or a slice of one) clamped by a
+    positive constant on the way to its use (`n = jnp.maximum(n, 1.0)`, then `s[:k] / n[:k]`) is
+    never zero and not flagged. A divisor made from a parameter that the function uses as a mask
+    (`(s <= t) * b`, `jnp.where(b, ...)`, `x[b]`, then `/ jnp.mean(b)`) is a guess: a count of
+    booleans has no gradient, a float weight would.
 
     ## Why is this bad?
     `where` selects outputs, but both branches are computed and differentiated everywhere. In
@@ -222,6 +226,10 @@ class NanGradientWhere(Rule):
             if tested and all(_bound_to_guard(n, ctx) for n in tested):
                 # `s = jnp.maximum(eps, r2)`, then `z / (2 * sqrt(s) - s)`: the names it reads are
                 # clamped; whether the formula still meets its singular point there is not known
+                confidence = "guess"
+            elif _from_mask_parameter(arg, ctx):
+                # `prob_b = jnp.mean(b)` where the function uses `b` as a mask (`(s <= t) * b`):
+                # a count of booleans, which no gradient reaches, or a float weight; not known
                 confidence = "guess"
             elif in_test_function(ctx) and not (ctx.function is not None and ctx.function.transformed):
                 # a test computes values to assert on; no gradient of this function is visible
@@ -476,6 +484,41 @@ def _binding_scope(name: str, ctx: FileContext) -> FunctionInfo | None:
     return None
 
 
+def _from_mask_parameter(arg: ast.AST, ctx: FileContext) -> bool:
+    """`arg` reads (directly or through the function's own bindings) a parameter that the function
+    uses as a boolean mask: a factor or operand of `&`/`|` beside a comparison (`(s <= t) * b`),
+    a `where`/`select` condition, or a boolean index (`x[b]`)."""
+    info = ctx.function
+    if info is None:
+        return False
+    params: set[str] = set()
+    todo, seen = list(_names(arg)), set()
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n in info.params:
+            params.add(n)
+        for v in _bound_values(info, n, ctx):
+            todo.extend(_names(v))
+    if not params:
+        return False
+    for n in ast.walk(info.node):
+        used: list[ast.AST] = []
+        if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Mult, ast.BitAnd, ast.BitOr)):
+            for side, other in ((n.left, n.right), (n.right, n.left)):
+                if isinstance(other, ast.Compare):
+                    used.append(side)
+        elif isinstance(n, ast.Call) and n.args and ctx.qualname(n.func) in ("jax.numpy.where", "jax.lax.select"):
+            used.append(n.args[0])
+        elif isinstance(n, ast.Subscript):
+            used.append(n.slice)
+        if any(isinstance(u, ast.Name) and u.id in params for u in used):
+            return True
+    return False
+
+
 def _bound_values(owner: FunctionInfo, name: str, ctx: FileContext) -> list[ast.AST]:
     """Every value `owner` assigns to `name`."""
     return [v for targets, v in ctx.analysis.bindings(owner) if any(isinstance(t, ast.Name) and t.id == name for t in targets)]
@@ -500,7 +543,13 @@ _NONNEG = frozenset({"jax.numpy.sqrt", "jax.numpy.abs", "jax.numpy.exp", "jax.nu
 
 def _never_zero(arg: ast.AST, ctx: FileContext) -> bool:
     """`1 + jnp.sqrt(1 - a)`, `jnp.exp(x)`: positive by construction, so no division by it is
-    singular anywhere (its own inner ops are checked on their own)."""
+    singular anywhere (its own inner ops are checked on their own); so is a name (or a slice of
+    one) that the function has clamped to a positive constant before it divides by it
+    (`n = jnp.maximum(n, 1.0)`, then `s[:k] / n[:k]`)."""
+    while isinstance(arg, ast.Subscript):
+        arg = arg.value
+    if isinstance(arg, ast.Name):
+        return _clamped_positive(arg, ctx)
     if isinstance(arg, ast.Call):
         return ctx.qualname(arg.func) in ("jax.numpy.exp", "jax.lax.exp", "jax.numpy.cosh")
     if isinstance(arg, ast.BinOp) and isinstance(arg.op, ast.Add):
@@ -508,6 +557,44 @@ def _never_zero(arg: ast.AST, ctx: FileContext) -> bool:
             if _number(c) and _value(c) > 0 and _nonneg(other, ctx):
                 return True
     return False
+
+
+def _clamped_positive(name: ast.Name, ctx: FileContext) -> bool:
+    """The last statement of the function that binds `name` before its use clamps it from below
+    by a positive constant (`jnp.maximum(x, 1.0)`, `jnp.clip(x, 1e-6)`, `jnp.clip(x, min=1)`),
+    and stands in a block that holds the use (not in another branch)."""
+    if ctx.function is None or not isinstance(ctx.function.node.body, list):
+        return False
+    last: tuple[int, ast.AST | None] | None = None
+    blocks: list[list[ast.stmt]] = [ctx.function.node.body]
+    while blocks:
+        body = blocks.pop()
+        holds_use = body[0].lineno <= name.lineno <= (body[-1].end_lineno or body[-1].lineno)
+        for st in body:
+            if st.lineno >= name.lineno:
+                break
+            if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            for field in ("body", "orelse", "finalbody"):
+                inner = getattr(st, field, None)
+                if isinstance(inner, list) and inner and isinstance(inner[0], ast.stmt):
+                    blocks.append(inner)
+            for h in getattr(st, "handlers", ()):
+                blocks.append(h.body)
+            targets = st.targets if isinstance(st, ast.Assign) else [st.target] if isinstance(st, (ast.AnnAssign, ast.AugAssign)) else []
+            if any(name.id in _names(t) for t in targets) and (last is None or st.lineno > last[0]):
+                last = (st.lineno, st.value if isinstance(st, ast.Assign) and holds_use else None)
+    value = last[1] if last is not None else None
+    if not isinstance(value, ast.Call):
+        return False
+    q = ctx.qualname(value.func)
+    if q in ("jax.numpy.maximum", "jax.numpy.fmax", "jax.lax.max"):
+        bounds = value.args[:2]
+    elif q == "jax.numpy.clip":
+        bounds = value.args[1:2] + [k.value for k in value.keywords if k.arg in ("min", "a_min")]
+    else:
+        return False
+    return any(_number(b) and _value(b) > 0 for b in bounds)
 
 
 def _nonneg(e: ast.AST, ctx: FileContext) -> bool:

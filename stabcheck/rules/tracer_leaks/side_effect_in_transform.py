@@ -19,7 +19,10 @@ class SideEffectInTransform(Rule):
     enclosing function that is not itself transformed (a counter a test increments, `n += 1`,
     is a guess: tests count traces on purpose), and storing a
     traced value outside the function: `SOME_LIST.append(x)`, `CACHE[key] = x` on a module or
-    closure container, or `self.attr = x` in a class that is not a flax/equinox Module.
+    closure container, or `self.attr = x` in a class that is not a flax/equinox Module. A function
+    handed to a host callback (`jax.debug.callback(log, x)`, `jax.pure_callback`, `io_callback`)
+    is not traced: JAX runs it on the host with values, at every step, so its side effects are
+    what it is for.
 
     ## Why is this bad?
     A transformed function's Python body runs once, when it is traced; the compiled program
