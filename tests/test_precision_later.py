@@ -56,6 +56,7 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     assert out["quantized_zero_rows"] == [[0.0] * 3] * 2  # the kernel's masked 1 / 0 ran, no NaN
     assert out["attend"] == [1.0] * 4  # cp_size reached the body as the Python int 1
     assert out["grad_mean_logits"] == [1.0, 0.5, 0.0]  # finite where the count was 0: clamped to 1
+    assert out["rescaled"] == [2.0, 2.0, 1.0, 1.0]  # traced scale: the cond; concrete: the `if`
     assert out["host_calls"] == 6  # the host callback ran at every step of both calls
     assert out["grad_coverage"] == [0.0] * 8  # no gradient reaches a count of a mask: zeros, no NaN
 
@@ -82,6 +83,14 @@ def test_a_host_callback_is_not_traced_but_a_function_called_in_the_trace_is() -
     found = lambda call: [(f.code, f.line) for f in check_source(source.format(call=call), "m.py", Config())]  # noqa: E731
     assert found("jax.debug.callback(log, c)") == []
     assert found("log(c)") == [("STB104", 11)]
+
+
+def test_a_comparison_after_a_tracer_exit_is_concrete_but_not_without_it() -> None:
+    source = "import jax\n\n\n@jax.jit\ndef f(x, s):\n{guard}    if s > 0:\n        return x * s\n    return x\n"
+    found = lambda guard: [(f.code, f.line) for f in check_source(source.format(guard=guard), "m.py", Config())]  # noqa: E731
+    assert found("    if isinstance(s, jax.core.Tracer):\n        return jax.lax.cond(s > 0, lambda: x * s, lambda: x)\n") == []
+    assert found("    if isinstance(s, jax.core.Tracer):\n        x = x + 1\n") == [("STB101", 8)]  # no exit: still traced
+    assert found("") == [("STB101", 6)]
 
 
 def test_a_divisor_from_a_parameter_used_as_a_weight_still_fires() -> None:

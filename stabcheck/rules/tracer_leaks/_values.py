@@ -46,6 +46,15 @@ def guarded_concrete(name: str, ctx: FileContext) -> bool:
     return False
 
 
+def concrete_here(expr: ast.AST, ctx: FileContext) -> bool:
+    """Every traced name `expr` reads is proven concrete where the visited node is
+    (`guarded_concrete`): `scale > 0` after `if isinstance(scale, core.Tracer): return ...`."""
+    if isinstance(expr, ast.Name):
+        return guarded_concrete(expr.id, ctx)
+    names = [n for n in ast.walk(expr) if isinstance(n, ast.Name) and ctx.is_traced(n)]
+    return bool(names) and all(guarded_concrete(n.id, ctx) for n in names)
+
+
 _EXITS = (ast.Return, ast.Raise, ast.Continue, ast.Break)
 
 
@@ -105,7 +114,7 @@ def traced_value(expr: ast.AST, ctx: FileContext) -> bool:
         return False
     if _pytree_metadata(expr, ctx):
         return False
-    if isinstance(expr, ast.Name) and guarded_concrete(expr.id, ctx):
+    if concrete_here(expr, ctx):
         return False
     if isinstance(expr, ast.Name) and ctx.function is not None:
         owner = _param_owner(expr.id, ctx.function)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import ast
 
 from stabcheck.rule import Rule, only
+from stabcheck.rules.tracer_leaks._values import concrete_here
 from stabcheck.static.context import FileContext
 
 _BOOL_OWNERS = (ast.If, ast.While, ast.Assert, ast.IfExp)
@@ -13,7 +14,9 @@ class BranchOnTracer(Rule):
     Flags Python control flow on a traced value inside a staged-out transform: `if`, `while`,
     `assert`, a ternary, `and`/`or`/`not`, a comprehension filter or `bool()` whose operand is
     a traced array (a parameter of a `jit`/`vmap`-ed function, a `lax.scan`/`cond` body, or a
-    value computed from one).
+    value computed from one). A test of values the code has just shown concrete is not flagged:
+    after `if isinstance(s, core.Tracer): return lax.cond(...)` (or under `if not
+    isinstance(s, core.Tracer):`), `if s > 0:` sees a Python number.
 
     ## Why is this bad?
     Python needs a concrete `True` or `False`, but under `jit` the value is an abstract tracer:
@@ -306,7 +309,7 @@ class BranchOnTracer(Rule):
         if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not):
             self._test(expr.operand, ctx, via)
             return
-        if not ctx.in_abstract or not ctx.is_traced_array(expr):
+        if not ctx.in_abstract or not ctx.is_traced_array(expr) or concrete_here(expr, ctx):
             return
         text = ctx.text(expr)
         self.report(
