@@ -27,6 +27,7 @@ _SLUGS = {
     "STB504": "retrace",
     "STB902": "analysis-error",
 }
+HELP_402 = "keep masks, counters and flags out of the differentiated tree: close over them, pass them as another argument, or use `eqx.filter_grad`"
 RUNTIME_CODES = ("STB205", "STB301", "STB302", "STB303", "STB304", "STB305", "STB402", "STB406", "STB504")
 _SELECTOR = re.compile(r"^(ALL|STB\d{0,3})$")
 
@@ -362,7 +363,7 @@ class Monitor:
                         "STB402",
                         site=site,
                         message=f"`{prog.in_paths[i]}` is a `{a.dtype}` leaf of the differentiated argument `{leaf_base(prog.in_paths[i])}`; `jax.grad` raises TypeError on it (only float and complex leaves can be differentiated)",
-                        help="keep masks, counters and flags out of the differentiated tree: close over them, mark them static, or use `eqx.filter_grad`",
+                        help=HELP_402,
                         function=self.function,
                         detail=prog.in_paths[i],
                         evidence={"dtype": str(a.dtype), "leaf": prog.in_paths[i]},

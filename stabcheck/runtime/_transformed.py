@@ -34,7 +34,7 @@ from stabcheck.confirm.retrace import call_signature
 from stabcheck.finding import Finding
 from stabcheck.runtime._calls import TransformedCall
 from stabcheck.runtime._intercept import fn_key, is_transformed, user_function, user_site
-from stabcheck.runtime._monitor import Monitor, Program, Selector, Site, busy, leaf_base, make_finding
+from stabcheck.runtime._monitor import HELP_402, Monitor, Program, Selector, Site, busy, leaf_base, make_finding
 from stabcheck.runtime._signature import Signature, short_repr, type_str
 from stabcheck.traced.checks import ZERO_GRADIENT_HELP, custom_rule_def, custom_rule_defs, eqn_site, in_custom_rule, iter_eqns, rule_return_site, shown_path, source_line, zero_gradient_cut, zero_gradient_message
 from stabcheck.traced.errors import classify
@@ -366,7 +366,7 @@ class TransformChecker:
                 "STB402",
                 site=Site(shown_path(made.file), made.line, made.col),
                 message=f"the {a.dtype} leaf `{path}` is made here and the test's `{call.transform}` of `{name}` differentiates it; JAX raises `{kind}` (grad requires real- or complex-valued inputs)",
-                help="keep masks, counters and flags out of the differentiated tree: close over them, pass them as another argument, or use `eqx.filter_grad`",
+                help=HELP_402,
                 function=made.function,
                 detail=path,
                 evidence={"dtype": str(a.dtype), "leaf": path},
