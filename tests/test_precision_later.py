@@ -99,6 +99,12 @@ def test_a_divisor_from_a_parameter_used_as_a_weight_still_fires() -> None:
     found = lambda use: [(f.code, f.line) for f in check_source(source.format(use=use), "m.py", Config())]  # noqa: E731
     assert found("(s <= t) * b") == []
     assert found("s * b") == [("STB401", 7)]
+    # a float weight among what the divisor reads (MoE routing weights times a mask): proven
+    weighted = source.replace("p = jnp.mean(b)", "p = jnp.mean(b * s)").format(use="(s <= t) * b")
+    assert [(f.code, f.line) for f in check_source(weighted, "m.py", Config())] == [("STB401", 7)]
+    # what another function returns is its own value: `b = helper(s)` does not make `s` an input
+    helper = source.replace("    c = {use}\n", "    if b is None:\n        b = make_mask(s, t)\n    c = {use}\n").format(use="(s <= t) * b")
+    assert [(f.code, f.line) for f in check_source(helper, "m.py", Config())] == []
 
 
 def test_a_module_level_alias_names_what_it_is_bound_to() -> None:

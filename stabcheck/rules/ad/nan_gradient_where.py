@@ -60,9 +60,9 @@ class NanGradientWhere(Rule):
     (`s = jnp.maximum(eps, r2)`, then `z / (2 * sqrt(s) - s)`) is a guess: the clamp may or may
     not keep the formula off its singular point; a divisor (or a slice of one) clamped by a
     positive constant on the way to its use (`n = jnp.maximum(n, 1.0)`, then `s[:k] / n[:k]`) is
-    never zero and not flagged. A divisor made from a parameter that the function uses as a mask
-    (`(s <= t) * b`, `jnp.where(b, ...)`, `x[b]`, then `/ jnp.mean(b)`) is a guess: a count of
-    booleans has no gradient, a float weight would.
+    never zero and not flagged. A divisor made only from parameters that the function uses as
+    masks or indices (`(s <= t) * b`, `jnp.where(b, ...)`, `x[b]`, then `/ jnp.mean(b)`) is a
+    guess: a count of booleans has no gradient, a float weight would.
 
     ## Why is this bad?
     `where` selects outputs, but both branches are computed and differentiated everywhere. In
@@ -485,9 +485,9 @@ def _binding_scope(name: str, ctx: FileContext) -> FunctionInfo | None:
 
 
 def _from_mask_parameter(arg: ast.AST, ctx: FileContext) -> bool:
-    """`arg` reads (directly or through the function's own bindings) a parameter that the function
-    uses as a boolean mask: a factor or operand of `&`/`|` beside a comparison (`(s <= t) * b`),
-    a `where`/`select` condition, or a boolean index (`x[b]`)."""
+    """`arg` reads (directly or through the function's own bindings) parameters, and the function
+    uses each of them as a boolean mask or an index: a factor or operand of `&`/`|` beside a
+    comparison (`(s <= t) * b`), a `where`/`select` condition, or an index (`x[b]`)."""
     info = ctx.function
     if info is None:
         return False
@@ -501,9 +501,10 @@ def _from_mask_parameter(arg: ast.AST, ctx: FileContext) -> bool:
         if n in info.params:
             params.add(n)
         for v in _bound_values(info, n, ctx):
-            todo.extend(_names(v))
+            todo.extend(_jax_inputs(v, ctx))
     if not params:
         return False
+    masks: set[str] = set()
     for n in ast.walk(info.node):
         used: list[ast.AST] = []
         if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Mult, ast.BitAnd, ast.BitOr)):
@@ -514,9 +515,30 @@ def _from_mask_parameter(arg: ast.AST, ctx: FileContext) -> bool:
             used.append(n.args[0])
         elif isinstance(n, ast.Subscript):
             used.append(n.slice)
-        if any(isinstance(u, ast.Name) and u.id in params for u in used):
-            return True
-    return False
+        masks |= {u.id for u in used if isinstance(u, ast.Name)}
+    return params <= masks  # every parameter it reads is a mask (a float weight among them: proven)
+
+
+def _jax_inputs(v: ast.AST, ctx: FileContext) -> set[str]:
+    """The names `v` computes from through operators and JAX functions; what a call of another
+    function (`self._get_b(values, v)`) returns is its own value, not its arguments'."""
+    out: set[str] = set()
+    stack = [v]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.Call):
+            q = ctx.qualname(n.func) or ""
+            if not q.startswith("jax."):
+                base = n.func.value if isinstance(n.func, ast.Attribute) else None
+                if base is not None and not (isinstance(base, ast.Name) and (base.id in ("self", "cls") or base.id in ctx.names.aliases)):
+                    stack.append(base)  # `x.astype(...)`, `(a * b).sum()`: a method of a value
+                continue
+            stack.extend([*n.args, *(k.value for k in n.keywords)])
+        elif isinstance(n, ast.Name):
+            out.add(n.id)
+        else:
+            stack.extend(ast.iter_child_nodes(n))
+    return out
 
 
 def _bound_values(owner: FunctionInfo, name: str, ctx: FileContext) -> list[ast.AST]:
