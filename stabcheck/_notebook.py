@@ -6,7 +6,9 @@ afterwards. IPython syntax that is not Python is blanked, line for line: line ma
 shell escapes (`!pip`), help (`x?`) (an indented one becomes `pass`), their outputs assigned
 (`files = !ls`: the value becomes `None`), automagics (`run x.py`,
 `cd dir`: a magic's name without `%`, on a line that is not Python), and whole cells under a cell
-magic (`%%bash`). Jupyter runs each cell on its own, so each is parsed on its own: a cell that
+magic (`%%bash`). A cell that parses as Python is kept as it is, and as in IPython only a line
+that starts a statement is IPython syntax (inside open brackets `% (x,)` is the format
+operator). Jupyter runs each cell on its own, so each is parsed on its own: a cell that
 still does not parse is blanked too and named in `Cells.broken` (one STB901 each, the other cells
 are checked).
 """
@@ -69,7 +71,7 @@ def cells(data: bytes) -> Cells:
             lines.pop()
         if lines and lines[0].lstrip().startswith("%%"):
             lines = [""] * len(lines)  # a cell magic: the cell is not Python
-        else:
+        elif _parse_error(lines) is not None:  # a cell that is Python as it stands has no magic
             lines = _blank_magics(lines)
         if not lines:
             continue
@@ -100,17 +102,29 @@ def _parse_error(lines: list[str]) -> tuple[int, int, str] | None:
 
 def _blank_magics(lines: list[str]) -> list[str]:
     """Magic and shell lines blanked, with the lines a trailing backslash continues them onto
-    (`!git clone \\` then the URL on the next line)."""
+    (`!git clone \\` then the URL on the next line). As in IPython, only a line that starts a
+    statement can be one: inside open brackets `% (x,)` is the format operator."""
     out: list[str] = []
     continued = False
+    depth = 0
     for ln in lines:
-        assigned = None if continued else _ASSIGNED.match(ln)
-        if continued or assigned or _MAGIC.match(ln):
+        assigned = None if continued or depth else _ASSIGNED.match(ln)
+        if continued or assigned or (not depth and _MAGIC.match(ln)):
             out.append("" if continued else f"{assigned.group(1)}None" if assigned else _blank(ln))
             continued = ln.rstrip().endswith("\\")
         else:
             out.append(ln)
+            depth = max(0, depth + _bracket_change(ln))
     return out
+
+
+_QUOTED = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")
+
+
+def _bracket_change(line: str) -> int:
+    """Brackets a line opens minus those it closes, outside simple string literals and comments."""
+    code = _QUOTED.sub("", line).split("#", 1)[0]
+    return sum(code.count(c) for c in "([{") - sum(code.count(c) for c in ")]}")
 
 
 def _blank(line: str) -> str:

@@ -57,6 +57,7 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     assert out["attend"] == [1.0] * 4  # cp_size reached the body as the Python int 1
     assert out["grad_mean_logits"] == [1.0, 0.5, 0.0]  # finite where the count was 0: clamped to 1
     assert out["rescaled"] == [2.0, 2.0, 1.0, 1.0]  # traced scale: the cond; concrete: the `if`
+    assert out["reset_dtype"] == "uint32"  # the scan's carry stayed uint32: no drift
     assert out["host_calls"] == 6  # the host callback ran at every step of both calls
     assert out["grad_coverage"] == [0.0] * 8  # no gradient reaches a count of a mask: zeros, no NaN
 

@@ -122,3 +122,16 @@ def test_a_shell_or_magic_output_assigned_keeps_the_name_bound() -> None:
     cells = _notebook.cells(json.dumps(nb).encode())
     assert cells.broken == ()
     assert cells.source.splitlines() == ["gpu_info = None", "gpu_info = '\\n'.join(gpu_info)", "t = None", "a, b = None", "", "ok = 1 != 2", "r = 5 % 3", "t_tc[c] = None", "x[a == b] = 3"]
+
+
+def test_a_percent_inside_open_brackets_is_the_format_operator_not_a_magic() -> None:
+    # jax-influence's tutorial (R10): `print(\n    'mean: %.2f'\n    % (x,))`; beside a magic in
+    # the same cell the brackets still decide
+    plain = ["x = 1.0\n", "print(\n", "    'mean: %.2f'\n", "    % (x,))\n"]
+    mixed = ["%matplotlib inline\n", *plain, "d = {'a': (1,\n", "         2)}\n", "%time f()\n"]
+    for src in (plain, mixed):
+        nb = {"cells": [{"cell_type": "code", "source": src}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+        cells = _notebook.cells(json.dumps(nb).encode())
+        assert cells.broken == (), src
+        assert "    % (x,))" in cells.source.splitlines()
+    assert cells.source.splitlines()[0] == "" and cells.source.splitlines()[-1] == ""

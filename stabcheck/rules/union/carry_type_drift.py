@@ -22,7 +22,9 @@ class CarryTypeDrift(Rule):
     `astype(...)`/`dtype=` to a dtype the initial carry does not have, or float arithmetic on a
     carry initialised as a strongly typed integer (`jnp.int32(0)`, `jnp.zeros(n, int)`), or an
     initial carry of `None` that the body replaces by an array (`x if c is None else c + x`: the
-    `c is None` branch is the one traced).
+    `c is None` branch is the one traced). An initial carry whose dtype the module does not show
+    (a name bound more than once, as `pos, _ = lax.scan(step, pos, xs)` does) is not compared
+    with a cast.
 
     ## Why is this bad?
     A loop compiles its body once for one carry type; the output carry must match the input
@@ -279,6 +281,8 @@ def _drift(init: ast.expr, si: FunctionInfo | None, carry: ast.expr, sc: Functio
         lit = literal_class(init)
         if have is None and lit is not None and (lit != "bool" or dtype_class(cast) == "bool"):
             return None  # a weakly typed Python number takes the body's dtype
+        if have is None and lit is None and evident_class(init, names) is None:
+            return None  # the initial carry's dtype is not known here (a name bound more than once)
         start = f"{have}" if have else "a value of another dtype" if lit is None else f"a Python {lit}"
         return carry, f"`{ctx.text(carry)}` is cast to {cast}, but the initial carry `{ctx.text(init)}` is {start}"
     if strong_int_init(init, names) and evident_class(carry, names) == "float":
