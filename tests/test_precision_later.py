@@ -58,6 +58,7 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     assert out["grad_mean_logits"] == [1.0, 0.5, 0.0]  # finite where the count was 0: clamped to 1
     assert out["rescaled"] == [2.0, 2.0, 1.0, 1.0]  # traced scale: the cond; concrete: the `if`
     assert out["reset_dtype"] == "uint32"  # the scan's carry stayed uint32: no drift
+    assert out["blocked_shape"] == [3, 2, 2, 5]  # `if n % k:` saw Python ints
     assert out["host_calls"] == 6  # the host callback ran at every step of both calls
     assert out["grad_coverage"] == [0.0] * 8  # no gradient reaches a count of a mask: zeros, no NaN
 
@@ -92,6 +93,14 @@ def test_a_comparison_after_a_tracer_exit_is_concrete_but_not_without_it() -> No
     assert found("    if isinstance(s, jax.core.Tracer):\n        return jax.lax.cond(s > 0, lambda: x * s, lambda: x)\n") == []
     assert found("    if isinstance(s, jax.core.Tracer):\n        x = x + 1\n") == [("STB101", 8)]  # no exit: still traced
     assert found("") == [("STB101", 6)]
+
+
+def test_arguments_after_a_starred_tuple_bind_the_last_parameters() -> None:
+    source = "import jax\nfrom jax import lax\n\n\ndef f(a, b, k):\n    if k > 1:\n        return a\n    return b\n\n\n@jax.jit\ndef g(xs, ys, t):\n    return lax.map(lambda x: f({args}), (xs, ys))\n"
+    found = lambda args: [(f.code, f.line) for f in check_source(source.format(args=args), "m.py", Config())]  # noqa: E731
+    assert found("*x, 2") == []  # k is the Python int
+    assert found("*x, t") == [("STB101", 6)]  # k is the traced t
+    assert found("*x") == [("STB101", 6)]  # the tuple may fill k too: traced, as before
 
 
 def test_a_divisor_from_a_parameter_used_as_a_weight_still_fires() -> None:

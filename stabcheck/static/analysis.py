@@ -426,7 +426,7 @@ class Analysis:
     def _traced_args(self, callee: FunctionInfo, call: ast.Call, scope: FunctionInfo) -> set[str]:
         bound = isinstance(call.func, ast.Attribute) or (callee.name == "__call__" and self.types is not None)
         params = callee.params[1:] if callee.is_method and bound else callee.params
-        out = traced_parameters(call, params, lambda e: self.is_traced(e, scope), keywords=callee.params)
+        out = traced_parameters(call, params, lambda e: self.is_traced(e, scope), keywords=callee.params, positional=_positional(callee, callee.is_method and bound))
         return out - callee.static_params
 
     # -- instability chains ------------------------------------------------------------------
@@ -688,7 +688,7 @@ class Analysis:
                     continue  # `if validate: check_python(x)`: reached only in some static configuration
                 bound = isinstance(call.func, ast.Attribute)
                 params = callee.params[1:] if callee.is_method and bound else callee.params
-                got = traced_parameters(call, params, lambda e: self.proves_traced(e, scope), keywords=callee.params)
+                got = traced_parameters(call, params, lambda e: self.proves_traced(e, scope), keywords=callee.params, positional=_positional(callee, callee.is_method and bound))
                 got = got - callee.static_params - callee.proven_params
                 if got:
                     callee.proven_params |= got
@@ -1000,13 +1000,21 @@ def _module_sentinels(tree: ast.Module, names: Names) -> set[str]:
     return {k for k, v in out.items() if v}
 
 
-def traced_parameters(call: ast.Call, params: list[str], traced: Callable[[ast.AST], bool], *, keywords: list[str] | None = None) -> set[str]:
+def traced_parameters(call: ast.Call, params: list[str], traced: Callable[[ast.AST], bool], *, keywords: list[str] | None = None, positional: int | None = None) -> set[str]:
     """The parameters (of `params`, in order) that receive a traced argument at `call`;
-    a traced `*args` makes every parameter from its position on traced."""
+    a traced `*args` makes every parameter from its position on traced, except, where the callee
+    has `positional` positional parameters and no `*args` of its own, the last ones that the
+    arguments after it bind (`f(*x, k)`: `k` is the last parameter's)."""
     out: set[str] = set()
     for i, a in enumerate(call.args):
         if isinstance(a, ast.Starred):
-            if traced(a.value):
+            after = call.args[i + 1 :]
+            if positional is not None and after and not any(isinstance(b, ast.Starred) for b in after) and i + len(after) <= positional:
+                end = positional - len(after)
+                if traced(a.value):
+                    out |= set(params[i:end])
+                out |= {params[end + j] for j, b in enumerate(after) if traced(b)}
+            elif traced(a.value):
                 out |= set(params[i:])
             break
         if i < len(params) and traced(a):
@@ -1016,6 +1024,15 @@ def traced_parameters(call: ast.Call, params: list[str], traced: Callable[[ast.A
         if k.arg and k.arg in names and traced(k.value):
             out.add(k.arg)
     return out
+
+
+def _positional(info: FunctionInfo, bound: bool) -> int | None:
+    """How many positional parameters a call of `info` fills (`self` left out where the call is
+    bound); None where it takes `*args`."""
+    args = info.node.args
+    if args.vararg is not None:
+        return None
+    return len(args.posonlyargs) + len(args.args) - (1 if bound else 0)
 
 
 def _param_names(args: ast.arguments) -> list[str]:
