@@ -59,6 +59,8 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     assert out["rescaled"] == [2.0, 2.0, 1.0, 1.0]  # traced scale: the cond; concrete: the `if`
     assert out["reset_dtype"] == "uint32"  # the scan's carry stayed uint32: no drift
     assert out["blocked_shape"] == [3, 2, 2, 5]  # `if n % k:` saw Python ints
+    assert out["model_untouched"] == [1.0, 1.0, 1.0]  # the store landed on jit's copy
+    assert out["prefill_keys"] == ["position"]  # `extra or {}` on None: the Python `or`
     assert out["host_calls"] == 6  # the host callback ran at every step of both calls
     assert out["grad_coverage"] == [0.0] * 8  # no gradient reaches a count of a mask: zeros, no NaN
 
@@ -101,6 +103,20 @@ def test_arguments_after_a_starred_tuple_bind_the_last_parameters() -> None:
     assert found("*x, 2") == []  # k is the Python int
     assert found("*x, t") == [("STB101", 6)]  # k is the traced t
     assert found("*x") == [("STB101", 6)]  # the tuple may fill k too: traced, as before
+
+
+def test_a_store_on_self_is_a_leak_only_where_self_is_the_callers_object() -> None:
+    source = "import jax\nfrom functools import partial\n\n\nclass M:\n    {dec}\n    def step(self, x):\n        self.last = x * 2\n        return x\n"
+    found = lambda dec: [(f.code, f.line) for f in check_source(source.format(dec=dec), "m.py", Config())]  # noqa: E731
+    assert found("@jax.jit") == []  # self is flattened and rebuilt: a copy
+    assert found("@partial(jax.jit, static_argnums=0)") == [("STB104", 8)]  # self is the object
+
+
+def test_an_or_default_to_a_container_is_a_guess_but_an_array_test_is_not() -> None:
+    source = "import jax\n\n\n@jax.jit\ndef f(x, extra):\n    extra = {expr}\n    return x, extra\n"
+    found = lambda expr: [(f.code, f.line) for f in check_source(source.format(expr=expr), "m.py", Config())]  # noqa: E731
+    assert found("extra or {}") == []
+    assert found("extra or x") == [("STB101", 6)]
 
 
 def test_a_divisor_from_a_parameter_used_as_a_weight_still_fires() -> None:

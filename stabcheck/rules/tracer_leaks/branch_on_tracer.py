@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ast
 
+from stabcheck.finding import Confidence
 from stabcheck.rule import Rule, only
 from stabcheck.rules.tracer_leaks._values import concrete_here
 from stabcheck.static.context import FileContext
@@ -16,7 +17,9 @@ class BranchOnTracer(Rule):
     a traced array (a parameter of a `jit`/`vmap`-ed function, a `lax.scan`/`cond` body, or a
     value computed from one). A test of values the code has just shown concrete is not flagged:
     after `if isinstance(s, core.Tracer): return lax.cond(...)` (or under `if not
-    isinstance(s, core.Tracer):`), `if s > 0:` sees a Python number.
+    isinstance(s, core.Tracer):`), `if s > 0:` sees a Python number. `extra or {}` (an `or`
+    whose default is a container display) is a guess: the code expects a dict or None there, whose
+    truth value is Python's.
 
     ## Why is this bad?
     Python needs a concrete `True` or `False`, but under `jit` the value is an abstract tracer:
@@ -278,8 +281,10 @@ class BranchOnTracer(Rule):
     @only(inside="abstract")
     def visit_BoolOp(self, node: ast.BoolOp, ctx: FileContext) -> None:
         if not self._owned(node, ctx):
+            # `extra or {}`: the code expects a container or None, whose truth value is Python's
+            default = isinstance(node.op, ast.Or) and _container_display(node.values[-1])
             for v in node.values[:-1]:  # `a or b` calls bool(a), not bool(b)
-                self._test(v, ctx, "`and`/`or`")
+                self._test(v, ctx, "`and`/`or`", "guess" if default else "proven")
 
     @only(inside="abstract")
     def visit_UnaryOp(self, node: ast.UnaryOp, ctx: FileContext) -> None:
@@ -301,13 +306,13 @@ class BranchOnTracer(Rule):
             return True
         return isinstance(parent, ast.BoolOp) or (isinstance(parent, ast.UnaryOp) and isinstance(parent.op, ast.Not))
 
-    def _test(self, expr: ast.expr, ctx: FileContext, via: str) -> None:
+    def _test(self, expr: ast.expr, ctx: FileContext, via: str, confidence: Confidence = "proven") -> None:
         if isinstance(expr, ast.BoolOp):
             for v in expr.values:
-                self._test(v, ctx, via)
+                self._test(v, ctx, via, confidence)
             return
         if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not):
-            self._test(expr.operand, ctx, via)
+            self._test(expr.operand, ctx, via, confidence)
             return
         if not ctx.in_abstract or not ctx.is_traced_array(expr) or concrete_here(expr, ctx):
             return
@@ -319,5 +324,13 @@ class BranchOnTracer(Rule):
             help="select with `jnp.where`/`lax.select`/`lax.cond`, or make the argument static (`static_argnums`)",
             detail=text,
             operands=(expr,),
+            confidence=confidence,
         )
+
+
+def _container_display(e: ast.AST) -> bool:
+    """A list, tuple, dict or set display, or `dict()`/`list()`/`tuple()`/`set()`."""
+    if isinstance(e, (ast.Dict, ast.List, ast.Tuple, ast.Set)):
+        return True
+    return isinstance(e, ast.Call) and isinstance(e.func, ast.Name) and e.func.id in ("dict", "list", "tuple", "set") and not e.args
 

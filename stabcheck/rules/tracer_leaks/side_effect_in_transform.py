@@ -22,7 +22,9 @@ class SideEffectInTransform(Rule):
     closure container, or `self.attr = x` in a class that is not a flax/equinox Module. A function
     handed to a host callback (`jax.debug.callback(log, x)`, `jax.pure_callback`, `io_callback`)
     is not traced: JAX runs it on the host with values, at every step, so its side effects are
-    what it is for.
+    what it is for. `self.attr = x` in a method decorated with `jax.jit` (`self` not static) is a
+    guess: JAX runs the method on the copy of `self` it unflattens (distrax's `Jittable`), not on
+    the caller's object.
 
     ## Why is this bad?
     A transformed function's Python body runs once, when it is traced; the compiled program
@@ -322,7 +324,7 @@ class SideEffectInTransform(Rule):
                 return  # `__init__` of an object built inside the trace: it dies with the trace
             # a method some transform is applied to stores on an object from outside the trace;
             # a method merely called from traced code may be on an object built in the trace
-            confidence = "proven" if method.transforms else "guess"
+            confidence = "proven" if method.transforms and not _self_traced(method, ctx) else "guess"
             self._escape(ctx, node, f"`self.{target.attr} = {ctx.text(value)}` stores a traced value on the `{cls.name}` instance", f"self.{target.attr}", confidence)
 
     def _escape(self, ctx: FileContext, node: ast.AST, what: str, detail: str, confidence: Literal["proven", "guess"] = "proven") -> None:
@@ -334,6 +336,14 @@ class SideEffectInTransform(Rule):
             detail=detail,
             confidence=confidence,
         )
+
+
+def _self_traced(method: FunctionInfo, ctx: FileContext) -> bool:
+    """`@jax.jit` on the method itself, `self` not static: JAX flattens `self` (it must be a
+    pytree, or the call raises) and the method runs on the copy it unflattens, so a store on
+    `self` lands on that copy, not on the caller's object (distrax's `Jittable`)."""
+    first = method.params[0] if method.params else ""
+    return first == "self" and first not in method.static_params and any(ctx.names.transform(d) is not None for d in method.node.decorator_list)
 
 
 _BUILDERS = frozenset({"__init__", "__post_init__", "__new__", "__setstate__", "tree_unflatten", "__check_init__"})
