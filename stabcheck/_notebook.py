@@ -69,13 +69,16 @@ def cells(data: bytes) -> Cells:
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
+        error = None
         if lines and lines[0].lstrip().startswith("%%"):
             lines = [""] * len(lines)  # a cell magic: the cell is not Python
-        elif _parse_error(lines) is not None:  # a cell that is Python as it stands has no magic
-            lines = _blank_magics(lines)
+        else:
+            error = _parse_error(lines)
+            if error is not None:  # a cell that is Python as it stands has no magic
+                lines = _blank_magics(lines)
+                error = _parse_error(lines)
         if not lines:
             continue
-        error = _parse_error(lines)
         if error is not None:
             lines = [_blank(ln) if _AUTOMAGIC.match(ln) and _parse_error([ln.strip()]) is not None else ln for ln in lines]
             error = _parse_error(lines)

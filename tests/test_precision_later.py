@@ -20,6 +20,11 @@ from tests.conftest import requires_jax
 OK = Path(__file__).resolve().parents[1] / "fixtures" / "static" / "precision_later_near_misses.py"
 
 
+def _found(source: str, config: Config | None = None) -> list[tuple[str, int]]:
+    """(code, line) of each finding the static stage reports on `source` (default config)."""
+    return [(f.code, f.line) for f in check_source(source, "m.py", config or Config())]
+
+
 def test_near_misses_are_silent() -> None:
     assert [(f.line, f.code, f.message) for f in check_source(OK.read_text(encoding="utf-8"), str(OK), Config())] == []
 
@@ -69,7 +74,7 @@ def test_a_divisor_clamped_in_another_branch_or_by_zero_still_fires() -> None:
     # a slice of the divisor: silent only where the clamp binds it on the use's path, to a
     # positive constant
     base = "import jax.numpy as jnp\n\n\ndef f(s, n, c):\n{clamp}    return jnp.where(n[:2] > 0, s[:2] / n[:2], 0.0)\n"
-    fired = lambda clamp: [(f.code, f.line) for f in check_source(base.format(clamp=clamp), "m.py", Config(preview=True))]  # noqa: E731
+    fired = lambda clamp: _found(base.format(clamp=clamp), Config(preview=True))  # noqa: E731
     assert fired("    n = jnp.maximum(n, 1e-6)\n") == []
     assert fired("    n = jnp.clip(n, min=1)\n") == []
     assert fired("    if c:\n        n = jnp.maximum(n, 1.0)\n") == [("STB401", 7)]  # not on every path
@@ -84,14 +89,14 @@ def test_a_host_callback_is_not_traced_but_a_function_called_in_the_trace_is() -
         "                nonlocal n\n                n += 1\n\n            {call}\n            return c + 1, None\n\n"
         "        return jax.lax.scan(step, x, None, 3)[0]\n\n    return run\n\n\nstep = jax.jit(make())\n"
     )
-    found = lambda call: [(f.code, f.line) for f in check_source(source.format(call=call), "m.py", Config())]  # noqa: E731
+    found = lambda call: _found(source.format(call=call))  # noqa: E731
     assert found("jax.debug.callback(log, c)") == []
     assert found("log(c)") == [("STB104", 11)]
 
 
 def test_a_comparison_after_a_tracer_exit_is_concrete_but_not_without_it() -> None:
     source = "import jax\n\n\n@jax.jit\ndef f(x, s):\n{guard}    if s > 0:\n        return x * s\n    return x\n"
-    found = lambda guard: [(f.code, f.line) for f in check_source(source.format(guard=guard), "m.py", Config())]  # noqa: E731
+    found = lambda guard: _found(source.format(guard=guard))  # noqa: E731
     assert found("    if isinstance(s, jax.core.Tracer):\n        return jax.lax.cond(s > 0, lambda: x * s, lambda: x)\n") == []
     assert found("    if isinstance(s, jax.core.Tracer):\n        x = x + 1\n") == [("STB101", 8)]  # no exit: still traced
     assert found("") == [("STB101", 6)]
@@ -99,7 +104,7 @@ def test_a_comparison_after_a_tracer_exit_is_concrete_but_not_without_it() -> No
 
 def test_arguments_after_a_starred_tuple_bind_the_last_parameters() -> None:
     source = "import jax\nfrom jax import lax\n\n\ndef f(a, b, k):\n    if k > 1:\n        return a\n    return b\n\n\n@jax.jit\ndef g(xs, ys, t):\n    return lax.map(lambda x: f({args}), (xs, ys))\n"
-    found = lambda args: [(f.code, f.line) for f in check_source(source.format(args=args), "m.py", Config())]  # noqa: E731
+    found = lambda args: _found(source.format(args=args))  # noqa: E731
     assert found("*x, 2") == []  # k is the Python int
     assert found("*x, t") == [("STB101", 6)]  # k is the traced t
     assert found("*x") == [("STB101", 6)]  # the tuple may fill k too: traced, as before
@@ -107,14 +112,14 @@ def test_arguments_after_a_starred_tuple_bind_the_last_parameters() -> None:
 
 def test_a_store_on_self_is_a_leak_only_where_self_is_the_callers_object() -> None:
     source = "import jax\nfrom functools import partial\n\n\nclass M:\n    {dec}\n    def step(self, x):\n        self.last = x * 2\n        return x\n"
-    found = lambda dec: [(f.code, f.line) for f in check_source(source.format(dec=dec), "m.py", Config())]  # noqa: E731
+    found = lambda dec: _found(source.format(dec=dec))  # noqa: E731
     assert found("@jax.jit") == []  # self is flattened and rebuilt: a copy
     assert found("@partial(jax.jit, static_argnums=0)") == [("STB104", 8)]  # self is the object
 
 
 def test_an_or_default_to_a_container_is_a_guess_but_an_array_test_is_not() -> None:
     source = "import jax\n\n\n@jax.jit\ndef f(x, extra):\n    extra = {expr}\n    return x, extra\n"
-    found = lambda expr: [(f.code, f.line) for f in check_source(source.format(expr=expr), "m.py", Config())]  # noqa: E731
+    found = lambda expr: _found(source.format(expr=expr))  # noqa: E731
     assert found("extra or {}") == []
     assert found("extra or x") == [("STB101", 6)]
 
@@ -122,15 +127,15 @@ def test_an_or_default_to_a_container_is_a_guess_but_an_array_test_is_not() -> N
 def test_a_divisor_from_a_parameter_used_as_a_weight_still_fires() -> None:
     # a mask-like use of the parameter makes the division a guess; a weight is still differentiated
     source = "import jax.numpy as jnp\n\n\ndef f(s, t, b):\n    c = {use}\n    p = jnp.mean(b)\n    return jnp.where(p > 0, jnp.mean(c) / p, 0.0)\n"
-    found = lambda use: [(f.code, f.line) for f in check_source(source.format(use=use), "m.py", Config())]  # noqa: E731
+    found = lambda use: _found(source.format(use=use))  # noqa: E731
     assert found("(s <= t) * b") == []
     assert found("s * b") == [("STB401", 7)]
     # a float weight among what the divisor reads (MoE routing weights times a mask): proven
     weighted = source.replace("p = jnp.mean(b)", "p = jnp.mean(b * s)").format(use="(s <= t) * b")
-    assert [(f.code, f.line) for f in check_source(weighted, "m.py", Config())] == [("STB401", 7)]
+    assert _found(weighted) == [("STB401", 7)]
     # what another function returns is its own value: `b = helper(s)` does not make `s` an input
     helper = source.replace("    c = {use}\n", "    if b is None:\n        b = make_mask(s, t)\n    c = {use}\n").format(use="(s <= t) * b")
-    assert [(f.code, f.line) for f in check_source(helper, "m.py", Config())] == []
+    assert _found(helper) == []
 
 
 def test_a_module_level_alias_names_what_it_is_bound_to() -> None:

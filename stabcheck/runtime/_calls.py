@@ -15,6 +15,8 @@ TRANSFORM_NAMES = (
     "jit", "grad", "value_and_grad", "vmap", "jacfwd", "jacrev", "hessian", "jvp", "vjp",
     "filter_jit", "filter_grad", "filter_value_and_grad", "nnx.jit",
 )  # fmt: skip
+# the transforms that differentiate the arguments `argnums` names (default 0)
+GRAD_FAMILY = ("grad", "value_and_grad", "jacfwd", "jacrev", "hessian")
 
 
 @dataclass(frozen=True, slots=True)

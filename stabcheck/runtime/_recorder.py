@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from stabcheck._files import write_atomic_nofollow
-from stabcheck.runtime._calls import TransformedCall
+from stabcheck.runtime._calls import GRAD_FAMILY, TransformedCall
 from stabcheck.traced import recorded
 from stabcheck.traced.source import is_internal, is_library, leaf_origin, module_namespace
 
@@ -134,7 +134,7 @@ class Recorder:
                 held.append(held_now)
             if len(held) > 1:
                 sig["objects"] = len(held)
-        if call.transform in ("grad", "value_and_grad", "jacrev", "jacfwd", "hessian"):
+        if call.transform in GRAD_FAMILY:
             made = self._leaf_sites(fn, options, args, call.site)
             if made:
                 sig["made"] = made
@@ -155,6 +155,7 @@ class Recorder:
         except (TypeError, ValueError):
             return {}
         nums = options.get("argnums", 0)
+        namespace = module_namespace(site[0])
         out: dict[str, str] = {}
         for i in (nums,) if isinstance(nums, int) else tuple(nums):
             if not 0 <= i < len(args):
@@ -169,7 +170,7 @@ class Recorder:
                 if np.issubdtype(dtype, np.inexact):
                     continue
                 leaf_name = f"{names[i] if i < len(names) else f'args[{i}]'}{jax.tree_util.keystr(path)}"
-                made = leaf_origin(leaf_name, str(dtype), site[0], site[1], module_namespace(site[0]))
+                made = leaf_origin(leaf_name, str(dtype), site[0], site[1], namespace)
                 if made is not None:
                     out[leaf_name] = f"{_relative(made.file, self.root)}:{made.line}"
         return out

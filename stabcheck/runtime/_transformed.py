@@ -32,7 +32,7 @@ from typing import Any
 from stabcheck.confirm.nan import nan_origin, nonfinite
 from stabcheck.confirm.retrace import call_signature
 from stabcheck.finding import Finding
-from stabcheck.runtime._calls import TransformedCall
+from stabcheck.runtime._calls import GRAD_FAMILY, TransformedCall
 from stabcheck.runtime._intercept import fn_key, is_transformed, user_function, user_site
 from stabcheck.runtime._monitor import HELP_402, Monitor, Program, Selector, Site, busy, leaf_base, make_finding
 from stabcheck.runtime._signature import Signature, short_repr, type_str
@@ -40,7 +40,6 @@ from stabcheck.traced.checks import ZERO_GRADIENT_HELP, custom_rule_def, custom_
 from stabcheck.traced.errors import classify
 from stabcheck.traced.source import Site as SourceSite, def_line, exception_site, leaf_origin, module_namespace
 
-GRAD_FAMILY = ("grad", "value_and_grad", "jacfwd", "jacrev", "hessian")
 FILTER_GRAD = ("filter_grad", "filter_value_and_grad", "nnx.grad")  # the float leaves of the differentiated arguments
 DIFFERENTIATED = (*GRAD_FAMILY, *FILTER_GRAD, "jvp", "vjp")
 JIT_LIKE = ("filter_jit", "nnx.jit")

@@ -329,11 +329,8 @@ def module_namespace(file: str) -> Mapping[str, Any] | None:
 
 def _enclosing_def(file: str, line: int) -> ast.AST | None:
     """The innermost function of FILE whose lines (decorators included) hold LINE."""
-    best: ast.AST | None = None
-    for first, last, node in _def_spans(file):
-        if first <= line <= last and (best is None or first >= min([best.lineno, *(d.lineno for d in best.decorator_list)])):  # type: ignore[attr-defined]
-            best = node
-    return best
+    holding = [(first, node) for first, last, node in _def_spans(file) if first <= line <= last]
+    return max(holding, key=lambda h: h[0])[1] if holding else None
 
 
 @functools.lru_cache(maxsize=64)
