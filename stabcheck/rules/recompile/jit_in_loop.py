@@ -20,7 +20,9 @@ class JitInLoop(Rule):
     or defined and used inside another function, when what it wraps is a new object each time
     (a `lambda`, a nested `def`, a `functools.partial`) — a build under an `if` in the loop
     (`if need_compile:`) is only a guess, as it runs on the iterations the condition picks —, and a `jax.jit` of a bound method, lambda
-    or partial stored on the object in `__init__` when the module builds such objects in a loop (a
+    or partial stored on the object in `__init__` (on an `eqx.Module`, a `jax.jit` of anything:
+    the jit object is a static field, hashed by identity, so every new Module retraces the
+    `filter_jit` function it is given to) when the module builds such objects in a loop (a
     compile per object; a guess when the objects are built once).
 
     In a loop, the finding is a guess (`--preview`) when the iterations may need different
@@ -135,8 +137,67 @@ class JitInLoop(Rule):
                 x = Scaler(0.5).apply(x)
             return x
         """,
+        """
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+
+        class Trajectory(eqx.Module):
+            scale: jax.Array
+            forward: object
+
+            def __init__(self, fk):
+                self.scale = jnp.ones(3)
+                self.forward = jax.jit(fk)  # expect: STB501
+
+        @eqx.filter_jit
+        def predict(model, x):
+            return model.forward(model.scale * x)
+
+        def rollout(fk, x):
+            return [predict(Trajectory(fk), x) for _ in range(4)]
+        """,
     )
     VALID = (
+        """
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+
+        def kinematics(q):
+            return jnp.sin(q)
+
+        KINEMATICS = jax.jit(kinematics)  # built once: one static object for every Trajectory
+
+        class Trajectory(eqx.Module):
+            scale: jax.Array
+            forward: object
+
+            def __init__(self, fk):
+                self.scale = jnp.ones(3)
+                self.forward = fk
+
+        @eqx.filter_jit
+        def predict(model, x):
+            return model.forward(model.scale * x)
+
+        def rollout(x):
+            return [predict(Trajectory(KINEMATICS), x) for _ in range(4)]
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def kinematics(q):
+            return jnp.sin(q)
+
+        class Robot:  # a plain class: every `jax.jit(kinematics)` shares JAX's trace cache
+            def __init__(self):
+                self.forward = jax.jit(kinematics)
+
+        def rollout(x):
+            return [Robot().forward(x) for _ in range(4)]
+        """,
         """
         import jax
 
@@ -348,16 +409,25 @@ class JitInLoop(Rule):
         if not (isinstance(parent, ast.Assign) and any(isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == me for t in parent.targets)):
             return
         bound = isinstance(fn, ast.Attribute) and isinstance(fn.value, ast.Name) and fn.value.id == me
-        if not (bound or isinstance(fn, ast.Lambda) or (isinstance(fn, ast.Call) and ctx.qualname(fn.func) == "functools.partial")):
+        fresh = bound or isinstance(fn, ast.Lambda) or (isinstance(fn, ast.Call) and ctx.qualname(fn.func) == "functools.partial")
+        # on an `eqx.Module` the jit object itself is a field: not an array, so a static leaf that
+        # `filter_jit` hashes by identity; a new one per object retraces whatever it wraps
+        # (equinox#686), where a plain class's `jax.jit(f)` of one `f` shares JAX's trace cache
+        static_field = not fresh and _equinox_module(info.cls, ctx)
+        if not (fresh or static_field):
             return
         cls = info.cls.name
         built_in_loop = any(isinstance(c.func, ast.Name) and c.func.id == cls and _in_loop(c, ctx) for _s, c in ctx.analysis.calls)
         what = f"the bound method `{ctx.text(fn)}`" if bound else f"`{ctx.text(fn)}`"
+        why = (
+            f"it is a new object in a static field of every `{cls}` (an `eqx.Module`), so a jitted function given a new `{cls}` traces and compiles again"
+            if static_field
+            else f"it is a new function for every `{cls}` object, so each object traces and compiles again"
+        )
         self.report(
             ctx,
             node,
-            f"`{ctx.text(node.func)}` of {what} is built in `{cls}.__init__`: it is a new function for every `{cls}` object, so each "
-            f"object traces and compiles again{' (this module builds them in a loop)' if built_in_loop else ''}",
+            f"`{ctx.text(node.func)}` of {what} is built in `{cls}.__init__`: {why}{' (this module builds them in a loop)' if built_in_loop else ''}",
             help="jit a module-level function (or decorate the method with `partial(jax.jit, static_argnums=0)` on a hashable class) "
             "and pass the object's arrays as arguments, or build the object once",
             detail=f"{cls}.__init__",
@@ -390,6 +460,21 @@ class JitInLoop(Rule):
         name = parent.targets[0].id
         fn = ctx.function.node if ctx.function is not None else None
         return fn is not None and _called(fn, name) and not _escapes(fn, name)
+
+
+def _equinox_module(cls: ast.ClassDef, ctx: FileContext) -> bool:
+    """`cls` derives from `eqx.Module`, directly or through a class of this module."""
+    seen: set[str] = set()
+    todo = [cls]
+    while todo:
+        c = todo.pop()
+        for b in c.bases:
+            if ctx.qualname(b) == "equinox.Module":
+                return True
+            if isinstance(b, ast.Name) and b.id not in seen:
+                seen.add(b.id)
+                todo.extend(n for n in ctx.tree.body if isinstance(n, ast.ClassDef) and n.name == b.id)
+    return False
 
 
 def _conditional_in_loop(ctx: FileContext) -> bool:
