@@ -68,6 +68,9 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     assert out["prefill_keys"] == ["position"]  # `extra or {}` on None: the Python `or`
     assert out["host_calls"] == 6  # the host callback ran at every step of both calls
     assert out["grad_coverage"] == [0.0] * 8  # no gradient reaches a count of a mask: zeros, no NaN
+    assert out["ragged"] == [1.0, 0.5]  # the kernel's masked 1 / 0 ran
+    assert out["grad_rope_finite"] is True  # the scale is a Python float: no NaN
+    assert out["grad_events"] == [0.0, 0.0] and out["per_event"] == 0.0  # the metric is never differentiated
 
 
 def test_a_divisor_clamped_in_another_branch_or_by_zero_still_fires() -> None:
@@ -186,3 +189,20 @@ def test_the_counted_test_really_traces_once(tmp_path: Path) -> None:
     test.write_text(_COUNTER + "\n\ntest_jit_traces_once()\nprint('ok')\n", encoding="utf-8")
     proc = subprocess.run([sys.executable, str(test)], capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_an_operand_the_transform_gives_an_array_and_a_metric_the_loss_reads_still_fire() -> None:
+    # the local lambda called with a traced value; the where's value returned as the loss itself
+    lam = "import jax\nimport jax.numpy as jnp\n\n\n@jax.jit\ndef f(x, c):\n    g = lambda s: jnp.where(s <= 1, 1.0, jnp.log(s))\n    return g({arg})\n"
+    assert _found(lam.format(arg="2.0")) == []  # a Python float: no gradient
+    assert _found(lam.format(arg="x")) == [("STB401", 7)]
+    assert _found(lam.format(arg="x * 2")) == [("STB401", 7)]
+    assert _found(lam.format(arg="c.scale")) == []  # a field of an object: a guess, like every field
+    aux = (
+        "import jax\nimport jax.numpy as jnp\n\n\ndef loss_fn(w, x):\n    n = jnp.sum(x)\n    metrics = {{}}\n"
+        "    {store}\n    return {ret}, metrics\n\n\ng = jax.grad(loss_fn, has_aux=True)\n"
+    )
+    entry = "metrics.update({'per': jnp.where(n > 0, w / n, 0.0)})"
+    assert _found(aux.format(store=entry, ret="w.sum()")) == []
+    assert _found(aux.format(store="per = jnp.where(n > 0, w / n, 0.0)", ret="per")) == [("STB401", 8)]
+    assert _found(aux.format(store="per = jnp.where(n > 0, w / n, 0.0); metrics['per'] = per", ret="per")) == [("STB401", 8)]

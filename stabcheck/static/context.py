@@ -81,16 +81,20 @@ class FileContext:
     def ancestors(self) -> list[ast.AST]:
         """The nodes enclosing the visited one, outermost (the module) first. Built on demand
         from a parent table made once per file: few visits ever need more than `parent`."""
+        out: list[ast.AST] = []
+        up = self.parent_of(self.node)
+        while up is not None:
+            out.append(up)
+            up = self.parent_of(up)
+        out.reverse()
+        return out
+
+    def parent_of(self, node: ast.AST | None) -> ast.AST | None:
+        """The node that holds `node` in the file's tree (None for the module itself)."""
         table = self._parents
         if table is None:
             table = self._parents = {ch: n for n in walk(self.tree) for ch in children(n)}
-        out: list[ast.AST] = []
-        up = table.get(self.node)
-        while up is not None:
-            out.append(up)
-            up = table.get(up)
-        out.reverse()
-        return out
+        return table.get(node) if node is not None else None
 
     def text(self, node: ast.AST) -> str:
         """The source text of a node, as `ast.get_source_segment` gives it, but with the file's

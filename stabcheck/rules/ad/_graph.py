@@ -241,6 +241,11 @@ class ADGraph:
                 q = self.names.qualname(call.func) or ""
                 if q.rsplit(".", 1)[-1] in ("pallas_call", "emit_pipeline") and call.args:
                     fn = call.args[0]
+                    if isinstance(fn, ast.Name) and scope is not None:
+                        # `kernel = partial(kernel_fwd, block=b)`, then `pallas_call(kernel, ...)`
+                        bound = [v for ts, v in self.analysis.bindings(scope) if any(isinstance(t, ast.Name) and t.id == fn.id for t in ts)]
+                        if len(bound) == 1 and isinstance(bound[0], ast.Call) and self.names.qualname(bound[0].func) in PARTIAL:
+                            fn = bound[0]
                     if isinstance(fn, ast.Call) and self.names.qualname(fn.func) in PARTIAL and fn.args:
                         fn = fn.args[0]
                     target = self.analysis.resolve(fn, scope)

@@ -231,6 +231,15 @@ class NanGradientWhere(Rule):
                 # `prob_b = jnp.mean(b)` where the function uses `b` as a mask (`(s <= t) * b`):
                 # a count of booleans, which no gradient reaches, or a float weight; not known
                 confidence = "guess"
+            elif _python_value(arg, ctx) and not (isinstance(op_node, ast.BinOp) and not _constant_or_int(op_node.left, ctx)):
+                # under the transform that reaches it the operand is a Python value (a local
+                # lambda called with a config's floats, `get_mscale(cfg.scaling, cfg.mscale)`): no
+                # gradient reaches it there; another module may still pass it an array
+                confidence = "guess"
+            elif _only_metric_entries(node, ctx):
+                # `metrics.update({"loss_per_event": where(n > 0, loss / n, 0)})` in a module that
+                # differentiates with `has_aux`: a reported metric, which the loss may never read
+                confidence = "guess"
             elif in_test_function(ctx) and not (ctx.function is not None and ctx.function.transformed):
                 # a test computes values to assert on; no gradient of this function is visible
                 confidence = "guess"
@@ -310,6 +319,96 @@ class NanGradientWhere(Rule):
 
 
 _AD_WORDS = re.compile(r"grad|jvp|vjp|jac|hessian|lineari[sz]e", re.I)
+
+
+def _python_value(arg: ast.AST, ctx: FileContext) -> bool:
+    """Under the transform that reaches this function, `arg` is a Python value: the analysis finds
+    no traced value in it; for a local lambda, every call of its name passes non-traced values
+    for the parameters `arg` reads (`get_mscale(cfg.scaling, cfg.mscale)`)."""
+    fn = ctx.function
+    if fn is None or not fn.transformed:
+        return False
+    if not isinstance(fn.node, ast.Lambda):
+        return not ctx.analysis.is_traced(arg, fn)
+    outer = fn.parent
+    if outer is None:
+        return False
+    params = [a.arg for a in fn.node.args.args]
+    read = _names(arg) - set(ctx.names.aliases)
+    if not read or not read <= set(params):
+        return False  # it reads a closed-over value too
+    names = {t.id for ts, v in ctx.analysis.bindings(outer) if v is fn.node for t in ts if isinstance(t, ast.Name)}
+    if len(names) != 1:
+        return False
+    (name,) = names
+    loads = [n for n in ctx.analysis.own_nodes(outer) if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)]
+    calls = [c for c in ctx.analysis.own_nodes(outer) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id == name]
+    if not calls or len(calls) != len(loads):
+        return False  # passed on (to vmap, to a scan): what it is given there is not followed
+    for c in calls:
+        if c.keywords or any(isinstance(a, ast.Starred) for a in c.args):
+            return False
+        if any(p in read and (i >= len(c.args) or ctx.analysis.is_traced(c.args[i], outer)) for i, p in enumerate(params)):
+            return False
+    return True
+
+
+def _only_metric_entries(node: ast.AST, ctx: FileContext) -> bool:
+    """Every value computed from `node` ends as a named entry of a dict (`d.update({...})`,
+    `d.update(k=...)`, `d[k] = ...`), in a module that differentiates with `has_aux`: metrics
+    reported beside a loss (perceiver-ar's per-event losses, simply's router entropy)."""
+    fn = ctx.function
+    if fn is None or isinstance(fn.node, ast.Lambda) or not _has_aux(ctx):
+        return False
+    return _ends_in_entries(node, fn, ctx, 0)
+
+
+def _ends_in_entries(expr: ast.AST, fn: FunctionInfo, ctx: FileContext, depth: int) -> bool:
+    e = expr
+    while depth < 4:
+        up = ctx.parent_of(e)
+        if isinstance(up, ast.Dict) and any(v is e for v in up.values):
+            holder = ctx.parent_of(up)
+            return isinstance(holder, ast.Call) and _updates(holder) and any(a is up for a in holder.args)
+        if isinstance(up, ast.keyword):
+            holder = ctx.parent_of(up)
+            if isinstance(holder, ast.Call) and _updates(holder):
+                return True  # `d.update(entropy=...)`
+            e = holder  # `jnp.mean(x, axis=-1)`: the call computes from it
+            continue
+        if isinstance(up, ast.Assign) and up.value is e:
+            if all(isinstance(t, ast.Subscript) for t in up.targets):
+                return True  # `d[k] = ...`
+            if len(up.targets) != 1 or not isinstance(up.targets[0], ast.Name):
+                return False
+            name = up.targets[0].id
+            own = ctx.analysis.own_nodes(fn)
+            if sum(isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Store) for n in own) != 1:
+                return False  # bound more than once: which value a use reads is not followed
+            uses = [n for n in own if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)]
+            return bool(uses) and all(_ends_in_entries(u, fn, ctx, depth + 1) for u in uses)
+        if isinstance(up, (ast.BinOp, ast.UnaryOp)) or (isinstance(up, ast.Call) and up.func is not e):
+            e = up  # arithmetic on it, or a call given it (`jnp.mean(h)`)
+            continue
+        return False
+    return False
+
+
+def _updates(call: ast.Call) -> bool:
+    return isinstance(call.func, ast.Attribute) and call.func.attr == "update"
+
+
+def _has_aux(ctx: FileContext) -> bool:
+    """The module passes `has_aux` (anything but a literal False) to a call: it differentiates a
+    loss returned beside auxiliary values."""
+    cached = getattr(ctx.analysis, "_stabcheck_has_aux", None)
+    if cached is None:
+        cached = any(
+            isinstance(n, ast.keyword) and n.arg == "has_aux" and not (isinstance(n.value, ast.Constant) and n.value.value is False)
+            for n in ast.walk(ctx.tree)
+        )
+        ctx.analysis._stabcheck_has_aux = cached  # type: ignore[attr-defined]
+    return bool(cached)
 
 
 def _may_be_differentiated(ctx: FileContext) -> bool:
