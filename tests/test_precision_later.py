@@ -53,7 +53,7 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     # compiled per configuration; the inner pmap inside one compile; the weak counter and each
     # trainer's loss compiled once
     # one program per agent: three traces, as many as a jit built once would make
-    assert out["traces"] == {"update": 2, "transform": 1, "rollout": 1, "l2_loss": 1, "l1_loss": 1, "scan": 3}
+    assert out["traces"] == {"update": 2, "transform": 1, "rollout": 1, "l2_loss": 1, "l1_loss": 1, "scan": 3, "fun": 2}
     assert out["grad_inv_contract"] == [[1.0, 1.0, 1.0]]  # finite at z = 0: s is clamped to eps
     assert out["grad_iou"] == [[0.0] * 4] * 2  # no gradient reaches a count of booleans, no NaN
     assert out["global_step"] == 5 * 4 * 8
@@ -68,6 +68,7 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     assert out["prefill_keys"] == ["position"]  # `extra or {}` on None: the Python `or`
     assert out["host_calls"] == 6  # the host callback ran at every step of both calls
     assert out["grad_coverage"] == [0.0] * 8  # no gradient reaches a count of a mask: zeros, no NaN
+    assert out["picked"] == [2.0, 4.0]  # int(index) ran on the loop's concrete value
     assert out["ragged"] == [1.0, 0.5]  # the kernel's masked 1 / 0 ran
     assert out["grad_rope_finite"] is True  # the scale is a Python float: no NaN
     assert out["grad_events"] == [0.0, 0.0] and out["per_event"] == 0.0  # the metric is never differentiated
@@ -206,3 +207,13 @@ def test_an_operand_the_transform_gives_an_array_and_a_metric_the_loss_reads_sti
     assert _found(aux.format(store=entry, ret="w.sum()")) == []
     assert _found(aux.format(store="per = jnp.where(n > 0, w / n, 0.0)", ret="per")) == [("STB401", 8)]
     assert _found(aux.format(store="per = jnp.where(n > 0, w / n, 0.0); metrics['per'] = per", ret="per")) == [("STB401", 8)]
+
+
+def test_a_default_is_read_in_the_enclosing_scope_and_a_kept_jit_is_a_guess_but_a_used_one_is_not() -> None:
+    # a default evaluated where the def runs: traced there only if the enclosing function is
+    default = "import jax\n\n\n{dec}def f(x, i):\n    def g(v, k=int(i)):\n        return v * k\n    return g(x)\n"
+    assert _found(default.format(dec="")) == []
+    assert _found(default.format(dec="@jax.jit\n")) == [("STB102", 6)]
+    loop = "import jax\n\n\ndef build(fns, x, out):\n    for fn in fns:\n        def fun(v):\n            return fn(v)\n        f = jax.jit(fun)\n        {use}\n"
+    assert _found(loop.format(use="out.append(f)")) == []
+    assert _found(loop.format(use="out.append(f(x))")) == [("STB501", 8)]

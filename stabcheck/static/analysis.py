@@ -209,8 +209,17 @@ class Analysis:
                         self.classes.setdefault(c.name, {})[name] = info
                     else:
                         self.module_defs.setdefault(name, info)
+                a = node.args  # type: ignore[attr-defined]
                 for ch in get(node):
-                    push((ch, info, None, inner_pre, (), node))
+                    if ch is not a:
+                        push((ch, info, None, inner_pre, (), node))
+                        continue
+                    # default values run when the `def` does, in the enclosing scope: `index` in
+                    # `def pick(x, index=int(index))` is the loop's value, not the parameter
+                    outer = {id(d) for d in (*a.defaults, *a.kw_defaults) if d is not None}
+                    get_a = children.get(ast.arguments) or children.setdefault(ast.arguments, compile_children(ast.arguments))
+                    for sub in get_a(a) if get_a is not None else ():
+                        push((sub, par, c, pre, loops, a) if id(sub) in outer else (sub, info, None, inner_pre, (), a))
                 continue
             elif t is class_t:
                 if par is None:

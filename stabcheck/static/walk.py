@@ -69,7 +69,8 @@ def children(node: ast.AST) -> list[ast.AST]:
 def walk(node: ast.AST | list[ast.AST] | list[ast.stmt], *, stop: Container[type] = ()) -> list[ast.AST]:
     """Every node under `node` (itself included; or under each node of a list), depth first in
     source order. A node whose type is in `stop` is listed but not entered, except for its
-    decorators, which run in the enclosing scope (`stop=` the scope types: a function's own nodes)."""
+    decorators and default values, which run in the enclosing scope (`stop=` the scope types: a
+    function's own nodes)."""
     out: list[ast.AST] = []
     stack: list[ast.AST] = [node] if isinstance(node, ast.AST) else list(reversed(node))
     pop, push, extend = stack.pop, out.append, stack.extend
@@ -79,6 +80,9 @@ def walk(node: ast.AST | list[ast.AST] | list[ast.stmt], *, stop: Container[type
         push(n)
         cls = n.__class__
         if cls in stop:
+            args = getattr(n, "args", None)
+            if args is not None and args.__class__ is ast.arguments:
+                extend(reversed([d for d in (*args.defaults, *args.kw_defaults) if d is not None]))
             decorators = getattr(n, "decorator_list", None)
             if decorators:
                 extend(reversed(decorators))

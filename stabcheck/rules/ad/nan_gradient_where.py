@@ -62,7 +62,12 @@ class NanGradientWhere(Rule):
     positive constant on the way to its use (`n = jnp.maximum(n, 1.0)`, then `s[:k] / n[:k]`) is
     never zero and not flagged. A divisor made only from parameters that the function uses as
     masks or indices (`(s <= t) * b`, `jnp.where(b, ...)`, `x[b]`, then `/ jnp.mean(b)`) is a
-    guess: a count of booleans has no gradient, a float weight would.
+    guess: a count of booleans has no gradient, a float weight would. So is an operand that is a
+    Python value under the transform that reaches the function (a local lambda called only with
+    a static config's floats, `get_mscale(cfg.scaling, cfg.mscale)`; a quotient's numerator must
+    be one too), and a `where` whose value ends only as a named entry of a dict
+    (`metrics.update({"loss_per_event": ...})`, `scalars[k] = ...`) in a module that
+    differentiates with `has_aux`: a metric reported beside the loss, which the loss may never read.
 
     ## Why is this bad?
     `where` selects outputs, but both branches are computed and differentiated everywhere. In

@@ -32,7 +32,10 @@ class JitInLoop(Rule):
     display of static configurations, or the function jitted is the iteration's own item
     (`for t in trainers: jax.jit(partial(t.loss_fn, cfg))`: one program per item); likewise a
     function that jits inside itself code taken from its argument (`estimator.scan(...)`) counts
-    as called per step only where a loop passes it the same object, not each iteration's own. The loop variable itself passed as an argument
+    as called per step only where a loop passes it the same object, not each iteration's own. So
+    is a jitted function the iteration keeps (appends to a list, stores in a container or on an
+    object: `clist.append(Constraint(fun=fun_jit))`): one compile per element, each reused by
+    the calls that come later. The loop variable itself passed as an argument
     (`step(params, batch)`, also taken apart: `x, y = batch`) is data of one kind: still a finding.
 
     In test files (`test_*.py`, `*_test.py`, `conftest.py`, anything under `tests/`) the finding
@@ -351,6 +354,8 @@ class JitInLoop(Rule):
                 confidence = "guess"  # one compile per distinct configuration may be needed anyway
             elif _conditional_in_loop(ctx):
                 confidence = "guess"  # `if need_compile:`: rebuilt only when something changed
+            elif _kept(node, ctx):
+                confidence = "guess"  # one per element, kept (appended, stored) and reused: each compile serves many calls
         elif _per_call_outer(ctx) and isinstance(parent, ast.Call) and parent.func is node:
             where = f"and called inline inside `{ctx.function.qualname}`"  # type: ignore[union-attr]
             confidence = _repeated(ctx, fn)
@@ -474,6 +479,30 @@ def _equinox_module(cls: ast.ClassDef, ctx: FileContext) -> bool:
             if isinstance(b, ast.Name) and b.id not in seen:
                 seen.add(b.id)
                 todo.extend(n for n in ctx.tree.body if isinstance(n, ast.ClassDef) and n.name == b.id)
+    return False
+
+
+_KEEPERS = frozenset({"append", "extend", "insert", "add", "setdefault"})
+
+
+def _kept(node: ast.Call, ctx: FileContext) -> bool:
+    """The jitted function built in the loop is kept beyond its iteration: appended to a list
+    (`out.append(jax.jit(f))`, `clist.append(Constraint(fun=fun_jit))`) or stored in a container
+    or on an object (`fns[k] = fun_jit`); jax_fdm builds one per constraint type, calls it once
+    to warm it up, and SciPy calls each many times."""
+    parent = ctx.parent
+    if isinstance(parent, ast.Call) and parent.func is not node:
+        return isinstance(parent.func, ast.Attribute) and parent.func.attr in _KEEPERS
+    if not (isinstance(parent, ast.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0], ast.Name)):
+        return False
+    name = parent.targets[0].id
+    loop = ctx.loops[-1]
+    for n in ast.walk(loop):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in _KEEPERS:
+            if any(_mentions(a, name) for a in [*n.args, *(k.value for k in n.keywords)]):
+                return True
+        if isinstance(n, ast.Assign) and any(isinstance(t, (ast.Attribute, ast.Subscript)) for t in n.targets) and _mentions(n.value, name):
+            return True
     return False
 
 
