@@ -69,6 +69,7 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     assert out["host_calls"] == 6  # the host callback ran at every step of both calls
     assert out["grad_coverage"] == [0.0] * 8  # no gradient reaches a count of a mask: zeros, no NaN
     assert out["picked"] == [2.0, 4.0]  # int(index) ran on the loop's concrete value
+    assert out["grad_rotkernel_outside"] == 0.0  # the rule's masked 1 / sqrt: no NaN in a first derivative
     assert out["ragged"] == [1.0, 0.5]  # the kernel's masked 1 / 0 ran
     assert out["grad_rope_finite"] is True  # the scale is a Python float: no NaN
     assert out["grad_events"] == [0.0, 0.0] and out["per_event"] == 0.0  # the metric is never differentiated

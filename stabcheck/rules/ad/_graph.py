@@ -83,6 +83,7 @@ class ADGraph:
         self._reach_ad: dict[ast.AST, dict[str, ast.AST]] = {}
         self._custom_wrapped: set[int] | None = None  # ids of defs wrapped by `jax.custom_jvp(f)`
         self._kernels: set[int] | None = None  # ids of custom_vjp fwd rules and Pallas kernels
+        self._rules: set[int] | None = None  # ids of custom_jvp rules and custom_vjp bwd rules
 
     @classmethod
     def of(cls, analysis: Analysis) -> ADGraph:
@@ -207,12 +208,19 @@ class ADGraph:
         """Does JAX's autodiff never differentiate `info`'s body? "body": a `custom_jvp`/
         `custom_vjp` primal (the rule gives its derivative), a `custom_vjp` fwd rule, a Pallas
         kernel (`pallas_call`/`emit_pipeline` run it on Refs), or a function nested in one;
-        "helper": a module-level function that only such functions call, never referenced
-        otherwise (a guess: another module may import it); None otherwise."""
+        "rule": a `custom_jvp` rule (`@f.defjvp`, `f.defjvp(rule)`) or a `custom_vjp` bwd rule,
+        or a function nested in one: autodiff runs it but differentiates it only for a
+        second derivative; "helper": a module-level function that only such functions call,
+        never referenced otherwise (a guess: another module may import it); None otherwise."""
         s = info
         while s is not None:
             if self._opaque_body(s):
                 return "body"
+            s = s.parent
+        s = info
+        while s is not None:
+            if id(s.node) in self._rule_bodies():
+                return "rule"
             s = s.parent
         if info is None or info.parent is not None or isinstance(info.node, ast.Lambda):
             return None
@@ -229,6 +237,21 @@ class ADGraph:
             if scope is None:
                 return None
         return "helper"
+
+    def _rule_bodies(self) -> set[int]:
+        rules = self._rules
+        if rules is None:
+            rules = self._rules = {id(cv.bwd_info.node) for cv in self.custom.values() if cv.bwd_info is not None}
+            for info in self.analysis.functions.values():
+                if not isinstance(info.node, ast.Lambda) and any(isinstance(d, ast.Attribute) and d.attr in ("defjvp", "defjvps") for d in info.node.decorator_list):
+                    rules.add(id(info.node))
+            for scope, call in self.analysis.calls:
+                if isinstance(call.func, ast.Attribute) and call.func.attr in ("defjvp", "defjvps"):
+                    for a in call.args:
+                        target = self.analysis.resolve(a, scope)
+                        if target is not None:
+                            rules.add(id(target.node))
+        return rules
 
     def _opaque_body(self, info: FunctionInfo) -> bool:
         kernels = self._kernels

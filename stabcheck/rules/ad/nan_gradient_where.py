@@ -56,7 +56,9 @@ class NanGradientWhere(Rule):
     Code autodiff never enters is not flagged: the body of a `custom_jvp`/`custom_vjp` function
     (its rule gives the derivative), a `custom_vjp` fwd rule, a Pallas kernel (`pallas_call`,
     `emit_pipeline`); a module-level helper that only such code calls is a guess (another module
-    may still differentiate it). An operand whose tested names are all clamped before the `where`
+    may still differentiate it), and so is a `custom_jvp` rule (`@f.defjvp`) or a `custom_vjp`
+    bwd rule: autodiff runs them for the first derivative and differentiates them only for a
+    second one. An operand whose tested names are all clamped before the `where`
     (`s = jnp.maximum(eps, r2)`, then `z / (2 * sqrt(s) - s)`) is a guess: the clamp may or may
     not keep the formula off its singular point; a divisor (or a slice of one) clamped by a
     positive constant on the way to its use (`n = jnp.maximum(n, 1.0)`, then `s[:k] / n[:k]`) is
@@ -226,7 +228,7 @@ class NanGradientWhere(Rule):
             if opaque == "body":
                 return  # a custom rule's primal or fwd, a Pallas kernel: autodiff never enters it
             other = branches[1 - i]
-            confidence = "proven" if opaque is None else "guess"  # a helper only those call
+            confidence = "proven" if opaque is None else "guess"  # a helper only those call, a derivative rule (differentiated only for a second derivative)
             tested = _names(arg) & cond_names
             if tested and all(_bound_to_guard(n, ctx) for n in tested):
                 # `s = jnp.maximum(eps, r2)`, then `z / (2 * sqrt(s) - s)`: the names it reads are
