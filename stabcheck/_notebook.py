@@ -6,7 +6,8 @@ afterwards. IPython syntax that is not Python is blanked, line for line: line ma
 shell escapes (`!pip`), help (`x?`) (an indented one becomes `pass`), their outputs assigned
 (`files = !ls`: the value becomes `None`), automagics (`run x.py`,
 `cd dir`: a magic's name without `%`, on a line that is not Python), and whole cells under a cell
-magic (`%%bash`). A cell that parses as Python is kept as it is, and as in IPython only a line
+magic (`%%bash`; also after leading comment lines, as Colab runs `#@title Setup` then
+`%%capture`, where Jupyter would not). A cell that parses as Python is kept as it is, and as in IPython only a line
 that starts a statement is IPython syntax (inside open brackets `% (x,)` is the format
 operator). Jupyter runs each cell on its own, so each is parsed on its own: a cell that
 still does not parse is blanked too and named in `Cells.broken` (one STB901 each, the other cells
@@ -70,7 +71,7 @@ def cells(data: bytes) -> Cells:
         if lines and lines[-1] == "":
             lines.pop()
         error = None
-        if lines and lines[0].lstrip().startswith("%%"):
+        if _cell_magic(lines):
             lines = [""] * len(lines)  # a cell magic: the cell is not Python
         else:
             error = _parse_error(lines)
@@ -157,3 +158,13 @@ def to_cells(f: Finding, starts: tuple[tuple[int, int], ...]) -> Finding:
         end_cell, end_rel = locate(starts, end_line)
         end_line, end_col = (end_rel, end_col) if end_cell == cell else (line, None)
     return f.refine(span=Span(line, f.span.col, end_line, end_col), evidence={**f.evidence, "cell": cell})
+
+
+def _cell_magic(lines: list[str]) -> bool:
+    """The cell is under a cell magic: its first line that is not blank or a comment starts with
+    `%%` (Jupyter wants it on the first line; Colab, whose forms put `#@title` above it, runs it)."""
+    for ln in lines:
+        stripped = ln.strip()
+        if stripped and not stripped.startswith("#"):
+            return stripped.startswith("%%")
+    return False

@@ -135,3 +135,12 @@ def test_a_percent_inside_open_brackets_is_the_format_operator_not_a_magic() -> 
         assert cells.broken == (), src
         assert "    % (x,))" in cells.source.splitlines()
     assert cells.source.splitlines()[0] == "" and cells.source.splitlines()[-1] == ""
+
+
+def test_a_cell_magic_under_colab_form_lines_is_not_python_but_one_after_code_is() -> None:
+    def broken(source: str) -> int:
+        nb = {"cells": [{"cell_type": "code", "source": source}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+        return len(_notebook.cells(json.dumps(nb).encode()).broken)
+
+    assert broken("#@title Install\n# quietly\n%%capture\npip install x || true\n") == 0  # Colab runs it
+    assert broken("import os\n%%bash\ntest -d x || git clone y\n") == 1  # not the first statement: not a cell magic
