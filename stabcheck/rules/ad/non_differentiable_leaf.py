@@ -135,10 +135,10 @@ def _bound_grad(func: ast.AST, ctx: FileContext) -> ast.Call | None:
 
 
 def _single_binding(name: str, ctx: FileContext) -> ast.AST | None:
-    for scope in ([ctx.function.node] if ctx.function is not None else []) + [ctx.tree]:
-        binds = [n for n in ast.walk(scope) if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.With, ast.NamedExpr)) and _binds(n, name)]
-        if scope is ctx.tree and ctx.function is not None:
-            binds = [b for b in binds if b in ctx.tree.body]  # module level only
+    scopes = [(ctx.function.node, False)] if ctx.function is not None else []
+    scopes.append((ctx.tree, ctx.function is not None))  # from a function: module level only
+    for scope, top_level in scopes:
+        binds = _binding_index(scope, top_level, ctx).get(name, [])
         if len(binds) == 1 and isinstance(binds[0], ast.Assign) and len(binds[0].targets) == 1 and isinstance(binds[0].targets[0], ast.Name):
             return binds[0].value
         if binds:
@@ -146,7 +146,27 @@ def _single_binding(name: str, ctx: FileContext) -> ast.AST | None:
     return None
 
 
-def _binds(node: ast.AST, name: str) -> bool:
+_BINDERS = (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.With, ast.NamedExpr)
+
+
+def _binding_index(scope: ast.AST, top_level: bool, ctx: FileContext) -> dict[str, list[ast.AST]]:
+    """Name -> the statements that bind it in `scope` (its top-level statements only, or every
+    node under it), made once per scope: a file of many `grad` calls asks again for each."""
+    cache: dict[tuple[int, bool], dict[str, list[ast.AST]]] | None = getattr(ctx.analysis, "_stabcheck_bindings", None)
+    if cache is None:
+        cache = ctx.analysis._stabcheck_bindings = {}  # type: ignore[attr-defined]
+    index = cache.get((id(scope), top_level))
+    if index is None:
+        index = cache[(id(scope), top_level)] = {}
+        nodes = scope.body if top_level else ast.walk(scope)  # type: ignore[attr-defined]
+        for n in nodes:
+            if isinstance(n, _BINDERS):
+                for name in dict.fromkeys(_bound(n)):
+                    index.setdefault(name, []).append(n)
+    return index
+
+
+def _bound(node: ast.AST) -> list[str]:
     targets: list[ast.AST] = []
     if isinstance(node, ast.Assign):
         targets = list(node.targets)
@@ -154,7 +174,7 @@ def _binds(node: ast.AST, name: str) -> bool:
         targets = [node.target]
     elif isinstance(node, ast.With):
         targets = [i.optional_vars for i in node.items if i.optional_vars is not None]
-    return any(isinstance(n, ast.Name) and n.id == name for t in targets for n in ast.walk(t))
+    return [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
 
 
 def _argnums(grad: ast.Call) -> tuple[int, ...] | None:
