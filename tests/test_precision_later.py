@@ -68,6 +68,7 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     assert out["prefill_keys"] == ["position"]  # `extra or {}` on None: the Python `or`
     assert out["host_calls"] == 6  # the host callback ran at every step of both calls
     assert out["grad_coverage"] == [0.0] * 8  # no gradient reaches a count of a mask: zeros, no NaN
+    assert len(out["checked_jit"]) == 2 and all(abs(a - b) < 1e-6 for a, b in zip(out["checked_eager"], out["checked_jit"]))
     assert out["picked"] == [2.0, 4.0]  # int(index) ran on the loop's concrete value
     assert out["grad_rotkernel_outside"] == 0.0  # the rule's masked 1 / sqrt: no NaN in a first derivative
     assert out["ragged"] == [1.0, 0.5]  # the kernel's masked 1 / 0 ran
@@ -218,3 +219,9 @@ def test_a_default_is_read_in_the_enclosing_scope_and_a_kept_jit_is_a_guess_but_
     loop = "import jax\n\n\ndef build(fns, x, out):\n    for fn in fns:\n        def fun(v):\n            return fn(v)\n        f = jax.jit(fun)\n        {use}\n"
     assert _found(loop.format(use="out.append(f)")) == []
     assert _found(loop.format(use="out.append(f(x))")) == [("STB501", 8)]
+
+
+def test_a_check_under_disable_jit_is_concrete_but_one_under_another_flag_is_not() -> None:
+    source = "import jax\nimport jax.numpy as jnp\n\n\n@jax.jit\ndef f(x):\n    if {flag}:\n        assert jnp.all(x > 0)\n    return x\n"
+    assert _found(source.format(flag="jax.config.jax_disable_jit")) == []
+    assert _found(source.format(flag="jax.config.jax_debug_nans")) == [("STB101", 8)]

@@ -29,8 +29,9 @@ def guarded_concrete(name: str, ctx: FileContext) -> bool:
     """Does an enclosing `if`/conditional expression prove `name` concrete where the visited node
     is? Libraries handle concrete and traced values in one function and branch on which it is:
     `isinstance(x, (int, np.integer))`, `type(x) is int`, `not isinstance(x, core.Tracer)`,
-    `core.is_concrete(x)` (the body), `hasattr(x, "shape")`, `isinstance(x, jax.Array)` (the
-    other branch, or what follows it when its body returns or raises)."""
+    `core.is_concrete(x)`, `jax.config.jax_disable_jit` (the body), `hasattr(x, "shape")`,
+    `isinstance(x, jax.Array)` (the other branch, or what follows it when its body returns or
+    raises)."""
     child: ast.AST = ctx.node
     for anc in reversed(ctx.ancestors):
         if isinstance(anc, (ast.If, ast.IfExp)) and child is not anc.test:
@@ -75,6 +76,8 @@ def _after_early_exit(block: ast.AST, stmt: ast.AST, name: str) -> bool:
 
 def _concrete_when(test: ast.AST, name: str) -> bool | None:
     """True: `name` is concrete when `test` holds; False: when it fails; None: it says nothing."""
+    if any((isinstance(n, ast.Attribute) and n.attr == "jax_disable_jit") or (isinstance(n, ast.Constant) and n.value == "jax_disable_jit") for n in ast.walk(test)):
+        return True  # `if jax.config.jax_disable_jit:` runs only where nothing is staged out
     if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
         inner = _concrete_when(test.operand, name)
         return None if inner is None else not inner

@@ -17,7 +17,8 @@ class BranchOnTracer(Rule):
     a traced array (a parameter of a `jit`/`vmap`-ed function, a `lax.scan`/`cond` body, or a
     value computed from one). A test of values the code has just shown concrete is not flagged:
     after `if isinstance(s, core.Tracer): return lax.cond(...)` (or under `if not
-    isinstance(s, core.Tracer):`), `if s > 0:` sees a Python number. `extra or {}` (an `or`
+    isinstance(s, core.Tracer):`), `if s > 0:` sees a Python number; so does a check under
+    `if jax.config.jax_disable_jit:`, which runs only where nothing is staged out. `extra or {}` (an `or`
     whose default is a container display) is a guess: the code expects a dict or None there, whose
     truth value is Python's.
 
