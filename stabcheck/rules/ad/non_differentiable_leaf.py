@@ -128,10 +128,25 @@ class NonDifferentiableLeaf(Rule):
 
 def _bound_grad(func: ast.AST, ctx: FileContext) -> ast.Call | None:
     """`g` bound once (in this scope or at module level) to `jax.grad(...)`."""
-    if not isinstance(func, ast.Name):
+    if not isinstance(func, ast.Name) or func.id not in _grad_names(ctx):
         return None
     value = _single_binding(func.id, ctx)
     return value if isinstance(value, ast.Call) else None
+
+
+def _grad_names(ctx: FileContext) -> frozenset[str]:
+    """The names the module assigns a `grad` call anywhere (`g = jax.grad(loss)`): only a call
+    through one of them can be a bound gradient, so the others skip the binding lookup."""
+    names: frozenset[str] | None = getattr(ctx.analysis, "_stabcheck_grad_names", None)
+    if names is None:
+        names = ctx.analysis._stabcheck_grad_names = frozenset(  # type: ignore[attr-defined]
+            t.id
+            for n in ast.walk(ctx.tree)
+            if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call) and ctx.qualname(n.value.func) in _GRADS
+            for t in n.targets
+            if isinstance(t, ast.Name)
+        )
+    return names
 
 
 def _single_binding(name: str, ctx: FileContext) -> ast.AST | None:

@@ -285,14 +285,26 @@ def _plain_class(cls: ast.ClassDef, ctx: FileContext) -> bool:
     linen = any(ctx.qualname(b) != "builtins.object" for b in cls.bases)
     if not (dataclass or linen or "__init__" in names):
         return False
-    for other in ast.walk(ctx.tree):
-        if isinstance(other, ast.ClassDef) and other is not cls and any(isinstance(b, ast.Name) and b.id == cls.name for b in other.bases):
-            return False
-        if isinstance(other, ast.Call) and any(isinstance(a, ast.Name) and a.id == cls.name for a in other.args):
-            q = ctx.qualname(other.func) or ""
-            if any(r in q for r in _REGISTER):
-                return False
-    return True
+    subclassed, registered = _subclassed_and_registered(ctx)
+    return cls.name not in subclassed and cls.name not in registered
+
+
+def _subclassed_and_registered(ctx: FileContext) -> tuple[frozenset[str], frozenset[str]]:
+    """The names this module uses as a class's base, and those it passes to a pytree
+    registration: one walk per file (it was one per class)."""
+    found: tuple[frozenset[str], frozenset[str]] | None = getattr(ctx.analysis, "_stabcheck_class_uses", None)
+    if found is None:
+        bases: set[str] = set()
+        registered: set[str] = set()
+        for other in ast.walk(ctx.tree):
+            if isinstance(other, ast.ClassDef):
+                bases.update(b.id for b in other.bases if isinstance(b, ast.Name) and b.id != other.name)
+            elif isinstance(other, ast.Call) and any(isinstance(a, ast.Name) for a in other.args):
+                q = ctx.qualname(other.func) or ""
+                if any(r in q for r in _REGISTER):
+                    registered.update(a.id for a in other.args if isinstance(a, ast.Name))
+        found = ctx.analysis._stabcheck_class_uses = (frozenset(bases), frozenset(registered))  # type: ignore[attr-defined]
+    return found
 
 
 def _object(value: ast.AST, ctx: FileContext, depth: int = 0) -> str | None:
