@@ -20,7 +20,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from stabcheck.finding import MAX_CHAINS, Chain, Frame, merge_chains
 from stabcheck.static import xfile
@@ -28,6 +28,7 @@ from stabcheck.static.names import Names, Transform
 from stabcheck.static.walk import REVERSED_CHILDREN, compile_children, walk
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
+T = TypeVar("T")
 _FUNCTION_TYPES = frozenset({ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda})
 _SCOPE_TYPES = frozenset({ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef})
 _LOOP_TYPES = frozenset({ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp})
@@ -152,6 +153,7 @@ class Analysis:
         # ids of the defs handed to a host callback (`jax.debug.callback(f, x)`): JAX calls them
         # on the host with concrete values, so a transformed parent's tracers never reach them
         self.host_functions: set[int] = set()
+        self._facts: dict[str, Any] = {}
         self._collect(tree, record)
         self._find_applications()
         if types is not None:
@@ -167,6 +169,16 @@ class Analysis:
         self._proof_memo: dict[int, bool] | None = None
         self._propagate_proofs()
         self._proof_memo = {}
+
+    def memo(self, key: str, make: Callable[[], T]) -> T:
+        """A per-file fact a rule computes once (`make()`) and asks for again: it lives on the
+        Analysis, so it goes when the file's analysis goes (a module-level table would keep every
+        file alive)."""
+        try:
+            return self._facts[key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._facts[key] = make()
+            return value
 
     # -- scopes ------------------------------------------------------------------------
     def _collect(self, tree: ast.Module, record: Container[type]) -> None:
@@ -209,7 +221,7 @@ class Analysis:
                         self.classes.setdefault(c.name, {})[name] = info
                     else:
                         self.module_defs.setdefault(name, info)
-                a = node.args  # type: ignore[attr-defined]
+                a: ast.arguments = node.args  # type: ignore[attr-defined]
                 for ch in get(node):
                     if ch is not a:
                         push((ch, info, None, inner_pre, (), node))
@@ -217,7 +229,9 @@ class Analysis:
                     # default values run when the `def` does, in the enclosing scope: `index` in
                     # `def pick(x, index=int(index))` is the loop's value, not the parameter
                     outer = {id(d) for d in (*a.defaults, *a.kw_defaults) if d is not None}
-                    get_a = children.get(ast.arguments) or children.setdefault(ast.arguments, compile_children(ast.arguments))
+                    get_a = children.get(ast.arguments)
+                    if get_a is None:
+                        get_a = children[ast.arguments] = compile_children(ast.arguments)
                     for sub in get_a(a) if get_a is not None else ():
                         push((sub, par, c, pre, loops, a) if id(sub) in outer else (sub, info, None, inner_pre, (), a))
                 continue

@@ -87,11 +87,7 @@ class ADGraph:
 
     @classmethod
     def of(cls, analysis: Analysis) -> ADGraph:
-        graph = getattr(analysis, "_stabcheck_ad_graph", None)
-        if graph is None:
-            graph = cls(analysis)
-            analysis._stabcheck_ad_graph = graph  # type: ignore[attr-defined]
-        return graph
+        return analysis.memo("ad_graph", lambda: cls(analysis))
 
     # -- custom_vjp functions ------------------------------------------------------------
     def _custom_decorator(self, dec: ast.AST) -> _KW | bool:

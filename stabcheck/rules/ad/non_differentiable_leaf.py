@@ -137,20 +137,20 @@ def _bound_grad(func: ast.AST, ctx: FileContext) -> ast.Call | None:
 def _grad_names(ctx: FileContext) -> frozenset[str]:
     """The names the module assigns a `grad` call anywhere (`g = jax.grad(loss)`): only a call
     through one of them can be a bound gradient, so the others skip the binding lookup."""
-    names: frozenset[str] | None = getattr(ctx.analysis, "_stabcheck_grad_names", None)
-    if names is None:
-        names = ctx.analysis._stabcheck_grad_names = frozenset(  # type: ignore[attr-defined]
+    return ctx.analysis.memo(
+        "grad_names",
+        lambda: frozenset(
             t.id
             for n in ast.walk(ctx.tree)
             if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call) and ctx.qualname(n.value.func) in _GRADS
             for t in n.targets
             if isinstance(t, ast.Name)
-        )
-    return names
+        ),
+    )
 
 
 def _single_binding(name: str, ctx: FileContext) -> ast.AST | None:
-    scopes = [(ctx.function.node, False)] if ctx.function is not None else []
+    scopes: list[tuple[ast.AST, bool]] = [(ctx.function.node, False)] if ctx.function is not None else []
     scopes.append((ctx.tree, ctx.function is not None))  # from a function: module level only
     for scope, top_level in scopes:
         binds = _binding_index(scope, top_level, ctx).get(name, [])
@@ -167,9 +167,7 @@ _BINDERS = (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.With, ast.Nam
 def _binding_index(scope: ast.AST, top_level: bool, ctx: FileContext) -> dict[str, list[ast.AST]]:
     """Name -> the statements that bind it in `scope` (its top-level statements only, or every
     node under it), made once per scope: a file of many `grad` calls asks again for each."""
-    cache: dict[tuple[int, bool], dict[str, list[ast.AST]]] | None = getattr(ctx.analysis, "_stabcheck_bindings", None)
-    if cache is None:
-        cache = ctx.analysis._stabcheck_bindings = {}  # type: ignore[attr-defined]
+    cache: dict[tuple[int, bool], dict[str, list[ast.AST]]] = ctx.analysis.memo("binding_index", dict)
     index = cache.get((id(scope), top_level))
     if index is None:
         index = cache[(id(scope), top_level)] = {}

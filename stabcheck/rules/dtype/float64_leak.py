@@ -286,20 +286,17 @@ _NARROW = frozenset({"float32", "bfloat16", "float16"})
 
 def _names_narrow_float(ctx: FileContext) -> bool:
     """The file names float32, bfloat16 or float16 somewhere (a dtype, a cast, a string)."""
-    cached = getattr(ctx.analysis, "_stabcheck_narrow", None)
-    if cached is None:
-        cached = ctx.analysis._stabcheck_narrow = any(  # type: ignore[attr-defined]
+    return ctx.analysis.memo(
+        "names_narrow_float",
+        lambda: any(
             (isinstance(n, ast.Attribute) and n.attr in _NARROW) or (isinstance(n, ast.Name) and n.id in _NARROW) or (isinstance(n, ast.Constant) and n.value in _NARROW)
             for n in ast.walk(ctx.tree)
-        )
-    return bool(cached)
+        ),
+    )
 
 
 def _x64_on(ctx: FileContext) -> bool:
     """This file, or any file of its project (`api._x64_elsewhere`), turns `jax_enable_x64` on."""
     if xfile.project_x64(ctx.path):
         return True
-    cached = getattr(ctx.analysis, "_stabcheck_x64", None)
-    if cached is None:
-        cached = ctx.analysis._stabcheck_x64 = xfile.enables_x64(ctx.tree)  # type: ignore[attr-defined]
-    return bool(cached)
+    return bool(ctx.analysis.memo("enables_x64", lambda: xfile.enables_x64(ctx.tree)))

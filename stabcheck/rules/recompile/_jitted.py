@@ -56,9 +56,10 @@ def _make(name: str, t: Transform, fn: ast.AST | None) -> Jitted:
 
 def jitted_functions(analysis: Analysis) -> dict[str, Jitted]:
     """Module-level (and function-local) names bound to a plain `jax.jit`/`jax.pmap`."""
-    cached = getattr(analysis, "_stabcheck_jitted", None)
-    if cached is not None:
-        return cached  # type: ignore[no-any-return]
+    return analysis.memo("jitted", lambda: _jitted_functions(analysis))
+
+
+def _jitted_functions(analysis: Analysis) -> dict[str, Jitted]:
     names = analysis.names
     out: dict[str, Jitted] = {}
     defined: dict[str, int] = {}
@@ -84,7 +85,6 @@ def jitted_functions(analysis: Analysis) -> dict[str, Jitted]:
             j = inline_jit(stmt.value, names, analysis, stmt.targets[0].id)
             if j is not None:
                 out[j.name] = j
-    analysis._stabcheck_jitted = out  # type: ignore[attr-defined]
     return out
 
 

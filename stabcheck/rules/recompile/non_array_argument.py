@@ -292,8 +292,7 @@ def _plain_class(cls: ast.ClassDef, ctx: FileContext) -> bool:
 def _subclassed_and_registered(ctx: FileContext) -> tuple[frozenset[str], frozenset[str]]:
     """The names this module uses as a class's base, and those it passes to a pytree
     registration: one walk per file (it was one per class)."""
-    found: tuple[frozenset[str], frozenset[str]] | None = getattr(ctx.analysis, "_stabcheck_class_uses", None)
-    if found is None:
+    def collect() -> tuple[frozenset[str], frozenset[str]]:
         bases: set[str] = set()
         registered: set[str] = set()
         for other in ast.walk(ctx.tree):
@@ -303,8 +302,9 @@ def _subclassed_and_registered(ctx: FileContext) -> tuple[frozenset[str], frozen
                 q = ctx.qualname(other.func) or ""
                 if any(r in q for r in _REGISTER):
                     registered.update(a.id for a in other.args if isinstance(a, ast.Name))
-        found = ctx.analysis._stabcheck_class_uses = (frozenset(bases), frozenset(registered))  # type: ignore[attr-defined]
-    return found
+        return frozenset(bases), frozenset(registered)
+
+    return ctx.analysis.memo("subclassed_and_registered", collect)
 
 
 def _object(value: ast.AST, ctx: FileContext, depth: int = 0) -> str | None:

@@ -487,8 +487,4 @@ def kinds_differ(a: Kind | None, b: Kind | None) -> bool:
 def kinds_for(analysis: Analysis) -> Kinds:
     """One `Kinds` per analysed file, shared by the rules that ask; it lives on the Analysis, so
     it goes when the file's analysis goes (a module-level table would keep every file alive)."""
-    eng = getattr(analysis, "_stabcheck_kinds", None)
-    if eng is None:
-        eng = Kinds(analysis)
-        analysis._stabcheck_kinds = eng  # type: ignore[attr-defined]
-    return eng
+    return analysis.memo("kinds", lambda: Kinds(analysis))
