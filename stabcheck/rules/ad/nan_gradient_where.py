@@ -220,10 +220,11 @@ class NanGradientWhere(Rule):
                 continue  # the condition tests other values than the operand (`a.b > 0` guarding `/ b.b`)
             if _selected_at_singularity(cond, arg, i, ctx):
                 continue  # the branch is chosen where its input is singular: no masking, no trap
-            if _no_gradient(arg, ctx) and not (isinstance(op_node, ast.BinOp) and not _constant_or_int(op_node.left, ctx)):
-                # an integer count, an `int` parameter, a constant: no gradient reaches it (for
-                # `a / n` the numerator's derivative `1 / n` is inf too, so `a` must be one as well)
-                continue
+            # for `a / n` the numerator's derivative `1 / n` is inf too: an `n` that no gradient
+            # reaches clears the quotient only where `a` is a constant or an integer as well
+            numerator_differentiated = isinstance(op_node, ast.BinOp) and not _constant_or_int(op_node.left, ctx)
+            if _no_gradient(arg, ctx) and not numerator_differentiated:
+                continue  # an integer count, an `int` parameter, a constant: no gradient reaches it
             opaque = ADGraph.of(ctx.analysis).ad_opaque(ctx.function)
             if opaque == "body":
                 return  # a custom rule's primal or fwd, a Pallas kernel: autodiff never enters it
@@ -238,7 +239,7 @@ class NanGradientWhere(Rule):
                 # `prob_b = jnp.mean(b)` where the function uses `b` as a mask (`(s <= t) * b`):
                 # a count of booleans, which no gradient reaches, or a float weight; not known
                 confidence = "guess"
-            elif _python_value(arg, ctx) and not (isinstance(op_node, ast.BinOp) and not _constant_or_int(op_node.left, ctx)):
+            elif _python_value(arg, ctx) and not numerator_differentiated:
                 # under the transform that reaches it the operand is a Python value (a local
                 # lambda called with a config's floats, `get_mscale(cfg.scaling, cfg.mscale)`): no
                 # gradient reaches it there; another module may still pass it an array
@@ -371,7 +372,7 @@ def _only_metric_entries(node: ast.AST, ctx: FileContext) -> bool:
 
 
 def _ends_in_entries(expr: ast.AST, fn: FunctionInfo, ctx: FileContext, depth: int) -> bool:
-    e = expr
+    e: ast.AST | None = expr
     while depth < 4:
         up = ctx.parent_of(e)
         if isinstance(up, ast.Dict) and any(v is e for v in up.values):
@@ -408,14 +409,13 @@ def _updates(call: ast.Call) -> bool:
 def _has_aux(ctx: FileContext) -> bool:
     """The module passes `has_aux` (anything but a literal False) to a call: it differentiates a
     loss returned beside auxiliary values."""
-    cached = getattr(ctx.analysis, "_stabcheck_has_aux", None)
-    if cached is None:
-        cached = any(
+    return ctx.analysis.memo(
+        "has_aux",
+        lambda: any(
             isinstance(n, ast.keyword) and n.arg == "has_aux" and not (isinstance(n.value, ast.Constant) and n.value.value is False)
             for n in ast.walk(ctx.tree)
-        )
-        ctx.analysis._stabcheck_has_aux = cached  # type: ignore[attr-defined]
-    return bool(cached)
+        ),
+    )
 
 
 def _may_be_differentiated(ctx: FileContext) -> bool:
@@ -424,11 +424,10 @@ def _may_be_differentiated(ctx: FileContext) -> bool:
     `value_and_grad`, `jvp`, `vjp`, `jacrev`, `hessian`, an optimiser's `.grad`...)."""
     if not ctx.path.endswith(".ipynb"):
         return True
-    cached = getattr(ctx.analysis, "_stabcheck_ad_named", None)
-    if cached is None:
-        cached = any(_AD_WORDS.search(n.id if isinstance(n, ast.Name) else n.attr) for n in ast.walk(ctx.tree) if isinstance(n, (ast.Name, ast.Attribute)))
-        ctx.analysis._stabcheck_ad_named = cached  # type: ignore[attr-defined]
-    return bool(cached)
+    return ctx.analysis.memo(
+        "names_a_derivative",
+        lambda: any(_AD_WORDS.search(n.id if isinstance(n, ast.Name) else n.attr) for n in ast.walk(ctx.tree) if isinstance(n, (ast.Name, ast.Attribute))),
+    )
 
 
 _REGION = frozenset({"jax.numpy.sqrt", "jax.lax.sqrt", "jax.lax.rsqrt", "jax.numpy.arcsin", "jax.numpy.arccos", "jax.lax.asin", "jax.lax.acos"})

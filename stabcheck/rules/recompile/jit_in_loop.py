@@ -501,7 +501,7 @@ def _kept(node: ast.Call, ctx: FileContext) -> bool:
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in _KEEPERS:
             if any(_mentions(a, name) for a in [*n.args, *(k.value for k in n.keywords)]):
                 return True
-        if isinstance(n, ast.Assign) and any(isinstance(t, (ast.Attribute, ast.Subscript)) for t in n.targets) and _mentions(n.value, name):
+        if _stored(n, name):
             return True
     return False
 
@@ -776,9 +776,13 @@ def _escapes(fn: ast.AST, name: str) -> bool:
     for n in ast.walk(fn):
         if isinstance(n, (ast.Return, ast.Yield)) and n.value is not None and _mentions(n.value, name):
             return True
-        if isinstance(n, ast.Assign) and any(isinstance(t, (ast.Attribute, ast.Subscript)) for t in n.targets):
-            if _mentions(n.value, name):
-                return True
+        if _stored(n, name):
+            return True
         if isinstance(n, (ast.Global, ast.Nonlocal)) and name in n.names:
             return True
     return False
+
+
+def _stored(n: ast.AST, name: str) -> bool:
+    """`obj.attr = ...name...` or `d[k] = ...name...`: kept on an object or in a container."""
+    return isinstance(n, ast.Assign) and any(isinstance(t, (ast.Attribute, ast.Subscript)) for t in n.targets) and _mentions(n.value, name)
