@@ -41,10 +41,13 @@ def _run(source: str) -> dict:
 
 NONSTRICT = _src(
     """
+    import jax
     import jax.numpy as jnp
 
     def f(x):
         return jnp.where(x >= 0, jnp.sqrt(x), 0.0)
+
+    df = jax.grad(f)
     """
 )
 STRICT = NONSTRICT.replace("x >= 0", "x > 0")

@@ -132,7 +132,7 @@ def test_an_or_default_to_a_container_is_a_guess_but_an_array_test_is_not() -> N
 
 def test_a_divisor_from_a_parameter_used_as_a_weight_still_fires() -> None:
     # a mask-like use of the parameter makes the division a guess; a weight is still differentiated
-    source = "import jax.numpy as jnp\n\n\ndef f(s, t, b):\n    c = {use}\n    p = jnp.mean(b)\n    return jnp.where(p > 0, jnp.mean(c) / p, 0.0)\n"
+    source = "import jax.numpy as jnp\n\n\ndef f(s, t, b):\n    c = {use}\n    p = jnp.mean(b)\n    return jnp.where(p > 0, jnp.mean(c) / p, 0.0)\n\n\nimport jax\n\ng = jax.grad(f, argnums=(0, 2))\n"
     found = lambda use: _found(source.format(use=use))  # noqa: E731
     assert found("(s <= t) * b") == []
     assert found("s * b") == [("STB401", 7)]
@@ -196,7 +196,7 @@ def test_the_counted_test_really_traces_once(tmp_path: Path) -> None:
 
 def test_an_operand_the_transform_gives_an_array_and_a_metric_the_loss_reads_still_fire() -> None:
     # the local lambda called with a traced value; the where's value returned as the loss itself
-    lam = "import jax\nimport jax.numpy as jnp\n\n\n@jax.jit\ndef f(x, c):\n    g = lambda s: jnp.where(s <= 1, 1.0, jnp.log(s))\n    return g({arg})\n"
+    lam = "import jax\nimport jax.numpy as jnp\n\n\n@jax.jit\ndef f(x, c):\n    g = lambda s: jnp.where(s <= 1, 1.0, jnp.log(s))\n    return g({arg})\n\n\ndf = jax.grad(f)\n"
     assert _found(lam.format(arg="2.0")) == []  # a Python float: no gradient
     assert _found(lam.format(arg="x")) == [("STB401", 7)]
     assert _found(lam.format(arg="x * 2")) == [("STB401", 7)]

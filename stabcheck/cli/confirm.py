@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -102,10 +103,12 @@ def confirm(
     elif max_traces < 1:
         fail(f"invalid value for `--max-traces`: {max_traces}; expected a positive integer")
     spec = _target_spec(target, arg, static, dim)
-    statics = _static_findings(target)
+    statics, preview = _static_findings(target)
     payload = {"targets": [spec], "trace": True, "transforms": tlist, "memory_limit": limit, "max_traces": max_traces, "suspected": [f.to_dict() for f in statics]}
     outcome = run_in_worker("confirm", payload, timeout, limit, on_event=_progress("confirming"))
     findings, device = _collect(outcome, "confirm", timeout, statics)
+    # a static guess is a hypothesis the run settles: shown once confirmed (then proven), or with preview
+    findings = [f for f in findings if f.confidence == "proven" or preview]
     report = reporters.Report(files=1, device=device, color=color() and output_file is None, version=__version__)
     emit(reporters.get(output_format)(findings, report), output_file)
     failing = [f for f in findings if f.status != "refuted" and (fail_on == "suspected" or f.status == "confirmed")]
@@ -174,13 +177,14 @@ def _target_spec(target: str, arg: list[str] | None, static: list[str] | None, d
     return spec
 
 
-def _static_findings(target: str) -> list[Finding]:
-    """The static findings of the target's file: the confirm run settles those its entries reach."""
+def _static_findings(target: str) -> tuple[list[Finding], bool]:
+    """The static findings of the target's file, guesses included: the confirm run settles those
+    its entries reach; and whether the config shows guesses (`preview`)."""
     where = target.rpartition(":")[0] if target.rpartition(":")[0].endswith(".py") else target
     if not (where.endswith(".py") and os.path.isfile(where)):
-        return []
+        return [], False
     cfg = load_config(None, [where], {})
-    return api.run([where], cfg, api.Options(cache=False, stages=("static",))).findings
+    return api.run([where], replace(cfg, preview=True), api.Options(cache=False, stages=("static",))).findings, cfg.preview
 
 
 def _collect(outcome: Outcome, kind: str, timeout: float, statics: list[Finding] = ()) -> tuple[list[Finding], dict[str, Any] | None]:  # type: ignore[assignment]

@@ -11,12 +11,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from stabcheck.static.analysis import Analysis, FunctionInfo
-from stabcheck.static.names import PARTIAL, Names, statements
+from stabcheck.static.names import PARTIAL, TRANSFORMS, Names, statements
 
 CUSTOM_VJP = frozenset({"jax.custom_vjp", "equinox.filter_custom_vjp"})
 CUSTOM_AD = frozenset({*CUSTOM_VJP, "jax.custom_jvp", "equinox.filter_custom_jvp"})
 FORWARD = frozenset({"jvp", "jacfwd", "linearize"})
 REVERSE = frozenset({"grad", "vjp", "jacrev", "hessian"})
+DERIVATIVES = frozenset(q for q, (_family, kind) in TRANSFORMS.items() if kind == "diff")
+ENTRY = frozenset({"stabcheck.Entry", "stabcheck.traced.entries.Entry"})
+# an entry's transforms that differentiate (`stabcheck.Entry(f, args)` defaults to jit and grad)
+ENTRY_DERIVATIVES = frozenset({"grad", "jvp", "jacfwd", "jacrev", "hessian", "hvp"})
 
 
 @dataclass(eq=False, slots=True)
@@ -84,6 +88,9 @@ class ADGraph:
         self._custom_wrapped: set[int] | None = None  # ids of defs wrapped by `jax.custom_jvp(f)`
         self._kernels: set[int] | None = None  # ids of custom_vjp fwd rules and Pallas kernels
         self._rules: set[int] | None = None  # ids of custom_jvp rules and custom_vjp bwd rules
+        self._differentiated: dict[int, bool] = {}
+        self._scope_of: dict[int, FunctionInfo | None] | None = None  # id(call) -> the function it is made in
+        self._entries: set[int] | None = None  # ids of functions a `stabcheck.Entry` differentiates
 
     @classmethod
     def of(cls, analysis: Analysis) -> ADGraph:
@@ -233,6 +240,50 @@ class ADGraph:
             if scope is None:
                 return None
         return "helper"
+
+    def differentiated(self, info: FunctionInfo | None) -> bool:
+        """Does a derivative this module takes visibly reach `info`? A derivative transform
+        (`grad`, `value_and_grad`, `vjp`, `jacrev`, `jvp`, `hessian`, `eqx.filter_grad`,
+        `nnx.grad`...) is applied to it; or to a function that calls it with traced arguments,
+        that applies another transform (`vmap`, `scan`, `jit`) to it, or that defines it; or
+        another checked file's derivative reaches it (a chain through `jax.grad`); or a
+        `stabcheck.Entry(f, ...)` declares a derivative transform for it (the default does)."""
+        if info is None:
+            return False
+        done = self._differentiated.get(id(info.node))
+        if done is not None:
+            return done
+        self._differentiated[id(info.node)] = False  # recursion guard
+        scope_of = self._scope_of
+        if scope_of is None:
+            scope_of = self._scope_of = {id(call): scope for scope, call in self.analysis.calls}
+        found = any(t.qualname in DERIVATIVES for t in info.transforms) or id(info.node) in self._entry_functions()
+        found = found or any(self.differentiated(caller) for caller, _call in info.callers)
+        found = found or any(self.differentiated(scope_of.get(id(t.node), info.parent)) for t in info.transforms if t.node is not None)
+        found = found or any(fr.via in DERIVATIVES for chain, _abstract in info.external for fr in chain)
+        found = found or self.differentiated(info.parent)
+        self._differentiated[id(info.node)] = found
+        return found
+
+    def _entry_functions(self) -> set[int]:
+        entries = self._entries
+        if entries is None:
+            entries = self._entries = set()
+            for scope, call in self.analysis.calls:
+                if self.names.qualname(call.func) not in ENTRY:
+                    continue
+                fn = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "fn"), None)
+                declared = next((k.value for k in call.keywords if k.arg == "transforms"), None)
+                if declared is None:
+                    names: set[object] = {"grad"}  # the default: ("jit", "grad")
+                elif isinstance(declared, (ast.Tuple, ast.List)):
+                    names = {e.value for e in declared.elts if isinstance(e, ast.Constant)}
+                else:
+                    continue  # not a literal: not known
+                target = self.target(fn, scope)[0] if fn is not None and names & ENTRY_DERIVATIVES else None
+                if target is not None:
+                    entries.add(id(target.node))
+        return entries
 
     def _rule_bodies(self) -> set[int]:
         rules = self._rules

@@ -3,7 +3,7 @@ from __future__ import annotations
 import ast
 import re
 
-from stabcheck.rule import Rule, in_test_function, only
+from stabcheck.rule import Rule, only
 from stabcheck.rules.ad._graph import ADGraph
 from stabcheck.static.analysis import FunctionInfo
 from stabcheck.static.context import FileContext
@@ -42,17 +42,19 @@ class NanGradientWhere(Rule):
     Flags `jnp.where(cond, f(x), y)` and `lax.select(cond, f(x), y)` where `f` has an infinite
     or undefined derivative outside the region the condition selects (`sqrt`, `log`, `log1p`,
     `arcsin`, `arccos`, `arctanh`, `rsqrt`, `linalg.norm`, division by `x`, `x ** 0.5`), the
-    condition tests `x`, and `x` is not itself guarded by an inner `where` (the "double where").
-    Any function counts: `grad` may be applied in another module. Not flagged: an operand no
+    condition tests `x`, and `x` is not itself guarded by an inner `where` (the "double where"),
+    in a function a derivative visibly reaches: one this module gives to `grad`,
+    `value_and_grad`, `vjp`, `jacrev`, `jvp`, `hessian` (`eqx.filter_grad`, `nnx.grad`...), or
+    one such a function calls with traced arguments, maps, scans or defines, or one another
+    checked file's derivative reaches, or one a `stabcheck.Entry` declares a derivative for (its
+    default transforms, jit and grad, do). Elsewhere the hazard is a guess (`--preview`): another
+    module may differentiate the function, or nothing does (an inference path, a sampler, a
+    test's expected values), and the traced and confirm stages judge it. Not flagged: an operand no
     gradient reaches (an integer count, an `int` parameter, a constant, a count of thresholded
     booleans `jnp.asarray(a > 0, jnp.float32)`), a condition that tests
     other values than the operand, an operand singular only outside the region the condition
     masks (`where(a > 1e-4, 1 / (1 + sqrt(1 - a)), series)`); and where both branches are formulas of one function (the
     `where` picks the numerically stable one, as in `log1mexp`) the finding is only a guess.
-    So is one in a notebook that names no derivative (`grad`, `jvp`, `vjp`, `jacrev`, `hessian`,
-    `value_and_grad`...): nothing imports a notebook, so no gradient reaches its code; and one in
-    a test of a test file (`test*` functions and `Test*` classes of `test_*.py`, `*_test.py`,
-    files under `tests/`) that no visible transform reaches (a value computed to assert on).
     Code autodiff never enters is not flagged: the body of a `custom_jvp`/`custom_vjp` function
     (its rule gives the derivative), a `custom_vjp` fwd rule, a Pallas kernel (`pallas_call`,
     `emit_pipeline`); a module-level helper that only such code calls is a guess (another module
@@ -81,6 +83,8 @@ class NanGradientWhere(Rule):
     def safe_norm(x):
         sq = jnp.sum(x ** 2, axis=-1)
         return jnp.where(sq > 0, jnp.sqrt(sq), 0.0)
+
+    norm_grad = jax.grad(lambda x: safe_norm(x).sum())  # NaN where a row of x is 0
     ```
 
     ## Use instead
@@ -99,32 +103,49 @@ class NanGradientWhere(Rule):
     stages = ("static", "confirmed")
     INVALID = (
         """
+        import jax
         import jax.numpy as jnp
 
         def safe_norm(x):
             sq = jnp.sum(x ** 2, axis=-1)
             return jnp.where(sq > 0, jnp.sqrt(sq), 0.0)  # expect: STB401
+
+        norm_grad = jax.grad(lambda x: safe_norm(x).sum())
         """,
         """
+        import jax
         import jax.numpy as jnp
-        import optax
 
         def masked_log_loss(probs, labels):
             logp = jnp.where(probs > 0, jnp.log(probs), -1e9)  # expect: STB401
             return -jnp.sum(labels * logp)
+
+        loss_and_grad = jax.value_and_grad(masked_log_loss)
         """,
         """
+        import jax
         import jax.numpy as jnp
         from jax import lax
 
         def inverse_mean(total, count):
             return lax.select(count != 0, total / count, jnp.zeros_like(total))  # expect: STB401
+
+        @jax.jit
+        def step(total, count):
+            # jacrev differentiates with respect to both arguments
+            return jax.jacrev(inverse_mean, argnums=(0, 1))(total, count)
         """,
         """
+        import jax
         import jax.numpy as jnp
 
         def soft_radius(r):
             return jnp.where(r <= 0.0, 0.0, r ** 1.5)  # expect: STB401
+
+        def energy(positions):
+            return jax.vmap(soft_radius)(positions).sum()
+
+        forces = jax.grad(energy)
         """,
     )
     VALID = (
@@ -225,7 +246,8 @@ class NanGradientWhere(Rule):
             numerator_differentiated = isinstance(op_node, ast.BinOp) and not _constant_or_int(op_node.left, ctx)
             if _no_gradient(arg, ctx) and not numerator_differentiated:
                 continue  # an integer count, an `int` parameter, a constant: no gradient reaches it
-            opaque = ADGraph.of(ctx.analysis).ad_opaque(ctx.function)
+            graph = ADGraph.of(ctx.analysis)
+            opaque = graph.ad_opaque(ctx.function)
             if opaque == "body":
                 return  # a custom rule's primal or fwd, a Pallas kernel: autodiff never enters it
             other = branches[1 - i]
@@ -248,17 +270,15 @@ class NanGradientWhere(Rule):
                 # `metrics.update({"loss_per_event": where(n > 0, loss / n, 0)})` in a module that
                 # differentiates with `has_aux`: a reported metric, which the loss may never read
                 confidence = "guess"
-            elif in_test_function(ctx) and not (ctx.function is not None and ctx.function.transformed):
-                # a test computes values to assert on; no gradient of this function is visible
-                confidence = "guess"
             if _same_function(other, arg, ctx) or self._hazard(other, cond_names, ctx, cond, 1 - i) is not None:
                 # both branches are formulas of one function (`log1mexp`): the where picks the
                 # numerically stable one, and neither need be singular where it is ruled out; or
                 # both are singular, and the where masks nothing
                 confidence = "guess"
-            elif not _may_be_differentiated(ctx):
-                # a notebook is never imported, so `grad` cannot be applied in another module;
-                # one that differentiates nothing never takes this gradient
+            elif not graph.differentiated(ctx.function):
+                # no derivative this module (or a checked caller) takes reaches the function:
+                # another module may differentiate it, or nothing does (an inference path, a
+                # sampler, a test's expected values); the traced and confirm stages judge it
                 confidence = "guess"
             where = ctx.text(node.func)
             what = (
@@ -324,9 +344,6 @@ class NanGradientWhere(Rule):
                 if rets and all(isinstance(r, ast.Call) and ctx.qualname(r.func) in _GUARDS for r in rets):
                     return True
         return isinstance(arg, ast.Name) and _bound_to_guard(arg.id, ctx)
-
-
-_AD_WORDS = re.compile(r"grad|jvp|vjp|jac|hessian|lineari[sz]e", re.I)
 
 
 def _python_value(arg: ast.AST, ctx: FileContext) -> bool:
@@ -415,18 +432,6 @@ def _has_aux(ctx: FileContext) -> bool:
             isinstance(n, ast.keyword) and n.arg == "has_aux" and not (isinstance(n.value, ast.Constant) and n.value.value is False)
             for n in ast.walk(ctx.tree)
         ),
-    )
-
-
-def _may_be_differentiated(ctx: FileContext) -> bool:
-    """Can a gradient reach this file's code? Yes for any module (`grad` may be applied where it
-    is imported); a notebook (never imported) only if it names a derivative anywhere (`grad`,
-    `value_and_grad`, `jvp`, `vjp`, `jacrev`, `hessian`, an optimiser's `.grad`...)."""
-    if not ctx.path.endswith(".ipynb"):
-        return True
-    return ctx.analysis.memo(
-        "names_a_derivative",
-        lambda: any(_AD_WORDS.search(n.id if isinstance(n, ast.Name) else n.attr) for n in ast.walk(ctx.tree) if isinstance(n, (ast.Name, ast.Attribute))),
     )
 
 
