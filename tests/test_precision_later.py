@@ -225,3 +225,17 @@ def test_a_check_under_disable_jit_is_concrete_but_one_under_another_flag_is_not
     source = "import jax\nimport jax.numpy as jnp\n\n\n@jax.jit\ndef f(x):\n    if {flag}:\n        assert jnp.all(x > 0)\n    return x\n"
     assert _found(source.format(flag="jax.config.jax_disable_jit")) == []
     assert _found(source.format(flag="jax.config.jax_debug_nans")) == [("STB101", 8)]
+
+
+def test_a_jit_stored_in_init_names_a_bound_method_only_when_it_is_one() -> None:
+    # R15 (init2winit): `self.step = jax.jit(self.vmapped_step)` of a `jax.vmap` stored on the
+    # object was called "the bound method"; it is an attribute holding a new function per object
+    source = (
+        "import jax\n\n\ndef _step(x):\n    return x + 1\n\n\nclass W:\n    def __init__(self):\n"
+        "        self.vstep = jax.vmap(_step)\n        self.step = jax.jit(self.vstep)\n        self.apply = jax.jit(self._apply)\n\n"
+        "    def _apply(self, x):\n        return x\n"
+    )
+    found = {f.line: f.message for f in check_source(source, "m.py", Config(preview=True)) if f.code == "STB501"}
+    assert sorted(found) == [11, 12]
+    assert "of `self.vstep` is built" in found[11] and "bound method" not in found[11]
+    assert "of the bound method `self._apply` is built" in found[12]

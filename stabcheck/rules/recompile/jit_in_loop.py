@@ -423,7 +423,8 @@ class JitInLoop(Rule):
             return
         cls = info.cls.name
         built_in_loop = any(isinstance(c.func, ast.Name) and c.func.id == cls and _in_loop(c, ctx) for _s, c in ctx.analysis.calls)
-        what = f"the bound method `{ctx.text(fn)}`" if bound else f"`{ctx.text(fn)}`"
+        method = bound and any(isinstance(b, (ast.FunctionDef, ast.AsyncFunctionDef)) and b.name == fn.attr for b in info.cls.body)  # type: ignore[attr-defined]
+        what = f"the bound method `{ctx.text(fn)}`" if method else f"`{ctx.text(fn)}`"
         why = (
             f"it is a new object in a static field of every `{cls}` (an `eqx.Module`), so a jitted function given a new `{cls}` traces and compiles again"
             if static_field
