@@ -35,7 +35,8 @@ _AUTOMAGIC = re.compile(
 # a shell or magic output assigned (`files = !ls`, `t[c] = %timeit -o f()`): IPython's
 # `get_ipython().getoutput(...)`, a Python value; its right-hand side becomes `None`
 _TARGET = r"[A-Za-z_][\w.]*(?:\[[^\]=]*\])*"  # a name, an attribute, a subscript (`t[c]`)
-_ASSIGNED = re.compile(rf"^(\s*{_TARGET}(?:\s*,\s*{_TARGET})*\s*=\s*)[!%]")
+# a target list may end in a comma (`n, = !ls | wc -l`: IPython >= 7 takes whatever precedes `= !`)
+_ASSIGNED = re.compile(rf"^(\s*{_TARGET}(?:\s*,\s*{_TARGET})*\s*,?\s*=\s*)[!%]")
 
 
 class NotebookError(ValueError):

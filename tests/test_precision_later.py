@@ -239,3 +239,43 @@ def test_a_jit_stored_in_init_names_a_bound_method_only_when_it_is_one() -> None
     assert sorted(found) == [11, 12]
     assert "of `self.vstep` is built" in found[11] and "bound method" not in found[11]
     assert "of the bound method `self._apply` is built" in found[12]
+
+
+def test_jitted_functions_a_comprehension_collects_are_kept_not_rebuilt() -> None:
+    # swirl-dynamics (R16): one jitted inference function per model, built in a dict
+    # comprehension in `__init__` and reused for every batch: a guess; a jit built and called in
+    # each iteration of a comprehension is still proven
+    kept = "import functools\nimport jax\n\n\nclass Evaluator:\n    def __init__(self, models, bench):\n        self.fns = {k: jax.jit(functools.partial(bench.run, m)) for k, m in models.items()}\n"
+    assert _found(kept) == []
+    assert [(f.code, f.confidence) for f in check_source(kept, "m.py", Config(preview=True))] == [("STB501", "guess")]
+    assert _found("import jax\n\n\ndef same(x, n):\n    return [jax.jit(lambda v: v + 1)(x) for _ in range(n)]\n") == [("STB501", 5)]
+
+
+def test_a_store_on_self_that_a_later_call_may_take_back_is_a_guess() -> None:
+    # deepmind-research's kfac_ferminet_alpha (R16): `self.set_state(state)`, `self.velocities =
+    # ...`, `return ..., self.pop_state()` (a base class in another module reads and clears the
+    # fields): no tracer outlives the trace; a later call this module shows, which leaves the
+    # attribute alone, does not excuse the store
+    stateful = (
+        "import jax\nfrom utils import Stateful\n\n\nclass Optimizer(Stateful):\n    def __init__(self):\n        self.jit_step = jax.jit(self._step)\n\n"
+        "    def _step(self, params, state):\n        self.set_state(state)\n        self.velocities = self.velocities * 0.9 + params\n        return params, self.pop_state()\n"
+    )
+    assert _found(stateful) == []
+    assert ("STB104", 11) in [(f.code, f.line) for f in check_source(stateful, "m.py", Config(preview=True))]
+    clearing = stateful.replace("from utils import Stateful\n", "").replace("(Stateful)", "") + "\n    def pop_state(self):\n        out, self.velocities = self.velocities, None\n        return out\n"
+    assert _found(clearing) == []
+    leaky = stateful.replace("from utils import Stateful\n", "").replace("(Stateful)", "") + "\n    def pop_state(self):\n        return {}\n\n    def set_state(self, s):\n        pass\n"
+    assert _found(leaky) == [("STB104", 10)]
+
+
+def test_a_branch_of_a_mode_no_visible_caller_chooses_is_a_guess() -> None:
+    # axlearn's CTC aligner (R16): `if loop == "lax": lax.while_loop(...)` / `elif loop ==
+    # "python": while cond(state): ...` (a debugging mode); the jitted callers use the default
+    source = (
+        "import jax\nfrom jax import lax\n\n\ndef align(x, loop='lax'):\n    def cond(s):\n        return s < 10\n\n    def body(s):\n        return s + x\n\n"
+        "    if loop == 'lax':\n        s = lax.while_loop(cond, body, x)\n    elif loop == 'python':\n        s = x\n        while cond(s):\n            s = body(s)\n    return s\n\n\n"
+        "@jax.jit\ndef run(x):\n    return align(x{arg})\n"
+    )
+    assert _found(source.format(arg="")) == []
+    assert [(f.code, f.line, f.confidence) for f in check_source(source.format(arg=""), "m.py", Config(preview=True))] == [("STB101", 16, "guess")]
+    assert _found(source.format(arg=", loop='python'")) == [("STB101", 16)]  # a visible caller chooses it

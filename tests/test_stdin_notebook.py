@@ -122,6 +122,10 @@ def test_a_shell_or_magic_output_assigned_keeps_the_name_bound() -> None:
     cells = _notebook.cells(json.dumps(nb).encode())
     assert cells.broken == ()
     assert cells.source.splitlines() == ["gpu_info = None", "gpu_info = '\\n'.join(gpu_info)", "t = None", "a, b = None", "", "ok = 1 != 2", "r = 5 % 3", "t_tc[c] = None", "x[a == b] = 3"]
+    # deepmind-research's rl_unplugged (R16): a one-item target list, `n, = !ls ... | wc -l`
+    nb = {"cells": [{"cell_type": "code", "source": ["num_shards_str, = !ls {tmp}/* | wc -l\n", "n = int(num_shards_str)\n", "x, = y\n"]}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    cells = _notebook.cells(json.dumps(nb).encode())
+    assert cells.broken == () and cells.source.splitlines() == ["num_shards_str, = None", "n = int(num_shards_str)", "x, = y"]
 
 
 def test_a_percent_inside_open_brackets_is_the_format_operator_not_a_magic() -> None:

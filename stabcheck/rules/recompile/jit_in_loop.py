@@ -490,8 +490,14 @@ def _kept(node: ast.Call, ctx: FileContext) -> bool:
     """The jitted function built in the loop is kept beyond its iteration: appended to a list
     (`out.append(jax.jit(f))`, `clist.append(Constraint(fun=fun_jit))`) or stored in a container
     or on an object (`fns[k] = fun_jit`); jax_fdm builds one per constraint type, calls it once
-    to warm it up, and SciPy calls each many times."""
+    to warm it up, and SciPy calls each many times; or it is the element a comprehension
+    collects (`{k: jax.jit(partial(run, m)) for k, m in models.items()}`: one jitted function
+    per model, each compiled on its first call and reused)."""
     parent = ctx.parent
+    if isinstance(parent, (ast.ListComp, ast.SetComp, ast.GeneratorExp)) and parent.elt is node:
+        return True
+    if isinstance(parent, ast.DictComp) and parent.value is node:
+        return True
     if isinstance(parent, ast.Call) and parent.func is not node:
         return isinstance(parent.func, ast.Attribute) and parent.func.attr in _KEEPERS
     if not (isinstance(parent, ast.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0], ast.Name)):

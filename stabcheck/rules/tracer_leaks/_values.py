@@ -228,3 +228,58 @@ def _bool_annotated(name: str, ctx: FileContext) -> bool:
             return False
         s = s.parent
     return False
+
+
+def unchosen_mode(ctx: FileContext) -> bool:
+    """The visited node lies in the branch `if mode == "python":` (an `elif` too) where `mode` is
+    a parameter of an enclosing function that defaults to another string, and no call in this
+    module passes that string: a mode (a debugging loop, an eager path) that the transformed
+    callers this module shows never choose. A string is never traced, so which branch runs is
+    the caller's choice; traced code reaching this one is only a guess."""
+    node = ctx.node
+    for up in reversed(ctx.ancestors):
+        if isinstance(up, ast.If) and any(node is s or _inside(node, s) for s in up.body):
+            mode = _mode_test(up.test)
+            if mode is not None and _defaults_elsewhere(ctx, *mode) and not _passed(ctx, mode[1]):
+                return True
+    return False
+
+
+def _inside(node: ast.AST, stmt: ast.AST) -> bool:
+    return any(n is node for n in ast.walk(stmt))
+
+
+def _mode_test(test: ast.AST) -> tuple[str, str] | None:
+    """`name == "literal"` (either side): the name and the string."""
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq):
+        a, b = test.left, test.comparators[0]
+        if isinstance(b, ast.Name):
+            a, b = b, a
+        if isinstance(a, ast.Name) and isinstance(b, ast.Constant) and isinstance(b.value, str):
+            return a.id, b.value
+    return None
+
+
+def _defaults_elsewhere(ctx: FileContext, name: str, literal: str) -> bool:
+    s = ctx.function
+    while s is not None:
+        if name in s.params:
+            if name in s.assigned or isinstance(s.node, ast.Lambda):
+                return False
+            args = s.node.args
+            pos = [*args.posonlyargs, *args.args]
+            defaults: list[tuple[ast.arg, ast.expr | None]] = [*zip(pos[len(pos) - len(args.defaults) :], args.defaults), *zip(args.kwonlyargs, args.kw_defaults)]
+            for a, d in defaults:
+                if a.arg == name:
+                    return isinstance(d, ast.Constant) and isinstance(d.value, str) and d.value != literal
+            return False
+        s = s.parent
+    return False
+
+
+def _passed(ctx: FileContext, literal: str) -> bool:
+    """Some call of this module passes the string (a positional or keyword argument)."""
+    return ctx.analysis.memo(
+        "passed_strings",
+        lambda: {a.value for _s, c in ctx.analysis.calls for a in [*c.args, *(k.value for k in c.keywords)] if isinstance(a, ast.Constant) and isinstance(a.value, str)},
+    ).__contains__(literal)

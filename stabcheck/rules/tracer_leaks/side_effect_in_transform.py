@@ -24,7 +24,10 @@ class SideEffectInTransform(Rule):
     is not traced: JAX runs it on the host with values, at every step, so its side effects are
     what it is for. `self.attr = x` in a method decorated with `jax.jit` (`self` not static) is a
     guess: JAX runs the method on the copy of `self` it unflattens (distrax's `Jittable`), not on
-    the caller's object.
+    the caller's object. So is a store followed by a call on `self` that may take the value back
+    out before the trace ends (`self.set_state(s)`, `self.v = ...`, `return self.pop_state()`):
+    a method this module does not define for the class, or one that rebinds the attribute or uses
+    `setattr`/`__dict__`.
 
     ## Why is this bad?
     A transformed function's Python body runs once, when it is traced; the compiled program
@@ -325,6 +328,11 @@ class SideEffectInTransform(Rule):
             # a method some transform is applied to stores on an object from outside the trace;
             # a method merely called from traced code may be on an object built in the trace
             confidence = "proven" if method.transforms and not _self_traced(method, ctx) else "guess"
+            if confidence == "proven" and _may_take_back(method, target.attr, node, cls, ctx):
+                # `self.set_state(state)`, `self.velocities = ...`, then `return self.pop_state()`:
+                # a later call on `self` that this module does not show, or that rebinds the
+                # attribute, may read the state out and clear it before the trace ends
+                confidence = "guess"
             self._escape(ctx, node, f"`self.{target.attr} = {ctx.text(value)}` stores a traced value on the `{cls.name}` instance", f"self.{target.attr}", confidence)
 
     def _escape(self, ctx: FileContext, node: ast.AST, what: str, detail: str, confidence: Literal["proven", "guess"] = "proven") -> None:
@@ -469,6 +477,38 @@ def _binds_container(body: list[ast.stmt], name: str, ctx: FileContext) -> bool:
         or (isinstance(v, ast.Call) and ctx.qualname(v.func) in _CONTAINER_CALLS)
         for v in values
     )
+
+
+def _may_take_back(method: FunctionInfo, attr: str, store: ast.AST, cls: ast.ClassDef, ctx: FileContext) -> bool:
+    """After `store`, `method` calls a method of `self` that the class does not define here (a
+    base class's, e.g. kfac's `Stateful.pop_state`), or one that rebinds `self.<attr>`, uses
+    `setattr` or touches `__dict__` (directly or through another such call)."""
+    defs = {b.name: b for b in cls.body if isinstance(b, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+    def clears(fn: ast.AST, depth: int) -> bool:
+        for n in ast.walk(fn):
+            if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+                targets = n.targets if isinstance(n, ast.Assign) else [n.target]
+                if any(isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self" and t.attr == attr for tt in targets for t in ast.walk(tt)):
+                    return True
+            if isinstance(n, ast.Attribute) and n.attr == "__dict__":
+                return True
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("setattr", "delattr"):
+                return True
+            if depth and isinstance(n, ast.Call) and _self_call(n) and calls(n, depth - 1):
+                return True
+        return False
+
+    def calls(call: ast.Call, depth: int) -> bool:
+        callee = defs.get(call.func.attr)  # type: ignore[attr-defined]
+        return callee is None or clears(callee, depth)
+
+    after = getattr(store, "end_lineno", None) or getattr(store, "lineno", 0)
+    return any(isinstance(n, ast.Call) and _self_call(n) and n.lineno > after and calls(n, 2) for n in ctx.analysis.own_nodes(method))
+
+
+def _self_call(call: ast.Call) -> bool:
+    return isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name) and call.func.value.id == "self"
 
 
 def _self_class(info: FunctionInfo) -> ast.ClassDef | None:
