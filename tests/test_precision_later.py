@@ -53,7 +53,9 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     # compiled per configuration; the inner pmap inside one compile; the weak counter and each
     # trainer's loss compiled once
     # one program per agent: three traces, as many as a jit built once would make
-    assert out["traces"] == {"update": 2, "transform": 1, "rollout": 1, "l2_loss": 1, "l1_loss": 1, "scan": 3, "fun": 2}
+    assert out["traces"] == {"update": 2, "transform": 1, "rollout": 1, "l2_loss": 1, "l1_loss": 1, "scan": 3, "fun": 2, "infer": 2}
+    assert out["momentum"] == [2.71, 2.71] and out["velocities_cleared"] is True  # 0 -> 1 -> 1.9 -> 2.71; no tracer kept
+    assert out["aligned"] == 10.0  # the lax loop: the Python `while` of the debugging mode never traced
     assert out["grad_inv_contract"] == [[1.0, 1.0, 1.0]]  # finite at z = 0: s is clamped to eps
     assert out["grad_iou"] == [[0.0] * 4] * 2  # no gradient reaches a count of booleans, no NaN
     assert out["global_step"] == 5 * 4 * 8
