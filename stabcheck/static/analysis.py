@@ -722,7 +722,7 @@ class Analysis:
 
     def static_guarded(self, info: FunctionInfo) -> set[int]:
         """ids of the nodes of the function's body that run only under a test of its static
-        parameters (`if validate:`, `if S is None:`): which branch runs is a static configuration
+        parameters (`if validate:`, `if S is None:`, `if loop == "python":`): which branch runs is a static configuration
         the analysis cannot see, so nothing there is proven to run under the transform."""
         got = self._guarded.get(id(info))
         if got is not None:
@@ -750,6 +750,11 @@ class Analysis:
         if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], (ast.Is, ast.IsNot)):
             sides = (test.left, test.comparators[0])
             return any(isinstance(s, ast.Constant) and s.value is None for s in sides) and any(isinstance(s, ast.Name) and s.id in info.params for s in sides)
+        if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], (ast.Eq, ast.NotEq, ast.In, ast.NotIn)):
+            # `if loop == "python":`, `if mode in ("train", "eval"):`: a parameter compared with
+            # strings is a Python string (never traced): the caller's mode picks the branch
+            sides = (test.left, test.comparators[0])
+            return any(_strings(s) for s in sides) and any(isinstance(s, ast.Name) and s.id in info.params and s.id not in info.assigned for s in sides)
         return False
 
     def _proven_names(self, info: FunctionInfo) -> set[str]:
@@ -1145,3 +1150,10 @@ def _static_annotation(ann: ast.AST) -> bool:
     if any(isinstance(n, ast.Constant) and not (n.value is None or n.value is Ellipsis or isinstance(n.value, (str, int))) for n in ast.walk(ann)):
         return False
     return bool(words) and all(w in STATIC_ANNOTATION_WORDS for w in words)
+
+
+def _strings(e: ast.AST) -> bool:
+    """A string literal, or a tuple/list/set display of them."""
+    if isinstance(e, ast.Constant):
+        return isinstance(e.value, str)
+    return isinstance(e, (ast.Tuple, ast.List, ast.Set)) and bool(e.elts) and all(isinstance(x, ast.Constant) and isinstance(x.value, str) for x in e.elts)

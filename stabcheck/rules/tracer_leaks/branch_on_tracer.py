@@ -4,7 +4,7 @@ import ast
 
 from stabcheck.finding import Confidence
 from stabcheck.rule import Rule, only
-from stabcheck.rules.tracer_leaks._values import concrete_here, unchosen_mode
+from stabcheck.rules.tracer_leaks._values import concrete_here
 from stabcheck.static.context import FileContext
 
 _BOOL_OWNERS = (ast.If, ast.While, ast.Assert, ast.IfExp)
@@ -20,10 +20,10 @@ class BranchOnTracer(Rule):
     isinstance(s, core.Tracer):`), `if s > 0:` sees a Python number; so does a check under
     `if jax.config.jax_disable_jit:`, which runs only where nothing is staged out. `extra or {}` (an `or`
     whose default is a container display) is a guess: the code expects a dict or None there, whose
-    truth value is Python's. So is a test in the branch of a mode the visible callers never choose
-    (`elif loop == "python":` where `loop` defaults to `"lax"` and no call in the module passes
-    `"python"`): a string is never traced, so the caller picks the branch, and a debugging loop
-    that only eager code takes is not reached by `jit`.
+    truth value is Python's. So is a test under a static configuration of the function: `if
+    validate:` on a static parameter, `if arg is None:`, or a mode string (`elif loop ==
+    "python":`, a debugging loop that only eager callers choose): which branch runs is the
+    caller's choice, which the analysis does not follow.
 
     ## Why is this bad?
     Python needs a concrete `True` or `False`, but under `jit` the value is an abstract tracer:
@@ -320,8 +320,6 @@ class BranchOnTracer(Rule):
             return
         if not ctx.in_abstract or not ctx.is_traced_array(expr) or concrete_here(expr, ctx):
             return
-        if confidence == "proven" and unchosen_mode(ctx):
-            confidence = "guess"  # under `elif loop == "python":`, a mode the visible callers never choose
         text = ctx.text(expr)
         self.report(
             ctx,

@@ -27,7 +27,9 @@ class SideEffectInTransform(Rule):
     the caller's object. So is a store followed by a call on `self` that may take the value back
     out before the trace ends (`self.set_state(s)`, `self.v = ...`, `return self.pop_state()`):
     a method this module does not define for the class, or one that rebinds the attribute or uses
-    `setattr`/`__dict__`.
+    `setattr`/`__dict__`. A `nonlocal` name that a `lax` body only rebinds from its carry (its
+    first use stores it) and that the enclosing function rebinds to the transform's result
+    (`(acc, n), _ = lax.scan(body, (acc, 0), xs)`) is a guess too: the tracer stored is dead.
 
     ## Why is this bad?
     A transformed function's Python body runs once, when it is traced; the compiled program
@@ -301,6 +303,12 @@ class SideEffectInTransform(Rule):
                 return  # `jax.eval_shape` runs the function once, on purpose, to learn about it
             if kind is not None:
                 leaks = traced_value(value, ctx)
+                confidence: Literal["proven", "guess"] = "guess" if not leaks and isinstance(node, ast.AugAssign) and in_test_function(ctx) else "proven"
+                if kind == "nonlocal" and _carry_alias(ctx.function, target.id, ctx):
+                    # `nonlocal acc` then `acc, n = carry` in a scan body, and `(acc, n), _ =
+                    # lax.scan(body, ...)` outside: the body never reads the stale closure value
+                    # and the outer name is rebound to the scan's result; the tracer is dead
+                    confidence = "guess"
                 self.report(
                     ctx,
                     node,
@@ -310,7 +318,7 @@ class SideEffectInTransform(Rule):
                     detail=target.id,
                     # a test counting traces (`nonlocal n; n += 1`, then `assert n == 1`) does
                     # it on purpose: once per trace is what it measures
-                    confidence="guess" if not leaks and isinstance(node, ast.AugAssign) and in_test_function(ctx) else "proven",
+                    confidence=confidence,
                 )
             return
         if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
@@ -384,6 +392,30 @@ def _shape_only(info: FunctionInfo) -> bool:
         if s.transforms:
             return all(t.family == "trace" for t in s.transforms)
         s = s.parent
+    return False
+
+
+def _carry_alias(info: FunctionInfo, name: str, ctx: FileContext) -> bool:
+    """The function's first use of the `nonlocal` name stores it (it never reads the enclosing
+    function's value), and the enclosing function rebinds the name in the statement that hands
+    this function to a transform (`(acc, n), _ = lax.scan(body, (acc, 0), xs)`)."""
+    uses = sorted((n for n in ctx.analysis.own_nodes(info) if isinstance(n, ast.Name) and n.id == name), key=lambda n: (n.lineno, n.col_offset))
+    if not uses or not isinstance(uses[0].ctx, ast.Store):
+        return False
+    first = uses[0]
+    stmt = ctx.parent_of(first)
+    while stmt is not None and not isinstance(stmt, ast.stmt):
+        stmt = ctx.parent_of(stmt)
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None and any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(stmt.value)):
+        return False  # `acc = acc + x`: the right-hand side reads the closure value first
+    outer = info.parent
+    if outer is None or isinstance(outer.node, ast.Lambda) or isinstance(info.node, ast.Lambda):
+        return False
+    fname = info.node.name
+    for st in ast.walk(outer.node):
+        if isinstance(st, ast.Assign) and any(isinstance(c, ast.Call) and any(isinstance(a, ast.Name) and a.id == fname for a in c.args) for c in ast.walk(st.value)):
+            if any(isinstance(n, ast.Name) and n.id == name for t in st.targets for n in ast.walk(t)):
+                return True
     return False
 
 
