@@ -747,7 +747,7 @@ def finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], conf
         for s in res.suppressions:
             sups_by_line.setdefault(s.line, []).append(s)
         for f in findings:
-            shown = _shown(f, config)
+            shown = is_shown(f, config)
             hit = False
             for line in {f.span.line, f.span.end_line or f.span.line}:
                 for s in sups_by_line.get(line, ()):
@@ -775,7 +775,7 @@ def finalize(results: dict[str, FileResult], rules: tuple[type[Rule], ...], conf
     return sorted(out, key=lambda f: f.sort_key)
 
 
-def _shown(f: Finding, config: Config) -> bool:
+def is_shown(f: Finding, config: Config) -> bool:
     """A static guess (a finding whose premises the analysis could not prove) is a hypothesis:
     shown with `preview`, and otherwise only once a later stage has confirmed it (merged into a
     traced or confirmed finding, which is proven)."""

@@ -19,7 +19,7 @@ import typer
 from stabcheck import api, reporters
 from stabcheck.api import __version__
 from stabcheck.cli._app import Exit, app, color, emit, fail, guard, load_config
-from stabcheck.config import check_timeout
+from stabcheck.config import Config, check_timeout
 from stabcheck.confirm.device import parse_memory_limit
 from stabcheck.finding import Finding, merge
 from stabcheck.reporters import matrix_
@@ -103,12 +103,12 @@ def confirm(
     elif max_traces < 1:
         fail(f"invalid value for `--max-traces`: {max_traces}; expected a positive integer")
     spec = _target_spec(target, arg, static, dim)
-    statics, preview = _static_findings(target)
+    statics, cfg = _static_findings(target)
     payload = {"targets": [spec], "trace": True, "transforms": tlist, "memory_limit": limit, "max_traces": max_traces, "suspected": [f.to_dict() for f in statics]}
     outcome = run_in_worker("confirm", payload, timeout, limit, on_event=_progress("confirming"))
     findings, device = _collect(outcome, "confirm", timeout, statics)
     # a static guess is a hypothesis the run settles: shown once confirmed (then proven), or with preview
-    findings = [f for f in findings if f.confidence == "proven" or preview]
+    findings = [f for f in findings if api.is_shown(f, cfg)]
     report = reporters.Report(files=1, device=device, color=color() and output_file is None, version=__version__)
     emit(reporters.get(output_format)(findings, report), output_file)
     failing = [f for f in findings if f.status != "refuted" and (fail_on == "suspected" or f.status == "confirmed")]
@@ -177,14 +177,14 @@ def _target_spec(target: str, arg: list[str] | None, static: list[str] | None, d
     return spec
 
 
-def _static_findings(target: str) -> tuple[list[Finding], bool]:
+def _static_findings(target: str) -> tuple[list[Finding], Config]:
     """The static findings of the target's file, guesses included: the confirm run settles those
-    its entries reach; and whether the config shows guesses (`preview`)."""
+    its entries reach; and the target's config (whether it shows guesses: `preview`)."""
     where = target.rpartition(":")[0] if target.rpartition(":")[0].endswith(".py") else target
     if not (where.endswith(".py") and os.path.isfile(where)):
-        return [], False
+        return [], Config()
     cfg = load_config(None, [where], {})
-    return api.run([where], replace(cfg, preview=True), api.Options(cache=False, stages=("static",))).findings, cfg.preview
+    return api.run([where], replace(cfg, preview=True), api.Options(cache=False, stages=("static",))).findings, cfg
 
 
 def _collect(outcome: Outcome, kind: str, timeout: float, statics: list[Finding] = ()) -> tuple[list[Finding], dict[str, Any] | None]:  # type: ignore[assignment]

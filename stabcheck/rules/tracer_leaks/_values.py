@@ -228,4 +228,3 @@ def _bool_annotated(name: str, ctx: FileContext) -> bool:
             return False
         s = s.parent
     return False
-
