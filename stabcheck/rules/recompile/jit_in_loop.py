@@ -34,8 +34,9 @@ class JitInLoop(Rule):
     function that jits inside itself code taken from its argument (`estimator.scan(...)`) counts
     as called per step only where a loop passes it the same object, not each iteration's own. So
     is a jitted function the iteration keeps (appends to a list, stores in a container or on an
-    object: `clist.append(Constraint(fun=fun_jit))`): one compile per element, each reused by
-    the calls that come later. The loop variable itself passed as an argument
+    object: `clist.append(Constraint(fun=fun_jit))`, or collects in a comprehension:
+    `{k: jax.jit(partial(run, m)) for k, m in models.items()}`): one compile per element, each
+    reused by the calls that come later. The loop variable itself passed as an argument
     (`step(params, batch)`, also taken apart: `x, y = batch`) is data of one kind: still a finding.
 
     In test files (`test_*.py`, `*_test.py`, `conftest.py`, anything under `tests/`) the finding
