@@ -23,7 +23,8 @@ stabcheck.confirm)
   TASKS and looked up by `_task` (imported in the child only). Its dict is merged into the
   "entry" event; put findings there as `Finding.to_dict()`s under "findings". Every finding the
   worker reports carries the worker's JAX version in `evidence["jax"]`.
-* The clock restarts whenever the child reports progress, so `timeout` bounds each entry.
+* The clock restarts whenever the child reports progress, so `timeout` bounds each entry. The
+  worker's own start (`import jax` on a busy machine) has `STARTUP_TIMEOUT` instead.
   An entry that hangs, exits (`sys.exit`, `os._exit`), crashes (segfault) or passes the memory
   limit kills the worker; the parent records an STB902 finding for that entry and restarts the
   worker with the entry skipped, so the others still run. Ctrl-C and stabcheck's exit stop the
@@ -92,6 +93,7 @@ from stabcheck.traced import load, recorded
 from stabcheck.traced.source import function_site
 
 TASKS = ("trace", "confirm", "matrix", "trace+confirm")
+STARTUP_TIMEOUT = 120.0  # the worker's own start (interpreter, `import jax`): not an entry's time
 _STABCHECK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # stabcheck's own package
 
 _LIVE: dict[int, subprocess.Popen[bytes]] = {}  # running workers (their supervisors), by pid
@@ -254,6 +256,7 @@ def _once(task: str, payload: dict[str, Any], timeout: float, memory_limit: int 
             pids.append(proc.pid)
             last = time.monotonic()
             polls = 0
+            started = False  # until the child says hello, the clock times stabcheck's own start-up
             try:
                 while True:
                     polls += 1
@@ -264,6 +267,7 @@ def _once(task: str, payload: dict[str, Any], timeout: float, memory_limit: int 
                     new, offset = _read_events(pout, offset)
                     if new:
                         last = time.monotonic()
+                        started = True
                         events += new
                         for e in new:
                             if on_event is not None:
@@ -280,8 +284,8 @@ def _once(task: str, payload: dict[str, Any], timeout: float, memory_limit: int 
                             why = f"used more than the memory limit ({rss / 2**20:.0f} MiB > {memory_limit / 2**20:.0f} MiB)"
                             _stop(proc)
                             break
-                    if time.monotonic() - last > timeout:
-                        why = f"timed out after {timeout:g}s"
+                    if time.monotonic() - last > (timeout if started else max(timeout, STARTUP_TIMEOUT)):
+                        why = f"timed out after {timeout:g}s" if started else f"timed out after {max(timeout, STARTUP_TIMEOUT):g}s starting the worker (importing JAX)"
                         _stop(proc)
                         break
             except BaseException:
