@@ -227,6 +227,8 @@ class NanGradientWhere(Rule):
         if len(node.args) != 3:
             return
         cond, *branches = node.args
+        if isinstance(cond, ast.Name):
+            cond = _bound_once(cond.id, ctx) or cond  # `small = jnp.abs(x) < 1e-3`, then `where(small, ...)`
         cond_names = _tested_names(cond, ctx) - set(ctx.names.aliases)
         if not cond_names:
             return
@@ -281,6 +283,7 @@ class NanGradientWhere(Rule):
                 # sampler, a test's expected values); the traced and confirm stages judge it
                 confidence = "guess"
             where = ctx.text(node.func)
+            at = node if _within(op_node, node) else op_node  # `exact = sin(x) / x` bound before the `where`: the line to fix
             what = (
                 f"where `{ctx.text(cond)}` rules it out its derivative is NaN (its input leaves the domain)"
                 if region
@@ -288,7 +291,7 @@ class NanGradientWhere(Rule):
             )
             self.report(
                 ctx,
-                node,
+                at,
                 f"`{op}` is computed everywhere and `{where}` only masks its output; {what}, "
                 "so the gradient there is NaN (0 * inf)",
                 help=f"guard the input too (double where): replace `{ctx.text(arg)}` by `jnp.where({ctx.text(cond)}, {ctx.text(arg)}, <safe value>)` inside `{op.split('(')[0]}`",
@@ -303,8 +306,15 @@ class NanGradientWhere(Rule):
         somewhere in the region the condition masks (`cond`, the branch's position `index`); and
         whether its derivative is NaN over a region (`sqrt` of negatives) rather than inf at a point."""
         stack: list[ast.AST] = [branch]
+        followed: set[str] = set()
         while stack:
             n = stack.pop()
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id not in followed:
+                followed.add(n.id)
+                value = _bound_once(n.id, ctx)
+                if value is not None:
+                    stack.append(value)  # `exact = jnp.sin(x) / x`, then `where(small, series, exact)`
+                continue
             arg: ast.AST | None = None
             region = False
             if isinstance(n, ast.Call):
@@ -861,6 +871,27 @@ def _tested_names(cond: ast.AST, ctx: FileContext) -> set[str]:
         elif isinstance(n, ast.Call) and ctx.qualname(n.func) in ("jax.numpy.logical_and", "jax.numpy.logical_or", "jax.numpy.logical_not"):
             stack += n.args
     return out
+
+
+def _bound_once(name: str, ctx: FileContext) -> ast.AST | None:
+    """The value of `name` where the current function binds it once, by a plain assignment, and
+    it is not a parameter; None otherwise."""
+    fn = ctx.function
+    if fn is None or isinstance(fn.node, ast.Lambda) or name in fn.params:
+        return None
+    values = [v for ts, v in ctx.analysis.bindings(fn) if any(_binds(t, name) for t in ts)]
+    if len(values) != 1:
+        return None
+    (targets,) = [ts for ts, v in ctx.analysis.bindings(fn) if any(_binds(t, name) for t in ts)]
+    return values[0] if len(targets) == 1 and isinstance(targets[0], ast.Name) else None
+
+
+def _binds(target: ast.AST, name: str) -> bool:
+    return any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(target))
+
+
+def _within(inner: ast.AST, outer: ast.AST) -> bool:
+    return any(n is inner for n in ast.walk(outer))
 
 
 def _number(e: ast.AST) -> bool:
