@@ -28,6 +28,9 @@ RULES = {
     "STB403": "forward_mode_custom_vjp",
     "STB404": "reverse_mode_while_loop",
     "STB405": "custom_rule_mismatch",
+    "STB410": "zero_gradient",
+    "STB411": "squared_norm_gradient",
+    "STB412": "inf_mask_product",
     "STB502": "unhashable_static_arg",
     "STB503": "python_scalar_arg",
 }
@@ -151,8 +154,17 @@ def test_fixtures_behave_as_claimed_under_jax(behaviour: dict[str, dict[str, obj
     assert b["mask_promotion_bad"] == {"input": "bfloat16", "output": "float32"}
     assert b["mask_promotion_ok"] == {"input": "bfloat16", "output": "bfloat16"}
     # STB401: NaN gradient at zero; double where is finite
-    assert b["nan_gradient_where_bad"] == {"grad_finite": False}
-    assert b["nan_gradient_where_ok"] == {"grad_finite": True}
+    assert b["nan_gradient_where_bad"] == {"grad_finite": False, "sinc_grad_finite": False}
+    assert b["nan_gradient_where_ok"] == {"grad_finite": True, "sinc_grad_finite": True}
+    # STB410: rounding and a comparison leave exact zero gradients; the surrogates do not
+    assert b["zero_gradient_bad"] == {"quantized": [[0.0, 0.0]] * 3, "positives": [0.0, 0.0]}
+    assert b["zero_gradient_ok"] == {"quantized_nonzero": True, "positives_nonzero": True}
+    # STB411: the squared norm's gradient is NaN at a zero bias; the sum of squares is finite
+    assert b["squared_norm_gradient_bad"] == {"grad_finite": False}
+    assert b["squared_norm_gradient_ok"] == {"grad_finite": True}
+    # STB412: (1 - mask) * -inf is NaN where the mask keeps; the select is finite
+    assert b["inf_mask_product_bad"] == {"finite": False}
+    assert b["inf_mask_product_ok"] == {"finite": True}
     # STB403: jacfwd of custom_vjp raises; jacrev and hessian work
     assert b["forward_mode_custom_vjp_bad"]["error"] == "TypeError"
     assert "forward-mode autodiff (jvp) to a custom_vjp" in str(b["forward_mode_custom_vjp_bad"]["message"])

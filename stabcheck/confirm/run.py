@@ -54,11 +54,11 @@ from stabcheck.traced.source import function_site, with_via
 from stabcheck.traced.tracing import jax_flags, trace_entry, trace_task
 
 ERROR_CODES = frozenset({"STB101", "STB102", "STB103", "STB203", "STB402", "STB403", "STB404", "STB405", "STB407"})
-NAN_CODES = frozenset({"STB401", "STB408"})
+NAN_CODES = frozenset({"STB401", "STB408", "STB411", "STB412"})
 DTYPE_CODES = frozenset({"STB301", "STB303", "STB304"})
 RETRACE_CODES = frozenset({"STB204", "STB501", "STB503", "STB504"})
 # what each suspected code needs run to be settled
-NEEDS = {"STB403": ("jvp",), "STB404": ("grad",), "STB402": ("grad",), "STB405": ("grad",), "STB401": ("grad",), "STB408": ("grad",), "STB406": ("grad",), "STB407": ("grad",)}
+NEEDS = {"STB403": ("jvp",), "STB404": ("grad",), "STB402": ("grad",), "STB405": ("grad",), "STB401": ("grad",), "STB408": ("grad",), "STB411": ("grad",), "STB412": ("grad",), "STB406": ("grad",), "STB407": ("grad",)}
 _FWD = ("jvp", "jacfwd", "hessian", "hvp", "call")
 _REV = ("grad", "jacrev", "hessian", "hvp", "call")
 # which clean runs refute a suspected error: those that would have raised it
@@ -148,9 +148,10 @@ def _confirm_entry(name: str, entry: Entry, suspected: list[Finding], transforms
             obs.append(Observation(t, ok=False, failure=classify(e, entry_files(entry))))
             break
         # boundary values (zeros, negatives) for the gradient: where a static STB401 suspects a
-        # masked singularity, and for a recorded call, whose drawn data would miss it (only where
-        # the function itself is finite there: an input its domain excludes is not one to pass)
-        boundary = "suspected" if "STB401" in codes else "recorded" if recorded else ""
+        # masked singularity (STB411 a squared norm at 0), and for a recorded call, whose drawn data
+        # would miss it (only where the function itself is finite there: an input its domain
+        # excludes is not one to pass)
+        boundary = "suspected" if codes & {"STB401", "STB411"} else "recorded" if recorded else ""
         obs.extend(_run(t, entry, split, limit, boundary=boundary, label=label))
     out = [_settle(f, obs, retr, max_traces) for f in suspected]
     out += _new_findings(name, entry, obs, retr, max_traces, out, where)
