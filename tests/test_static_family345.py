@@ -177,7 +177,8 @@ def test_fixtures_behave_as_claimed_under_jax(behaviour: dict[str, dict[str, obj
     # STB405: wrong bwd structure raises at grad; the fixed rules work
     assert b["custom_rule_mismatch_bad"]["error"] == "TypeError"
     assert "Custom VJP bwd rule must produce an output with the same container" in str(b["custom_rule_mismatch_bad"]["message"])
-    assert b["custom_rule_mismatch_ok"] == {"error": None, "grad": [0.0, 1.0, 2.0], "clipped": [0.5, 0.5]}
+    assert "Custom JVP rule must produce primal and tangent outputs with corresponding shapes and dtypes" in str(b["custom_rule_mismatch_bad"]["jvp"])
+    assert b["custom_rule_mismatch_ok"] == {"error": None, "grad": [0.0, 1.0, 2.0], "clipped": [0.5, 0.5], "half_sin": [1.0, 1.0]}
     # STB502: a list for a static argument raises; a tuple, or a list default, works
     assert b["unhashable_static_arg_bad"]["error"] == "ValueError"
     assert "Non-hashable static arguments are not supported" in str(b["unhashable_static_arg_bad"]["message"])

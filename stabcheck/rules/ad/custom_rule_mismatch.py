@@ -4,6 +4,7 @@ import ast
 
 from stabcheck.rule import Rule
 from stabcheck.rules.ad._graph import ADGraph, CustomVJP
+from stabcheck.rules.union._kinds import explicit_dtype
 from stabcheck.static.context import FileContext
 
 _ARRAY_PREFIXES = ("jax.numpy.", "jax.lax.", "jax.nn.", "jax.scipy.", "numpy.")
@@ -14,13 +15,19 @@ class CustomRuleMismatch(Rule):
     Flags the `bwd` rule of a `jax.custom_vjp` function (a `def` or a `lambda` given to
     `f.defvjp(fwd, bwd)`) that returns something other than a tuple with one cotangent per
     differentiable primal argument (the primal's positional arguments minus
-    `nondiff_argnums`): a bare array, or a tuple of the wrong length.
+    `nondiff_argnums`): a bare array, or a tuple of the wrong length. Also a `jax.custom_jvp`
+    rule (`@f.defjvp`, `f.defjvp(rule)`) that returns its tangent cast to a written dtype
+    (`(cos(x) * dx).astype(jnp.float16)`) and its primal output cast to another or not cast, where
+    both are computed from the same inputs (otherwise a guess: the primal may already have that
+    dtype): JAX needs the tangent in the primal output's dtype.
 
     ## Why is this bad?
     JAX matches the cotangents to the primal's arguments by structure. A wrong structure is
     only noticed when the function is differentiated, as
     `TypeError: Custom VJP bwd rule must produce an output with the same container (pytree)
-    structure as the args tuple of the primal function`, often far from the rule.
+    structure as the args tuple of the primal function`, often far from the rule. A `custom_jvp`
+    rule's tangent of another dtype raises `TypeError: Custom JVP rule must produce primal and
+    tangent outputs with corresponding shapes and dtypes` under `jvp` and `grad` alike.
 
     ## Example
     ```python
@@ -94,8 +101,35 @@ class CustomRuleMismatch(Rule):
 
         clip_gradient.defvjp(clip_fwd, clip_bwd)
         """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        @jax.custom_jvp
+        def half_sin(x):
+            return jnp.sin(x)
+
+        @half_sin.defjvp
+        def _half_sin_jvp(primals, tangents):
+            (x,), (dx,) = primals, tangents
+            return half_sin(x), (jnp.cos(x) * dx).astype(jnp.float16)  # expect: STB405
+        """,
     )
     VALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+
+        @jax.custom_jvp
+        def half_sin(x):
+            return jnp.sin(x)
+
+        @half_sin.defjvp
+        def _half_sin_jvp(primals, tangents):
+            (x,), (dx,) = primals, tangents
+            y = half_sin(x)
+            return y, (jnp.cos(x) * dx).astype(y.dtype)
+        """,
         """
         import jax
         from jax.scipy.linalg import lu_factor, lu_solve
@@ -151,7 +185,44 @@ class CustomRuleMismatch(Rule):
         """,
     )
 
+    def visit_FunctionDef(self, node: ast.FunctionDef, ctx: FileContext) -> None:
+        for dec in node.decorator_list:
+            if isinstance(dec, ast.Attribute) and dec.attr == "defjvp":
+                self._jvp_rule(node, ctx.text(dec.value), ctx)
+
+    def _jvp_rule(self, rule: ast.FunctionDef, primal: str, ctx: FileContext) -> None:
+        """A `custom_jvp` rule whose tangent is cast to a written dtype its primal output lacks."""
+        for value in self._returns(rule):
+            if not (isinstance(value, ast.Tuple) and len(value.elts) == 2):
+                continue
+            out, tangent = value.elts
+            dt = explicit_dtype(tangent, ctx.names)
+            if dt is None:
+                continue
+            dp = explicit_dtype(out, ctx.names)
+            if dp == dt:
+                continue
+            same = dp is not None or _shared_inputs(out, tangent, ctx)
+            what = f"cast to {dp}" if dp is not None else f"not cast (`{ctx.text(out)}`)"
+            self.report(
+                ctx,
+                tangent,
+                f"`{rule.name}`, the `custom_jvp` rule of `{primal}`, returns its tangent cast to {dt} and its primal output {what}; "
+                "JAX needs the tangent in the primal output's dtype and raises TypeError: Custom JVP rule must produce primal and "
+                "tangent outputs with corresponding shapes and dtypes",
+                help="cast the tangent to the primal output's dtype (`.astype(primal_out.dtype)`), or cast both",
+                detail=f"{primal}:{rule.name}",
+                evidence={"tangent_dtype": dt, "primal_dtype": dp or ""},
+                function=rule.name,
+                confidence="proven" if same else "guess",
+            )
+
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "defjvp" and len(node.args) == 1:
+            info = ctx.analysis.resolve(node.args[0], ctx.function)
+            if info is not None and isinstance(info.node, ast.FunctionDef):
+                self._jvp_rule(info.node, ctx.text(node.func.value), ctx)
+            return
         if not (isinstance(node.func, ast.Attribute) and node.func.attr == "defvjp"):
             return
         graph = ADGraph.of(ctx.analysis)
@@ -225,3 +296,15 @@ class CustomRuleMismatch(Rule):
             if len(assigned) == 1 and isinstance(assigned[0], (ast.Tuple, ast.List, ast.BinOp, ast.UnaryOp)):
                 return self._arity(assigned[0], fn, ctx)
         return None
+
+
+def _shared_inputs(a: ast.AST, b: ast.AST, ctx: FileContext) -> bool:
+    """Both expressions read one of the same names (`half_sin(x)` and `(cos(x) * dx).astype(...)`):
+    the cast visibly changes the dtype of one output of the same computation."""
+    aliases = set(ctx.names.aliases)
+    callees = {id(n.func) for e in (a, b) for n in ast.walk(e) if isinstance(n, ast.Call)}
+
+    def read(e: ast.AST) -> set[str]:
+        return {n.id for n in ast.walk(e) if isinstance(n, ast.Name) and n.id not in aliases and id(n) not in callees}
+
+    return bool(read(a) & read(b))
