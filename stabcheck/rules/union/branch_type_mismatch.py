@@ -15,6 +15,7 @@ _BRANCHING = ("jax.lax.cond", "jax.lax.switch", "jax.lax.select", "jax.lax.selec
 class Mismatch:
     node: ast.AST  # where to report: the odd branch's value
     what: str
+    guess: bool = False  # the other side's dtype is not known: it may already be the cast's
 
 
 class BranchTypeMismatch(Rule):
@@ -22,8 +23,12 @@ class BranchTypeMismatch(Rule):
     Flags `lax.cond`, `lax.switch` and `lax.select` whose branches visibly produce different
     types: a different structure (a tuple of other length, `None` against a value, other dict
     keys, the operand returned bare by one branch and inside a tuple or dict by another, which
-    no operand can make equal), an explicit `astype(...)`/`dtype=` on one side only or different explicit dtypes, or
-    a Python number of one kind against an array of another (`0` against a float mean).
+    no operand can make equal), different explicit dtypes (`astype(...)`, `dtype=`), or a
+    Python number of one kind against an array of another (`0` against a float mean). An
+    explicit cast on one side only, of a value computed from what the other side returns
+    uncast (`gelu(v).astype(jnp.bfloat16)` against `relu(v)`), is a guess (`--preview`): the
+    other side may already have that dtype (a defensive `zeros_like(x).astype(jnp.float32)`
+    against a float32 `x`), which the traced stage sees.
     Branch functions are followed whether they are lambdas or `def`s of the same module. For
     `lax.select`, whose operands are often variables of a known dtype, a cast on one side only
     is flagged when the other side is visibly of another kind (a float op against an int cast).
@@ -86,7 +91,7 @@ class BranchTypeMismatch(Rule):
             return lax.switch(
                 i,
                 [
-                    lambda v: jax.nn.relu(v),
+                    lambda v: jax.nn.relu(v).astype(jnp.float32),
                     lambda v: jax.nn.gelu(v).astype(jnp.bfloat16),  # expect: STB203
                 ],
                 x,
@@ -118,6 +123,15 @@ class BranchTypeMismatch(Rule):
         """,
     )
     VALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        def weighted(w, loss):
+            # a guess (--preview): `x` may be float32 already, and then the cast changes nothing
+            return lax.cond(w.sum() == 0, lambda x: jnp.zeros_like(x).astype(jnp.float32), lambda x: x, (w * loss).sum())
+        """,
         """
         import jax
         import jax.numpy as jnp
@@ -219,6 +233,7 @@ class BranchTypeMismatch(Rule):
                 ),
                 help="make every branch return the same structure and dtype (cast to the other branch's `.dtype`, use `0.0` for a float zero)",
                 detail=f"lax.{prim}:{m.what}",
+                confidence="guess" if m.guess else "proven",
             )
             return
 
@@ -367,7 +382,9 @@ def _dtype_mismatch(a: ast.expr, b: ast.expr, ctx: FileContext, values: bool) ->
             # `lax.select(m, acc, y.astype(jnp.float32))`, `cond(p, scan_branch, zeros_f32)`: the
             # other side's dtype is unknown here and is often already that dtype
             return None
-        return Mismatch(cast, f"only `{ctx.text(cast)}` casts explicitly (to {dtype}); `{ctx.text(other)}` keeps its own dtype")
+        # `lambda x: jnp.zeros_like(x).astype(jnp.float32)` against `lambda x: x`: the other side's
+        # dtype is not written; it is often the cast's already (a defensive cast), so a guess
+        return Mismatch(cast, f"only `{ctx.text(cast)}` casts explicitly (to {dtype}); `{ctx.text(other)}` keeps its own dtype", guess=True)
     if la is not None or lb is not None:
         if la is not None and lb is not None:
             return Mismatch(b, f"`{ctx.text(a)}` is a Python {la} but `{ctx.text(b)}` a Python {lb}") if la != lb else None
