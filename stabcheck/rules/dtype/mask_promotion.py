@@ -13,7 +13,9 @@ _RANK = {"bfloat16": 1, "float16": 1, "float32": 2, "float64": 3, "float": 3}
 class MaskPromotion(Rule):
     """## What it does
     Flags a boolean mask cast to a float type other than the data's and then combined with the
-    data: `mask.astype(float)` (float64 under x64) in a transformed function, or
+    data: `mask.astype(float)` (float64 under x64) in a transformed function that names a
+    narrower float dtype (`float32`, `bfloat16`: elsewhere a guess, as data made with default
+    dtypes is float64 under x64 too), or
     `mask.astype(jnp.float32)` in a function that works in another precision (bf16/f16 named
     in the function or its Module). Also flags `jnp.where(c, a, b)` whose branches carry
     explicit, different float dtypes.
@@ -60,11 +62,13 @@ class MaskPromotion(Rule):
                 return x * keep.astype(jnp.float32) / (1.0 - self.rate)  # expect: STB304
         """,
         """
+        from functools import partial
         import jax
         import jax.numpy as jnp
 
-        @jax.jit
-        def masked_mean(x, lengths):
+        @partial(jax.jit, static_argnames="dtype")
+        def masked_mean(x, lengths, dtype=jnp.float32):
+            x = x.astype(dtype)
             mask = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
             return jnp.sum(x * mask.astype(float), axis=1) / lengths  # expect: STB304
         """,
@@ -76,6 +80,16 @@ class MaskPromotion(Rule):
         """,
     )
     VALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+
+        @jax.jit
+        def masked_mean(x, lengths):
+            mask = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
+            # a guess (--preview): with x64 on, data made with default dtypes is float64 already
+            return jnp.sum(x * mask.astype(float), axis=1) / lengths
+        """,
         """
         import flax.linen as nn
         import jax
@@ -127,9 +141,15 @@ class MaskPromotion(Rule):
                 continue
             if not (ctx.is_traced(data) or ctx.is_traced(mask)):
                 continue
+            confidence = "proven"
             if dt in WIDE:
-                other = "float32 or lower"
+                lower = sorted(d for d in dtypes_mentioned(ctx) if _RANK.get(d, 0) < _RANK["float64"])
+                other = lower[0] if lower else "float32 or lower"
                 cost = "with `jax_enable_x64` on the product is float64"
+                if not lower:
+                    # nothing here says the data is narrower than float64: with x64 on, data made
+                    # with default dtypes (`jnp.zeros(shape)`, a Python float) is float64 already
+                    confidence = "guess"
             else:
                 others = sorted(d for d in dtypes_mentioned(ctx) if _RANK.get(d, 0) < _RANK[dt])
                 if not others:
@@ -143,6 +163,7 @@ class MaskPromotion(Rule):
                 help=f"cast the mask with the data's dtype (`{ctx.text(mask)}.astype({ctx.text(data) if isinstance(data, ast.Name) else 'x'}.dtype)`), or select with `jnp.where({ctx.text(mask)}, ...)`",
                 detail=ctx.text(mask),
                 evidence={"mask_dtype": dt, "data_dtype": other},
+                confidence=confidence,
             )
             return
 
