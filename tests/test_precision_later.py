@@ -137,7 +137,8 @@ def test_a_divisor_from_a_parameter_used_as_a_weight_still_fires() -> None:
     # a mask-like use of the parameter makes the division a guess; a weight is still differentiated
     source = "import jax.numpy as jnp\n\n\ndef f(s, t, b):\n    c = {use}\n    p = jnp.mean(b)\n    return jnp.where(p > 0, jnp.mean(c) / p, 0.0)\n\n\nimport jax\n\ng = jax.grad(f, argnums=(0, 2))\n"
     found = lambda use: _found(source.format(use=use))  # noqa: E731
-    assert found("(s <= t) * b") == []
+    # (`s` reaches the output only through `s <= t`: STB410 says its gradient is zero, which it is)
+    assert found("(s <= t) * b") == [("STB410", 5)]
     assert found("s * b") == [("STB401", 7)]
     # a float weight among what the divisor reads (MoE routing weights times a mask): proven
     weighted = source.replace("p = jnp.mean(b)", "p = jnp.mean(b * s)").format(use="(s <= t) * b")
