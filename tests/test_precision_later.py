@@ -76,6 +76,7 @@ def test_near_misses_run_cleanly_under_jax() -> None:
     assert out["grad_rotkernel_outside"] == 0.0  # the rule's masked 1 / sqrt: no NaN in a first derivative
     assert out["ragged"] == [1.0, 0.5]  # the kernel's masked 1 / 0 ran
     assert out["grad_rope_finite"] is True  # the scale is a Python float: no NaN
+    assert out["condensed"] == ["loss", "returned_episode"]  # `if key == ...` on the dict's Python keys
     assert out["grad_events"] == [0.0, 0.0] and out["per_event"] == 0.0  # the metric is never differentiated
 
 
@@ -303,3 +304,11 @@ def test_a_nonlocal_that_is_only_a_scan_carry_alias_is_a_guess() -> None:
         "        acc = acc + x / (s + 1)\n        return acc.sum()\n\n    for s in range(steps):\n        body(s, xs)\n    return acc\n"
     )
     assert _found(leaky) == [("STB104", 11)]
+
+
+def test_a_dict_key_is_a_python_value_but_its_value_is_traced() -> None:
+    source = "import jax\n\n\n@jax.jit\ndef f(metric):\n    for key, val in metric.items():\n        if {test}:\n            return val\n    return 0.0\n"
+    assert _found(source.format(test='key == "loss"')) == []
+    assert _found(source.format(test="val > 0")) == [("STB101", 7)]
+    keys = "import jax\n\n\n@jax.jit\ndef f(metric):\n    out = {}\n    for k in metric.keys():\n        if k.startswith('x'):\n            out[k] = metric[k]\n    return out\n"
+    assert _found(keys) == []

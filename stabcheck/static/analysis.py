@@ -1079,13 +1079,19 @@ _CONTAINER_CALLS = frozenset({"builtins.list", "builtins.tuple", "builtins.dict"
 
 def _split_iteration(target: ast.AST, it: ast.AST) -> list[tuple[list[ast.AST], ast.AST]]:
     """`for a, b in zip(xs, ys)` binds a from xs and b from ys; `for i, x in enumerate(xs)`
-    binds x from xs (and i to a Python int)."""
+    binds x from xs (and i to a Python int); `for k, v in d.items()` binds v from d and k (like
+    `for k in d.keys()`) to a Python value: a dict key is hashable, so never a tracer."""
     if isinstance(it, ast.Call) and isinstance(target, ast.Tuple) and not it.keywords:
         fname = it.func.id if isinstance(it.func, ast.Name) else it.func.attr if isinstance(it.func, ast.Attribute) else ""
         if fname.endswith("zip") and len(it.args) == len(target.elts) and not any(isinstance(a, ast.Starred) for a in it.args):
             return [([t], ast.Subscript(a, ast.Constant(0), ast.Load())) for t, a in zip(target.elts, it.args)]
         if fname == "enumerate" and len(it.args) == 1 and len(target.elts) == 2:
             return [([target.elts[0]], ast.Constant(0)), ([target.elts[1]], ast.Subscript(it.args[0], ast.Constant(0), ast.Load()))]
+        if fname == "items" and isinstance(it.func, ast.Attribute) and not it.args and len(target.elts) == 2:
+            # a dict's keys are hashable Python values, never tracers: `for key, val in metrics.items()`
+            return [([target.elts[0]], ast.Constant("")), ([target.elts[1]], ast.Subscript(it.func.value, ast.Constant(0), ast.Load()))]
+    if isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) and it.func.attr == "keys" and not it.args and not it.keywords:
+        return [([target], ast.Constant(""))]
     return [([target], it)]
 
 
