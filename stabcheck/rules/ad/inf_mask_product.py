@@ -44,7 +44,7 @@ class InfMaskProduct(Rule):
     code = "STB412"
     name = "inf-mask-product"
     severity = "error"
-    stages = ("static",)
+    stages = ("static", "confirmed")
 
     INVALID = (
         """

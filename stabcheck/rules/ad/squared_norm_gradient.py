@@ -45,7 +45,7 @@ class SquaredNormGradient(Rule):
     code = "STB411"
     name = "squared-norm-gradient"
     severity = "warning"
-    stages = ("static",)
+    stages = ("static", "confirmed")
 
     INVALID = (
         """
