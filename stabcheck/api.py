@@ -294,7 +294,7 @@ def _newer_syntax_note(newer: list[str]) -> str:
     n = len(newer)
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     return (
-        f"{n} file{'s' * (n != 1)} not checked: valid Python for a newer interpreter that Python {here}, which runs stabcheck, "
+        f"{n} file{'s' * (n != 1)} not checked: valid Python for a newer interpreter than Python {here}, which runs stabcheck, "
         f"cannot parse (type parameters, `type` aliases, nested f-string quotes...): {shown}; run stabcheck with the project's Python"
     )
 
