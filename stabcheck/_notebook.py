@@ -7,7 +7,8 @@ shell escapes (`!pip`), help (`x?`) (an indented one becomes `pass`), their outp
 (`files = !ls`: the value becomes `None`), automagics (`run x.py`,
 `cd dir`: a magic's name without `%`, on a line that is not Python), and whole cells under a cell
 magic (`%%bash`; also after leading comment lines, as Colab runs `#@title Setup` then
-`%%capture`, where Jupyter would not). A cell that parses as Python is kept as it is, and as in IPython only a line
+`%%capture`, where Jupyter would not), and a cell's leading indent is removed as IPython does
+(` run_bench(5)`). A cell that parses as Python is kept as it is, and as in IPython only a line
 that starts a statement is IPython syntax (inside open brackets `% (x,)` is the format
 operator). Jupyter runs each cell on its own, so each is parsed on its own: a cell that
 still does not parse is blanked too and named in `Cells.broken` (one STB901 each, the other cells
@@ -76,8 +77,12 @@ def cells(data: bytes) -> Cells:
             lines = [""] * len(lines)  # a cell magic: the cell is not Python
         else:
             error = _parse_error(lines)
+            if error is not None:  # IPython strips a cell's leading indent before running it
+                dedented = _leading_indent(lines)
+                if dedented is not lines and _parse_error(dedented) is None:
+                    lines, error = dedented, None
             if error is not None:  # a cell that is Python as it stands has no magic
-                lines = _blank_magics(lines)
+                lines = _blank_magics(_leading_indent(lines))
                 error = _parse_error(lines)
         if not lines:
             continue
@@ -92,6 +97,18 @@ def cells(data: bytes) -> Cells:
         parts.extend(lines)
         line += len(lines)
     return Cells("\n".join(parts) + ("\n" if parts else ""), tuple(starts), tuple(broken))
+
+
+def _leading_indent(lines: list[str]) -> list[str]:
+    """IPython's `leading_indent` cleanup: when the cell's first non-blank line is indented, that
+    indent is removed from every line that starts with it (` run_bench(5)` runs in Jupyter).
+    The same list when there is nothing to remove. (A finding's column in such a cell counts from
+    the removed indent.)"""
+    first = next((ln for ln in lines if ln.strip()), "")
+    indent = first[: len(first) - len(first.lstrip(" \t"))]
+    if not indent:
+        return lines
+    return [ln[len(indent) :] if ln.startswith(indent) else ln for ln in lines]
 
 
 def _parse_error(lines: list[str]) -> tuple[int, int, str] | None:

@@ -148,3 +148,22 @@ def test_a_cell_magic_under_colab_form_lines_is_not_python_but_one_after_code_is
 
     assert broken("#@title Install\n# quietly\n%%capture\npip install x || true\n") == 0  # Colab runs it
     assert broken("import os\n%%bash\ntest -d x || git clone y\n") == 1  # not the first statement: not a cell magic
+
+
+def test_a_cells_leading_indent_is_removed_as_ipython_does() -> None:
+    # spyx's benchmark notebooks (R21): ` run_bench(5, 20, 32, 1, True)` ran in Jupyter, whose
+    # `leading_indent` cleanup strips the first line's indent from every line that has it
+    nb = {
+        "cells": [
+            {"cell_type": "code", "source": [" run_bench(5, 20, 32, 1, True)\n"]},
+            {"cell_type": "code", "source": ["\n", "  schedule = make(\n", "      1, 2)\n", "plot(schedule)\n"]},
+            {"cell_type": "code", "source": ["  x = 1\n", " y = 2\n"]},
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    cells = _notebook.cells(json.dumps(nb).encode())
+    compile(cells.source, "nb", "exec")
+    assert cells.source.splitlines()[:5] == ["run_bench(5, 20, 32, 1, True)", "", "schedule = make(", "    1, 2)", "plot(schedule)"]
+    assert cells.broken == ((7, 1, "unexpected indent"),)  # ` y` does not start with the first line's indent: Jupyter fails too
