@@ -38,6 +38,11 @@ class JitInLoop(Rule):
     `{k: jax.jit(partial(run, m)) for k, m in models.items()}`): one compile per element, each
     reused by the calls that come later. The loop variable itself passed as an argument
     (`step(params, batch)`, also taken apart: `x, y = batch`) is data of one kind: still a finding.
+    A jit built inside another function is likewise a guess when what it jits closes over a
+    value that function computes from its parameters (`W = geometry(view)`, then
+    `jax.jit(fwd)` of a `fwd` that reads `W`) or tests one of them in Python (`if prime:`): each
+    call may be a program of its own; a parameter closed over as data only (`x` in
+    `jnp.sum(x * w)`) belongs in an argument, and the compile per call is needless.
 
     In test files (`test_*.py`, `*_test.py`, `conftest.py`, anything under `tests/`) the finding
     is a guess, shown only with `--preview`: a test compiles each variant on purpose, and a
@@ -163,6 +168,22 @@ class JitInLoop(Rule):
         """,
     )
     VALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def run(prime):
+            @jax.jit
+            def evolve(x):
+                if prime:  # the flag picks the traced code: each call may be its own program (a guess)
+                    x = x + jax.grad(lambda v: jnp.sum(v ** 2))(x)
+                return x * 2
+
+            return evolve(jnp.ones(3))
+
+        for prime in (False, True):
+            run(prime)
+        """,
         """
         import equinox as eqx
         import jax
@@ -563,6 +584,8 @@ def _repeated(ctx: FileContext, fn: ast.AST) -> Literal["proven", "guess"]:
     if isinstance(fn, ast.Name):  # `jax.jit(evalf)` of a nested def
         info = ctx.analysis.resolve(fn, outer)
         fn = info.node if info is not None else fn
+    if _per_call_program(fn, outer):
+        return "guess"
     code = _code_params(fn, outer)
     for _scope, call in ctx.analysis.calls:
         callee = call.func
@@ -570,6 +593,55 @@ def _repeated(ctx: FileContext, fn: ast.AST) -> Literal["proven", "guess"]:
         if called == name and _in_loop(call, ctx) and not (code and _passes_loop_item(call, outer, code, ctx)):
             return "proven"
     return "guess"
+
+
+def _per_call_program(fn: ast.AST, outer: FunctionInfo) -> bool:
+    """Does the function jitted inside `outer` close over what may make each call's program a
+    different one: a value `outer` computes from its parameters (`W = geom(view)`, a pattern
+    built from the input), or a parameter it tests in Python (`if prime:`)? Then a call per
+    configuration may need its own compile wherever the jit is built, as for a loop's iteration
+    (`_varies_with_loop`); a parameter read as data only (`x` in `jnp.sum(x * w)`) belongs in an
+    argument, and the compile per call is needless."""
+    params = set(outer.params) - {"self", "cls"}
+    if not params or not isinstance(fn, (ast.Lambda, ast.FunctionDef, ast.Call)):
+        return False
+    if isinstance(fn, ast.Call):  # `partial(f, cfg)`: what it binds
+        parts: list[ast.AST] = [*fn.args[1:], *(k.value for k in fn.keywords)]
+    else:
+        parts = [fn.body] if isinstance(fn, ast.Lambda) else list(fn.body)
+    if not isinstance(fn, ast.Call):
+        for part in parts:
+            for n in ast.walk(part):
+                test = n.test if isinstance(n, (ast.If, ast.While, ast.IfExp)) else None
+                if test is not None and _reads_any(test, params):
+                    return True  # `if prime:`: the parameter picks the traced code
+    computed: set[str] = set()
+    derived = set(params)
+    assigns = [n for n in _own_body(outer.node) if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and n.value is not None]
+    changed = True
+    while changed:
+        changed = False
+        for a in assigns:
+            if a.value is None or not _reads_any(a.value, derived):
+                continue
+            for t in a.targets if isinstance(a, ast.Assign) else [a.target]:
+                for m in ast.walk(t):
+                    if isinstance(m, ast.Name) and m.id not in derived:
+                        derived.add(m.id)
+                        computed.add(m.id)
+                        changed = True
+    own = set(_bound_in(fn)) if not isinstance(fn, ast.Call) else set()
+    return any(_reads_any(part, computed - own) for part in parts)
+
+
+def _bound_in(fn: ast.AST) -> list[str]:
+    """Names a lambda or def binds itself: its parameters and its own assignments."""
+    args = fn.args  # type: ignore[attr-defined]
+    out = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+    out += [x.arg for x in (args.vararg, args.kwarg) if x is not None]
+    body = [fn.body] if isinstance(fn, ast.Lambda) else fn.body  # type: ignore[attr-defined]
+    out += [m.id for n in body for m in ast.walk(n) if isinstance(m, ast.Name) and isinstance(m.ctx, ast.Store)]
+    return out
 
 
 # array methods: calling one on an argument computes on data, it does not take code from it
