@@ -79,10 +79,10 @@ def cells(data: bytes) -> Cells:
             error = _parse_error(lines)
             if error is not None:  # IPython strips a cell's leading indent before running it
                 dedented = _leading_indent(lines)
-                if dedented is not lines and _parse_error(dedented) is None:
-                    lines, error = dedented, None
+                if dedented is not lines:
+                    lines, error = dedented, _parse_error(dedented)
             if error is not None:  # a cell that is Python as it stands has no magic
-                lines = _blank_magics(_leading_indent(lines))
+                lines = _blank_magics(lines)
                 error = _parse_error(lines)
         if not lines:
             continue

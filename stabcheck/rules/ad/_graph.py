@@ -19,6 +19,8 @@ FORWARD = frozenset({"jvp", "jacfwd", "linearize"})
 REVERSE = frozenset({"grad", "vjp", "jacrev", "hessian"})
 DERIVATIVES = frozenset(q for q, (_family, kind) in TRANSFORMS.items() if kind == "diff")
 ENTRY = frozenset({"stabcheck.Entry", "stabcheck.traced.entries.Entry"})
+# the transforms that take a scalar function's gradient (`grad`'s forms): what STB409 and STB410 check
+GRADS = frozenset({"jax.grad", "jax.value_and_grad", "equinox.filter_grad", "equinox.filter_value_and_grad", "flax.nnx.grad", "flax.nnx.value_and_grad"})
 # an entry's transforms that differentiate (`stabcheck.Entry(f, args)` defaults to jit and grad)
 ENTRY_DERIVATIVES = frozenset({"grad", "jvp", "jacfwd", "jacrev", "hessian", "hvp"})
 

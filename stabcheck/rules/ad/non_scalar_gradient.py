@@ -4,10 +4,10 @@ import ast
 from typing import Literal
 
 from stabcheck.rule import Rule, only
+from stabcheck.rules.ad._graph import GRADS
 from stabcheck.static.context import FileContext
 from stabcheck.static.names import PARTIAL
 
-_GRADS = frozenset({"jax.grad", "jax.value_and_grad", "equinox.filter_grad", "equinox.filter_value_and_grad", "flax.nnx.grad", "flax.nnx.value_and_grad"})
 
 
 class NonScalarGradient(Rule):
@@ -134,16 +134,16 @@ class NonScalarGradient(Rule):
         """,
     )
 
-    @only(callees=_GRADS)
+    @only(callees=GRADS)
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
         if node.args:
             self._check(node, node.args[0], node.keywords, ctx)
 
     def visit_FunctionDef(self, node: ast.FunctionDef, ctx: FileContext) -> None:
         for dec in node.decorator_list:
-            if ctx.qualname(dec) in _GRADS:
+            if ctx.qualname(dec) in GRADS:
                 self._check(dec, node, [], ctx)
-            elif isinstance(dec, ast.Call) and ctx.qualname(dec.func) in PARTIAL and dec.args and ctx.qualname(dec.args[0]) in _GRADS:
+            elif isinstance(dec, ast.Call) and ctx.qualname(dec.func) in PARTIAL and dec.args and ctx.qualname(dec.args[0]) in GRADS:
                 self._check(dec, node, dec.keywords, ctx)
 
     def _check(self, at: ast.AST, fn: ast.AST, keywords: list[ast.keyword], ctx: FileContext) -> None:

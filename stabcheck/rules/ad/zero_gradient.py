@@ -3,11 +3,10 @@ from __future__ import annotations
 import ast
 
 from stabcheck.rule import Rule, only
-from stabcheck.rules.ad._graph import ADGraph, ENTRY, ENTRY_DERIVATIVES
+from stabcheck.rules.ad._graph import ENTRY, ENTRY_DERIVATIVES, GRADS, ADGraph
 from stabcheck.static.context import FileContext
 from stabcheck.static.names import PARTIAL
 
-_GRADS = frozenset({"jax.grad", "jax.value_and_grad", "equinox.filter_grad", "equinox.filter_value_and_grad", "flax.nnx.grad", "flax.nnx.value_and_grad"})
 # calls whose output has no derivative with respect to their inputs
 _FLAT = frozenset(
     f"jax.numpy.{n}"
@@ -127,7 +126,7 @@ class ZeroGradient(Rule):
         """,
     )
 
-    @only(callees=_GRADS | ENTRY)
+    @only(callees=GRADS | ENTRY)
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
         fn = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg in ("fun", "fn", "f")), None)
         if fn is None:
@@ -140,11 +139,11 @@ class ZeroGradient(Rule):
 
     def visit_FunctionDef(self, node: ast.FunctionDef, ctx: FileContext) -> None:
         for dec in node.decorator_list:
-            if ctx.qualname(dec) in _GRADS:
+            if ctx.qualname(dec) in GRADS:
                 self._check(dec, node, [], ctx)
-            elif isinstance(dec, ast.Call) and ctx.qualname(dec.func) in _GRADS:
+            elif isinstance(dec, ast.Call) and ctx.qualname(dec.func) in GRADS:
                 self._check(dec, node, dec.keywords, ctx)
-            elif isinstance(dec, ast.Call) and ctx.qualname(dec.func) in PARTIAL and dec.args and ctx.qualname(dec.args[0]) in _GRADS:
+            elif isinstance(dec, ast.Call) and ctx.qualname(dec.func) in PARTIAL and dec.args and ctx.qualname(dec.args[0]) in GRADS:
                 self._check(dec, node, dec.keywords, ctx)
 
     def _check(self, at: ast.AST, fn: ast.AST, keywords: list[ast.keyword], ctx: FileContext) -> None:

@@ -605,16 +605,15 @@ def _per_call_program(fn: ast.AST, outer: FunctionInfo) -> bool:
     params = set(outer.params) - {"self", "cls"}
     if not params or not isinstance(fn, (ast.Lambda, ast.FunctionDef, ast.Call)):
         return False
+    own: set[str] = set()
     if isinstance(fn, ast.Call):  # `partial(f, cfg)`: what it binds
         parts: list[ast.AST] = [*fn.args[1:], *(k.value for k in fn.keywords)]
     else:
         parts = [fn.body] if isinstance(fn, ast.Lambda) else list(fn.body)
-    if not isinstance(fn, ast.Call):
-        for part in parts:
-            for n in ast.walk(part):
-                test = n.test if isinstance(n, (ast.If, ast.While, ast.IfExp)) else None
-                if test is not None and _reads_any(test, params):
-                    return True  # `if prime:`: the parameter picks the traced code
+        for n in (m for part in parts for m in ast.walk(part)):
+            if isinstance(n, (ast.If, ast.While, ast.IfExp)) and _reads_any(n.test, params):
+                return True  # `if prime:`: the parameter picks the traced code
+        own = set(_bound_in(fn))
     computed: set[str] = set()
     derived = set(params)
     assigns = [n for n in _own_body(outer.node) if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and n.value is not None]
@@ -622,7 +621,7 @@ def _per_call_program(fn: ast.AST, outer: FunctionInfo) -> bool:
     while changed:
         changed = False
         for a in assigns:
-            if a.value is None or not _reads_any(a.value, derived):
+            if not _reads_any(a.value, derived):  # type: ignore[arg-type]
                 continue
             for t in a.targets if isinstance(a, ast.Assign) else [a.target]:
                 for m in ast.walk(t):
@@ -630,7 +629,6 @@ def _per_call_program(fn: ast.AST, outer: FunctionInfo) -> bool:
                         derived.add(m.id)
                         computed.add(m.id)
                         changed = True
-    own = set(_bound_in(fn)) if not isinstance(fn, ast.Call) else set()
     return any(_reads_any(part, computed - own) for part in parts)
 
 
