@@ -23,6 +23,12 @@ class Float64Leak(Rule):
     `np.ones(n)`, `np.linspace(...)`, a module constant bound to one, like
     `MASK64 = np.array([1.0, 0.0])[:, None]`) combined arithmetically with traced data.
 
+    Outside a transform too, it flags a JAX call that asks for float64 by name
+    (`jnp.zeros(n, dtype=jnp.float64)`, `jax.random.uniform(key, dtype=jnp.float64)`,
+    `jnp.float64(x)`) in a project that never turns x64 on: JAX silently narrows the request and
+    returns float32 (jax-ml/jax#17366). Code under a test of the flag (`if
+    jax.config.jax_enable_x64:`) asks for what it gets and is silent.
+
     ## Why is this bad?
     `dtype=float`/`.astype(float)` ask for the default float (float32 unless x64 is on, and then
     float64 on purpose): those are guesses, shown with `--preview`. Where the project turns x64
@@ -61,12 +67,14 @@ class Float64Leak(Rule):
         return jnp.where(MASK, x, 0)
     ```
 
+    A float64 request outside a transform, with x64 off, is worse: the program asks for double
+    precision and silently computes in single (a UserWarning only, easily lost in a training log).
+
     ## Options
-    None. Functions that are never transformed in the checked source are left to the traced
-    stage, which sees the real dtypes. The traced stage also reports, as proven, each place an
-    entry asks explicitly for a dtype JAX cannot give and silently narrows
-    (`jnp.zeros(n, dtype=jnp.float64)`, `jax.random.uniform(key, dtype=jnp.float64)` with
-    `jax_enable_x64` off: float32 comes back), at the line JAX's warning names (jax-ml/jax#17366).
+    None. NumPy constants in functions that are never transformed in the checked source are left
+    to the traced stage, which sees the real dtypes. The traced stage also reports, as proven,
+    each place an entry asks explicitly for a dtype JAX cannot give and silently narrows, at the
+    line JAX's warning names.
     """
 
     code = "STB301"
@@ -134,6 +142,16 @@ class Float64Leak(Rule):
             return jnp.mean((pred - y) ** 2) * scale  # expect: STB301
 
         grad_fn = jax.grad(loss)
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        # nothing in this project turns x64 on: JAX narrows both requests to float32
+        def init(key, n):
+            w = jax.random.uniform(key, (n,), dtype=jnp.float64)  # expect: STB301
+            b = jnp.zeros(n, dtype=jnp.float64)  # expect: STB301
+            return w, b
         """,
     )
     VALID = (
@@ -212,10 +230,32 @@ class Float64Leak(Rule):
         def apply(x):  # not transformed in this file: left to the traced stage
             return TABLE * x
         """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def init(key, n):
+            # Python's float is the default float; the float64 request is made only where x64 is on
+            w = jax.random.uniform(key, (n,), dtype=float)
+            if jax.config.jax_enable_x64:
+                return w, jnp.zeros(n, dtype=jnp.float64)
+            return w, jnp.zeros(n, dtype=jnp.float32)
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        jax.config.update("jax_enable_x64", True)  # a double-precision program, on purpose
+
+        def init(n):
+            return jnp.zeros(n, dtype=jnp.float64)
+        """,
     )
 
-    @only(inside="transformed")
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
+        if not ctx.in_transform:
+            self._truncated(node, ctx)
+            return
         func = node.func
         if isinstance(func, ast.Attribute) and func.attr == "astype" and node.args:
             dt = float_dtype(node.args[0], ctx)
@@ -249,6 +289,29 @@ class Float64Leak(Rule):
             if ctx.is_traced(data) and not ctx.is_traced(const) and numpy_float64(const, ctx):
                 self._combined(ctx, node, const, data)
                 return
+
+    def _truncated(self, node: ast.Call, ctx: FileContext) -> None:
+        """Outside a transform: a JAX call that names float64 (`jnp.zeros(n, dtype=jnp.float64)`,
+        `jax.random.uniform(key, dtype=jnp.float64)`, `jnp.float64(x)`) in a project that never
+        turns x64 on gets float32 back (jax-ml/jax#17366). Python's `float` asks for the default
+        float, not for float64: silent."""
+        q = ctx.qualname(node.func) or ""
+        if not q.startswith("jax."):
+            return
+        dt_expr = dtype_arg(node)
+        if dt_expr is None and q in ("jax.numpy.float64", "jax.numpy.double") and node.args:
+            dt_expr = node.func
+        if dt_expr is None or float_dtype(dt_expr, ctx) != "float64" or _x64_on(ctx) or _reads_x64(node, ctx):
+            return
+        spelled = ctx.text(dt_expr)
+        self.report(
+            ctx,
+            node,
+            f"`{ctx.text(node)}` asks for float64 (`{spelled}`), which JAX gives only with `jax_enable_x64` on, and nothing in this project turns it on. "
+            "It returns float32 (a UserWarning only, easily lost in a training log): the precision asked for is silently lost",
+            help="ask for `jnp.float32` (or the data's dtype), or turn x64 on where the program starts: `jax.config.update(\"jax_enable_x64\", True)`",
+            detail=spelled,
+        )
 
     def _explicit(self, ctx: FileContext, node: ast.Call, dt_expr: ast.AST, dt: str) -> None:
         spelled = ctx.text(dt_expr)
@@ -293,6 +356,18 @@ def _names_narrow_float(ctx: FileContext) -> bool:
             for n in ast.walk(ctx.tree)
         ),
     )
+
+
+def _reads_x64(node: ast.AST, ctx: FileContext) -> bool:
+    """`node` is under an `if`/conditional expression that reads the x64 flag
+    (`if jax.config.jax_enable_x64:`, `... if x64 else ...`): the code asks for what it gets."""
+    at: ast.AST | None = node
+    while (at := ctx.parent_of(at)) is not None:
+        if isinstance(at, (ast.If, ast.IfExp, ast.While)) and "x64" in ctx.text(at.test).lower():
+            return True
+        if isinstance(at, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            return False
+    return False
 
 
 def _x64_on(ctx: FileContext) -> bool:
