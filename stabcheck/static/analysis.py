@@ -84,6 +84,24 @@ HOST_CALLBACKS = frozenset({"jax.debug.callback", "jax.pure_callback", "jax.expe
 MODULE_BASES = ("flax.linen.Module", "flax.nnx.Module", "equinox.Module", "flax.linen.module.Module")
 
 
+def _define(defs: dict[str, FunctionInfo], redefined: dict[str, list[FunctionInfo]], name: str, info: FunctionInfo) -> None:
+    """Record a def of `name` in a scope; a second def of the name keeps every def (`_live`)."""
+    first = defs.setdefault(name, info)
+    if first is not info:
+        redefined.setdefault(name, [first]).append(info)
+
+
+def _live(first: FunctionInfo, every: list[FunctionInfo] | None, ref: ast.AST) -> FunctionInfo:
+    """The def a reference to a name defined more than once in its scope means: the last def
+    above the reference (two `body_func`s for two `while_loop`s, a notebook cell that redefines
+    `loss_fn`); a reference above every def (a closure called later) keeps the first."""
+    if not every:
+        return first
+    line = getattr(ref, "lineno", 0)
+    above = [i for i in every if i.node.lineno <= line]
+    return max(above, key=lambda i: i.node.lineno) if above else first
+
+
 @dataclass(eq=False, slots=True)
 class FunctionInfo:
     node: FunctionNode
@@ -92,6 +110,7 @@ class FunctionInfo:
     cls: ast.ClassDef | None
     params: list[str]
     defs: dict[str, FunctionInfo] = field(default_factory=dict)
+    redefined: dict[str, list[FunctionInfo]] = field(default_factory=dict)  # a name def'd twice here: every def
     transforms: list[Transform] = field(default_factory=list)
     transformed: bool = False
     abstract: bool = False
@@ -144,6 +163,7 @@ class Analysis:
         self.types = types
         self.functions: dict[ast.AST, FunctionInfo] = {}
         self.module_defs: dict[str, FunctionInfo] = {}
+        self.module_redefined: dict[str, list[FunctionInfo]] = {}  # a name def'd twice at module level: every def
         self.classes: dict[str, dict[str, FunctionInfo]] = {}
         self.class_nodes: dict[str, ast.ClassDef] = {}
         self.calls: list[tuple[FunctionInfo | None, ast.Call]] = []
@@ -216,11 +236,11 @@ class Analysis:
                 else:
                     inner_pre = f"{info.qualname}."
                     if par is not None:
-                        par.defs.setdefault(name, info)
+                        _define(par.defs, par.redefined, name, info)
                     elif c is not None:
                         self.classes.setdefault(c.name, {})[name] = info
                     else:
-                        self.module_defs.setdefault(name, info)
+                        _define(self.module_defs, self.module_redefined, name, info)
                 a: ast.arguments = node.args  # type: ignore[attr-defined]
                 for ch in get(node):
                     if ch is not a:
@@ -256,9 +276,11 @@ class Analysis:
             s = scope
             while s is not None:
                 if expr.id in s.defs:
-                    return s.defs[expr.id]
+                    return _live(s.defs[expr.id], s.redefined.get(expr.id), expr)
                 s = s.parent
             found = self.module_defs.get(expr.id)
+            if found is not None:
+                found = _live(found, self.module_redefined.get(expr.id), expr)
             if found is not None or self.types is None:
                 return found
         if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id in ("self", "cls"):

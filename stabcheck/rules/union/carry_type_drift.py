@@ -155,6 +155,23 @@ class CarryTypeDrift(Rule):
                 return count + (x[i] > 0).astype(jnp.int32)
             return lax.fori_loop(0, x.shape[0], body, jnp.int32(0))
         """,
+        """
+        import jax
+        from jax import lax
+
+        @jax.jit
+        def two_phases(x):
+            # one name for two bodies (tensorneat): each loop runs the def above it
+            def body(c):
+                i, a = c
+                return i + 1, a * 2
+            i, a = lax.while_loop(lambda c: c[0] < 3, body, (0, x))
+
+            def body(c):
+                i, a, b = c
+                return i + 1, a, b + a
+            return lax.while_loop(lambda c: c[0] < 3, body, (0, a, x))
+        """,
     )
 
     @only(callees=_LOOPS)
