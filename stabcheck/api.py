@@ -363,7 +363,7 @@ def _sups_for(path: str, max_size: int = DEFAULT_MAX_FILE_SIZE) -> list[suppress
 _WORKER: tuple[Config, Dispatcher] | None = None
 
 
-def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] | None = None, parent: int | None = None, modules: frozenset[str] = frozenset(), x64: frozenset[str] = frozenset()) -> None:
+def _init_worker(config: Config, codes: tuple[str, ...], types: dict[str, Any] | None = None, parent: int | None = None, modules: frozenset[str] = frozenset(), x64: dict[str, str] | None = None) -> None:
     global _WORKER
     _die_with_parent(parent)
     xfile.install(modules, x64)
@@ -493,14 +493,14 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
     contents: dict[str, bytes] = {}
     jobs = min(options.jobs or cpu_count(), cpu_count())  # more processes than cores only cost memory
     modules = xfile.ModuleMap(display(f) for f in files)
-    # one read of each file: its content hash (for the cache) and the projects that turn x64 on,
-    # a project-level fact (`static.xfile.enables_x64`: only files that spell the flag are parsed)
+    # one read of each file: its content hash (for the cache) and the projects that turn x64 on or
+    # name it, a project-level fact (`static.xfile.source_x64`: only files that spell the flag are parsed)
     sums: dict[str, str] = {}
-    x64: set[str] = set()
+    x64: dict[str, str] = {}
     for f in files:
         shown = display(f)
         root = xfile.project_root(str(f))
-        if cache is None and root in x64:
+        if cache is None and x64.get(root) == "on":
             continue
         try:
             data = read_source(f, config.max_file_size)
@@ -510,9 +510,10 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
             sums[shown] = digest(data)
             if jobs == 1:
                 contents[shown] = data  # read once
-        if root not in x64 and xfile.source_enables_x64(data, notebook=str(f).endswith(".ipynb")):
-            x64.add(root)
-    x64 |= _x64_elsewhere(files, x64, config)
+        if x64.get(root) != "on":
+            xfile.merge_x64(x64, root, xfile.source_x64(data, notebook=str(f).endswith(".ipynb")))
+    for root, fact in _x64_elsewhere(files, {r for r, v in x64.items() if v == "on"}, config).items():
+        xfile.merge_x64(x64, root, fact)
     xfile.install(modules.names(), x64)
     # a file's calls into other checked modules (its exports) depend on which modules are checked
     # with it: a result cached in a run of other files (one file alone) would miss them
@@ -522,8 +523,9 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
         shown = display(f)
         if cache is not None and shown in sums:
             h = digest(f"{sums[shown]}|{linked}".encode())
-            if xfile.project_x64(str(f)):  # a project-level fact the file's findings depend on
-                h = digest(f"{h}|x64".encode())
+            level = xfile.x64_fact(str(f))
+            if level is not None:  # a project-level fact the file's findings depend on
+                h = digest((f"{h}|x64" if level == "on" else f"{h}|x64-{level}").encode())
             if config.types:
                 t = typed.lookup(f)
                 h = digest(f"{h}|{t.digest() if t is not None else ''}".encode())
@@ -556,17 +558,22 @@ def _static(files: list[Path], config: Config, options: Options, rules: tuple[ty
 X64_SCAN_LIMIT = 5000
 
 
-def _x64_elsewhere(files: Sequence[Path], known: set[str], config: Config, skip: Sequence[Path] | None = None) -> set[str]:
-    """The projects of `files` (not in `known`) where a file this run does not check turns x64
-    on. The x64 fact is the project's, so it must not depend on which of its files a run names:
+def _x64_elsewhere(files: Sequence[Path], known: set[str], config: Config, skip: Sequence[Path] | None = None) -> dict[str, str]:
+    """The projects of `files` (not in `known`) where a file this run does not check, or the
+    project's test configuration (`xfile.config_x64`: tox's `setenv`, pytest-env), turns x64 on
+    ("on") or names it ("named"; `xfile.source_x64`). The x64 fact is the project's, so it must
+    not depend on which of its files a run names:
     a pre-commit run on the staged files, `check -` on an editor's buffer or `check src/model.py`
     gives what `check .` gives. Only a real project (`xfile.is_project`) is read, its files as
     `check ROOT` would find them (the config's excludes), at most X64_SCAN_LIMIT of them; `skip`:
     the files not to read (default: `files`, whose fact the run takes from them)."""
     checked = {os.path.realpath(f) for f in (files if skip is None else skip)}
-    found: set[str] = set()
+    found: dict[str, str] = {}
     for root in sorted({xfile.project_root(str(f)) for f in files} - known):
         if not xfile.is_project(root):
+            continue
+        xfile.merge_x64(found, root, xfile.config_x64(root))
+        if found.get(root) == "on":
             continue
         try:
             for n, other in enumerate(discover([root], config)):
@@ -578,25 +585,26 @@ def _x64_elsewhere(files: Sequence[Path], known: set[str], config: Config, skip:
                     data = read_source(other, config.max_file_size)
                 except SourceError:
                     continue
-                if xfile.source_enables_x64(data, notebook=other.suffix == ".ipynb"):
-                    found.add(root)
+                xfile.merge_x64(found, root, xfile.source_x64(data, notebook=other.suffix == ".ipynb"))
+                if found.get(root) == "on":
                     break
         except (UsageError, OSError):  # the tree changed under us: the checked files' fact stands
             continue
     return found
 
 
-def project_facts(path: str, config: Config, *, with_itself: bool = False) -> frozenset[str]:
+def project_facts(path: str, config: Config, *, with_itself: bool = False) -> dict[str, str]:
     """For a file checked alone (`check -`, the language server): the project-level facts that
-    `check .` takes from the project's other files (`_x64_elsewhere`): the roots turning x64 on.
+    `check .` takes from the project's other files (`_x64_elsewhere`): the roots turning x64 on
+    or naming it.
     `with_itself`: the file's saved text counts too (facts shared by every open file of the
     project); otherwise its text is the one being checked, which the rules read themselves."""
     if not os.path.isfile(path):
-        return frozenset()
-    return frozenset(_x64_elsewhere([Path(path)], set(), config, skip=() if with_itself else (Path(path),)))
+        return {}
+    return _x64_elsewhere([Path(path)], set(), config, skip=() if with_itself else (Path(path),))
 
 
-def install_project_facts(facts: frozenset[str]) -> None:
+def install_project_facts(facts: dict[str, str]) -> None:
     xfile.install(xfile.installed(), facts)
 
 

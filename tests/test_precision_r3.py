@@ -223,12 +223,15 @@ def test_project_facts_read_the_projects_other_files_and_follow_its_excludes(tmp
 
     proj = _x64_project(tmp_path)
     model = str(proj / "pkg" / "model.py")
-    assert project_facts(model, Config()) == frozenset({project_root(model)})
-    assert project_facts(model, Config(exclude=("pkg/__init__.py",), root=str(proj))) == frozenset()
-    assert project_facts(str(proj / "pkg" / "gone.py"), Config()) == frozenset()  # an unsaved buffer: its own text only
+    assert project_facts(model, Config()) == {project_root(model): "on"}
+    assert project_facts(model, Config(exclude=("pkg/__init__.py",), root=str(proj))) == {}
+    assert project_facts(str(proj / "pkg" / "gone.py"), Config()) == {}  # an unsaved buffer: its own text only
     init = str(proj / "pkg" / "__init__.py")
-    assert project_facts(init, Config()) == frozenset()  # its own text is the one being checked
-    assert project_facts(init, Config(), with_itself=True) == frozenset({project_root(model)})  # the server's per-project facts
+    assert project_facts(init, Config()) == {}  # its own text is the one being checked
+    assert project_facts(init, Config(), with_itself=True) == {project_root(model): "on"}  # the server's per-project facts
+    # a project that only reads the flag knows what it does (STB301 outside a transform)
+    (proj / "pkg" / "__init__.py").write_text("import jax\nDOUBLE = jax.config.jax_enable_x64\n")
+    assert project_facts(model, Config()) == {project_root(model): "named"}
 
 
 def test_stdin_reports_newer_python_syntax_as_a_note(tmp_path: Path) -> None:
@@ -239,3 +242,26 @@ def test_stdin_reports_newer_python_syntax_as_a_note(tmp_path: Path) -> None:
         assert result.findings == []
         return
     assert result.findings == [] and any("newer interpreter" in n for n in result.notes)
+
+
+_REQUEST = "import jax.numpy as jnp\n\n\ndef init(n):\n    return jnp.zeros(n, dtype=jnp.float64)\n"
+
+
+def test_float64_request_outside_a_transform_follows_the_projects_x64_fact(tmp_path: Path) -> None:
+    # R22 (pyqg-jax): tox sets JAX_ENABLE_X64 for the tests, a test reads the flag; either way the
+    # project knows float64 needs x64, and its explicit requests are its choice
+    from stabcheck.static.xfile import config_x64
+
+    proj = tmp_path / "proj"
+    (proj / "pkg").mkdir(parents=True)
+    (proj / "pyproject.toml").write_text('[project]\nname = "proj"\n', encoding="utf-8")
+    (proj / "pkg" / "init.py").write_text(_REQUEST, encoding="utf-8")
+    assert config_x64(str(proj)) is None
+    assert [(d["code"], d["line"]) for d in _cli(proj / "pkg" / "init.py")] == [("STB301", 5)]
+    (proj / "pyproject.toml").write_text('[project]\nname = "proj"\n\n[tool.tox]\nenv_list = ["py3"]\n\n[tool.tox.env_run_base]\nsetenv = { JAX_ENABLE_X64 = "True" }\n', encoding="utf-8")
+    assert config_x64(str(proj)) == "on"
+    assert _cli(proj / "pkg" / "init.py") == []
+    (proj / "pyproject.toml").write_text('[project]\nname = "proj"\n', encoding="utf-8")
+    (proj / "tests").mkdir()
+    (proj / "tests" / "test_dtypes.py").write_text("import jax\nimport pytest\n\n\n@pytest.mark.skipif(not jax.config.jax_enable_x64, reason='float64')\ndef test_f64():\n    pass\n", encoding="utf-8")
+    assert _cli(proj / "pkg" / "init.py") == [] and _cli(proj) == []

@@ -48,7 +48,7 @@ class StabcheckServer(LanguageServer):
         self._reported: set[str] = set()
         self._typed: dict[str, tuple[str, Any]] = {}  # path -> (sha256 of the saved bytes, FileTypes or None)
         self._typing: set[tuple[str, str]] = set()  # (path, sha256) being typed now
-        self._facts: dict[str, frozenset[str]] = {}  # project root -> its facts (`api.project_facts`)
+        self._facts: dict[str, dict[str, str]] = {}  # project root -> its facts (`api.project_facts`)
         self.shutdown_requested = False
         # fixes (libcst) and the typed tier (mypy) take seconds: their own threads, so that they
         # never hold up pygls's pool, which also reads the client's messages

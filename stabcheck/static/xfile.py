@@ -24,7 +24,8 @@ import contextvars
 import functools
 import os
 import posixpath
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -38,31 +39,46 @@ Seeds = dict[str, list[dict[str, Any]]]
 
 _SEEDS: contextvars.ContextVar[Seeds | None] = contextvars.ContextVar("stabcheck_xfile_seeds", default=None)
 _MODULES: frozenset[str] = frozenset()  # top-level names of the checked modules; empty: no exports
-_X64: frozenset[str] = frozenset()  # project roots where a checked file turns `jax_enable_x64` on (`project_x64`)
+# project root -> its x64 fact: "on" where a file of the project turns `jax_enable_x64` on
+# (`project_x64`), "named" where one only names the flag (`project_names_x64`)
+_X64: Mapping[str, str] = {}
 MAX_FRAMES = 12
 
 
-def install(modules: Iterable[str], x64: Iterable[str] = ()) -> None:
-    """The dotted module names of the checked files, and the project roots (`project_root`) where
-    one of them turns x64 on (in this process and in static workers)."""
+def install(modules: Iterable[str], x64: Mapping[str, str] | None = None) -> None:
+    """The dotted module names of the checked files, and the x64 fact of each project root
+    (`project_root`) whose files turn x64 on or name it (`source_x64`), in this process and in
+    static workers."""
     global _MODULES, _X64
     _MODULES = frozenset(modules)
-    _X64 = frozenset(x64)
+    _X64 = dict(x64 or {})
 
 
 def installed() -> frozenset[str]:
     return _MODULES
 
 
-def installed_x64() -> frozenset[str]:
-    return _X64
+def installed_x64() -> dict[str, str]:
+    return dict(_X64)
+
+
+def x64_fact(path: str) -> str | None:
+    """The x64 fact of `path`'s project: "on", "named" or None (`install`)."""
+    return _X64.get(project_root(path)) if _X64 else None
 
 
 def project_x64(path: str) -> bool:
-    """Does a checked file of `path`'s project turn `jax_enable_x64` on (`enables_x64`)? Then its
+    """Does a file of `path`'s project turn `jax_enable_x64` on (`enables_x64`)? Then its
     explicit float64 is intended (STB301). Per project, so that checking two projects in one run
     gives each the findings it has alone."""
-    return bool(_X64) and project_root(path) in _X64
+    return x64_fact(path) == "on"
+
+
+def project_names_x64(path: str) -> bool:
+    """Does a file of `path`'s project turn x64 on, or name the flag at all (reads
+    `jax.config.jax_enable_x64`, tells the user to set it, tests both precisions)? Then the project
+    knows what x64 does to an explicit float64."""
+    return x64_fact(path) is not None
 
 
 _MARKERS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
@@ -371,18 +387,60 @@ def enables_x64(tree: ast.AST) -> bool:
     return False
 
 
-def source_enables_x64(data: bytes, notebook: bool = False) -> bool:
-    """`enables_x64` of a file's bytes; cheap: only a file that spells the flag is parsed."""
+def names_x64(tree: ast.AST) -> bool:
+    """Does this code name the x64 flag: a name, attribute, keyword or string (not a docstring or
+    comment) spelling `x64` (`jax.config.jax_enable_x64`, `config.read("jax_enable_x64")`,
+    `os.environ["JAX_ENABLE_X64"]`, `enable_x64`)?"""
+    docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    for n in ast.walk(tree):
+        text = n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute) else n.arg if isinstance(n, ast.keyword) else n.value if isinstance(n, ast.Constant) and id(n) not in docs else None
+        if isinstance(text, str) and "x64" in text.lower():
+            return True
+    return False
+
+
+def source_x64(data: bytes, notebook: bool = False) -> str | None:
+    """A file's x64 fact from its bytes: "on" (`enables_x64`), "named" (`names_x64`, or it spells
+    the flag and cannot be parsed), None. Cheap: only a file that spells it is parsed."""
     if b"x64" not in data and b"X64" not in data:
-        return False
+        return None
     try:
         if notebook:
             text = _notebook.cells(data).source
         else:
             text = data.decode("utf-8")
-        return enables_x64(ast.parse(text))
+        tree = ast.parse(text)
+        return "on" if enables_x64(tree) else "named" if names_x64(tree) else None
     except (SyntaxError, ValueError, RecursionError, MemoryError):  # a file that cannot be read is reported by its own check
-        return False
+        return "named"
+
+
+_CONFIGS = ("pyproject.toml", "setup.cfg", "tox.ini", "pytest.ini", ".env")
+_X64_SET = re.compile(r"""JAX_ENABLE_X64["']?\s*[=:]\s*["']?(1|true|yes|on)\b""", re.IGNORECASE)
+
+
+def config_x64(root: str) -> str | None:
+    """The x64 fact of a project's configuration files (`_CONFIGS` at `root`): "on" where one sets
+    `JAX_ENABLE_X64` to a true value (tox's `setenv`, pytest-env's `env`, a `.env` file), "named"
+    where one only spells x64 in some other way."""
+    fact = None
+    for name in _CONFIGS:
+        try:
+            with open(os.path.join(root, name), "rb") as fh:
+                text = fh.read(1 << 20).decode("utf-8", "replace")
+        except OSError:
+            continue
+        if _X64_SET.search(text):
+            return "on"
+        if "x64" in text.lower():
+            fact = "named"
+    return fact
+
+
+def merge_x64(facts: dict[str, str], root: str, fact: str | None) -> None:
+    """Record `fact` for `root` in `facts`, "on" winning over "named"."""
+    if fact is not None and facts.get(root) != "on":
+        facts[root] = fact
 
 
 # -- precision: what a seed alone may claim ------------------------------------------------------------

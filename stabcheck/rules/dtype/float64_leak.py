@@ -26,8 +26,12 @@ class Float64Leak(Rule):
     Outside a transform too, it flags a JAX call that asks for float64 by name
     (`jnp.zeros(n, dtype=jnp.float64)`, `jax.random.uniform(key, dtype=jnp.float64)`,
     `jnp.float64(x)`) in a project that never turns x64 on: JAX silently narrows the request and
-    returns float32 (jax-ml/jax#17366). Code under a test of the flag (`if
-    jax.config.jax_enable_x64:`) asks for what it gets and is silent.
+    returns float32 (jax-ml/jax#17366). Where a file of the project names the flag (reads
+    `jax.config.jax_enable_x64`, tests both precisions, tells its users to turn it on) or its
+    test configuration sets `JAX_ENABLE_X64` (tox's `setenv`, pytest-env in `pyproject.toml`,
+    `setup.cfg`, `tox.ini`, `pytest.ini`, `.env`), the
+    project knows what happens without it (code under `if jax.config.jax_enable_x64:`, a test
+    skipped without x64, a library documenting both precisions): silent.
 
     ## Why is this bad?
     `dtype=float`/`.astype(float)` ask for the default float (float32 unless x64 is on, and then
@@ -250,6 +254,20 @@ class Float64Leak(Rule):
         def init(n):
             return jnp.zeros(n, dtype=jnp.float64)
         """,
+        """
+        import jax
+        import jax.numpy as jnp
+
+        # a library offering both precisions (pyqg-jax): it knows float64 needs x64, and asks
+        # for it where available
+        DOUBLE = jax.config.jax_enable_x64
+
+        def invert(wv2):
+            return 1.0 / wv2.astype(jnp.float64)
+
+        def solve(f):
+            return jnp.float64(f)
+        """,
     )
 
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
@@ -293,15 +311,15 @@ class Float64Leak(Rule):
     def _truncated(self, node: ast.Call, ctx: FileContext) -> None:
         """Outside a transform: a JAX call that names float64 (`jnp.zeros(n, dtype=jnp.float64)`,
         `jax.random.uniform(key, dtype=jnp.float64)`, `jnp.float64(x)`) in a project that never
-        turns x64 on gets float32 back (jax-ml/jax#17366). Python's `float` asks for the default
-        float, not for float64: silent."""
+        turns x64 on, nor names the flag, gets float32 back (jax-ml/jax#17366). Python's `float`
+        asks for the default float, not for float64: silent."""
         q = ctx.qualname(node.func) or ""
         if not q.startswith("jax."):
             return
         dt_expr = dtype_arg(node)
         if dt_expr is None and q in ("jax.numpy.float64", "jax.numpy.double") and node.args:
             dt_expr = node.func
-        if dt_expr is None or float_dtype(dt_expr, ctx) != "float64" or _x64_on(ctx) or _reads_x64(node, ctx):
+        if dt_expr is None or float_dtype(dt_expr, ctx) != "float64" or _x64_named(ctx):
             return
         spelled = ctx.text(dt_expr)
         self.report(
@@ -358,16 +376,11 @@ def _names_narrow_float(ctx: FileContext) -> bool:
     )
 
 
-def _reads_x64(node: ast.AST, ctx: FileContext) -> bool:
-    """`node` is under an `if`/conditional expression that reads the x64 flag
-    (`if jax.config.jax_enable_x64:`, `... if x64 else ...`): the code asks for what it gets."""
-    at: ast.AST | None = node
-    while (at := ctx.parent_of(at)) is not None:
-        if isinstance(at, (ast.If, ast.IfExp, ast.While)) and "x64" in ctx.text(at.test).lower():
-            return True
-        if isinstance(at, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            return False
-    return False
+def _x64_named(ctx: FileContext) -> bool:
+    """This file, or any file of its project, turns x64 on or names the flag (`xfile.source_x64`):
+    the project knows that JAX narrows float64 without it (a library offering both precisions, a
+    test of each); an explicit float64 outside a transform is then its choice."""
+    return xfile.project_names_x64(ctx.path) or bool(ctx.analysis.memo("names_x64", lambda: xfile.names_x64(ctx.tree)))
 
 
 def _x64_on(ctx: FileContext) -> bool:
