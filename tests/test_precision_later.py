@@ -312,3 +312,27 @@ def test_a_dict_key_is_a_python_value_but_its_value_is_traced() -> None:
     assert _found(source.format(test="val > 0")) == [("STB101", 7)]
     keys = "import jax\n\n\n@jax.jit\ndef f(metric):\n    out = {}\n    for k in metric.keys():\n        if k.startswith('x'):\n            out[k] = metric[k]\n    return out\n"
     assert _found(keys) == []
+
+
+def test_negative_static_argnums_count_from_the_end_of_the_positional_parameters() -> None:
+    # R23 (DIffUCO): `static_argnums=(0, -1)` makes the last positional parameter static, whatever
+    # keyword-only parameters follow; -2 leaves the last one traced
+    src = """
+from functools import partial
+import jax
+
+@partial(jax.jit, static_argnums=-1)
+def pick(x, mode, *, scale=1.0):
+    if mode == "train":
+        return x * scale
+    return x
+
+@partial(jax.jit, static_argnums=-2)
+def pick2(x, mode, y):
+    if mode == "train":
+        return x
+    if y > 0:
+        return x
+    return -x
+"""
+    assert _found(src) == [("STB101", 15)]

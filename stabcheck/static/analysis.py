@@ -389,7 +389,10 @@ class Analysis:
         # names it); `jax.jit(self.method)` wraps the bound method
         counted = info.params if decorated else info.params[1:] if info.is_method else info.params
         counted = counted[bound:]
-        static = {counted[i] for i in t.static_argnums if -len(counted) <= i < len(counted)}
+        # a negative index counts from the end of the positional parameters (JAX reads the signature)
+        a = info.node.args
+        positional = counted[: len(a.posonlyargs) + len(a.args) - (len(info.params) - len(counted))]
+        static = {counted[i] if i >= 0 else positional[i] for i in t.static_argnums if -len(positional) <= i < len(counted)}
         params = info.params[1:] if info.is_method else info.params
         params = params[bound:]
         static |= set(t.static_argnames)

@@ -278,12 +278,21 @@ def make_transform(q: str, keywords: list[ast.keyword], node: ast.AST) -> Transf
     return Transform(q, family, kind == "abstract", nums, names, filtered, node)
 
 
+def _int(v: ast.AST) -> int | None:
+    """An int literal, negative ones included (`-1` is a unary minus on `1` in the tree)."""
+    if isinstance(v, ast.UnaryOp) and isinstance(v.op, ast.USub):
+        inner = _int(v.operand)
+        return -inner if inner is not None else None
+    return v.value if isinstance(v, ast.Constant) and isinstance(v.value, int) and not isinstance(v.value, bool) else None
+
+
 def _int_tuple(v: ast.AST) -> tuple[int, ...]:
-    if isinstance(v, ast.Constant) and isinstance(v.value, int):
-        return (v.value,)
+    """`static_argnums`' ints: `1`, `(0, 2)`, `(0, -1)` (JAX counts a negative one from the end of
+    the positional parameters)."""
     if isinstance(v, (ast.Tuple, ast.List)):
-        return tuple(e.value for e in v.elts if isinstance(e, ast.Constant) and isinstance(e.value, int))
-    return ()
+        return tuple(i for e in v.elts if (i := _int(e)) is not None)
+    i = _int(v)
+    return (i,) if i is not None else ()
 
 
 def _str_tuple(v: ast.AST) -> tuple[str, ...]:

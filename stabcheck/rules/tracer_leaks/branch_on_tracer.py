@@ -127,6 +127,18 @@ class BranchOnTracer(Rule):
     )
     VALID = (
         """
+        from functools import partial
+        import jax
+
+        class Trainer:
+            # a negative index counts from the end of the positional parameters: `mode` (DIffUCO)
+            @partial(jax.jit, static_argnums=(0, -1))
+            def sample(self, params, key, mode):
+                if mode == "train":
+                    return params * 2
+                return params
+        """,
+        """
         import functools
         import jax
         from jax.sharding import PartitionSpec as P
