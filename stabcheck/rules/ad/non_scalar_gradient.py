@@ -93,6 +93,16 @@ class NonScalarGradient(Rule):
         import jax
         import jax.numpy as jnp
 
+        @jax.custom_gradient
+        def clip_grad(x):  # returns (output, vjp) by protocol: the output is the scalar
+            return jnp.sum(x), lambda g: (jnp.clip(g, -1.0, 1.0) * jnp.ones_like(x),)
+
+        g = jax.grad(clip_grad)(jnp.ones(3))
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
         def loss(w, x):
             pred = jnp.tanh(x @ w)
             return jnp.mean(pred ** 2), pred
@@ -157,7 +167,7 @@ class NonScalarGradient(Rule):
                 # `real_fun` is a tuple-returning def in one branch and a scalar lambda in the
                 # other: which one `grad` gets is decided at run time
                 confidence = "guess"
-        if target is None:
+        if target is None or _custom_gradient(target, ctx):
             return
         name = getattr(target, "name", "a lambda")
         aux = any(kw.arg == "has_aux" for kw in keywords)
@@ -190,6 +200,11 @@ class NonScalarGradient(Rule):
             evidence={"function": name},
             confidence=confidence,
         )
+
+
+def _custom_gradient(fn: ast.AST, ctx: FileContext) -> bool:
+    """A `@jax.custom_gradient` def returns `(output, vjp)` by protocol: its output is the first."""
+    return any(ctx.qualname(d) == "jax.custom_gradient" for d in getattr(fn, "decorator_list", ()))
 
 
 def _bound_more_than_once(name: str, ctx: FileContext) -> bool:
