@@ -336,3 +336,35 @@ def pick2(x, mode, y):
     return -x
 """
     assert _found(src) == [("STB101", 15)]
+
+
+def test_vmap_axes_bound_to_a_name_are_read_and_unknown_axes_prove_nothing() -> None:
+    # R23 (momi3): `in_axes` built as `6 * [None]` then set by index leaves the other arguments
+    # unmapped (Python ints stay ints); axes the source does not spell (a parameter) make what
+    # the vmap traces unknown: a guess; a literal list that maps every argument still proves it
+    src = """
+import jax
+import jax.numpy as jnp
+
+def inner(nw, x):
+    return jnp.arange(nw + 1).sum() * x
+
+def outer(n, xs):
+    axes = 2 * [None]
+    axes[1] = 0
+    return jax.vmap(inner, axes)(n, xs)
+
+def inner2(nw, x):
+    return jnp.arange(nw + 1).sum() * x
+
+def outer2(n, xs, axes):
+    return jax.vmap(inner2, axes)(n, xs)
+
+def inner3(nw, x):
+    return jnp.arange(nw + 1).sum() * x
+
+def outer3(xs):
+    return jax.vmap(inner3, [0, 0])(jnp.arange(3), xs)
+"""
+    assert _found(src) == [("STB102", 20)]
+    assert ("STB102", 14) in _found(src, Config(preview=True))  # inner2: a guess

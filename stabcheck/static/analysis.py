@@ -345,7 +345,7 @@ class Analysis:
                 if t is not None:
                     if isinstance(dec, ast.Call):
                         # `@partial(jax.vmap, in_axes=(0, None))`, `@jax.vmap(in_axes=...)`
-                        t = _passed_through(t, dec)
+                        t = _passed_through(t, dec, info.parent.node if info.parent is not None else self.tree)
                     self._mark(info, t, decorated=True)
                 elif self._is_compact(dec) and info.cls is not None:
                     self._mark_module_method(info)
@@ -360,7 +360,7 @@ class Analysis:
             if tc is None:
                 continue
             t, fns = tc
-            t = _passed_through(t, call)
+            t = _passed_through(t, call, scope.node if scope is not None else self.tree)
             for fn in fns:
                 self._apply(t, fn, scope)
 
@@ -404,7 +404,7 @@ class Analysis:
         traced = {p for p in params if p not in static}
         # a visible transform proves its parameters traced; `eqx.filter_*`/`nnx` keep non-array
         # arguments static, so there only an array annotation proves one
-        info.proven_params |= {p for p in traced if not t.filtered or array_annotated(info, p)}
+        info.proven_params |= {p for p in traced if not t.unsure and (not t.filtered or array_annotated(info, p))}
         self._set(info, traced, t.abstract)
 
     def _mark_module_method(self, info: FunctionInfo) -> None:
@@ -998,18 +998,73 @@ def _pairs(target: ast.AST, value: ast.AST) -> list[tuple[str, ast.AST | None]]:
 _PASS_THROUGH = {"vmap": (1, "in_axes"), "shard_map": (2, "in_specs")}  # where None means "as it is"
 
 
-def _passed_through(t: Transform, call: ast.Call) -> Transform:
+def _passed_through(t: Transform, call: ast.Call, scope: ast.AST) -> Transform:
     """`jax.vmap(f, (0, None))(x, n)`, `@partial(jax.vmap, (0, None))`, `@jax.vmap(in_axes=...)`:
     an argument with `in_axes` None is passed through as it is (a Python int stays one), so it is
-    not traced by this transform; so is one whose `jax.shard_map` `in_specs` entry is None."""
+    not traced by this transform; so is one whose `jax.shard_map` `in_specs` entry is None. Axes
+    bound to a name in `scope` are read from its one list (`axes = 6 * [None]`, then `axes[4] =
+    0`); axes the source does not spell make the transform `unsure` of what it traces."""
     if t.family not in _PASS_THROUGH:
         return t
     at, kw = _PASS_THROUGH[t.family]
     axes = call.args[at] if len(call.args) > at else next((k.value for k in call.keywords if k.arg == kw), None)
-    if not isinstance(axes, (ast.Tuple, ast.List)):
-        return t
-    nones = {i for i, e in enumerate(axes.elts) if isinstance(e, ast.Constant) and e.value is None}
+    if axes is None or (isinstance(axes, ast.Constant) and isinstance(axes.value, int)):
+        return t  # every argument mapped
+    if isinstance(axes, ast.Name):
+        entries = _axes_bound(axes.id, scope)
+        if entries is None:
+            return dataclasses.replace(t, unsure=True)
+    elif isinstance(axes, (ast.Tuple, ast.List)):
+        entries = [isinstance(e, ast.Constant) and e.value is None for e in axes.elts]
+    else:
+        return dataclasses.replace(t, unsure=True)
+    nones = {i for i, none in enumerate(entries) if none}
     return dataclasses.replace(t, static_argnums=tuple(sorted({*t.static_argnums, *nones}))) if nones else t
+
+
+def _axes_bound(name: str, scope: ast.AST) -> list[bool] | None:
+    """Which entries of the list `name` holds in `scope` are None: one binding to a literal
+    (`[0, None]`, `6 * [None]`, `[None] * 6`) and stores of literal indices (`axes[4] = 0`); None
+    where anything else touches it (a second binding, `.append`, a computed index)."""
+    entries: list[bool] | None = None
+    stores: list[tuple[int, bool]] = []
+    for n in ast.walk(scope):
+        if isinstance(n, ast.Assign) and len(n.targets) == 1:
+            target = n.targets[0]
+            if isinstance(target, ast.Name) and target.id == name:
+                if entries is not None:
+                    return None
+                entries = _literal_axes(n.value)
+                if entries is None:
+                    return None
+            elif isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name) and target.value.id == name:
+                index = target.slice
+                if not (isinstance(index, ast.Constant) and isinstance(index.value, int)):
+                    return None
+                stores.append((index.value, isinstance(n.value, ast.Constant) and n.value.value is None))
+        elif isinstance(n, (ast.AugAssign, ast.AnnAssign)) and isinstance(n.target, ast.Name) and n.target.id == name:
+            return None
+        elif isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == name:
+            return None  # axes.append(0), axes.insert(...)
+    if entries is None:
+        return None
+    for i, none in stores:
+        if not -len(entries) <= i < len(entries):
+            return None
+        entries[i] = none
+    return entries
+
+
+def _literal_axes(e: ast.AST) -> list[bool] | None:
+    """`[0, None]`, `(0, None)`, `6 * [None]`, `[None] * 6`: which entries are None."""
+    if isinstance(e, (ast.List, ast.Tuple)):
+        return [isinstance(x, ast.Constant) and x.value is None for x in e.elts]
+    if isinstance(e, ast.BinOp) and isinstance(e.op, ast.Mult):
+        for seq, count in ((e.left, e.right), (e.right, e.left)):
+            items = _literal_axes(seq)
+            if items is not None and isinstance(count, ast.Constant) and isinstance(count.value, int) and not isinstance(count.value, bool):
+                return items * count.value
+    return None
 
 
 def _rebuilds(value: ast.AST, name: str) -> bool:

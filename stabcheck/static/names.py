@@ -94,6 +94,7 @@ class Transform:
     static_argnums: tuple[int, ...] = ()
     static_argnames: tuple[str, ...] = ()
     filtered: bool = False  # eqx.filter_* / nnx: non-array arguments are static
+    unsure: bool = False  # which arguments it traces is not known (`vmap`'s `in_axes` computed)
     node: ast.AST | None = field(default=None, compare=False)
 
 
@@ -275,7 +276,7 @@ def make_transform(q: str, keywords: list[ast.keyword], node: ast.AST) -> Transf
         elif k.arg == "static_argnames":
             names = _str_tuple(k.value)
     filtered = q.startswith(("equinox.", "flax.nnx."))
-    return Transform(q, family, kind == "abstract", nums, names, filtered, node)
+    return Transform(q, family, kind == "abstract", nums, names, filtered, node=node)
 
 
 def _int(v: ast.AST) -> int | None:

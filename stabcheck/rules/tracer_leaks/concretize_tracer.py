@@ -144,6 +144,21 @@ class ConcretizeTracer(Rule):
     )
     VALID = (
         """
+        import jax
+        import jax.numpy as jnp
+
+        def inner(nw, x, m):
+            return jnp.arange(nw + 1).sum() * x + m
+
+        def outer(lik, xs, ms):
+            # axes built as a list, then set by index (momi3): `nw` is unmapped, a Python int
+            m_axes = 3 * [None]
+            m_axes[2] = 0
+            x_axes = [None] * 3
+            x_axes[1] = 0
+            return jax.vmap(jax.vmap(inner, m_axes), x_axes)(lik.shape[0] - 1, xs, ms)
+        """,
+        """
         from functools import partial
         import jax
         from jax import lax
