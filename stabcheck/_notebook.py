@@ -49,6 +49,7 @@ class Cells:
     source: str  # the code cells joined
     starts: tuple[tuple[int, int], ...]  # (cell number, 1-based, counting every cell; first joined line)
     broken: tuple[tuple[int, int, str], ...] = ()  # cells that do not parse: (joined line of the error, column, message)
+    broken_sources: tuple[str, ...] = ()  # each broken cell's source, as it was parsed (`api`: newer-Python syntax?)
 
 
 def cells(data: bytes) -> Cells:
@@ -63,6 +64,7 @@ def cells(data: bytes) -> Cells:
     parts: list[str] = []
     starts: list[tuple[int, int]] = []
     broken: list[tuple[int, int, str]] = []
+    broken_sources: list[str] = []
     line = 1
     for number, cell in enumerate(raw, start=1):
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
@@ -92,11 +94,12 @@ def cells(data: bytes) -> Cells:
             if error is not None:
                 at, col, message = error
                 broken.append((line + min(max(at, 1), len(lines)) - 1, col, message))
+                broken_sources.append("\n".join(lines))
                 lines = [""] * len(lines)
         starts.append((number, line))
         parts.extend(lines)
         line += len(lines)
-    return Cells("\n".join(parts) + ("\n" if parts else ""), tuple(starts), tuple(broken))
+    return Cells("\n".join(parts) + ("\n" if parts else ""), tuple(starts), tuple(broken), tuple(broken_sources))
 
 
 def _leading_indent(lines: list[str]) -> list[str]:

@@ -44,7 +44,7 @@ from stabcheck.rules.meta.analysis_error import AnalysisError
 from stabcheck.rules.meta.syntax_error import SyntaxErrorRule
 from stabcheck.rules.meta.unused_suppression import UnusedSuppression
 from stabcheck.static import typed, xfile
-from stabcheck.static.engine import NEWER_SYNTAX, Dispatcher, FileResult, check_bytes
+from stabcheck.static.engine import NEWER_SYNTAX, Dispatcher, FileResult, check_bytes, newer_syntax
 from stabcheck.static.engine import decode as decode_source  # noqa: F401 - public: source bytes as Python reads them (`check -` with --fix)
 
 __version__ = "0.1.0"
@@ -294,7 +294,7 @@ def _newer_syntax_note(newer: list[str]) -> str:
     n = len(newer)
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     return (
-        f"{n} file{'s' * (n != 1)} not checked: valid Python for a newer interpreter than Python {here}, which runs stabcheck, "
+        f"{n} file{'s' * (n != 1)} not checked (of a notebook, the cells): valid Python for a newer interpreter than Python {here}, which runs stabcheck, "
         f"cannot parse (type parameters, `type` aliases, nested f-string quotes...): {shown}; run stabcheck with the project's Python"
     )
 
@@ -404,8 +404,15 @@ def _check_one_seeded(real: str, shown: str, config: Config, dispatcher: Dispatc
             return FileResult([SyntaxErrorRule.finding(path=shown, span=Span(1, 1), message=f"`{shown}` cannot be checked: {e}", help="save it with Jupyter (nbformat 4)")], [])
         res = check_bytes(cells.source.encode("utf-8"), shown, config, dispatcher)  # the typed tier does not read notebooks
         res.findings.extend(
-            SyntaxErrorRule.finding(path=shown, span=Span(line, col), message=f"a cell of `{shown}` does not parse: {message}; the other cells were checked", detail=message)
-            for line, col, message in cells.broken
+            SyntaxErrorRule.finding(
+                path=shown,
+                span=Span(line, col),
+                message=f"a cell of `{shown}` does not parse: {message}; the other cells were checked",
+                detail=message,
+                # a cell only a newer Python parses (a kernel's nested f-string quotes): a note
+                evidence={NEWER_SYNTAX: f"{sys.version_info.major}.{sys.version_info.minor}"} if newer_syntax(text, message) else None,
+            )
+            for (line, col, message), text in zip(cells.broken, cells.broken_sources)
         )
         return res
     res = check_bytes(data, shown, config, dispatcher)

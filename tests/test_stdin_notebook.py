@@ -167,3 +167,20 @@ def test_a_cells_leading_indent_is_removed_as_ipython_does() -> None:
     compile(cells.source, "nb", "exec")
     assert cells.source.splitlines()[:5] == ["run_bench(5, 20, 32, 1, True)", "", "schedule = make(", "    1, 2)", "plot(schedule)"]
     assert cells.broken == ((7, 1, "unexpected indent"),)  # ` y` does not start with the first line's indent: Jupyter fails too
+
+
+def test_a_cell_only_a_newer_python_parses_is_a_note_not_a_syntax_error(tmp_path: Path) -> None:
+    # jax_rtrl (R24): a Python 3.12 kernel's f-string with nested quotes; the notebook's other
+    # cells are checked, and a cell that is broken for every Python stays STB901
+    new = {"cell_type": "code", "source": ["for i in range(2):\n", '    print(f"#{i}: {"cw" if i else "ccw"}")\n']}
+    broken = {"cell_type": "code", "source": ["def f(:\n", "    pass\n"]}
+    code = {"cell_type": "code", "source": ["import jax\n", "import numpy as np\n", "@jax.jit\n", "def h(x):\n", "    return x * np.float64(2.0)\n"]}
+    for name, cells in (("new.ipynb", [new, code]), ("broken.ipynb", [broken, code])):
+        (tmp_path / name).write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}), encoding="utf-8")
+    result = run([str(tmp_path)], Config(), Options(cache=False))
+    found = sorted((Path(f.path).name, f.evidence.get("cell"), f.code) for f in result.findings)
+    assert found == [("broken.ipynb", 1, "STB901"), ("broken.ipynb", 2, "STB301"), ("new.ipynb", 2, "STB301")]
+    if sys.version_info >= (3, 12):
+        return
+    (note,) = [n for n in result.notes if "newer interpreter" in n]
+    assert "new.ipynb" in note and "broken.ipynb" not in note

@@ -160,7 +160,7 @@ def check_source(source: str, path: str, config: Config, dispatcher: Dispatcher,
     except SyntaxError as e:
         line = e.lineno or 1
         msg = e.msg or "invalid syntax"
-        newer = _newer_syntax(source, msg)
+        newer = newer_syntax(source, msg)
         return FileResult(
             [
                 SyntaxErrorRule.finding(
@@ -195,7 +195,7 @@ NEWER_SYNTAX = "newer_syntax"  # evidence of an STB901 on a file only a newer Py
 _NEWER = re.compile(r"^[ \t]*(?:type[ \t]+\w+[ \t]*[\[=]|(?:async[ \t]+)?def[ \t]+\w+[ \t]*\[|class[ \t]+\w+[ \t]*\[)", re.M)
 
 
-def _newer_syntax(source: str, message: str) -> bool:
+def newer_syntax(source: str, message: str) -> bool:
     """Is a file this interpreter's `ast` rejects valid Python for a newer one (PEP 695 `type X =
     ...`, `def f[T]`, `class C[T]`; PEP 701 f-strings on Python 3.11)? Only a file that spells such
     a construct is read with libcst, which parses every version's grammar (it is imported here
