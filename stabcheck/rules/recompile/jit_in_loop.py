@@ -171,6 +171,27 @@ class JitInLoop(Rule):
         """
         import jax
         import jax.numpy as jnp
+        from jax import lax
+
+        def run_controller(kind, xs):
+            # the parameter picks the update rule that the jitted scan reaches through `step`
+            # (jax_mppi): one program per controller kind, wherever the jit is built (a guess)
+            if kind == "mppi":
+                def update_fn(s, o):
+                    return s + o
+            else:
+                def update_fn(s, o):
+                    return s * o
+
+            def step(c, x):
+                return update_fn(c, x), c
+
+            scan_fn = jax.jit(lambda c, x: lax.scan(step, c, x))
+            return scan_fn(jnp.zeros(()), xs)
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
 
         def run(prime):
             @jax.jit
@@ -610,25 +631,45 @@ def _per_call_program(fn: ast.AST, outer: FunctionInfo) -> bool:
         parts: list[ast.AST] = [*fn.args[1:], *(k.value for k in fn.keywords)]
     else:
         parts = [fn.body] if isinstance(fn, ast.Lambda) else list(fn.body)
+        own = set(_bound_in(fn))
+    body = _own_body(outer.node)
+    # the defs of `outer` that the jitted code calls are jitted code too (`lambda c, x:
+    # lax.scan(step, c, x)` with `step` calling `update_fn`): their bodies count, transitively
+    nested = {n.name: n for n in body if isinstance(n, ast.FunctionDef) and n is not fn}
+    seen: set[str] = set()
+    todo = list(parts)
+    while todo:
+        for m in ast.walk(todo.pop()):
+            if isinstance(m, ast.Name) and m.id in nested and m.id not in seen and m.id not in own:
+                seen.add(m.id)
+                parts.extend(nested[m.id].body)
+                todo.extend(nested[m.id].body)
+                own |= set(_bound_in(nested[m.id]))
+    if not isinstance(fn, ast.Call):
         for n in (m for part in parts for m in ast.walk(part)):
             if isinstance(n, (ast.If, ast.While, ast.IfExp)) and _reads_any(n.test, params):
                 return True  # `if prime:`: the parameter picks the traced code
-        own = set(_bound_in(fn))
     computed: set[str] = set()
     derived = set(params)
-    assigns = [n for n in _own_body(outer.node) if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and n.value is not None]
+    assigns = [n for n in body if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and n.value is not None]
+    branches = [n for n in body if isinstance(n, ast.If)]
     changed = True
     while changed:
         changed = False
+        bound: list[ast.AST] = []
         for a in assigns:
-            if not _reads_any(a.value, derived):  # type: ignore[arg-type]
-                continue
-            for t in a.targets if isinstance(a, ast.Assign) else [a.target]:
-                for m in ast.walk(t):
-                    if isinstance(m, ast.Name) and m.id not in derived:
-                        derived.add(m.id)
-                        computed.add(m.id)
-                        changed = True
+            if _reads_any(a.value, derived):  # type: ignore[arg-type]
+                bound.extend(a.targets if isinstance(a, ast.Assign) else [a.target])
+        for br in branches:  # `if kind == "a": def update_fn(...)`: the parameter picks what is bound
+            if _reads_any(br.test, derived):
+                bound.extend(m for m in _own_nodes([*br.body, *br.orelse], enter_roots=False) if isinstance(m, (ast.Name, ast.FunctionDef)))
+        for t in bound:
+            for m in [t] if isinstance(t, ast.FunctionDef) else ast.walk(t):
+                name = m.name if isinstance(m, ast.FunctionDef) else m.id if isinstance(m, ast.Name) and isinstance(m.ctx, ast.Store) else None
+                if name is not None and name not in derived:
+                    derived.add(name)
+                    computed.add(name)
+                    changed = True
     return any(_reads_any(part, computed - own) for part in parts)
 
 
