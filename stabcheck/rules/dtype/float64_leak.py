@@ -29,9 +29,9 @@ class Float64Leak(Rule):
     returns float32 (jax-ml/jax#17366). Where a file of the project names the flag (reads
     `jax.config.jax_enable_x64`, tests both precisions, tells its users to turn it on) or its
     test configuration sets `JAX_ENABLE_X64` (tox's `setenv`, pytest-env in `pyproject.toml`,
-    `setup.cfg`, `tox.ini`, `pytest.ini`, `.env`), the
-    project knows what happens without it (code under `if jax.config.jax_enable_x64:`, a test
-    skipped without x64, a library documenting both precisions): silent.
+    `setup.cfg`, `tox.ini`, `pytest.ini`, `.env`), the project knows what happens without it
+    (code under `if jax.config.jax_enable_x64:`, a test skipped without x64, a library
+    documenting both precisions): silent.
 
     ## Why is this bad?
     `dtype=float`/`.astype(float)` ask for the default float (float32 unless x64 is on, and then
