@@ -29,6 +29,7 @@ SLUGS = (
     "union_annotation",
     "branch_type_mismatch",
     "carry_type_drift",
+    "pytree_structure_mismatch",
 )
 
 
@@ -154,6 +155,8 @@ def test_fixtures_behave_as_claimed_under_jax(outcomes: dict[str, dict]) -> None
     # STB202: the declared Optional really admits None at run time
     assert outcomes["union_annotation_bad"]["result"] == ["NoneType", "ArrayImpl"]
     assert outcomes["union_annotation_ok"]["result"] == ["ArrayImpl", "ArrayImpl"]
+    # STB206: each of the three combinations raises (run() collects the exception types)
+    assert outcomes["pytree_structure_mismatch_bad"]["result"] == ["ValueError", "TypeError", "ValueError"]
     # the near misses compute the right numbers
     assert outcomes["carry_type_drift_ok"]["result"] == 3.0
     assert outcomes["branch_type_mismatch_ok"]["result"] == [1.0, 0.0]
