@@ -581,6 +581,17 @@ class Analysis:
         info.bindings = assigns
         return assigns
 
+    def bound_once(self, name: str, info: FunctionInfo | None) -> ast.AST | None:
+        """The value of `name` where the function binds it once, by a plain assignment
+        (`name = value`), and it is not a parameter; None otherwise (a lambda binds nothing)."""
+        if info is None or isinstance(info.node, ast.Lambda) or name in info.params:
+            return None
+        found = [(ts, v) for ts, v in self.bindings(info) if any(n == name for t in ts for n in _bound_names(t))]
+        if len(found) != 1:
+            return None
+        ((targets, value),) = found
+        return value if len(targets) == 1 and isinstance(targets[0], ast.Name) else None
+
     # -- traced-value evaluation -------------------------------------------------------------
     def is_traced(self, expr: ast.AST, scope: FunctionInfo | None) -> bool:
         """Is `expr` (possibly a container) built from traced values inside `scope`?"""

@@ -141,9 +141,9 @@ def _numeric_mask(e: ast.AST, ctx: FileContext, depth: int) -> str | None:
                 return "numeric"
         return None
     if isinstance(e, ast.Name) and depth < 2 and ctx.function is not None:
-        values = [v for ts, v in ctx.analysis.bindings(ctx.function) if any(isinstance(t, ast.Name) and t.id == e.id for t in ts)]
-        if len(values) == 1 and values[0] is not None:
-            kind = _numeric_mask(values[0], ctx, depth + 1)
+        value = ctx.analysis.bound_once(e.id, ctx.function)
+        if value is not None:
+            kind = _numeric_mask(value, ctx, depth + 1)
             if kind is not None:
                 return kind
     if isinstance(e, (ast.Name, ast.Attribute)) and "mask" in ctx.text(e).rsplit(".", 1)[-1].lower():

@@ -228,7 +228,7 @@ class NanGradientWhere(Rule):
             return
         cond, *branches = node.args
         if isinstance(cond, ast.Name):
-            cond = _bound_once(cond.id, ctx) or cond  # `small = jnp.abs(x) < 1e-3`, then `where(small, ...)`
+            cond = ctx.analysis.bound_once(cond.id, ctx.function) or cond  # `small = jnp.abs(x) < 1e-3`, then `where(small, ...)`
         cond_names = _tested_names(cond, ctx) - set(ctx.names.aliases)
         if not cond_names:
             return
@@ -311,7 +311,7 @@ class NanGradientWhere(Rule):
             n = stack.pop()
             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id not in followed:
                 followed.add(n.id)
-                value = _bound_once(n.id, ctx)
+                value = ctx.analysis.bound_once(n.id, ctx.function)
                 if value is not None:
                     stack.append(value)  # `exact = jnp.sin(x) / x`, then `where(small, series, exact)`
                 continue
@@ -871,23 +871,6 @@ def _tested_names(cond: ast.AST, ctx: FileContext) -> set[str]:
         elif isinstance(n, ast.Call) and ctx.qualname(n.func) in ("jax.numpy.logical_and", "jax.numpy.logical_or", "jax.numpy.logical_not"):
             stack += n.args
     return out
-
-
-def _bound_once(name: str, ctx: FileContext) -> ast.AST | None:
-    """The value of `name` where the current function binds it once, by a plain assignment, and
-    it is not a parameter; None otherwise."""
-    fn = ctx.function
-    if fn is None or isinstance(fn.node, ast.Lambda) or name in fn.params:
-        return None
-    values = [v for ts, v in ctx.analysis.bindings(fn) if any(_binds(t, name) for t in ts)]
-    if len(values) != 1:
-        return None
-    (targets,) = [ts for ts, v in ctx.analysis.bindings(fn) if any(_binds(t, name) for t in ts)]
-    return values[0] if len(targets) == 1 and isinstance(targets[0], ast.Name) else None
-
-
-def _binds(target: ast.AST, name: str) -> bool:
-    return any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(target))
 
 
 def _within(inner: ast.AST, outer: ast.AST) -> bool:

@@ -237,10 +237,8 @@ def _array_param(fn: FunctionInfo, name: str) -> bool:
 
 def _bound_once(name: ast.Name, fn: FunctionInfo, ctx: FileContext, call: ast.Call) -> ast.AST | None:
     """The one value `name` is bound to in `fn` above `call`, when nothing else binds or changes it."""
-    if name.id in fn.params:
-        return None
-    values = [v for ts, v in ctx.analysis.bindings(fn) if any(isinstance(t, ast.Name) and t.id == name.id for t in ts)]
-    if len(values) != 1 or values[0] is None or values[0].lineno >= call.lineno:
+    value = ctx.analysis.bound_once(name.id, fn)
+    if value is None or value.lineno >= call.lineno:
         return None
     for n in ctx.analysis.own_nodes(fn):
         if isinstance(n, (ast.Global, ast.Nonlocal)) and name.id in n.names:
@@ -250,7 +248,7 @@ def _bound_once(name: ast.Name, fn: FunctionInfo, ctx: FileContext, call: ast.Ca
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in _MUTATORS:
             if isinstance(n.func.value, ast.Name) and n.func.value.id == name.id:
                 return None
-    return values[0]
+    return value
 
 
 def _describe(t: _Tree) -> str:
