@@ -120,6 +120,22 @@ class CustomRuleMismatch(Rule):
         import jax
         import jax.numpy as jnp
 
+        @jax.custom_vjp
+        def scale(x, w, dims):
+            return x * w
+
+        def scale_fwd(x, w, dims):
+            return scale(x, w, dims), (x, w)
+
+        def scale_bwd(res, g):
+            grads = res[1] * g, res[0] * g
+            return grads + (None,)  # tuples concatenate: three cotangents
+        scale.defvjp(scale_fwd, scale_bwd)
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
         @jax.custom_jvp
         def half_sin(x):
             return jnp.sin(x)
@@ -284,6 +300,13 @@ class CustomRuleMismatch(Rule):
             if any(isinstance(e, ast.Starred) for e in value.elts):
                 return None
             return len(value.elts)
+        if isinstance(value, ast.BinOp) and isinstance(value.op, (ast.Add, ast.Mult)):
+            left, right = self._arity(value.left, fn, ctx), self._arity(value.right, fn, ctx)
+            if isinstance(value.op, ast.Add) and left is not None and right is not None and left >= 0 and right >= 0:
+                return left + right  # `grads + (None,)`: tuples concatenate
+            if any(side is not None and side >= 0 for side in (left, right)) or _tuple_call(value.left, ctx) or _tuple_call(value.right, ctx):
+                return None  # a tuple joined to something unknown, or repeated
+            return -1
         if isinstance(value, (ast.BinOp, ast.UnaryOp)):
             return -1
         if isinstance(value, ast.Call):
@@ -296,6 +319,10 @@ class CustomRuleMismatch(Rule):
             if len(assigned) == 1 and isinstance(assigned[0], (ast.Tuple, ast.List, ast.BinOp, ast.UnaryOp)):
                 return self._arity(assigned[0], fn, ctx)
         return None
+
+
+def _tuple_call(e: ast.AST, ctx: FileContext) -> bool:
+    return isinstance(e, ast.Call) and ctx.qualname(e.func) in ("builtins.tuple", "builtins.list")
 
 
 def _shared_inputs(a: ast.AST, b: ast.AST, ctx: FileContext) -> bool:
