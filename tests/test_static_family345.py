@@ -34,6 +34,7 @@ RULES = (
     ("STB410", "zero_gradient"),
     ("STB411", "squared_norm_gradient"),
     ("STB412", "inf_mask_product"),
+    ("STB501", "jit_in_loop"),
     ("STB502", "unhashable_static_arg"),
     ("STB503", "python_scalar_arg"),
 )
@@ -157,6 +158,10 @@ def test_fixtures_behave_as_claimed_under_jax(behaviour: dict[str, dict[str, obj
     # asks for the default float, or for float64 only under the flag: float32, what it asked for
     assert b["float64_request_bad"] == {"noise": "float32", "acc": "float32", "truncation_warnings": 2}
     assert b["float64_request_ok"] == {"noise": "float32", "acc": "float32", "truncation_warnings": 0}
+    # STB501: jit of a new value_and_grad / vmap per iteration traces on each of the 3 batches;
+    # built once (and a jit of jax.checkpoint(f), which JAX caches), each traces once
+    assert b["jit_in_loop_bad"] == {"loss": 3, "score": 3}
+    assert b["jit_in_loop_ok"] == {"loss": 2, "score": 1}
     # STB304: bf16 in, f32 out; the near miss stays bf16
     assert b["mask_promotion_bad"] == {"input": "bfloat16", "output": "float32"}
     assert b["mask_promotion_ok"] == {"input": "bfloat16", "output": "bfloat16"}

@@ -10,6 +10,9 @@ from stabcheck.static.context import FileContext
 from stabcheck.static.names import PARTIAL
 
 _COMPILING = frozenset({"jit"})
+# transforms that return a new function object on every call (`jax.grad(f) is not jax.grad(f)`):
+# `jax.jit` of one is a new cache key each time; `jax.checkpoint(f)` is cached by JAX
+_NEW_FUNCTION = frozenset({"grad", "jacrev", "jacfwd", "hessian", "vmap"})
 _CACHES = frozenset({"functools.cache", "functools.lru_cache", "functools.cached_property"})
 
 
@@ -18,7 +21,9 @@ class JitInLoop(Rule):
     Flags a compiling transform (`jax.jit`, `jax.pmap`, `eqx.filter_jit`, `nnx.jit`) that is
     built afresh each time it runs: inside a loop, or called inline (`jax.jit(lambda v: ...)(x)`)
     or defined and used inside another function, when what it wraps is a new object each time
-    (a `lambda`, a nested `def`, a `functools.partial`) — a build under an `if` in the loop
+    (a `lambda`, a nested `def`, a `functools.partial`, a `jax.grad`/`jax.value_and_grad`/`jax.vmap`
+    of any function: each call of those returns a new function; built per call of a function
+    rather than in a loop, this last is only a guess) — a build under an `if` in the loop
     (`if need_compile:`) is only a guess, as it runs on the iterations the condition picks —, and a `jax.jit` of a bound method, lambda
     or partial stored on the object in `__init__` (on an `eqx.Module`, a `jax.jit` of anything:
     the jit object is a static field, hashed by identity, so every new Module retraces the
@@ -77,6 +82,15 @@ class JitInLoop(Rule):
     fixable = "unsafe"
     cost_only = True
     INVALID = (
+        """
+        import jax
+
+        def train_epoch(params, batches):
+            for x, y in batches:
+                loss, grads = jax.jit(jax.value_and_grad(mse_loss))(params, x, y)  # expect: STB501
+                params = update(params, grads)
+            return params
+        """,
         """
         import jax
 
@@ -168,6 +182,22 @@ class JitInLoop(Rule):
         """,
     )
     VALID = (
+        """
+        import jax
+
+        GRAD_FN = jax.jit(jax.value_and_grad(mse_loss))  # built once
+
+        def train_epoch(params, batches):
+            for x, y in batches:
+                loss, grads = GRAD_FN(params, x, y)
+                params = update(params, grads)
+            return params
+
+        def remat_epoch(params, batches):
+            for x, y in batches:
+                params = jax.jit(jax.checkpoint(step))(params, x, y)  # jax.checkpoint(step) is cached by JAX
+            return params
+        """,
         """
         import jax
         import jax.numpy as jnp
@@ -385,6 +415,9 @@ class JitInLoop(Rule):
             self._per_instance(node, fn, ctx)
             return
         what, per_iteration = fresh
+        wrapper = _wrapped(fn, ctx) is not None
+        while (inner := _wrapped(fn, ctx)) is not None:
+            fn = inner  # judge what the program is made of by the function the transforms wrap
         parent = ctx.parent
         confidence = "proven"
         if _inside_trace(ctx):
@@ -407,6 +440,8 @@ class JitInLoop(Rule):
             confidence = _repeated(ctx, fn)
         else:
             return
+        if wrapper and not ctx.loops:
+            confidence = "guess"  # `jax.jit(jax.vmap(f))` per call of a function: whether the calls that reach it repeat is not shown
         name = ctx.qualname(node.func) or ctx.text(node.func)
         self.report(
             ctx,
@@ -491,6 +526,17 @@ class JitInLoop(Rule):
             return "a lambda", True
         if isinstance(fn, ast.Call) and ctx.qualname(fn.func) in ("functools.partial",):
             return f"`{ctx.text(fn)}`", True
+        inner = _wrapped(fn, ctx)
+        if inner is not None:
+            while (deeper := _wrapped(inner, ctx)) is not None:
+                inner = deeper
+            if isinstance(inner, ast.Call) and ctx.qualname(inner.func) not in PARTIAL:
+                return None  # `jax.vmap(make_train(config))`: a factory's program, one per configuration
+            if isinstance(inner, ast.Name) and _assigned_here(inner.id, ctx):
+                return None  # `fr = make_pair(x)`, then `jax.vmap(fr)`: likewise
+            if isinstance(inner, ast.Lambda) and any(isinstance(n, ast.Name) and _made_in_loop(n.id, ctx) for n in ast.walk(inner.body)):
+                return None  # `jax.grad(lambda x: pick(x))` of a `pick` each iteration defines anew
+            return f"`{ctx.text(fn)}`", True  # `jax.grad(loss)` wraps `loss` in a new function each time
         if isinstance(fn, ast.Name) and ctx.function is not None:
             s = ctx.function
             if fn.id in s.defs:
@@ -566,6 +612,34 @@ def _conditional_in_loop(ctx: FileContext) -> bool:
         if n is loop:
             return any(isinstance(m, (ast.If, ast.IfExp, ast.ExceptHandler, ast.Match)) for m in chain[i + 1 :])
     return False
+
+
+def _wrapped(fn: ast.AST, ctx: FileContext) -> ast.AST | None:
+    """The function `fn` wraps when it is a call of a JAX transform that returns a new function
+    each time (`jax.grad(loss)`, `jax.vmap(one)`); None otherwise."""
+    if not (isinstance(fn, ast.Call) and (ctx.qualname(fn.func) or "").startswith("jax.")):
+        return None
+    inner = ctx.names.transform_call(fn)
+    return inner[1][0] if inner is not None and inner[0].family in _NEW_FUNCTION and inner[1] else None
+
+
+def _assigned_here(name: str, ctx: FileContext) -> bool:
+    """`name` is a variable the enclosing function or loops assign (not a def, not a parameter)."""
+    if _made_in_loop(name, ctx):
+        return True
+    if ctx.function is None:
+        return False
+    ctx.analysis.bindings(ctx.function)  # fills `assigned`
+    return name in ctx.function.assigned
+
+
+def _made_in_loop(name: str, ctx: FileContext) -> bool:
+    """An enclosing loop binds `name` (assigns it or defines it) on each iteration."""
+    return any(
+        (isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Store)) or (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name)
+        for loop in ctx.loops
+        for n in ast.walk(loop)
+    )
 
 
 def _inside_trace(ctx: FileContext) -> bool:
@@ -794,7 +868,7 @@ def _varies_with_loop(node: ast.AST, fn: ast.AST, ctx: FileContext) -> bool:
         for a in assigns:
             v = a.value
             assert v is not None
-            if a is parent or (isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id in jitted):
+            if a is parent or (isinstance(v, ast.Call) and (v.func is node or (isinstance(v.func, ast.Name) and v.func.id in jitted))):
                 continue  # the jitted function itself, and what it returns
             if not _reads_any(v, derived):
                 continue
