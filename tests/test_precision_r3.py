@@ -6,6 +6,8 @@ that differentiates nothing, need more than one file: they are checked on small 
 
 from __future__ import annotations
 
+import ast
+
 import json
 import os
 import subprocess
@@ -265,3 +267,13 @@ def test_float64_request_outside_a_transform_follows_the_projects_x64_fact(tmp_p
     (proj / "tests").mkdir()
     (proj / "tests" / "test_dtypes.py").write_text("import jax\nimport pytest\n\n\n@pytest.mark.skipif(not jax.config.jax_enable_x64, reason='float64')\ndef test_f64():\n    pass\n", encoding="utf-8")
     assert _cli(proj / "pkg" / "init.py") == [] and _cli(proj) == []
+
+
+def test_complex64_does_not_name_the_x64_flag() -> None:
+    # held-out set A (jax-ml/jax#652): a file that also builds `jnp.complex64` arrays was taken
+    # for one that names x64, and its float64 request went unreported
+    from stabcheck.static.xfile import names_x64
+
+    assert not names_x64(ast.parse("import jax.numpy as jnp\nz = jnp.zeros(2, dtype=jnp.complex64)\nw = 'complex64'\n"))
+    for spelled in ("jax.config.jax_enable_x64", "os.environ['JAX_ENABLE_X64']", "enable_x64(True)", "x64 = True"):
+        assert names_x64(ast.parse(spelled)), spelled

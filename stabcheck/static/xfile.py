@@ -394,9 +394,13 @@ def names_x64(tree: ast.AST) -> bool:
     docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
     for n in ast.walk(tree):
         text = n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute) else n.arg if isinstance(n, ast.keyword) else n.value if isinstance(n, ast.Constant) and id(n) not in docs else None
-        if isinstance(text, str) and "x64" in text.lower():
+        if isinstance(text, str) and _X64_WORD.search(text):
             return True
     return False
+
+
+# `x64` as a word of its own (`enable_x64`, `JAX_ENABLE_X64`, `x64`), not the end of `complex64`
+_X64_WORD = re.compile(r"(?<![a-z0-9])x64", re.IGNORECASE)
 
 
 def source_x64(data: bytes, notebook: bool = False) -> str | None:
