@@ -76,6 +76,34 @@ def test_scenarios_have_no_false_1xx_2xx() -> None:
     assert not found, [(f.path, f.line, f.code) for f in found]
 
 
+def test_defaults_a_transform_call_leaves_out_are_not_traced() -> None:
+    """`def convert(i, num=num)` vmapped and called with `i` only keeps its default (R16 axlearn);
+    a defaulted parameter the call does pass is traced."""
+    src = textwrap.dedent(
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def convert_all(ws, num):
+            def convert(i, ws=ws, num=num):
+                if not num:
+                    return ws[i]
+                return ws[i] * jnp.ones([num])
+
+            return jax.vmap(convert)(jnp.arange(3))
+
+        def convert_passed(ws, nums):
+            def convert(i, num=None):
+                if num > 2:
+                    return ws[i]
+                return ws[i] + num
+
+            return jax.vmap(convert)(jnp.arange(3), nums)
+        """
+    )
+    assert [(f.line, f.code) for f in check_source(src, "t.py", Config())] == [(15, "STB101")]
+
+
 def test_union_limit_option_tolerates_more_kinds() -> None:
     src = textwrap.dedent(
         """

@@ -118,6 +118,29 @@ def test_fori_bounds_from_python_int_under_plain_grad_are_silent() -> None:
     assert [f.line for f in check_source(src, "t.py", Config()) if f.code == "STB404"] == [10]
 
 
+def test_grad_of_a_lambda_bound_to_a_name_is_followed() -> None:
+    """Held-out set A (jax-ml/jax#2956): `f = lambda v: lax.fori_loop(0, n_steps, ...)` in a
+    jitted function, then `jax.grad(f)`: the name resolves to the lambda, as a nested def would."""
+    src = textwrap.dedent(
+        """
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        @jax.jit
+        def power_grad(x, n_steps):
+            f = lambda v: lax.fori_loop(0, n_steps, lambda i, c: c * v, jnp.ones_like(v))
+            return jax.grad(f)(x)
+
+        @jax.jit
+        def power_grad_ok(x):
+            f = lambda v: lax.fori_loop(0, 3, lambda i, c: c * v, jnp.ones_like(v))
+            return jax.grad(f)(x)
+        """
+    )
+    assert [f.line for f in check_source(src, "t.py", Config()) if f.code == "STB404"] == [9]
+
+
 _HARNESS = """
 import importlib.util, json, sys, traceback
 import jax

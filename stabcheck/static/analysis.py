@@ -277,6 +277,9 @@ class Analysis:
             while s is not None:
                 if expr.id in s.defs:
                     return _live(s.defs[expr.id], s.redefined.get(expr.id), expr)
+                value = self.bound_once(expr.id, s)
+                if isinstance(value, ast.Lambda):
+                    return self.functions.get(value)  # `f = lambda v: ...`, then `jax.grad(f)`
                 s = s.parent
             found = self.module_defs.get(expr.id)
             if found is not None:
@@ -351,6 +354,8 @@ class Analysis:
                     self._mark_module_method(info)
             if info.cls is not None and info.name == "__call__" and self._is_module_class(info.cls):
                 self._mark_module_method(info)
+        # `jax.vmap(f)(xs)`: the call right after the transform shows which parameters get arguments
+        invoked = {id(c.func): c for _s, c in self.calls if isinstance(c.func, ast.Call)}
         for scope, call in self.calls:
             if call.args and self.names.qualname(call.func) in HOST_CALLBACKS:
                 host = self.resolve(call.args[0], scope)
@@ -361,10 +366,22 @@ class Analysis:
                 continue
             t, fns = tc
             t = _passed_through(t, call, scope.node if scope is not None else self.tree)
+            args = invoked.get(id(call))
+            passed = None
+            if args is not None and not any(isinstance(a, ast.Starred) for a in args.args) and all(k.arg is not None for k in args.keywords):
+                passed = (len(args.args), frozenset(k.arg for k in args.keywords if k.arg is not None))
             for fn in fns:
-                self._apply(t, fn, scope)
+                self._apply(t, fn, scope, passed=passed if len(fns) == 1 else None)
 
-    def _apply(self, t: Transform, fn: ast.AST, scope: FunctionInfo | None, bound: int = 0, keywords: frozenset[str] = frozenset()) -> None:
+    def _apply(
+        self,
+        t: Transform,
+        fn: ast.AST,
+        scope: FunctionInfo | None,
+        bound: int = 0,
+        keywords: frozenset[str] = frozenset(),
+        passed: tuple[int, frozenset[str]] | None = None,
+    ) -> None:
         if isinstance(fn, ast.Call):
             inner = self.names.transform_call(fn)
             if inner is not None:  # jax.jit(jax.grad(f)): f is staged out too
@@ -380,9 +397,17 @@ class Analysis:
             return
         info = self.resolve(fn, scope)
         if info is not None:
-            self._mark(info, t, bound, keywords=keywords)
+            self._mark(info, t, bound, keywords=keywords, passed=passed if bound == 0 and not keywords else None)
 
-    def _mark(self, info: FunctionInfo, t: Transform, bound: int = 0, decorated: bool = False, keywords: frozenset[str] = frozenset()) -> None:
+    def _mark(
+        self,
+        info: FunctionInfo,
+        t: Transform,
+        bound: int = 0,
+        decorated: bool = False,
+        keywords: frozenset[str] = frozenset(),
+        passed: tuple[int, frozenset[str]] | None = None,
+    ) -> None:
         info.transforms.append(t)
         info.entry = info.entry or t.qualname
         # a decorator wraps the plain function, whose argument 0 is `self` (`static_argnums=0`
@@ -402,6 +427,8 @@ class Analysis:
             static |= {a.arg for a in info.node.args.kwonlyargs}
         info.static_params |= static
         traced = {p for p in params if p not in static}
+        if passed is not None:
+            traced -= _defaults_left(info, params, *passed)
         # a visible transform proves its parameters traced; `eqx.filter_*`/`nnx` keep non-array
         # arguments static, so there only an array annotation proves one
         info.proven_params |= {p for p in traced if not t.unsure and (not t.filtered or array_annotated(info, p))}
@@ -1007,6 +1034,15 @@ def _pairs(target: ast.AST, value: ast.AST) -> list[tuple[str, ast.AST | None]]:
 
 
 _PASS_THROUGH = {"vmap": (1, "in_axes"), "shard_map": (2, "in_specs")}  # where None means "as it is"
+
+
+def _defaults_left(info: FunctionInfo, params: list[str], n_args: int, names: frozenset[str]) -> set[str]:
+    """The parameters with a default that the transformed function's one visible call leaves out
+    (`def convert(i, n=n)`, `jax.vmap(convert)(idx)`): they keep their default, a Python value."""
+    a = info.node.args
+    positional = [x.arg for x in (*a.posonlyargs, *a.args)]
+    defaulted = set(positional[len(positional) - len(a.defaults) :]) | {k.arg for k, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None}
+    return {p for i, p in enumerate(params) if p in defaulted and i >= n_args and p not in names}
 
 
 def _passed_through(t: Transform, call: ast.Call, scope: ast.AST) -> Transform:

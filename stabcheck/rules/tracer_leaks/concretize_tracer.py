@@ -20,7 +20,20 @@ _SIZED: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
     "jax.numpy.tri": ((0, 1), ("N", "M")),
     "jax.numpy.linspace": ((2,), ("num",)),
     "jax.nn.one_hot": ((1,), ("num_classes",)),
+    # samplers: the shape of the draw (jax-ml/jax#648: `random.normal(key, (n_samps,))`)
+    **{f"jax.random.{n}": ((1,), ("shape",)) for n in ("normal", "uniform", "exponential", "laplace", "logistic", "gumbel", "cauchy", "rademacher", "maxwell", "randint", "bits")},
+    **{f"jax.random.{n}": ((2,), ("shape",)) for n in ("bernoulli", "gamma", "loggamma", "poisson", "t", "dirichlet")},
+    **{f"jax.random.{n}": ((3,), ("shape",)) for n in ("truncated_normal", "beta", "categorical")},
+    "jax.random.split": ((1,), ("num",)),
 }
+# what tracing raises for a traced size, by JAX 0.10 (a shape: TypeError; a count: Concretization)
+_SIZE_ERRORS = {
+    "jax.numpy.arange": "ConcretizationTypeError",
+    "jax.numpy.linspace": "ConcretizationTypeError",
+    "jax.nn.one_hot": "ConcretizationTypeError",
+    "jax.random.split": "TypeError",
+}
+_SHAPE_ERROR = 'TypeError ("Shapes must be 1D sequences of concrete values of integer type")'
 # jnp functions that, called under jit, return a tracer even on static Python ints
 # (`jnp.add(x.size, 1)`, jax-ml/jax#4449): an array built so is never a concrete size
 _ARRAY_OPS = frozenset(
@@ -36,7 +49,8 @@ class ConcretizeTracer(Rule):
     Flags code inside a staged-out transform (`jit`, `vmap`, a `lax` body, ...) that needs the
     concrete value of a traced array: `int()`, `float()`, `complex()`, `.item()`, `.tolist()`,
     `np.asarray()`/`np.array()`, `range()` of a traced value, `jnp.arange`/`zeros`/`ones`/
-    `full`/`eye`/`linspace`/`jax.nn.one_hot` with a traced size (or a `zeros`/`ones`/`empty`/
+    `full`/`eye`/`linspace`/`jax.nn.one_hot`, a `jax.random` sampler's `shape` or `split`'s `num`
+    with a traced size or a traced dimension in a shape tuple (or a `zeros`/`ones`/`empty`/
     `full` shape computed with a jnp op such as `jnp.add(x.size, 1)` or `jnp.array(n)`, a
     tracer under `jit` even on static ints), indexing a Python list or tuple (`x.shape` included) with a traced index,
     and slicing a traced array with a traced bound (`x[:n]`, `x.at[:pos].get()`).
@@ -44,8 +58,8 @@ class ConcretizeTracer(Rule):
     ## Why is this bad?
     Under `jit` a traced value has a shape and a dtype but no value. Turning it into a Python
     number, a NumPy array or a shape raises `ConcretizationTypeError`,
-    `TracerIntegerConversionError` or `TracerArrayConversionError` when the function is
-    traced. Under `grad` alone it happens to work, so the bug surfaces only once the code is
+    `TracerIntegerConversionError`, `TracerArrayConversionError` or (a shape) `TypeError` when
+    the function is traced. Under `grad` alone it happens to work, so the bug surfaces only once the code is
     jitted.
 
     ## Example
@@ -71,6 +85,16 @@ class ConcretizeTracer(Rule):
     name = "concretize-tracer"
     stages = ("static", "traced", "confirmed")
     INVALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+        from jax import random
+
+        @jax.jit
+        def sample(key, n_samps, x0):
+            steps = random.normal(key, (n_samps,))  # expect: STB102
+            return x0 + jnp.cumsum(0.1 * steps)
+        """,
         """
         import jax
         import jax.numpy as jnp
@@ -143,6 +167,21 @@ class ConcretizeTracer(Rule):
         """,
     )
     VALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+        from functools import partial
+        from jax import random
+
+        @partial(jax.jit, static_argnums=1)
+        def sample(key, n_samps, x0):
+            steps = random.normal(key, (n_samps,))  # n_samps is static
+            return x0 + jnp.cumsum(0.1 * steps)
+
+        @jax.jit
+        def flips(key, x):
+            return random.bernoulli(key, 0.5, x.shape)  # a shape is static
+        """,
         """
         import jax
         import jax.numpy as jnp
@@ -301,9 +340,10 @@ class ConcretizeTracer(Rule):
             sizes += [k.value for k in node.keywords if k.arg in keywords]
             short = q.replace("jax.numpy.", "jnp.")
             for s in sizes:
-                if traced_value(s, ctx):
-                    self._flag(ctx, node, s, f"`{short}` with the traced size `{ctx.text(s)}`")
-                    return
+                for part in [*(s.elts if isinstance(s, (ast.Tuple, ast.List)) else ()), s]:  # `(n,)`: the traced dimension
+                    if traced_value(part, ctx):
+                        self._flag(ctx, node, part, f"`{short}` with the traced size `{ctx.text(part)}`", exc=_SIZE_ERRORS.get(q, _SHAPE_ERROR))
+                        return
             for s in sizes if q in _SHAPED else ():
                 for part in s.elts if isinstance(s, (ast.Tuple, ast.List)) else [s]:
                     op = _jnp_op(part, ctx)
@@ -382,13 +422,10 @@ class ConcretizeTracer(Rule):
 def _jnp_op(e: ast.expr, ctx: FileContext) -> ast.Call | None:
     """The jnp call that `e` is, or that the local name `e` is bound to exactly once."""
     if isinstance(e, ast.Name):
-        fn = ctx.function
-        if fn is None or e.id in fn.params:
+        value = ctx.analysis.bound_once(e.id, ctx.function)
+        if value is None:
             return None
-        found = [(targets, v) for targets, v in ctx.analysis.bindings(fn) if any(isinstance(t, ast.Name) and t.id == e.id for t in targets)]
-        if len(found) != 1 or not all(isinstance(t, ast.Name) for t in found[0][0]):
-            return None
-        e = found[0][1]  # type: ignore[assignment]
+        e = value  # type: ignore[assignment]
     if isinstance(e, ast.Call) and ctx.qualname(e.func) in _ARRAY_OPS:
         return e
     return None
