@@ -29,8 +29,10 @@ class UnhashableStaticArg(Rule):
     """## What it does
     Flags a call of a `jax.jit`/`jax.pmap` function that passes a list, dict, set or array
     (a literal, a `list()`/`dict()`/`set()` call, an `np`/`jnp` array, the result of a `jnp`/`lax`
-    operation such as `jnp.sum(mask)` — a jax array, even 0-d — or a local name bound to one)
-    for a parameter declared static with `static_argnums` or `static_argnames`. Also flags a
+    operation such as `jnp.sum(mask)` — a jax array, even 0-d — or a local name bound to one),
+    or an instance of one of the module's `@dataclass`es that is neither `frozen` nor
+    `unsafe_hash` (Python sets its `__hash__` to None), for a parameter declared static with
+    `static_argnums` or `static_argnames`. Also flags a
     pytree field declared static (`eqx.field(static=True)`, flax `struct.field(pytree_node=False)`,
     `dataclasses.field(metadata={"static": True})` of a `jax.tree_util.register_dataclass` class)
     whose annotation is an array type, and `jax.vmap(f)(xs, n)` where `vmap` maps `n`, a static
@@ -67,6 +69,22 @@ class UnhashableStaticArg(Rule):
     stages = ("static", "traced", "confirmed")
     fixable = "safe"
     INVALID = (
+        """
+        import dataclasses
+        from functools import partial
+        import jax
+
+        @dataclasses.dataclass
+        class Config:
+            some_value: int
+
+        @partial(jax.jit, static_argnums=1)
+        def do_stuff(data, config):
+            return data * config.some_value
+
+        def evaluate(data):
+            return do_stuff(data, Config(3))  # expect: STB502
+        """,
         """
         from functools import partial
         import jax
@@ -147,6 +165,26 @@ class UnhashableStaticArg(Rule):
         """,
     )
     VALID = (
+        """
+        import dataclasses
+        from functools import partial
+        import jax
+
+        @dataclasses.dataclass(frozen=True)
+        class Config:
+            some_value: int
+
+        @dataclasses.dataclass(eq=False)
+        class Handle:  # hashed by identity
+            name: str
+
+        @partial(jax.jit, static_argnums=(1, 2))
+        def do_stuff(data, config, handle):
+            return data * config.some_value
+
+        def evaluate(data):
+            return do_stuff(data, Config(3), Handle("a"))
+        """,
         """
         from functools import partial
         import jax
@@ -300,6 +338,9 @@ class UnhashableStaticArg(Rule):
                 return "an array"
             if q.startswith(("jax.numpy.", "jax.lax.")) and q.rsplit(".", 1)[1] in _ARRAY_OPS:
                 return "a jax array (what `" + q.replace("jax.numpy.", "jnp.").replace("jax.lax.", "lax.") + "` returns, even 0-d)"
+            cls = _mutable_dataclass(value.func, ctx)
+            if cls is not None:
+                return f"an instance of `{cls}`, a dataclass neither frozen nor `unsafe_hash` (Python sets its `__hash__` to None)"
             return None
         if isinstance(value, ast.Name) and depth == 0:
             scope_node: ast.AST = ctx.function.node if ctx.function is not None else ctx.tree
@@ -309,6 +350,30 @@ class UnhashableStaticArg(Rule):
         return None
 
 
+
+
+def _mutable_dataclass(func: ast.AST, ctx: FileContext) -> str | None:
+    """The name of the class `func` names when it is a `@dataclass` of this module that is
+    unhashable: `eq` left on (the default) without `frozen=True` or `unsafe_hash=True`, and no
+    `__hash__` of its own (jax-ml/jax#3701)."""
+    if not isinstance(func, ast.Name):
+        return None
+    cls = next((n for n in ctx.tree.body if isinstance(n, ast.ClassDef) and n.name == func.id), None)
+    if cls is None or cls.bases or any(isinstance(b, ast.FunctionDef) and b.name == "__hash__" for b in cls.body):
+        return None
+    for dec in cls.decorator_list:
+        target = dec.func if isinstance(dec, ast.Call) else dec
+        if ctx.qualname(target) != "dataclasses.dataclass":
+            continue
+        flags = {k.arg: k.value for k in dec.keywords} if isinstance(dec, ast.Call) else {}
+        if isinstance(dec, ast.Call) and (dec.args or any(k.arg is None for k in dec.keywords)):
+            return None
+        if any(not (isinstance(v, ast.Constant) and isinstance(v.value, bool)) for v in flags.values() if v is not None):
+            return None  # a flag computed at run time
+        on = {k: v.value for k, v in flags.items() if k is not None and isinstance(v, ast.Constant)}
+        if on.get("eq", True) and not on.get("frozen", False) and not on.get("unsafe_hash", False):
+            return cls.name
+    return None
 
 
 def _mapped(in_axes: ast.AST | None, pos: int | None) -> bool:
