@@ -104,6 +104,41 @@ def test_defaults_a_transform_call_leaves_out_are_not_traced() -> None:
     assert [(f.line, f.code) for f in check_source(src, "t.py", Config())] == [(15, "STB101")]
 
 
+def test_a_name_counts_by_the_assignment_that_reaches_the_branch() -> None:
+    """Held-out set A (jax-ml/jax#24740): `z` starts as a constant array, then `z = z * z + c`
+    just above `if jnp.abs(z) > 2.0:` makes it traced there (proven, not a guess). A constant
+    assigned just above the branch keeps it a guess; so does a loop that rebinds it later."""
+    src = textwrap.dedent(
+        """
+        import jax
+        import jax.numpy as jnp
+
+        def escape(c, max_iter):
+            z = jnp.array([0j], dtype=jnp.complex64)
+            for i in range(max_iter):
+                z = z * z + c
+                if jnp.abs(z) > 2.0:
+                    return jnp.array([i])
+            return jnp.array([max_iter])
+
+        def reset(c, max_iter):
+            z = c
+            for i in range(max_iter):
+                z = jnp.zeros(2)
+                if jnp.all(z > 2.0):
+                    return z
+                z = z * c
+            return z
+
+        def grid(cs, n):
+            return jax.vmap(escape, in_axes=(0, None))(cs, n), jax.vmap(reset, in_axes=(0, None))(cs, n)
+        """
+    )
+    found = {(f.line, f.code, f.confidence) for f in check_source(src, "t.py", Config(preview=True)) if f.code == "STB101"}
+    assert (9, "STB101", "proven") in found
+    assert not any(line >= 13 and conf == "proven" for line, _c, conf in found), found
+
+
 def test_union_limit_option_tolerates_more_kinds() -> None:
     src = textwrap.dedent(
         """

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -758,6 +758,16 @@ class Analysis:
         if hit is None:
             hit = memo[id(expr)] = self._prove(expr, self._proven_names(scope), scope, 0)
         return hit
+
+    def proves_traced_at(self, expr: ast.AST, scope: FunctionInfo | None, reaching: Mapping[str, ast.AST]) -> bool:
+        """`proves_traced`, where each name of `reaching` holds the value of the one assignment that
+        reaches the use (`z = z * z + c` just above `if jnp.abs(z) > 2.0:`), whatever the name's
+        other bindings hold (`z = jnp.array([0j])` before the loop)."""
+        if scope is None or not scope.transformed or not reaching:
+            return False
+        proven = self._proven_names(scope)
+        extra = {name for name, value in reaching.items() if name not in proven and self._prove(value, proven, scope, 0)}
+        return bool(extra) and self._prove(expr, proven | extra, scope, 0)
 
     def _propagate_proofs(self) -> None:
         """Proven parameters of functions that transformed code calls with proven traced arguments."""

@@ -74,8 +74,52 @@ class FileContext:
         return self.analysis.is_traced_array(expr, self.function)
 
     def proves_traced(self, expr: ast.AST) -> bool:
-        """Does the analysis prove `expr` a traced array here (not merely possibly traced)?"""
-        return self.analysis.proves_traced(expr, self.function)
+        """Does the analysis prove `expr` a traced array here (not merely possibly traced)? A name
+        bound more than once counts by the assignment that reaches this use in straight-line code
+        (`z = z * z + c` just above `if jnp.abs(z) > 2.0:`), where the analysis alone, which asks
+        every binding of the name, does not prove it."""
+        if self.analysis.proves_traced(expr, self.function):
+            return True
+        fn = self.function
+        if fn is None or not fn.transformed:
+            return False
+        reaching: dict[str, ast.AST] = {}
+        for name in {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}:
+            value = self._reaching(name, expr)
+            if value is not None:
+                reaching[name] = value
+        return self.analysis.proves_traced_at(expr, fn, reaching)
+
+    def _reaching(self, name: str, node: ast.AST) -> ast.AST | None:
+        """The value of the plain assignment `name = value` that reaches `node` in straight-line
+        code: the nearest binding above it in its block, or in the blocks of the `if`/`with`/`try`
+        around it, not crossing a loop (an earlier iteration may have bound it) nor the function."""
+        stmt: ast.AST | None = node
+        while stmt is not None and not isinstance(stmt, ast.stmt):
+            if isinstance(stmt, (ast.Lambda, ast.comprehension)):
+                return None
+            stmt = self.parent_of(stmt)
+        if isinstance(stmt, (ast.For, ast.AsyncFor, ast.While)) and _binds(stmt, name):
+            return None  # the loop's test or iterable sees what its body rebinds
+        while stmt is not None:
+            parent = self.parent_of(stmt)
+            if parent is None or isinstance(parent, (ast.ExceptHandler, ast.match_case)):
+                return None
+            block = next((b for f in ("body", "orelse", "finalbody") if isinstance(b := getattr(parent, f, None), list) and any(x is stmt for x in b)), None)
+            if block is None or (isinstance(parent, ast.Try) and block is not parent.body):
+                return None  # an `except`/`else`/`finally` block: not straight after the `try` body
+            for sib in reversed(block[: next(i for i, x in enumerate(block) if x is stmt)]):
+                if not _binds(sib, name):
+                    continue
+                if isinstance(sib, (ast.Assign, ast.AnnAssign)) and sib.value is not None:
+                    targets = sib.targets if isinstance(sib, ast.Assign) else [sib.target]
+                    if len(targets) == 1 and isinstance(targets[0], ast.Name):
+                        return sib.value
+                return None
+            if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module, ast.For, ast.AsyncFor, ast.While)):
+                return None
+            stmt = parent
+        return None
 
     @property
     def ancestors(self) -> list[ast.AST]:
@@ -169,3 +213,17 @@ class FileContext:
             return owner is not None and array_annotated(owner, name)
 
         return any(xfile.proved(v, self.names, array) for v in xfile.consumed(node, finding.code))
+
+
+def _binds(stmt: ast.AST, name: str) -> bool:
+    """Does `stmt` (anything under it, nested scopes included: an over-estimate) bind `name`?"""
+    for n in ast.walk(stmt):
+        if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, (ast.Store, ast.Del)):
+            return True
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.name == name:
+            return True
+        if isinstance(n, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name.split(".")[0]) == name for a in n.names):
+            return True
+        if isinstance(n, (ast.Global, ast.Nonlocal)) and name in n.names:
+            return True
+    return False
