@@ -263,3 +263,40 @@ def test_a_recorded_gradient_also_runs_on_ones_where_the_codes_inf_meets_a_mask(
     # ones are outside `log_gap`'s domain (log(0) = -inf from finite values): not passed, silent
     assert bool(jnp.isinf(mod.log_gap(jnp.ones(3), jnp.ones(3))))
     assert confirm_entry("log_gap", _recorded(mod.log_gap, (3,), (3,)), []) == []
+
+
+LEAK = '''
+import jax
+import jax.numpy as jnp
+
+import stabcheck
+from stabcheck import Entry
+
+CACHE = {}
+
+
+def lazy_scale(h):
+    if "w" not in CACHE:
+        CACHE["w"] = h * 2.0  # the side effect keeps a value made inside the scan
+    return h + CACHE["w"]
+
+
+def leaky_init(xs):
+    jax.lax.scan(lambda h, x: (lazy_scale(h) + x, None), jnp.zeros(()), xs)
+    return CACHE["w"] + 0.0
+
+
+@stabcheck.entry
+def entries():
+    return {"leaky_init": Entry(leaky_init, (jnp.ones(3),), transforms=("call",))}
+'''
+
+
+def test_a_leaked_tracer_is_a_side_effect_at_the_line_that_kept_it(tmp_path: Path) -> None:
+    """UnexpectedTracerError (dm-haiku#214's lazily created parameter, held-out set B): JAX names
+    where the leaked value was made; the finding is STB104 there, not stabcheck's own STB902."""
+    (tmp_path / "leak.py").write_text(LEAK, encoding="utf-8")
+    proc = run_cli("check", "leak.py", "--trace", "--confirm", "--no-cache", "--exit-zero", "--output-format", "json", cwd=tmp_path)
+    found = {(d["code"], d["line"]) for d in json.loads(proc.stdout)}
+    made = next(i for i, line in enumerate(LEAK.splitlines(), 1) if 'CACHE["w"] = h * 2.0' in line)
+    assert ("STB104", made) in found and not any(code == "STB902" for code, _ in found), found

@@ -8,6 +8,9 @@ reworded several messages over its versions; both wordings are kept where they d
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
 from dataclasses import dataclass
 
 from stabcheck.finding import Chain
@@ -16,6 +19,7 @@ from stabcheck.traced.source import chain, exception_site
 # (class name or "", text in the message, code, short reason); first match wins
 TABLE: tuple[tuple[str, str, str, str], ...] = (
     ("TracerBoolConversionError", "", "STB101", "Python `if`/`while` on a traced value"),
+    ("UnexpectedTracerError", "", "STB104", "a traced value kept by a side effect escaped its transform"),
     ("NonConcreteBooleanIndexError", "", "STB103", "data-dependent shape"),
     ("ConcretizationTypeError", "", "STB102", "a traced value was made concrete"),
     ("TracerIntegerConversionError", "", "STB102", "`int()`/index of a traced value"),
@@ -56,7 +60,7 @@ TABLE: tuple[tuple[str, str, str, str], ...] = (
 
 # slugs of the catalogue in DESIGN.md, for codes whose rule module is not installed
 SLUGS = {
-    "STB101": "branch-on-tracer", "STB102": "concretize-tracer", "STB103": "data-dependent-shape",
+    "STB101": "branch-on-tracer", "STB102": "concretize-tracer", "STB103": "data-dependent-shape", "STB104": "side-effect-in-transform",
     "STB203": "branch-type-mismatch", "STB204": "carry-type-drift", "STB206": "pytree-structure-mismatch",
     "STB402": "non-differentiable-leaf", "STB403": "forward-mode-custom-vjp", "STB404": "reverse-mode-while-loop",
     "STB405": "custom-rule-mismatch", "STB406": "gradient-dtype-mismatch", "STB407": "callback-in-ad",
@@ -85,10 +89,17 @@ def code_of(exc: BaseException) -> tuple[str, str]:
     return "STB902", kind
 
 
+# UnexpectedTracerError names where the leaked value was made: the side effect that kept it
+_CREATED = re.compile(r"was created on line (.+?):(\d+)(?::\d+)? \(")
+
+
 def classify(exc: BaseException, within: tuple[str, ...] = ()) -> Failure:
     code, reason = code_of(exc)
     kind = type(exc).__name__
     site = exception_site(exc, within=within)
+    made = _CREATED.search(str(exc)) if code == "STB104" else None
+    if made is not None and site is not None and os.path.realpath(made.group(1)) == os.path.realpath(site.file):
+        site = dataclasses.replace(site, line=int(made.group(2)), col=1, outer=())  # in the user's file: the line that kept it
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     short = lines[0][:300] if lines else kind
     return Failure(code, reason, kind, short, site.file if site else None, site.line if site else None, chain(site, str))

@@ -30,6 +30,9 @@ class SideEffectInTransform(Rule):
     `setattr`/`__dict__`. A `nonlocal` name that a `lax` body only rebinds from its carry (its
     first use stores it) and that the enclosing function rebinds to the transform's result
     (`(acc, n), _ = lax.scan(body, (acc, 0), xs)`) is a guess too: the tracer stored is dead.
+    The confirm stage reports a real run's `UnexpectedTracerError` here too, at the line that
+    made the leaked value (JAX names it), where the static stage does not see the store (a
+    dict reached through an object's field, as a lazily created parameter is).
 
     ## Why is this bad?
     A transformed function's Python body runs once, when it is traced; the compiled program
@@ -65,6 +68,7 @@ class SideEffectInTransform(Rule):
     code = "STB104"
     name = "side-effect-in-transform"
     severity = "warning"
+    stages = ("static", "confirmed")
     INVALID = (
         """
         import jax
