@@ -303,7 +303,15 @@ class _Walker:
             mask_data.add(out)  # a mask made float, explicitly or not: STB304 looks at its users
         if explicit:
             return
-        mixing = [v for u in users if u.primitive.name in _MIXING for v in u.invars if v is not out and _dtype(v) == dst]
+        # `step / top` of integers is true division: Python, NumPy and JAX all give a float, so
+        # an int made float for `div` is what the operator means, not a promotion by mixing
+        mixing = [
+            v
+            for u in users
+            if u.primitive.name in _MIXING and not (u.primitive.name == "div" and _is_intlike(src))
+            for v in u.invars
+            if v is not out and _dtype(v) == dst
+        ]
         if not mixing:
             return
         if _is_intlike(src) and _is_float(dst):

@@ -9,7 +9,8 @@ class ImplicitPromotion(Rule):
     mixed with an operand of a wider type: bfloat16/float16 data promoted to float32, or integer
     data turned into float, without an explicit cast. One finding per source line, with the
     dtypes as evidence. float32 to float64 is reported as `float64-leak` (STB301), and a bool
-    mask multiplied with data of its own dtype is not a promotion.
+    mask multiplied with data of its own dtype is not a promotion; nor is an integer divided
+    with `/` (true division gives a float in Python and NumPy too: `step / warmup`).
 
     ## Why is this bad?
     The operation runs in the wider type: a bf16 model silently computes in float32 (half the
