@@ -85,12 +85,12 @@ class FileContext:
             return False
         reaching: dict[str, ast.AST] = {}
         for name in {n.id for n in ast.walk(expr) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}:
-            value = self._reaching(name, expr)
+            value = self.reaching_value(name, expr)
             if value is not None:
                 reaching[name] = value
         return self.analysis.proves_traced_at(expr, fn, reaching)
 
-    def _reaching(self, name: str, node: ast.AST) -> ast.AST | None:
+    def reaching_value(self, name: str, node: ast.AST) -> ast.AST | None:
         """The value of the plain assignment `name = value` that reaches `node` in straight-line
         code: the nearest binding above it in its block, or in the blocks of the `if`/`with`/`try`
         around it, not crossing a loop (an earlier iteration may have bound it) nor the function."""

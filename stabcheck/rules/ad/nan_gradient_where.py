@@ -106,6 +106,18 @@ class NanGradientWhere(Rule):
         import jax
         import jax.numpy as jnp
 
+        def row_norms(x):
+            x = jnp.sqrt(jnp.sum(x**2, axis=1))  # expect: STB401
+            ones = jnp.ones_like(x)
+            x = jnp.where(x > 0.5, x, ones)  # `x` here is the assignment just above
+            return jnp.sum(x)
+
+        g = jax.grad(row_norms)
+        """,
+        """
+        import jax
+        import jax.numpy as jnp
+
         def safe_norm(x):
             sq = jnp.sum(x ** 2, axis=-1)
             return jnp.where(sq > 0, jnp.sqrt(sq), 0.0)  # expect: STB401
@@ -255,7 +267,7 @@ class NanGradientWhere(Rule):
             other = branches[1 - i]
             confidence = "proven" if opaque is None else "guess"  # a helper only those call, a derivative rule (differentiated only for a second derivative)
             tested = _names(arg) & cond_names
-            if tested and all(_bound_to_guard(n, ctx) for n in tested):
+            if tested and all(_bound_to_guard(n, ctx, node) for n in tested):
                 # `s = jnp.maximum(eps, r2)`, then `z / (2 * sqrt(s) - s)`: the names it reads are
                 # clamped; whether the formula still meets its singular point there is not known
                 confidence = "guess"
@@ -311,7 +323,7 @@ class NanGradientWhere(Rule):
             n = stack.pop()
             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id not in followed:
                 followed.add(n.id)
-                value = ctx.analysis.bound_once(n.id, ctx.function)
+                value = ctx.analysis.bound_once(n.id, ctx.function) or ctx.reaching_value(n.id, n)
                 if value is not None:
                     stack.append(value)  # `exact = jnp.sin(x) / x`, then `where(small, series, exact)`
                 continue
@@ -321,6 +333,8 @@ class NanGradientWhere(Rule):
                 q = ctx.qualname(n.func)
                 if q in _SELECTS:
                     continue  # an inner select is checked on its own
+                if q in _NO_DERIVATIVE:
+                    continue  # `jnp.ones_like(x)`: no gradient flows back into `x`
                 if q in _UNSAFE and n.args:
                     arg = n.args[-1] if q == "jax.lax.div" else n.args[0]
                     region = q in _REGION
@@ -450,12 +464,19 @@ _INT_CALLS = frozenset({"builtins.len", "builtins.int", "jax.numpy.count_nonzero
 _INT_DTYPES = frozenset({"builtins.int", "jax.numpy.int32", "jax.numpy.int64", "jax.numpy.int8", "jax.numpy.int16", "jax.numpy.uint32", "numpy.int32", "numpy.int64"})
 
 
-def _bound_to_guard(name: str, ctx: FileContext) -> bool:
-    """The current function assigns `name` a guard's result (`s = jnp.maximum(eps, r2)`)."""
+# calls whose result carries no gradient back to their arguments
+_NO_DERIVATIVE = frozenset(
+    {"jax.numpy.ones_like", "jax.numpy.zeros_like", "jax.numpy.empty_like", "jax.lax.stop_gradient", "jax.numpy.shape", "jax.numpy.size", "jax.numpy.ndim"}
+)
+
+
+def _bound_to_guard(name: str, ctx: FileContext, select: ast.AST | None = None) -> bool:
+    """The current function assigns `name` a guard's result (`s = jnp.maximum(eps, r2)`), other
+    than the select being checked (`x = jnp.where(x > 0.5, x, ones)` rebinds `x` to itself)."""
     if ctx.function is None:
         return False
     for n in ast.walk(ctx.function.node):
-        if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in n.targets):
+        if isinstance(n, ast.Assign) and n.value is not select and any(isinstance(t, ast.Name) and t.id == name for t in n.targets):
             if isinstance(n.value, ast.Call) and ctx.qualname(n.value.func) in _GUARDS:
                 return True
     return False
