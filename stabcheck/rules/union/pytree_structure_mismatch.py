@@ -238,7 +238,7 @@ def _array_param(fn: FunctionInfo, name: str) -> bool:
 def _bound_once(name: ast.Name, fn: FunctionInfo, ctx: FileContext, call: ast.Call) -> ast.AST | None:
     """The one value `name` is bound to in `fn` above `call`, when nothing else binds or changes it."""
     value = ctx.analysis.bound_once(name.id, fn)
-    if value is None or value.lineno >= call.lineno:
+    if value is None or getattr(value, "lineno", call.lineno) >= call.lineno:
         return None
     for n in ctx.analysis.own_nodes(fn):
         if isinstance(n, (ast.Global, ast.Nonlocal)) and name.id in n.names:
