@@ -416,8 +416,7 @@ class JitInLoop(Rule):
             return
         what, per_iteration = fresh
         wrapper = _wrapped(fn, ctx) is not None
-        while (inner := _wrapped(fn, ctx)) is not None:
-            fn = inner  # judge what the program is made of by the function the transforms wrap
+        fn = _innermost(fn, ctx)  # judge what the program is made of by the function the transforms wrap
         parent = ctx.parent
         confidence = "proven"
         if _inside_trace(ctx):
@@ -526,10 +525,8 @@ class JitInLoop(Rule):
             return "a lambda", True
         if isinstance(fn, ast.Call) and ctx.qualname(fn.func) in ("functools.partial",):
             return f"`{ctx.text(fn)}`", True
-        inner = _wrapped(fn, ctx)
-        if inner is not None:
-            while (deeper := _wrapped(inner, ctx)) is not None:
-                inner = deeper
+        if _wrapped(fn, ctx) is not None:
+            inner = _innermost(fn, ctx)
             if isinstance(inner, ast.Call) and ctx.qualname(inner.func) not in PARTIAL:
                 return None  # `jax.vmap(make_train(config))`: a factory's program, one per configuration
             if isinstance(inner, ast.Name) and _assigned_here(inner.id, ctx):
@@ -621,6 +618,13 @@ def _wrapped(fn: ast.AST, ctx: FileContext) -> ast.AST | None:
         return None
     inner = ctx.names.transform_call(fn)
     return inner[1][0] if inner is not None and inner[0].family in _NEW_FUNCTION and inner[1] else None
+
+
+def _innermost(fn: ast.AST, ctx: FileContext) -> ast.AST:
+    """What `fn` wraps through `jax.grad`/`jax.vmap`/... calls (`fn` itself when it is none)."""
+    while (inner := _wrapped(fn, ctx)) is not None:
+        fn = inner
+    return fn
 
 
 def _assigned_here(name: str, ctx: FileContext) -> bool:
