@@ -28,6 +28,19 @@ SCHEMAS = ROOT / "tests" / "data"  # the official SARIF 2.1.0 schema
 FIXTURES = ROOT / "fixtures"
 
 
+@pytest.fixture(autouse=True)
+def _no_project_facts_from_an_earlier_test():
+    """A run installs its project's facts process-wide (the checked modules, the x64 fact:
+    `static.xfile.install`), for the `--fix` and the server that follow it. Each test starts from
+    none, so a test's result does not depend on which test ran before it in the process (a
+    `check_paths` of this repository, which names x64, silenced STB301's float64 request in
+    tests/test_fix.py when tests/test_typed.py ran first)."""
+    from stabcheck.static import xfile
+
+    xfile.install((), {})
+    yield
+
+
 def have_jax() -> bool:
     try:
         import jax  # noqa: F401

@@ -174,6 +174,7 @@ class Analysis:
         # on the host with concrete values, so a transformed parent's tracers never reach them
         self.host_functions: set[int] = set()
         self._facts: dict[str, Any] = {}
+        self._lambda_names: dict[int, frozenset[str]] = {}  # per function: names it binds to a lambda
         self._collect(tree, record)
         self._find_applications()
         if types is not None:
@@ -277,9 +278,10 @@ class Analysis:
             while s is not None:
                 if expr.id in s.defs:
                     return _live(s.defs[expr.id], s.redefined.get(expr.id), expr)
-                value = self.bound_once(expr.id, s)
-                if isinstance(value, ast.Lambda):
-                    return self.functions.get(value)  # `f = lambda v: ...`, then `jax.grad(f)`
+                if expr.id in self._lambdas_of(s):
+                    value = self.bound_once(expr.id, s)
+                    if isinstance(value, ast.Lambda):
+                        return self.functions.get(value)  # `f = lambda v: ...`, then `jax.grad(f)`
                 s = s.parent
             found = self.module_defs.get(expr.id)
             if found is not None:
@@ -607,6 +609,16 @@ class Analysis:
         info.containers = {k for k, v in kinds.items() if v}
         info.bindings = assigns
         return assigns
+
+    def _lambdas_of(self, info: FunctionInfo) -> frozenset[str]:
+        """The names `info` assigns a lambda to (`f = lambda v: ...`), found once per function."""
+        got = self._lambda_names.get(id(info))
+        if got is None:
+            own = self.own_nodes(info) if not isinstance(info.node, ast.Lambda) else []
+            got = self._lambda_names[id(info)] = frozenset(
+                t.id for n in own if isinstance(n, ast.Assign) and isinstance(n.value, ast.Lambda) for t in n.targets if isinstance(t, ast.Name)
+            )
+        return got
 
     def bound_once(self, name: str, info: FunctionInfo | None) -> ast.AST | None:
         """The value of `name` where the function binds it once, by a plain assignment

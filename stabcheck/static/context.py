@@ -93,7 +93,14 @@ class FileContext:
     def reaching_value(self, name: str, node: ast.AST) -> ast.AST | None:
         """The value of the plain assignment `name = value` that reaches `node` in straight-line
         code: the nearest binding above it in its block, or in the blocks of the `if`/`with`/`try`
-        around it, not crossing a loop (an earlier iteration may have bound it) nor the function."""
+        around it, not crossing a loop (an earlier iteration may have bound it) nor the function.
+        None for a name the current function does not assign (a parameter, a global, a module)."""
+        fn = self.function
+        if fn is None:
+            return None
+        self.analysis.bindings(fn)  # fills `assigned`
+        if name not in fn.assigned:
+            return None
         stmt: ast.AST | None = node
         while stmt is not None and not isinstance(stmt, ast.stmt):
             if isinstance(stmt, (ast.Lambda, ast.comprehension)):
