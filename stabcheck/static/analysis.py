@@ -610,6 +610,12 @@ class Analysis:
         info.bindings = assigns
         return assigns
 
+    def assigned(self, info: FunctionInfo) -> set[str]:
+        """The names the function's own body binds (`FunctionInfo.assigned`), for any function:
+        `bindings` fills it, for transformed functions during the analysis, for others here."""
+        self.bindings(info)
+        return info.assigned
+
     def _lambdas_of(self, info: FunctionInfo) -> frozenset[str]:
         """The names `info` assigns a lambda to (`f = lambda v: ...`), found once per function."""
         got = self._lambda_names.get(id(info))

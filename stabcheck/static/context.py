@@ -96,10 +96,7 @@ class FileContext:
         around it, not crossing a loop (an earlier iteration may have bound it) nor the function.
         None for a name the current function does not assign (a parameter, a global, a module)."""
         fn = self.function
-        if fn is None:
-            return None
-        self.analysis.bindings(fn)  # fills `assigned`
-        if name not in fn.assigned:
+        if fn is None or name not in self.analysis.assigned(fn):
             return None
         stmt: ast.AST | None = node
         while stmt is not None and not isinstance(stmt, ast.stmt):

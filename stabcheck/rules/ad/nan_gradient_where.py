@@ -618,8 +618,7 @@ def _binding_scope(name: str, ctx: FileContext) -> FunctionInfo | None:
     `name`; None for a module-level name."""
     owner = ctx.function
     while owner is not None:
-        ctx.analysis.bindings(owner)  # fills `assigned`
-        if name in owner.params or name in owner.assigned:
+        if name in owner.params or name in ctx.analysis.assigned(owner):
             return owner
         owner = owner.parent
     return None

@@ -631,10 +631,7 @@ def _assigned_here(name: str, ctx: FileContext) -> bool:
     """`name` is a variable the enclosing function or loops assign (not a def, not a parameter)."""
     if _made_in_loop(name, ctx):
         return True
-    if ctx.function is None:
-        return False
-    ctx.analysis.bindings(ctx.function)  # fills `assigned`
-    return name in ctx.function.assigned
+    return ctx.function is not None and name in ctx.analysis.assigned(ctx.function)
 
 
 def _made_in_loop(name: str, ctx: FileContext) -> bool:
