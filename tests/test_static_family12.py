@@ -30,11 +30,15 @@ SLUGS = (
     "branch_type_mismatch",
     "carry_type_drift",
     "pytree_structure_mismatch",
+    "concretize_tracer_random_shape",
 )
 
 
 def _code(slug: str) -> str:
-    rule = registry.get(slug.replace("_", "-"))
+    """The code of the rule a fixture stem starts with (`concretize_tracer_random_shape`: a second
+    pair of concretize-tracer)."""
+    parts = slug.split("_")
+    rule = next((r for n in range(len(parts), 0, -1) if (r := registry.get("-".join(parts[:n]))) is not None), None)
     assert rule is not None, slug
     return rule.code
 
@@ -220,6 +224,9 @@ def test_fixtures_behave_as_claimed_under_jax(outcomes: dict[str, dict]) -> None
     assert outcomes["union_annotation_ok"]["result"] == ["ArrayImpl", "ArrayImpl"]
     # STB206: each of the three combinations raises (run() collects the exception types)
     assert outcomes["pytree_structure_mismatch_bad"]["result"] == ["ValueError", "TypeError", "ValueError"]
+    # STB102: a traced sample count as a jax.random shape, and as split's num, raise TypeError
+    assert outcomes["concretize_tracer_random_shape_bad"]["result"] == ["TypeError", "TypeError"]
+    assert outcomes["concretize_tracer_random_shape_ok"]["result"] == [4, 4]
     # the near misses compute the right numbers
     assert outcomes["carry_type_drift_ok"]["result"] == 3.0
     assert outcomes["branch_type_mismatch_ok"]["result"] == [1.0, 0.0]

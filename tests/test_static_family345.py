@@ -28,6 +28,7 @@ RULES = (
     ("STB301", "float64_request"),
     ("STB304", "mask_promotion"),
     ("STB401", "nan_gradient_where"),
+    ("STB401", "nan_gradient_where_rebound"),
     ("STB403", "forward_mode_custom_vjp"),
     ("STB404", "reverse_mode_while_loop"),
     ("STB405", "custom_rule_mismatch"),
@@ -36,6 +37,7 @@ RULES = (
     ("STB412", "inf_mask_product"),
     ("STB501", "jit_in_loop"),
     ("STB502", "unhashable_static_arg"),
+    ("STB502", "mutable_static_dataclass"),
     ("STB503", "python_scalar_arg"),
 )
 
@@ -188,9 +190,12 @@ def test_fixtures_behave_as_claimed_under_jax(behaviour: dict[str, dict[str, obj
     # STB304: bf16 in, f32 out; the near miss stays bf16
     assert b["mask_promotion_bad"] == {"input": "bfloat16", "output": "float32"}
     assert b["mask_promotion_ok"] == {"input": "bfloat16", "output": "bfloat16"}
-    # STB401: NaN gradient at zero; double where is finite
+    # STB401: NaN gradient at zero, also through a name rebound above the where; double where,
+    # and the square root taken after the where, are finite
     assert b["nan_gradient_where_bad"] == {"grad_finite": False}
     assert b["nan_gradient_where_ok"] == {"grad_finite": True}
+    assert b["nan_gradient_where_rebound_bad"] == {"grad_finite": False}
+    assert b["nan_gradient_where_rebound_ok"] == {"grad_finite": True}
     # STB410: rounding and a comparison leave exact zero gradients; the surrogates do not
     assert b["zero_gradient_bad"] == {"quantized": [[0.0, 0.0]] * 3, "positives": [0.0, 0.0]}
     assert b["zero_gradient_ok"] == {"quantized_nonzero": True, "positives_nonzero": True}
@@ -218,6 +223,10 @@ def test_fixtures_behave_as_claimed_under_jax(behaviour: dict[str, dict[str, obj
     assert b["unhashable_static_arg_bad"]["error"] == "ValueError"
     assert "Non-hashable static arguments are not supported" in str(b["unhashable_static_arg_bad"]["message"])
     assert b["unhashable_static_arg_ok"] == {"error": None, "shapes": [[1, 4, 4, 1], [1, 4, 4, 1]]}
+    # STB502: an instance of a plain @dataclass is unhashable; the frozen one compiles once
+    assert b["mutable_static_dataclass_bad"]["error"] == "ValueError"
+    assert "Non-hashable static arguments are not supported" in str(b["mutable_static_dataclass_bad"]["message"])
+    assert b["mutable_static_dataclass_ok"] == {"error": None, "value": 0.25, "cache_size": 1}
     # STB503: weak Python float fed back as an array compiles twice; typed start compiles once,
     # and a Python lr whose value changes does not retrace
     assert b["python_scalar_arg_bad"] == {"cache_size": 2}

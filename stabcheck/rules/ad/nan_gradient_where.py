@@ -842,12 +842,13 @@ def _same_function(other: ast.AST, arg: ast.AST, ctx: FileContext) -> bool:
 
 def _reads(expr: ast.AST, ctx: FileContext) -> set[str]:
     """The variables and fields `expr` computes with, whole (`self._alpha`, not `self`); not
-    callees, and not what only a comparison reads (an inner `where`'s condition)."""
+    callees, and not what only a comparison or a shape reads (an inner `where`'s condition,
+    `jnp.ones_like(x)`)."""
     nodes: list[ast.AST] = []
     stack = [expr]
     while stack:
         n = stack.pop()
-        if isinstance(n, ast.Compare):
+        if isinstance(n, ast.Compare) or (isinstance(n, ast.Call) and ctx.qualname(n.func) in _NO_DERIVATIVE):
             continue
         nodes.append(n)
         stack.extend(ast.iter_child_nodes(n))

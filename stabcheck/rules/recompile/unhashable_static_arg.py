@@ -281,7 +281,11 @@ class UnhashableStaticArg(Rule):
                 ctx,
                 value,
                 f"`{shown}` is {what} passed for `{pname}`, a static argument of `{j.name}`; static arguments must be hashable, so the call raises ValueError: Non-hashable static arguments are not supported",
-                help="pass a tuple instead of a list (a tuple of pairs or a frozen dataclass instead of a dict), or make the argument non-static",
+                help=(
+                    "make the dataclass hashable (`@dataclass(frozen=True)`), or make the argument non-static"
+                    if "dataclass" in what
+                    else "pass a tuple instead of a list (a tuple of pairs or a frozen dataclass instead of a dict), or make the argument non-static"
+                ),
                 detail=f"{j.name}:{pname}",
                 evidence={"kind": what},
             )
