@@ -300,3 +300,42 @@ def test_a_leaked_tracer_is_a_side_effect_at_the_line_that_kept_it(tmp_path: Pat
     found = {(d["code"], d["line"]) for d in json.loads(proc.stdout)}
     made = next(i for i, line in enumerate(LEAK.splitlines(), 1) if 'CACHE["w"] = h * 2.0' in line)
     assert ("STB104", made) in found and not any(code == "STB902" for code, _ in found), found
+
+
+WHILE_UNDER_USER_GRAD = '''
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+import stabcheck
+from stabcheck import Entry
+
+
+def sinkhorn_cost(a, K):
+    def body(state):
+        it, u = state
+        return it + 1, a / (K @ u)
+
+    _, u = lax.while_loop(lambda s: s[0] < 5, body, (0, jnp.ones_like(a)))
+    return jnp.sum(u)
+
+
+def sinkhorn_grad(a, K):
+    return jax.grad(sinkhorn_cost)(a, K)
+
+
+@stabcheck.entry
+def entries():
+    return {"sinkhorn_grad": Entry(sinkhorn_grad, (jnp.ones(3), jnp.eye(3)), transforms=("call",))}
+'''
+
+
+def test_reverse_mode_through_a_loop_is_reported_at_the_loop_by_every_stage(tmp_path: Path) -> None:
+    """The user's own `jax.grad` reaches a `while_loop` (held-out set B's sinkhorn): JAX raises at
+    the `grad` call, and chains the loop's traceback as the cause; the static and the confirmed
+    finding are one, at the loop, the line to change."""
+    (tmp_path / "sink.py").write_text(WHILE_UNDER_USER_GRAD, encoding="utf-8")
+    proc = run_cli("check", "sink.py", "--trace", "--confirm", "--no-cache", "--exit-zero", "--output-format", "json", cwd=tmp_path)
+    found = [(d["code"], d["line"], d["status"]) for d in json.loads(proc.stdout) if d["code"] == "STB404"]
+    loop = next(i for i, line in enumerate(WHILE_UNDER_USER_GRAD.splitlines(), 1) if "lax.while_loop(" in line)
+    assert found == [("STB404", loop, "confirmed")], found

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from stabcheck.finding import Chain
-from stabcheck.traced.source import chain, exception_site
+from stabcheck.traced.source import chain, exception_site, transformed_site
 
 # (class name or "", text in the message, code, short reason); first match wins
 TABLE: tuple[tuple[str, str, str, str], ...] = (
@@ -89,6 +89,10 @@ def code_of(exc: BaseException) -> tuple[str, str]:
     return "STB902", kind
 
 
+# errors raised while a transform rewrites one operation: the finding goes where that operation
+# was written, the line to change (a `while_loop` under reverse mode)
+_AT_TRANSFORMED = frozenset({"STB404"})
+
 # UnexpectedTracerError names where the leaked value was made: the side effect that kept it
 _CREATED = re.compile(r"was created on line (.+?):(\d+)(?::\d+)? \(")
 
@@ -97,6 +101,8 @@ def classify(exc: BaseException, within: tuple[str, ...] = ()) -> Failure:
     code, reason = code_of(exc)
     kind = type(exc).__name__
     site = exception_site(exc, within=within)
+    if code in _AT_TRANSFORMED:
+        site = transformed_site(exc, within=within) or site  # the loop, not the `grad` that reached it
     made = _CREATED.search(str(exc)) if code == "STB104" else None
     if made is not None and site is not None and os.path.realpath(made.group(1)) == os.path.realpath(site.file):
         site = dataclasses.replace(site, line=int(made.group(2)), col=1, outer=())  # in the user's file: the line that kept it

@@ -143,6 +143,22 @@ def exception_frames(exc: BaseException) -> list[Site]:
     return _linked(out)
 
 
+def transformed_site(exc: BaseException, *, within: tuple[str, ...] = ()) -> Site | None:
+    """Where the operation a transform failed on was written: JAX chains an error raised while
+    transforming a primitive (a `while_loop` transposed by reverse mode) to a
+    `JaxStackTraceBeforeTransformation` whose traceback ends at the user's call of the primitive.
+    None when the exception carries no such cause."""
+    cause = exc.__cause__
+    if cause is None or type(cause).__name__ != "JaxStackTraceBeforeTransformation":
+        return None
+    frames = _linked(_tb_frames(cause.__traceback__))
+    if within:
+        inside = [s for s in frames if os.path.realpath(s.file) in within]
+        if inside:
+            return inside[0]
+    return pick(frames)
+
+
 def _tb_frames(tb: TracebackType | None) -> list[Site]:
     frames: list[Site] = []
     for fs in _tb.extract_tb(tb):

@@ -37,7 +37,7 @@ from stabcheck.finding import Finding, Span
 from stabcheck.traced.checks import ZERO_GRADIENT_HELP, check_jaxpr, custom_rule_def, custom_rule_defs, depends, in_custom_rule, iter_eqns, rule_return_site, shown_path, site_span, source_line, sub_jaxprs, truncated_dtype_text, zero_gradient_cut, zero_gradient_message
 from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import code_of
-from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, is_internal, leaf_origin, literal_return_site, with_via
+from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, is_internal, leaf_origin, literal_return_site, transformed_site, with_via
 
 FORWARD = frozenset({"jvp", "jacfwd", "hessian", "hvp"})
 REVERSE = frozenset({"grad", "jacrev", "hessian", "hvp"})
@@ -399,7 +399,7 @@ class Tracer:
             site = self.primitive_site("custom_vjp_call") or site
             self.report(code, site, f"forward-mode autodiff reaches a `jax.custom_vjp` function here {where}; JAX raises `can't apply forward-mode autodiff (jvp) to a custom_vjp function`", help="define the rule with `jax.custom_jvp` (works in both modes), or use reverse mode only (`grad`, `jacrev`)", detail=transform, evidence=ev)
         elif code == "STB404":
-            site = self.primitive_site("while") or site
+            site = self.primitive_site("while") or transformed_site(e) or site  # the loop, also under the user's own `grad`
             self.report(code, site, f"reverse-mode autodiff ({transform}) reaches this `lax.while_loop`; JAX cannot differentiate a loop whose trip count is only known at run time", help="use `lax.scan` or `lax.fori_loop` with static bounds, or `jax.checkpoint`-ed scan; forward mode (`jvp`, `jacfwd`) works", detail=transform, evidence=ev)
         elif code == "STB405":
             site = self.rule_site() or site

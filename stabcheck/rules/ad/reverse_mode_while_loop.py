@@ -26,6 +26,8 @@ class ReverseModeWhileLoop(Rule):
     lowered to a `scan` and differentiates fine; with bounds that are traced under `jit` it is a
     `while_loop`. Forward mode (`jvp`, `jacfwd`) works in both cases.
 
+    The finding is at the loop, the line to change; its message names the `grad` that reaches it.
+
     ## Example
     ```python
     def power_sum(x):
@@ -61,12 +63,12 @@ class ReverseModeWhileLoop(Rule):
             def body(c):
                 return c[0] * x, c[1] + 1.0
 
-            return jnp.sum(lax.while_loop(cond, body, (x, 0.0))[0])
+            return jnp.sum(lax.while_loop(cond, body, (x, 0.0))[0])  # expect: STB404
 
         def newton_loss(x):
             return power_sum(x) ** 2
 
-        grad_fn = jax.jit(jax.grad(newton_loss))  # expect: STB404
+        grad_fn = jax.jit(jax.grad(newton_loss))
         """,
         """
         import jax
@@ -84,9 +86,9 @@ class ReverseModeWhileLoop(Rule):
             return y, da / (2 * y)
 
         def refine(a):  # differentiated through its own loop, around the custom one
-            return lax.while_loop(lambda y: y < a, lambda y: y * 2.0, newton_sqrt(a))
+            return lax.while_loop(lambda y: y < a, lambda y: y * 2.0, newton_sqrt(a))  # expect: STB404
 
-        g = jax.grad(refine)  # expect: STB404
+        g = jax.grad(refine)
         """,
         """
         import jax
@@ -96,11 +98,11 @@ class ReverseModeWhileLoop(Rule):
         def rollout(params, x0, n_steps):
             def step(i, x):
                 return jnp.tanh(params @ x)
-            return lax.fori_loop(0, n_steps, step, x0)
+            return lax.fori_loop(0, n_steps, step, x0)  # expect: STB404
 
         @jax.jit
         def train_step(params, x0, n_steps):
-            loss, g = jax.value_and_grad(lambda p: jnp.sum(rollout(p, x0, n_steps) ** 2))(params)  # expect: STB404
+            loss, g = jax.value_and_grad(lambda p: jnp.sum(rollout(p, x0, n_steps) ** 2))(params)
             return params - 0.1 * g, loss
         """,
     )
@@ -186,15 +188,19 @@ class ReverseModeWhileLoop(Rule):
             return
         applied = ctx.text(node.func)
         target = ctx.text(fn) if not isinstance(fn, ast.Lambda) else "a lambda"
-        line = getattr(loop, "lineno", 0)
+        up = ctx.parent_of(loop)
+        while up is not None and ctx.analysis.scope_of(up) is None:
+            up = ctx.parent_of(up)
+        owner = ctx.analysis.scope_of(up) if up is not None else None
         self.report(
             ctx,
-            node,
-            f"`{applied}` differentiates `{target}` in reverse mode, and it runs `{kind}` (line {line}); "
+            loop,  # the loop is the line to change; the `grad` that reaches it is named
+            f"`{applied}` (line {node.lineno}) differentiates `{target}` in reverse mode, and it runs this `{kind}`; "
             "JAX raises ValueError: Reverse-mode differentiation does not work for lax.while_loop or lax.fori_loop with dynamic start/stop values",
             help="give the loop a static trip count (`lax.scan`, or `lax.fori_loop` with Python-int bounds), or use forward mode (`jax.jacfwd`, `jax.jvp`)",
             detail=f"{target}:{kind}",
-            evidence={"loop_line": line, "loop": kind},
+            evidence={"grad_line": node.lineno, "loop": kind},
+            function=owner.qualname if owner is not None else "",
         )
 
     @staticmethod
