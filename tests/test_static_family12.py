@@ -31,6 +31,8 @@ SLUGS = (
     "carry_type_drift",
     "pytree_structure_mismatch",
     "concretize_tracer_random_shape",
+    "concretize_tracer_staged_size",
+    "branch_on_tracer_chained",
 )
 
 
@@ -223,10 +225,17 @@ def test_fixtures_behave_as_claimed_under_jax(outcomes: dict[str, dict]) -> None
     assert outcomes["union_annotation_bad"]["result"] == ["NoneType", "ArrayImpl"]
     assert outcomes["union_annotation_ok"]["result"] == ["ArrayImpl", "ArrayImpl"]
     # STB206: each of the three combinations raises (run() collects the exception types)
-    assert outcomes["pytree_structure_mismatch_bad"]["result"] == ["ValueError", "TypeError", "ValueError"]
+    assert outcomes["pytree_structure_mismatch_bad"]["result"] == ["ValueError", "TypeError", "ValueError", "TypeError"]
     # STB102: a traced sample count as a jax.random shape, and as split's num, raise TypeError
     assert outcomes["concretize_tracer_random_shape_bad"]["result"] == ["TypeError", "TypeError"]
     assert outcomes["concretize_tracer_random_shape_ok"]["result"] == [4, 4]
+    # STB102: under jit a jnp op on constants is a tracer, so the grid size is one
+    assert outcomes["concretize_tracer_staged_size_bad"]["result"] == "ConcretizationTypeError"
+    assert outcomes["concretize_tracer_staged_size_ok"]["result"] == [11, 11]
+    # STB101: a chained comparison, and an `if` on a draw from a fixed key, under jit; the near
+    # misses (`&`, `jnp.where`, a defaulted parameter left out) run
+    assert outcomes["branch_on_tracer_chained_bad"]["result"] == ["TracerBoolConversionError"] * 2
+    assert outcomes["branch_on_tracer_chained_ok"]["result"] == [[0.0, 0.5, 1.0], 2.5, [-0.5, 0.5, 1.5]]
     # the near misses compute the right numbers
     assert outcomes["carry_type_drift_ok"]["result"] == 3.0
     assert outcomes["branch_type_mismatch_ok"]["result"] == [1.0, 0.0]

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from stabcheck.finding import MAX_CHAINS, Chain, Frame, merge_chains
 from stabcheck.static import xfile
-from stabcheck.static.names import Names, Transform
+from stabcheck.static.names import CONTROL_FLOW, Names, Transform
 from stabcheck.static.walk import REVERSED_CHILDREN, compile_children, walk
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
@@ -35,6 +35,9 @@ _LOOP_TYPES = frozenset({ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.Set
 
 STATIC_ATTRS = frozenset({"shape", "ndim", "dtype", "size", "weak_type", "sharding", "aval", "itemsize", "nbytes", "__class__", "__name__"})
 ARRAY_ATTRS = frozenset({"T", "mT", "real", "imag", "at"})
+# transforms that trace the function to a jaxpr (every array op in it returns a tracer)
+_STAGING = frozenset({"jit", "remat", "shard_map", "trace", *(q.rsplit(".", 1)[1] for q in CONTROL_FLOW)})
+_COMPILE_TIME = frozenset({"jax.ensure_compile_time_eval", "jax.core.ensure_compile_time_eval"})
 STATIC_METHODS = frozenset({"item", "tolist", "__len__", "keys", "get_shape"})
 STATIC_BUILTINS = frozenset(
     f"builtins.{n}"
@@ -60,6 +63,8 @@ STATIC_JAX = frozenset(
         "jax.local_device_count",
         "jax.process_count",
         "jax.numpy.isrealobj",
+        "jax.numpy.broadcast_shapes",
+        "jax.lax.broadcast_shapes",
         "jax.numpy.issctype",
         "jax.eval_shape",
         "equinox.filter_eval_shape",
@@ -183,6 +188,7 @@ class Analysis:
         if seeds:
             self._apply_xfile(seeds)
         self._memo: dict[int, bool] | None = None
+        self._staged: dict[int, bool] = {}  # transforms are final: which functions a jaxpr traces
         self._propagate()
         self._memo = {}  # traced sets are final now: an expression's verdict no longer changes
         self._proven: dict[int, set[str]] = {}
@@ -433,8 +439,32 @@ class Analysis:
             traced -= _defaults_left(info, params, *passed)
         # a visible transform proves its parameters traced; `eqx.filter_*`/`nnx` keep non-array
         # arguments static, so there only an array annotation proves one
-        info.proven_params |= {p for p in traced if not t.unsure and (not t.filtered or array_annotated(info, p))}
+        unsure = self._defaults_unpassed(info, params) if passed is None else set()
+        info.proven_params |= {p for p in traced if not t.unsure and (not t.filtered or array_annotated(info, p)) and p not in unsure}
         self._set(info, traced, t.abstract)
+
+    def _defaults_unpassed(self, info: FunctionInfo, params: list[str]) -> set[str]:
+        """Parameters with a Python default (`seed=0`, `n=N`) that no visible call of the function
+        passes: a caller that leaves one out hands the transform a Python value, which is not
+        traced; whether any caller passes it is not shown, so the parameter is not proven traced
+        (jax-ml/jax#575's `def sample(factors, N=N_SPINS, seed=0)` under `@jax.jit`)."""
+        a = info.node.args
+        positional = [x.arg for x in (*a.posonlyargs, *a.args)]
+        plain = dict(zip(positional[len(positional) - len(a.defaults) :], a.defaults))
+        plain.update({k.arg: d for k, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
+        defaulted = {p for p, d in plain.items() if p in params and not isinstance(d, ast.Call)}
+        if not defaulted:
+            return set()
+        for _scope, call in self.calls:
+            f = call.func
+            if (f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None) != info.name:
+                continue
+            if any(isinstance(x, ast.Starred) for x in call.args) or any(k.arg is None for k in call.keywords):
+                return set()  # `f(*args)`, `f(**kw)`: anything may be passed
+            offset = 1 if info.is_method and isinstance(f, ast.Attribute) else 0
+            given = set(positional[offset : offset + len(call.args)]) | {k.arg for k in call.keywords if k.arg is not None}
+            defaulted -= given
+        return defaulted
 
     def _mark_module_method(self, info: FunctionInfo) -> None:
         info.entry = info.entry or f"{info.cls.name if info.cls is not None else 'Module'}.{info.name} (a Module method)"
@@ -749,6 +779,8 @@ class Analysis:
             return False
         if self.types is not None and self.types.is_static_call(e):
             return False  # `count(x)` declared and inferred to return a Python int
+        if q is not None and q.startswith(_ARRAY_MODULES) and scope is not None and self.staged(scope) and id(e) not in self._compile_time(scope):
+            return True  # under jit every array op returns a tracer, even on constants
         if isinstance(func, ast.Attribute):
             if func.attr in STATIC_METHODS:
                 return False
@@ -922,7 +954,9 @@ class Analysis:
                     if not (isinstance(func, ast.Attribute) and func.attr in ARRAY_METHODS and self.names.qualname(func.value) is None):
                         return False
                 else:
-                    return any(pr(a, proven, scope, d) for a in args)
+                    # under a staging transform (jit, a lax body) every array op returns a tracer,
+                    # even on Python values (`jnp.maximum(span / dt, 1)`, `random.PRNGKey(0)`)
+                    return any(pr(a, proven, scope, d) for a in args) or (self.staged(scope) and id(e) not in self._compile_time(scope))
             if isinstance(func, ast.Attribute) and func.attr in ARRAY_METHODS:
                 return pr(func.value, proven, scope, d)
             if isinstance(func, ast.Call) and self.names.transform_call(func) is not None:
@@ -934,6 +968,33 @@ class Analysis:
                 return self._returns_proven(callee, d)  # a helper of this module returning traced arrays
             return False
         return False
+
+    def staged(self, info: FunctionInfo) -> bool:
+        """Is `info` (or a function it is nested in) staged out by a transform that traces it to a
+        jaxpr, where even an array op on constants returns a tracer: `jit`, `remat`, `shard_map`,
+        `eval_shape`, a `lax` control-flow body? Not `vmap` or `grad` alone, where an op on Python
+        values stays concrete."""
+        hit = self._staged.get(id(info))
+        if hit is None:
+            hit = any(t.family in _STAGING for t in info.transforms) or (info.parent is not None and self.staged(info.parent))
+            self._staged[id(info)] = hit
+        return hit
+
+    def _compile_time(self, info: FunctionInfo) -> set[int]:
+        """The nodes of `info` inside `with jax.ensure_compile_time_eval():`, which run eagerly even
+        under `jit`."""
+
+        def make() -> set[int]:
+            out: set[int] = set()
+            for n in self.own_nodes(info):
+                if isinstance(n, ast.With) and any(
+                    self.names.qualname(i.context_expr.func if isinstance(i.context_expr, ast.Call) else i.context_expr) in _COMPILE_TIME
+                    for i in n.items
+                ):
+                    out |= {id(m) for st in n.body for m in ast.walk(st)}
+            return out
+
+        return self.memo(f"compile_time:{id(info.node)}", make)
 
     def _returns_proven(self, info: FunctionInfo, depth: int) -> bool:
         """Every `return` of the helper hands back a proven traced array (a Python value on any

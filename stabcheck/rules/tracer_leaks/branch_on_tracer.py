@@ -2,20 +2,25 @@ from __future__ import annotations
 
 import ast
 
-from stabcheck.finding import Confidence
+from stabcheck.finding import Confidence, Span
 from stabcheck.rule import Rule, only
 from stabcheck.rules.tracer_leaks._values import concrete_here
 from stabcheck.static.context import FileContext
 
 _BOOL_OWNERS = (ast.If, ast.While, ast.Assert, ast.IfExp)
+_DISPLAYS = (ast.Tuple, ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)
+_SYMBOLS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
 
 
 class BranchOnTracer(Rule):
     """## What it does
     Flags Python control flow on a traced value inside a staged-out transform: `if`, `while`,
-    `assert`, a ternary, `and`/`or`/`not`, a comprehension filter or `bool()` whose operand is
-    a traced array (a parameter of a `jit`/`vmap`-ed function, a `lax.scan`/`cond` body, or a
-    value computed from one). A test of values the code has just shown concrete is not flagged:
+    `assert`, a ternary, `and`/`or`/`not`, a comprehension filter, `bool()` or a chained
+    comparison (`0 < x < 1` is `0 < x and x < 1`) whose operand is a traced array (a parameter of
+    a `jit`/`vmap`-ed function, a `lax.scan`/`cond` body, a value computed from one, or, under
+    `jit` or in a `lax` body, any jnp or `jax.random` result, even on constants). A parameter with
+    a Python default that no visible call passes may be a Python value there: a test of it is a
+    guess. A test of values the code has just shown concrete is not flagged:
     after `if isinstance(s, core.Tracer): return lax.cond(...)` (or under `if not
     isinstance(s, core.Tracer):`), `if s > 0:` sees a Python number; so does a check under
     `if jax.config.jax_disable_jit:`, which runs only where nothing is staged out. `extra or {}` (an `or`
@@ -65,6 +70,21 @@ class BranchOnTracer(Rule):
     name = "branch-on-tracer"
     stages = ("static", "traced", "confirmed")
     INVALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+
+        @jax.jit
+        def ramp(x):
+            return jnp.piecewise(x, [x < 0, 0 < x < 1], [0.0, lambda v: v, 1.0])  # expect: STB101
+
+        @jax.jit
+        def maybe_flip(s):
+            u = jax.random.uniform(jax.random.key(0))
+            if u < 0.5:  # expect: STB101
+                return -s
+            return s
+        """,
         """
         import jax
         import jax.numpy as jnp
@@ -126,6 +146,17 @@ class BranchOnTracer(Rule):
         """,
     )
     VALID = (
+        """
+        import jax
+        import jax.numpy as jnp
+
+        @jax.jit
+        def ramp(x):
+            return jnp.piecewise(x, [x < 0, (0 < x) & (x < 1)], [0.0, lambda v: v, 1.0])
+
+        def in_range(i, n):
+            return 0 <= i < n  # Python ints: no transform here
+        """,
         """
         from functools import partial
         import jax
@@ -306,6 +337,32 @@ class BranchOnTracer(Rule):
     def visit_UnaryOp(self, node: ast.UnaryOp, ctx: FileContext) -> None:
         if isinstance(node.op, ast.Not) and not self._owned(node, ctx):
             self._test(node.operand, ctx, "`not`")
+
+    @only(inside="abstract")
+    def visit_Compare(self, node: ast.Compare, ctx: FileContext) -> None:
+        """`0 < x < 1` is `0 < x and x < 1`: Python calls bool() on every comparison but the last
+        (jax-ml/jax#7969, a chained condition for `jnp.piecewise`)."""
+        if len(node.ops) < 2 or any(isinstance(op, (ast.Is, ast.IsNot, ast.In, ast.NotIn)) for op in node.ops):
+            return
+        sides = [node.left, *node.comparators]
+        for i in range(len(node.ops) - 1):
+            pair = sides[i : i + 2]
+            # a comparison with a traced value is a traced bool (a bare parameter, which
+            # `is_traced_array` leaves open as a possible pytree, compares only as an array)
+            traced = next((x for x in pair if not isinstance(x, _DISPLAYS) and ctx.is_traced(x) and not concrete_here(x, ctx)), None)
+            if traced is None:
+                continue
+            text = f"{ctx.text(pair[0])} {_SYMBOLS.get(type(node.ops[i]), '?')} {ctx.text(pair[1])}"
+            self.report(
+                ctx,
+                node,
+                f"`{text}` in `{ctx.text(node)}` is a traced value, but a chained comparison calls bool() on it (`a < b < c` is `a < b and b < c`); under `jit` this raises TracerBoolConversionError",
+                help="combine the comparisons with `&` (`(a < b) & (b < c)`), or use `jnp.logical_and`",
+                detail=text,
+                operands=(traced,),
+                span=Span(pair[0].lineno, pair[0].col_offset + 1, pair[1].end_lineno, (pair[1].end_col_offset or 0) + 1),
+            )
+            return
 
     @only(inside="abstract", callees=("builtins.bool",))
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:

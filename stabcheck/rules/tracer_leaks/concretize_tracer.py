@@ -4,6 +4,7 @@ import ast
 
 from stabcheck.rule import Rule, only
 from stabcheck.rules.tracer_leaks._values import python_sequence, traced_value
+from stabcheck.static.analysis import STATIC_JAX
 from stabcheck.static.context import FileContext
 
 _CASTS = {"builtins.int": "`int()`", "builtins.float": "`float()`", "builtins.complex": "`complex()`"}
@@ -34,14 +35,7 @@ _SIZE_ERRORS = {
     "jax.random.split": "TypeError",
 }
 _SHAPE_ERROR = 'TypeError ("Shapes must be 1D sequences of concrete values of integer type")'
-# jnp functions that, called under jit, return a tracer even on static Python ints
-# (`jnp.add(x.size, 1)`, jax-ml/jax#4449): an array built so is never a concrete size
-_ARRAY_OPS = frozenset(
-    f"jax.numpy.{n}"
-    for n in ("add", "subtract", "multiply", "floor_divide", "power", "maximum", "minimum", "max", "min", "sum", "prod", "array", "asarray")
-)
 _JITS = frozenset({"jax.jit", "equinox.filter_jit", "jax.pmap"})
-_SHAPED = frozenset({"jax.numpy.zeros", "jax.numpy.ones", "jax.numpy.empty", "jax.numpy.full"})
 
 
 class ConcretizeTracer(Rule):
@@ -50,9 +44,9 @@ class ConcretizeTracer(Rule):
     concrete value of a traced array: `int()`, `float()`, `complex()`, `.item()`, `.tolist()`,
     `np.asarray()`/`np.array()`, `range()` of a traced value, `jnp.arange`/`zeros`/`ones`/
     `full`/`eye`/`linspace`/`jax.nn.one_hot`, a `jax.random` sampler's `shape` or `split`'s `num`
-    with a traced size or a traced dimension in a shape tuple (or a `zeros`/`ones`/`empty`/
-    `full` shape computed with a jnp op such as `jnp.add(x.size, 1)` or `jnp.array(n)`, a
-    tracer under `jit` even on static ints), indexing a Python list or tuple (`x.shape` included) with a traced index,
+    with a traced size or a traced dimension in a shape tuple (or a size computed with a jnp op
+    on static values, such as `jnp.add(x.size, 1)`, `jnp.array(n)` or `jnp.maximum(span / dt, 1)`:
+    a tracer under `jit` even on constants; that finding is at the jnp op, the line to change), indexing a Python list or tuple (`x.shape` included) with a traced index,
     and slicing a traced array with a traced bound (`x[:n]`, `x.at[:pos].get()`).
 
     ## Why is this bad?
@@ -101,8 +95,8 @@ class ConcretizeTracer(Rule):
 
         @jax.jit
         def custom_ones(arr):
-            count = jnp.add(arr.size, 1)
-            return jnp.ones((count,))  # expect: STB102
+            count = jnp.add(arr.size, 1)  # expect: STB102
+            return jnp.ones((count,))
         """,
         """
         import jax
@@ -339,16 +333,16 @@ class ConcretizeTracer(Rule):
             sizes = [node.args[i] for i in positions if i < len(node.args)]
             sizes += [k.value for k in node.keywords if k.arg in keywords]
             short = q.replace("jax.numpy.", "jnp.")
+            for s in sizes:  # a jnp op on static values first: it is traced only because jit stages it
+                for part in s.elts if isinstance(s, (ast.Tuple, ast.List)) else [s]:
+                    op = _jnp_op(part, ctx)
+                    if op is not None:
+                        self._jnp_size(ctx, node, part, op, short, _SIZE_ERRORS.get(q, _SHAPE_ERROR))
+                        return
             for s in sizes:
                 for part in [*(s.elts if isinstance(s, (ast.Tuple, ast.List)) else ()), s]:  # `(n,)`: the traced dimension
                     if traced_value(part, ctx):
                         self._flag(ctx, node, part, f"`{short}` with the traced size `{ctx.text(part)}`", exc=_SIZE_ERRORS.get(q, _SHAPE_ERROR))
-                        return
-            for s in sizes if q in _SHAPED else ():
-                for part in s.elts if isinstance(s, (ast.Tuple, ast.List)) else [s]:
-                    op = _jnp_op(part, ctx)
-                    if op is not None:
-                        self._jnp_size(ctx, node, part, op, short)
                         return
         elif isinstance(node.func, ast.Attribute) and node.func.attr in ("item", "tolist") and not node.args:
             if q is None or not q.startswith(("numpy.", "math.")):
@@ -391,16 +385,22 @@ class ConcretizeTracer(Rule):
                     )
                     return
 
-    def _jnp_size(self, ctx: FileContext, node: ast.AST, part: ast.AST, op: ast.Call, short: str) -> None:
+    def _jnp_size(self, ctx: FileContext, node: ast.AST, part: ast.AST, op: ast.Call, short: str, exc: str) -> None:
+        """A size computed with a jnp op (`jnp.add(x.size, 1)`, `jnp.maximum(jnp.abs(span / dt), 1)`):
+        reported at the op, the line to change, when it is bound on a line of its own."""
         # jit stages every jnp op out; under vmap or grad alone a jnp op on Python ints stays
         # concrete and the size works, so only a function that is itself jitted is proven
         jitted = ctx.function is not None and any(t.qualname in _JITS for t in ctx.function.transforms)
+        at = op if op.lineno != getattr(node, "lineno", op.lineno) else node
+        used = f"`{short}` with the size `{ctx.text(part)}`" if at is node else f"`{ctx.text(op)}` is a size for `{short}` (line {getattr(node, 'lineno', 0)}) and"
         self.report(
             ctx,
-            node,
-            f"`{short}` with the size `{ctx.text(part)}`, computed with `{ctx.text(op.func)}`, needs a concrete value, but a jnp op "
-            "returns a traced array under `jit` even on static ints; tracing raises TypeError (\"Shapes must be 1D sequences of concrete values\")",
-            help="compute sizes with Python arithmetic on static sizes (`x.size + 1`, `math.prod(x.shape)`), not with jnp",
+            at,
+            f"{used}, computed with `{ctx.text(op.func)}`, needs a concrete value, but a jnp op "
+            f"returns a traced array under `jit` even on static values; tracing raises {exc}"
+            if at is node
+            else f"{used} needs a concrete value, but a jnp op returns a traced array under `jit` even on static values; tracing raises {exc}",
+            help="compute sizes with Python (or NumPy) arithmetic on static values (`x.size + 1`, `math.prod(x.shape)`, `int(np.maximum(...))`), not with jnp",
             detail=ctx.text(part),
             confidence="proven" if jitted else "guess",
         )
@@ -419,13 +419,36 @@ class ConcretizeTracer(Rule):
         )
 
 
-def _jnp_op(e: ast.expr, ctx: FileContext) -> ast.Call | None:
-    """The jnp call that `e` is, or that the local name `e` is bound to exactly once."""
+def _jnp_op(e: ast.expr, ctx: FileContext, depth: int = 0) -> ast.Call | None:
+    """The jnp call whose result `e` is, through arithmetic (`num_steps + 1`), a method of its result
+    (`.astype(int)`) and local names bound exactly once; a jnp call that computes a value (not
+    `jnp.shape`/`ndim`/`size`/dtype queries), which jit stages out even on static values."""
+    if depth > 4:
+        return None
     if isinstance(e, ast.Name):
         value = ctx.analysis.bound_once(e.id, ctx.function)
-        if value is None:
-            return None
-        e = value  # type: ignore[assignment]
-    if isinstance(e, ast.Call) and ctx.qualname(e.func) in _ARRAY_OPS:
-        return e
+        return _jnp_op(value, ctx, depth + 1) if isinstance(value, ast.expr) else None
+    if isinstance(e, ast.BinOp):
+        return _jnp_op(e.left, ctx, depth + 1) or _jnp_op(e.right, ctx, depth + 1)
+    if isinstance(e, ast.UnaryOp):
+        return _jnp_op(e.operand, ctx, depth + 1)
+    if not isinstance(e, ast.Call):
+        return None
+    q = ctx.qualname(e.func)
+    if q is not None and q.startswith("jax.numpy.") and q not in STATIC_JAX and not q.startswith("jax.numpy.dtypes."):
+        # on static values only (`arr.size`, constants, other such ops): `jnp.sum(mask)` is traced
+        # by its input, which the traced-size check names
+        args = [*e.args, *(k.value for k in e.keywords)]
+        return e if all(_static_operand(a, ctx, depth + 1) for a in args) else None
+    if q is None and isinstance(e.func, ast.Attribute) and e.func.attr in ("astype", "reshape", "squeeze", "sum", "max", "min", "prod"):
+        return _jnp_op(e.func.value, ctx, depth + 1)  # `jnp.ceil(n).astype(int)`
     return None
+
+
+def _static_operand(a: ast.expr, ctx: FileContext, depth: int) -> bool:
+    """A value that is static but for jit's staging: a Python value, or a jnp op on such values."""
+    if isinstance(a, (ast.BinOp, ast.UnaryOp)):
+        return all(_static_operand(x, ctx, depth + 1) for x in ast.iter_child_nodes(a) if isinstance(x, ast.expr))
+    if isinstance(a, (ast.Tuple, ast.List)):
+        return all(_static_operand(x, ctx, depth + 1) for x in a.elts)
+    return _jnp_op(a, ctx, depth) is not None or not traced_value(a, ctx)

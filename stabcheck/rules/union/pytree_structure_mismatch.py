@@ -36,7 +36,9 @@ class PytreeStructureMismatch(Rule):
     changed in place. JAX reads the first tree as the structure: `None` there where another tree
     has a value raises `ValueError`; `None` in a later tree where the first has a leaf is passed to
     `f`, which fails when it computes with it (`p - lr * g`: `TypeError`). A call with `is_leaf=`
-    is left alone, as is a tree the source does not spell (a parameter, a call's result).
+    is left alone, as is a tree the source does not spell (a parameter, a call's result). It also
+    reports `jax.vmap(f, in_axes={...})`: `in_axes` has one entry per positional argument, so a dict
+    there (meant for a function of one dict argument) raises TypeError when `vmap` is built.
 
     ## Why is this bad?
     Tree utilities require identical structures, so the mismatch raises the first time the code
@@ -96,6 +98,12 @@ class PytreeStructureMismatch(Rule):
             new = {"a": a, "b": b, "c": c}
             return jtu.tree_map(lambda u, v: u + v, old, new)  # expect: STB206
         """,
+        """
+        import jax
+
+        def batched_first(tree):
+            return jax.vmap(lambda t: t["a"], in_axes={"a": 0})(tree)  # expect: STB206
+        """,
     )
     VALID = (
         """
@@ -146,8 +154,11 @@ class PytreeStructureMismatch(Rule):
         """,
     )
 
-    @only(callees=_TREE_MAPS | _WITH_PATH)
+    @only(callees=_TREE_MAPS | _WITH_PATH | {"jax.vmap"})
     def visit_Call(self, node: ast.Call, ctx: FileContext) -> None:
+        if ctx.qualname(node.func) == "jax.vmap":
+            self._vmap_in_axes(node, ctx)
+            return
         if any(k.arg == "is_leaf" or k.arg is None for k in node.keywords) or any(isinstance(a, ast.Starred) for a in node.args):
             return
         if len(node.args) < 3:
@@ -169,6 +180,25 @@ class PytreeStructureMismatch(Rule):
                 path, where = nones[0]
                 self._report_none(ctx, node, node.args[1], node.args[1 + i], path, where)
                 return
+
+    def _vmap_in_axes(self, node: ast.Call, ctx: FileContext) -> None:
+        """`jax.vmap(f, in_axes={"a": 0})`: `in_axes` is one entry per positional argument (an int,
+        None, or a tuple or list of entries), never a dict itself; `vmap` raises TypeError when it is
+        built (jax-ml/jax#18548: a dict for a function of one dict argument)."""
+        axes = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "in_axes"), None)
+        if isinstance(axes, ast.Name):
+            axes = ctx.analysis.bound_once(axes.id, ctx.function)
+        is_dict = isinstance(axes, (ast.Dict, ast.DictComp)) or (isinstance(axes, ast.Call) and ctx.qualname(axes.func) == "builtins.dict")
+        if not is_dict:
+            return
+        self.report(
+            ctx,
+            node,
+            f"`in_axes={ctx.text(axes)}` is a dict, but `in_axes` needs one entry per positional argument (an int, None, or a tuple of them); "
+            "`jax.vmap` raises TypeError: vmap in_axes must be an int, None, or a tuple of entries corresponding to the positional arguments",
+            help=f"wrap it in a tuple, one entry per argument: `in_axes=({ctx.text(axes)},)` for a function of one dict argument",
+            detail="in_axes",
+        )
 
     def _report_mismatch(self, ctx: FileContext, node: ast.Call, a: ast.AST, b: ast.AST, path: str, left: str, right: str) -> None:
         at = f" at `{path}`" if path else ""
