@@ -20,8 +20,9 @@ class NonDifferentiableLeaf(Rule):
     they call, two calls deep. Elsewhere it is reported where `grad` is applied.
 
     The static stage reports the case it sees whole: `jax.grad(f)(params, ...)` (or
-    `value_and_grad`, or a name bound to one) where a differentiated argument is a dict, list or
-    tuple display (or a name bound once to one) holding a Python `int`/`bool` literal, an integer
+    `value_and_grad`, or a name bound to one) where a differentiated argument is, or is a dict,
+    list or tuple display holding (either spelled there or bound once to a name), a Python
+    `int`/`bool` literal (`jax.grad(square)(3)`), an integer
     `jnp.array` literal, `jnp.arange` without a float dtype, or an array made with an integer or
     bool `dtype`, reported at the line that creates the leaf.
 
@@ -113,11 +114,13 @@ class NonDifferentiableLeaf(Rule):
             display = _display(node.args[i], ctx)
             if display is None:
                 continue
-            for path, leaf, what in _int_leaves(display, ctx, ctx.text(node.args[i])):
+            whole = ctx.text(node.args[i])
+            for path, leaf, what in _int_leaves(display, ctx, whole):
+                role = "the argument" if path == whole else "a leaf of the argument"
                 self.report(
                     ctx,
                     leaf,
-                    f"`{path}` is {what}, a leaf of the argument `{ctx.text(grad)}` differentiates (line {node.lineno}); "
+                    f"`{path}` is {what}, {role} `{ctx.text(grad)}` differentiates (line {node.lineno}); "
                     "JAX raises TypeError: grad requires real- or complex-valued inputs",
                     help="keep integer and bool state out of the differentiated argument (pass it separately, or use `eqx.filter_grad`), "
                     "or make it a float (`0.0`)",
@@ -202,11 +205,13 @@ def _argnums(grad: ast.Call) -> tuple[int, ...] | None:
 
 
 def _display(arg: ast.AST, ctx: FileContext) -> ast.AST | None:
-    if isinstance(arg, (ast.Dict, ast.List, ast.Tuple)):
+    """The value the source spells for a differentiated argument: a display, a literal or an
+    array call (`jax.grad(square)(3)`), or what a name bound once holds (`val = 3`, jax-ml/jax#424)."""
+    if isinstance(arg, (ast.Dict, ast.List, ast.Tuple, ast.Constant, ast.Call)):
         return arg
     if isinstance(arg, ast.Name):
         value = _single_binding(arg.id, ctx)
-        if isinstance(value, (ast.Dict, ast.List, ast.Tuple)):
+        if isinstance(value, (ast.Dict, ast.List, ast.Tuple, ast.Constant, ast.Call)):
             return value
     return None
 
