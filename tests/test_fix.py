@@ -347,7 +347,7 @@ def test_patterns_without_a_mechanical_fix_are_left_alone(name: str):
 
 def _run(source: str) -> dict:
     ns: dict = {"__name__": "fixture"}
-    exec(compile(source, "fixture.py", "exec"), ns)
+    exec(compile(source, "fixture.py", "exec", dont_inherit=True), ns)  # not this file's `from __future__ import annotations`
     return ns
 
 

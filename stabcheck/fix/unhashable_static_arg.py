@@ -6,6 +6,7 @@
     f(x, window)   # window = [1, 2, 2, 1]  -> f(x, tuple(window))
     f(x, {1, 2})                            -> f(x, frozenset({1, 2}))
     f(x, np.array([1, 2, 2, 1]))            -> f(x, (1, 2, 2, 1))       (unsafe: no longer an array)
+    f(x, Cfg(3))   # @dataclass class Cfg  -> @dataclass(frozen=True)  (unsafe: fields can no longer be assigned)
 
 A tuple iterates, indexes and unpacks like the list it replaces, but it does not concatenate with
 a list (`features + [10]` raises), compare equal to one, append or slice into a list. So the fix
@@ -30,6 +31,8 @@ _READERS = {"len", "tuple", "list", "sorted", "set", "frozenset", "sum", "min", 
 
 
 def fix(source: str, finding: Finding) -> Rewrite | None:
+    if "dataclass" in str(finding.evidence.get("kind", "")):
+        return _freeze(source, finding)
     loc = locate(source, finding, (cst.List, cst.ListComp, cst.Set, cst.SetComp, cst.Call, cst.Name))
     if loc is None:
         return None
@@ -64,6 +67,28 @@ def fix(source: str, finding: Finding) -> Rewrite | None:
         applicability = "unsafe"  # the function may concatenate, compare or mutate it
     module = replace(loc, node, cst.parse_expression(new))
     return Rewrite(module.code, applicability=applicability, description=f"`{text}` -> `{new}`")  # type: ignore[arg-type]
+
+
+def _freeze(source: str, finding: Finding) -> Rewrite | None:
+    """`@dataclass` -> `@dataclass(frozen=True)` at the class of an instance passed for a static
+    argument: hashable by value. Unsafe: code that assigns to a field of an instance then raises
+    FrozenInstanceError."""
+    loc = locate(source, finding, (cst.Call, cst.Attribute, cst.Name))
+    if loc is None:
+        return None
+    node = loc.node
+    frozen = cst.Arg(keyword=cst.Name("frozen"), value=cst.Name("True"), equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace("")))
+    if isinstance(node, cst.Call):
+        if any(a.keyword is not None and a.keyword.value == "frozen" for a in node.args):
+            return None
+        args = list(node.args)
+        if args:
+            args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        new: cst.BaseExpression = node.with_changes(args=[*args, frozen])
+    else:
+        new = cst.Call(func=node, args=[frozen])
+    module = replace(loc, node, new)
+    return Rewrite(module.code, applicability="unsafe", description=f"`@{loc.code(node)}` -> `@{cst.Module([]).code_for_node(new)}`")
 
 
 def _read_only(source: str, finding: Finding) -> bool:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from stabcheck.finding import Chain
-from stabcheck.traced.source import chain, exception_site, transformed_site
+from stabcheck.traced.source import Site, chain, dataclass_site, exception_site, transformed_site
 
 # (class name or "", text in the message, code, short reason); first match wins
 TABLE: tuple[tuple[str, str, str, str], ...] = (
@@ -89,9 +89,29 @@ def code_of(exc: BaseException) -> tuple[str, str]:
     return "STB902", kind
 
 
+def fix_site(exc: BaseException, code: str, within: tuple[str, ...] = ()) -> Site | None:
+    """The user line to change for an exception classified as `code`: where it was raised, or
+    - STB404: the loop a reverse-mode transform reached, which JAX chains as the cause;
+    - STB502: the `@dataclass` of an unhashable static argument's class, in the user's file;
+    - STB104: where a leaked tracer was made, as the message names it."""
+    site = exception_site(exc, within=within)
+    if code in _AT_TRANSFORMED:
+        site = transformed_site(exc, within=within) or site  # the loop, not the `grad` that reached it
+    hashed = _HASHED.search(str(exc)) if code == "STB502" else None
+    if hashed is not None and site is not None:
+        site = dataclass_site(site.file, hashed.group(1)) or site  # a mutable dataclass of the user's file: its definition
+    made = _CREATED.search(str(exc)) if code == "STB104" else None
+    if made is not None and site is not None and os.path.realpath(made.group(1)) == os.path.realpath(site.file):
+        site = dataclasses.replace(site, line=int(made.group(2)), col=1, outer=())  # in the user's file: the line that kept it
+    return site
+
+
 # errors raised while a transform rewrites one operation: the finding goes where that operation
 # was written, the line to change (a `while_loop` under reverse mode)
 _AT_TRANSFORMED = frozenset({"STB404"})
+
+# a static argument JAX could not hash names its class: `of type <class 'model.Config'>`
+_HASHED = re.compile(r"hash an object of type <class '(?:[^']*\.)?(\w+)'>")
 
 # UnexpectedTracerError names where the leaked value was made: the side effect that kept it
 _CREATED = re.compile(r"was created on line (.+?):(\d+)(?::\d+)? \(")
@@ -100,12 +120,7 @@ _CREATED = re.compile(r"was created on line (.+?):(\d+)(?::\d+)? \(")
 def classify(exc: BaseException, within: tuple[str, ...] = ()) -> Failure:
     code, reason = code_of(exc)
     kind = type(exc).__name__
-    site = exception_site(exc, within=within)
-    if code in _AT_TRANSFORMED:
-        site = transformed_site(exc, within=within) or site  # the loop, not the `grad` that reached it
-    made = _CREATED.search(str(exc)) if code == "STB104" else None
-    if made is not None and site is not None and os.path.realpath(made.group(1)) == os.path.realpath(site.file):
-        site = dataclasses.replace(site, line=int(made.group(2)), col=1, outer=())  # in the user's file: the line that kept it
+    site = fix_site(exc, code, within)
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     short = lines[0][:300] if lines else kind
     return Failure(code, reason, kind, short, site.file if site else None, site.line if site else None, chain(site, str))

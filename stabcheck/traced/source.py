@@ -206,6 +206,22 @@ def _def_lines(file: str) -> dict[int, int]:
     return {min(d.lineno for d in node.decorator_list): node.lineno for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.decorator_list}
 
 
+def dataclass_site(file: str, name: str) -> Site | None:
+    """The `@dataclass` decorator line of the module-level class `name` of FILE: where
+    `frozen=True` goes when an instance of it, passed for a static argument, cannot be hashed."""
+    try:
+        tree = ast.parse("".join(linecache.getlines(file)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            for dec in node.decorator_list:
+                target = dec.func if isinstance(dec, ast.Call) else dec
+                if (target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")) == "dataclass":
+                    return Site(file, dec.lineno, dec.col_offset + 1, name, is_library(file))
+    return None
+
+
 def literal_return_site(file: str, def_line: int, function: str = "") -> Site | None:
     """The first `return <number literal>` of the function defined at FILE:DEF_LINE (decorators
     included): where a jitted function hands back a weakly typed Python scalar, which no jaxpr

@@ -36,8 +36,8 @@ from stabcheck import registry
 from stabcheck.finding import Finding, Span
 from stabcheck.traced.checks import ZERO_GRADIENT_HELP, check_jaxpr, custom_rule_def, custom_rule_defs, depends, in_custom_rule, iter_eqns, rule_return_site, shown_path, site_span, source_line, sub_jaxprs, truncated_dtype_text, zero_gradient_cut, zero_gradient_message
 from stabcheck.traced.entries import Entry
-from stabcheck.traced.errors import code_of
-from stabcheck.traced.source import Site, chain, eqn_site, exception_site, function_site, is_internal, leaf_origin, literal_return_site, transformed_site, with_via
+from stabcheck.traced.errors import code_of, fix_site
+from stabcheck.traced.source import Site, chain, eqn_site, function_site, is_internal, leaf_origin, literal_return_site, with_via
 
 FORWARD = frozenset({"jvp", "jacfwd", "hessian", "hvp"})
 REVERSE = frozenset({"grad", "jacrev", "hessian", "hvp"})
@@ -392,14 +392,14 @@ class Tracer:
         jax_msg = "\n".join(str(e).strip().splitlines()[:6])[:1200]
         ev = {"transform": transform, "error": first_line(e), "jax_message": jax_msg}
         where = f"under `{transform}`" if transform != "call" else "when traced"
-        site = exception_site(e) or self.recorded_call()
+        site = fix_site(e, code) or self.recorded_call()
         if code == "STB402":
             self.non_diff_leaf(e, transform, site, ev)
         elif code == "STB403":
             site = self.primitive_site("custom_vjp_call") or site
             self.report(code, site, f"forward-mode autodiff reaches a `jax.custom_vjp` function here {where}; JAX raises `can't apply forward-mode autodiff (jvp) to a custom_vjp function`", help="define the rule with `jax.custom_jvp` (works in both modes), or use reverse mode only (`grad`, `jacrev`)", detail=transform, evidence=ev)
         elif code == "STB404":
-            site = self.primitive_site("while") or transformed_site(e) or site  # the loop, also under the user's own `grad`
+            site = self.primitive_site("while") or site  # the loop (fix_site: also under the user's own `grad`)
             self.report(code, site, f"reverse-mode autodiff ({transform}) reaches this `lax.while_loop`; JAX cannot differentiate a loop whose trip count is only known at run time", help="use `lax.scan` or `lax.fori_loop` with static bounds, or `jax.checkpoint`-ed scan; forward mode (`jvp`, `jacfwd`) works", detail=transform, evidence=ev)
         elif code == "STB405":
             site = self.rule_site() or site

@@ -31,7 +31,8 @@ class UnhashableStaticArg(Rule):
     (a literal, a `list()`/`dict()`/`set()` call, an `np`/`jnp` array, the result of a `jnp`/`lax`
     operation such as `jnp.sum(mask)` — a jax array, even 0-d — or a local name bound to one),
     or an instance of one of the module's `@dataclass`es that is neither `frozen` nor
-    `unsafe_hash` (Python sets its `__hash__` to None), for a parameter declared static with
+    `unsafe_hash` (Python sets its `__hash__` to None; reported at the `@dataclass` line, where
+    `frozen=True` goes), for a parameter declared static with
     `static_argnums` or `static_argnames`. Also flags a
     pytree field declared static (`eqx.field(static=True)`, flax `struct.field(pytree_node=False)`,
     `dataclasses.field(metadata={"static": True})` of a `jax.tree_util.register_dataclass` class)
@@ -74,7 +75,7 @@ class UnhashableStaticArg(Rule):
         from functools import partial
         import jax
 
-        @dataclasses.dataclass
+        @dataclasses.dataclass  # expect: STB502
         class Config:
             some_value: int
 
@@ -83,7 +84,7 @@ class UnhashableStaticArg(Rule):
             return data * config.some_value
 
         def evaluate(data):
-            return do_stuff(data, Config(3))  # expect: STB502
+            return do_stuff(data, Config(3))
         """,
         """
         from functools import partial
@@ -277,10 +278,13 @@ class UnhashableStaticArg(Rule):
             if what is None:
                 continue
             shown = ctx.text(value)
+            dec = _instance_decorator(value, ctx)  # a mutable dataclass: the fix is at its definition
             self.report(
                 ctx,
-                value,
-                f"`{shown}` is {what} passed for `{pname}`, a static argument of `{j.name}`; static arguments must be hashable, so the call raises ValueError: Non-hashable static arguments are not supported",
+                dec if dec is not None else value,
+                f"`{shown}` is {what} passed for `{pname}`, a static argument of `{j.name}`"
+                + (f" (line {value.lineno})" if dec is not None else "")
+                + "; static arguments must be hashable, so the call raises ValueError: Non-hashable static arguments are not supported",
                 help=(
                     "make the dataclass hashable (`@dataclass(frozen=True)`), or make the argument non-static"
                     if "dataclass" in what
@@ -288,6 +292,7 @@ class UnhashableStaticArg(Rule):
                 ),
                 detail=f"{j.name}:{pname}",
                 evidence={"kind": what},
+                function="" if dec is not None else None,
             )
 
     def _vmapped(self, node: ast.Call, vmap: ast.Call, ctx: FileContext) -> None:
@@ -360,6 +365,21 @@ def _mutable_dataclass(func: ast.AST, ctx: FileContext) -> str | None:
     """The name of the class `func` names when it is a `@dataclass` of this module that is
     unhashable: `eq` left on (the default) without `frozen=True` or `unsafe_hash=True`, and no
     `__hash__` of its own (jax-ml/jax#3701)."""
+    dec = _mutable_dataclass_decorator(func, ctx)
+    return func.id if dec is not None and isinstance(func, ast.Name) else None
+
+
+def _instance_decorator(value: ast.AST, ctx: FileContext) -> ast.expr | None:
+    """The `@dataclass` decorator of the unhashable dataclass `value` is an instance of (`Cfg(3)`,
+    or a name bound once to it): the line to change."""
+    if isinstance(value, ast.Name):
+        scope_node: ast.AST = ctx.function.node if ctx.function is not None else ctx.tree
+        binds = [n.value for n in ast.walk(scope_node) if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == value.id for t in n.targets)]
+        value = binds[0] if len(binds) == 1 else value
+    return _mutable_dataclass_decorator(value.func, ctx) if isinstance(value, ast.Call) else None
+
+
+def _mutable_dataclass_decorator(func: ast.AST, ctx: FileContext) -> ast.expr | None:
     if not isinstance(func, ast.Name):
         return None
     cls = next((n for n in ctx.tree.body if isinstance(n, ast.ClassDef) and n.name == func.id), None)
@@ -376,7 +396,7 @@ def _mutable_dataclass(func: ast.AST, ctx: FileContext) -> str | None:
             return None  # a flag computed at run time
         on = {k: v.value for k, v in flags.items() if k is not None and isinstance(v, ast.Constant)}
         if on.get("eq", True) and not on.get("frozen", False) and not on.get("unsafe_hash", False):
-            return cls.name
+            return dec
     return None
 
 
