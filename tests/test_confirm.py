@@ -339,3 +339,43 @@ def test_reverse_mode_through_a_loop_is_reported_at_the_loop_by_every_stage(tmp_
     found = [(d["code"], d["line"], d["status"]) for d in json.loads(proc.stdout) if d["code"] == "STB404"]
     loop = next(i for i, line in enumerate(WHILE_UNDER_USER_GRAD.splitlines(), 1) if "lax.while_loop(" in line)
     assert found == [("STB404", loop, "confirmed")], found
+
+
+def test_a_size_jit_made_of_constants_is_reported_at_the_jnp_op() -> None:
+    """JAX lists the operations that made a value a tracer; when the first takes literals only,
+    jit staged a static value out (`jnp.maximum(jnp.abs(span / dt), 1)`, jax-ml/jax#5208): the
+    line to change is that op, not the `linspace` that needed the value. A size derived from an
+    argument stays at the use."""
+    pytest.importorskip("jax")
+    import jax
+    import jax.numpy as jnp
+
+    from stabcheck.traced.errors import classify
+
+    def grid():
+        num_steps = jnp.maximum(jnp.abs(1.0 / 0.1), 1)  # the op
+        return jnp.linspace(0.0, 1.0, num_steps + 1)
+
+    def from_arg(n):
+        m = n + 1
+        return jnp.zeros((m,))  # the use
+
+    here = grid.__code__.co_firstlineno
+    for fn, args, line in ((grid, (), here + 1), (from_arg, (3,), from_arg.__code__.co_firstlineno + 2)):
+        with pytest.raises((TypeError, jax.errors.ConcretizationTypeError)) as info:
+            jax.jit(fn)(*args)
+        failure = classify(info.value)
+        assert (failure.code, failure.line) == ("STB102", line)
+
+
+def test_vmap_in_axes_errors_are_structure_findings_not_stabchecks_own() -> None:
+    """jax-ml/jax#18548: a dict as `in_axes` raises TypeError when `vmap` is built; the confirm
+    stage files it as STB206, not as STB902 (stabcheck's own failure)."""
+    pytest.importorskip("jax")
+    import jax
+
+    from stabcheck.traced.errors import code_of
+
+    with pytest.raises(TypeError) as info:
+        jax.vmap(lambda t: t["a"], in_axes={"a": 0})
+    assert code_of(info.value)[0] == "STB206"

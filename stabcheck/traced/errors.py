@@ -53,6 +53,8 @@ TABLE: tuple[tuple[str, str, str, str], ...] = (
     ("", "Custom node type mismatch", "STB206", "pytrees of different structure combined"),
     ("", "Dict key mismatch", "STB206", "pytrees of different structure combined"),
     ("", "Tuple arity mismatch", "STB206", "pytrees of different structure combined"),
+    ("", "vmap in_axes must be an int, None, or a tuple", "STB206", "vmap in_axes not one entry per positional argument"),
+    ("", "in_axes specification must be a tree prefix", "STB206", "vmap in_axes not a prefix of the arguments' structure"),
     ("", "as an abstract array", "STB505", "a non-array value passed as a traced argument"),
     ("", "is not a valid JAX type", "STB505", "a non-array value passed as a traced argument"),
 )
@@ -103,12 +105,33 @@ def fix_site(exc: BaseException, code: str, within: tuple[str, ...] = ()) -> Sit
     made = _CREATED.search(str(exc)) if code == "STB104" else None
     if made is not None and site is not None and os.path.realpath(made.group(1)) == os.path.realpath(site.file):
         site = dataclasses.replace(site, line=int(made.group(2)), col=1, outer=())  # in the user's file: the line that kept it
+    born = _born_of_constants(str(exc)) if code == "STB102" else None
+    if born is not None and site is not None and os.path.realpath(born[0]) == os.path.realpath(site.file):
+        site = dataclasses.replace(site, line=born[1], col=born[2], outer=())  # `jnp.add(x.size, 1)`: the op to replace
     return site
+
+
+def _born_of_constants(text: str) -> tuple[str, int, int] | None:
+    """Where a tracer that only jit made of constants was born: JAX lists "the JAX operations"
+    that made the value; when the first takes literals only (`add 3:i32[] 1:i32[]`), the value
+    was static until a jnp op staged it out (`jnp.add(arr.size, 1)`, jax-ml/jax#4449), and that
+    op's line is the one to change."""
+    first = _OPERATION.search(text)
+    if first is None:
+        return None
+    operands = first.group(1).split()
+    if not operands or not all(_LITERAL.fullmatch(o) for o in operands):
+        return None
+    return first.group(2), int(first.group(3)), int(first.group(4)) + 1
 
 
 # errors raised while a transform rewrites one operation: the finding goes where that operation
 # was written, the line to change (a `while_loop` under reverse mode)
 _AT_TRANSFORMED = frozenset({"STB404"})
+
+# "This value became a tracer due to JAX operations on these lines:", then each operation
+_OPERATION = re.compile(r"operation \S+ = \w+((?: \S+)*)\n\s+from line (.+?):(\d+):(\d+)")
+_LITERAL = re.compile(r"-?[\d.]+(?:e[-+]?\d+)?:\w+\[\]|True:bool\[\]|False:bool\[\]")
 
 # a static argument JAX could not hash names its class: `of type <class 'model.Config'>`
 _HASHED = re.compile(r"hash an object of type <class '(?:[^']*\.)?(\w+)'>")
