@@ -260,3 +260,22 @@ def test_trace_task_maps_exceptions_to_codes_at_the_user_line(jax, tmp_path) -> 
     for fn in (mod.concretize, mod.bool_index):  # JAX really raises
         with pytest.raises((jax.errors.ConcretizationTypeError, jax.errors.NonConcreteBooleanIndexError)):
             jax.jit(fn)(x)
+
+
+def test_float64_leak_through_a_matrix_product_under_x64(jax) -> None:
+    """equinox#1154: `W64 @ x32` has no convert in the jaxpr, only a float64 dot_general; inside a
+    library layer, the finding is at the user's call of it."""
+    from stabcheck.traced.checks import check_jaxpr
+
+    path = FIX / "mixed_matmul.py"
+    mm = _load(path)
+    jax.config.update("jax_enable_x64", True)
+    try:
+        assert mm.project(mm.X).dtype == jax.numpy.float64 and mm.embed(mm.KEY, mm.X).dtype == jax.numpy.float64
+        assert mm.project_ok(mm.X).dtype == jax.numpy.float32 and mm.embed_ok(mm.KEY, mm.X).dtype == jax.numpy.float32
+        assert _codes(check_jaxpr(jax.make_jaxpr(mm.project)(mm.X))) == {("STB301", _line(path, "return W @ x"))}
+        assert _codes(check_jaxpr(jax.make_jaxpr(mm.embed)(mm.KEY, mm.X))) == {("STB301", _line(path, "return layer(x)  #"))}
+        assert check_jaxpr(jax.make_jaxpr(mm.project_ok)(mm.X)) == []
+        assert check_jaxpr(jax.make_jaxpr(mm.embed_ok)(mm.KEY, mm.X)) == []
+    finally:
+        jax.config.update("jax_enable_x64", False)

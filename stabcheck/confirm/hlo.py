@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from stabcheck.traced.source import is_internal
+from stabcheck.traced.source import is_internal, is_library
 
 _DEF = re.compile(r"^#(loc\d*) = loc\((.*)\)\s*$", re.M)
 _FILE = re.compile(r'^"([^"]+)":(\d+):\d+')
@@ -55,6 +55,12 @@ def sites(text: str) -> list[OpSite]:
         user = [(f, ln) for f, ln in frames(m.group(3)) if not is_internal(f)]
         if user:
             out.append(OpSite(m.group(1), m.group(2), user[0][0], user[0][1]))
+            if is_library(user[0][0]):
+                # an op inside a library layer (`eqx.nn.Linear.__call__`) also runs at the
+                # project line that called into the library, where a traced finding names it
+                caller = next(((f, ln) for f, ln in user if not is_library(f)), None)
+                if caller is not None:
+                    out.append(OpSite(m.group(1), m.group(2), caller[0], caller[1]))
     return out
 
 

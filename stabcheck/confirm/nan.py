@@ -69,6 +69,8 @@ def nonfinite(tree: Any) -> str | None:
 
     kind = None
     for leaf in jax.tree_util.tree_leaves(tree):
+        if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended):
+            continue  # a typed PRNG key: no float to check, and NumPy cannot read it
         a = np.asarray(leaf) if hasattr(leaf, "dtype") or isinstance(leaf, (float, complex)) else None
         if a is None or not np.issubdtype(a.dtype, np.inexact):
             continue

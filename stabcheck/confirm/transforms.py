@@ -37,6 +37,8 @@ def concrete(entry: Entry, seed: int = 0) -> Entry:
         if not isinstance(leaf, jax.ShapeDtypeStruct):
             return leaf
         key[0], k = jax.random.split(key[0])
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.split(k, leaf.shape) if leaf.shape else k  # typed PRNG keys
         dt = np.dtype(leaf.dtype)
         if np.issubdtype(dt, np.inexact):
             x = jax.random.normal(k, leaf.shape, dt)
@@ -79,7 +81,12 @@ def is_float(x: Any) -> bool:
         return False
     if isinstance(x, (float, complex)):
         return True
-    return hasattr(x, "dtype") and np.issubdtype(np.dtype(x.dtype), np.inexact)
+    if not hasattr(x, "dtype"):
+        return False
+    try:
+        return bool(np.issubdtype(np.dtype(x.dtype), np.inexact))
+    except TypeError:  # an extended dtype NumPy does not know (a typed PRNG key, `key<fry>`)
+        return False
 
 
 def _argnums(entry: Entry) -> tuple[int, ...]:

@@ -259,6 +259,8 @@ class _Walker:
             if name == "convert_element_type":
                 if not (_is_var(eqn.invars[0]) and eqn.invars[0] in literals and _is_intlike(_dtype(eqn.invars[0]))):
                     self._convert(eqn, consumers, tainted, mask_data)
+            elif name == "dot_general":
+                self._mixed_dot(eqn, tainted)
             elif name in ("mul", "select_n"):
                 self._mask(eqn, producers, mask_data)
             elif name == "broadcast_in_dim":
@@ -272,6 +274,30 @@ class _Walker:
             if inner_tainted or any(_is_var(v) and v in tainted for v in eqn.invars):
                 tainted.update(o for o in eqn.outvars if _dtype(o) == "float64" and not _weak(o))
         return any(_is_var(v) and v in tainted for v in jaxpr.outvars)
+
+    def _mixed_dot(self, eqn: Any, tainted: set[Any]) -> None:
+        """`x @ w` with float32 `x` and float64 `w` (weights a library drew with the x64 default
+        dtype): `jnp.matmul` hands `dot_general` both dtypes and a float64 result type, with no
+        `convert_element_type` to see, and the product runs in float64 (equinox#1154)."""
+        out = eqn.outvars[0]
+        if _dtype(out) != "float64" or _weak(out) or len(eqn.invars) != 2:
+            return
+        dts = [_dtype(v) for v in eqn.invars]
+        low = [v for v, d in zip(eqn.invars, dts) if _is_float(d) and d != "float64" and not _weak(v)]
+        if not low or "float64" not in dts or any(_is_var(v) and v in tainted for v in eqn.invars):
+            return  # float64 already flowing from the data: a consequence, not a start
+        tainted.add(out)
+        src = _dtype(low[0])
+        # inside a library layer (`eqx.nn.Linear.__call__`): the user's call of it, where the data went in
+        site = eqn_site(eqn) or next((f for f in eqn_frames(eqn) if not f.library), None)
+        self.add(
+            "STB301",
+            site,
+            f"`{src}{list(_shape(low[0]))}` data meets a float64 operand in a matrix product here, which runs in float64; every operation downstream runs in float64 (2-64x slower on accelerators, double memory)",
+            help="make the other operand the data's dtype: build weights and constants with `dtype=x.dtype` (with x64 on, the default float is float64)",
+            detail=f"{src}->float64",
+            evidence={"from": src, "to": "float64", "shape": list(_shape(low[0])), "explicit": False, "primitive": "dot_general"},
+        )
 
     def _convert(self, eqn: Any, consumers: dict[Any, list[Any]], tainted: set[Any], mask_data: set[Any]) -> None:
         src, dst = _dtype(eqn.invars[0]), _dtype(eqn.outvars[0])
