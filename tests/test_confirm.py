@@ -379,3 +379,16 @@ def test_vmap_in_axes_errors_are_structure_findings_not_stabchecks_own() -> None
     with pytest.raises(TypeError) as info:
         jax.vmap(lambda t: t["a"], in_axes={"a": 0})
     assert code_of(info.value)[0] == "STB206"
+
+
+def test_library_edges_are_filed_under_their_codes_and_near_misses_stay_clean() -> None:
+    """Held-out set E: a typed PRNG key in the arguments, an `eqx.filter_jit` step returning a model
+    that holds `jax.nn.relu` (a custom_jvp object), a custom_vjp fwd rule without residuals and
+    `eqx.debug.assert_max_traces` each used to come out as STB902, STB505 or line 1."""
+    path = CONFIRM / "library_edges.py"
+    r = run_cli("check", str(path), "--trace", "--confirm", "--no-cache", "--exit-zero", "--output-format", "json")
+    found = {(d["code"], d["line"], d["status"]) for d in json.loads(r.stdout) if d["stage"] != "static"}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    fwd = next(i for i, ln in enumerate(lines, 1) if "# expect: STB405" in ln)
+    twice = next(i for i, ln in enumerate(lines, 1) if "fk_step(Model(" in ln)
+    assert found == {("STB405", fwd, "confirmed"), ("STB504", twice, "confirmed")}, found

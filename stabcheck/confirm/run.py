@@ -51,7 +51,7 @@ from stabcheck.traced.entries import Entry
 from stabcheck.traced.errors import SLUGS, Failure, classify
 from stabcheck.traced.checks import first_cast_site
 from stabcheck.traced.source import function_site, with_via
-from stabcheck.traced.tracing import jax_flags, trace_entry, trace_task
+from stabcheck.traced.tracing import jax_flags, trace_entry, trace_task, weak_value
 
 ERROR_CODES = frozenset({"STB101", "STB102", "STB103", "STB203", "STB402", "STB403", "STB404", "STB405", "STB407"})
 NAN_CODES = frozenset({"STB401", "STB408", "STB411", "STB412"})
@@ -175,9 +175,8 @@ def _program_lines(entry: Entry) -> set[tuple[str, int]]:
 
 
 def entry_files(entry: Entry) -> tuple[str, ...]:
-    fn = getattr(entry.fn, "__wrapped__", entry.fn)
-    code = getattr(fn, "__code__", None)
-    return (os.path.realpath(code.co_filename),) if code is not None else ()
+    site = function_site(entry.fn)
+    return (os.path.realpath(site.file),) if site is not None else ()
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -216,7 +215,8 @@ def _run(t: str, entry: Entry, split: T.Split, limit: int, *, boundary: str, lab
                     primal = jax.make_jaxpr(p.primal)(*inputs).jaxpr if p.primal is not None else None
                     ob.cast_sites = {g: site for g in {g for _, _, g in ob.mismatches} if (site := first_cast_site(grads, g, primal)) is not None}
         ob.input_floats = {_short(str(x.dtype)) for x in jax.tree_util.tree_leaves(inputs) if T.is_float(x) and hasattr(x, "dtype")}
-        ob.weak_outputs = [jax.tree_util.keystr(kp) or "output" for kp, x in jax.tree_util.tree_flatten_with_path(out)[0] if getattr(jax.typeof(x), "weak_type", False)] if t in ("jit", "call") else []
+        # a returned Module may hold functions (`jax.nn.relu`, a custom_jvp): not values to type
+        ob.weak_outputs = [jax.tree_util.keystr(kp) or "output" for kp, x in jax.tree_util.tree_flatten_with_path(out)[0] if weak_value(jax, x)] if t in ("jit", "call") else []
         ob.nonfinite = _nan(fun, inputs, out, ob, entry.static_argnums if t == "call" else ())
     except Exception as e:
         ob.ok, ob.failure = False, classify(e, within)

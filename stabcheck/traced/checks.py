@@ -167,20 +167,6 @@ def rule_return_site(rule: Site) -> Site | None:
     """The first `return` of the function defined at `rule` (decorators included): the line that
     hands JAX a rule's outputs, where a wrong shape or dtype is fixed."""
     return return_site(rule.file, rule.line)
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        if not min([node.lineno, *(d.lineno for d in node.decorator_list)]) <= rule.line <= node.lineno:
-            continue
-        stack: list[ast.AST] = list(node.body)
-        while stack:
-            n = stack.pop(0)
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-                continue
-            if isinstance(n, ast.Return):
-                return Site(rule.file, n.lineno, n.col_offset + 1, node.name)
-            stack.extend(ast.iter_child_nodes(n))
-    return None
 
 
 def in_custom_rule(site: Site | None, rules: Sequence[Site]) -> Site | None:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from stabcheck.finding import Chain
-from stabcheck.traced.source import Site, chain, dataclass_site, exception_site, transformed_site
+from stabcheck.traced.source import Site, chain, dataclass_site, exception_site, named_return_site, transformed_site
 
 # (class name or "", text in the message, code, short reason); first match wins
 TABLE: tuple[tuple[str, str, str, str], ...] = (
@@ -29,11 +29,13 @@ TABLE: tuple[tuple[str, str, str, str], ...] = (
     ("", "Array slice indices must have static start/stop/step", "STB102", "slice bounds from a traced value"),
     ("", "Non-hashable static arguments are not supported", "STB502", "a traced or unhashable value given for a static argument"),
     ("OverflowError", "while parsing an argument to a jitted computation", "STB503", "a Python int too large for the argument's dtype"),
+    ("RuntimeError", "can only be traced", "STB504", "traced more often than `eqx.debug.assert_max_traces` allows"),
     ("", "grad requires real- or complex-valued inputs", "STB402", "grad of a bool/int leaf"),
     ("", "Gradient only defined for scalar-output functions", "STB409", "grad of a non-scalar output"),
     ("", "can't apply forward-mode autodiff (jvp) to a custom_vjp function", "STB403", "forward mode through custom_vjp"),
     ("", "Reverse-mode differentiation does not work for lax.while_loop", "STB404", "reverse mode through while_loop"),
     ("", "Custom VJP bwd rule", "STB405", "custom_vjp bwd rule output mismatch"),
+    ("", "Custom VJP fwd rule", "STB405", "custom_vjp fwd rule does not return (output, residuals)"),
     ("", "Custom JVP rule", "STB405", "custom_jvp rule output mismatch"),
     ("", "custom_jvp rule", "STB405", "custom_jvp rule mismatch"),
     ("", "callbacks do not support JVP", "STB407", "callback under AD"),
@@ -100,11 +102,18 @@ def fix_site(exc: BaseException, code: str, within: tuple[str, ...] = ()) -> Sit
     if code in _AT_TRANSFORMED:
         site = transformed_site(exc, within=within) or site  # the loop, not the `grad` that reached it
     hashed = _HASHED.search(str(exc)) if code == "STB502" else None
-    if hashed is not None and site is not None:
-        site = dataclass_site(site.file, hashed.group(1)) or site  # a mutable dataclass of the user's file: its definition
+    if hashed is not None:
+        # a mutable dataclass of the user's file (or of the entry's, when JAX raised at the call
+        # boundary with no user frame): its definition
+        files = [site.file] if site is not None else list(within)
+        site = next((d for f in files if (d := dataclass_site(f, hashed.group(1))) is not None), site)
     made = _CREATED.search(str(exc)) if code == "STB104" else None
     if made is not None and site is not None and os.path.realpath(made.group(1)) == os.path.realpath(site.file):
         site = dataclasses.replace(site, line=int(made.group(2)), col=1, outer=())  # in the user's file: the line that kept it
+    fwd = _FWD_RULE.search(str(exc)) if code == "STB405" else None
+    if fwd is not None:
+        files = [site.file] if site is not None else list(within)
+        site = next((r for f in files if (r := named_return_site(f, fwd.group(1))) is not None), site)  # the fwd rule's return
     born = _born_of_constants(str(exc)) if code == "STB102" else None
     if born is not None and site is not None and os.path.realpath(born[0]) == os.path.realpath(site.file):
         site = dataclasses.replace(site, line=born[1], col=born[2], outer=())  # `jnp.add(x.size, 1)`: the op to replace
@@ -132,6 +141,9 @@ _AT_TRANSFORMED = frozenset({"STB404"})
 # "This value became a tracer due to JAX operations on these lines:", then each operation
 _OPERATION = re.compile(r"operation \S+ = \w+((?: \S+)*)\n\s+from line (.+?):(\d+):(\d+)")
 _LITERAL = re.compile(r"-?[\d.]+(?:e[-+]?\d+)?:\w+\[\]|True:bool\[\]|False:bool\[\]")
+
+# a custom_vjp fwd rule that does not return (output, residuals) is named in the message
+_FWD_RULE = re.compile(r"Custom VJP fwd rule (\w+) for function")
 
 # a static argument JAX could not hash names its class: `of type <class 'model.Config'>`
 _HASHED = re.compile(r"hash an object of type <class '(?:[^']*\.)?(\w+)'>")

@@ -129,7 +129,8 @@ def split(arg: Any) -> Filtered:
 
 def filter_entry(entry: Entry) -> Entry:
     """`entry` with each argument that needs it (`needs_filter`) split into a `Filtered`, and a
-    function that rebuilds them (its returned states split the same way); else `entry` itself. The
+    function that rebuilds them (its returned states, and returned values that need it, split the
+    same way); else `entry` itself. The
     entry's own function stays reachable (`unfiltered`)."""
     positions = [i for i, a in enumerate(entry.args) if i not in entry.static_argnums and needs_filter(a)]
     if not positions:
@@ -140,8 +141,13 @@ def filter_entry(entry: Entry) -> Entry:
     @functools.wraps(fn)
     def rebuilt(*args: Any, **kwargs: Any) -> Any:
         out = fn(*[a.rebuild() if isinstance(a, Filtered) else a for a in args], **kwargs)
-        if states and isinstance(out, (tuple, list)):
-            out = type(out)(split(o) if k in states else o for k, o in enumerate(out))
+        # returned states, and any returned Module or object holding functions (`model, opt_state`
+        # of an `eqx.filter_jit` step, whose model keeps `jax.nn.relu`): split the same way, as
+        # `eqx.filter_jit` returns non-arrays as Python values
+        if isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
+            out = type(out)(split(o) if k in states or needs_filter(o) else o for k, o in enumerate(out))
+        elif needs_filter(out):
+            out = split(out)
         return out
 
     def apply(args: tuple[Any, ...]) -> tuple[Any, ...]:

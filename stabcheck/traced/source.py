@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import inspect
 import linecache
 import os
 import re
@@ -183,7 +184,10 @@ def exception_site(exc: BaseException, *, within: tuple[str, ...] = ()) -> Site 
 
 def function_site(fn: Any) -> Site | None:
     """Where a Python function is defined (a last resort: findings prefer the offending line)."""
-    fn = getattr(fn, "__wrapped__", fn)
+    try:
+        fn = inspect.unwrap(fn)  # `jax.jit(jax.grad(f))`, `eqx.filter_jit`: the user's def
+    except ValueError:  # a cycle of __wrapped__
+        fn = getattr(fn, "__wrapped__", fn)
     code = getattr(fn, "__code__", None)
     if code is None:
         return None
@@ -220,6 +224,19 @@ def dataclass_site(file: str, name: str) -> Site | None:
                 if (target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")) == "dataclass":
                     return Site(file, dec.lineno, dec.col_offset + 1, name, is_library(file))
     return None
+
+
+def named_return_site(file: str, name: str) -> Site | None:
+    """The first `return` of the function `name` defined in FILE (a custom rule JAX names in its
+    error: `Custom VJP fwd rule f_fwd for function f must produce a pair`)."""
+    try:
+        tree = ast.parse("".join(linecache.getlines(file)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    node = next((n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name), None)
+    if node is None:
+        return None
+    return return_site(file, min([node.lineno, *(d.lineno for d in node.decorator_list)]), name)
 
 
 def literal_return_site(file: str, def_line: int, function: str = "") -> Site | None:

@@ -77,6 +77,10 @@ _RAISED: dict[str, tuple[str, str]] = {
         "a Python int given as a traced argument does not fit the argument's dtype {where} (int32 unless x64 is on); JAX raises `{what}`",
         "pass large integers (seeds, timestamps) as `np.int64`/`np.uint32` arrays reduced to the range you need, or as static arguments; do not rely on JAX truncating them",
     ),
+    "STB504": (
+        "a function is traced again {where}, more often than the code's own `eqx.debug.assert_max_traces` allows; JAX raises `{what}`",
+        "keep the arguments that change the trace fixed (hashable static values built once, arrays for what varies), or build the jitted function once",
+    ),
     "STB505": (
         "an argument that is neither an array nor a pytree of arrays (a Module, a plain object) is passed as a traced argument {where}; JAX raises `{what}`",
         "mark it static (`static_argnums`/`static_argnames`, `eqx.filter_jit`), register its class as a pytree, or pass its arrays (`model.init(...)` params) instead of the object",
@@ -84,7 +88,7 @@ _RAISED: dict[str, tuple[str, str]] = {
 }
 
 
-def _weak_value(jax: Any, value: Any) -> bool:
+def weak_value(jax: Any, value: Any) -> bool:
     """Whether JAX sees a value as weakly typed (a Python scalar, or an array made from one)."""
     if hasattr(value, "weak_type"):  # ShapeDtypeStruct, avals
         return bool(value.weak_type)
@@ -115,7 +119,7 @@ def code_weak_outputs(jax: Any, fn: Callable[..., Any], dyn: tuple[Any, ...], ou
     or the test passed) is how JAX treats that argument, not a hazard of the function:
     `f(jnp.float32(2.0))` is strong. None when that cannot be told (no input is weak, the
     function only traces with the weak value, another output structure): keep every STB302."""
-    if not any(_weak_value(jax, a) for a in jax.tree_util.tree_leaves(dyn)):
+    if not any(weak_value(jax, a) for a in jax.tree_util.tree_leaves(dyn)):
         return None
     try:
         jaxpr = jax.make_jaxpr(fn)(*strongly_typed(jax, dyn))
