@@ -392,3 +392,24 @@ def test_library_edges_are_filed_under_their_codes_and_near_misses_stay_clean() 
     fwd = next(i for i, ln in enumerate(lines, 1) if "# expect: STB405" in ln)
     twice = next(i for i, ln in enumerate(lines, 1) if "fk_step(Model(" in ln)
     assert found == {("STB405", fwd, "confirmed"), ("STB504", twice, "confirmed")}, found
+
+
+def test_an_optimizer_given_gradients_of_another_tree_is_a_structure_finding() -> None:
+    """optax#808 / equinox#458: gradients taken w.r.t. the wrong argument are an array where the
+    optimizer state holds a dict (or a Module); optax's update then fails with a plain Python
+    `unsupported operand` TypeError, which is a tree mismatch (STB206), not stabcheck's STB902.
+    A Python error between numbers stays STB902."""
+    pytest.importorskip("optax")
+    import jax.numpy as jnp
+    import optax
+
+    from stabcheck.traced.errors import code_of
+
+    params = {"w": jnp.ones(3)}
+    opt = optax.adam(0.1)
+    with pytest.raises(TypeError) as info:
+        opt.update(jnp.ones(3), opt.init(params), params)
+    assert code_of(info.value)[0] == "STB206", str(info.value)
+    with pytest.raises(TypeError) as plain:
+        _ = 1 + "a"  # type: ignore[operator]
+    assert code_of(plain.value)[0] == "STB902"

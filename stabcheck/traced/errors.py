@@ -90,7 +90,29 @@ def code_of(exc: BaseException) -> tuple[str, str]:
     for cls, needle, code, reason in TABLE:
         if (not cls or cls == kind) and needle in text:
             return code, reason
+    if kind == "TypeError" and _tree_for_leaf(text):
+        return "STB206", "a pytree where a leaf was expected: trees of different structure combined"
     return "STB902", kind
+
+
+# `unsupported operand type(s) for *: 'float' and 'dict'`: a function mapped over two trees got a
+# subtree of one where the other has a leaf (optax's update given gradients of another structure
+# than its state, optax#808, equinox#458)
+_OPERANDS = re.compile(r"unsupported operand type\(s\) for [^:]+: '(\w+)' and '(\w+)'")
+_TREE_TYPES = frozenset({"dict", "list", "tuple", "FrozenDict", "OrderedDict", "defaultdict"})
+_LEAF_TYPES = frozenset({"int", "float", "complex", "bool", "str", "bytes", "NoneType", "ndarray", "ArrayImpl", "Array", "generic"})
+
+
+def _tree_for_leaf(text: str) -> bool:
+    m = _OPERANDS.search(text)
+    if m is None:
+        return False
+    kinds = {m.group(1), m.group(2)}
+    if kinds & _TREE_TYPES:
+        return True
+    # a class that is neither a number nor an array (an `eqx.Module` such as `Linear`)
+    odd = [k for k in kinds if k not in _LEAF_TYPES and not k.endswith("Tracer") and k[:1].isupper()]
+    return bool(odd) and bool(kinds & {"int", "float", "complex", "ArrayImpl", "ndarray", "Array"} or any(k.endswith("Tracer") for k in kinds))
 
 
 def fix_site(exc: BaseException, code: str, within: tuple[str, ...] = ()) -> Site | None:
