@@ -85,8 +85,10 @@ def _freeze(source: str, finding: Finding) -> Rewrite | None:
         if args:
             args[-1] = args[-1].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
         new: cst.BaseExpression = node.with_changes(args=[*args, frozen])
-    else:
+    elif isinstance(node, cst.BaseExpression):
         new = cst.Call(func=node, args=[frozen])
+    else:
+        return None
     module = replace(loc, node, new)
     return Rewrite(module.code, applicability="unsafe", description=f"`@{loc.code(node)}` -> `@{cst.Module([]).code_for_node(new)}`")
 

@@ -185,11 +185,11 @@ class PytreeStructureMismatch(Rule):
         """`jax.vmap(f, in_axes={"a": 0})`: `in_axes` is one entry per positional argument (an int,
         None, or a tuple or list of entries), never a dict itself; `vmap` raises TypeError when it is
         built (jax-ml/jax#18548: a dict for a function of one dict argument)."""
-        axes = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "in_axes"), None)
+        axes: ast.AST | None = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "in_axes"), None)
         if isinstance(axes, ast.Name):
             axes = ctx.analysis.bound_once(axes.id, ctx.function)
         is_dict = isinstance(axes, (ast.Dict, ast.DictComp)) or (isinstance(axes, ast.Call) and ctx.qualname(axes.func) == "builtins.dict")
-        if not is_dict:
+        if axes is None or not is_dict:
             return
         self.report(
             ctx,
