@@ -455,16 +455,25 @@ class Analysis:
         defaulted = {p for p, d in plain.items() if p in params and not isinstance(d, ast.Call)}
         if not defaulted:
             return set()
-        for _scope, call in self.calls:
+        by_name = self.memo("calls_by_name", self._calls_by_name)
+        for call in by_name.get(info.name, ()):
             f = call.func
-            if (f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None) != info.name:
-                continue
             if any(isinstance(x, ast.Starred) for x in call.args) or any(k.arg is None for k in call.keywords):
                 return set()  # `f(*args)`, `f(**kw)`: anything may be passed
             offset = 1 if info.is_method and isinstance(f, ast.Attribute) else 0
             given = set(positional[offset : offset + len(call.args)]) | {k.arg for k in call.keywords if k.arg is not None}
             defaulted -= given
         return defaulted
+
+    def _calls_by_name(self) -> dict[str, list[ast.Call]]:
+        """The module's calls by the name they call (`f(...)`, `obj.f(...)`)."""
+        out: dict[str, list[ast.Call]] = {}
+        for _scope, call in self.calls:
+            f = call.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if name is not None:
+                out.setdefault(name, []).append(call)
+        return out
 
     def _mark_module_method(self, info: FunctionInfo) -> None:
         info.entry = info.entry or f"{info.cls.name if info.cls is not None else 'Module'}.{info.name} (a Module method)"

@@ -144,7 +144,7 @@ def _grad_names(ctx: FileContext) -> frozenset[str]:
         "grad_names",
         lambda: frozenset(
             t.id
-            for n in ast.walk(ctx.tree)
+            for n in ctx.names.statements  # an assignment is a statement: no need to walk expressions
             if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call) and ctx.qualname(n.value.func) in _GRADS
             for t in n.targets
             if isinstance(t, ast.Name)
