@@ -239,3 +239,31 @@ def test_fixtures_behave_as_claimed_under_jax(outcomes: dict[str, dict]) -> None
     # the near misses compute the right numbers
     assert outcomes["carry_type_drift_ok"]["result"] == 3.0
     assert outcomes["branch_type_mismatch_ok"]["result"] == [1.0, 0.0]
+
+
+def test_a_defaulted_parameter_is_traced_only_where_a_visible_call_passes_it() -> None:
+    """jax-ml/jax#575 (held-out set D): under `@jax.jit`, `N=N_SPINS` left out by the caller stays
+    a Python value, so a shape from it is only a guess; passed through a name bound to the jitted
+    function (`sample_jit(key, 5)`) it is traced, and the finding is proven."""
+    src = textwrap.dedent(
+        """
+        import jax
+
+        N = 3
+
+        def sample(key, n=N):
+            return jax.random.normal(key, (n,))
+
+        sample_jit = jax.jit(sample)
+
+        def use(key):
+            return sample_jit(key, 5)
+
+        @jax.jit
+        def draw(key, n=N):
+            return jax.random.normal(key, (n,))
+        """
+    )
+    shown = [(f.line, f.code) for f in check_source(src, "t.py", Config())]
+    preview = [(f.line, f.code) for f in check_source(src, "t.py", Config(preview=True))]
+    assert shown == [(7, "STB102")] and (16, "STB102") in preview

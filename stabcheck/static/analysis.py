@@ -456,7 +456,9 @@ class Analysis:
         if not defaulted:
             return set()
         by_name = self.memo("calls_by_name", self._calls_by_name)
-        for call in by_name.get(info.name, ()):
+        # the function's own name, and the names bound to a transform of it (`f_jit = jax.jit(f)`)
+        aliases = [info.name, *self.memo("transformed_aliases", self._transformed_aliases).get(info.name, ())]
+        for call in (c for name in aliases for c in by_name.get(name, ())):
             f = call.func
             if any(isinstance(x, ast.Starred) for x in call.args) or any(k.arg is None for k in call.keywords):
                 return set()  # `f(*args)`, `f(**kw)`: anything may be passed
@@ -464,6 +466,20 @@ class Analysis:
             given = set(positional[offset : offset + len(call.args)]) | {k.arg for k in call.keywords if k.arg is not None}
             defaulted -= given
         return defaulted
+
+    def _transformed_aliases(self) -> dict[str, list[str]]:
+        """Function name -> the names bound to a transform of it (`f_jit = jax.jit(f)`)."""
+        out: dict[str, list[str]] = {}
+        for st in self.names.statements:
+            if not (isinstance(st, ast.Assign) and isinstance(st.value, ast.Call)):
+                continue
+            tc = self.names.transform_call(st.value)
+            if tc is None:
+                continue
+            for fn in tc[1]:
+                if isinstance(fn, ast.Name):
+                    out.setdefault(fn.id, []).extend(t.id for t in st.targets if isinstance(t, ast.Name))
+        return out
 
     def _calls_by_name(self) -> dict[str, list[ast.Call]]:
         """The module's calls by the name they call (`f(...)`, `obj.f(...)`)."""
