@@ -189,6 +189,7 @@ class Analysis:
             self._apply_xfile(seeds)
         self._memo: dict[int, bool] | None = None
         self._staged: dict[int, bool] = {}  # transforms are final: which functions a jaxpr traces
+        self._compile_time_nodes: dict[int, set[int]] = {}  # per function: nodes under `ensure_compile_time_eval`
         self._propagate()
         self._memo = {}  # traced sets are final now: an expression's verdict no longer changes
         self._proven: dict[int, set[str]] = {}
@@ -448,13 +449,11 @@ class Analysis:
         passes: a caller that leaves one out hands the transform a Python value, which is not
         traced; whether any caller passes it is not shown, so the parameter is not proven traced
         (jax-ml/jax#575's `def sample(factors, N=N_SPINS, seed=0)` under `@jax.jit`)."""
-        a = info.node.args
-        positional = [x.arg for x in (*a.posonlyargs, *a.args)]
-        plain = dict(zip(positional[len(positional) - len(a.defaults) :], a.defaults))
-        plain.update({k.arg: d for k, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
-        defaulted = {p for p, d in plain.items() if p in params and not isinstance(d, ast.Call)}
+        defaulted = {p for p, d in _defaults(info).items() if p in params and not isinstance(d, ast.Call)}
         if not defaulted:
             return set()
+        a = info.node.args
+        positional = [x.arg for x in (*a.posonlyargs, *a.args)]
         by_name = self.memo("calls_by_name", self._calls_by_name)
         # the function's own name, and the names bound to a transform of it (`f_jit = jax.jit(f)`)
         aliases = [info.name, *self.memo("transformed_aliases", self._transformed_aliases).get(info.name, ())]
@@ -701,7 +700,7 @@ class Analysis:
 
     def is_traced_array(self, expr: ast.AST, scope: FunctionInfo | None) -> bool:
         """Is `expr` a traced array (not a Python container of them, not a static value)?"""
-        if isinstance(expr, (ast.Tuple, ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)):
+        if isinstance(expr, CONTAINER_NODES):
             return False
         if isinstance(expr, ast.Name) and scope is not None and expr.id in scope.containers:
             return False
@@ -1009,17 +1008,16 @@ class Analysis:
         """The nodes of `info` inside `with jax.ensure_compile_time_eval():`, which run eagerly even
         under `jit`."""
 
-        def make() -> set[int]:
-            out: set[int] = set()
+        out = self._compile_time_nodes.get(id(info))
+        if out is None:
+            out = self._compile_time_nodes[id(info)] = set()
             for n in self.own_nodes(info):
                 if isinstance(n, ast.With) and any(
                     self.names.qualname(i.context_expr.func if isinstance(i.context_expr, ast.Call) else i.context_expr) in _COMPILE_TIME
                     for i in n.items
                 ):
                     out |= {id(m) for st in n.body for m in ast.walk(st)}
-            return out
-
-        return self.memo(f"compile_time:{id(info.node)}", make)
+        return out
 
     def _returns_proven(self, info: FunctionInfo, depth: int) -> bool:
         """Every `return` of the helper hands back a proven traced array (a Python value on any
@@ -1153,10 +1151,17 @@ _PASS_THROUGH = {"vmap": (1, "in_axes"), "shard_map": (2, "in_specs")}  # where 
 def _defaults_left(info: FunctionInfo, params: list[str], n_args: int, names: frozenset[str]) -> set[str]:
     """The parameters with a default that the transformed function's one visible call leaves out
     (`def convert(i, n=n)`, `jax.vmap(convert)(idx)`): they keep their default, a Python value."""
+    defaulted = _defaults(info)
+    return {p for i, p in enumerate(params) if p in defaulted and i >= n_args and p not in names}
+
+
+def _defaults(info: FunctionInfo) -> dict[str, ast.expr]:
+    """Parameter -> its default, for the parameters of `info` that have one."""
     a = info.node.args
     positional = [x.arg for x in (*a.posonlyargs, *a.args)]
-    defaulted = set(positional[len(positional) - len(a.defaults) :]) | {k.arg for k, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None}
-    return {p for i, p in enumerate(params) if p in defaulted and i >= n_args and p not in names}
+    out = dict(zip(positional[len(positional) - len(a.defaults) :], a.defaults))
+    out.update({k.arg: d for k, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
+    return out
 
 
 def _passed_through(t: Transform, call: ast.Call, scope: ast.AST) -> Transform:
@@ -1314,7 +1319,7 @@ def _param_names(args: ast.arguments) -> list[str]:
     return names
 
 
-_CONTAINER_NODES = (ast.Tuple, ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)
+CONTAINER_NODES = (ast.Tuple, ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)
 _CONTAINER_CALLS = frozenset({"builtins.list", "builtins.tuple", "builtins.dict", "builtins.set", "builtins.zip", "builtins.map", "builtins.filter", "builtins.enumerate", "builtins.sorted", "builtins.reversed"})
 
 
@@ -1354,7 +1359,7 @@ def _bound_names(target: ast.AST, *, containers: bool = False) -> list[str]:
 
 
 def _is_container(value: ast.AST, names: Names) -> bool:
-    if isinstance(value, _CONTAINER_NODES):
+    if isinstance(value, CONTAINER_NODES):
         return True
     if isinstance(value, ast.Call) and names.qualname(value.func) in _CONTAINER_CALLS:
         return True

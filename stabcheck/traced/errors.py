@@ -101,6 +101,7 @@ def code_of(exc: BaseException) -> tuple[str, str]:
 _OPERANDS = re.compile(r"unsupported operand type\(s\) for [^:]+: '(\w+)' and '(\w+)'")
 _TREE_TYPES = frozenset({"dict", "list", "tuple", "FrozenDict", "OrderedDict", "defaultdict"})
 _LEAF_TYPES = frozenset({"int", "float", "complex", "bool", "str", "bytes", "NoneType", "ndarray", "ArrayImpl", "Array", "generic"})
+_NUMERIC = frozenset({"int", "float", "complex", "ArrayImpl", "ndarray", "Array"})
 
 
 def _tree_for_leaf(text: str) -> bool:
@@ -110,33 +111,35 @@ def _tree_for_leaf(text: str) -> bool:
     kinds = {m.group(1), m.group(2)}
     if kinds & _TREE_TYPES:
         return True
-    # a class that is neither a number nor an array (an `eqx.Module` such as `Linear`)
-    odd = [k for k in kinds if k not in _LEAF_TYPES and not k.endswith("Tracer") and k[:1].isupper()]
-    return bool(odd) and bool(kinds & {"int", "float", "complex", "ArrayImpl", "ndarray", "Array"} or any(k.endswith("Tracer") for k in kinds))
+    # a number or an array against a class that is neither (an `eqx.Module` such as `Linear`)
+    numeric = any(k in _NUMERIC or k.endswith("Tracer") for k in kinds)
+    odd = any(k not in _LEAF_TYPES and not k.endswith("Tracer") and k[:1].isupper() for k in kinds)
+    return numeric and odd
 
 
 def fix_site(exc: BaseException, code: str, within: tuple[str, ...] = ()) -> Site | None:
     """The user line to change for an exception classified as `code`: where it was raised, or
     - STB404: the loop a reverse-mode transform reached, which JAX chains as the cause;
     - STB502: the `@dataclass` of an unhashable static argument's class, in the user's file;
-    - STB104: where a leaked tracer was made, as the message names it."""
+    - STB104: where a leaked tracer was made, as the message names it;
+    - STB405: the return of the custom_vjp fwd rule the message names;
+    - STB102: the jnp op that made a tracer of constants, as the message lists it."""
+    text = str(exc)
     site = exception_site(exc, within=within)
     if code in _AT_TRANSFORMED:
         site = transformed_site(exc, within=within) or site  # the loop, not the `grad` that reached it
-    hashed = _HASHED.search(str(exc)) if code == "STB502" else None
-    if hashed is not None:
-        # a mutable dataclass of the user's file (or of the entry's, when JAX raised at the call
-        # boundary with no user frame): its definition
-        files = [site.file] if site is not None else list(within)
+    # in the user's file (or the entry's, when JAX raised at the call boundary with no user frame)
+    files = [site.file] if site is not None else list(within)
+    hashed = _HASHED.search(text) if code == "STB502" else None
+    if hashed is not None:  # a mutable dataclass: its definition
         site = next((d for f in files if (d := dataclass_site(f, hashed.group(1))) is not None), site)
-    made = _CREATED.search(str(exc)) if code == "STB104" else None
+    made = _CREATED.search(text) if code == "STB104" else None
     if made is not None and site is not None and os.path.realpath(made.group(1)) == os.path.realpath(site.file):
         site = dataclasses.replace(site, line=int(made.group(2)), col=1, outer=())  # in the user's file: the line that kept it
-    fwd = _FWD_RULE.search(str(exc)) if code == "STB405" else None
+    fwd = _FWD_RULE.search(text) if code == "STB405" else None
     if fwd is not None:
-        files = [site.file] if site is not None else list(within)
         site = next((r for f in files if (r := named_return_site(f, fwd.group(1))) is not None), site)  # the fwd rule's return
-    born = _born_of_constants(str(exc)) if code == "STB102" else None
+    born = _born_of_constants(text) if code == "STB102" else None
     if born is not None and site is not None and os.path.realpath(born[0]) == os.path.realpath(site.file):
         site = dataclasses.replace(site, line=born[1], col=born[2], outer=())  # `jnp.add(x.size, 1)`: the op to replace
     return site

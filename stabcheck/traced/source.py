@@ -152,12 +152,7 @@ def transformed_site(exc: BaseException, *, within: tuple[str, ...] = ()) -> Sit
     cause = exc.__cause__
     if cause is None or type(cause).__name__ != "JaxStackTraceBeforeTransformation":
         return None
-    frames = _linked(_tb_frames(cause.__traceback__))
-    if within:
-        inside = [s for s in frames if os.path.realpath(s.file) in within]
-        if inside:
-            return inside[0]
-    return pick(frames)
+    return _choose(_linked(_tb_frames(cause.__traceback__)), within)
 
 
 def _tb_frames(tb: TracebackType | None) -> list[Site]:
@@ -174,12 +169,24 @@ def _tb_frames(tb: TracebackType | None) -> list[Site]:
 def exception_site(exc: BaseException, *, within: tuple[str, ...] = ()) -> Site | None:
     """The user line an exception points at; frames in `within` files (the entry's own module
     and its siblings) win over the rest of the user's code."""
-    frames = exception_frames(exc)
+    return _choose(exception_frames(exc), within)
+
+
+def _choose(frames: list[Site], within: tuple[str, ...]) -> Site | None:
+    """The innermost frame in a `within` file, else `pick`'s choice."""
     if within:
         inside = [s for s in frames if os.path.realpath(s.file) in within]
         if inside:
             return inside[0]
     return pick(frames)
+
+
+def _source_tree(file: str) -> ast.Module | None:
+    """FILE parsed from `linecache` (what the running code was loaded from), None if it does not parse."""
+    try:
+        return ast.parse("".join(linecache.getlines(file)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
 
 
 def function_site(fn: Any) -> Site | None:
@@ -203,9 +210,8 @@ def def_line(file: str, first: int) -> int:
 @functools.lru_cache(maxsize=256)
 def _def_lines(file: str) -> dict[int, int]:
     """First decorator line -> `def` line, for every decorated function of FILE."""
-    try:
-        tree = ast.parse("".join(linecache.getlines(file)))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    tree = _source_tree(file)
+    if tree is None:
         return {}
     return {min(d.lineno for d in node.decorator_list): node.lineno for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.decorator_list}
 
@@ -213,9 +219,8 @@ def _def_lines(file: str) -> dict[int, int]:
 def dataclass_site(file: str, name: str) -> Site | None:
     """The `@dataclass` decorator line of the module-level class `name` of FILE: where
     `frozen=True` goes when an instance of it, passed for a static argument, cannot be hashed."""
-    try:
-        tree = ast.parse("".join(linecache.getlines(file)))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    tree = _source_tree(file)
+    if tree is None:
         return None
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == name:
@@ -229,9 +234,8 @@ def dataclass_site(file: str, name: str) -> Site | None:
 def named_return_site(file: str, name: str) -> Site | None:
     """The first `return` of the function `name` defined in FILE (a custom rule JAX names in its
     error: `Custom VJP fwd rule f_fwd for function f must produce a pair`)."""
-    try:
-        tree = ast.parse("".join(linecache.getlines(file)))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    tree = _source_tree(file)
+    if tree is None:
         return None
     node = next((n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name), None)
     if node is None:
@@ -250,10 +254,8 @@ def return_site(file: str, def_line: int, function: str = "", *, literal_only: b
     """The first `return` (with `literal_only`, the first that returns a Python number) of the
     function defined at FILE:DEF_LINE (decorators included), found with `ast`, nested functions
     and classes skipped: the line that hands JAX the function's outputs."""
-    text = "".join(linecache.getlines(file))
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
+    tree = _source_tree(file)
+    if tree is None:
         return None
     for node in ast.walk(tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -384,9 +386,8 @@ def _enclosing_def(file: str, line: int) -> ast.AST | None:
 
 @functools.lru_cache(maxsize=64)
 def _def_spans(file: str) -> tuple[tuple[int, int, ast.AST], ...]:
-    try:
-        tree = ast.parse("".join(linecache.getlines(file)))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    tree = _source_tree(file)
+    if tree is None:
         return ()
     return tuple(
         (min([n.lineno, *(d.lineno for d in n.decorator_list)]), n.end_lineno or n.lineno, n)

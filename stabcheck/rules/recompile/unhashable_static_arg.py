@@ -352,13 +352,17 @@ class UnhashableStaticArg(Rule):
                 return f"an instance of `{cls}`, a dataclass neither frozen nor `unsafe_hash` (Python sets its `__hash__` to None)"
             return None
         if isinstance(value, ast.Name) and depth == 0:
-            scope_node: ast.AST = ctx.function.node if ctx.function is not None else ctx.tree
-            binds = [n.value for n in ast.walk(scope_node) if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == value.id for t in n.targets)]
-            if len(binds) == 1:
-                return self._unhashable(binds[0], ctx, depth + 1)
+            bound = _single_value(value, ctx)
+            if bound is not None:
+                return self._unhashable(bound, ctx, depth + 1)
         return None
 
 
+def _single_value(name: ast.Name, ctx: FileContext) -> ast.expr | None:
+    """What `name` is assigned where the enclosing function (or the module) assigns it exactly once."""
+    scope_node: ast.AST = ctx.function.node if ctx.function is not None else ctx.tree
+    binds = [n.value for n in ast.walk(scope_node) if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name.id for t in n.targets)]
+    return binds[0] if len(binds) == 1 else None
 
 
 def _mutable_dataclass(func: ast.AST, ctx: FileContext) -> str | None:
@@ -373,9 +377,7 @@ def _instance_decorator(value: ast.AST, ctx: FileContext) -> ast.expr | None:
     """The `@dataclass` decorator of the unhashable dataclass `value` is an instance of (`Cfg(3)`,
     or a name bound once to it): the line to change."""
     if isinstance(value, ast.Name):
-        scope_node: ast.AST = ctx.function.node if ctx.function is not None else ctx.tree
-        binds = [n.value for n in ast.walk(scope_node) if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == value.id for t in n.targets)]
-        value = binds[0] if len(binds) == 1 else value
+        value = _single_value(value, ctx) or value
     return _mutable_dataclass_decorator(value.func, ctx) if isinstance(value, ast.Call) else None
 
 

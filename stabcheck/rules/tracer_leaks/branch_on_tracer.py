@@ -5,10 +5,10 @@ import ast
 from stabcheck.finding import Confidence, Span
 from stabcheck.rule import Rule, only
 from stabcheck.rules.tracer_leaks._values import concrete_here
+from stabcheck.static.analysis import CONTAINER_NODES
 from stabcheck.static.context import FileContext
 
 _BOOL_OWNERS = (ast.If, ast.While, ast.Assert, ast.IfExp)
-_DISPLAYS = (ast.Tuple, ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)
 _SYMBOLS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
 
 
@@ -349,7 +349,7 @@ class BranchOnTracer(Rule):
             pair = sides[i : i + 2]
             # a comparison with a traced value is a traced bool (a bare parameter, which
             # `is_traced_array` leaves open as a possible pytree, compares only as an array)
-            traced = next((x for x in pair if not isinstance(x, _DISPLAYS) and ctx.is_traced(x) and not concrete_here(x, ctx)), None)
+            traced = next((x for x in pair if not isinstance(x, CONTAINER_NODES) and ctx.is_traced(x) and not concrete_here(x, ctx)), None)
             if traced is None:
                 continue
             text = f"{ctx.text(pair[0])} {_SYMBOLS.get(type(node.ops[i]), '?')} {ctx.text(pair[1])}"
