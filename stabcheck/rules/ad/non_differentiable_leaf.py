@@ -75,8 +75,28 @@ class NonDifferentiableLeaf(Rule):
             value, grads = jax.value_and_grad(loss)(params, x)
             return grads
         """,
+        """
+        import jax
+
+        def square(x):
+            return x**2
+
+        def slope():
+            val = 3  # expect: STB402
+            return jax.grad(square)(val)
+        """,
     )
     VALID = (
+        """
+        import jax
+
+        def square(x):
+            return x**2
+
+        def slope():
+            val = 3.0
+            return jax.grad(square)(val)
+        """,
         """
         import jax
         import jax.numpy as jnp

@@ -47,6 +47,11 @@ class Float64Leak(Rule):
     (`float32`, `bfloat16`, `float16`): that program computes in float64 by design, and the
     finding is a guess.
 
+    The traced stage (`--trace`) reports where float32 or bfloat16 data is first promoted in the
+    program: a `convert_element_type` to float64, and a matrix product of float32 data with a
+    float64 operand, which has no convert at all (a NumPy float64 constant, or a library layer's
+    weights drawn with the x64 default dtype: the finding is then at the user's call of the layer).
+
     Python's `float` and NumPy's default float are 64-bit. With `jax_enable_x64` off they are
     silently truncated to float32; with it on, the operation and everything downstream runs in
     float64: 2-64x slower on GPUs and TPUs, twice the memory, and a program whose dtypes

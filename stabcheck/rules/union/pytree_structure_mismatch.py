@@ -109,6 +109,12 @@ class PytreeStructureMismatch(Rule):
         """
         import jax
 
+        def batched_first(tree):
+            return jax.vmap(lambda t: t["a"], in_axes=({"a": 0},))(tree)  # one entry per argument
+        """,
+        """
+        import jax
+
         def step(params, g_enc, lr):
             grads = {"encoder": g_enc, "head": None}
             return jax.tree.map(lambda g, p: p if g is None else p - lr * g, grads, params,
